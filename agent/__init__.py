@@ -1,0 +1,1 @@
+"""The on-vehicle runtime: sources → decode → buffer → features/inference → alerts → uplink."""

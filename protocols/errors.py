@@ -18,7 +18,17 @@ class CatalogError(ProtocolError):
 
 
 class NmeaError(ProtocolError):
-    """A sentence that is not valid NMEA 0183 (framing, checksum, fields)."""
+    """A sentence that is not valid NMEA 0183 (framing, checksum, fields).
+
+    `kind` says why, so a reader can count skips per kind: "framing" (not a `$` sentence, or
+    non-printable characters), "truncated" (no `*hh` checksum: the line was cut short),
+    "checksum", "proprietary" (`$P...`), "unsupported" (a type not parsed here), or "field" (a
+    checksummed sentence with too few fields, or fields that are malformed or out of range).
+    """
+
+    def __init__(self, message: str, kind: str = "field") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class WireError(ProtocolError):

@@ -1,0 +1,53 @@
+"""Frozen, slotted records that cross stage boundaries inside the agent.
+
+GPS fixes cross as `protocols.nmea.GpsFix`; what leaves the buffer crosses as the wire records of
+`protocols.wire` (SampleRecord, PredictionRecord, AlertRecord), which carry the sequence number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from protocols.catalog import Priority
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One CAN frame as the interface delivered it."""
+
+    bus: str  # configured bus name, e.g. "traction"
+    ts: float  # interface timestamp, Unix epoch seconds (not the moment we decoded it)
+    arbitration_id: int  # without the extended-id flag
+    is_extended: bool
+    data: bytes
+    is_error: bool = False
+    is_remote: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One kept value of one catalog signal."""
+
+    ts: float  # source timestamp (frame time or GPS fix time), Unix epoch seconds
+    signal: str  # canonical catalog name
+    value: float
+    priority: Priority
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    ts: float
+    model: str
+    model_version: str
+    output: str
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    ts: float
+    rule: str
+    severity: str  # "info" | "warning" | "critical"
+    active: bool
+    value: float
+    message: str

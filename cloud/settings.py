@@ -1,0 +1,148 @@
+"""Receiver settings: a TOML file plus `VOLTGATE_CLOUD_`-prefixed environment variables.
+
+Environment variables override the file; nested fields use `__`, e.g.
+`VOLTGATE_CLOUD_DATABASE__DSN=postgresql://db/voltgate`. Each stage receives only its own
+sub-model (`MqttSettings` for the broker adapter, `DatabaseSettings` for the store, ...).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from cloud.errors import ConfigError
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_MQTT_MAX_SESSION_EXPIRY_S = 0xFFFFFFFE  # 0xFFFFFFFF means "never expires": not allowed here
+
+
+class MqttSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    tls: bool = False
+    ca_file: Path | None = None  # None with tls = the system trust store
+    username: str | None = None
+    password: SecretStr | None = None
+    # Stable per replica (e.g. "voltgate-cloud-<hostname>"): the broker keeps this replica's
+    # session, with its unacknowledged messages, across restarts.
+    client_id: str = Field(default="voltgate-cloud-1", min_length=1, max_length=128)
+    shared_group: str = Field(default="voltgate-cloud", pattern=r"^[^/+#]+$")
+    # Finite on purpose: a replica that never comes back must not pin messages in the broker forever.
+    session_expiry_s: int = Field(default=3600, ge=1, le=_MQTT_MAX_SESSION_EXPIRY_S)
+    keepalive_s: int = Field(default=30, ge=5, le=65535)
+    # How many unacknowledged QoS 1 messages the broker may send us (MQTT 5 Receive Maximum).
+    # Messages are acknowledged after the commit, so this bounds the receiver's inbox too.
+    receive_maximum: int = Field(default=1000, ge=1, le=65535)
+    reconnect_min_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+
+
+class DatabaseSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True)
+
+    dsn: SecretStr = SecretStr("postgresql://127.0.0.1:5432/voltgate")
+    schema_name: str = Field(default="voltgate", alias="schema")
+    connect_timeout_s: int = Field(default=5, ge=1)
+    # Raw samples and ledger rows older than this are dropped (partitions / retention policy).
+    raw_retention_days: int = Field(default=90, ge=2)
+    # Daily partitions the receiver keeps created ahead of today (native PostgreSQL path).
+    partitions_ahead_days: int = Field(default=2, ge=1, le=30)
+
+    @field_validator("schema_name")
+    @classmethod
+    def _schema_is_identifier(cls, value: str) -> str:
+        if not _IDENTIFIER.match(value):
+            raise ValueError("must be a lower-case SQL identifier (letters, digits, underscore)")
+        return value
+
+
+class IngestSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # One database transaction holds at most this many messages, or the messages of this long.
+    batch_max_messages: int = Field(default=500, ge=1, le=65535)
+    batch_max_age_s: float = Field(default=0.2, gt=0, le=60)
+    max_payload_bytes: int = Field(default=1_048_576, ge=64)
+    # Plausibility window for source timestamps; a batch outside it goes to the dead letters.
+    max_sample_age_days: int = Field(default=30, ge=1)
+    max_future_skew_s: int = Field(default=600, ge=0)
+
+
+class MetricsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=0, le=65535)  # 0 = no metrics endpoint
+
+
+class LogSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_lines: bool = False  # one JSON object per line, for journald / log shippers
+
+
+class CloudSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VOLTGATE_CLOUD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    mqtt: MqttSettings = MqttSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    ingest: IngestSettings = IngestSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence: explicit arguments, then the environment, then the TOML file.
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def load_settings(path: Path | None) -> CloudSettings:
+    """Load and validate settings from `path` (TOML) and the environment; `ConfigError` on any problem."""
+    toml_file: Path | None = None
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            with path.open("rb") as f:
+                tomllib.load(f)  # parse once here for a clear message; the source re-reads it
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {path} is not valid TOML: {err}") from err
+        toml_file = path
+
+    class _FromFile(CloudSettings):
+        model_config = SettingsConfigDict(toml_file=toml_file)
+
+    try:
+        return _FromFile()
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        source = f"config file {path}" if path is not None else "the environment"
+        raise ConfigError(
+            f"{source}: setting {where!r} is invalid: {first['msg']} ({err.error_count()} problem(s) in all)"
+        ) from err

@@ -1,0 +1,308 @@
+"""The signal catalog: which DBC signals and GPS fields a vehicle reports, under which canonical
+names, units and sampling policy.
+
+A catalog is a TOML file next to its DBC (see `catalog.toml` for the format). Loading checks every
+entry against the DBC, so a catalog that loads is one the agent can decode with. Every mistake in
+the DBC or the catalog is reported as one `DbcError` / `CatalogError` that names the file and line.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import Literal, cast
+
+import cantools
+from cantools.database.can import Database, Message
+
+from protocols.errors import CatalogError, DbcError
+
+DEFAULT_CATALOG = Path(__file__).with_name("catalog.toml")
+DEFAULT_DBC = Path(__file__).with_name("bus.dbc")
+
+GPS_FIELDS = frozenset({"lat_deg", "lon_deg", "alt_m", "course_deg", "speed_kmh", "hdop", "satellites"})
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+
+
+class Priority(IntEnum):
+    """Eviction order from a full buffer: lowest goes first."""
+
+    ROUTINE = 0
+    NORMAL = 1
+    CRITICAL = 2
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingPolicy:
+    min_interval_s: float  # never keep two values closer than this
+    max_interval_s: float  # always keep a value at least this often (heartbeat)
+    deadband: float  # keep a value earlier only when it moved at least this much
+
+
+@dataclass(frozen=True, slots=True)
+class SignalSpec:
+    name: str  # canonical name, e.g. "Vehicle.Speed"
+    unit: str
+    vss: bool  # a COVESA VSS path (False: a voltgate overlay path)
+    priority: Priority
+    policy: SamplingPolicy
+    resolution: float  # the step a value travels in on the wire
+    source: Literal["can", "gps"]
+    message: str = ""  # CAN only: DBC message name
+    dbc_signal: str = ""  # CAN only: DBC signal name
+    gps_field: str = ""  # GPS only: a field of the decoded fix
+
+
+@dataclass(frozen=True, slots=True)
+class FrameSpec:
+    """What to decode from one CAN frame id."""
+
+    message: Message
+    signals: tuple[tuple[str, SignalSpec], ...]  # (DBC signal name, spec)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    path: Path
+    name: str
+    version: str
+    database: Database
+    signals: tuple[SignalSpec, ...]
+    _by_name: Mapping[str, SignalSpec] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {s.name: s for s in self.signals})
+
+    def __iter__(self) -> Iterator[SignalSpec]:
+        return iter(self.signals)
+
+    def __len__(self) -> int:
+        return len(self.signals)
+
+    def by_name(self, name: str) -> SignalSpec:
+        return self._by_name[name]
+
+    def frames(self) -> dict[int, FrameSpec]:
+        """Frame id (as python-can reports it, without the extended flag) → what to decode."""
+        grouped: dict[str, list[tuple[str, SignalSpec]]] = {}
+        for spec in self.signals:
+            if spec.source == "can":
+                grouped.setdefault(spec.message, []).append((spec.dbc_signal, spec))
+        out: dict[int, FrameSpec] = {}
+        for message_name, pairs in grouped.items():
+            message = self.database.get_message_by_name(message_name)
+            out[message.frame_id] = FrameSpec(message, tuple(pairs))
+        return out
+
+    def gps_signals(self) -> tuple[SignalSpec, ...]:
+        return tuple(s for s in self.signals if s.source == "gps")
+
+    def quanta(self) -> dict[str, float]:
+        """Canonical name → wire resolution, for `protocols.wire.encode_batch`."""
+        return {s.name: s.resolution for s in self.signals}
+
+
+# --------------------------------------------------------------------------- DBC
+
+
+def load_dbc(path: Path) -> Database:
+    """Load a DBC strictly; any problem becomes one `DbcError` naming the file and, where it can be
+    found, the line."""
+    try:
+        text = path.read_text(encoding="cp1252")
+    except OSError as err:
+        raise DbcError(f"{path}: cannot read the CAN database: {err.strerror or err}") from err
+    try:
+        db = cantools.database.load_string(text, database_format="dbc", strict=True)
+    except (cantools.database.errors.Error, ValueError, KeyError, IndexError) as err:
+        reason = _cantools_reason(err)
+        line = _locate_dbc_problem(text, reason)
+        where = f"{path}:{line}" if line else str(path)
+        raise DbcError(f"{where}: not a valid DBC: {reason}") from err
+    return cast(Database, db)
+
+
+def _cantools_reason(err: Exception) -> str:
+    # cantools wraps the DBC parser's error; prefer it, without the format prefix and quotes.
+    inner = getattr(err, "e_dbc", None) or err
+    reason = str(inner).strip()
+    if reason.startswith('DBC: "') and reason.endswith('"'):
+        reason = reason[6:-1]
+    return " ".join(reason.split())
+
+
+def _locate_dbc_problem(text: str, reason: str) -> int | None:
+    """Best effort: the 1-based line a cantools error refers to."""
+    if m := re.search(r"\bline (\d+)\b", reason):
+        return int(m.group(1))
+    lines = text.splitlines()
+    probes: list[re.Pattern[str]] = []
+    if m := re.search(r"\b(VAL_|BA_|CM_|SG_MUL_VAL_) (\d+) (\w+)", reason):
+        probes.append(re.compile(rf"^\s*{m.group(1)}\s+{m.group(2)}\s+{m.group(3)}\b"))
+    if m := re.search(r"in message (\w+)", reason):
+        probes.append(re.compile(rf"^\s*BO_\s+\d+\s+{m.group(1)}\s*:"))
+    if m := re.search(r"signals? (\w+)", reason):
+        probes.append(re.compile(rf"^\s*SG_\s+{m.group(1)}\b"))
+    for probe in probes:
+        for number, line in enumerate(lines, start=1):
+            if probe.search(line):
+                return number
+    return None
+
+
+# --------------------------------------------------------------------------- catalog
+
+
+def load_catalog(path: Path = DEFAULT_CATALOG, dbc_path: Path | None = None) -> Catalog:
+    """Load and check a catalog. The DBC is `dbc_path`, or the catalog's `dbc` key resolved next
+    to the catalog file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise CatalogError(f"{path}: cannot read the signal catalog: {err}") from err
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        line = getattr(err, "lineno", None)
+        where = f"{path}:{line}" if line else str(path)
+        raise CatalogError(f"{where}: not valid TOML: {getattr(err, 'msg', err)}") from err
+    entries = _EntryLocator(path, text)
+
+    header = doc.get("catalog")
+    if not isinstance(header, dict):
+        raise CatalogError(f"{path}: missing the [catalog] table (name, version, dbc)")
+    name = _require_str(header, "name", entries.at("catalog", 0))
+    version = _require_str(header, "version", entries.at("catalog", 0))
+    if dbc_path is None:
+        dbc_path = path.parent / _require_str(header, "dbc", entries.at("catalog", 0))
+    database = load_dbc(dbc_path)
+
+    specs: list[SignalSpec] = []
+    first_seen: dict[str, str] = {}
+    for kind in ("can", "gps"):
+        raw = doc.get(kind, [])
+        if not isinstance(raw, list):
+            raise CatalogError(f"{path}: `{kind}` must be an array of tables ([[{kind}]])")
+        for index, entry in enumerate(raw):
+            where = entries.at(kind, index)
+            if not isinstance(entry, dict):
+                raise CatalogError(f"{where}: a [[{kind}]] entry must be a table")
+            spec = _can_spec(entry, where, database, dbc_path) if kind == "can" else _gps_spec(entry, where)
+            if spec.name in first_seen:
+                raise CatalogError(
+                    f"{where}: canonical name {spec.name!r} is already used at {first_seen[spec.name]}"
+                )
+            first_seen[spec.name] = where
+            specs.append(spec)
+    if not specs:
+        raise CatalogError(f"{path}: the catalog maps no signals")
+    return Catalog(path=path, name=name, version=version, database=database, signals=tuple(specs))
+
+
+class _EntryLocator:
+    """Finds the line of the Nth [table] or [[table]] header, for error messages (tomllib keeps no
+    positions)."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self._lines: dict[str, list[int]] = {}
+        for number, line in enumerate(text.splitlines(), start=1):
+            if m := re.match(r"^\s*\[\[?\s*(\w+)\s*\]", line):
+                self._lines.setdefault(m.group(1), []).append(number)
+
+    def at(self, kind: str, index: int) -> str:
+        numbers = self._lines.get(kind, [])
+        return f"{self.path}:{numbers[index]}" if index < len(numbers) else str(self.path)
+
+
+def _can_spec(entry: dict[str, object], where: str, database: Database, dbc_path: Path) -> SignalSpec:
+    message_name = _require_str(entry, "message", where)
+    signal_name = _require_str(entry, "signal", where)
+    try:
+        message = database.get_message_by_name(message_name)
+    except KeyError:
+        raise CatalogError(f"{where}: message {message_name!r} is not in {dbc_path}") from None
+    try:
+        signal = message.get_signal_by_name(signal_name)
+    except KeyError:
+        raise CatalogError(
+            f"{where}: signal {signal_name!r} is not in message {message_name!r} of {dbc_path}"
+        ) from None
+    scale = abs(float(signal.scale)) or 1.0
+    return _spec(entry, where, "can", default_resolution=scale, message=message_name, dbc_signal=signal_name)
+
+
+def _gps_spec(entry: dict[str, object], where: str) -> SignalSpec:
+    gps_field = _require_str(entry, "field", where)
+    if gps_field not in GPS_FIELDS:
+        known = ", ".join(sorted(GPS_FIELDS))
+        raise CatalogError(f"{where}: unknown GPS field {gps_field!r} (one of {known})")
+    spec = _spec(entry, where, "gps", default_resolution=0.0, gps_field=gps_field)
+    if spec.resolution <= 0:
+        raise CatalogError(f"{where}: a GPS entry needs a positive `resolution`")
+    return spec
+
+
+def _spec(
+    entry: dict[str, object],
+    where: str,
+    source: Literal["can", "gps"],
+    *,
+    default_resolution: float,
+    message: str = "",
+    dbc_signal: str = "",
+    gps_field: str = "",
+) -> SignalSpec:
+    name = _require_str(entry, "name", where)
+    if not _NAME_RE.match(name):
+        raise CatalogError(f"{where}: {name!r} is not a dotted canonical name like 'Vehicle.Speed'")
+    priority_text = _require_str(entry, "priority", where, default="routine")
+    try:
+        priority = Priority[priority_text.upper()]
+    except KeyError:
+        raise CatalogError(
+            f"{where}: priority {priority_text!r} is not one of routine, normal, critical"
+        ) from None
+    policy = SamplingPolicy(
+        min_interval_s=_require_number(entry, "min_interval_s", where, default=0.0),
+        max_interval_s=_require_number(entry, "max_interval_s", where, default=60.0),
+        deadband=_require_number(entry, "deadband", where, default=0.0),
+    )
+    if policy.max_interval_s < policy.min_interval_s:
+        raise CatalogError(f"{where}: max_interval_s must not be below min_interval_s")
+    vss = entry.get("vss", False)
+    if not isinstance(vss, bool):
+        raise CatalogError(f"{where}: `vss` must be true or false")
+    return SignalSpec(
+        name=name,
+        unit=_require_str(entry, "unit", where, default="-"),
+        vss=vss,
+        priority=priority,
+        policy=policy,
+        resolution=_require_number(entry, "resolution", where, default=default_resolution),
+        source=source,
+        message=message,
+        dbc_signal=dbc_signal,
+        gps_field=gps_field,
+    )
+
+
+def _require_str(table: Mapping[str, object], key: str, where: str, default: str | None = None) -> str:
+    value = table.get(key, default)
+    if value is None:
+        raise CatalogError(f"{where}: missing `{key}`")
+    if not isinstance(value, str) or not value:
+        raise CatalogError(f"{where}: `{key}` must be a non-empty string")
+    return value
+
+
+def _require_number(table: Mapping[str, object], key: str, where: str, default: float) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise CatalogError(f"{where}: `{key}` must be a non-negative number")
+    return float(value)
