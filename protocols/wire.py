@@ -1,13 +1,55 @@
 """The uplink payload: a versioned, compact binary batch of samples, predictions and alerts.
 
-CONTRACT (fixed; the implementation below is being written): every record carries the per-vehicle
-sequence number that makes storage idempotent on (vehicle, seq).
+CONTRACT (fixed): every record carries the per-vehicle sequence number that makes storage idempotent on
+(vehicle, seq).
+
+Layout of a payload::
+
+    b"VG" | version (1 byte) | flags (1 byte) | zstd frame (content size + checksum) of a msgpack body
+
+    body     = [vehicle_id, samples, predictions, alerts]
+    samples  = [n, seq_base, seq_gaps, ts_base, ts_deltas, signals, signal_index, quantized_deltas, exact]
+    signals  = [[name, quantum | nil, base], ...]       one entry per distinct signal, in first-seen order
+    predictions = [[seq, ts_ms, model, model_version, output, value], ...]
+    alerts      = [[seq, ts_ms, rule, severity, active, value, message], ...]
+
+Samples travel sorted by seq, as columns. An integer column is `[width, planes]`: `width` in {0, 1, 2, 4, 8}
+bytes (0: every element is zero, `planes` empty) and `planes` the little-endian elements split into byte
+planes (all first bytes, then all second bytes, …), which zstd compresses much better than interleaved
+bytes or msgpack varints. Signed columns are zigzag-coded. With element i of a column written c[i]:
+
+    seq[i]  = seq_base + i + c_gaps[0] + … + c_gaps[i]            (gaps: seq steps beyond +1)
+    ts[i]   = ts_base + c_ts[0] + … + c_ts[i]
+    value   = quantum * (base + the signal's quantized deltas so far)   for a signal with a quantum
+    value   = the signal's next float64 of `exact` (also byte planes)    for a signal without one
+
+`quantized_deltas` and `exact` hold the values signal by signal (in dictionary order), each signal's
+in seq order: a signal's values resemble each other more than their neighbours in seq order do.
+
+A signal travels quantized when `quanta` gives it a quantum and every value of it in the batch is finite
+and representable; otherwise it travels exactly in that batch (so NaN and ±inf survive).
+
+The decoder trusts nothing: every size, count, type, index and range is checked, the zstd frame must
+declare a content size within `MAX_BODY_BYTES` before anything is allocated, and every failure is a
+`WireError`. The encoder refuses (with `WireError`) any batch the decoder would refuse.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import json
+import math
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final, TypeVar
+
+import msgpack
+import numpy as np
+import numpy.typing as npt
+import zstandard
+
+from protocols.errors import WireError
+from protocols.topics import ID_MAX_LEN, is_valid_id
 
 WIRE_VERSION = 1
 
@@ -49,12 +91,559 @@ class Batch:
     alerts: tuple[AlertRecord, ...] = ()
 
 
-def encode_batch(batch: Batch, quanta: Mapping[str, float] | None = None) -> bytes:
+# --- format constants and limits -------------------------------------------------------------------------
+
+MAGIC: Final = b"VG"
+FLAG_ZSTD: Final = 0x01
+"""The body is one zstd frame with content size and checksum. Required in version 1; other bits reserved."""
+HEADER: Final = MAGIC + bytes((WIRE_VERSION, FLAG_ZSTD))
+HEADER_LEN: Final = len(HEADER)
+
+ZSTD_LEVEL: Final = 9
+"""Default compression level: near the best ratio on telemetry batches, a few ms per minute of data."""
+
+MAX_PAYLOAD_BYTES: Final = 4 * 1024 * 1024
+"""Largest payload (header + compressed body) accepted or produced."""
+MAX_BODY_BYTES: Final = 32 * 1024 * 1024
+"""Largest decompressed body; a frame declaring more is refused before decompression."""
+MAX_SAMPLES: Final = 250_000
+MAX_PREDICTIONS: Final = 50_000
+MAX_ALERTS: Final = 10_000
+MAX_SIGNALS: Final = 4_096
+"""Distinct signal names in one batch."""
+MAX_NAME_BYTES: Final = 128
+"""UTF-8 length of a signal, model, model version, output or rule name."""
+MAX_MESSAGE_BYTES: Final = 1_024
+"""UTF-8 length of an alert message."""
+MAX_SEQ: Final = 2**53 - 1
+"""Sequence numbers are 0..MAX_SEQ (exact in float64 and JSON)."""
+MAX_ABS_TS_MS: Final = 2**53 - 1
+MAX_ABS_QUANTUM_STEPS: Final = 2**53
+"""A quantized value is at most this many quanta away from zero, or its signal travels exactly."""
+SEVERITIES: Final = frozenset({"info", "warning", "critical"})
+STATUS_STATES: Final = frozenset({"online", "offline"})
+MAX_STATUS_BYTES: Final = 4_096
+
+_WIDTHS: Final = (0, 1, 2, 4, 8)
+_MAX_DELTA: Final = 2 * MAX_ABS_QUANTUM_STEPS  # also bounds seq gaps and ts deltas (MAX_SEQ < this)
+_MAX_WINDOW_BYTES: Final = MAX_BODY_BYTES
+
+_IntArray = npt.NDArray[np.int64]
+_UIntArray = npt.NDArray[np.uint64]
+_FloatArray = npt.NDArray[np.float64]
+_T = TypeVar("_T")
+
+
+# --- fixed-width columns ----------------------------------------------------------------------------------
+
+
+def _zigzag(values: _IntArray) -> _UIntArray:
+    return ((values << 1) ^ (values >> 63)).view(np.uint64)
+
+
+def _unzigzag(values: _UIntArray) -> _IntArray:
+    half = (values >> np.uint64(1)).astype(np.int64)
+    return half ^ -((values & np.uint64(1)).astype(np.int64))
+
+
+def _pack_column(values: _UIntArray) -> list[object]:
+    """`[width, planes]` for unsigned values: the narrowest width, bytes split into planes."""
+    top = int(values.max()) if values.size else 0
+    width = next(w for w in _WIDTHS if top < 1 << (8 * w))
+    if width == 0:
+        return [0, b""]
+    fixed = values.astype(f"<u{width}")
+    return [width, _to_planes(fixed.view(np.uint8), width)]
+
+
+def _to_planes(raw: npt.NDArray[np.uint8], width: int) -> bytes:
+    return raw.reshape(-1, width).T.tobytes()
+
+
+def _from_planes(planes: bytes, width: int) -> npt.NDArray[np.uint8]:
+    return np.frombuffer(planes, dtype=np.uint8).reshape(width, -1).T.reshape(-1)
+
+
+def _unpack_column(column: object, n: int, what: str) -> _UIntArray:
+    parts = _list(column, what)
+    if len(parts) != 2:
+        raise WireError(f"{what}: a column is [width, planes]")
+    width, planes = parts
+    if type(width) is not int or width not in _WIDTHS or not isinstance(planes, bytes):
+        raise WireError(f"{what}: bad column width or planes")
+    if len(planes) != n * width:
+        raise WireError(f"{what}: {len(planes)} bytes for {n} elements of width {width}")
+    if width == 0:
+        return np.zeros(n, dtype=np.uint64)
+    return _from_planes(planes, width).view(f"<u{width}").astype(np.uint64)
+
+
+def _pack_floats(values: _FloatArray) -> bytes:
+    return _to_planes(values.astype("<f8").view(np.uint8), 8)
+
+
+def _unpack_floats(planes: object, n: int, what: str) -> _FloatArray:
+    if not isinstance(planes, bytes) or len(planes) != 8 * n:
+        raise WireError(f"{what}: expected {n} float64 values")
+    return _from_planes(planes, 8).view("<f8").astype(np.float64)
+
+
+def _running(base: int, deltas: _IntArray, bound: int, what: str) -> _IntArray:
+    """base + running sum of deltas, each |delta| <= _MAX_DELTA, every result checked within ±bound.
+
+    int64 sums wrap silently, but the first partial sum to leave ±bound is at most
+    bound + _MAX_DELTA < 2**63 away from zero, so it is exact and caught by the range check."""
+    if deltas.size and (int(deltas.max()) > _MAX_DELTA or int(deltas.min()) < -_MAX_DELTA):
+        raise WireError(f"{what}: delta out of range")
+    result = np.int64(base) + np.cumsum(deltas, dtype=np.int64)
+    if result.size and (int(result.max()) > bound or int(result.min()) < -bound):
+        raise WireError(f"{what}: value out of range")
+    return result
+
+
+# --- encoding ---------------------------------------------------------------------------------------------
+
+
+def _int(value: object, low: int, high: int, what: str) -> int:
+    if isinstance(value, bool):
+        raise WireError(f"{what} must be an integer, not bool")
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]  # TypeError below when not an index
+    except TypeError:
+        raise WireError(f"{what} must be an integer, not {type(value).__name__}") from None
+    if not low <= number <= high:
+        raise WireError(f"{what} {number} out of range [{low}, {high}]")
+    return number
+
+
+def _float(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, float | int | np.floating | np.integer):
+        raise WireError(f"{what} must be a float, not {type(value).__name__}")
+    return float(value)
+
+
+def _text(value: object, max_bytes: int, what: str, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise WireError(f"{what} must be a string, not {type(value).__name__}")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise WireError(f"{what} is not encodable as UTF-8") from None
+    if size > max_bytes or (size == 0 and not allow_empty):
+        raise WireError(f"{what} must be {0 if allow_empty else 1}..{max_bytes} UTF-8 bytes, not {size}")
+    return value
+
+
+def _vehicle(value: object) -> str:
+    if not is_valid_id(value):
+        raise WireError(f"invalid vehicle id {value!r}: 1-{ID_MAX_LEN} of A-Z a-z 0-9 _ . -")
+    assert isinstance(value, str)
+    return value
+
+
+def _quantum(quanta: Mapping[str, float], signal: str) -> float | None:
+    if signal not in quanta:
+        return None
+    quantum = quanta[signal]
+    if isinstance(quantum, bool) or not isinstance(quantum, float | int):
+        raise WireError(f"quantum of {signal!r} must be a number")
+    if not (math.isfinite(quantum) and quantum > 0):
+        raise WireError(f"quantum of {signal!r} must be finite and positive, not {quantum!r}")
+    return float(quantum)
+
+
+def _quantize(values: _FloatArray, quantum: float) -> _IntArray | None:
+    """The values as integer steps of `quantum`, or None when any of them is not representable."""
+    with np.errstate(all="ignore"):
+        steps = np.rint(values / quantum)
+        ok = np.isfinite(steps).all() and np.abs(steps).max() <= MAX_ABS_QUANTUM_STEPS
+        ok = ok and np.isfinite(steps * quantum).all()
+    return steps.astype(np.int64) if ok else None
+
+
+def _encode_samples(samples: Sequence[SampleRecord], quanta: Mapping[str, float]) -> list[object]:
+    n = len(samples)
+    if n > MAX_SAMPLES:
+        raise WireError(f"{n} samples exceed MAX_SAMPLES={MAX_SAMPLES}")
+    ordered = sorted(samples, key=_seq_of)
+    seqs = np.empty(n, dtype=np.int64)
+    stamps = np.empty(n, dtype=np.int64)
+    values = np.empty(n, dtype=np.float64)
+    indices = np.empty(n, dtype=np.int64)
+    index_of: dict[str, int] = {}
+    for i, sample in enumerate(ordered):
+        if not isinstance(sample, SampleRecord):
+            raise WireError(f"samples must be SampleRecord, not {type(sample).__name__}")
+        seqs[i] = _int(sample.seq, 0, MAX_SEQ, "sample seq")
+        stamps[i] = _int(sample.ts_ms, -MAX_ABS_TS_MS, MAX_ABS_TS_MS, "sample ts_ms")
+        values[i] = _float(sample.value, "sample value")
+        index = index_of.get(sample.signal)
+        if index is None:
+            index = index_of[_text(sample.signal, MAX_NAME_BYTES, "signal name")] = len(index_of)
+            if index >= MAX_SIGNALS:
+                raise WireError(f"more than MAX_SIGNALS={MAX_SIGNALS} signals in one batch")
+        indices[i] = index
+
+    gaps = np.diff(seqs, prepend=seqs[:1]) - 1
+    if n:
+        gaps[0] = 0
+        if int(gaps.min()) < 0:
+            raise WireError("duplicate sample seq")
+    ts_deltas = np.diff(stamps, prepend=stamps[:1])
+
+    # Signal by signal (dictionary order), each in seq order: quantized values as deltas from the signal's
+    # first value, or exact floats. Grouping a signal's values together compresses better than seq order.
+    by_signal = np.argsort(indices, kind="stable")
+    bounds = np.cumsum(np.bincount(indices, minlength=len(index_of)))
+    quantized_deltas: list[_IntArray] = [np.empty(0, dtype=np.int64)]
+    exact_values: list[_FloatArray] = [np.empty(0, dtype=np.float64)]
+    signals: list[list[object]] = []
+    start = 0
+    for name, stop in zip(index_of, bounds.tolist(), strict=True):
+        signal_values = values[by_signal[start:stop]]
+        start = stop
+        quantum = _quantum(quanta, name)
+        steps = None if quantum is None else _quantize(signal_values, quantum)
+        if steps is None:
+            signals.append([name, None, 0])
+            exact_values.append(signal_values)
+        else:
+            signals.append([name, quantum, int(steps[0])])
+            quantized_deltas.append(np.diff(steps, prepend=steps[:1]))
+
+    return [
+        n,
+        int(seqs[0]) if n else 0,
+        _pack_column(gaps.view(np.uint64)),
+        int(stamps[0]) if n else 0,
+        _pack_column(_zigzag(ts_deltas)),
+        signals,
+        _pack_column(indices.view(np.uint64)),
+        _pack_column(_zigzag(np.concatenate(quantized_deltas))),
+        _pack_floats(np.concatenate(exact_values)),
+    ]
+
+
+def _seq_of(record: SampleRecord) -> int:
+    return _int(record.seq, 0, MAX_SEQ, "sample seq")
+
+
+def _prediction_row(record: PredictionRecord) -> list[object]:
+    if not isinstance(record, PredictionRecord):
+        raise WireError(f"predictions must be PredictionRecord, not {type(record).__name__}")
+    return [
+        _int(record.seq, 0, MAX_SEQ, "prediction seq"),
+        _int(record.ts_ms, -MAX_ABS_TS_MS, MAX_ABS_TS_MS, "prediction ts_ms"),
+        _text(record.model, MAX_NAME_BYTES, "model"),
+        _text(record.model_version, MAX_NAME_BYTES, "model version", allow_empty=True),
+        _text(record.output, MAX_NAME_BYTES, "output"),
+        _float(record.value, "prediction value"),
+    ]
+
+
+def _alert_row(record: AlertRecord) -> list[object]:
+    if not isinstance(record, AlertRecord):
+        raise WireError(f"alerts must be AlertRecord, not {type(record).__name__}")
+    if record.severity not in SEVERITIES:
+        raise WireError(f"alert severity {record.severity!r} not one of {sorted(SEVERITIES)}")
+    if not isinstance(record.active, bool):
+        raise WireError("alert active must be a bool")
+    return [
+        _int(record.seq, 0, MAX_SEQ, "alert seq"),
+        _int(record.ts_ms, -MAX_ABS_TS_MS, MAX_ABS_TS_MS, "alert ts_ms"),
+        _text(record.rule, MAX_NAME_BYTES, "rule"),
+        record.severity,
+        record.active,
+        _float(record.value, "alert value"),
+        _text(record.message, MAX_MESSAGE_BYTES, "alert message", allow_empty=True),
+    ]
+
+
+def encode_batch(
+    batch: Batch, quanta: Mapping[str, float] | None = None, *, level: int = ZSTD_LEVEL
+) -> bytes:
     """Encode a batch. `quanta` maps a signal name to its resolution (e.g. 0.1 for SOC in 0.1 %):
-    such values travel as integers of that step (decoded within quantum/2); others travel exactly."""
-    raise NotImplementedError
+    such values travel as integers of that step (decoded within quantum/2); others travel exactly.
+
+    Samples are sent (and decoded) in seq order; predictions and alerts in batch order. Raises
+    `WireError` for a batch the decoder would refuse: bad vehicle id or record fields, a seq used twice,
+    more than the MAX_* limits, or an encoded size over MAX_PAYLOAD_BYTES (split the batch)."""
+    if not isinstance(batch, Batch):
+        raise WireError(f"expected a Batch, not {type(batch).__name__}")
+    if len(batch.predictions) > MAX_PREDICTIONS or len(batch.alerts) > MAX_ALERTS:
+        raise WireError("too many predictions or alerts for one batch")
+    samples = _encode_samples(batch.samples, quanta or {})
+    predictions = [_prediction_row(record) for record in batch.predictions]
+    alerts = [_alert_row(record) for record in batch.alerts]
+    _check_unique_seqs(batch.samples, predictions, alerts)
+    body = msgpack.packb([_vehicle(batch.vehicle_id), samples, predictions, alerts], use_bin_type=True)
+    if len(body) > MAX_BODY_BYTES:
+        raise WireError(f"batch body of {len(body)} bytes exceeds MAX_BODY_BYTES; split the batch")
+    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
+    payload = HEADER + compressor.compress(body)
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise WireError(f"payload of {len(payload)} bytes exceeds MAX_PAYLOAD_BYTES; split the batch")
+    return payload
+
+
+def _check_unique_seqs(
+    samples: Sequence[SampleRecord], predictions: list[list[object]], alerts: list[list[object]]
+) -> None:
+    if not predictions and not alerts:
+        return  # samples are checked while sorting
+    seqs = [record.seq for record in samples] + [row[0] for row in predictions] + [row[0] for row in alerts]
+    if len(set(seqs)) != len(seqs):
+        raise WireError("a seq is used twice in one batch")
+
+
+# --- decoding ---------------------------------------------------------------------------------------------
+
+
+def _list(value: object, what: str, length: int | None = None) -> list[object]:
+    if not isinstance(value, list):
+        raise WireError(f"{what}: expected an array, got {type(value).__name__}")
+    if length is not None and len(value) != length:
+        raise WireError(f"{what}: expected {length} elements, got {len(value)}")
+    return value
+
+
+def _wire_int(value: object, low: int, high: int, what: str) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise WireError(f"{what}: expected an integer in [{low}, {high}]")
+    return value
+
+
+def _wire_float(value: object, what: str) -> float:
+    if type(value) is not float:
+        raise WireError(f"{what}: expected a float")
+    return value
+
+
+def _wire_text(value: object, max_bytes: int, what: str, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise WireError(f"{what}: expected a string")
+    return _text(value, max_bytes, what, allow_empty=allow_empty)
+
+
+def _body(payload: object) -> object:
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise WireError(f"payload must be bytes, not {type(payload).__name__}")
+    data = bytes(payload)
+    if len(data) > MAX_PAYLOAD_BYTES:
+        raise WireError(f"payload of {len(data)} bytes exceeds MAX_PAYLOAD_BYTES={MAX_PAYLOAD_BYTES}")
+    if len(data) < HEADER_LEN or data[:2] != MAGIC:
+        raise WireError("not a voltgate payload (bad magic or truncated header)")
+    if data[2] != WIRE_VERSION:
+        raise WireError(f"unsupported wire version {data[2]} (this decoder speaks {WIRE_VERSION})")
+    if data[3] != FLAG_ZSTD:
+        raise WireError(f"unsupported flags 0x{data[3]:02x}")
+    frame = data[HEADER_LEN:]
+    try:
+        params = zstandard.get_frame_parameters(frame)
+        if params.content_size > MAX_BODY_BYTES:  # also "unknown" (ZSTD_CONTENTSIZE_UNKNOWN = 2**64 - 1)
+            raise WireError(f"body declares {params.content_size} bytes, over MAX_BODY_BYTES")
+        if not params.has_checksum:
+            raise WireError("body frame without checksum")
+        decompressor = zstandard.ZstdDecompressor(max_window_size=_MAX_WINDOW_BYTES)
+        body = decompressor.decompress(frame, max_output_size=MAX_BODY_BYTES, allow_extra_data=False)
+    except zstandard.ZstdError as err:
+        raise WireError(f"corrupt body: {err}") from err
+    if len(body) != params.content_size:
+        raise WireError("body size differs from the size its frame declares")
+    try:
+        return msgpack.unpackb(
+            body,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_str_len=MAX_MESSAGE_BYTES,
+            max_bin_len=MAX_BODY_BYTES,
+            max_array_len=max(MAX_PREDICTIONS, MAX_ALERTS, MAX_SIGNALS, 16),
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as err:
+        raise WireError(f"body is not valid msgpack: {err}") from err
+
+
+def _decode_samples(value: object) -> tuple[SampleRecord, ...]:
+    parts = _list(value, "samples", 9)
+    n = _wire_int(parts[0], 0, MAX_SAMPLES, "sample count")
+    seq_base = _wire_int(parts[1], 0, MAX_SEQ, "seq base")
+    ts_base = _wire_int(parts[3], -MAX_ABS_TS_MS, MAX_ABS_TS_MS, "ts base")
+    gaps = _unpack_column(parts[2], n, "seq gaps")
+    if gaps.size and int(gaps.max()) > MAX_SEQ:
+        raise WireError("seq gap out of range")
+    seqs = _running(seq_base - 1, gaps.astype(np.int64) + 1, MAX_SEQ, "seq")
+    if seqs.size and int(seqs.min()) < 0:
+        raise WireError("negative seq")
+    stamps = _running(ts_base, _unzigzag(_unpack_column(parts[4], n, "ts deltas")), MAX_ABS_TS_MS, "ts_ms")
+
+    entries = _list(parts[5], "signals")
+    if len(entries) > MAX_SIGNALS or (n == 0) != (len(entries) == 0):
+        raise WireError("signal dictionary size does not fit the sample count")
+    names: list[str] = []
+    quanta = np.zeros(len(entries), dtype=np.float64)  # 0: exact
+    bases = np.zeros(len(entries), dtype=np.int64)
+    for k, entry_value in enumerate(entries):
+        name, quantum, base = _list(entry_value, "signal entry", 3)
+        names.append(_wire_text(name, MAX_NAME_BYTES, "signal name"))
+        bases[k] = _wire_int(base, -MAX_ABS_QUANTUM_STEPS, MAX_ABS_QUANTUM_STEPS, "signal base")
+        if quantum is not None:
+            quanta[k] = _wire_float(quantum, "quantum")
+            if not (math.isfinite(quanta[k]) and quanta[k] > 0):
+                raise WireError("quantum must be finite and positive")
+        elif bases[k] != 0:
+            raise WireError("exact signal with a base")
+    if len(set(names)) != len(names):
+        raise WireError("signal name listed twice")
+
+    indices = _unpack_column(parts[6], n, "signal index")
+    if indices.size and int(indices.max()) >= len(entries):
+        raise WireError("signal index out of range")
+    index = indices.astype(np.int64)
+    counts = np.bincount(index, minlength=len(entries))
+    if counts.min(initial=1) == 0:
+        raise WireError("signal listed without samples")
+    n_quantized = int(counts[quanta > 0].sum())
+    deltas = _unzigzag(_unpack_column(parts[7], n_quantized, "quantized deltas"))
+    exact = _unpack_floats(parts[8], n - n_quantized, "exact values")
+
+    values = np.empty(n, dtype=np.float64)
+    by_signal = np.argsort(index, kind="stable")  # each signal's samples, in seq order
+    start = quantized_start = exact_start = 0
+    for k, count in enumerate(counts.tolist()):
+        rows = by_signal[start : start + count]
+        start += count
+        if quanta[k] == 0:
+            values[rows] = exact[exact_start : exact_start + count]
+            exact_start += count
+            continue
+        signal_deltas = deltas[quantized_start : quantized_start + count]
+        quantized_start += count
+        steps = _running(int(bases[k]), signal_deltas, MAX_ABS_QUANTUM_STEPS, "quantized value")
+        with np.errstate(all="ignore"):
+            scaled = steps.astype(np.float64) * quanta[k]
+        if not np.isfinite(scaled).all():
+            raise WireError("quantized value overflows float64")
+        values[rows] = scaled
+
+    return tuple(
+        SampleRecord(seq, ts, names[k], v)
+        for seq, ts, k, v in zip(seqs.tolist(), stamps.tolist(), index.tolist(), values.tolist(), strict=True)
+    )
+
+
+def _decode_rows(
+    value: object, limit: int, width: int, what: str, row: Callable[[list[object]], _T]
+) -> list[_T]:
+    rows = _list(value, what)
+    if len(rows) > limit:
+        raise WireError(f"{what}: {len(rows)} records exceed the limit of {limit}")
+    return [row(_list(item, what, width)) for item in rows]
+
+
+def _decode_prediction(row: list[object]) -> PredictionRecord:
+    seq, ts_ms, model, version, output, value = row
+    return PredictionRecord(
+        _wire_int(seq, 0, MAX_SEQ, "prediction seq"),
+        _wire_int(ts_ms, -MAX_ABS_TS_MS, MAX_ABS_TS_MS, "prediction ts_ms"),
+        _wire_text(model, MAX_NAME_BYTES, "model"),
+        _wire_text(version, MAX_NAME_BYTES, "model version", allow_empty=True),
+        _wire_text(output, MAX_NAME_BYTES, "output"),
+        _wire_float(value, "prediction value"),
+    )
+
+
+def _decode_alert(row: list[object]) -> AlertRecord:
+    seq, ts_ms, rule, severity, active, value, message = row
+    if not isinstance(severity, str) or severity not in SEVERITIES:
+        raise WireError("alert severity unknown")
+    if not isinstance(active, bool):
+        raise WireError("alert active must be a bool")
+    return AlertRecord(
+        _wire_int(seq, 0, MAX_SEQ, "alert seq"),
+        _wire_int(ts_ms, -MAX_ABS_TS_MS, MAX_ABS_TS_MS, "alert ts_ms"),
+        _wire_text(rule, MAX_NAME_BYTES, "rule"),
+        severity,
+        active,
+        _wire_float(value, "alert value"),
+        _wire_text(message, MAX_MESSAGE_BYTES, "alert message", allow_empty=True),
+    )
 
 
 def decode_batch(payload: bytes) -> Batch:
     """Decode and validate a payload; raises `WireError` on anything malformed, never anything else."""
-    raise NotImplementedError
+    vehicle, samples, predictions, alerts = _list(_body(payload), "body", 4)
+    batch = Batch(
+        vehicle_id=_vehicle(vehicle),
+        samples=_decode_samples(samples),
+        predictions=tuple(_decode_rows(predictions, MAX_PREDICTIONS, 6, "predictions", _decode_prediction)),
+        alerts=tuple(_decode_rows(alerts, MAX_ALERTS, 7, "alerts", _decode_alert)),
+    )
+    if batch.predictions or batch.alerts:
+        seqs = (
+            [r.seq for r in batch.samples]
+            + [r.seq for r in batch.predictions]
+            + [r.seq for r in batch.alerts]
+        )
+        if len(set(seqs)) != len(seqs):
+            raise WireError("a seq is used twice in one batch")
+    return batch
+
+
+# --- status (retained) ------------------------------------------------------------------------------------
+
+StatusInfo = str | int | float | bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """What the retained status topic says: "online" (published on connect) or "offline" (the last will)."""
+
+    state: str
+    ts_ms: int
+    info: Mapping[str, StatusInfo] = field(default_factory=dict)
+
+
+def encode_status(state: str, ts_ms: int, **info: StatusInfo) -> bytes:
+    """A small JSON object, e.g. `{"state":"online","ts_ms":…,"agent_version":"0.1.0"}`; info values are
+    JSON scalars (finite numbers)."""
+    if state not in STATUS_STATES:
+        raise WireError(f"status state {state!r} not one of {sorted(STATUS_STATES)}")
+    document: dict[str, StatusInfo] = {"state": state, "ts_ms": _int(ts_ms, 0, MAX_ABS_TS_MS, "status ts_ms")}
+    for key, value in info.items():
+        if not isinstance(value, StatusInfo):
+            raise WireError(f"status info {key!r} must be a JSON scalar")
+        document[key] = value
+    try:
+        encoded = json.dumps(document, allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode()
+    except (ValueError, UnicodeEncodeError) as err:
+        raise WireError(f"status not encodable: {err}") from err
+    if len(encoded) > MAX_STATUS_BYTES:
+        raise WireError(f"status of {len(encoded)} bytes exceeds MAX_STATUS_BYTES={MAX_STATUS_BYTES}")
+    return encoded
+
+
+def _reject_constant(name: str) -> object:
+    raise WireError(f"status contains {name}")
+
+
+def decode_status(payload: bytes) -> Status:
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise WireError(f"status payload must be bytes, not {type(payload).__name__}")
+    if len(payload) > MAX_STATUS_BYTES:
+        raise WireError("status payload too large")
+    try:
+        document = json.loads(bytes(payload).decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise WireError(f"status is not JSON: {err}") from err
+    if not isinstance(document, dict):
+        raise WireError("status must be a JSON object")
+    state = document.pop("state", None)
+    ts_ms = document.pop("ts_ms", None)
+    if not isinstance(state, str) or state not in STATUS_STATES:
+        raise WireError("status state must be 'online' or 'offline'")
+    if not all(isinstance(value, StatusInfo) for value in document.values()):
+        raise WireError("status info values must be JSON scalars")
+    return Status(state, _wire_int(ts_ms, 0, MAX_ABS_TS_MS, "status ts_ms"), document)
