@@ -96,8 +96,8 @@ class Route:
         half = max(1, round(_GRADE_SMOOTHING_M / 2 / self._grid_step_m))
         padded = np.concatenate([np.full(half, elev[0]), elev, np.full(half, elev[-1])])
         grade = (padded[2 * half :] - padded[: -2 * half]) / (2 * half * self._grid_step_m)
-        self._elev_grid = elev.tolist()
-        self._grade_grid = grade.tolist()
+        self._elev_grid: list[float] = elev.tolist()
+        self._grade_grid: list[float] = grade.tolist()
 
     @property
     def depot_distance_m(self) -> float:
@@ -112,11 +112,11 @@ class Route:
         return min(i, len(self._elev_grid) - 1)
 
     def elevation_m(self, distance_m: float) -> float:
-        return self._elev_grid[self._grid_index(distance_m)]
+        return float(self._elev_grid[self._grid_index(distance_m)])
 
     def grade(self, distance_m: float) -> float:
         """Rise over run (0.02 = 2 % uphill) in the direction of increasing route distance."""
-        return self._grade_grid[self._grid_index(distance_m)]
+        return float(self._grade_grid[self._grid_index(distance_m)])
 
     def speed_limit_kmh(self, distance_m: float) -> float:
         for end_m, limit in _SPEED_LIMIT_BANDS_KMH:

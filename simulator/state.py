@@ -126,3 +126,12 @@ class BusState:
     energy_out_kwh: float  # cumulative energy drawn from the pack (discharge), for plausibility
     energy_in_kwh: float  # cumulative energy returned to the pack (regen + charging)
     active_faults: tuple[str, ...]  # names of injected faults active now
+    # --- additions by the physics (defaults keep older constructors working) ---
+    route_distance_m: float = 0.0  # along the route from the depot end
+    next_stop_id: str = ""
+    traction_energy_kwh: float = 0.0  # cumulative DC energy into the inverter for traction
+    regen_energy_kwh: float = 0.0  # cumulative DC energy recovered by regenerative braking
+    brake_energy_kwh: float = 0.0  # cumulative braking energy at the wheels (regen + friction)
+    battery_thermal_power_kw: float = 0.0  # chiller / coolant heater electrical draw
+    can_frame_drop_prob: float = 0.0  # for the CAN emitter while a can_frame_loss fault is active
+    can_frame_corrupt_prob: float = 0.0  # while a can_frame_corruption fault is active
