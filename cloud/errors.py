@@ -19,3 +19,7 @@ class StoreError(CloudError):
 
 class BrokerError(CloudError):
     """The MQTT broker cannot be reached or refused the connection."""
+
+
+class RejectedDataError(StoreError):
+    """The database refused the data of a group (not the connection): one message in it is poison."""

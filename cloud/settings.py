@@ -10,9 +10,17 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,6 +29,7 @@ from pydantic_settings import (
 )
 
 from cloud.errors import ConfigError
+from protocols.topics import is_valid_id
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MQTT_MAX_SESSION_EXPIRY_S = 0xFFFFFFFE  # 0xFFFFFFFF means "never expires": not allowed here
@@ -38,7 +47,7 @@ class MqttSettings(BaseModel):
     # Stable per replica (e.g. "voltgate-cloud-<hostname>"): the broker keeps this replica's
     # session, with its unacknowledged messages, across restarts.
     client_id: str = Field(default="voltgate-cloud-1", min_length=1, max_length=128)
-    shared_group: str = Field(default="voltgate-cloud", pattern=r"^[^/+#]+$")
+    shared_group: str = "voltgate-cloud"
     # Finite on purpose: a replica that never comes back must not pin messages in the broker forever.
     session_expiry_s: int = Field(default=3600, ge=1, le=_MQTT_MAX_SESSION_EXPIRY_S)
     keepalive_s: int = Field(default=30, ge=5, le=65535)
@@ -48,6 +57,13 @@ class MqttSettings(BaseModel):
     reconnect_min_s: float = Field(default=1.0, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
 
+    @field_validator("shared_group")
+    @classmethod
+    def _group_is_topic_id(cls, value: str) -> str:
+        if not is_valid_id(value):
+            raise ValueError("must be 1-64 of A-Z a-z 0-9 _ . - (it becomes a topic level)")
+        return value
+
 
 class DatabaseSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True)
@@ -56,7 +72,7 @@ class DatabaseSettings(BaseModel):
     schema_name: str = Field(default="voltgate", alias="schema")
     connect_timeout_s: int = Field(default=5, ge=1)
     # Raw samples and ledger rows older than this are dropped (partitions / retention policy).
-    raw_retention_days: int = Field(default=90, ge=2)
+    raw_retention_days: int = Field(default=90, ge=7)
     # Daily partitions the receiver keeps created ahead of today (native PostgreSQL path).
     partitions_ahead_days: int = Field(default=2, ge=1, le=30)
 
@@ -107,6 +123,17 @@ class CloudSettings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
+
+    @model_validator(mode="after")
+    def _group_fits_in_flight(self) -> Self:
+        # Messages are acknowledged after commit, so the broker never has more than receive_maximum
+        # of them out to us: a larger group could only ever be completed by its age limit.
+        if self.ingest.batch_max_messages > self.mqtt.receive_maximum:
+            raise ValueError(
+                f"ingest.batch_max_messages ({self.ingest.batch_max_messages}) must not exceed "
+                f"mqtt.receive_maximum ({self.mqtt.receive_maximum})"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,201 @@
+"""Composition root of the receiver: broker adapter → inbox → writer (ingest + store) → ack.
+
+One asyncio TaskGroup with two named tasks: `writer` (groups messages, writes each group in one
+transaction, acknowledges after commit) and `maintenance` (partitions ahead, retention), each with
+its own database connection. SIGTERM/SIGINT set the stop event: the writer stops taking messages,
+commits and acknowledges the group it holds, and returns; then the broker connection is closed
+cleanly (the persistent session keeps everything not yet acknowledged) and `run` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Final
+
+from prometheus_client import start_http_server
+
+from cloud import metrics
+from cloud.errors import RejectedDataError, StoreError
+from cloud.ingest import BatchMessage, DeadLetter, Ingested, ingest_message
+from cloud.mqtt import InboundMessage, Inbox, MqttReceiver
+from cloud.settings import CloudSettings, IngestSettings
+from cloud.store import Store, WriteStats
+
+log = logging.getLogger(__name__)
+
+MAINTENANCE_INTERVAL_S: Final = 3600.0
+# On SIGTERM while the database is down, stop retrying after this long: the group stays
+# unacknowledged in the broker session. Keep under systemd's TimeoutStopSec with the disconnect.
+SHUTDOWN_WRITE_GRACE_S: Final = 10.0
+RETRY_MIN_S: Final = 0.5
+RETRY_MAX_S: Final = 30.0
+
+
+class Writer:
+    """Takes groups from the inbox, writes each in one transaction, then acknowledges it."""
+
+    def __init__(self, store: Store, receiver: MqttReceiver, inbox: Inbox, limits: IngestSettings) -> None:
+        self._store = store
+        self._receiver = receiver
+        self._inbox = inbox
+        self._limits = limits
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while True:
+            group = await self._inbox.next_group(
+                self._limits.batch_max_messages, self._limits.batch_max_age_s, stop
+            )
+            if not group:
+                return  # stop is set and nothing is held
+            if not await self._commit(group, stop):
+                return  # shutting down with the database unreachable: the broker keeps the group
+            acked = self._receiver.ack(group)
+            metrics.MESSAGES_ACKED.inc(acked)
+
+    async def _commit(self, group: Sequence[InboundMessage], stop: asyncio.Event) -> bool:
+        items = [ingest_message(m.topic, m.payload, m.received_at, self._limits) for m in group]
+        delay = RETRY_MIN_S
+        gave_up_at: float | None = None
+        loop = asyncio.get_running_loop()
+        failing = False
+        while True:
+            try:
+                stats = await self._write(group, items)
+            except StoreError as err:
+                metrics.DATABASE_ERRORS.inc()
+                if not failing:
+                    log.error("writing to the database failed, retrying: %s", err)
+                    failing = True
+                if stop.is_set():
+                    gave_up_at = gave_up_at or loop.time() + SHUTDOWN_WRITE_GRACE_S
+                    if loop.time() >= gave_up_at:
+                        log.warning(
+                            "shutting down with %d messages uncommitted (left to the broker)", len(group)
+                        )
+                        return False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                with contextlib.suppress(StoreError):
+                    await self._store.reconnect()
+                continue
+            if failing:
+                log.info("database writes work again")
+            _count(items, stats)
+            return True
+
+    async def _write(self, group: Sequence[InboundMessage], items: list[Ingested]) -> WriteStats:
+        try:
+            return await self._store.write(items)
+        except RejectedDataError as err:
+            # One message of the group is poison for the database: write them one by one and keep
+            # the ones it refuses as dead letters, so the stream goes on.
+            log.warning("database rejected a group (%s); writing its messages one by one", err)
+            total = WriteStats()
+            for i, (message, item) in enumerate(zip(group, items, strict=True)):
+                try:
+                    stats = await self._store.write([item])
+                except RejectedDataError as one:
+                    items[i] = DeadLetter(
+                        message.topic, item.vehicle_id, str(one), message.payload, message.received_at
+                    )
+                    stats = await self._store.write([items[i]])
+                _merge(total, stats)
+            return total
+
+
+def _merge(total: WriteStats, part: WriteStats) -> None:
+    total.messages += part.messages
+    total.samples_staged += part.samples_staged
+    total.samples_inserted += part.samples_inserted
+    total.predictions_staged += part.predictions_staged
+    total.predictions_inserted += part.predictions_inserted
+    total.alerts_staged += part.alerts_staged
+    total.alerts_inserted += part.alerts_inserted
+    total.dead_letters += part.dead_letters
+    total.statuses += part.statuses
+    total.commit_seconds += part.commit_seconds
+
+
+def _count(items: list[Ingested], stats: WriteStats) -> None:
+    now_ms = datetime.now(UTC).timestamp() * 1000
+    for item in items:
+        if isinstance(item, BatchMessage):
+            metrics.MESSAGES.labels("batch").inc()
+            newest = max((s.ts_ms for s in item.batch.samples), default=None)
+            if newest is not None:
+                metrics.LAG_SECONDS.observe(max(0.0, (now_ms - newest) / 1000))
+        elif isinstance(item, DeadLetter):
+            metrics.MESSAGES.labels("dead_letter").inc()
+        else:
+            metrics.MESSAGES.labels("status").inc()
+    metrics.SAMPLES_WRITTEN.inc(stats.samples_inserted)
+    metrics.RECORDS_WRITTEN.labels("samples").inc(stats.samples_inserted)
+    metrics.RECORDS_WRITTEN.labels("predictions").inc(stats.predictions_inserted)
+    metrics.RECORDS_WRITTEN.labels("alerts").inc(stats.alerts_inserted)
+    metrics.DUPLICATES_IGNORED.inc(stats.duplicates)
+    metrics.DEAD_LETTERS.inc(len(stats.dead_letters))
+    metrics.COMMIT_SECONDS.observe(stats.commit_seconds)
+    if stats.dead_letters:
+        log.debug("dead letters: %s", "; ".join(stats.dead_letters))
+
+
+async def maintain_forever(store: Store, stop: asyncio.Event) -> None:
+    """Partitions ahead and retention, hourly (the first run happens before `run` starts)."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), MAINTENANCE_INTERVAL_S)
+        if stop.is_set():
+            return
+        try:
+            await store.maintain()
+        except StoreError as err:
+            log.error("partition maintenance failed, will retry: %s", err)
+            with contextlib.suppress(StoreError):
+                await store.reconnect()
+
+
+async def run(settings: CloudSettings, stop: asyncio.Event | None = None) -> None:
+    """Run the receiver until `stop` is set (or SIGTERM/SIGINT). `StoreError` if the DB is unusable."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    writer_store = await Store.open(settings.database)
+    maintenance_store = await Store.open(settings.database)
+    metrics_server = None
+    receiver: MqttReceiver | None = None
+    try:
+        await maintenance_store.maintain()
+        if settings.metrics.port:
+            metrics_server, _ = start_http_server(settings.metrics.port, settings.metrics.host)
+        # Above Receive Maximum: QoS 1 never overflows it; the slack is for QoS 0 status messages.
+        inbox = Inbox(capacity=settings.mqtt.receive_maximum + 1000)
+        receiver = MqttReceiver(settings.mqtt, loop, inbox)
+        receiver.start()
+        log.info(
+            "receiver started: broker %s:%d, group %s, database schema %s (%s)",
+            settings.mqtt.host,
+            settings.mqtt.port,
+            settings.mqtt.shared_group,
+            settings.database.schema_name,
+            writer_store.flavour.value,
+        )
+        writer = Writer(writer_store, receiver, inbox, settings.ingest)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(writer.run(stop), name="writer")
+            tasks.create_task(maintain_forever(maintenance_store, stop), name="maintenance")
+        log.info("receiver stopped: last group committed and acknowledged")
+    finally:
+        if receiver is not None:
+            receiver.stop()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        await writer_store.close()
+        await maintenance_store.close()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)

@@ -1,0 +1,240 @@
+"""Schema migrations and time-partition maintenance.
+
+Migrations are the numbered files in `cloud/sql/`: `NNNN_name.sql` runs everywhere;
+`NNNN_name.native.sql` / `NNNN_name.timescale.sql` are the two variants of one version, chosen by
+whether the TimescaleDB extension is installed in the database (`pg_extension`). Each version runs
+in its own transaction under an advisory lock and is recorded in `schema_migrations` with the
+flavour it used, so `migrate` is idempotent and safe to run from several replicas at once. The
+flavour recorded for version 2 is the flavour of the schema from then on.
+
+Without TimescaleDB, `samples` and `ingest_ledger` are range-partitioned by day: the receiver
+creates partitions ahead of time (and on demand for late data) and drops those past retention.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
+from importlib import resources
+from typing import Final
+
+import psycopg
+from psycopg import sql
+
+from cloud.errors import StoreError
+
+_MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(native|timescale))?\.sql$")
+# Partitioned tables of the native flavour and their partition column.
+PARTITIONED_TABLES: Final = {"samples": "ts", "ingest_ledger": "received_at"}
+_PARTITION_NAME = re.compile(r"^(samples|ingest_ledger)_p(\d{8})$")
+
+
+class Flavour(StrEnum):
+    NATIVE = "native"
+    TIMESCALE = "timescale"
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql_text: str
+
+
+def available_migrations(flavour: Flavour) -> list[Migration]:
+    """The migrations shipped in `cloud/sql/` for one flavour, in version order."""
+    by_version: dict[int, Migration] = {}
+    for entry in resources.files("cloud").joinpath("sql").iterdir():
+        match = _MIGRATION_FILE.match(entry.name)
+        if match is None:
+            continue
+        version, name, variant = int(match[1]), match[2], match[3]
+        if variant is not None and variant != flavour.value:
+            continue
+        if version in by_version and variant is None:
+            continue  # a flavour-specific file wins over a generic one of the same version
+        by_version[version] = Migration(version, name, entry.read_text(encoding="utf-8"))
+    return [by_version[v] for v in sorted(by_version)]
+
+
+def latest_version() -> int:
+    return max(m.version for m in available_migrations(Flavour.NATIVE))
+
+
+def _lock_key(schema: str) -> sql.Composable:
+    return sql.SQL("hashtextextended({}, 0)").format(sql.Literal(f"voltgate-cloud:{schema}"))
+
+
+async def detect_flavour(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> Flavour:
+    cur = await conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")
+    return Flavour.TIMESCALE if await cur.fetchone() else Flavour.NATIVE
+
+
+async def schema_state(conn: psycopg.AsyncConnection[tuple[object, ...]], schema: str) -> tuple[int, Flavour]:
+    """(highest applied version, flavour) of `schema`; version 0 when nothing is applied."""
+    cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}".schema_migrations',))
+    row = await cur.fetchone()
+    if row is None or not row[0]:
+        return 0, await detect_flavour(conn)
+    cur = await conn.execute(
+        sql.SQL("SELECT version, flavour FROM {}.schema_migrations ORDER BY version DESC LIMIT 1").format(
+            sql.Identifier(schema)
+        )
+    )
+    last = await cur.fetchone()
+    if last is None:
+        return 0, await detect_flavour(conn)
+    flavour_cur = await conn.execute(
+        sql.SQL("SELECT flavour FROM {}.schema_migrations WHERE flavour <> 'any' LIMIT 1").format(
+            sql.Identifier(schema)
+        )
+    )
+    flavour_row = await flavour_cur.fetchone()
+    flavour = Flavour(str(flavour_row[0])) if flavour_row else await detect_flavour(conn)
+    return int(str(last[0])), flavour
+
+
+async def migrate(conn: psycopg.AsyncConnection[tuple[object, ...]], schema: str) -> list[int]:
+    """Apply the pending migrations to `schema` (created if missing); return the versions applied.
+
+    `conn` must be in autocommit mode with `search_path` starting at `schema`.
+    """
+    ident = sql.Identifier(schema)
+    applied_now: list[int] = []
+    async with conn.transaction():
+        await conn.execute(sql.SQL("SELECT pg_advisory_xact_lock({})").format(_lock_key(schema)))
+        await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+        await conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {}.schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL, flavour text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            ).format(ident)
+        )
+    _, flavour = await schema_state(conn, schema)
+    for migration in available_migrations(flavour):
+        async with conn.transaction():
+            await conn.execute(sql.SQL("SELECT pg_advisory_xact_lock({})").format(_lock_key(schema)))
+            cur = await conn.execute(
+                sql.SQL("SELECT 1 FROM {}.schema_migrations WHERE version = %s").format(ident),
+                (migration.version,),
+            )
+            if await cur.fetchone():
+                continue
+            await conn.execute(migration.sql_text.encode())
+            variant = flavour.value if _has_variants(migration.version) else "any"
+            await conn.execute(
+                sql.SQL(
+                    "INSERT INTO {}.schema_migrations (version, name, flavour) VALUES (%s, %s, %s)"
+                ).format(ident),
+                (migration.version, migration.name, variant),
+            )
+            applied_now.append(migration.version)
+    return applied_now
+
+
+def _has_variants(version: int) -> bool:
+    names = (entry.name for entry in resources.files("cloud").joinpath("sql").iterdir())
+    return any((m := _MIGRATION_FILE.match(n)) and int(m[1]) == version and m[3] for n in names)
+
+
+def partition_name(table: str, day: date) -> str:
+    return f"{table}_p{day:%Y%m%d}"
+
+
+def utc_day_bounds(day: date) -> tuple[datetime, datetime]:
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return start, start + timedelta(days=1)
+
+
+async def existing_partitions(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], schema: str
+) -> set[tuple[str, date]]:
+    """(table, day) of every daily partition of the partitioned tables in `schema`."""
+    cur = await conn.execute(
+        "SELECT c.relname FROM pg_inherits i"
+        " JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent"
+        " JOIN pg_namespace n ON n.oid = p.relnamespace"
+        " WHERE n.nspname = %s AND p.relname = ANY(%s)",
+        (schema, list(PARTITIONED_TABLES)),
+    )
+    found: set[tuple[str, date]] = set()
+    for (relname,) in await cur.fetchall():
+        match = _PARTITION_NAME.match(str(relname))
+        if match:
+            found.add((match[1], datetime.strptime(match[2], "%Y%m%d").replace(tzinfo=UTC).date()))
+    return found
+
+
+async def create_partitions(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], schema: str, wanted: set[tuple[str, date]]
+) -> set[tuple[str, date]]:
+    """Create the missing daily partitions among `wanted`; return all that exist afterwards.
+
+    Runs in its own short transaction under the schema's advisory lock, so replicas creating the
+    same partition at the same moment do not collide.
+    """
+    async with conn.transaction():
+        await conn.execute(sql.SQL("SELECT pg_advisory_xact_lock({})").format(_lock_key(schema)))
+        present = await existing_partitions(conn, schema)
+        for table, day in sorted(wanted - present):
+            start, end = utc_day_bounds(day)
+            await conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {}.{} PARTITION OF {}.{} FOR VALUES FROM ({}) TO ({})"
+                ).format(
+                    sql.Identifier(schema),
+                    sql.Identifier(partition_name(table, day)),
+                    sql.Identifier(schema),
+                    sql.Identifier(table),
+                    sql.Literal(start),
+                    sql.Literal(end),
+                )
+            )
+            present.add((table, day))
+    return present
+
+
+async def drop_expired_partitions(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], schema: str, keep_days: int, today: date
+) -> list[str]:
+    """Drop the daily partitions that end before `today - keep_days`; return their names."""
+    oldest_kept = today - timedelta(days=keep_days)
+    dropped: list[str] = []
+    async with conn.transaction():
+        await conn.execute(sql.SQL("SELECT pg_advisory_xact_lock({})").format(_lock_key(schema)))
+        for table, day in sorted(await existing_partitions(conn, schema)):
+            if day < oldest_kept:
+                name = partition_name(table, day)
+                await conn.execute(
+                    sql.SQL("DROP TABLE IF EXISTS {}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+                )
+                dropped.append(name)
+    return dropped
+
+
+async def apply_timescale_retention(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], keep_days: int
+) -> None:
+    """Set the raw-data retention policies (TimescaleDB flavour) to `keep_days`."""
+    async with conn.transaction():
+        for table in PARTITIONED_TABLES:
+            await conn.execute("SELECT remove_retention_policy(%s::regclass, if_exists => true)", (table,))
+            await conn.execute(
+                "SELECT add_retention_policy(%s::regclass, drop_after => make_interval(days => %s))",
+                (table, keep_days),
+            )
+
+
+def require_current(version: int) -> None:
+    """Raise `StoreError` unless the schema is at the version this receiver was built for."""
+    latest = latest_version()
+    if version < latest:
+        raise StoreError(
+            f"the database schema is at version {version} but this receiver needs {latest}: "
+            "run `voltgate-cloud migrate` first"
+        )
+    if version > latest:
+        raise StoreError(f"the database schema is at version {version}, newer than this receiver ({latest})")

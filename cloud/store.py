@@ -1,0 +1,448 @@
+"""The store: one transaction per group of ingested messages, idempotent on (vehicle, seq, ts).
+
+Write path, per group: COPY the group's samples, predictions and alerts into temporary staging
+tables (binary COPY, created once per connection, emptied at commit), then
+`INSERT … SELECT … ON CONFLICT DO NOTHING` into the real tables. The unique key is
+(vehicle_id, seq, ts): `seq` makes a record unique per vehicle, `ts` is there because the table is
+partitioned (or a hypertable) on it, and a record never changes its ts. A redelivered batch
+therefore inserts nothing; on the native flavour the rollup tables are updated from the rows the
+INSERT actually returned, in the same statement, so they stay exact too. The ingest ledger, dead
+letters, vehicles and status are written in the same transaction. Only after COMMIT returns may
+the caller acknowledge the messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Final, Self
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from cloud import schema
+from cloud.errors import RejectedDataError, StoreError
+from cloud.ingest import BatchMessage, DeadLetter, Ingested, StatusMessage
+from cloud.schema import Flavour
+from cloud.settings import DatabaseSettings
+
+log = logging.getLogger(__name__)
+
+Connection = psycopg.AsyncConnection[tuple[object, ...]]
+
+_STAGING_DDL: Final = (
+    "CREATE TEMP TABLE IF NOT EXISTS stage_samples ("
+    " vehicle_id text, seq bigint, ts_ms bigint, signal text, value double precision"
+    ") ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS stage_predictions ("
+    " vehicle_id text, seq bigint, ts_ms bigint, model text, model_version text, output text,"
+    " value double precision) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS stage_alerts ("
+    " vehicle_id text, seq bigint, ts_ms bigint, rule text, severity text, active boolean,"
+    " value double precision, message text) ON COMMIT DELETE ROWS",
+)
+
+_TS: Final = "timestamptz 'epoch' + ts_ms * interval '1 millisecond'"
+
+_INSERT_SAMPLES_PLAIN: Final = sql.SQL(
+    "INSERT INTO samples (vehicle_id, seq, ts, signal, value)"
+    " SELECT vehicle_id, seq, " + _TS + ", signal, value FROM stage_samples"
+    " ON CONFLICT DO NOTHING"
+)
+
+
+def _rollup_cte(name: str, width: str) -> str:
+    return (
+        f"{name} AS (INSERT INTO {name} AS r (vehicle_id, signal, bucket, n, total, min_value, max_value)"
+        f" SELECT vehicle_id, signal, date_bin(interval '{width}', ts, timestamptz 'epoch') AS b,"
+        " count(*), sum(value), min(value), max(value) FROM ins GROUP BY vehicle_id, signal, b"
+        " ORDER BY vehicle_id, signal, b"  # one lock order for every replica: no deadlocks between them
+        " ON CONFLICT (vehicle_id, signal, bucket) DO UPDATE SET n = r.n + excluded.n,"
+        " total = r.total + excluded.total, min_value = least(r.min_value, excluded.min_value),"
+        " max_value = greatest(r.max_value, excluded.max_value))"
+    )
+
+
+# Native flavour: insert, and roll up exactly the rows inserted (duplicates return nothing).
+_INSERT_SAMPLES_WITH_ROLLUPS: Final = sql.SQL(
+    "WITH ins AS (INSERT INTO samples (vehicle_id, seq, ts, signal, value)"
+    " SELECT vehicle_id, seq, " + _TS + ", signal, value FROM stage_samples"
+    " ON CONFLICT DO NOTHING RETURNING vehicle_id, signal, ts, value), "
+    + _rollup_cte("samples_1m", "1 minute")
+    + ", "
+    + _rollup_cte("samples_1h", "1 hour")
+    + ", "
+    + _rollup_cte("samples_1d", "1 day")
+    + " SELECT count(*) FROM ins"
+)
+
+_INSERT_PREDICTIONS: Final = sql.SQL(
+    "INSERT INTO predictions (vehicle_id, seq, ts, model, model_version, output, value)"
+    " SELECT vehicle_id, seq, " + _TS + ", model, model_version, output, value FROM stage_predictions"
+    " ON CONFLICT DO NOTHING"
+)
+_INSERT_ALERTS: Final = sql.SQL(
+    "INSERT INTO alerts (vehicle_id, seq, ts, rule, severity, active, value, message)"
+    " SELECT vehicle_id, seq, " + _TS + ", rule, severity, active, value, message FROM stage_alerts"
+    " ON CONFLICT DO NOTHING"
+)
+# last_seen is refreshed at most every 10 s per vehicle: fewer row versions, same answer for a human.
+_UPSERT_VEHICLE: Final = (
+    "INSERT INTO vehicles AS v (vehicle_id, fleet, first_seen, last_seen) VALUES (%s, %s, %s, %s)"
+    " ON CONFLICT (vehicle_id) DO UPDATE SET last_seen = excluded.last_seen, fleet = excluded.fleet"
+    " WHERE v.last_seen < excluded.last_seen - interval '10 seconds' OR v.fleet <> excluded.fleet"
+)
+_UPSERT_STATUS: Final = (
+    "INSERT INTO vehicle_status AS s (vehicle_id, fleet, online, document, updated_at)"
+    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (vehicle_id) DO UPDATE"
+    " SET fleet = excluded.fleet, online = excluded.online, document = excluded.document,"
+    " updated_at = excluded.updated_at WHERE s.updated_at <= excluded.updated_at"
+)
+_UPDATE_VEHICLE_FACTS: Final = (
+    "UPDATE vehicles SET vin = coalesce(%s, vin), battery_capacity_kwh = coalesce(%s, battery_capacity_kwh)"
+    " WHERE vehicle_id = %s"
+)
+
+
+@dataclass(slots=True)
+class WriteStats:
+    """What one committed group did."""
+
+    messages: int = 0
+    samples_staged: int = 0
+    samples_inserted: int = 0
+    predictions_staged: int = 0
+    predictions_inserted: int = 0
+    alerts_staged: int = 0
+    alerts_inserted: int = 0
+    dead_letters: list[str] = field(default_factory=list)  # their reasons
+    statuses: int = 0
+    commit_seconds: float = 0.0
+
+    @property
+    def duplicates(self) -> int:
+        return (
+            self.samples_staged
+            - self.samples_inserted
+            + self.predictions_staged
+            - self.predictions_inserted
+            + self.alerts_staged
+            - self.alerts_inserted
+        )
+
+
+class Store:
+    """One database connection of the receiver. Not shared between tasks."""
+
+    def __init__(self, conn: Connection, settings: DatabaseSettings, flavour: Flavour) -> None:
+        self._conn = conn
+        self._settings = settings
+        self.flavour = flavour
+        self._partitions: set[tuple[str, date]] = set()
+
+    @classmethod
+    async def open(cls, settings: DatabaseSettings, *, require_schema: bool = True) -> Self:
+        """Connect; check the schema is migrated (unless `require_schema` is False)."""
+        conn = await connect(settings)
+        try:
+            version, flavour = await schema.schema_state(conn, settings.schema_name)
+            if require_schema:
+                schema.require_current(version)
+                for ddl in _STAGING_DDL:
+                    await conn.execute(ddl.encode())
+            store = cls(conn, settings, flavour)
+            if flavour is Flavour.NATIVE and version > 0:
+                store._partitions = await schema.existing_partitions(conn, settings.schema_name)
+            return store
+        except BaseException:
+            await conn.close()
+            raise
+
+    @property
+    def connection(self) -> Connection:
+        return self._conn
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    async def reconnect(self) -> None:
+        """Replace a broken connection (after a database outage); `StoreError` while still down."""
+        await self._conn.close()
+        conn = await connect(self._settings)
+        try:
+            for ddl in _STAGING_DDL:
+                await conn.execute(ddl.encode())
+        except psycopg.Error as err:
+            await conn.close()
+            raise StoreError(f"database connection lost again: {_first_line(err)}") from err
+        self._conn = conn
+
+    async def migrate(self) -> list[int]:
+        applied = await schema.migrate(self._conn, self._settings.schema_name)
+        _, self.flavour = await schema.schema_state(self._conn, self._settings.schema_name)
+        return applied
+
+    async def maintain(self, today: date | None = None) -> None:
+        """Partitions ahead and retention (native), or retention policies (TimescaleDB)."""
+        keep = self._settings.raw_retention_days
+        if self.flavour is Flavour.TIMESCALE:
+            await schema.apply_timescale_retention(self._conn, keep)
+            return
+        today = today or datetime.now(UTC).date()
+        days = [today + timedelta(days=n) for n in range(-1, self._settings.partitions_ahead_days + 1)]
+        await self._ensure_partitions({(t, d) for t in schema.PARTITIONED_TABLES for d in days})
+        dropped = await schema.drop_expired_partitions(self._conn, self._settings.schema_name, keep, today)
+        if dropped:
+            log.info("dropped %d partitions past the %d-day retention", len(dropped), keep)
+            self._partitions = await schema.existing_partitions(self._conn, self._settings.schema_name)
+
+    async def _ensure_partitions(self, wanted: set[tuple[str, date]]) -> None:
+        if self.flavour is Flavour.NATIVE and not wanted <= self._partitions:
+            self._partitions = await schema.create_partitions(self._conn, self._settings.schema_name, wanted)
+
+    async def write(self, items: Sequence[Ingested]) -> WriteStats:
+        """Write one group of ingested messages in one transaction; return once it is committed.
+
+        Raises `RejectedDataError` when the database refuses the data (write the messages one by one
+        to find the poison), `StoreError` when it is unreachable; nothing is committed then.
+        """
+        try:
+            return await self._write_retrying(items)
+        except (
+            psycopg.errors.DataError,
+            psycopg.errors.IntegrityError,
+            psycopg.errors.ProgramLimitExceeded,
+        ) as err:
+            raise RejectedDataError(f"database rejected the group: {_first_line(err)}") from err
+        except psycopg.Error as err:
+            raise StoreError(f"database write failed: {err}") from err
+
+    async def _write_retrying(self, items: Sequence[Ingested]) -> WriteStats:
+        for attempt in range(1, 6):
+            try:
+                await self._ensure_partitions(_partitions_needed(items))
+                return await self._write_once(items)
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                if attempt == 5:
+                    raise
+                log.warning("write group conflicted with another replica, retrying (attempt %d)", attempt)
+            except psycopg.errors.CheckViolation:
+                # "no partition of relation … found for row": another replica dropped a partition we
+                # still believed in (retention) — reload and retry once.
+                if attempt > 1 or self.flavour is not Flavour.NATIVE:
+                    raise
+                self._partitions = await schema.existing_partitions(self._conn, self._settings.schema_name)
+        raise AssertionError("unreachable")
+
+    async def _write_once(self, items: Sequence[Ingested]) -> WriteStats:
+        batches = [i for i in items if isinstance(i, BatchMessage)]
+        statuses = [i for i in items if isinstance(i, StatusMessage)]
+        dead = [i for i in items if isinstance(i, DeadLetter)]
+        stats = WriteStats(messages=len(items), statuses=len(statuses), dead_letters=[d.reason for d in dead])
+        started = time.perf_counter()
+        conn = self._conn
+        async with conn.transaction(), conn.cursor() as cur:
+            stats.samples_staged = await _stage_samples(cur, batches)
+            stats.predictions_staged = await _stage_predictions(cur, batches)
+            stats.alerts_staged = await _stage_alerts(cur, batches)
+            if stats.samples_staged:
+                if self.flavour is Flavour.NATIVE:
+                    await cur.execute(_INSERT_SAMPLES_WITH_ROLLUPS)
+                    row = await cur.fetchone()
+                    stats.samples_inserted = int(str(row[0])) if row else 0
+                else:
+                    await cur.execute(_INSERT_SAMPLES_PLAIN)
+                    stats.samples_inserted = max(cur.rowcount, 0)
+            if stats.predictions_staged:
+                await cur.execute(_INSERT_PREDICTIONS)
+                stats.predictions_inserted = max(cur.rowcount, 0)
+            if stats.alerts_staged:
+                await cur.execute(_INSERT_ALERTS)
+                stats.alerts_inserted = max(cur.rowcount, 0)
+            await _write_ledger(cur, batches)
+            await _write_dead_letters(cur, dead)
+            await _upsert_vehicles(cur, batches, statuses)
+            await _upsert_statuses(cur, statuses)
+        stats.commit_seconds = time.perf_counter() - started
+        return stats
+
+
+async def connect(settings: DatabaseSettings) -> Connection:
+    """An autocommit connection whose search_path starts at the receiver's schema, in UTC."""
+    try:
+        return await psycopg.AsyncConnection.connect(
+            settings.dsn.get_secret_value(),
+            autocommit=True,
+            connect_timeout=settings.connect_timeout_s,
+            options=f"-c search_path={settings.schema_name},public -c timezone=UTC",
+            application_name="voltgate-cloud",
+        )
+    except psycopg.Error as err:
+        raise StoreError(f"cannot connect to the database: {_first_line(err)}") from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _partitions_needed(items: Sequence[Ingested]) -> set[tuple[str, date]]:
+    wanted: set[tuple[str, date]] = set()
+    for item in items:
+        if isinstance(item, BatchMessage):
+            wanted.add(("ingest_ledger", item.received_at.astimezone(UTC).date()))
+            for record in item.batch.samples:
+                wanted.add(("samples", datetime.fromtimestamp(record.ts_ms / 1000, UTC).date()))
+    return wanted
+
+
+async def _stage_samples(cur: psycopg.AsyncCursor[tuple[object, ...]], batches: list[BatchMessage]) -> int:
+    n = 0
+    async with cur.copy(
+        "COPY stage_samples (vehicle_id, seq, ts_ms, signal, value) FROM STDIN (FORMAT BINARY)"
+    ) as copy:
+        copy.set_types(["text", "int8", "int8", "text", "float8"])
+        for message in batches:
+            vehicle = message.vehicle_id
+            for s in message.batch.samples:
+                await copy.write_row((vehicle, s.seq, s.ts_ms, s.signal, s.value))
+                n += 1
+    return n
+
+
+async def _stage_predictions(
+    cur: psycopg.AsyncCursor[tuple[object, ...]], batches: list[BatchMessage]
+) -> int:
+    rows = [
+        (m.vehicle_id, p.seq, p.ts_ms, p.model, p.model_version, p.output, p.value)
+        for m in batches
+        for p in m.batch.predictions
+    ]
+    if rows:
+        async with cur.copy(
+            "COPY stage_predictions (vehicle_id, seq, ts_ms, model, model_version, output, value)"
+            " FROM STDIN (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(["text", "int8", "int8", "text", "text", "text", "float8"])
+            for row in rows:
+                await copy.write_row(row)
+    return len(rows)
+
+
+async def _stage_alerts(cur: psycopg.AsyncCursor[tuple[object, ...]], batches: list[BatchMessage]) -> int:
+    rows = [
+        (m.vehicle_id, a.seq, a.ts_ms, a.rule, a.severity, a.active, a.value, a.message)
+        for m in batches
+        for a in m.batch.alerts
+    ]
+    if rows:
+        async with cur.copy(
+            "COPY stage_alerts (vehicle_id, seq, ts_ms, rule, severity, active, value, message)"
+            " FROM STDIN (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(["text", "int8", "int8", "text", "text", "bool", "float8", "text"])
+            for row in rows:
+                await copy.write_row(row)
+    return len(rows)
+
+
+async def _write_ledger(cur: psycopg.AsyncCursor[tuple[object, ...]], batches: list[BatchMessage]) -> None:
+    if not batches:
+        return
+    async with cur.copy(
+        "COPY ingest_ledger (received_at, topic, vehicle_id, kind, seq_first, seq_last,"
+        " n_samples, n_predictions, n_alerts, payload_bytes) FROM STDIN (FORMAT BINARY)"
+    ) as copy:
+        copy.set_types(
+            ["timestamptz", "text", "text", "text", "int8", "int8", "int4", "int4", "int4", "int4"]
+        )
+        for m in batches:
+            seqs = m.seq_range()
+            first, last = seqs if seqs else (None, None)
+            await copy.write_row(
+                (
+                    m.received_at,
+                    m.topic,
+                    m.vehicle_id,
+                    m.kind.value,
+                    first,
+                    last,
+                    len(m.batch.samples),
+                    len(m.batch.predictions),
+                    len(m.batch.alerts),
+                    m.payload_bytes,
+                )
+            )
+
+
+async def _write_dead_letters(cur: psycopg.AsyncCursor[tuple[object, ...]], dead: list[DeadLetter]) -> None:
+    if not dead:
+        return
+    async with cur.copy(
+        "COPY dead_letters (received_at, topic, vehicle_id, reason, payload) FROM STDIN (FORMAT BINARY)"
+    ) as copy:
+        copy.set_types(["timestamptz", "text", "text", "text", "bytea"])
+        for d in dead:
+            # NUL is not allowed in PostgreSQL text; a garbage topic may contain one.
+            await copy.write_row(
+                (d.received_at, d.topic.replace("\x00", "\\0"), d.vehicle_id, d.reason, d.payload)
+            )
+
+
+async def _upsert_vehicles(
+    cur: psycopg.AsyncCursor[tuple[object, ...]], batches: list[BatchMessage], statuses: list[StatusMessage]
+) -> None:
+    seen: dict[str, tuple[str, datetime, datetime]] = {}
+    for fleet, vehicle, at in [(m.fleet, m.vehicle_id, m.received_at) for m in batches] + [
+        (s.fleet, s.vehicle_id, s.received_at) for s in statuses
+    ]:
+        prior = seen.get(vehicle)
+        seen[vehicle] = (fleet, min(at, prior[1]) if prior else at, max(at, prior[2]) if prior else at)
+    if seen:
+        # Sorted: every replica locks vehicle rows in the same order.
+        await cur.executemany(
+            _UPSERT_VEHICLE, [(v, f, first, last) for v, (f, first, last) in sorted(seen.items())]
+        )
+
+
+async def _upsert_statuses(
+    cur: psycopg.AsyncCursor[tuple[object, ...]], statuses: list[StatusMessage]
+) -> None:
+    latest: dict[str, StatusMessage] = {}
+    for s in statuses:
+        if s.vehicle_id not in latest or latest[s.vehicle_id].received_at <= s.received_at:
+            latest[s.vehicle_id] = s
+    if not latest:
+        return
+    rows = [
+        (
+            s.vehicle_id,
+            s.fleet,
+            s.online,
+            Jsonb(s.document) if s.document is not None else None,
+            s.received_at,
+        )
+        for _, s in sorted(latest.items())
+    ]
+    await cur.executemany(_UPSERT_STATUS, rows)
+    facts = [
+        (_str_or_none(s.document.get("vin")), _positive_or_none(s.document.get("battery_capacity_kwh")), v)
+        for v, s in sorted(latest.items())
+        if s.document is not None and ("vin" in s.document or "battery_capacity_kwh" in s.document)
+    ]
+    if facts:
+        await cur.executemany(_UPDATE_VEHICLE_FACTS, facts)
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _positive_or_none(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None

@@ -1,0 +1,82 @@
+"""Fixtures for tests against real services: PostgreSQL and Mosquitto on loopback.
+
+Addresses come from the environment, with loopback defaults:
+  VOLTGATE_TEST_PG_DSN          (postgresql://postgres@127.0.0.1:5432/test)
+  VOLTGATE_TEST_MQTT_HOST/PORT  (127.0.0.1 / 1883)
+When a service is unreachable the test is skipped with the reason, or fails when CI=true (in CI a
+missing service is a broken machine, not a reason to go green).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+PG_DSN = os.environ.get("VOLTGATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+MQTT_HOST = os.environ.get("VOLTGATE_TEST_MQTT_HOST", "127.0.0.1")
+MQTT_PORT = int(os.environ.get("VOLTGATE_TEST_MQTT_PORT", "1883"))
+
+
+def service_unavailable(reason: str) -> None:
+    """Skip the test (or fail it under CI=true) because a service it needs is not there."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: services must be running)", pytrace=False)
+    pytest.skip(reason)
+
+
+def unique_id(prefix: str) -> str:
+    """A short id unique to this test run: for topics, fleets, client ids, schemas."""
+    return f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True)
+class Broker:
+    """A reachable MQTT broker, plus a per-test namespace to keep tests apart on a shared broker."""
+
+    host: str
+    port: int
+    namespace: str  # unique per test: use it in fleet ids, topic prefixes, client ids, share groups
+
+    def client_id(self, role: str) -> str:
+        return f"{self.namespace}-{role}"
+
+
+@pytest.fixture
+def mqtt_broker() -> Broker:
+    """The Mosquitto broker at VOLTGATE_TEST_MQTT_HOST:PORT, checked reachable."""
+    try:
+        with socket.create_connection((MQTT_HOST, MQTT_PORT), timeout=2):
+            pass
+    except OSError as err:
+        service_unavailable(f"MQTT broker not reachable at {MQTT_HOST}:{MQTT_PORT}: {err}")
+    return Broker(MQTT_HOST, MQTT_PORT, unique_id("t"))
+
+
+@dataclass(frozen=True)
+class Database:
+    """A reachable PostgreSQL database and a fresh schema in it, dropped after the test."""
+
+    dsn: str
+    schema: str
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[Database]:
+    """A fresh, empty schema in the test database (VOLTGATE_TEST_PG_DSN), dropped afterwards."""
+    psycopg = pytest.importorskip("psycopg")
+    schema = unique_id("test_")
+    try:
+        conn = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=3)
+    except psycopg.Error as err:
+        service_unavailable(f"PostgreSQL not reachable at {PG_DSN}: {str(err).strip().splitlines()[0]}")
+    with conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        try:
+            yield Database(PG_DSN, schema)
+        finally:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')

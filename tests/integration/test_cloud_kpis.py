@@ -1,0 +1,111 @@
+"""Daily KPIs on a synthetic day whose figures are computed by hand below."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime
+
+import pytest
+
+from cloud import kpis
+from cloud.ingest import BatchMessage
+from cloud.settings import DatabaseSettings
+from cloud.store import Store
+from protocols.topics import TopicKind, telemetry_topic
+from protocols.wire import AlertRecord, Batch, SampleRecord
+
+from .conftest import Database
+
+pytestmark = pytest.mark.asyncio
+
+DAY = date(2024, 5, 14)
+
+
+def ms(hour: int, minute: int = 0, second: int = 0, day: date = DAY) -> int:
+    return int(datetime(day.year, day.month, day.day, hour, minute, second, tzinfo=UTC).timestamp() * 1000)
+
+
+@pytest.fixture
+async def store(pg_schema: Database) -> AsyncIterator[Store]:
+    settings = DatabaseSettings.model_validate({"dsn": pg_schema.dsn, "schema": pg_schema.schema})
+    migrator = await Store.open(settings, require_schema=False)
+    await migrator.migrate()
+    await migrator.close()
+    opened = await Store.open(settings)
+    yield opened
+    await opened.close()
+
+
+def synthetic_day(vehicle: str) -> Batch:
+    """
+    06:00–07:00 UTC driving, a reading every 10 s (k = 0..360): 36 km/h, 100 A at 600 V
+    (voltage only every 30 s: held in between), odometer 1000 → 1036 km, SOC 80 → 60 %.
+    08:00–08:30 charging at the depot (j = 0..180): 0 km/h, −200 A at 620 V, SOC 60 → 70 %.
+    The hour 07:00–08:00 has no readings (a gap, not energy). One reading on the next day.
+    Alerts: two raised (one critical), one cleared.
+    """
+    samples: list[SampleRecord] = []
+    seq = 0
+
+    def add(ts_ms: int, signal: str, value: float) -> None:
+        nonlocal seq
+        samples.append(SampleRecord(seq, ts_ms, signal, value))
+        seq += 1
+
+    for k in range(361):
+        t = ms(6) + k * 10_000
+        add(t, kpis.SPEED, 36.0)
+        add(t, kpis.PACK_CURRENT, 100.0)
+        if k % 3 == 0:
+            add(t, kpis.PACK_VOLTAGE, 600.0)
+        add(t, kpis.TRAVELED_DISTANCE, 1000.0 + 0.1 * k)
+        add(t, kpis.SOC, 80.0 - k / 18)
+    for j in range(181):
+        t = ms(8) + j * 10_000
+        add(t, kpis.SPEED, 0.0)
+        add(t, kpis.PACK_CURRENT, -200.0)
+        add(t, kpis.PACK_VOLTAGE, 620.0)
+        add(t, kpis.TRAVELED_DISTANCE, 1036.0)
+        add(t, kpis.SOC, 60.0 + j / 18)
+    add(ms(0, 30, day=date(2024, 5, 15)), kpis.SOC, 95.0)  # next day: not part of the 14th
+    alerts = (
+        AlertRecord(seq, ms(6, 30), "low_soc", "warning", True, 65.0, "SOC low"),
+        AlertRecord(seq + 1, ms(6, 45), "cell_overtemp", "critical", True, 58.0, "cell hot"),
+        AlertRecord(seq + 2, ms(8, 10), "low_soc", "warning", False, 66.0, "SOC ok"),
+    )
+    return Batch(vehicle, samples=tuple(samples), alerts=alerts)
+
+
+async def test_daily_kpis_on_a_known_day(store: Store) -> None:
+    batch = synthetic_day("bus-k")
+    received = datetime(2024, 5, 15, 1, tzinfo=UTC)
+    await store.write(
+        [BatchMessage(telemetry_topic("f", "bus-k"), "f", TopicKind.TELEMETRY, batch, received, 1)]
+    )
+
+    [kpi] = await kpis.daily_kpis(store.connection, DAY, DAY)
+
+    assert (kpi.vehicle_id, kpi.day) == ("bus-k", DAY)
+    assert kpi.distance_km == pytest.approx(36.0)
+    assert (kpi.soc_start_pct, kpi.soc_end_pct, kpi.soc_min_pct) == pytest.approx((80.0, 70.0, 60.0))
+    # driving: 360 intervals x 10 s x 600 V x 100 A = 60 kW for 1 h = 60 kWh
+    assert kpi.energy_used_kwh == pytest.approx(60.0)
+    # charging: 180 intervals x 10 s x 620 V x 200 A = 124 kW for 0.5 h = 62 kWh
+    assert kpi.energy_charged_kwh == pytest.approx(62.0)
+    assert kpi.kwh_per_km == pytest.approx(60.0 / 36.0)
+    assert kpi.moving_hours == pytest.approx(1.0)
+    assert (kpi.alerts_raised, kpi.critical_alerts) == (2, 1)
+
+
+async def test_days_follow_the_fleet_time_zone(store: Store) -> None:
+    # 00:30 UTC on the 15th is still the 14th in New York (UTC−4 in May): that SOC reading moves
+    # to the 14th, where it becomes the day's last reading.
+    batch = synthetic_day("bus-z")
+    received = datetime(2024, 5, 15, 1, tzinfo=UTC)
+    await store.write(
+        [BatchMessage(telemetry_topic("f", "bus-z"), "f", TopicKind.TELEMETRY, batch, received, 1)]
+    )
+
+    rows = await kpis.daily_kpis(store.connection, DAY, date(2024, 5, 15), tz="America/New_York")
+
+    assert [(r.day, r.soc_end_pct) for r in rows] == [(DAY, pytest.approx(95.0))]

@@ -1,0 +1,180 @@
+"""The store against the real PostgreSQL: migrations, idempotent writes, rollups, partitions."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+
+from cloud.errors import RejectedDataError, StoreError
+from cloud.ingest import BatchMessage, DeadLetter, StatusMessage
+from cloud.schema import Flavour, latest_version
+from cloud.settings import DatabaseSettings
+from cloud.store import Store
+from protocols.topics import TopicKind, telemetry_topic
+from protocols.wire import AlertRecord, Batch, PredictionRecord, SampleRecord
+
+from .conftest import Database
+
+pytestmark = pytest.mark.asyncio
+
+T0 = datetime(2024, 5, 14, 23, 59, 0, tzinfo=UTC)  # a batch that straddles midnight UTC
+T0_MS = int(T0.timestamp() * 1000)
+
+
+def db_settings(db: Database) -> DatabaseSettings:
+    return DatabaseSettings.model_validate({"dsn": db.dsn, "schema": db.schema})
+
+
+@pytest.fixture
+async def store(pg_schema: Database) -> AsyncIterator[Store]:
+    settings = db_settings(pg_schema)
+    migrator = await Store.open(settings, require_schema=False)
+    await migrator.migrate()
+    await migrator.close()
+    opened = await Store.open(settings)
+    yield opened
+    await opened.close()
+
+
+def sample_batch(vehicle: str, first_seq: int, n: int, *, step_ms: int = 1000) -> BatchMessage:
+    samples = tuple(
+        SampleRecord(first_seq + i, T0_MS + (first_seq + i) * step_ms, "Vehicle.Speed", float(i))
+        for i in range(n)
+    )
+    batch = Batch(vehicle, samples=samples)
+    return BatchMessage(telemetry_topic("f1", vehicle), "f1", TopicKind.TELEMETRY, batch, T0, 123)
+
+
+async def count(store: Store, query: str) -> int:
+    cur = await store.connection.execute(query.encode())
+    row = await cur.fetchone()
+    assert row is not None
+    return int(str(row[0]))
+
+
+async def test_migrations_are_idempotent_and_recorded(pg_schema: Database) -> None:
+    settings = db_settings(pg_schema)
+    store = await Store.open(settings, require_schema=False)
+    try:
+        assert await store.migrate() == list(range(1, latest_version() + 1))
+        assert await store.migrate() == []
+        assert store.flavour is Flavour.NATIVE  # this machine's PostgreSQL has no TimescaleDB
+        cur = await store.connection.execute(
+            b"SELECT version, flavour FROM schema_migrations ORDER BY version"
+        )
+        assert await cur.fetchall() == [(1, "any"), (2, "native")]
+    finally:
+        await store.close()
+
+
+async def test_open_refuses_an_unmigrated_schema(pg_schema: Database) -> None:
+    with pytest.raises(StoreError, match="voltgate-cloud migrate"):
+        await Store.open(db_settings(pg_schema))
+
+
+async def test_open_gives_one_sentence_when_the_database_is_unreachable() -> None:
+    settings = DatabaseSettings.model_validate(
+        {"dsn": "postgresql://postgres@127.0.0.1:1/test", "schema": "x", "connect_timeout_s": 1}
+    )
+    with pytest.raises(StoreError, match="cannot connect to the database"):
+        await Store.open(settings)
+
+
+async def test_a_batch_is_stored_once_and_its_redelivery_changes_nothing(store: Store) -> None:
+    # GIVEN a batch of 120 samples over two UTC days (partitions are created on demand)
+    message = sample_batch("bus-1", 0, 120)
+    first = await store.write([message])
+    assert (first.samples_staged, first.samples_inserted, first.duplicates) == (120, 120, 0)
+    snapshot = await store.connection.execute(b"SELECT * FROM samples ORDER BY seq")
+    rows_before = await snapshot.fetchall()
+    rollup = await store.connection.execute(b"SELECT * FROM samples_1m ORDER BY bucket")
+    rollup_before = await rollup.fetchall()
+
+    # WHEN the same batch arrives again, alone and then mixed with a new one
+    again = await store.write([message])
+    mixed = await store.write([message, sample_batch("bus-1", 120, 10)])
+
+    # THEN nothing is inserted twice and the rollups count each sample once
+    assert (again.samples_inserted, again.duplicates) == (0, 120)
+    assert (mixed.samples_inserted, mixed.duplicates) == (10, 120)
+    assert await count(store, "SELECT count(*) FROM samples") == 130
+    after = await store.connection.execute(b"SELECT * FROM samples WHERE seq < 120 ORDER BY seq")
+    assert await after.fetchall() == rows_before
+    assert rollup_before[0][3] == 60  # the 23:59 minute holds 60 samples
+    assert await count(store, "SELECT sum(n) FROM samples_1m") == 130
+    assert await count(store, "SELECT sum(n) FROM samples_1h") == 130
+    assert await count(store, "SELECT sum(n) FROM samples_1d") == 130
+    assert await count(store, "SELECT count(*) FROM samples_1d") == 2  # 14 and 15 May
+    assert await count(store, "SELECT sum(total)::bigint FROM samples_1d") == sum(range(120)) + sum(range(10))
+    assert await count(store, "SELECT count(*) FROM ingest_ledger") == 4  # every receipt is in the ledger
+    assert await count(store, "SELECT count(*) FROM vehicles WHERE vehicle_id = 'bus-1'") == 1
+
+
+async def test_predictions_alerts_status_and_dead_letters_in_one_transaction(store: Store) -> None:
+    batch = Batch(
+        "bus-2",
+        predictions=(PredictionRecord(7, T0_MS, "soc_drop_60min", "1.0.0", "soc_drop_pct", 4.5),),
+        alerts=(AlertRecord(8, T0_MS, "low_soc", "warning", True, math.nan, "SOC below 20 %"),),
+    )
+    message = BatchMessage(telemetry_topic("f1", "bus-2"), "f1", TopicKind.ALERTS, batch, T0, 50)
+    status = StatusMessage(
+        "voltgate/v1/f1/bus-2/status",
+        "f1",
+        "bus-2",
+        True,
+        {"vin": "YV3T2U829LA123456", "battery_capacity_kwh": 396},
+        T0,
+    )
+    dead = DeadLetter("voltgate/v1/f1/bus-2/telemetry", "bus-2", "malformed payload: x", b"\x00\xff", T0)
+
+    stats = await store.write([message, status, dead])
+    again = await store.write([message, status, dead])
+
+    assert (stats.predictions_inserted, stats.alerts_inserted, stats.statuses) == (1, 1, 1)
+    assert (again.predictions_inserted, again.alerts_inserted, again.duplicates) == (0, 0, 2)
+    cur = await store.connection.execute(b"SELECT vin, battery_capacity_kwh, fleet FROM vehicles")
+    assert await cur.fetchall() == [("YV3T2U829LA123456", 396.0, "f1")]
+    cur = await store.connection.execute(b"SELECT online FROM vehicle_status WHERE vehicle_id = 'bus-2'")
+    assert await cur.fetchone() == (True,)
+    cur = await store.connection.execute(b"SELECT reason, payload FROM dead_letters")
+    assert await cur.fetchall() == [("malformed payload: x", b"\x00\xff")] * 2
+
+
+async def test_maintenance_creates_partitions_ahead_and_drops_expired_ones(store: Store) -> None:
+    today = date(2024, 5, 14)
+    await store.write([sample_batch("bus-3", 0, 1)])  # creates samples_p20240514 on demand
+    old = BatchMessage(
+        telemetry_topic("f1", "bus-3"),
+        "f1",
+        TopicKind.TELEMETRY,
+        Batch("bus-3", samples=(SampleRecord(1000, T0_MS - 200 * 86_400_000, "Vehicle.Speed", 1.0),)),
+        T0,
+        10,
+    )
+    await store.write([old])
+
+    await store.maintain(today)
+
+    cur = await store.connection.execute(
+        b"SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        b" WHERE i.inhparent = 'samples'::regclass ORDER BY 1"
+    )
+    names = [r[0] for r in await cur.fetchall()]
+    ahead = [f"samples_p{(today + timedelta(days=d)):%Y%m%d}" for d in (-1, 0, 1, 2)]
+    assert names == ahead, "yesterday, today and the days ahead exist; the 200-day-old one is dropped"
+    assert await count(store, "SELECT count(*) FROM samples") == 1
+
+
+async def test_data_the_database_refuses_is_reported_as_rejected_not_as_an_outage(store: Store) -> None:
+    # ingest_message keeps NUL out; built by hand here to stand for any row PostgreSQL refuses
+    poison = Batch("bus-4", samples=(SampleRecord(1, T0_MS, "Vehicle.\x00Speed", 1.0),))
+    message = BatchMessage(telemetry_topic("f1", "bus-4"), "f1", TopicKind.TELEMETRY, poison, T0, 10)
+    with pytest.raises(RejectedDataError):
+        await store.write([message, sample_batch("bus-4", 10, 5)])
+    assert await count(store, "SELECT count(*) FROM samples") == 0  # nothing of the group committed
+    assert (
+        await store.write([sample_batch("bus-4", 10, 5)])
+    ).samples_inserted == 5  # connection still usable
