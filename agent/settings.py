@@ -1,15 +1,34 @@
 """Agent configuration: pydantic-settings models, a TOML file plus VOLTGATE_… environment variables.
 
-Each stage receives only its own sub-model. (Skeleton: source sub-models are fixed; the owner of the
-buffer/uplink/app completes the rest.)
+Each stage receives only its own sub-model. `load_settings(path)` validates everything once and turns
+every problem into one sentence (`ConfigError`); checks that need the file system or other packages
+(catalogs, interfaces, writable paths) are `agent.app.preflight`.
 """
 
 from __future__ import annotations
 
+import tomllib
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from protocols.catalog import DEFAULT_CATALOG
 
@@ -43,3 +62,160 @@ class GpsSettings(_Section):
     enabled: bool = False
     port: str = "/dev/ttyUSB0"  # a serial device or a pty
     baudrate: int = 9600
+
+
+class BufferSettings(_Section):
+    """The durable SQLite buffer (see `agent.buffer`)."""
+
+    path: Path = Path("/var/lib/voltgate/buffer.sqlite3")
+    max_bytes: int = Field(default=512 * 1024 * 1024, ge=256 * 1024)  # cap on the database's used pages
+    commit_interval_s: float = Field(default=0.5, gt=0, le=1.0)  # at most this much data in flight at kill -9
+
+
+class UplinkSettings(_Section):
+    """MQTT 5 uplink to the fleet broker (see `agent.uplink`)."""
+
+    broker_url: str = "mqtts://127.0.0.1:8883"  # mqtt://host[:1883] or mqtts://host[:8883] (TLS)
+    fleet_id: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    client_id: str | None = None  # default: "voltgate-{vehicle_id}"
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_file: Path | None = None  # None: the system trust store (mqtts only)
+    cert_file: Path | None = None  # client certificate (PEM), with key_file
+    key_file: Path | None = None
+    tls_insecure: bool = False  # skip the broker hostname check (test benches only)
+    keepalive_s: int = Field(default=60, ge=5, le=65_535)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    batch_max_records: int = Field(default=2_000, ge=1, le=100_000)
+    batch_max_age_s: float = Field(default=5.0, ge=0)
+    puback_timeout_s: float = Field(default=20.0, gt=0)  # "connected but stuck": recycle the connection
+    backoff_initial_s: float = Field(default=1.0, gt=0)
+    backoff_max_s: float = Field(default=120.0, gt=0)
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        broker_address(value)
+        return value
+
+    @model_validator(mode="after")
+    def _client_cert_pair(self) -> UplinkSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (a client certificate and its key)")
+        return self
+
+    @property
+    def address(self) -> BrokerAddress:
+        return broker_address(self.broker_url)
+
+
+class BrokerAddress(NamedTuple):
+    host: str
+    port: int
+    tls: bool
+
+
+def broker_address(url: str) -> BrokerAddress:
+    """`mqtt://host[:port]` or `mqtts://host[:port]` → host, port, TLS; ValueError with a readable reason."""
+    example = "like mqtts://broker.example.com:8883 or mqtt://127.0.0.1:1883"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as err:
+        raise ValueError(f"broker URL {url!r} is not valid ({err}); expected a URL {example}") from None
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError(f"broker URL {url!r} is not an MQTT URL {example}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"broker URL {url!r} must be just scheme, host and port, {example}")
+    tls = parts.scheme == "mqtts"
+    return BrokerAddress(parts.hostname, port or (8883 if tls else 1883), tls)
+
+
+class MetricsSettings(_Section):
+    """Prometheus /metrics and /healthz on one small HTTP listener."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=0, le=65_535)  # 0: any free port (tests)
+
+
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("voltgate_config_file", default=None)
+
+
+class AgentSettings(BaseSettings):
+    """The whole agent configuration. Sources, in priority order: constructor arguments, `VOLTGATE_…`
+    environment variables (`VOLTGATE_UPLINK__BROKER_URL`, `VOLTGATE_BUFFER__PATH`, …), the TOML file
+    given to `load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VOLTGATE_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    vehicle_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    can: list[CanBusSettings] = Field(default_factory=list, max_length=4)
+    replay: list[ReplaySettings] = Field(default_factory=list)
+    gps: GpsSettings = GpsSettings()
+    buffer: BufferSettings = BufferSettings()
+    uplink: UplinkSettings = UplinkSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    log_format: Literal["auto", "text", "json"] = "auto"  # auto: JSON lines under systemd
+
+    @model_validator(mode="after")
+    def _unique_bus_names(self) -> AgentSettings:
+        names = [bus.name for bus in self.can] + [log.name for log in self.replay]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"bus names must be unique across [[can]] and [[replay]]: {duplicates}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = _CONFIG_FILE.get()
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        if toml_file is not None:
+            sources += (TomlConfigSettingsSource(settings_cls, toml_file=toml_file),)
+        return sources
+
+
+class ConfigError(Exception):
+    """A configuration the agent cannot run with; the message is meant for the person who wrote it."""
+
+
+def load_settings(path: Path) -> AgentSettings:
+    """Read and validate the configuration once: the TOML file at `path`, overridden by `VOLTGATE_…`
+    environment variables. Every problem becomes one sentence in one `ConfigError`."""
+    try:
+        tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"cannot read the config file {path}: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {path} is not valid TOML: {err}") from err
+    token = _CONFIG_FILE.set(path)
+    try:
+        return AgentSettings()  # type: ignore[call-arg]  # vehicle_id comes from the file or environment
+    except ValidationError as err:
+        raise ConfigError(f"{path}: " + "; ".join(_explain(e) for e in err.errors())) from err
+    finally:
+        _CONFIG_FILE.reset(token)
+
+
+def _explain(error: ErrorDetails) -> str:
+    where = ".".join(str(part) for part in error["loc"]) or "config"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        return f"{where} is required but missing"
+    if error["type"] == "extra_forbidden":
+        return f"{where} is not a known setting (check its spelling and section)"
+    got = error.get("input")
+    quiet = isinstance(got, dict | list) or error["type"].startswith("value_error")
+    shown = "" if quiet else f" (got {got!r})"
+    return f"{where}: {message}{shown}"

@@ -1,0 +1,164 @@
+"""`voltgate-agent`: run the agent, check a config, or decode a recorded CAN log to CSV.
+
+    voltgate-agent run --config FILE
+    voltgate-agent check-config --config FILE
+    voltgate-agent decode --dbc FILE [--catalog FILE] [--no-policy] LOG
+
+Exit codes: 0 fine, 1 the agent failed at run time, 2 a user mistake (config, files, arguments) explained
+in one sentence per problem on stderr. This is the only module that calls `sys.exit`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Final
+
+from agent.settings import AgentSettings, ConfigError, load_settings
+from protocols.catalog import DEFAULT_CATALOG, load_catalog
+from protocols.errors import CatalogError, DbcError
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+
+log = logging.getLogger("agent")
+
+
+class JsonLineFormatter(logging.Formatter):
+    """One JSON object per line, for journald and log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        document: dict[str, object] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            document["exc"] = self.formatException(record.exc_info)
+        return json.dumps(document, ensure_ascii=False)
+
+
+def under_systemd() -> bool:
+    return bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
+
+
+def configure_logging(log_format: str = "auto", level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json" or (log_format == "auto" and under_systemd()):
+        handler.setFormatter(JsonLineFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.getLogger("agent.uplink.mqtt").setLevel(logging.WARNING)  # paho's per-packet chatter
+
+
+def _explain(problems: list[str]) -> int:
+    for problem in problems:
+        print(f"voltgate-agent: {problem}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _load(config: Path) -> AgentSettings | list[str]:
+    from agent.app import preflight  # the composition root pulls in every stage; only when needed
+
+    try:
+        settings = load_settings(config)
+    except ConfigError as err:
+        return [str(err)]
+    problems = preflight(settings)
+    return problems or settings
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    loaded = _load(args.config)
+    if isinstance(loaded, list):
+        return _explain(loaded)
+    sources = len(loaded.can) + len(loaded.replay) + int(loaded.gps.enabled)
+    print(
+        f"{args.config}: OK — vehicle {loaded.vehicle_id}, {sources} source(s), "
+        f"broker {loaded.uplink.broker_url}, buffer {loaded.buffer.path}"
+    )
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    configure_logging()
+    loaded = _load(args.config)
+    if isinstance(loaded, list):
+        return _explain(loaded)
+    configure_logging(loaded.log_format)
+    from agent.app import run
+
+    try:
+        asyncio.run(run(loaded))
+    except ConfigError as err:
+        return _explain([str(err)])
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except Exception:
+        log.exception("agent failed")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from agent.decode import decode_log_to_csv
+
+    if not args.log.is_file():
+        return _explain([f"log file {args.log} does not exist"])
+    try:
+        catalog = load_catalog(args.catalog, args.dbc)
+    except (CatalogError, DbcError) as err:
+        return _explain([str(err)])
+    try:
+        decode_log_to_csv(args.log, catalog, sys.stdout, apply_policy=not args.no_policy)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head`: the reader has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError) as err:
+        return _explain([f"cannot decode {args.log}: {err}"])
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voltgate-agent", description="voltgate on-vehicle telematics agent"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the agent until SIGTERM")
+    run.add_argument("--config", type=Path, required=True, help="agent TOML config")
+    run.set_defaults(handler=cmd_run)
+
+    check = commands.add_parser("check-config", help="validate a config and explain every problem")
+    check.add_argument("--config", type=Path, required=True, help="agent TOML config")
+    check.set_defaults(handler=cmd_check_config)
+
+    decode = commands.add_parser("decode", help="decode a recorded CAN log to CSV on stdout")
+    decode.add_argument("--dbc", type=Path, required=True, help="the bus DBC")
+    decode.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG, help="signal catalog (TOML)")
+    decode.add_argument(
+        "--no-policy", action="store_true", help="keep every decoded value (no sampling policy)"
+    )
+    decode.add_argument("log", type=Path, help="recorded log: .log (candump -L), .asc, .blf, ...")
+    decode.set_defaults(handler=cmd_decode)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    args = build_parser().parse_args(argv)
+    sys.exit(args.handler(args))
+
+
+if __name__ == "__main__":
+    main()

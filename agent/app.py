@@ -1,0 +1,434 @@
+"""The composition root: builds the stages from settings, wires them with bounded queues, runs them in one
+TaskGroup, and shuts them down in stages.
+
+    CanSource / ReplaySource ─frames:{bus}─► Decoder ─┐
+    GpsSource ────────────────────────────────────────┼─samples─► committer ─► BufferWorker ─► Uplink
+    (inference / alerts stages) ─derived─► committer ─┘  (every ≤ commit_interval_s)  (PUBACK-gated delete)
+
+Queues are bounded. Sources never wait: a full `frames:{bus}` queue drops the frame and the source counts
+it (`voltgate_queue_drops{queue="frames:…"}`); the decoder and the committer apply backpressure upstream.
+
+Shutdown (SIGTERM/SIGINT), each stage bounded by `STOP_TIMEOUTS`, whose sum stays under systemd's
+`TimeoutStopSec` (`SYSTEMD_TIMEOUT_STOP_S`): stop sources → drain the frame queues through the decoders →
+final commit → publish what can be published → "offline" status and disconnect → exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Iterable, Mapping
+from dataclasses import astuple, dataclass
+from pathlib import Path
+from typing import Final, Protocol, TypeVar
+
+import can
+from prometheus_client import Counter
+
+from agent import metrics
+from agent.buffer import BufferStats, BufferWorker, EvictionClass
+from agent.records import Alert, Frame, Prediction, Sample
+from agent.settings import AgentSettings, ConfigError
+from agent.uplink import Uplink
+from protocols.catalog import DEFAULT_CATALOG, Catalog, load_catalog
+from protocols.errors import CatalogError, DbcError
+
+log = logging.getLogger(__name__)
+_Q = TypeVar("_Q")
+
+SYSTEMD_TIMEOUT_STOP_S: Final = 30.0
+"""`TimeoutStopSec=` of systemd/voltgate-agent.service; the stop stages below must fit inside it."""
+
+
+@dataclass(frozen=True, slots=True)
+class StopTimeouts:
+    sources_s: float = 3.0  # sources close their buses and ports
+    drain_s: float = 3.0  # decoders empty the frame queues
+    commit_s: float = 4.0  # the last samples are committed
+    publish_s: float = 10.0  # the uplink publishes what it can
+    disconnect_s: float = 4.0  # "offline" status and DISCONNECT
+
+    @property
+    def total_s(self) -> float:
+        return float(sum(astuple(self)))
+
+
+STOP_TIMEOUTS: Final = StopTimeouts()
+FRAME_QUEUE_MAX: Final = 20_000  # per bus: ~5 s of a fully loaded 500 kbit/s bus
+SAMPLE_QUEUE_MAX: Final = 100_000
+DERIVED_QUEUE_MAX: Final = 1_000
+BUFFER_STATS_EVERY_S: Final = 5.0  # counting rows of a large backlog is not free
+
+
+class _Source(Protocol):
+    def stop(self) -> None: ...
+
+
+# --- checks before running ----------------------------------------------------------------------------
+
+
+def load_catalogs(settings: AgentSettings) -> dict[str, Catalog]:
+    """Bus name → its catalog (loaded and checked against its DBC), plus "gps" when GPS is enabled.
+    Raises `ConfigError` with the file and line of the first problem."""
+    catalogs: dict[str, Catalog] = {}
+    loaded: dict[tuple[Path, Path | None], Catalog] = {}
+    wanted = [(bus.name, bus.catalog, bus.dbc) for bus in settings.can]
+    wanted += [(log_.name, log_.catalog, log_.dbc) for log_ in settings.replay]
+    if settings.gps.enabled:
+        first = wanted[0] if wanted else ("gps", DEFAULT_CATALOG, None)
+        wanted.append(("gps", first[1], first[2]))
+    for name, catalog_path, dbc_path in wanted:
+        key = (catalog_path, dbc_path)
+        if key not in loaded:
+            try:
+                loaded[key] = load_catalog(catalog_path, dbc_path)
+            except (CatalogError, DbcError) as err:
+                raise ConfigError(f"bus {name!r}: {err}") from err
+        catalogs[name] = loaded[key]
+    return catalogs
+
+
+def _writable_problem(path: Path, what: str) -> str | None:
+    if path.exists():
+        if path.is_dir():
+            return f"{what} {path} is a directory, not a file"
+        if not os.access(path, os.R_OK | os.W_OK):
+            return f"{what} {path} is not writable by this user"
+        return None
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"{what} {path} cannot be created: {ancestor} is not a writable directory"
+    return None
+
+
+def preflight(settings: AgentSettings) -> list[str]:
+    """Everything `check-config` explains beyond the settings schema, one sentence per problem."""
+    problems: list[str] = []
+    for bus in settings.can:
+        if bus.interface not in can.interfaces.VALID_INTERFACES:
+            known = ", ".join(sorted(can.interfaces.VALID_INTERFACES))
+            problems.append(
+                f"can bus {bus.name!r}: unknown python-can interface {bus.interface!r} (known: {known})"
+            )
+    for replay in settings.replay:
+        if not replay.path.is_file():
+            problems.append(f"replay {replay.name!r}: log file {replay.path} does not exist")
+    try:
+        load_catalogs(settings)
+    except ConfigError as err:
+        problems.append(str(err))
+    if problem := _writable_problem(settings.buffer.path, "buffer path"):
+        problems.append(problem)
+    uplink = settings.uplink
+    for what, path in (
+        ("ca_file", uplink.ca_file),
+        ("cert_file", uplink.cert_file),
+        ("key_file", uplink.key_file),
+    ):
+        if path is not None and not path.is_file():
+            problems.append(f"uplink {what} {path} does not exist")
+    if not settings.can and not settings.replay and not settings.gps.enabled:
+        problems.append("no source configured: add a [[can]] bus, a [[replay]] log or enable [gps]")
+    return problems
+
+
+# --- the running agent --------------------------------------------------------------------------------
+
+
+class _CounterSync:
+    """Exports the sources' and decoders' plain counters to Prometheus counters (by increments)."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[int, tuple[str, ...]], float] = {}
+
+    def set(self, counter: Counter, labels: tuple[str, ...], total: float) -> None:
+        key = (id(counter), labels)
+        delta = total - self._last.get(key, 0.0)
+        if delta > 0:
+            (counter.labels(*labels) if labels else counter).inc(delta)
+        self._last[key] = max(total, self._last.get(key, 0.0))
+
+
+class Agent:
+    """The whole agent for one `AgentSettings`; `await Agent(settings).run()` until `request_stop()`."""
+
+    def __init__(self, settings: AgentSettings, *, stop_timeouts: StopTimeouts = STOP_TIMEOUTS) -> None:
+        self.settings = settings
+        self.stop_timeouts = stop_timeouts
+        self.samples: asyncio.Queue[Sample] = asyncio.Queue(SAMPLE_QUEUE_MAX)
+        self.derived: asyncio.Queue[Prediction | Alert] = asyncio.Queue(DERIVED_QUEUE_MAX)
+        self.health = metrics.Health(stale_after_s=max(10.0, 10 * settings.buffer.commit_interval_s))
+        self.buffer = BufferWorker(settings.buffer.path, settings.buffer.max_bytes)
+        self.metrics_server: metrics.MetricsServer | None = None
+        self.uplink: Uplink | None = None
+        self._stop = asyncio.Event()
+        self._committer_stop = asyncio.Event()
+        self._sync = _CounterSync()
+        self._last_buffer_stats = 0.0
+
+    def request_stop(self) -> None:
+        if not self._stop.is_set():
+            log.info("stop requested; shutting down in stages (at most %.0f s)", self.stop_timeouts.total_s)
+            metrics.sd_notify("STOPPING=1")
+        self._stop.set()
+
+    async def run(self) -> None:
+        settings = self.settings
+        catalogs = load_catalogs(settings)
+        quanta: dict[str, float] = {}
+        for catalog in catalogs.values():
+            quanta.update(catalog.quanta())
+        await self.buffer.open()
+        try:
+            await self._run_stages(catalogs, quanta)
+        finally:
+            await self.buffer.close()
+        log.info("stopped")
+
+    async def _run_stages(self, catalogs: Mapping[str, Catalog], quanta: Mapping[str, float]) -> None:
+        # Imported here: the source and decode stages are built by their own engineer, against the
+        # `Frame`/`Sample` contracts; keeping the import local keeps this module importable on its own.
+        from agent.decode import Decoder
+        from agent.sources.can import CanSource
+        from agent.sources.gps import GpsSource
+        from agent.sources.replay import ReplaySource
+
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        self.uplink = uplink = Uplink(settings.uplink, settings.vehicle_id, self.buffer, quanta)
+        frame_sources: list[tuple[str, CanSource | ReplaySource]] = [
+            (bus.name, CanSource(bus, catalogs[bus.name])) for bus in settings.can
+        ]
+        frame_sources += [(log_.name, ReplaySource(log_, catalogs[log_.name])) for log_ in settings.replay]
+        gps = GpsSource(settings.gps, catalogs["gps"]) if settings.gps.enabled else None
+        frame_queues: dict[str, asyncio.Queue[Frame]] = {
+            name: asyncio.Queue(FRAME_QUEUE_MAX) for name, _ in frame_sources
+        }
+        decoders = {name: Decoder(catalogs[name], bus=name) for name, _ in frame_sources}
+        sources: list[_Source] = [source for _, source in frame_sources] + ([gps] if gps else [])
+
+        if settings.metrics.enabled:
+            self.metrics_server = metrics.MetricsServer(
+                settings.metrics.host, settings.metrics.port, self.health
+            )
+            await self.metrics_server.start()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop)
+        try:
+            async with asyncio.TaskGroup() as group:
+                source_tasks = [
+                    group.create_task(_survive(name, source.run(frame_queues[name])), name=f"source:{name}")
+                    for name, source in frame_sources
+                ]
+                if gps is not None:
+                    source_tasks.append(
+                        group.create_task(_survive("gps", gps.run(self.samples)), name="source:gps")
+                    )
+                decode_tasks = [
+                    group.create_task(
+                        decoders[name].run(frame_queues[name], self.samples), name=f"decode:{name}"
+                    )
+                    for name in decoders
+                ]
+                committer = group.create_task(self._commit_samples(uplink), name="commit:samples")
+                derived = group.create_task(self._commit_derived(uplink), name="commit:derived")
+                uplink_task = group.create_task(uplink.run(), name="uplink")
+                helpers = [
+                    group.create_task(metrics.measure_loop_lag(), name="loop-lag"),
+                    group.create_task(
+                        self._export_stats(frame_sources, decoders, gps, frame_queues), name="stats-export"
+                    ),
+                ]
+                if self.metrics_server is not None:
+                    helpers.append(group.create_task(self.metrics_server.serve(), name="metrics-http"))
+                if (interval := metrics.watchdog_interval_s()) is not None:
+                    helpers.append(
+                        group.create_task(metrics.feed_watchdog(self.health, interval), name="watchdog")
+                    )
+                metrics.sd_notify("READY=1")
+                log.info(
+                    "agent %s running: %d CAN bus(es), %d replay(s), gps %s, buffer %s",
+                    settings.vehicle_id,
+                    len(settings.can),
+                    len(settings.replay),
+                    "on" if gps else "off",
+                    settings.buffer.path,
+                )
+
+                await self._stop.wait()
+                t = self.stop_timeouts
+                for source in sources:
+                    source.stop()
+                await _finish("sources", source_tasks, t.sources_s)
+                await _within("drain", _drain(frame_queues.values()), t.drain_s)
+                await _finish("decoders", decode_tasks, 0.0)
+                self._committer_stop.set()
+                await _finish("final commit", [committer, derived], t.commit_s)
+                uplink.stop(t.publish_s)
+                await _finish("uplink", [uplink_task], t.publish_s + t.disconnect_s)
+                await _finish("helpers", helpers, 0.0)
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+
+    # --- committers ----------------------------------------------------------------------------------
+
+    async def _commit_samples(self, uplink: Uplink) -> None:
+        """Every `commit_interval_s`: move what the decoders produced into the buffer, in one commit."""
+        interval = self.settings.buffer.commit_interval_s
+        while True:
+            stopping = self._committer_stop.is_set()
+            if not stopping:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._committer_stop.wait(), timeout=interval)
+            batch = _drain_now(self.samples, SAMPLE_QUEUE_MAX)
+            if batch:
+                written = await self.buffer.commit_samples(batch)
+                metrics.SAMPLES_BUFFERED.inc(written)
+                uplink.notify()
+            self.health.beat()
+            if stopping and self.samples.empty():
+                return
+
+    async def _commit_derived(self, uplink: Uplink) -> None:
+        """Predictions and alerts are committed as they come: an alert must not wait for a timer."""
+        while True:
+            if self._committer_stop.is_set() and self.derived.empty():
+                return
+            try:
+                first = await asyncio.wait_for(self.derived.get(), timeout=0.5)
+            except TimeoutError:
+                continue
+            batch = [first, *_drain_now(self.derived, DERIVED_QUEUE_MAX)]
+            metrics.SAMPLES_BUFFERED.inc(await self.buffer.commit_derived(batch))
+            uplink.notify()
+
+    # --- metrics export ------------------------------------------------------------------------------
+
+    async def _export_stats(
+        self,
+        frame_sources: Iterable[tuple[str, _StatsSource]],
+        decoders: Mapping[str, _StatsDecoder],
+        gps: _StatsSource | None,
+        frame_queues: Mapping[str, asyncio.Queue[Frame]],
+    ) -> None:
+        sync = self._sync
+        while True:
+            for name, source in frame_sources:
+                stats = source.stats
+                sync.set(metrics.FRAMES_RECEIVED, (name,), stats.frames + stats.dropped)
+                sync.set(metrics.QUEUE_DROPS, (f"frames:{name}",), stats.dropped)
+                sync.set(metrics.SOURCE_RECONNECTS, (name,), stats.reconnects)
+                metrics.QUEUE_DEPTH.labels(f"frames:{name}").set(frame_queues[name].qsize())
+            for name, decoder in decoders.items():
+                dstats = decoder.stats
+                sync.set(metrics.FRAMES_DECODED, (name,), dstats.frames_decoded)
+                sync.set(metrics.SAMPLES_DECODED, (name,), dstats.samples_kept)
+                for kind, count in dstats.skipped.items():
+                    if kind == "unknown_id":
+                        sync.set(metrics.FRAMES_UNKNOWN, (name,), count)
+                    else:
+                        sync.set(metrics.FRAME_ERRORS, (name, str(kind)), count)
+            if gps is not None:
+                sync.set(metrics.QUEUE_DROPS, ("samples:gps",), gps.stats.dropped)
+                sync.set(metrics.SOURCE_RECONNECTS, ("gps",), gps.stats.reconnects)
+            metrics.QUEUE_DEPTH.labels("samples").set(self.samples.qsize())
+            metrics.QUEUE_DEPTH.labels("derived").set(self.derived.qsize())
+            now = time.monotonic()
+            if now - self._last_buffer_stats >= BUFFER_STATS_EVERY_S:
+                self._last_buffer_stats = now
+                self._export_buffer(await self.buffer.snapshot())
+            await asyncio.sleep(1.0)
+
+    def _export_buffer(self, stats: BufferStats) -> None:
+        metrics.BUFFER_BYTES.set(stats.used_bytes)
+        metrics.BUFFER_ROWS.set(stats.rows)
+        for cls in EvictionClass:
+            self._sync.set(metrics.BUFFER_EVICTIONS, (cls.name.lower(),), stats.evicted[cls])
+        self._sync.set(metrics.BUFFER_DROPPED, (), stats.dropped)
+        self._sync.set(metrics.BUFFER_COMMIT_FAILURES, (), stats.commit_failures)
+        age = 0.0 if stats.oldest_ts_ms is None else max(0.0, time.time() - stats.oldest_ts_ms / 1000)
+        metrics.OLDEST_UNSENT_AGE.set(age)
+        self.health.details["buffer_rows"] = str(stats.rows)
+        self.health.details["uplink"] = (
+            "connected" if self.uplink and self.uplink.connected else "disconnected"
+        )
+
+
+class _Stats(Protocol):
+    frames: int
+    dropped: int
+    reconnects: int
+
+
+class _StatsSource(Protocol):
+    @property
+    def stats(self) -> _Stats: ...
+
+
+class _DecodeStats(Protocol):
+    frames_decoded: int
+    samples_kept: int
+    skipped: dict[str, int]
+
+
+class _StatsDecoder(Protocol):
+    @property
+    def stats(self) -> _DecodeStats: ...
+
+
+def _drain_now(queue: asyncio.Queue[_Q], limit: int) -> list[_Q]:
+    items: list[_Q] = []
+    while len(items) < limit:
+        try:
+            items.append(queue.get_nowait())
+        except asyncio.QueueEmpty:
+            break
+    return items
+
+
+async def _survive(source: str, work: Awaitable[None]) -> None:
+    """A source that gives up (an unreadable replay log, ...) is logged; the rest of the agent goes on."""
+    try:
+        await work
+    except Exception as err:  # the source's own error tree, or a bug: either way one source, not the agent
+        log.error("source %s stopped: %s", source, err, exc_info=not isinstance(err, OSError | ValueError))
+
+
+async def _drain(queues: Iterable[asyncio.Queue[Frame]]) -> None:
+    await asyncio.gather(*(queue.join() for queue in queues))
+
+
+async def _within(stage: str, work: Awaitable[None], timeout_s: float) -> None:
+    try:
+        await asyncio.wait_for(work, timeout=timeout_s)
+    except TimeoutError:
+        log.warning("shutdown stage %r did not finish within %.1f s; going on", stage, timeout_s)
+
+
+async def _finish(stage: str, tasks: list[asyncio.Task[None]], timeout_s: float) -> None:
+    """Wait up to `timeout_s` for `tasks`, then cancel the rest (and wait for them to unwind)."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=timeout_s) if timeout_s > 0 else (set(), set(tasks))
+    pending = {task for task in pending if not task.done()}
+    if pending and timeout_s > 0:
+        log.warning(
+            "shutdown stage %r timed out after %.1f s; cancelling %d task(s)", stage, timeout_s, len(pending)
+        )
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
+
+
+async def run(settings: AgentSettings) -> None:
+    """Run the agent until SIGTERM/SIGINT, then shut down in stages."""
+    await Agent(settings).run()

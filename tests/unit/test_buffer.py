@@ -1,0 +1,244 @@
+"""SampleBuffer on real SQLite files in tmp_path: numbering, acknowledgement, eviction, full disk, kill -9."""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from agent.buffer import BufferWorker, EvictionClass, Kind, SampleBuffer
+from agent.records import Alert, Prediction, Sample
+from protocols.catalog import Priority
+from protocols.wire import AlertRecord, PredictionRecord, SampleRecord
+
+BIG = 1 << 30
+
+
+def _sample(i: int, priority: Priority = Priority.ROUTINE, signal_name: str = "Vehicle.Speed") -> Sample:
+    return Sample(1_700_000_000.0 + i / 10, signal_name, float(i), priority)
+
+
+def _all_seqs(path: Path) -> list[int]:
+    with sqlite3.connect(path) as conn:
+        return [row[0] for row in conn.execute("SELECT seq FROM records ORDER BY seq")]
+
+
+def test_sequence_continues_across_reopen_and_is_never_reused(tmp_path: Path) -> None:
+    path = tmp_path / "b.sqlite3"
+    buffer = SampleBuffer(path, BIG)
+    assert [buffer.append(_sample(i)) for i in range(3)] == [0, 1, 2]
+    buffer.commit()
+    buffer.append(_sample(3))  # staged, never committed: its number was never seen outside
+    buffer.close()
+
+    buffer = SampleBuffer(path, BIG)
+    assert buffer.next_seq == 3
+    buffer.append_samples(_sample(i) for i in range(3, 6))
+    buffer.commit()
+    # GIVEN every row acknowledged (the table is empty)
+    assert buffer.acknowledge([0, 1, 2, 3, 4, 5]) == 6
+    buffer.close()
+    # WHEN the buffer reopens THEN numbering goes on from the high-water mark, not from max(seq)+1 = 0
+    buffer = SampleBuffer(path, BIG)
+    assert buffer.append(_sample(6)) == 6
+    buffer.commit()
+    assert [r.seq for r in buffer.pending(10)] == [6]
+    buffer.close()
+
+
+def test_pending_round_trips_every_kind_and_nan(tmp_path: Path) -> None:
+    buffer = SampleBuffer(tmp_path / "b.sqlite3", BIG)
+    buffer.append(Sample(1.5, "Vehicle.Speed", math.nan, Priority.NORMAL))
+    buffer.append(Sample(2.0, "Vehicle.Speed", math.inf, Priority.NORMAL))
+    buffer.append_prediction(Prediction(3.0, "soc_drop_60min", "1.2", "soc_drop_pct", 4.25))
+    buffer.append_alert(Alert(4.0, "low_soc", "critical", True, 9.5, "SOC below 10 %"))
+    assert buffer.pending(10) == [], "staged rows are not pending before commit"
+    assert buffer.commit() == 4
+    records = buffer.pending(10)
+    assert isinstance(records[0], SampleRecord) and math.isnan(records[0].value) and records[0].ts_ms == 1500
+    assert records[1] == SampleRecord(1, 2000, "Vehicle.Speed", math.inf)
+    assert records[2] == PredictionRecord(2, 3000, "soc_drop_60min", "1.2", "soc_drop_pct", 4.25)
+    assert records[3] == AlertRecord(3, 4000, "low_soc", "critical", True, 9.5, "SOC below 10 %")
+    assert [r.seq for r in buffer.pending(10, (Kind.ALERT,))] == [3]
+    assert [r.seq for r in buffer.pending(10, (Kind.SAMPLE,), from_seq=1)] == [1]
+    assert [r.seq for r in buffer.pending(2)] == [0, 1], "oldest first, limited"
+    buffer.close()
+
+
+def test_acknowledge_deletes_only_the_acknowledged_rows(tmp_path: Path) -> None:
+    buffer = SampleBuffer(tmp_path / "b.sqlite3", BIG)
+    buffer.append_samples(_sample(i) for i in range(10))
+    buffer.commit()
+    assert buffer.acknowledge([1, 3, 5, 99]) == 3
+    assert [r.seq for r in buffer.pending(100)] == [0, 2, 4, 6, 7, 8, 9]
+    assert buffer.acknowledge([1, 3]) == 0, "acknowledging twice is harmless"
+    buffer.close()
+
+
+def test_byte_cap_evicts_routine_then_normal_then_critical_then_derived(tmp_path: Path) -> None:
+    # GIVEN interleaved rows of every class, oldest to newest
+    buffer = SampleBuffer(tmp_path / "b.sqlite3", BIG)
+    class_of: dict[int, EvictionClass] = {}
+    rng = random.Random(7)
+    for i in range(12_000):
+        choice = rng.random()
+        if choice < 0.96:
+            priority = rng.choice(list(Priority))
+            class_of[buffer.append(_sample(i, priority))] = EvictionClass(int(priority))
+        else:
+            class_of[buffer.append_alert(Alert(i, "rule", "warning", True, 1.0, "m"))] = EvictionClass.DERIVED
+    buffer.commit()
+    full = buffer.used_bytes()
+
+    def evicted_by_class() -> dict[EvictionClass, list[int]]:
+        present = {r.seq for r in buffer.pending(1_000_000)}
+        gone: dict[EvictionClass, list[int]] = {cls: [] for cls in EvictionClass}
+        for seq in sorted(set(class_of) - present):
+            gone[class_of[seq]].append(seq)
+        return gone
+
+    def all_of(cls: EvictionClass) -> list[int]:
+        return sorted(seq for seq, c in class_of.items() if c == cls)
+
+    def assert_eviction_order() -> None:
+        """A class loses rows only once every lower class is gone, and then its oldest rows first."""
+        gone = evicted_by_class()
+        touched = [cls for cls in EvictionClass if gone[cls]]
+        assert touched, "something was evicted"
+        for cls in touched[:-1]:
+            assert gone[cls] == all_of(cls), f"{cls.name} evicted only partly before a higher class"
+        top = touched[-1]
+        assert touched == list(EvictionClass)[: len(touched)], "no class skipped"
+        assert gone[top] == all_of(top)[: len(gone[top])], f"oldest {top.name} rows first"
+        assert buffer.used_bytes() <= buffer.max_bytes
+        # every eviction is counted per class
+        assert {cls: len(seqs) for cls, seqs in gone.items()} == buffer.snapshot().evicted
+
+    # WHEN the cap drops to half of what is stored THEN routine rows go first, then normal ones, ...
+    buffer.max_bytes = full // 2
+    buffer.enforce_cap()
+    assert_eviction_order()
+    assert not evicted_by_class()[EvictionClass.DERIVED], "predictions and alerts go last"
+
+    # WHEN a commit goes over a cap below what the derived rows alone need
+    buffer.max_bytes = 28 * 1024  # a few pages beyond the empty schema
+    class_of[buffer.append(_sample(99_999, Priority.CRITICAL))] = EvictionClass.CRITICAL
+    buffer.commit()
+    # THEN every sample went before the first prediction or alert, oldest first
+    assert_eviction_order()
+    assert evicted_by_class()[EvictionClass.DERIVED]
+    buffer.close()
+
+
+def test_full_disk_degrades_evicts_and_counts_never_raises(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "b.sqlite3"
+    buffer = SampleBuffer(path, BIG)
+    buffer.append_samples(_sample(i, Priority.ROUTINE) for i in range(2_000))
+    buffer.append_samples(_sample(i, Priority.CRITICAL) for i in range(2_000, 2_500))
+    buffer.commit()
+    # GIVEN a file that may not grow any more (SQLite then reports SQLITE_FULL, as on a full disk)
+    pages = int(buffer._conn.execute("PRAGMA page_count").fetchone()[0])
+    buffer.set_max_page_count(pages)
+
+    # WHEN more rows than fit are committed, again and again
+    for round_ in range(5):
+        buffer.append_samples(_sample(10_000 + round_ * 1_000 + i, Priority.NORMAL) for i in range(1_000))
+        buffer.commit()
+
+    # THEN the old routine rows made room, everything committed later is readable, nothing raised
+    stats = buffer.snapshot()
+    assert stats.evicted[EvictionClass.ROUTINE] > 0
+    assert stats.evicted[EvictionClass.CRITICAL] == 0 or stats.evicted[EvictionClass.NORMAL] > 0
+    seqs = [r.seq for r in buffer.pending(1_000_000)]
+    assert seqs == sorted(set(seqs))
+    assert max(seqs) == buffer.committed_seq - 1
+    assert sum(1 for r in caplog.records if "disk full at" in r.getMessage()) == 1, "logged once"
+
+    # AND when nothing evictable is left, staged rows are dropped, counted, and the buffer goes on
+    buffer.acknowledge(seqs)
+    buffer.set_max_page_count(int(buffer._conn.execute("PRAGMA page_count").fetchone()[0]))
+    buffer.append_samples(_sample(i, Priority.CRITICAL) for i in range(50_000))
+    assert buffer.commit() < 50_000
+    after = buffer.snapshot()
+    assert after.dropped + after.committed_rows - stats.committed_rows == 50_000 or after.dropped > 0
+    buffer.set_max_page_count(1_000_000)
+    buffer.append(_sample(1))
+    assert buffer.commit() == 1
+    assert buffer.integrity_ok()
+    buffer.close()
+
+
+async def test_worker_runs_sqlite_on_its_own_thread(tmp_path: Path) -> None:
+    worker = BufferWorker(tmp_path / "b.sqlite3", BIG)
+    await worker.open()
+    assert await worker.commit_samples([_sample(i) for i in range(5)]) == 5
+    assert await worker.commit_derived([Alert(1.0, "r", "info", False, math.nan, "")]) == 1
+    assert [r.seq for r in await worker.pending(10, (Kind.SAMPLE,))] == [0, 1, 2, 3, 4]
+    assert await worker.acknowledge([0, 1]) == 2
+    assert await worker.committed_seq() == 6
+    assert (await worker.snapshot()).rows == 4
+    await worker.close()
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from agent.buffer import SampleBuffer
+    from agent.records import Sample
+    from protocols.catalog import Priority
+
+    buffer = SampleBuffer(Path(sys.argv[1]), 1 << 30)
+    print("start", buffer.next_seq, flush=True)
+    i = 0
+    while True:
+        for _ in range(200):
+            buffer.append(Sample(1.7e9 + i, "Vehicle.Speed", float(i), Priority.ROUTINE))
+            i += 1
+        buffer.commit()
+        print("committed", buffer.committed_seq, flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_kill_9_never_loses_or_duplicates_a_committed_row(tmp_path: Path) -> None:
+    path = tmp_path / "b.sqlite3"
+    rng = random.Random(3)
+    last_committed = 0
+    for round_ in range(6):
+        # GIVEN a process appending and committing in a loop
+        writer = subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True
+        )
+        assert writer.stdout is not None
+        start = writer.stdout.readline().split()
+        assert start[0] == "start", "the writer did not start"
+        # THEN it resumes exactly after the last committed row of the previous round
+        assert int(start[1]) >= last_committed, f"round {round_}: committed rows renumbered"
+        wanted = rng.randint(3, 40)
+        for _ in range(wanted):
+            line = writer.stdout.readline()
+            assert line.startswith("committed"), f"round {round_}: writer stopped: {line!r}"
+            last_committed = int(line.split()[1])
+        # WHEN it is killed with SIGKILL mid-stream
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=30)
+        writer.stdout.close()
+
+        # THEN every reported commit is there, with no gap or duplicate, and the file is intact
+        seqs = _all_seqs(path)
+        assert len(seqs) >= last_committed, f"round {round_}: committed rows lost"
+        assert seqs == list(range(len(seqs))), f"round {round_}: a gap or a duplicate"
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        last_committed = len(seqs)
