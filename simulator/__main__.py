@@ -1,0 +1,352 @@
+"""voltgate-sim: a simulated battery-electric bus on a CAN bus, a GPS serial line, or in log files.
+
+    voltgate-sim record --duration 1h --seed 7 --out bus.log [--nmea gps.nmea] [--truth truth.csv]
+                        [--start 2024-03-04T02:25:00Z] [--fault can_frame_loss@10m/5m=0.2 ...]
+        as fast as the CPU allows; the CAN log format follows the extension (.log candump -L, .asc,
+        .blf); prints the speed-up.
+    voltgate-sim run (--can-interface virtual --can-channel bus0 | --slcan-pty) [--nmea-pty |
+                     --nmea-port /dev/ttyUSB0] [--realtime | --speed X | --fast] [--duration 2h]
+        streams live; prints `slcan-pty PATH` / `nmea-pty PATH` on stdout for the host to open, and a
+        status line every --status-every simulated seconds on stderr. Ctrl-C / SIGTERM end it cleanly.
+
+Times and durations: `90`, `90s`, `15m`, `1h`, `1h30m`, `0.5h`. Faults: `KIND[:TARGET]@ONSET[/DURATION]
+[=SEVERITY]`, KIND one of simulator.faults.FaultKind (sensor faults need a TARGET, a BusState field).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import re
+import signal
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from simulator.bus import BusConfig, BusSimulator
+from simulator.emit_can import CanEmitter
+from simulator.emit_nmea import NmeaEmitter
+from simulator.emit_sinks import (
+    LOG_SUFFIXES,
+    BusSink,
+    CanSink,
+    LogSink,
+    NmeaFileSink,
+    NmeaPtySink,
+    NmeaSerialSink,
+    NmeaSink,
+    Outputs,
+    Pacer,
+    RunStats,
+    SlcanSink,
+    stream,
+)
+from simulator.faults import Fault, FaultKind, FaultSchedule
+from simulator.state import BusState
+from simulator.truth import write_truth_csv
+
+log = logging.getLogger("simulator")
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([hms]?)")
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
+_FAULT = re.compile(
+    r"(?P<kind>[a-z_]+)(?::(?P<target>[a-z_0-9]+))?@(?P<onset>[^/=]+)"
+    r"(?:/(?P<duration>[^=]+))?(?:=(?P<severity>[0-9.]+))?"
+)
+
+
+class UsageError(Exception):
+    """A bad argument: reported in one sentence, exit status 2."""
+
+
+# -- argument values --------------------------------------------------------------------------------
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `90`, `90s`, `15m`, `1h`, `1h30m`, `0.5h`."""
+    s = text.strip().lower()
+    pos, total, units = 0, 0.0, []
+    while pos < len(s):
+        m = _DURATION_PART.match(s, pos)
+        if m is None:
+            raise UsageError(f"{text!r} is not a duration (examples: 90s, 15m, 1h, 1h30m)")
+        total += float(m.group(1)) * _UNIT_S[m.group(2)]
+        units.append(m.group(2))
+        pos = m.end()
+    if not units or ("" in units and len(units) > 1) or not math.isfinite(total):
+        raise UsageError(f"{text!r} is not a duration (examples: 90s, 15m, 1h, 1h30m)")
+    return total
+
+
+def parse_start(text: str) -> datetime:
+    """An ISO 8601 time; without a zone it is UTC."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--start {text!r} is not an ISO 8601 time such as 2024-03-04T02:25:00Z") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def parse_fault(text: str) -> Fault:
+    m = _FAULT.fullmatch(text.strip())
+    if m is None:
+        raise UsageError(f"--fault {text!r} is not KIND[:TARGET]@ONSET[/DURATION][=SEVERITY]")
+    kinds = [k.value for k in FaultKind]
+    if m["kind"] not in kinds:
+        raise UsageError(f"--fault {text!r}: unknown fault {m['kind']!r}; one of {', '.join(kinds)}")
+    onset = parse_duration(m["onset"])
+    duration = parse_duration(m["duration"]) if m["duration"] else math.inf
+    try:
+        severity = float(m["severity"]) if m["severity"] else 1.0
+        return Fault(FaultKind(m["kind"]), onset, duration, severity, m["target"] or "")
+    except ValueError as err:
+        raise UsageError(f"--fault {text!r}: {err}") from None
+
+
+# -- the parser -------------------------------------------------------------------------------------
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0, help="seed of the bus, its day and its faults")
+    p.add_argument("--start", help="simulation start, ISO 8601 UTC (default: 05:00 Nairobi time)")
+    p.add_argument("--fault", action="append", default=[], metavar="SPEC", help="inject a fault (repeat)")
+    p.add_argument(
+        "--random-faults",
+        type=float,
+        default=0.0,
+        metavar="PER_DAY",
+        help="also faults at random, from --seed",
+    )
+    p.add_argument("--dt", type=float, help="physics step in seconds (default: the shortest CAN cycle)")
+    p.add_argument("--talker", default="GN", help="NMEA talker id, GN or GP (default GN)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voltgate-sim", description="A simulated battery-electric bus.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    rec = sub.add_parser("record", help="record a run to files, as fast as the CPU allows")
+    rec.add_argument("--duration", default="1h", help="simulated time (default 1h)")
+    rec.add_argument("--out", required=True, type=Path, help="CAN log: .log (candump -L), .asc or .blf")
+    rec.add_argument("--nmea", type=Path, help="NMEA sentences at 1 Hz to this file")
+    rec.add_argument("--truth", type=Path, help="ground truth CSV at 1 Hz to this file")
+    _common(rec)
+
+    run = sub.add_parser("run", help="stream a live bus onto CAN and serial lines")
+    run.add_argument("--can-interface", help="python-can interface: virtual, socketcan, ...")
+    run.add_argument("--can-channel", help="its channel: a virtual bus name, can0, vcan0, ...")
+    run.add_argument("--slcan-pty", action="store_true", help="act as an SLCAN adapter on a new pty")
+    run.add_argument("--out", type=Path, help="also record the CAN frames to this log")
+    run.add_argument("--nmea-pty", action="store_true", help="act as a GPS receiver on a new pty")
+    run.add_argument("--nmea-port", help="write NMEA to this serial port (a pyserial URL)")
+    run.add_argument("--nmea-baud", type=int, default=9600, help="baud rate of --nmea-port (default 9600)")
+    pace = run.add_mutually_exclusive_group()
+    pace.add_argument("--realtime", action="store_true", help="one simulated second per second (default)")
+    pace.add_argument("--speed", type=float, help="simulated seconds per wall second")
+    pace.add_argument("--fast", action="store_true", help="as fast as the CPU allows")
+    run.add_argument("--duration", help="simulated time (default: until stopped)")
+    run.add_argument("--status-every", type=float, default=60.0, metavar="S", help="simulated s per status")
+    _common(run)
+    return parser
+
+
+def _config(args: argparse.Namespace, horizon_s: float | None) -> BusConfig:
+    faults = [parse_fault(f) for f in args.fault]
+    if args.random_faults:
+        if not args.random_faults > 0 or horizon_s is None:
+            raise UsageError("--random-faults needs a rate above zero and a --duration")
+        faults += FaultSchedule.random(args.seed, horizon_s, args.random_faults).faults
+    faults.sort(key=lambda f: f.onset_s)
+    for f in faults:
+        log.info("fault %s at %.0f s for %.0f s, severity %.2f", f.label, f.onset_s, f.duration_s, f.severity)
+    kwargs: dict[str, object] = {"seed": args.seed, "faults": FaultSchedule(tuple(faults), args.seed)}
+    if args.start:
+        kwargs["start_utc"] = parse_start(args.start)
+    return BusConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def _check_output(path: Path | None, flag: str) -> None:
+    if path is not None and not path.parent.is_dir():
+        raise UsageError(f"{flag} {path}: the directory {path.parent} does not exist")
+
+
+def _dt(args: argparse.Namespace, emitter: CanEmitter) -> float:
+    dt = emitter.min_cycle_s if args.dt is None else args.dt
+    if not 0.0 < dt <= 10.0:
+        raise UsageError(f"--dt {args.dt} must be above 0 and at most 10 seconds")
+    if dt > emitter.min_cycle_s + 1e-9:
+        log.warning("--dt %g s is longer than the fastest CAN cycle: those messages go once per step", dt)
+    return dt
+
+
+def _talker(args: argparse.Namespace) -> str:
+    if args.talker not in ("GN", "GP"):
+        raise UsageError(f"--talker {args.talker!r} must be GN or GP")
+    return str(args.talker)
+
+
+# -- commands ---------------------------------------------------------------------------------------
+
+
+def record(args: argparse.Namespace) -> int:
+    duration = parse_duration(args.duration)
+    if duration <= 0:
+        raise UsageError("--duration must be above zero")
+    if args.out.suffix.lower() not in LOG_SUFFIXES:
+        raise UsageError(f"--out {args.out} must end in one of {', '.join(LOG_SUFFIXES)}")
+    for path, flag in ((args.out, "--out"), (args.nmea, "--nmea"), (args.truth, "--truth")):
+        _check_output(path, flag)
+    config = _config(args, duration)
+    talker = _talker(args)
+    emitter = CanEmitter(seed=args.seed)
+    dt = _dt(args, emitter)
+
+    outputs = Outputs(can_emitter=emitter, nmea_emitter=NmeaEmitter(talker))
+    outputs.can_sinks.append(LogSink(args.out))
+    if args.nmea is not None:
+        outputs.nmea_sinks.append(NmeaFileSink(args.nmea))
+    stats = RunStats()
+    sim = BusSimulator(config)
+    wall0 = time.perf_counter()
+    try:
+        flow = stream(sim.run(duration, dt), outputs, Pacer(None), stats, start_t_s=sim.t_s)
+        truth_rows = write_truth_csv(flow, args.truth) if args.truth is not None else _drain(flow)
+    finally:
+        outputs.close()
+    wall = time.perf_counter() - wall0
+    speedup = stats.sim_s / wall if wall > 0 else math.inf
+    print(
+        f"recorded {stats.sim_s:,.0f} s of bus in {wall:.2f} s: x{speedup:,.0f} real time; "
+        f"{stats.frames:,} CAN frames ({stats.frames / wall:,.0f} frames/s) -> {args.out}"
+    )
+    if args.nmea is not None:
+        print(f"{stats.nmea_epochs:,} NMEA epochs -> {args.nmea}")
+    if args.truth is not None:
+        print(f"{truth_rows:,} truth rows -> {args.truth}")
+    st = emitter.stats
+    if st.dropped or st.corrupted:
+        print(f"wire faults: {st.dropped:,} frames dropped, {st.corrupted:,} corrupted")
+    return 0
+
+
+def _drain(flow: Iterator[BusState]) -> int:
+    n = 0
+    for _ in flow:
+        n += 1
+    return n
+
+
+def _forever(sim: BusSimulator, dt: float) -> Iterator[BusState]:
+    while True:
+        yield sim.step(dt)
+
+
+def _status(state: BusState, stats: RunStats) -> None:
+    clock = datetime.fromtimestamp(state.ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    elapsed = int(stats.sim_s)
+    h, rem = divmod(elapsed, 3600)
+    gps = f"{state.lat_deg:.5f},{state.lon_deg:.5f}" if state.gps_valid else "no fix"
+    log.info(
+        "+%d:%02d:%02d %s  %5.1f km/h  SOC %5.1f %%  %s  %d frames  x%.1f",
+        h,
+        rem // 60,
+        rem % 60,
+        clock,
+        state.speed_kmh,
+        state.soc_pct,
+        gps,
+        stats.frames,
+        stats.sim_s / stats.wall_s if stats.wall_s > 0 else 0.0,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.can_interface is None) != (args.can_channel is None):
+        raise UsageError("--can-interface and --can-channel go together")
+    if args.nmea_pty and args.nmea_port:
+        raise UsageError("choose one of --nmea-pty and --nmea-port")
+    if not (args.can_interface or args.slcan_pty or args.nmea_pty or args.nmea_port or args.out):
+        raise UsageError("give at least one output: --can-interface/--can-channel, --slcan-pty, --nmea-pty")
+    if args.speed is not None and not args.speed > 0:
+        raise UsageError(f"--speed {args.speed} must be above zero")
+    if args.out is not None and args.out.suffix.lower() not in LOG_SUFFIXES:
+        raise UsageError(f"--out {args.out} must end in one of {', '.join(LOG_SUFFIXES)}")
+    _check_output(args.out, "--out")
+    duration = parse_duration(args.duration) if args.duration else None
+    config = _config(args, duration)
+    talker = _talker(args)
+    emitter = CanEmitter(seed=args.seed)
+    dt = _dt(args, emitter)
+    speed = None if args.fast else (args.speed or 1.0)
+
+    can_sinks: list[CanSink] = []
+    nmea_sinks: list[NmeaSink] = []
+    outputs = Outputs(emitter, can_sinks, NmeaEmitter(talker), nmea_sinks)
+    previous_sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C
+    try:
+        if args.can_interface:
+            try:
+                can_sinks.append(BusSink.open(args.can_interface, args.can_channel))
+            except Exception as err:  # python-can raises many kinds for a bus it cannot open
+                log.error("cannot open CAN %s channel %s: %s", args.can_interface, args.can_channel, err)
+                return 1
+        if args.slcan_pty:
+            slcan = SlcanSink()
+            can_sinks.append(slcan)
+            print(f"slcan-pty {slcan.path}", flush=True)
+        if args.out is not None:
+            can_sinks.append(LogSink(args.out))
+        if args.nmea_pty:
+            pty = NmeaPtySink()
+            nmea_sinks.append(pty)
+            print(f"nmea-pty {pty.path}", flush=True)
+        if args.nmea_port:
+            try:
+                nmea_sinks.append(NmeaSerialSink(args.nmea_port, args.nmea_baud))
+            except OSError as err:
+                log.error("cannot open NMEA port %s: %s", args.nmea_port, err)
+                return 1
+        sim = BusSimulator(config)
+        states = sim.run(duration, dt) if duration is not None else _forever(sim, dt)
+        stats = RunStats()
+        pace = "as fast as possible" if speed is None else f"x{speed:g} real time"
+        log.info("running the bus (seed %d, step %.3g s, %s)", args.seed, dt, pace)
+        flow = stream(states, outputs, Pacer(speed), stats, sim.t_s, args.status_every, _status)
+        try:
+            _drain(flow)
+        except KeyboardInterrupt:
+            log.info("stopped")
+        log.info(
+            "ran %.0f simulated s, %d CAN frames, %d NMEA epochs",
+            stats.sim_s,
+            stats.frames,
+            stats.nmea_epochs,
+        )
+    finally:
+        outputs.close()
+        signal.signal(signal.SIGTERM, previous_sigterm)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return record(args) if args.command == "record" else run(args)
+    except UsageError as err:
+        parser.exit(2, f"voltgate-sim {args.command}: error: {err}\n")
+    except OSError as err:
+        parser.exit(1, f"voltgate-sim {args.command}: {err}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
