@@ -168,9 +168,12 @@ def load_catalog(path: Path = DEFAULT_CATALOG, dbc_path: Path | None = None) -> 
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        line = getattr(err, "lineno", None)
+        # Python < 3.14 puts the position only in the message: "... (at line 3, column 7)".
+        position = re.search(r"\(at line (\d+), column \d+\)$", str(err))
+        line = getattr(err, "lineno", None) or (int(position.group(1)) if position else None)
+        reason = getattr(err, "msg", None) or (str(err)[: position.start()].strip() if position else str(err))
         where = f"{path}:{line}" if line else str(path)
-        raise CatalogError(f"{where}: not valid TOML: {getattr(err, 'msg', err)}") from err
+        raise CatalogError(f"{where}: not valid TOML: {reason}") from err
     entries = _EntryLocator(path, text)
 
     header = doc.get("catalog")

@@ -1,0 +1,187 @@
+"""A live CAN bus through python-can, any interface by configuration.
+
+The bus is opened off the event loop and read through `can.Notifier(bus, [listener], loop=loop)`:
+python-can reads in its own thread (or watches the bus's file descriptor, for socketcan) and
+delivers each message on the loop, where it becomes a `Frame` (interface timestamp) and goes into
+the bounded outbox; a full outbox drops the frame, counted in `stats.dropped`.
+
+A failing link (adapter unplugged, serial port gone, socket error) is closed and reopened with
+backoff; see `agent.sources.Link`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import can
+import serial
+from can.typechecking import CanFilter
+
+from agent.records import Frame
+from agent.settings import CanBusSettings
+from agent.sources import Link, SourceError, SourceStats, SourceStoppedError, frame_from_message, offer
+from protocols.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+# Errors of a link that reconnecting may cure. A ValueError, TypeError or
+# CanInterfaceNotImplementedError (unknown interface, bad option) is a configuration mistake: `run`
+# raises `SourceError`.
+LINK_ERRORS: tuple[type[BaseException], ...] = (
+    can.CanInitializationError,
+    can.CanOperationError,
+    OSError,  # serial.SerialException is an OSError too
+    serial.SerialException,
+)
+STANDARD_MASK = 0x7FF
+EXTENDED_MASK = 0x1FFFFFFF
+
+
+def catalog_filters(catalog: Catalog) -> list[CanFilter]:
+    """python-can filters passing exactly the frame ids the catalog decodes."""
+    filters: list[CanFilter] = []
+    for frame_id, spec in sorted(catalog.frames().items()):
+        extended = bool(spec.message.is_extended_frame)
+        mask = EXTENDED_MASK if extended else STANDARD_MASK
+        filters.append(CanFilter(can_id=frame_id, can_mask=mask, extended=extended))
+    return filters
+
+
+class _FrameListener(can.Listener):
+    """Runs on the event loop (the Notifier is given the loop): converts and hands frames on."""
+
+    def __init__(self, bus: str, outbox: asyncio.Queue[Frame], stats: SourceStats) -> None:
+        self.bus = bus
+        self.outbox = outbox
+        self.stats = stats
+        self.failure: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+        self._stopped = False
+
+    def on_message_received(self, msg: can.Message) -> None:
+        if not self._stopped:
+            offer(self.outbox, frame_from_message(self.bus, msg), self.stats)
+
+    def on_error(self, exc: Exception) -> None:
+        if not self.failure.done():
+            self.failure.set_result(exc)
+
+    def stop(self) -> None:
+        self._stopped = True
+
+
+class _Notifier(can.Notifier):
+    """A Notifier whose read failures reach the listeners' `on_error` and nothing else.
+
+    python-can re-raises a reader thread's exception after reporting it (a traceback on stderr
+    from a dead thread), and lets a file-descriptor reader's exception escape into the event
+    loop's handler; both are reported to the listeners here and then end that reader quietly.
+    """
+
+    def _rx_thread(self, bus: can.BusABC) -> None:
+        with contextlib.suppress(Exception):  # already passed to on_error by python-can
+            super()._rx_thread(bus)
+
+    def _on_message_available(self, bus: can.BusABC) -> None:
+        try:
+            super()._on_message_available(bus)
+        except Exception as exc:
+            self.exception = exc
+            self._on_error(exc)
+
+
+class CanSource:
+    """One configured CAN bus as a stream of `Frame`s."""
+
+    def __init__(
+        self,
+        settings: CanBusSettings,
+        catalog: Catalog,
+        *,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        poll_timeout_s: float = 0.5,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.stats = SourceStats()
+        self.poll_timeout_s = poll_timeout_s
+        self._stopping = asyncio.Event()
+        self._link = Link(
+            f"CAN bus {settings.name} ({settings.interface} {settings.channel})",
+            self.stats,
+            LINK_ERRORS,
+            backoff_initial_s=backoff_initial_s,
+            backoff_max_s=backoff_max_s,
+            stopping=self._stopping,
+        )
+
+    @property
+    def connected(self) -> bool:
+        return self.stats.connects > 0 and not self._link.down
+
+    def stop(self) -> None:
+        """Ask `run` to close the bus and return."""
+        self._stopping.set()
+
+    async def run(self, outbox: asyncio.Queue[Frame]) -> None:
+        """Until `stop()` (or cancellation): open the bus, read it into `outbox`, reopen on failure."""
+        while not self._stopping.is_set():
+            try:
+                bus = await self._link.connect(self._open)
+            except SourceStoppedError:
+                return
+            except (ValueError, TypeError, can.CanInterfaceNotImplementedError) as err:
+                s = self.settings
+                raise SourceError(
+                    f"CAN bus {s.name}: python-can refuses interface {s.interface!r} "
+                    f"channel {s.channel!r}: {err}"
+                ) from err
+            try:
+                failure = await self._pump(bus, outbox)
+            finally:
+                await asyncio.to_thread(_shutdown_quietly, bus)
+            if failure is not None:
+                self._link.lost(failure)
+
+    def _open(self) -> can.BusABC:
+        s = self.settings
+        kwargs: dict[str, Any] = dict(s.options)
+        if s.bitrate is not None:
+            kwargs["bitrate"] = s.bitrate
+        if s.hardware_filters:
+            kwargs["can_filters"] = catalog_filters(self.catalog)
+        return can.Bus(interface=s.interface, channel=s.channel, **kwargs)
+
+    async def _pump(self, bus: can.BusABC, outbox: asyncio.Queue[Frame]) -> BaseException | None:
+        """Read until the link fails (returns the error) or the source is stopped (None)."""
+        loop = asyncio.get_running_loop()
+        listener = _FrameListener(self.settings.name, outbox, self.stats)
+        notifier = _Notifier(bus, [listener], timeout=self.poll_timeout_s, loop=loop)
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            waiters: list[asyncio.Future[Any]] = [listener.failure, stopping]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if _watches_fd(bus):
+                notifier.stop()  # removes the loop reader: must run on the loop, and never blocks
+            else:
+                await asyncio.to_thread(notifier.stop, self.poll_timeout_s + 1.0)  # joins the reader
+        return listener.failure.result() if listener.failure.done() else None
+
+
+def _watches_fd(bus: can.BusABC) -> bool:
+    try:
+        return bus.fileno() >= 0
+    except (NotImplementedError, can.CanError, OSError):
+        return False
+
+
+def _shutdown_quietly(bus: can.BusABC) -> None:
+    try:
+        bus.shutdown()
+    except (can.CanError, OSError, serial.SerialException) as err:  # the link is gone already
+        log.debug("closing a failed bus: %s", err)
