@@ -1,0 +1,95 @@
+"""Model cards: Markdown beside the .onnx file, with PNG plots when matplotlib is installed."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.evaluate import ReliabilityBin
+from models.features import FEATURE_VERSION, FEATURES, FloatArray
+
+log = logging.getLogger("models.card")
+
+
+def write_card(path: Path, title: str, sections: list[tuple[str, list[str]]]) -> None:
+    lines = [f"# {title}", ""]
+    for head, body in sections:
+        lines += [f"## {head}", "", *body, ""]
+    path.write_text("\n".join(lines))
+
+
+def features_section() -> list[str]:
+    out = [
+        f"Feature version {FEATURE_VERSION}, computed by `models/features.py` (the agent runs the same code "
+        "on its sample stream). Windows end now and reach back 1 or 15 minutes; signals are step functions "
+        "(last value held) after the catalog's sampling policy. NaN when a signal is missing.",
+        "",
+        "| # | feature | unit |",
+        "|---|---|---|",
+    ]
+    out += [f"| {i} | `{n}` | {u} |" for i, (n, u) in enumerate(FEATURES)]
+    return out
+
+
+def code_block(lines: list[str]) -> list[str]:
+    return ["```", *lines, "```"]
+
+
+def _plt() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("matplotlib not installed: model cards without plots")
+        return None
+    return plt
+
+
+def plot_reliability(path: Path, bins: list[ReliabilityBin], title: str) -> bool:
+    plt = _plt()
+    if plt is None:
+        return False
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect")
+    ax.plot([b.mean_predicted for b in bins], [b.observed_rate for b in bins], "o-", label="model")
+    for b in bins:
+        ax.annotate(
+            str(b.count),
+            (b.mean_predicted, b.observed_rate),
+            fontsize=7,
+            xytext=(3, -9),
+            textcoords="offset points",
+        )
+    ax.set_xlabel("predicted probability")
+    ax.set_ylabel("observed frequency")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def plot_predicted_vs_actual(path: Path, y: FloatArray, preds: dict[str, FloatArray], title: str) -> bool:
+    plt = _plt()
+    if plt is None:
+        return False
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    lo, hi = float(np.nanmin(y)), float(np.nanmax(y))
+    ax.plot([lo, hi], [lo, hi], "--", color="grey", lw=1)
+    for name, p in preds.items():
+        ax.scatter(y, p, s=4, alpha=0.4, label=name)
+    ax.set_xlabel("actual SOC drop next 60 min (pp)")
+    ax.set_ylabel("predicted (pp)")
+    ax.set_ylim(lo - 5, hi + 5)
+    ax.set_title(title, fontsize=10)
+    ax.legend(markerscale=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True

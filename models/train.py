@@ -1,0 +1,145 @@
+"""Training: windows of many traces → three gradient-boosted tree models, split by vehicle.
+
+Hyperparameters are fixed here (never tuned on the test split). The split holds out whole vehicles (a
+simulated bus's days all fall on one side), so no window of a held-out bus or day leaks into training. The
+fault-alarm threshold is chosen on out-of-fold predictions of the training vehicles (GroupKFold).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+from sklearn.model_selection import GroupKFold
+
+from models.dataset import VehicleType, Windows, trace_windows
+from models.evaluate import choose_fault_threshold, fault_scope
+from models.rawtable import CleaningReport, read_table
+
+log = logging.getLogger("models.train")
+
+TREE_PARAMS: dict[str, int | float] = {
+    "max_iter": 200,
+    "learning_rate": 0.05,
+    "max_leaf_nodes": 15,
+    "min_samples_leaf": 40,
+    "l2_regularization": 1.0,
+}
+TEST_SHARE = 0.2
+
+
+def regressor(seed: int) -> HistGradientBoostingRegressor:
+    return HistGradientBoostingRegressor(loss="absolute_error", random_state=seed, **TREE_PARAMS)
+
+
+def classifier(seed: int) -> HistGradientBoostingClassifier:
+    return HistGradientBoostingClassifier(random_state=seed, **TREE_PARAMS)
+
+
+def trainable(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """`x` with all-missing columns set to 0: scikit-learn's binning fails on a column without a value
+    (a tree then never splits on it, so what the column holds at prediction time does not matter)."""
+    empty = np.isnan(x).all(axis=0)
+    if not empty.any():
+        return x
+    x = x.copy()
+    x[:, empty] = 0.0
+    return x
+
+
+def _windows_of_file(path: Path, vehicle: VehicleType, stride_s: float) -> tuple[Windows, CleaningReport]:
+    report = CleaningReport()
+    traces = read_table(path, report)
+    return Windows.concat(
+        [trace_windows(t, vehicle, stride_s) for t in traces], vehicle.large_drop_pp
+    ), report
+
+
+def build_windows(
+    files: list[Path],
+    vehicle: VehicleType,
+    stride_s: float = 60.0,
+    jobs: int = 2,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[Windows, CleaningReport]:
+    """Windows of every table file (in `jobs` processes)."""
+    parts: list[Windows] = []
+    total = CleaningReport()
+    work = partial(_windows_of_file, vehicle=vehicle, stride_s=stride_s)
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        for k, (w, rep) in enumerate(pool.map(work, files), 1):
+            parts.append(w)
+            total.add(rep)
+            if progress and (k % 5 == 0 or k == len(files)):
+                progress(f"features: {k}/{len(files)} tables, {sum(len(p) for p in parts)} windows")
+    return Windows.concat(parts, vehicle.large_drop_pp), total
+
+
+def vehicle_of(groups: npt.NDArray[np.str_]) -> npt.NDArray[np.str_]:
+    return np.array([g.split("/")[0] for g in groups.tolist()])
+
+
+def split_by_vehicle(w: Windows, seed: int, test_share: float = TEST_SHARE) -> npt.NDArray[np.bool_]:
+    """True for windows of the held-out (test) vehicles."""
+    vehicles = sorted(set(vehicle_of(w.group).tolist()))
+    rng = np.random.default_rng(seed)
+    n_test = max(1, round(test_share * len(vehicles)))
+    test = set(rng.permutation(vehicles)[:n_test].tolist())
+    return np.array([v in test for v in vehicle_of(w.group).tolist()])
+
+
+@dataclass
+class Trained:
+    soc_drop: HistGradientBoostingRegressor
+    large_drop: HistGradientBoostingClassifier
+    fault_risk: HistGradientBoostingClassifier | None
+    fault_threshold: float
+    train_mask: npt.NDArray[np.bool_]
+    test_mask: npt.NDArray[np.bool_]
+
+
+def fit_soc_models(
+    w: Windows, seed: int
+) -> tuple[HistGradientBoostingRegressor, HistGradientBoostingClassifier]:
+    scope = w.regression_scope()
+    reg = regressor(seed).fit(trainable(w.X[scope]), w.drop_pp[scope])
+    clf = classifier(seed).fit(trainable(w.X[scope]), w.large[scope].astype(int))
+    return reg, clf
+
+
+def fit_fault_model(
+    w: Windows, seed: int, folds: int = 4, stride_s: float = 60.0
+) -> tuple[HistGradientBoostingClassifier | None, float]:
+    """The fault-risk classifier and its alarm threshold (from out-of-fold predictions)."""
+    scope = fault_scope(w)
+    if not scope.any() or np.nansum(w.fault[scope]) < 5:
+        return None, math.nan
+    ws = w.select(scope)
+    y = ws.fault.astype(int)
+    vehicles = vehicle_of(ws.group)
+    oof = np.full(len(ws), math.nan)
+    n_splits = min(folds, len(set(vehicles.tolist())))
+    for tr, te in GroupKFold(n_splits=n_splits).split(ws.X, y, vehicles):
+        if len(set(y[tr].tolist())) < 2:
+            oof[te] = 0.0
+            continue
+        oof[te] = classifier(seed).fit(trainable(ws.X[tr]), y[tr]).predict_proba(ws.X[te])[:, 1]
+    threshold = choose_fault_threshold(ws, oof, stride_s=stride_s)
+    log.info("fault threshold %.2f from out-of-fold predictions over %d vehicles", threshold, n_splits)
+    return classifier(seed).fit(trainable(ws.X), y), threshold
+
+
+def fit_all(w: Windows, seed: int) -> Trained:
+    test = split_by_vehicle(w, seed)
+    train = w.select(~test)
+    reg, clf = fit_soc_models(train, seed)
+    fault, thr = fit_fault_model(train, seed)
+    return Trained(reg, clf, fault, thr, ~test, test)
