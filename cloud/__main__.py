@@ -1,4 +1,4 @@
-"""`voltgate-cloud`: migrate | run | check-config. The only place that exits or configures logging."""
+"""`voltgate-cloud`: migrate | run | serve | check-config. The only place that exits or configures logging."""
 
 from __future__ import annotations
 
@@ -72,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("migrate", "create or upgrade the database schema"),
-        ("run", "receive from MQTT and store into the database until SIGTERM"),
+        ("run", "receive from MQTT and store into the database until SIGTERM (and serve [web] if set)"),
+        ("serve", "serve only the fleet views (JSON API, web page, /metrics) until SIGTERM"),
         ("check-config", "validate the configuration and reach the database and the broker"),
     ):
         command = commands.add_parser(name, help=text)
@@ -94,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             flavour = asyncio.run(_check_database(settings))
             _check_broker(settings)
             print(f"configuration valid; database schema current ({flavour}); broker reachable")
+        elif args.command == "serve":
+            asyncio.run(app.serve(settings))
         else:
             asyncio.run(app.run(settings))
     except CloudError as err:

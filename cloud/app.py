@@ -5,6 +5,10 @@ transaction, acknowledges after commit) and `maintenance` (partitions ahead, ret
 its own database connection. SIGTERM/SIGINT set the stop event: the writer stops taking messages,
 commits and acknowledges the group it holds, and returns; then the broker connection is closed
 cleanly (the persistent session keeps everything not yet acknowledged) and `run` returns.
+
+With a [web] section in the settings, `run` also serves the fleet views (`cloud.api`: JSON API, page,
+/metrics) from the same event loop, on their own connection pool; `serve` runs only those (e.g. on
+another host, against a read replica).
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from typing import Final
 from prometheus_client import start_http_server
 
 from cloud import metrics
+from cloud.api import FleetViews
 from cloud.errors import RejectedDataError, StoreError
 from cloud.ingest import BatchMessage, DeadLetter, Ingested, ingest_message
 from cloud.mqtt import InboundMessage, Inbox, MqttReceiver
-from cloud.settings import CloudSettings, IngestSettings
+from cloud.settings import CloudSettings, IngestSettings, WebSettings
 from cloud.store import Store, WriteStats
 
 log = logging.getLogger(__name__)
@@ -169,10 +174,14 @@ async def run(settings: CloudSettings, stop: asyncio.Event | None = None) -> Non
     maintenance_store = await Store.open(settings.database)
     metrics_server = None
     receiver: MqttReceiver | None = None
+    views: FleetViews | None = None
     try:
         await maintenance_store.maintain()
         if settings.metrics.port:
             metrics_server, _ = start_http_server(settings.metrics.port, settings.metrics.host)
+        if settings.web is not None:
+            views = await FleetViews.start(settings.web, settings.database)
+            log.info("fleet views at %s", views.url)
         # Above Receive Maximum: QoS 1 never overflows it; the slack is for QoS 0 status messages.
         inbox = Inbox(capacity=settings.mqtt.receive_maximum + 1000)
         receiver = MqttReceiver(settings.mqtt, loop, inbox)
@@ -193,9 +202,29 @@ async def run(settings: CloudSettings, stop: asyncio.Event | None = None) -> Non
     finally:
         if receiver is not None:
             receiver.stop()
+        if views is not None:
+            await views.stop()
         if metrics_server is not None:
             metrics_server.shutdown()
         await writer_store.close()
         await maintenance_store.close()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+async def serve(settings: CloudSettings, stop: asyncio.Event | None = None) -> None:
+    """Serve only the fleet views until `stop` is set (or SIGTERM/SIGINT); defaults without [web]."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        views = await FleetViews.start(settings.web or WebSettings(), settings.database)
+        try:
+            log.info("fleet views at %s (database schema %s)", views.url, settings.database.schema_name)
+            await stop.wait()
+        finally:
+            await views.stop()
+    finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

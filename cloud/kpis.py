@@ -1,23 +1,36 @@
-"""Daily KPIs per bus, computed in SQL from `samples` and `alerts` (the same on both flavours).
+"""KPIs per bus per day and for the fleet, in SQL from `samples` and `alerts` (same on both flavours).
 
 Definitions (first version):
 - distance_km: odometer (`TRAVELED_DISTANCE`) at the day's last reading minus its first.
+- gps_distance_km: sum of great-circle (haversine) distances between consecutive GPS fixes; a leg
+  whose implied speed exceeds `MAX_GPS_SPEED_KMH` is a GPS glitch and is left out.
 - soc_start_pct / soc_end_pct / soc_min_pct: first, last and lowest SOC reading of the day.
 - Pack power P = V·I (I positive = discharge), each signal's last reading held until its next one;
   each interval between consecutive readings of any of V, I, speed counts for its duration when
-  it is at most `MAX_HOLD_S` long (a longer gap is missing data, not energy).
+  it is at most `MAX_HOLD_S` long (a longer gap is missing data, not energy). An interval belongs
+  to the day (and hour) it starts in.
 - energy_used_kwh: ∫P dt over intervals that are not charging (so regenerative braking while
   moving is credited); energy_charged_kwh: ∫−P dt over charging intervals (P < 0 and speed ≤ 2 km/h).
 - kwh_per_km: energy_used_kwh / distance_km (NULL below 0.1 km).
 - moving_hours: total length of intervals with speed > `MOVING_SPEED_KMH`.
+- utilization_pct: moving_hours as a share of the calendar day's length (23 or 25 h on DST days).
+- Charging session: a run of contiguous charging intervals lasting at least `MIN_CHARGING_S` (a
+  shorter one is regeneration while rolling to a stop). charging_events counts the sessions that
+  start that day; a session already running at the start of the queried range starts there.
 - alerts_raised / critical_alerts: alerts raised (active = true) that day, all and critical.
-Days are calendar days in the time zone given (the fleet's local time), not UTC.
+- Fleet energy (`fleet_energy`): the buses' energy summed per hour and per day; total, daily
+  average over the calendar days of the range (a day without data counts as 0), the 7-day rolling
+  average ending on each day, the peak day, the peak hour of use and the peak hour of charging
+  (the depot's grid demand).
+Days are calendar days in the time zone given (the fleet's local time), not UTC. Trips and charging
+sessions are computed by these queries on demand, not kept in tables.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta
 from typing import Final
 
 import psycopg
@@ -35,6 +48,10 @@ LONGITUDE: Final = "Vehicle.CurrentLocation.Longitude"  # deg
 MOVING_SPEED_KMH: Final = 2.0
 MAX_HOLD_S: Final = 60.0
 MIN_DISTANCE_FOR_RATE_KM: Final = 0.1
+MAX_GPS_SPEED_KMH: Final = 150.0
+MIN_CHARGING_S: Final = 120.0
+EARTH_RADIUS_KM: Final = 6371.0088  # mean radius (IUGG)
+ROLLING_DAYS: Final = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +68,56 @@ class DailyKpi:
     moving_hours: float | None
     alerts_raised: int
     critical_alerts: int
+    gps_distance_km: float | None = None
+    utilization_pct: float | None = None
+    charging_events: int = 0
 
 
-_DAILY_KPIS_SQL: Final = b"""
+@dataclass(frozen=True, slots=True)
+class ChargingSession:
+    vehicle_id: str
+    started_at: datetime
+    ended_at: datetime
+    energy_added_kwh: float
+    max_power_kw: float
+
+
+@dataclass(frozen=True, slots=True)
+class HourlyEnergy:
+    hour: datetime  # start of the hour in the fleet's time zone, as an instant
+    day: date  # the local day the hour belongs to
+    used_kwh: float
+    charged_kwh: float
+
+
+@dataclass(frozen=True, slots=True)
+class FleetEnergyDay:
+    day: date
+    used_kwh: float
+    charged_kwh: float
+    used_rolling_7d_kwh: float  # mean daily use over this day and the 6 before
+
+
+@dataclass(frozen=True, slots=True)
+class FleetEnergy:
+    day_from: date
+    day_to: date
+    days: list[FleetEnergyDay]
+    total_used_kwh: float
+    total_charged_kwh: float
+    daily_avg_used_kwh: float
+    daily_avg_charged_kwh: float
+    peak_day: date | None
+    peak_day_used_kwh: float
+    peak_hour: datetime | None
+    peak_hour_used_kwh: float
+    peak_charging_hour: datetime | None
+    peak_charging_hour_kwh: float
+
+
+# Shared by every query below: the samples of the range, V/I/speed held between readings, and the
+# intervals between consecutive readings with their power and whether the bus was charging.
+_INTERVALS_CTE: Final = b"""
 WITH bounds AS (
     SELECT %(day_from)s::date::timestamp AT TIME ZONE %(tz)s AS t_from,
            (%(day_to)s::date + 1)::timestamp AT TIME ZONE %(tz)s AS t_to
@@ -62,43 +126,87 @@ s AS (
     SELECT vehicle_id, ts, (ts AT TIME ZONE %(tz)s)::date AS day, signal, value
     FROM samples, bounds
     WHERE ts >= bounds.t_from AND ts < bounds.t_to
-      AND signal IN (%(odo)s, %(soc)s, %(volt)s, %(curr)s, %(speed)s)
+      AND signal IN (%(odo)s, %(soc)s, %(volt)s, %(curr)s, %(speed)s, %(lat)s, %(lon)s)
       AND (%(vehicle)s::text IS NULL OR vehicle_id = %(vehicle)s::text)
 ),
-readings AS (
+instants AS (   -- one row per reading instant of V, I or speed
+    SELECT vehicle_id, ts,
+           max(value) FILTER (WHERE signal = %(volt)s) AS v,
+           max(value) FILTER (WHERE signal = %(curr)s) AS i,
+           max(value) FILTER (WHERE signal = %(speed)s) AS speed
+    FROM s WHERE signal IN (%(volt)s, %(curr)s, %(speed)s)
+    GROUP BY vehicle_id, ts
+),
+numbered AS (   -- count(x) over time numbers the runs that start at each reading of x
+    SELECT *, count(v) OVER w AS run_v, count(i) OVER w AS run_i, count(speed) OVER w AS run_speed,
+           lead(ts) OVER w AS next_ts
+    FROM instants WINDOW w AS (PARTITION BY vehicle_id ORDER BY ts)
+),
+held AS (       -- each signal's last reading carried forward within its run
+    SELECT vehicle_id, ts, next_ts,
+           max(v) OVER (PARTITION BY vehicle_id, run_v) AS v,
+           max(i) OVER (PARTITION BY vehicle_id, run_i) AS i,
+           max(speed) OVER (PARTITION BY vehicle_id, run_speed) AS speed
+    FROM numbered
+),
+intervals AS (
+    SELECT vehicle_id, ts, next_ts, (ts AT TIME ZONE %(tz)s)::date AS day,
+           date_trunc('hour', ts, %(tz)s) AS hour,
+           extract(epoch FROM next_ts - ts)::float8 AS dt_s, v * i AS power_w, speed,
+           (v * i < 0 AND coalesce(speed, 0) <= %(moving)s) AS charging
+    FROM held
+    WHERE next_ts IS NOT NULL AND extract(epoch FROM next_ts - ts) <= %(max_hold)s
+),
+session_marks AS (  -- a charging interval not continuing a charging one starts a session
+    SELECT *, sum(starts::int) OVER (PARTITION BY vehicle_id ORDER BY ts) AS session
+    FROM (
+        SELECT *, charging AND NOT coalesce(lag(charging) OVER w AND lag(next_ts) OVER w = ts, false)
+                  AS starts
+        FROM intervals WINDOW w AS (PARTITION BY vehicle_id ORDER BY ts)
+    ) marked
+),
+sessions AS (
+    SELECT vehicle_id, min(ts) AS started_at, max(next_ts) AS ended_at,
+           sum(-power_w * dt_s) / 3.6e6 AS energy_added_kwh, max(-power_w) / 1000.0 AS max_power_kw
+    FROM session_marks WHERE charging
+    GROUP BY vehicle_id, session
+    HAVING extract(epoch FROM max(next_ts) - min(ts)) >= %(min_charging)s
+)
+"""
+
+_DAILY_KPIS_SQL: Final = (
+    _INTERVALS_CTE
+    + b"""
+, readings AS (
     SELECT vehicle_id, day,
            max(value) FILTER (WHERE signal = %(odo)s) - min(value) FILTER (WHERE signal = %(odo)s)
                AS distance_km,
            (array_agg(value ORDER BY ts) FILTER (WHERE signal = %(soc)s))[1] AS soc_start_pct,
            (array_agg(value ORDER BY ts DESC) FILTER (WHERE signal = %(soc)s))[1] AS soc_end_pct,
            min(value) FILTER (WHERE signal = %(soc)s) AS soc_min_pct
-    FROM s GROUP BY vehicle_id, day
+    FROM s WHERE signal IN (%(odo)s, %(soc)s) GROUP BY vehicle_id, day
 ),
-instants AS (   -- one row per reading instant of V, I or speed
-    SELECT vehicle_id, day, ts,
-           max(value) FILTER (WHERE signal = %(volt)s) AS v,
-           max(value) FILTER (WHERE signal = %(curr)s) AS i,
-           max(value) FILTER (WHERE signal = %(speed)s) AS speed
-    FROM s WHERE signal IN (%(volt)s, %(curr)s, %(speed)s)
-    GROUP BY vehicle_id, day, ts
+fixes AS (      -- one row per GPS fix with a plausible position
+    SELECT * FROM (
+        SELECT vehicle_id, day, ts,
+               max(value) FILTER (WHERE signal = %(lat)s) AS lat,
+               max(value) FILTER (WHERE signal = %(lon)s) AS lon
+        FROM s WHERE signal IN (%(lat)s, %(lon)s) GROUP BY vehicle_id, day, ts
+    ) f
+    WHERE lat BETWEEN -90 AND 90 AND lon BETWEEN -180 AND 180 AND NOT (lat = 0 AND lon = 0)
 ),
-numbered AS (   -- count(x) over time numbers the runs that start at each reading of x
-    SELECT *, count(v) OVER w AS run_v, count(i) OVER w AS run_i, count(speed) OVER w AS run_speed,
-           lead(ts) OVER w AS next_ts
-    FROM instants WINDOW w AS (PARTITION BY vehicle_id, day ORDER BY ts)
+legs AS (
+    SELECT vehicle_id, day, extract(epoch FROM ts - lag(ts) OVER w)::float8 AS dt_s,
+           2 * %(earth_km)s * asin(least(1.0, sqrt(
+               sin(radians(lat - lag(lat) OVER w) / 2) ^ 2
+               + cos(radians(lag(lat) OVER w)) * cos(radians(lat))
+                 * sin(radians(lon - lag(lon) OVER w) / 2) ^ 2))) AS km
+    FROM fixes WINDOW w AS (PARTITION BY vehicle_id, day ORDER BY ts)
 ),
-held AS (       -- each signal's last reading carried forward within its run
-    SELECT vehicle_id, day, ts, next_ts,
-           max(v) OVER (PARTITION BY vehicle_id, day, run_v) AS v,
-           max(i) OVER (PARTITION BY vehicle_id, day, run_i) AS i,
-           max(speed) OVER (PARTITION BY vehicle_id, day, run_speed) AS speed
-    FROM numbered
-),
-intervals AS (
-    SELECT vehicle_id, day, extract(epoch FROM next_ts - ts)::float8 AS dt_s, v * i AS power_w, speed,
-           (v * i < 0 AND coalesce(speed, 0) <= %(moving)s) AS charging
-    FROM held
-    WHERE next_ts IS NOT NULL AND extract(epoch FROM next_ts - ts) <= %(max_hold)s
+gps AS (
+    SELECT vehicle_id, day, sum(km) AS gps_distance_km
+    FROM legs WHERE km IS NOT NULL AND km * 3600 <= %(max_gps_kmh)s * greatest(dt_s, 1e-3)
+    GROUP BY vehicle_id, day
 ),
 energy AS (
     SELECT vehicle_id, day,
@@ -106,6 +214,10 @@ energy AS (
            sum(-power_w * dt_s) FILTER (WHERE charging) / 3.6e6 AS energy_charged_kwh,
            coalesce(sum(dt_s) FILTER (WHERE speed > %(moving)s), 0) / 3600.0 AS moving_hours
     FROM intervals GROUP BY vehicle_id, day
+),
+charging_days AS (
+    SELECT vehicle_id, (started_at AT TIME ZONE %(tz)s)::date AS day, count(*) AS charging_events
+    FROM sessions GROUP BY 1, 2
 ),
 alert_days AS (
     SELECT vehicle_id, (ts AT TIME ZONE %(tz)s)::date AS day,
@@ -120,12 +232,60 @@ SELECT vehicle_id, day, distance_km, soc_start_pct, soc_end_pct, soc_min_pct,
        energy_used_kwh, energy_charged_kwh,
        CASE WHEN distance_km >= %(min_km)s THEN energy_used_kwh / distance_km END AS kwh_per_km,
        moving_hours,
-       coalesce(alerts_raised, 0)::int AS alerts_raised, coalesce(critical_alerts, 0)::int AS critical_alerts
+       coalesce(alerts_raised, 0)::int AS alerts_raised, coalesce(critical_alerts, 0)::int AS critical_alerts,
+       gps_distance_km,
+       100.0 * moving_hours / (extract(epoch FROM ((day + 1)::timestamp AT TIME ZONE %(tz)s)
+                                                 - (day::timestamp AT TIME ZONE %(tz)s)) / 3600.0)
+           AS utilization_pct,
+       coalesce(charging_events, 0)::int AS charging_events
 FROM readings
 FULL JOIN energy USING (vehicle_id, day)
+FULL JOIN gps USING (vehicle_id, day)
+FULL JOIN charging_days USING (vehicle_id, day)
 FULL JOIN alert_days USING (vehicle_id, day)
 ORDER BY vehicle_id, day
 """
+)
+
+_HOURLY_ENERGY_SQL: Final = (
+    _INTERVALS_CTE
+    + b"""
+SELECT hour, day,
+       coalesce(sum(power_w * dt_s) FILTER (WHERE NOT charging), 0) / 3.6e6 AS used_kwh,
+       coalesce(sum(-power_w * dt_s) FILTER (WHERE charging), 0) / 3.6e6 AS charged_kwh
+FROM intervals GROUP BY hour, day ORDER BY hour
+"""
+)
+
+_CHARGING_SESSIONS_SQL: Final = (
+    _INTERVALS_CTE
+    + b"""
+SELECT vehicle_id, started_at, ended_at, energy_added_kwh, max_power_kw
+FROM sessions ORDER BY vehicle_id, started_at
+"""
+)
+
+
+def _params(day_from: date, day_to: date, tz: str, vehicle_id: str | None) -> dict[str, object]:
+    return {
+        "day_from": day_from,
+        "day_to": day_to,
+        "tz": tz,
+        "vehicle": vehicle_id,
+        "odo": TRAVELED_DISTANCE,
+        "soc": SOC,
+        "volt": PACK_VOLTAGE,
+        "curr": PACK_CURRENT,
+        "speed": SPEED,
+        "lat": LATITUDE,
+        "lon": LONGITUDE,
+        "moving": MOVING_SPEED_KMH,
+        "max_hold": MAX_HOLD_S,
+        "min_km": MIN_DISTANCE_FOR_RATE_KM,
+        "max_gps_kmh": MAX_GPS_SPEED_KMH,
+        "min_charging": MIN_CHARGING_S,
+        "earth_km": EARTH_RADIUS_KM,
+    }
 
 
 async def daily_kpis(
@@ -137,20 +297,78 @@ async def daily_kpis(
     vehicle_id: str | None = None,
 ) -> list[DailyKpi]:
     """KPIs per bus per day for `day_from`..`day_to` inclusive, days in time zone `tz`."""
-    params = {
-        "day_from": day_from,
-        "day_to": day_to,
-        "tz": tz,
-        "vehicle": vehicle_id,
-        "odo": TRAVELED_DISTANCE,
-        "soc": SOC,
-        "volt": PACK_VOLTAGE,
-        "curr": PACK_CURRENT,
-        "speed": SPEED,
-        "moving": MOVING_SPEED_KMH,
-        "max_hold": MAX_HOLD_S,
-        "min_km": MIN_DISTANCE_FOR_RATE_KM,
-    }
     async with conn.cursor(row_factory=class_row(DailyKpi)) as cur:
-        await cur.execute(_DAILY_KPIS_SQL, params)
+        await cur.execute(_DAILY_KPIS_SQL, _params(day_from, day_to, tz, vehicle_id))
         return await cur.fetchall()
+
+
+async def charging_sessions(
+    conn: psycopg.AsyncConnection[tuple[object, ...]],
+    day_from: date,
+    day_to: date,
+    *,
+    tz: str = "UTC",
+    vehicle_id: str | None = None,
+) -> list[ChargingSession]:
+    """Charging sessions within `day_from`..`day_to` (cut at the range's ends), by bus then start."""
+    async with conn.cursor(row_factory=class_row(ChargingSession)) as cur:
+        await cur.execute(_CHARGING_SESSIONS_SQL, _params(day_from, day_to, tz, vehicle_id))
+        return await cur.fetchall()
+
+
+async def hourly_energy(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], day_from: date, day_to: date, *, tz: str = "UTC"
+) -> list[HourlyEnergy]:
+    """The whole fleet's energy used and charged per hour (hours with data only)."""
+    async with conn.cursor(row_factory=class_row(HourlyEnergy)) as cur:
+        await cur.execute(_HOURLY_ENERGY_SQL, _params(day_from, day_to, tz, None))
+        return await cur.fetchall()
+
+
+async def fleet_energy(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], day_from: date, day_to: date, *, tz: str = "UTC"
+) -> FleetEnergy:
+    """Fleet-level energy KPIs for `day_from`..`day_to` (the 6 days before feed the rolling mean)."""
+    hours = await hourly_energy(conn, day_from - timedelta(days=ROLLING_DAYS - 1), day_to, tz=tz)
+    return summarize_fleet_energy(hours, day_from, day_to)
+
+
+def summarize_fleet_energy(hours: Sequence[HourlyEnergy], day_from: date, day_to: date) -> FleetEnergy:
+    """Pure: totals, averages, rolling means and peaks from hourly figures (which may start earlier)."""
+    used: dict[date, float] = {}
+    charged: dict[date, float] = {}
+    for h in hours:
+        used[h.day] = used.get(h.day, 0.0) + h.used_kwh
+        charged[h.day] = charged.get(h.day, 0.0) + h.charged_kwh
+    n_days = (day_to - day_from).days + 1
+    calendar = [day_from + timedelta(days=k) for k in range(n_days)]
+    days = [
+        FleetEnergyDay(
+            day,
+            used.get(day, 0.0),
+            charged.get(day, 0.0),
+            sum(used.get(day - timedelta(days=k), 0.0) for k in range(ROLLING_DAYS)) / ROLLING_DAYS,
+        )
+        for day in calendar
+    ]
+    in_range = [h for h in hours if day_from <= h.day <= day_to]
+    peak_day = max(days, key=lambda d: d.used_kwh, default=None)
+    peak_use = max(in_range, key=lambda h: h.used_kwh, default=None)
+    peak_charge = max(in_range, key=lambda h: h.charged_kwh, default=None)
+    total_used = sum(d.used_kwh for d in days)
+    total_charged = sum(d.charged_kwh for d in days)
+    return FleetEnergy(
+        day_from=day_from,
+        day_to=day_to,
+        days=days,
+        total_used_kwh=total_used,
+        total_charged_kwh=total_charged,
+        daily_avg_used_kwh=total_used / n_days if n_days > 0 else 0.0,
+        daily_avg_charged_kwh=total_charged / n_days if n_days > 0 else 0.0,
+        peak_day=peak_day.day if peak_day and peak_day.used_kwh > 0 else None,
+        peak_day_used_kwh=peak_day.used_kwh if peak_day else 0.0,
+        peak_hour=peak_use.hour if peak_use and peak_use.used_kwh > 0 else None,
+        peak_hour_used_kwh=max(peak_use.used_kwh, 0.0) if peak_use else 0.0,
+        peak_charging_hour=peak_charge.hour if peak_charge and peak_charge.charged_kwh > 0 else None,
+        peak_charging_hour_kwh=max(peak_charge.charged_kwh, 0.0) if peak_charge else 0.0,
+    )

@@ -11,6 +11,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -103,6 +104,29 @@ class MetricsSettings(BaseModel):
     port: int = Field(default=9108, ge=0, le=65535)  # 0 = no metrics endpoint
 
 
+class WebSettings(BaseModel):
+    """The fleet views (JSON API, web page, /metrics): `serve` always serves them; `run` serves them
+    too when the configuration has a [web] section (or a VOLTGATE_CLOUD_WEB__* variable)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)  # 0 = any free port (tests)
+    time_zone: str = "UTC"  # the fleet's local time: the default for daily KPIs
+    max_range_days: int = Field(default=400, ge=1, le=3660)
+    db_pool_size: int = Field(default=4, ge=1, le=64)
+    statement_timeout_s: float = Field(default=15.0, gt=0, le=600)
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("must be an IANA time zone name, e.g. 'Africa/Nairobi'") from None
+        return value
+
+
 class LogSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -122,6 +146,7 @@ class CloudSettings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     ingest: IngestSettings = IngestSettings()
     metrics: MetricsSettings = MetricsSettings()
+    web: WebSettings | None = None  # None: `run` does not serve the fleet views
     log: LogSettings = LogSettings()
 
     @model_validator(mode="after")

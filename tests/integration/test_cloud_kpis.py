@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 
@@ -109,3 +110,122 @@ async def test_days_follow_the_fleet_time_zone(store: Store) -> None:
     rows = await kpis.daily_kpis(store.connection, DAY, date(2024, 5, 15), tz="America/New_York")
 
     assert [(r.day, r.soc_end_pct) for r in rows] == [(DAY, pytest.approx(95.0))]
+
+
+async def test_utilization_and_charging_events_on_the_known_day(store: Store) -> None:
+    batch = synthetic_day("bus-u")
+    received = datetime(2024, 5, 15, 1, tzinfo=UTC)
+    await store.write(
+        [BatchMessage(telemetry_topic("f", "bus-u"), "f", TopicKind.TELEMETRY, batch, received, 1)]
+    )
+
+    [kpi] = await kpis.daily_kpis(store.connection, DAY, DAY)
+    sessions = await kpis.charging_sessions(store.connection, DAY, DAY)
+
+    assert kpi.utilization_pct == pytest.approx(100.0 / 24)  # 1 h moving in a 24 h day
+    assert kpi.charging_events == 1
+    assert kpi.gps_distance_km is None  # no GPS in this batch
+    [session] = sessions
+    assert (session.started_at, session.ended_at) == (
+        datetime(2024, 5, 14, 8, tzinfo=UTC),
+        datetime(2024, 5, 14, 8, 30, tzinfo=UTC),
+    )
+    assert session.energy_added_kwh == pytest.approx(62.0)
+    assert session.max_power_kw == pytest.approx(124.0)
+
+
+async def test_utilization_uses_the_local_day_length_on_dst_days(store: Store) -> None:
+    # GIVEN the synthetic hour of driving moved to 2024-03-10, when New York springs forward (23 h day)
+    day = date(2024, 3, 10)
+    samples = tuple(SampleRecord(k, ms(15, day=day) + k * 10_000, kpis.SPEED, 36.0) for k in range(361))
+    batch = Batch("bus-dst", samples=samples)
+    received = datetime(2024, 3, 11, tzinfo=UTC)
+    await store.write(
+        [BatchMessage(telemetry_topic("f", "bus-dst"), "f", TopicKind.TELEMETRY, batch, received, 1)]
+    )
+
+    [kpi] = await kpis.daily_kpis(store.connection, day, day, tz="America/New_York")
+
+    assert kpi.utilization_pct == pytest.approx(100.0 / 23)
+
+
+async def test_gps_distance_is_haversine_without_glitches(store: Store) -> None:
+    # GIVEN 101 fixes 0.001° apart going due north (one leg = R·0.001·π/180 km), a glitch fix 1° away
+    # between fixes 50 and 51, a (0, 0) "no fix" and a NaN fix
+    step_km = kpis.EARTH_RADIUS_KM * math.radians(0.001)
+    samples: list[SampleRecord] = []
+    for k in range(101):
+        t = ms(9) + k * 10_000
+        samples += [
+            SampleRecord(2 * k, t, kpis.LATITUDE, -1.3 + 0.001 * k),
+            SampleRecord(2 * k + 1, t, kpis.LONGITUDE, 36.8),
+        ]
+    glitch_t = ms(9) + 50 * 10_000 + 5_000
+    samples += [
+        SampleRecord(1000, glitch_t, kpis.LATITUDE, -0.3),
+        SampleRecord(1001, glitch_t, kpis.LONGITUDE, 36.8),
+        SampleRecord(1002, ms(9) + 20 * 10_000 + 5_000, kpis.LATITUDE, 0.0),
+        SampleRecord(1003, ms(9) + 20 * 10_000 + 5_000, kpis.LONGITUDE, 0.0),
+        SampleRecord(1004, ms(9) + 30 * 10_000 + 5_000, kpis.LATITUDE, math.nan),
+        SampleRecord(1005, ms(9) + 30 * 10_000 + 5_000, kpis.LONGITUDE, 36.8),
+    ]
+    batch = Batch("bus-g", samples=tuple(samples))
+    await store.write(
+        [
+            BatchMessage(
+                telemetry_topic("f", "bus-g"),
+                "f",
+                TopicKind.TELEMETRY,
+                batch,
+                datetime(2024, 5, 15, tzinfo=UTC),
+                1,
+            )
+        ]
+    )
+
+    [kpi] = await kpis.daily_kpis(store.connection, DAY, DAY)
+
+    # THEN the two legs through the glitch are left out, which loses the leg 50 → 51 only
+    assert kpi.gps_distance_km == pytest.approx(99 * step_km, rel=1e-6)
+
+
+async def test_fleet_energy_totals_rolling_mean_and_peaks(store: Store) -> None:
+    received = datetime(2024, 5, 15, 1, tzinfo=UTC)
+    await store.write(
+        [
+            BatchMessage(telemetry_topic("f", v), "f", TopicKind.TELEMETRY, synthetic_day(v), received, 1)
+            for v in ("bus-a", "bus-b")
+        ]
+    )
+
+    energy = await kpis.fleet_energy(store.connection, date(2024, 5, 13), DAY)
+
+    # two buses, each 60 kWh used 06:00–07:00 and 62 kWh charged 08:00–08:30 on the 14th
+    assert [(d.day, d.used_kwh, d.charged_kwh) for d in energy.days] == [
+        (date(2024, 5, 13), 0.0, 0.0),
+        (DAY, pytest.approx(120.0), pytest.approx(124.0)),
+    ]
+    assert energy.days[1].used_rolling_7d_kwh == pytest.approx(120.0 / 7)
+    assert energy.total_used_kwh == pytest.approx(120.0)
+    assert energy.total_charged_kwh == pytest.approx(124.0)
+    assert energy.daily_avg_used_kwh == pytest.approx(60.0)
+    assert (energy.peak_day, energy.peak_day_used_kwh) == (DAY, pytest.approx(120.0))
+    assert (energy.peak_hour, energy.peak_hour_used_kwh) == (
+        datetime(2024, 5, 14, 6, tzinfo=UTC),
+        pytest.approx(120.0),
+    )
+    assert (energy.peak_charging_hour, energy.peak_charging_hour_kwh) == (
+        datetime(2024, 5, 14, 8, tzinfo=UTC),
+        pytest.approx(124.0),
+    )
+
+
+async def test_fleet_energy_summary_of_nothing_has_no_peaks() -> None:
+    energy = kpis.summarize_fleet_energy([], DAY, DAY)
+
+    assert (energy.total_used_kwh, energy.peak_day, energy.peak_hour, energy.peak_charging_hour) == (
+        0.0,
+        None,
+        None,
+        None,
+    )
