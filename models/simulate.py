@@ -1,10 +1,11 @@
 """Simulated training data: many buses × days through the voltgate simulator, as raw tables.
 
 `models` may not import `simulator` (the agent, which imports `models`, never ships the simulator), so each
-bus-day runs in a child Python process that composes the simulator's public API (`BusConfig`,
-`FaultSchedule.random`, `simulator.truth`) and writes the day in the raw-table schema (models.rawtable): the
-raw columns, the bus's catalog signals as canonical-name columns, and the truth's fault labels. The process
-boundary keeps the import contract; the simulator's ground-truth column names are the interface.
+bus-day runs the simulator's command line, `python -m simulator truth` with the day's scenario as options,
+which writes the simulator's own ground truth (simulator/truth.py). This module then maps that CSV onto the
+raw-table schema (models.rawtable): the raw columns, the bus's catalog signals as canonical-name columns
+(`TRUTH_COLUMNS`), positions blank without a GPS fix, and the truth's fault labels. The process boundary
+keeps the import contract; the CLI's options and the truth's column names are the interface.
 
 Scenarios vary per bus (pack SOH, driver aggressiveness, passenger load, layover charging, block length) and
 per day (ambient preset and its jitter, start SOC, faults at Poisson times weighted to the physical kinds),
@@ -13,13 +14,16 @@ all drawn from one seed.
 
 from __future__ import annotations
 
-import json
+import csv
+import gzip
+import math
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -90,6 +94,10 @@ TRUTH_COLUMNS: tuple[tuple[str, str], ...] = (
     ("fault_within_30min", "fault_within_30min"),
     ("time_to_next_fault_s", "time_to_next_fault_s"),
 )
+POSITION_COLUMNS = ("latitude", "longitude")  # blank while the truth's gps_valid is 0, as a receiver reports
+TRUTH_GPS_VALID = "gps_valid"
+TRUTH_INJECTED_FAULT = "next_fault_onset_physical"  # → injected_fault: a physical fault behind the next onset
+RAW_HEADER = ("vehicle", "segment", *(column for column, _ in TRUTH_COLUMNS), "injected_fault")
 
 
 @dataclass(frozen=True)
@@ -146,67 +154,75 @@ def scenarios(n_buses: int, days: int, seed: int, faults_per_day: float = 4.0) -
     return out
 
 
-# Runs in the child process (which may import the simulator); argv: scenario JSON, output path.
-_WORKER = r"""
-import csv, gzip, json, math, sys
-from datetime import UTC, datetime
-from simulator.bus import AmbientProfile, BusConfig, BusSimulator
-from simulator.cycles import DriverStyle, PassengerProfile
-from simulator.faults import FaultKind, FaultSchedule
-from simulator.truth import add_future_columns, rows_at_1hz
+def truth_command(day: BusDay, out: Path) -> list[str]:
+    """`voltgate-sim truth` for one bus-day: its scenario as the simulator's options, the truth to `out`."""
+    start = datetime.fromtimestamp(day.start_ts, UTC).isoformat()
+    return [
+        sys.executable,
+        "-m",
+        "simulator",
+        "truth",
+        f"--out={out}",
+        f"--seed={day.seed}",
+        f"--start={start}",
+        f"--duration={day.duration_s!r}s",
+        f"--ambient-mean-c={day.ambient_mean_c!r}",  # repr: the exact float, read back as such
+        f"--ambient-amplitude-c={day.ambient_amplitude_c!r}",
+        f"--aggressiveness={day.aggressiveness!r}",
+        f"--peak-boardings={day.peak_boardings!r}",
+        f"--soh-pct={day.soh_pct!r}",
+        f"--initial-soc-pct={day.initial_soc_pct!r}",
+        f"--round-trips={day.round_trips}",
+        "--layover-charging" if day.layover_charging else "--no-layover-charging",
+        f"--random-faults={day.faults_per_day!r}",
+        *(f"--random-fault-kind={kind}" for kind in FAULT_KINDS),
+    ]
 
-s = json.loads(sys.argv[1]); out = sys.argv[2]; spec = json.loads(sys.argv[3])
-kinds = tuple(FaultKind(k) for k in spec["fault_kinds"])
-faults = FaultSchedule.random(s["seed"], s["duration_s"], s["faults_per_day"], kinds)
-cfg = BusConfig(
-    vehicle_id=s["vehicle"], seed=s["seed"], start_utc=datetime.fromtimestamp(s["start_ts"], UTC),
-    ambient=AmbientProfile(s["ambient_mean_c"], s["ambient_amplitude_c"]),
-    driver=DriverStyle(s["aggressiveness"]),
-    passengers=PassengerProfile(peak_boardings_per_stop=s["peak_boardings"]),
-    soh_pct=s["soh_pct"], initial_soc_pct=s["initial_soc_pct"], faults=faults, round_trips=s["round_trips"],
-    layover_charging=s["layover_charging"],
-)
-rows = list(rows_at_1hz(BusSimulator(cfg).run(s["duration_s"], 1.0)))
-add_future_columns(rows)
-physical = {"cooling_failure", "cell_imbalance_growth", "insulation_degradation"}
-def fmt(v):
-    if v == "" or v is None: return ""
-    v = float(v)
-    return "" if math.isnan(v) else f"{v:.10g}"
-with gzip.open(out, "wt", newline="", compresslevel=3) as f:
-    w = csv.writer(f)
-    w.writerow(["vehicle", "segment", *[c for c, _ in spec["columns"]], "injected_fault"])
-    by_t = {r["t_s"]: r for r in rows}
-    for r in rows:
-        cells = []
-        for c, src in spec["columns"]:
-            if c in ("latitude", "longitude") and not r["gps_valid"]:
-                cells.append("")
-            else:
-                cells.append(fmt(r[src]))
-        onset = r["next_fault_onset_t_s"]
-        inj = ""
-        if onset != "":
-            at = by_t.get(float(onset))
-            kinds_at = {x.split(":")[0] for x in str(at["active_faults"]).split(";") if x} if at else set()
-            inj = "1" if physical & kinds_at else "0"
-        w.writerow([s["vehicle"], s["segment"], *cells, inj])
-print(len(rows))
-"""
+
+def _number_cell(text: str) -> str:
+    """A truth value as a raw-table cell: 10 significant digits; empty for no value (empty or NaN)."""
+    if not text:
+        return ""
+    value = float(text)
+    return "" if math.isnan(value) else f"{value:.10g}"
+
+
+def raw_row(truth: Mapping[str, str], vehicle: str, segment: str) -> list[str]:
+    """One truth row (simulator.truth columns) as a raw-table row in `RAW_HEADER` order."""
+    no_fix = not int(truth[TRUTH_GPS_VALID])
+    cells = [
+        "" if no_fix and column in POSITION_COLUMNS else _number_cell(truth[source])
+        for column, source in TRUTH_COLUMNS
+    ]
+    return [vehicle, segment, *cells, _number_cell(truth[TRUTH_INJECTED_FAULT])]
+
+
+def write_raw_table(truth_csv: Path, vehicle: str, segment: str, out: Path) -> int:
+    """Map a simulator truth CSV onto the raw-table schema into `out` (gzip); return the row count."""
+    needed = {source for _, source in TRUTH_COLUMNS} | {TRUTH_GPS_VALID, TRUTH_INJECTED_FAULT}
+    n = 0
+    with truth_csv.open(newline="") as src, gzip.open(out, "wt", newline="", compresslevel=3) as dst:
+        reader = csv.DictReader(src)
+        missing = needed - set(reader.fieldnames or needed)
+        if missing:
+            raise RuntimeError(f"{truth_csv}: the simulator's truth lacks {', '.join(sorted(missing))}")
+        writer = csv.writer(dst)
+        writer.writerow(RAW_HEADER)
+        for truth in reader:
+            writer.writerow(raw_row(truth, vehicle, segment))
+            n += 1
+    return n
 
 
 def run_bus_day(day: BusDay, out: Path) -> float:
     """Simulate one bus-day into `out` (a .csv.gz raw table); return wall seconds."""
-    spec = {"fault_kinds": FAULT_KINDS, "columns": TRUTH_COLUMNS}
     t0 = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-c", _WORKER, json.dumps(asdict(day)), str(out), json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"simulating {day.vehicle}/{day.segment} failed: {proc.stderr.strip()[-500:]}")
+    with tempfile.TemporaryDirectory(prefix="voltgate-truth-") as tmp:
+        truth_csv = Path(tmp) / "truth.csv"
+        proc = subprocess.run(truth_command(day, truth_csv), capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"simulating {day.vehicle}/{day.segment} failed: {proc.stderr.strip()[-500:]}")
+        write_raw_table(truth_csv, day.vehicle, day.segment, out)
     return time.monotonic() - t0
 
 

@@ -8,6 +8,16 @@
                      --nmea-port /dev/ttyUSB0] [--realtime | --speed X | --fast] [--duration 2h]
         streams live; prints `slcan-pty PATH` / `nmea-pty PATH` on stdout for the host to open, and a
         status line every --status-every simulated seconds on stderr. Ctrl-C / SIGTERM end it cleanly.
+    voltgate-sim truth --out truth.csv[.gz] [--scenario day.json] [--duration 11h30m] [--seed 7]
+                       [--start ...] [--ambient-mean-c 19 --ambient-amplitude-c 6] [--aggressiveness 0.5]
+                       [--peak-boardings 2.2] [--soh-pct 100] [--initial-soc-pct 100] [--round-trips 4]
+                       [--layover-charging] [--random-faults PER_DAY [--random-fault-kind KIND ...]]
+                       [--fault SPEC ...]
+        the ground truth of one bus-day (simulator.truth: every state at 1 Hz plus the lookahead labels),
+        gzip when the name ends in .gz. The scenario comes from options, or from a JSON object whose keys
+        are the long option names with `_` for `-` (`faults` and `random_fault_kinds` are lists; `start`
+        is ISO 8601; `duration` is seconds or a duration); an option given beside --scenario wins.
+        A kind repeated in --random-fault-kind is drawn that much more often.
 
 Times and durations: `90`, `90s`, `15m`, `1h`, `1h30m`, `0.5h`. Faults: `KIND[:TARGET]@ONSET[/DURATION]
 [=SEVERITY]`, KIND one of simulator.faults.FaultKind (sensor faults need a TARGET, a BusState field).
@@ -16,17 +26,22 @@ Times and durations: `90`, `90s`, `15m`, `1h`, `1h30m`, `0.5h`. Faults: `KIND[:T
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import math
 import re
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from simulator.bus import BusConfig, BusSimulator
+from simulator.bus import NAIROBI_MILD, AmbientProfile, BusConfig, BusSimulator
+from simulator.cycles import DriverStyle, PassengerProfile
 from simulator.emit_can import CanEmitter
 from simulator.emit_nmea import NmeaEmitter
 from simulator.emit_sinks import (
@@ -106,6 +121,193 @@ def parse_fault(text: str) -> Fault:
         raise UsageError(f"--fault {text!r}: {err}") from None
 
 
+# -- the truth scenario -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One bus-day for `truth`: the bus, its day, its driver and load, and its faults."""
+
+    seed: int = 0
+    start_utc: datetime = BusConfig.start_utc
+    duration_s: float = 3600.0
+    ambient_mean_c: float = NAIROBI_MILD.mean_c
+    ambient_amplitude_c: float = NAIROBI_MILD.amplitude_c
+    aggressiveness: float = DriverStyle().aggressiveness
+    peak_boardings: float = PassengerProfile().peak_boardings_per_stop
+    soh_pct: float = BusConfig.soh_pct
+    initial_soc_pct: float = BusConfig.initial_soc_pct
+    round_trips: int = BusConfig.round_trips
+    layover_charging: bool = BusConfig.layover_charging
+    faults_per_day: float = 0.0
+    fault_kinds: tuple[FaultKind, ...] = tuple(FaultKind)  # a repeated kind is drawn more often
+    faults: tuple[Fault, ...] = ()
+
+    def check(self) -> None:
+        """Raise UsageError, naming the option, for a value outside what the simulator models."""
+        checks = (  # (option, value, allowed, what is allowed); a NaN is never allowed
+            ("--duration", self.duration_s, 0.0 < self.duration_s < math.inf, "above 0"),
+            ("--soh-pct", self.soh_pct, 0.0 < self.soh_pct <= 100.0, "above 0 and at most 100"),
+            (
+                "--initial-soc-pct",
+                self.initial_soc_pct,
+                0.0 <= self.initial_soc_pct <= 100.0,
+                "from 0 to 100",
+            ),
+            ("--aggressiveness", self.aggressiveness, 0.0 <= self.aggressiveness <= 1.0, "from 0 to 1"),
+            ("--peak-boardings", self.peak_boardings, 0.0 <= self.peak_boardings <= 1000.0, "from 0 to 1000"),
+            ("--ambient-mean-c", self.ambient_mean_c, -60.0 <= self.ambient_mean_c <= 60.0, "from -60 to 60"),
+            (
+                "--ambient-amplitude-c",
+                self.ambient_amplitude_c,
+                0.0 <= self.ambient_amplitude_c <= 30.0,
+                "from 0 to 30",
+            ),
+            ("--round-trips", self.round_trips, 1 <= self.round_trips <= 100, "from 1 to 100"),
+            ("--random-faults", self.faults_per_day, 0.0 <= self.faults_per_day <= 1e4, "from 0 to 10000"),
+        )
+        for option, value, allowed, what in checks:
+            if not allowed:
+                raise UsageError(f"{option} {value:g} must be {what}")
+        if self.faults_per_day > 0 and not self.fault_kinds:
+            raise UsageError("--random-faults needs at least one --random-fault-kind")
+
+    def config(self) -> BusConfig:
+        faults = list(self.faults)
+        if self.faults_per_day > 0:
+            drawn = FaultSchedule.random(self.seed, self.duration_s, self.faults_per_day, self.fault_kinds)
+            faults += drawn.faults
+        return BusConfig(
+            seed=self.seed,
+            start_utc=self.start_utc,
+            ambient=AmbientProfile(self.ambient_mean_c, self.ambient_amplitude_c),
+            driver=DriverStyle(self.aggressiveness),
+            passengers=PassengerProfile(peak_boardings_per_stop=self.peak_boardings),
+            soh_pct=self.soh_pct,
+            initial_soc_pct=self.initial_soc_pct,
+            faults=_schedule(faults, self.seed),
+            round_trips=self.round_trips,
+            layover_charging=self.layover_charging,
+        )
+
+
+def _json_number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UsageError("must be a number")
+    return float(value)
+
+
+def _json_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError("must be a whole number")
+    return value
+
+
+def _json_bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise UsageError("must be true or false")
+    return value
+
+
+def _json_str(value: object) -> str:
+    if not isinstance(value, str):
+        raise UsageError("must be a string")
+    return value
+
+
+def _json_strs(value: object) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise UsageError("must be a list of strings")
+    return [str(v) for v in value]
+
+
+def _json_duration(value: object) -> float:
+    return parse_duration(value) if isinstance(value, str) else _json_number(value)
+
+
+def parse_fault_kind(text: str) -> FaultKind:
+    kinds = [k.value for k in FaultKind]
+    if text not in kinds:
+        raise UsageError(f"{text!r} is not a fault kind; one of {', '.join(kinds)}")
+    return FaultKind(text)
+
+
+def _option_fault_kind(text: str) -> FaultKind:
+    try:
+        return parse_fault_kind(text)
+    except UsageError as err:
+        raise UsageError(f"--random-fault-kind {err}") from None
+
+
+# scenario JSON key (the long option, `_` for `-`) → (Scenario field, reader of the JSON value)
+_SCENARIO_KEYS: dict[str, tuple[str, Callable[[object], object]]] = {
+    "seed": ("seed", _json_int),
+    "start": ("start_utc", lambda v: parse_start(_json_str(v))),
+    "duration": ("duration_s", _json_duration),
+    "ambient_mean_c": ("ambient_mean_c", _json_number),
+    "ambient_amplitude_c": ("ambient_amplitude_c", _json_number),
+    "aggressiveness": ("aggressiveness", _json_number),
+    "peak_boardings": ("peak_boardings", _json_number),
+    "soh_pct": ("soh_pct", _json_number),
+    "initial_soc_pct": ("initial_soc_pct", _json_number),
+    "round_trips": ("round_trips", _json_int),
+    "layover_charging": ("layover_charging", _json_bool),
+    "random_faults": ("faults_per_day", _json_number),
+    "random_fault_kinds": ("fault_kinds", lambda v: tuple(parse_fault_kind(k) for k in _json_strs(v))),
+    "faults": ("faults", lambda v: tuple(parse_fault(f) for f in _json_strs(v))),
+}
+
+
+def load_scenario(path: Path) -> dict[str, Any]:
+    """Scenario fields from a JSON object file; UsageError names the file and the key."""
+    try:
+        loaded: object = json.loads(path.read_text())
+    except OSError as err:
+        raise UsageError(f"--scenario {path}: {err.strerror or err}") from None
+    except ValueError as err:
+        raise UsageError(f"--scenario {path} is not JSON: {err}") from None
+    if not isinstance(loaded, dict):
+        raise UsageError(f"--scenario {path} must hold a JSON object")
+    unknown = sorted(set(loaded) - set(_SCENARIO_KEYS))
+    if unknown:
+        raise UsageError(
+            f"--scenario {path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(_SCENARIO_KEYS)}"
+        )
+    fields: dict[str, Any] = {}  # each value of the type of its Scenario field (its reader checks)
+    for key, value in loaded.items():
+        field, read = _SCENARIO_KEYS[key]
+        try:
+            fields[field] = read(value)
+        except UsageError as err:
+            raise UsageError(f"--scenario {path}: {key}: {err}") from None
+    return fields
+
+
+def parse_scenario(args: argparse.Namespace) -> Scenario:
+    """The scenario from --scenario, then every scenario option given on the command line over it."""
+    fields = load_scenario(args.scenario) if args.scenario is not None else {}
+    given: dict[str, Any] = {
+        "seed": args.seed,
+        "start_utc": parse_start(args.start) if args.start is not None else None,
+        "duration_s": parse_duration(args.duration) if args.duration is not None else None,
+        "ambient_mean_c": args.ambient_mean_c,
+        "ambient_amplitude_c": args.ambient_amplitude_c,
+        "aggressiveness": args.aggressiveness,
+        "peak_boardings": args.peak_boardings,
+        "soh_pct": args.soh_pct,
+        "initial_soc_pct": args.initial_soc_pct,
+        "round_trips": args.round_trips,
+        "layover_charging": args.layover_charging,
+        "faults_per_day": args.random_faults,
+        "fault_kinds": (
+            tuple(_option_fault_kind(k) for k in args.random_fault_kinds) if args.random_fault_kinds else None
+        ),
+        "faults": tuple(parse_fault(f) for f in args.faults) if args.faults else None,
+    }
+    fields.update({k: v for k, v in given.items() if v is not None})
+    return dataclasses.replace(Scenario(), **fields)
+
+
 # -- the parser -------------------------------------------------------------------------------------
 
 
@@ -151,6 +353,63 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--duration", help="simulated time (default: until stopped)")
     run.add_argument("--status-every", type=float, default=60.0, metavar="S", help="simulated s per status")
     _common(run)
+
+    d = Scenario()
+    tru = sub.add_parser("truth", help="write the ground truth of one bus-day, as fast as the CPU allows")
+    tru.add_argument("--out", required=True, type=Path, help="truth CSV at 1 Hz (gzip when it ends in .gz)")
+    tru.add_argument("--scenario", type=Path, metavar="FILE.json", help="the scenario as a JSON object")
+    tru.add_argument("--seed", type=int, help=f"seed of the bus, its day and its faults (default {d.seed})")
+    tru.add_argument("--start", help="simulation start, ISO 8601 UTC (default: 05:00 Nairobi time)")
+    tru.add_argument("--duration", help="simulated time (default 1h)")
+    tru.add_argument(
+        "--ambient-mean-c", type=float, metavar="C", help=f"day's mean (default {d.ambient_mean_c:g})"
+    )
+    tru.add_argument(
+        "--ambient-amplitude-c",
+        type=float,
+        metavar="C",
+        help=f"± over the day (default {d.ambient_amplitude_c:g})",
+    )
+    tru.add_argument(
+        "--aggressiveness",
+        type=float,
+        metavar="A",
+        help=f"driver, 0 calm to 1 (default {d.aggressiveness:g})",
+    )
+    tru.add_argument(
+        "--peak-boardings", type=float, metavar="N", help=f"per stop at peak (default {d.peak_boardings:g})"
+    )
+    tru.add_argument(
+        "--soh-pct", type=float, metavar="PCT", help=f"pack state of health (default {d.soh_pct:g})"
+    )
+    tru.add_argument(
+        "--initial-soc-pct",
+        type=float,
+        metavar="PCT",
+        help=f"SOC at the start (default {d.initial_soc_pct:g})",
+    )
+    tru.add_argument(
+        "--round-trips", type=int, metavar="N", help=f"per daily block (default {d.round_trips})"
+    )
+    tru.add_argument(
+        "--layover-charging",
+        action=argparse.BooleanOptionalAction,
+        help="charge at the depot-end terminus during layovers (default: no)",
+    )
+    tru.add_argument("--random-faults", type=float, metavar="PER_DAY", help="faults at random, from --seed")
+    tru.add_argument(
+        "--random-fault-kind",
+        action="append",
+        dest="random_fault_kinds",
+        metavar="KIND",
+        help="a kind --random-faults draws from (repeat; default: all)",
+    )
+    tru.add_argument(
+        "--fault", action="append", dest="faults", metavar="SPEC", help="inject a fault (repeat)"
+    )
+    tru.add_argument(
+        "--dt", type=float, default=1.0, metavar="S", help="physics step in seconds, at most 1 (default 1)"
+    )
     return parser
 
 
@@ -160,13 +419,18 @@ def _config(args: argparse.Namespace, horizon_s: float | None) -> BusConfig:
         if not args.random_faults > 0 or horizon_s is None:
             raise UsageError("--random-faults needs a rate above zero and a --duration")
         faults += FaultSchedule.random(args.seed, horizon_s, args.random_faults).faults
-    faults.sort(key=lambda f: f.onset_s)
-    for f in faults:
-        log.info("fault %s at %.0f s for %.0f s, severity %.2f", f.label, f.onset_s, f.duration_s, f.severity)
-    kwargs: dict[str, object] = {"seed": args.seed, "faults": FaultSchedule(tuple(faults), args.seed)}
+    kwargs: dict[str, object] = {"seed": args.seed, "faults": _schedule(faults, args.seed)}
     if args.start:
         kwargs["start_utc"] = parse_start(args.start)
     return BusConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def _schedule(faults: list[Fault], seed: int) -> FaultSchedule:
+    """The faults in onset order, each logged once."""
+    faults = sorted(faults, key=lambda f: f.onset_s)
+    for f in faults:
+        log.info("fault %s at %.0f s for %.0f s, severity %.2f", f.label, f.onset_s, f.duration_s, f.severity)
+    return FaultSchedule(tuple(faults), seed)
 
 
 def _check_output(path: Path | None, flag: str) -> None:
@@ -264,6 +528,20 @@ def _status(state: BusState, stats: RunStats) -> None:
     )
 
 
+def truth(args: argparse.Namespace) -> int:
+    _check_output(args.out, "--out")
+    if not 0.0 < args.dt <= 1.0:
+        raise UsageError(f"--dt {args.dt:g} must be above 0 and at most 1 second (the truth is at 1 Hz)")
+    scenario = parse_scenario(args)
+    scenario.check()
+    sim = BusSimulator(scenario.config())
+    wall0 = time.perf_counter()
+    rows = write_truth_csv(sim.run(scenario.duration_s, args.dt), args.out)
+    wall = time.perf_counter() - wall0
+    print(f"{rows:,} truth rows ({scenario.duration_s:,.0f} s of bus in {wall:.2f} s) -> {args.out}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if (args.can_interface is None) != (args.can_channel is None):
         raise UsageError("--can-interface and --can-channel go together")
@@ -341,7 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        return record(args) if args.command == "record" else run(args)
+        return {"record": record, "run": run, "truth": truth}[args.command](args)
     except UsageError as err:
         parser.exit(2, f"voltgate-sim {args.command}: error: {err}\n")
     except OSError as err:

@@ -6,21 +6,28 @@ their integer values, `active_faults` joined with ';'), then the lookahead label
 - `soc_drop_next_60min_pct`: true SOC now minus true SOC in an hour (negative while charging),
 - `next_fault_onset_t_s`, `time_to_next_fault_s`: the next moment a BMS fault flag or the derate flag goes
   from clear to set (empty when none before the end of the run),
-- `fault_within_30min`: 1 when that onset is at most 30 minutes ahead.
+- `fault_within_30min`: 1 when that onset is at most 30 minutes ahead,
+- `next_fault_onset_physical`: 1 when an injected physical fault (`PHYSICAL_FAULT_KINDS`: cooling_failure,
+  cell_imbalance_growth, insulation_degradation) is active at that onset, 0 when only sensor or wire faults
+  or none are (the BMS reacting to a reading, or plain physics), empty when there is no onset.
 Future values are filled backwards after the run, so the lookahead costs one pass over the rows.
+A path ending in `.gz` is written gzip-compressed.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import gzip
 import math
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from enum import IntEnum
 from pathlib import Path
+from typing import IO
 
 from simulator.bus import BusConfig, BusSimulator
+from simulator.faults import FaultKind
 from simulator.state import BmsFlags, BusState
 
 HORIZON_S = 3600.0
@@ -32,7 +39,13 @@ FUTURE_COLUMNS = (
     "next_fault_onset_t_s",
     "time_to_next_fault_s",
     "fault_within_30min",
+    "next_fault_onset_physical",
 )
+PHYSICAL_FAULT_KINDS = frozenset(
+    {FaultKind.COOLING_FAILURE, FaultKind.CELL_IMBALANCE_GROWTH, FaultKind.INSULATION_DEGRADATION}
+)
+_PHYSICAL_LABELS = frozenset(kind.value for kind in PHYSICAL_FAULT_KINDS)
+GZIP_LEVEL = 3  # an 11.5 h day: 70 MB of CSV → 27 MB in 1.7 s; level 9 saves 6 % for 3x the time
 
 Row = dict[str, object]
 
@@ -82,6 +95,12 @@ def _alarm(row: Row) -> bool:
     )
 
 
+def _physical_fault_active(row: Row) -> bool:
+    """Whether `active_faults` (labels `kind` or `kind:target`, joined with ';') names a physical fault."""
+    labels = str(row["active_faults"]).split(";")
+    return any(label.split(":")[0] in _PHYSICAL_LABELS for label in labels if label)
+
+
 def add_future_columns(rows: list[Row]) -> None:
     n = len(rows)
     times = [float(r["t_s"]) for r in rows]  # type: ignore[arg-type]
@@ -96,30 +115,38 @@ def add_future_columns(rows: list[Row]) -> None:
             r["soc_true_in_60min_pct"] = r["soc_bms_in_60min_pct"] = r["soc_drop_next_60min_pct"] = ""
     alarm = [_alarm(r) for r in rows]
     next_onset = math.inf
+    next_physical = 0
     for i in range(n - 1, -1, -1):
         r = rows[i]
         if alarm[i] and (i == 0 or not alarm[i - 1]):
             next_onset = times[i]
+            next_physical = int(_physical_fault_active(r))
         if math.isinf(next_onset):
             r["next_fault_onset_t_s"] = r["time_to_next_fault_s"] = ""
             r["fault_within_30min"] = 0
+            r["next_fault_onset_physical"] = ""
         else:
             r["next_fault_onset_t_s"] = next_onset
             r["time_to_next_fault_s"] = next_onset - times[i]
             r["fault_within_30min"] = int(next_onset - times[i] <= FAULT_WINDOW_S)
+            r["next_fault_onset_physical"] = next_physical
+
+
+def _open_text(path: Path) -> IO[str]:
+    if path.suffix == ".gz":
+        return gzip.open(path, "wt", newline="", compresslevel=GZIP_LEVEL)
+    return path.open("w", newline="")
 
 
 def write_truth_csv(states: Iterable[BusState], path: Path) -> int:
-    """Write the 1 Hz truth of a state stream to `path`; return the number of rows."""
+    """Write the 1 Hz truth of a state stream to `path` (gzip when it ends in .gz); return the row count."""
     rows = list(rows_at_1hz(states))
     add_future_columns(rows)
-    if not rows:
-        path.write_text("")
-        return 0
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
-        writer.writeheader()
-        writer.writerows(rows)
+    with _open_text(path) as f:
+        if rows:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+            writer.writeheader()
+            writer.writerows(rows)
     return len(rows)
 
 
