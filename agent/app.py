@@ -3,14 +3,20 @@ TaskGroup, and shuts them down in stages.
 
     CanSource / ReplaySource ─frames:{bus}─► Decoder ─┐
     GpsSource ────────────────────────────────────────┼─samples─► committer ─► BufferWorker ─► Uplink
-    (inference / alerts stages) ─derived─► committer ─┘  (every ≤ commit_interval_s)  (PUBACK-gated delete)
+    InferenceStage, AlertStage ─derived─► committer ──┘  (every ≤ commit_interval_s)  (PUBACK-gated delete)
+
+    committer ─tap:inference─► InferenceStage ─predictions─► derived
+         │                                   └─tap:alerts─┐
+         └─────────────────────tap:alerts─────────────────┴─► AlertStage ─alerts─► derived, log, LEDs
 
 Queues are bounded. Sources never wait: a full `frames:{bus}` queue drops the frame and the source counts
 it (`voltgate_queue_drops{queue="frames:…"}`); the decoder and the committer apply backpressure upstream.
+The taps never hold the committer back either: a full tap drops the sample (`{queue="tap:…"}`).
 
 Shutdown (SIGTERM/SIGINT), each stage bounded by `STOP_TIMEOUTS`, whose sum stays under systemd's
 `TimeoutStopSec` (`SYSTEMD_TIMEOUT_STOP_S`): stop sources → drain the frame queues through the decoders →
-final commit → publish what can be published → "offline" status and disconnect → exit 0.
+stop inference, then alerts (LEDs off) → final commit → publish what can be published → "offline" status and
+disconnect → exit 0.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Final, Protocol, TypeVar
@@ -30,10 +36,16 @@ import can
 from prometheus_client import Counter
 
 from agent import metrics
+from agent.alerts import AlertStage
 from agent.buffer import BufferStats, BufferWorker, EvictionClass
+from agent.decode import Decoder
+from agent.inference import InferenceStage
 from agent.records import Alert, Frame, Prediction, Sample
 from agent.settings import AgentSettings, ConfigError
-from agent.uplink import Uplink
+from agent.sources.can import CanSource
+from agent.sources.gps import GpsSource
+from agent.sources.replay import ReplaySource
+from agent.uplink import Uplink, filter_closed_socket_watchers
 from protocols.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from protocols.errors import CatalogError, DbcError
 
@@ -48,6 +60,8 @@ SYSTEMD_TIMEOUT_STOP_S: Final = 30.0
 class StopTimeouts:
     sources_s: float = 3.0  # sources close their buses and ports
     drain_s: float = 3.0  # decoders empty the frame queues
+    inference_s: float = 1.0  # a model run in flight finishes (~1 ms each)
+    alerts_s: float = 1.0  # the last alert changes are queued, LEDs switched off
     commit_s: float = 4.0  # the last samples are committed
     publish_s: float = 10.0  # the uplink publishes what it can
     disconnect_s: float = 4.0  # "offline" status and DISCONNECT
@@ -61,6 +75,7 @@ STOP_TIMEOUTS: Final = StopTimeouts()
 FRAME_QUEUE_MAX: Final = 20_000  # per bus: ~5 s of a fully loaded 500 kbit/s bus
 SAMPLE_QUEUE_MAX: Final = 100_000
 DERIVED_QUEUE_MAX: Final = 1_000
+TAP_QUEUE_MAX: Final = 50_000  # per tap: what inference or alerts may lag behind the committer
 BUFFER_STATS_EVERY_S: Final = 5.0  # counting rows of a large backlog is not free
 
 
@@ -133,6 +148,10 @@ def preflight(settings: AgentSettings) -> list[str]:
     ):
         if path is not None and not path.is_file():
             problems.append(f"uplink {what} {path} does not exist")
+    if settings.inference.enabled:
+        for path in settings.inference.models:
+            if not path.is_file():
+                problems.append(f"inference model {path} does not exist")
     if not settings.can and not settings.replay and not settings.gps.enabled:
         problems.append("no source configured: add a [[can]] bus, a [[replay]] log or enable [gps]")
     return problems
@@ -171,6 +190,9 @@ class Agent:
         self._committer_stop = asyncio.Event()
         self._sync = _CounterSync()
         self._last_buffer_stats = 0.0
+        self.inference_tap: asyncio.Queue[Sample] | None = None
+        self.alerts_inbox: asyncio.Queue[Sample | Prediction] | None = None
+        self.tap_drops: dict[str, int] = {}
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
@@ -192,15 +214,9 @@ class Agent:
         log.info("stopped")
 
     async def _run_stages(self, catalogs: Mapping[str, Catalog], quanta: Mapping[str, float]) -> None:
-        # Imported here: the source and decode stages are built by their own engineer, against the
-        # `Frame`/`Sample` contracts; keeping the import local keeps this module importable on its own.
-        from agent.decode import Decoder
-        from agent.sources.can import CanSource
-        from agent.sources.gps import GpsSource
-        from agent.sources.replay import ReplaySource
-
         settings = self.settings
         loop = asyncio.get_running_loop()
+        filter_closed_socket_watchers(loop)
         self.uplink = uplink = Uplink(settings.uplink, settings.vehicle_id, self.buffer, quanta)
         frame_sources: list[tuple[str, CanSource | ReplaySource]] = [
             (bus.name, CanSource(bus, catalogs[bus.name])) for bus in settings.can
@@ -212,6 +228,7 @@ class Agent:
         }
         decoders = {name: Decoder(catalogs[name], bus=name) for name, _ in frame_sources}
         sources: list[_Source] = [source for _, source in frame_sources] + ([gps] if gps else [])
+        alerts, inference = self._build_analysis()
 
         if settings.metrics.enabled:
             self.metrics_server = metrics.MetricsServer(
@@ -240,6 +257,15 @@ class Agent:
                 committer = group.create_task(self._commit_samples(uplink), name="commit:samples")
                 derived = group.create_task(self._commit_derived(uplink), name="commit:derived")
                 uplink_task = group.create_task(uplink.run(), name="uplink")
+                analysis: list[tuple[InferenceStage | AlertStage, float, asyncio.Task[None]]] = []
+                if inference is not None and self.inference_tap is not None:
+                    work = _contained("inference", inference.run(self.inference_tap, self.derived))
+                    task = group.create_task(work, name="inference")
+                    analysis.append((inference, self.stop_timeouts.inference_s, task))
+                if alerts is not None and self.alerts_inbox is not None:
+                    work = _contained("alerts", alerts.run(self.alerts_inbox, self.derived))
+                    task = group.create_task(work, name="alerts")
+                    analysis.append((alerts, self.stop_timeouts.alerts_s, task))
                 helpers = [
                     group.create_task(metrics.measure_loop_lag(), name="loop-lag"),
                     group.create_task(
@@ -269,6 +295,9 @@ class Agent:
                 await _finish("sources", source_tasks, t.sources_s)
                 await _within("drain", _drain(frame_queues.values()), t.drain_s)
                 await _finish("decoders", decode_tasks, 0.0)
+                for stage, timeout_s, task in analysis:  # inference first: its last predictions reach alerts
+                    stage.stop()
+                    await _finish(task.get_name(), [task], timeout_s)
                 self._committer_stop.set()
                 await _finish("final commit", [committer, derived], t.commit_s)
                 uplink.stop(t.publish_s)
@@ -277,6 +306,45 @@ class Agent:
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
+
+    def _build_analysis(self) -> tuple[AlertStage | None, InferenceStage | None]:
+        """The alert and inference stages as configured, and the taps that feed them."""
+        settings = self.settings
+        alerts: AlertStage | None = None
+        inference: InferenceStage | None = None
+        on_prediction: Callable[[Prediction], None] | None = None
+        if settings.alerts.enabled:
+            alerts = AlertStage(settings.alerts)
+            alerts_inbox: asyncio.Queue[Sample | Prediction] = asyncio.Queue(TAP_QUEUE_MAX)
+            self.alerts_inbox = alerts_inbox
+
+            def on_prediction(prediction: Prediction) -> None:
+                self._offer(alerts_inbox, prediction, "tap:alerts")
+
+        if settings.inference.enabled:
+            self.inference_tap = asyncio.Queue(TAP_QUEUE_MAX)
+            inference = InferenceStage(
+                settings.inference,
+                on_prediction=on_prediction,
+                on_model_loaded=alerts.model_loaded if alerts is not None else None,
+            )
+        return alerts, inference
+
+    def _offer(self, queue: asyncio.Queue[_Q], item: _Q, name: str) -> None:
+        """Put without waiting; a full queue drops the item and counts it."""
+        try:
+            queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.tap_drops[name] = self.tap_drops.get(name, 0) + 1
+            metrics.QUEUE_DROPS.labels(name).inc()
+
+    def _tap(self, batch: list[Sample]) -> None:
+        if self.inference_tap is not None:
+            for sample in batch:
+                self._offer(self.inference_tap, sample, "tap:inference")
+        if self.alerts_inbox is not None:
+            for sample in batch:
+                self._offer(self.alerts_inbox, sample, "tap:alerts")
 
     # --- committers ----------------------------------------------------------------------------------
 
@@ -290,6 +358,7 @@ class Agent:
                     await asyncio.wait_for(self._committer_stop.wait(), timeout=interval)
             batch = _drain_now(self.samples, SAMPLE_QUEUE_MAX)
             if batch:
+                self._tap(batch)
                 written = await self.buffer.commit_samples(batch)
                 metrics.SAMPLES_BUFFERED.inc(written)
                 uplink.notify()
@@ -341,6 +410,9 @@ class Agent:
                 sync.set(metrics.SOURCE_RECONNECTS, ("gps",), gps.stats.reconnects)
             metrics.QUEUE_DEPTH.labels("samples").set(self.samples.qsize())
             metrics.QUEUE_DEPTH.labels("derived").set(self.derived.qsize())
+            for tap_name, tap in (("tap:inference", self.inference_tap), ("tap:alerts", self.alerts_inbox)):
+                if tap is not None:
+                    metrics.QUEUE_DEPTH.labels(tap_name).set(tap.qsize())
             now = time.monotonic()
             if now - self._last_buffer_stats >= BUFFER_STATS_EVERY_S:
                 self._last_buffer_stats = now
@@ -400,6 +472,14 @@ async def _survive(source: str, work: Awaitable[None]) -> None:
         await work
     except Exception as err:  # the source's own error tree, or a bug: either way one source, not the agent
         log.error("source %s stopped: %s", source, err, exc_info=not isinstance(err, OSError | ValueError))
+
+
+async def _contained(stage: str, work: Awaitable[None]) -> None:
+    """Inference and alerts never take the agent down: a failure is logged and that stage ends."""
+    try:
+        await work
+    except Exception:  # a bug in one analysis stage; samples still reach the buffer and the broker
+        log.exception("stage %s stopped", stage)
 
 
 async def _drain(queues: Iterable[asyncio.Queue[Frame]]) -> None:

@@ -5,8 +5,8 @@ Three layers, each usable alone:
 * `FrameDecoder.decode(frame)` is pure: one `Frame` in, a `Decoded` out (the catalog signals it
   carries as `(SignalSpec, float)` pairs, or why it was skipped). cantools' result is narrowed to
   our types here and nowhere else.
-* `SignalSampler.offer(ts, value)` is pure per-signal state: the sampling policy of the catalog
-  (see `protocols/catalog.toml`), on source timestamps.
+* `SignalSampler.offer(ts, value)` (in `agent.sampling`, shared with the GPS source) is pure
+  per-signal state: the sampling policy of the catalog, on source timestamps.
 * `Decoder` composes both for one bus, counts every skip by kind in `DecodeStats`, and runs as a
   stage (`Decoder.run`) or synchronously (`Decoder.process`, used by `decode_log_to_csv`, so the
   CLI's `decode` and the agent's `run` share one code path).
@@ -26,16 +26,18 @@ import csv
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TextIO
 
-import can
+from cantools.database.can import Signal
 from cantools.database.errors import DecodeError as CantoolsDecodeError
 
+from agent.logfiles import FrameLog
 from agent.records import Frame, Sample
-from protocols.catalog import Catalog, FrameSpec, SamplingPolicy, SignalSpec
+from agent.sampling import SignalSampler
+from protocols.catalog import Catalog, FrameSpec, SignalSpec
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +62,30 @@ class Decoded:
 
 
 @dataclass(frozen=True, slots=True)
+class _BitField:
+    """Where an integer signal sits in a payload read as one integer, and its linear conversion.
+
+    Little-endian (Intel) signals are contiguous bits of the payload read little-endian, big-endian
+    (Motorola) ones of the payload read big-endian; `shift` is the position of the signal's least
+    significant bit in that integer. The value is cantools' own arithmetic, `raw * scale + offset`,
+    with cantools' own `scale` and `offset` objects, so the result is the same number."""
+
+    big_endian: bool
+    shift: int
+    mask: int
+    sign_bit: int  # 0 for an unsigned signal
+    scale: int | float
+    offset: int | float
+
+
+@dataclass(frozen=True, slots=True)
 class _SignalPlan:
     dbc_signal: str
     spec: SignalSpec
     low: float  # -inf when the DBC gives no range
     high: float
+    field: _BitField | None  # None: this frame goes through cantools
+    mux_ids: frozenset[int] | None  # the multiplexer values that carry it; None: every frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +94,32 @@ class _FramePlan:
     is_extended: bool
     length: int
     signals: tuple[_SignalPlan, ...]
+    fast: bool  # every catalog signal has a bit field: no cantools call per frame
+    mux: _BitField | None = None
+    mux_values: frozenset[int] = frozenset()
+
+
+def _bit_field(signal: Signal, length: int) -> _BitField | None:
+    """The signal as a bit field, or None when only cantools should decode it (floats, odd layouts)."""
+    conversion = signal.conversion
+    scale, offset = getattr(conversion, "scale", None), getattr(conversion, "offset", None)
+    if signal.is_float or not isinstance(scale, int | float) or not isinstance(offset, int | float):
+        return None
+    if signal.byte_order == "little_endian":
+        shift = signal.start
+    else:  # sawtooth start bit of the most significant bit → its position in the big-endian integer
+        msb = (length - 1 - signal.start // 8) * 8 + signal.start % 8
+        shift = msb - (signal.length - 1)
+    if shift < 0 or shift + signal.length > 8 * length:
+        return None
+    return _BitField(
+        big_endian=signal.byte_order != "little_endian",
+        shift=shift,
+        mask=(1 << signal.length) - 1,
+        sign_bit=1 << (signal.length - 1) if signal.is_signed else 0,
+        scale=scale,
+        offset=offset,
+    )
 
 
 def _signal_plan(spec: FrameSpec, dbc_signal: str, signal_spec: SignalSpec) -> _SignalPlan:
@@ -82,27 +129,54 @@ def _signal_plan(spec: FrameSpec, dbc_signal: str, signal_spec: SignalSpec) -> _
         low = high = None  # [0|0] is how many DBC writers say "no range given"
     # Raw values are whole steps of `scale`: half a step of slack absorbs float rounding only.
     slack = abs(float(signal.scale)) / 2 if signal.scale else 1e-9
+    mux_ids = signal.multiplexer_ids
     return _SignalPlan(
         dbc_signal=dbc_signal,
         spec=signal_spec,
         low=-math.inf if low is None else float(low) - slack,
         high=math.inf if high is None else float(high) + slack,
+        field=_bit_field(signal, int(spec.message.length)),
+        mux_ids=frozenset(mux_ids) if signal.multiplexer_signal is not None and mux_ids else None,
     )
 
 
+def _frame_plan(spec: FrameSpec) -> _FramePlan:
+    message = spec.message
+    length = int(message.length)
+    signals = tuple(_signal_plan(spec, name, s) for name, s in spec.signals)
+    fast = all(signal.field is not None for signal in signals)
+    plan = _FramePlan(spec, bool(message.is_extended_frame), length, signals, fast)
+    if not message.is_multiplexed():
+        return plan
+    # One level of multiplexing, one multiplexer: decoded here; anything else goes through cantools.
+    multiplexers = {s.name for s in message.signals if s.is_multiplexer}
+    nested = any(s.multiplexer_signal is not None for s in message.signals if s.is_multiplexer)
+    if len(multiplexers) != 1 or nested:
+        return replace(plan, fast=False)
+    mux_signal = message.get_signal_by_name(next(iter(multiplexers)))
+    mux = _bit_field(mux_signal, length)
+    values = frozenset(
+        value
+        for s in message.signals
+        if s.multiplexer_signal == mux_signal.name
+        for value in (s.multiplexer_ids or ())
+    )
+    if mux is None or not values:
+        return replace(plan, fast=False)
+    return replace(plan, mux=mux, mux_values=values)
+
+
 class FrameDecoder:
-    """Decodes frames against a catalog's `frames()`; plans per id are built once."""
+    """Decodes frames against a catalog's `frames()`; plans per id are built once.
+
+    Integer signals (all of `protocols/bus.dbc`, most DBCs) are read as bit fields of the payload,
+    without a cantools call per frame; a frame with a float signal or nested multiplexing goes through
+    cantools' `decode_simple`. Both give the same numbers (the round-trip and Kona tests compare them)."""
 
     def __init__(self, frames: Mapping[int, FrameSpec]) -> None:
-        self._plans: dict[int, _FramePlan] = {}
-        for frame_id, spec in frames.items():
-            message = spec.message
-            self._plans[frame_id] = _FramePlan(
-                spec=spec,
-                is_extended=bool(message.is_extended_frame),
-                length=int(message.length),
-                signals=tuple(_signal_plan(spec, name, s) for name, s in spec.signals),
-            )
+        self._plans: dict[int, _FramePlan] = {
+            frame_id: _frame_plan(spec) for frame_id, spec in frames.items()
+        }
 
     def decode(self, frame: Frame) -> Decoded:
         if frame.is_error:
@@ -112,12 +186,15 @@ class FrameDecoder:
         plan = self._plans.get(frame.arbitration_id)
         if plan is None or plan.is_extended != frame.is_extended:
             return _SKIPPED[SkipKind.UNKNOWN_ID]
-        if len(frame.data) < plan.length:
+        data = frame.data
+        if len(data) < plan.length:
             return _SKIPPED[SkipKind.SHORT]
+        if plan.fast:
+            return _decode_fields(plan, data)
         try:
             # decode_simple: decode() without the container dispatch; longer data is truncated to
             # the message length (allow_excess), shorter was refused above.
-            raw = plan.spec.message.decode_simple(frame.data, decode_choices=False, scaling=True)
+            raw = plan.spec.message.decode_simple(data, decode_choices=False, scaling=True)
         except CantoolsDecodeError as err:
             kind = SkipKind.UNKNOWN_MUX if "multiplexer" in str(err) else SkipKind.UNDECODABLE
             return _SKIPPED[kind]
@@ -135,45 +212,44 @@ class FrameDecoder:
         return Decoded(values=tuple(values), out_of_range=tuple(out_of_range))
 
 
+def _decode_fields(plan: _FramePlan, data: bytes) -> Decoded:
+    """The bit-field path of `FrameDecoder.decode` (the hot loop of the agent: kept flat on purpose)."""
+    if len(data) > plan.length:
+        data = data[: plan.length]
+    little = int.from_bytes(data, "little")
+    big = int.from_bytes(data, "big")
+    mux_value: int | None = None
+    if (mux := plan.mux) is not None:
+        raw = ((big if mux.big_endian else little) >> mux.shift) & mux.mask
+        if raw & mux.sign_bit:
+            raw -= mux.sign_bit << 1
+        mux_value = int(raw * mux.scale + mux.offset)
+        if mux_value not in plan.mux_values:
+            return _SKIPPED[SkipKind.UNKNOWN_MUX]
+    values: list[tuple[SignalSpec, float]] = []
+    out_of_range: list[SignalSpec] = []
+    for signal in plan.signals:
+        if signal.mux_ids is not None and mux_value not in signal.mux_ids:
+            continue  # a multiplexed signal of another mux value
+        field = signal.field
+        assert field is not None  # plan.fast
+        raw = ((big if field.big_endian else little) >> field.shift) & field.mask
+        if raw & field.sign_bit:
+            raw -= field.sign_bit << 1
+        value = float(raw * field.scale + field.offset)
+        if signal.low <= value <= signal.high:
+            values.append((signal.spec, value))
+        else:
+            out_of_range.append(signal.spec)
+    return Decoded(values=tuple(values), out_of_range=tuple(out_of_range))
+
+
 _SKIPPED = {kind: Decoded(skipped=kind) for kind in SkipKind}
 
 
 def decode_frame(frame: Frame, frames: Mapping[int, FrameSpec]) -> Decoded:
     """One-off convenience; a hot loop keeps one `FrameDecoder`."""
     return FrameDecoder(frames).decode(frame)
-
-
-# --------------------------------------------------------------------------- sampling policy
-
-
-class SignalSampler:
-    """The sampling policy of one signal, on source timestamps.
-
-    A value is kept when it is the first, when `max_interval_s` has passed since the last kept
-    value (heartbeat), or when `min_interval_s` has passed AND it moved at least `deadband` from
-    the last kept value. A timestamp earlier than the last kept one (a source clock reset, a
-    second log replayed) restarts the signal: that value is kept.
-    """
-
-    __slots__ = ("_last_ts", "_last_value", "policy")
-
-    def __init__(self, policy: SamplingPolicy) -> None:
-        self.policy = policy
-        self._last_ts: float | None = None
-        self._last_value = 0.0
-
-    def offer(self, ts: float, value: float) -> bool:
-        last_ts = self._last_ts
-        if last_ts is not None and ts >= last_ts:
-            elapsed = ts - last_ts
-            policy = self.policy
-            if elapsed < policy.max_interval_s and (
-                elapsed < policy.min_interval_s or abs(value - self._last_value) < policy.deadband
-            ):
-                return False
-        self._last_ts = ts
-        self._last_value = value
-        return True
 
 
 # --------------------------------------------------------------------------- the stage
@@ -281,18 +357,8 @@ def decode_log_to_csv(
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_HEADER)
     bus = log_path.stem
-    # relative_timestamp=False: an .asc keeps the absolute times of its "date" header (others ignore it)
-    with can.LogReader(log_path, relative_timestamp=False) as reader:
-        for message in reader:
-            frame = Frame(
-                bus=bus,
-                ts=float(message.timestamp),
-                arbitration_id=int(message.arbitration_id),
-                is_extended=bool(message.is_extended_id),
-                data=bytes(message.data),
-                is_error=bool(message.is_error_frame),
-                is_remote=bool(message.is_remote_frame),
-            )
+    with FrameLog(log_path, bus) as frames:
+        for frame in frames:
             for sample in decoder.process(frame):
                 spec = by_name[sample.signal]
                 writer.writerow(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from can import Message
+
 from protocols.catalog import Priority
 
 
@@ -22,6 +24,19 @@ class Frame:
     data: bytes
     is_error: bool = False
     is_remote: bool = False
+
+
+def frame_from_message(bus: str, message: Message) -> Frame:
+    """Narrow a python-can message to our `Frame`; the timestamp is the interface's (or the log's)."""
+    return Frame(
+        bus=bus,
+        ts=float(message.timestamp),
+        arbitration_id=int(message.arbitration_id),
+        is_extended=bool(message.is_extended_id),
+        data=bytes(message.data),
+        is_error=bool(message.is_error_frame),
+        is_remote=bool(message.is_remote_frame),
+    )
 
 
 @dataclass(frozen=True, slots=True)

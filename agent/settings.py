@@ -30,7 +30,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+import models
 from protocols.catalog import DEFAULT_CATALOG
+
+MODELS_DIR = Path(models.__file__).resolve().parent
+"""The installed `models` package: where the shipped ONNX models live."""
+SHIPPED_MODELS = tuple(MODELS_DIR / f"{name}.onnx" for name in ("soc_drop", "large_drop", "fault_risk"))
 
 
 class _Section(BaseModel):
@@ -87,7 +92,7 @@ class UplinkSettings(_Section):
     keepalive_s: int = Field(default=60, ge=5, le=65_535)
     connect_timeout_s: float = Field(default=10.0, gt=0)
     batch_max_records: int = Field(default=2_000, ge=1, le=100_000)
-    batch_max_age_s: float = Field(default=5.0, ge=0)
+    batch_max_age_s: float = Field(default=60.0, ge=0)  # alerts bypass it; 60 s batches cost ~2.4 B/sample
     puback_timeout_s: float = Field(default=20.0, gt=0)  # "connected but stuck": recycle the connection
     backoff_initial_s: float = Field(default=1.0, gt=0)
     backoff_max_s: float = Field(default=120.0, gt=0)
@@ -139,6 +144,66 @@ class MetricsSettings(_Section):
     port: int = Field(default=9108, ge=0, le=65_535)  # 0: any free port (tests)
 
 
+class InferenceSettings(_Section):
+    """On-device models (see `agent.inference`): features every `interval_s` of source time, one run each."""
+
+    enabled: bool = True
+    models: list[Path] = Field(default_factory=lambda: list(SHIPPED_MODELS))
+    interval_s: float = Field(default=60.0, ge=1.0, le=3600.0)  # source time between predictions
+    reload_check_s: float = Field(default=5.0, gt=0, le=600.0)  # model files polled (mtime, size), monotonic
+    utc_offset_h: float = Field(default=0.0, ge=-12.0, le=14.0)  # the bus's local time, for `local_hour`
+    pack_nominal_kwh: float = Field(default=300.0, gt=0)  # pp → kWh: × nominal × SOH / 100 / 100
+
+
+class AlertSettings(_Section):
+    """Driver alerts (see `agent.alerts`): thresholds raise, thresholds ± hysteresis clear, after a hold time.
+
+    Insulation thresholds are in ohms per volt of the measured pack voltage, as UN ECE R100 (rev. 2/3,
+    §5.1.3 and annex 4A) states its minimum isolation resistance: 100 Ω/V for DC circuits, 500 Ω/V where AC
+    circuits are galvanically connected."""
+
+    enabled: bool = True
+    min_hold_s: float = Field(default=30.0, ge=0)  # source time an alert stays raised before it may clear
+    prediction_max_age_s: float = Field(default=300.0, gt=0)  # older predictions no longer hold an alert
+    led_root: Path = Path("/sys/class/leds")
+    led_info: str | None = None  # LED class device names per severity; None: no LED
+    led_warning: str | None = "voltgate:amber:alert"  # steady on
+    led_critical: str | None = "voltgate:red:alert"  # blinking (the `timer` trigger, else software)
+    blink_on_ms: int = Field(default=250, ge=10, le=10_000)
+    blink_off_ms: int = Field(default=250, ge=10, le=10_000)
+    soc_low_warning_pct: float = Field(default=20.0, ge=0, le=100)
+    soc_low_critical_pct: float = Field(default=10.0, ge=0, le=100)
+    soc_hysteresis_pp: float = Field(default=2.0, ge=0)
+    soc_reserve_pct: float = Field(default=15.0, ge=0, le=100)  # SOC now − predicted 60-min drop below this
+    large_drop_probability: float = Field(default=0.8, gt=0, le=1)
+    fault_risk_probability: float | None = Field(default=None, gt=0, le=1)  # None: the model's own
+    probability_hysteresis: float = Field(default=0.1, ge=0, lt=1)
+    cell_temp_warning_c: float = 45.0  # the BMS starts derating (simulator/battery.py T_DERATE_START_C)
+    cell_temp_critical_c: float = 50.0  # the BMS flags over-temperature (T_OVER_C)
+    cell_temp_hysteresis_k: float = Field(default=3.0, ge=0)
+    cell_imbalance_warning_mv: float = Field(default=50.0, gt=0)
+    cell_imbalance_critical_mv: float = Field(default=100.0, gt=0)  # the BMS's cell_imbalance flag
+    cell_imbalance_hysteresis_mv: float = Field(default=10.0, ge=0)
+    cell_imbalance_max_current_a: float = Field(default=100.0, gt=0)  # judged near rest only (~0.2 C)
+    cell_imbalance_soc_min_pct: float = Field(default=20.0, ge=0, le=100)  # ...and on the flat part of the
+    cell_imbalance_soc_max_pct: float = Field(default=90.0, ge=0, le=100)  # LFP curve, not at its knees
+    insulation_warning_ohm_per_v: float = Field(default=500.0, gt=0)  # UN ECE R100: AC-connected circuits
+    insulation_critical_ohm_per_v: float = Field(default=100.0, gt=0)  # UN ECE R100: DC circuits
+    insulation_hysteresis: float = Field(default=0.2, ge=0)  # clears at (1 + this) × the threshold
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AlertSettings:
+        if self.soc_low_critical_pct > self.soc_low_warning_pct:
+            raise ValueError("soc_low_critical_pct must not be above soc_low_warning_pct")
+        if self.cell_temp_critical_c < self.cell_temp_warning_c:
+            raise ValueError("cell_temp_critical_c must not be below cell_temp_warning_c")
+        if self.cell_imbalance_critical_mv < self.cell_imbalance_warning_mv:
+            raise ValueError("cell_imbalance_critical_mv must not be below cell_imbalance_warning_mv")
+        if self.insulation_critical_ohm_per_v > self.insulation_warning_ohm_per_v:
+            raise ValueError("insulation_critical_ohm_per_v must not be above insulation_warning_ohm_per_v")
+        return self
+
+
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("voltgate_config_file", default=None)
 
 
@@ -158,6 +223,8 @@ class AgentSettings(BaseSettings):
     buffer: BufferSettings = BufferSettings()
     uplink: UplinkSettings = UplinkSettings()
     metrics: MetricsSettings = MetricsSettings()
+    inference: InferenceSettings = InferenceSettings()
+    alerts: AlertSettings = AlertSettings()
     log_format: Literal["auto", "text", "json"] = "auto"  # auto: JSON lines under systemd
 
     @model_validator(mode="after")

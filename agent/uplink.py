@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import random
 import ssl
@@ -392,6 +393,38 @@ class Uplink:
                 log.warning("broker refused a publish on %s: %s", topic, watch.last_reason)
                 self._refusal_logged = True
             raise UplinkError(f"broker refused the publish: {watch.last_reason}")
+
+
+def filter_closed_socket_watchers(loop: asyncio.AbstractEventLoop) -> None:
+    """Keep aiomqtt's teardown race out of the error log; pass every other loop error on unchanged.
+
+    aiomqtt registers paho's write watcher with `loop.call_soon_threadsafe(loop.add_writer, fd, ...)`
+    (aiomqtt/client.py, `_on_socket_register_write`). When the connection closes between that call and
+    the loop running it, `add_writer` meets a closed descriptor and the loop's default handler logs an
+    ERROR with a traceback, although nothing was lost: there is nothing to write to a closed socket, and
+    unacknowledged rows stay in the buffer. That one case is counted and logged once at DEBUG.
+    """
+    watchers = {"add_writer", "add_reader"}
+    logged = False
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        error = context.get("exception")
+        callback = getattr(context.get("handle"), "_callback", None)  # asyncio.Handle keeps it there
+        if (
+            isinstance(error, OSError)
+            and error.errno == errno.EBADF
+            and getattr(callback, "__name__", "") in watchers
+            and getattr(callback, "__self__", None) is loop
+        ):
+            nonlocal logged
+            metrics.UPLINK_FAILURES.labels("closed_socket_watcher").inc()
+            if not logged:
+                log.debug("socket watcher for an already closed MQTT connection skipped (aiomqtt race)")
+                logged = True
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
 
 
 def _abandon(client: aiomqtt.Client) -> None:

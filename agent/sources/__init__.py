@@ -1,8 +1,8 @@
 """Sources: where frames and fixes enter the agent (CAN buses, recorded logs, the GPS receiver).
 
-What the sources share lives here: counters, the python-can message → `Frame` conversion, and the
-reconnect policy (tenacity exponential backoff with full jitter; one log line when a link fails, one when it
-recovers).
+What the sources share lives here: counters and the reconnect policy (tenacity exponential backoff with
+full jitter; one log line when a link fails, one when it recovers). The python-can message → `Frame`
+conversion is `agent.records.frame_from_message`, shared with the `decode` CLI.
 """
 
 from __future__ import annotations
@@ -14,10 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from can import Message
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
-
-from agent.records import Frame
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +38,6 @@ class SourceError(Exception):
 
 class SourceStoppedError(Exception):
     """Raised inside a source's connect loop when `stop()` was called; never leaves `run`."""
-
-
-def frame_from_message(bus: str, message: Message) -> Frame:
-    """Narrow a python-can message to our `Frame`; the timestamp is the interface's."""
-    return Frame(
-        bus=bus,
-        ts=float(message.timestamp),
-        arbitration_id=int(message.arbitration_id),
-        is_extended=bool(message.is_extended_id),
-        data=bytes(message.data),
-        is_error=bool(message.is_error_frame),
-        is_remote=bool(message.is_remote_frame),
-    )
 
 
 def offer(outbox: asyncio.Queue[T], item: T, stats: SourceStats) -> None:

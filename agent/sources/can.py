@@ -20,9 +20,9 @@ import can
 import serial
 from can.typechecking import CanFilter
 
-from agent.records import Frame
+from agent.records import Frame, frame_from_message
 from agent.settings import CanBusSettings
-from agent.sources import Link, SourceError, SourceStats, SourceStoppedError, frame_from_message, offer
+from agent.sources import Link, SourceError, SourceStats, SourceStoppedError, offer
 from protocols.catalog import Catalog
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import serial
 
-from agent.decode import SignalSampler
 from agent.records import Sample
+from agent.sampling import SignalSampler
 from agent.settings import GpsSettings
 from agent.sources import Link, SourceStats, SourceStoppedError, offer
 from protocols.catalog import Catalog, SignalSpec

@@ -1,5 +1,5 @@
 """A recorded log (.log candump, .asc, .blf, .csv, .trc, ... — whatever python-can's `LogReader`
-reads) played as a CAN source: at recorded speed, or as fast as the consumer takes it.
+reads; see `agent.logfiles`) played as a CAN source: at recorded speed, or as fast as the consumer takes it.
 
 Frames keep their recorded timestamps. The file is read and parsed in a worker thread, a chunk at
 a time. Unlike a live bus, a replay waits for a full outbox instead of dropping: nothing recorded
@@ -13,11 +13,10 @@ import logging
 from collections.abc import Iterator
 from itertools import islice
 
-import can
-
+from agent.logfiles import FrameLog
 from agent.records import Frame
 from agent.settings import ReplaySettings
-from agent.sources import SourceError, SourceStats, frame_from_message
+from agent.sources import SourceError, SourceStats
 from protocols.catalog import Catalog
 
 log = logging.getLogger(__name__)
@@ -47,18 +46,17 @@ class ReplaySource:
         """Play the log into `outbox`; return at its end or on `stop()`. Raises `ReplayError`."""
         path = self.settings.path
         try:
-            # relative_timestamp=False: .asc times are absolute (its "date" header); others ignore it
-            reader = await asyncio.to_thread(can.LogReader, path, relative_timestamp=False)
+            log_frames = await asyncio.to_thread(FrameLog, path, self.settings.name)
         except (OSError, ValueError, NotImplementedError) as err:
             raise ReplayError(f"{path}: cannot open the log: {err}") from err
-        messages: Iterator[can.Message] = iter(reader)
+        frames: Iterator[Frame] = iter(log_frames)
         recorded = self.settings.speed == "recorded"
         loop = asyncio.get_running_loop()
         first_ts: float | None = None
         start = 0.0
         try:
             while not self._stopping.is_set():
-                chunk = await asyncio.to_thread(self._read_chunk, messages)
+                chunk = await asyncio.to_thread(self._read_chunk, frames)
                 if not chunk:
                     self.finished = True
                     log.info(
@@ -76,12 +74,11 @@ class ReplaySource:
                     self.stats.frames += 1
                 await asyncio.sleep(0)  # let the loop breathe between chunks, even with room to spare
         finally:
-            await asyncio.to_thread(reader.stop)
+            await asyncio.to_thread(log_frames.close)
 
-    def _read_chunk(self, messages: Iterator[can.Message]) -> list[Frame]:
-        name = self.settings.name
+    def _read_chunk(self, frames: Iterator[Frame]) -> list[Frame]:
         try:
-            return [frame_from_message(name, m) for m in islice(messages, self._chunk_frames)]
+            return list(islice(frames, self._chunk_frames))
         except (OSError, ValueError, IndexError, KeyError) as err:  # a malformed line in the log
             raise ReplayError(
                 f"{self.settings.path}: unreadable after {self.stats.frames} frames: {err}"

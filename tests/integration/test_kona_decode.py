@@ -8,22 +8,33 @@ GIVEN each ASC log WHEN `decode_log_to_csv(..., apply_policy=False)` runs THEN i
 `Message.decode` of the same frames, signal for signal, with the same timestamps — except values
 outside the DBC's [minimum, maximum], which the agent counts as "out_of_range" instead (this pack's
 `BMS_542.uwe542_78_UCCS` reads above its declared 500 V in every frame).
+
+The same holds through the command line fleet engineers use: `voltgate-agent decode --dbc … --catalog …
+--no-policy LOG` as a subprocess, its CSV compared row for row (message and DBC signal columns included)
+with cantools loading the DBC file itself and the catalog's mapping read straight from its TOML.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import can
+import cantools
 import pytest
 
 from agent.decode import decode_log_to_csv
 from protocols.catalog import load_catalog
 
+REPO = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).parents[1] / "data"
-CATALOG = load_catalog(DATA / "kona-pcan.toml")
+CATALOG_PATH = DATA / "kona-pcan.toml"
+DBC_PATH = DATA / "kona-ev" / "dbc" / "pcan.dbc"
+CATALOG = load_catalog(CATALOG_PATH)
 LOGS = sorted((DATA / "kona-ev" / "logs").glob("*.asc"))
 
 
@@ -72,3 +83,67 @@ def test_decode_matches_cantools(log_path: Path) -> None:
     assert stats.skipped["out_of_range"] == out_of_range
     assert stats.samples_kept == len(expected) and stats.samples_suppressed == 0
     assert decoded_frames > 0.5 * frame_count, "most frames of these logs are P-CAN BMS frames"
+
+
+def _cantools_rows(log_path: Path) -> list[tuple[float, str, float, str, str]]:
+    """What the CLI should print for `log_path`, from cantools alone: the DBC file loaded by cantools, the
+    catalog's (message, signal) → name mapping read from the TOML, every in-range value of every frame."""
+    database = cantools.database.load_file(DBC_PATH)
+    entries = tomllib.loads(CATALOG_PATH.read_text())["can"]
+    names: dict[str, list[tuple[str, str]]] = {}
+    for entry in entries:
+        names.setdefault(entry["message"], []).append((entry["signal"], entry["name"]))
+    rows: list[tuple[float, str, float, str, str]] = []
+    for message in can.LogReader(log_path, relative_timestamp=False):
+        if message.is_error_frame or message.is_remote_frame:
+            continue
+        try:
+            dbc_message = database.get_message_by_frame_id(message.arbitration_id)
+        except KeyError:
+            continue
+        if dbc_message.name not in names:
+            continue
+        values = dbc_message.decode(bytes(message.data), decode_choices=False, scaling=True)
+        for dbc_signal, name in names[dbc_message.name]:
+            signal = dbc_message.get_signal_by_name(dbc_signal)
+            value = float(values[dbc_signal])
+            low, high = signal.minimum, signal.maximum
+            if low is not None and high is not None and not low <= value <= high:
+                continue  # the agent counts it as "out_of_range" instead
+            rows.append((float(message.timestamp), name, value, dbc_message.name, dbc_signal))
+    return rows
+
+
+@pytest.mark.parametrize("log_path", LOGS, ids=[p.stem[:40] for p in LOGS])
+def test_decode_cli_matches_cantools(log_path: Path) -> None:
+    # GIVEN a real capture WHEN the `decode` command decodes it with the sampling policy off
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "decode",
+            "--dbc",
+            str(DBC_PATH),
+            "--catalog",
+            str(CATALOG_PATH),
+            "--no-policy",
+            str(log_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    # THEN its CSV is cantools' decode of the same frames, row for row
+    rows = list(csv.reader(io.StringIO(result.stdout)))
+    assert rows[0] == ["ts", "signal", "value", "message", "dbc_signal"]
+    got = [
+        (float(ts), name, float(value), message, dbc_signal)
+        for ts, name, value, message, dbc_signal in rows[1:]
+    ]
+    expected = _cantools_rows(log_path)
+    assert len(expected) > 0
+    assert got == expected

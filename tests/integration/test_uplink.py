@@ -294,9 +294,13 @@ class PrivateBroker:
         self.conf = directory / "mosquitto.conf"
         data = directory / "data"
         data.mkdir()
+        self.data = data
+        # `user root`: started as root, mosquitto otherwise drops to the `mosquitto` user, which cannot
+        # write the test's root-owned temporary directory — it then persists nothing, silently, and every
+        # session is gone after a restart. (No effect when the tests do not run as root.)
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {data}/\nmax_queued_messages 0\nlog_dest none\n"
+            f"persistence_location {data}/\nmax_queued_messages 0\nlog_dest none\nuser root\n"
         )
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -314,6 +318,8 @@ class PrivateBroker:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()  # SIGTERM: mosquitto saves its persistence file
             self.process.wait(timeout=10)
+            if not (self.data / "mosquitto.db").exists():
+                pytest.fail("the private mosquitto saved no persistence file: sessions would not survive")
         self.process = None
 
 
