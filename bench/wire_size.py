@@ -5,10 +5,11 @@
 A simulated hour of a bus (`voltgate-sim record`, CAN log + NMEA) goes through the agent's own decode
 and sampling policy (`agent.decode.decode_log_to_csv`, `agent.sources.gps.FixSampler`), exactly the
 samples a gateway would buffer. They are numbered like the buffer numbers them and cut into batches by
-age, as the uplink does, then encoded with `protocols.wire.encode_batch` (quanta from the catalog). The
-baseline is what a quick bridge sends: one JSON object per sample. Payload bytes only; MQTT framing
-(fixed header, topic, packet id: ~40 bytes per PUBLISH here) comes on top of both, once per message.
-Prints figures; asserts nothing.
+age, as the uplink does, then encoded with `protocols.wire.encode_batch` (quanta from the catalog), and
+decoded again; the wall time of both is printed per batch (this machine, one core). The baseline is what
+a quick bridge sends: one JSON object per sample. Payload bytes only; MQTT framing (fixed header, topic,
+packet id: ~40 bytes per PUBLISH here) comes on top of both, once per message. Prints figures; asserts
+only that every batch decodes to as many samples as it had.
 """
 
 from __future__ import annotations
@@ -17,18 +18,23 @@ import argparse
 import csv
 import io
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from agent.decode import decode_log_to_csv
 from agent.sources.gps import FixSampler
 from protocols.catalog import Priority, load_catalog
 from protocols.nmea import NmeaReader
-from protocols.wire import Batch, SampleRecord, encode_batch
+from protocols.wire import WIRE_VERSION, Batch, SampleRecord, decode_batch, encode_batch
 
 VEHICLE = "KBZ-101A"
+_T = TypeVar("_T")
 
 
 def simulate(duration: str, seed: int, work: Path) -> tuple[Path, Path]:
@@ -107,14 +113,31 @@ def main() -> int:
         f"{'JSON, one message per sample':<38} {len(records):>9} {json_bytes:>10} "
         f"{json_per_sample:>13.2f} {1:>7.1f}x"
     )
+    print(f"{'':<38} {'':>9} {'':>10} {'':>13} {'':>8}  encode/decode per batch, median of 3 runs")
     for age in (5.0, 30.0, 60.0, 300.0):
         for label, subset in (("all", records), ("routine", routine)):
-            groups = batches_by_age(subset, age)
-            size = sum(len(encode_batch(Batch(VEHICLE, samples=tuple(g)), quanta)) for g in groups)
+            batches = [Batch(VEHICLE, samples=tuple(g)) for g in batches_by_age(subset, age)]
+            payloads, encode_s = timed(lambda b=batches: [encode_batch(batch, quanta) for batch in b])
+            decoded, decode_s = timed(lambda p=payloads: [decode_batch(payload) for payload in p])
+            assert [len(d.samples) for d in decoded] == [len(b.samples) for b in batches]
+            size = sum(map(len, payloads))
             per = size / len(subset)
-            name = f"voltgate wire v1, {age:g} s batches, {label}"
-            print(f"{name:<38} {len(groups):>9} {size:>10} {per:>13.2f} {json_per_sample / per:>7.1f}x")
+            name = f"voltgate wire v{WIRE_VERSION}, {age:g} s batches, {label}"
+            print(
+                f"{name:<38} {len(batches):>9} {size:>10} {per:>13.2f} {json_per_sample / per:>7.1f}x"
+                f"  {1e3 * encode_s / len(batches):6.2f} / {1e3 * decode_s / len(batches):6.2f} ms"
+            )
     return 0
+
+
+def timed(run: Callable[[], list[_T]]) -> tuple[list[_T], float]:
+    """The result of `run` and its median wall time over three runs, in seconds."""
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        result = run()
+        times.append(time.perf_counter() - started)
+    return result, statistics.median(times)
 
 
 if __name__ == "__main__":

@@ -3,39 +3,55 @@
 CONTRACT (fixed): every record carries the per-vehicle sequence number that makes storage idempotent on
 (vehicle, seq).
 
-Layout of a payload::
+Layout of a payload (version 2)::
 
-    b"VG" | version (1 byte) | flags (1 byte) | zstd frame (content size + checksum) of a msgpack body
+    b"VG" | version (1 byte) | flags (1 byte) | codebook id (1 byte) | zstd frame of a msgpack body
+
+The zstd frame declares its content size and carries a checksum; it is compressed with the codebook's
+dictionary (`protocols.wire_dict`: signal names and quanta both ends ship, so a batch need not spell
+them). A receiver refuses a codebook id it does not know.
 
     body     = [vehicle_id, samples, predictions, alerts]
-    samples  = [n, seq_base, seq_gaps, ts_base, ts_deltas, signals, signal_index, quantized_deltas, exact]
-    signals  = [[name, quantum | nil, base], ...]       one entry per distinct signal, in first-seen order
+    samples  = [n, seq_first, seq_steps, ts_base, signals, counts, first_ts, ts_deltas, value_deltas, exact]
+    signals  = [codes, names, quanta, quantum_index, bases]           the batch's signal table
     predictions = [[seq, ts_ms, model, model_version, output, value], ...]
     alerts      = [[seq, ts_ms, rule, severity, active, value, message], ...]
 
-Samples travel sorted by seq, as columns. An integer column is `[width, planes]`: `width` in {0, 1, 2, 4, 8}
-bytes (0: every element is zero, `planes` empty) and `planes` the little-endian elements split into byte
-planes (all first bytes, then all second bytes, …), which zstd compresses much better than interleaved
-bytes or msgpack varints. Signed columns are zigzag-coded. With element i of a column written c[i]:
+The signal table lists each distinct signal once: first those in the codebook, by codebook position
+(`codes`: position steps beyond +1, so 0, 1, 2 are positions 0, 2, 5), then the others by name
+(`names`, spelled out). `quanta` holds the distinct quanta in ascending order; per signal,
+`quantum_index` is 0 for a signal travelling exactly, else 1 + the position of its quantum, and `bases`
+its first value in quanta (0 when exact).
 
-    seq[i]  = seq_base + i + c_gaps[0] + … + c_gaps[i]            (gaps: seq steps beyond +1)
-    ts[i]   = ts_base + c_ts[0] + … + c_ts[i]
-    value   = quantum * (base + the signal's quantized deltas so far)   for a signal with a quantum
-    value   = the signal's next float64 of `exact` (also byte planes)    for a signal without one
+Samples travel signal by signal in table order, each signal's in seq order, as columns. An integer
+column is `[width, planes]`: `width` in {0, 1, 2, 4, 8} bytes (0: every element is zero, `planes` empty)
+and `planes` the little-endian elements split into byte planes (all first bytes, then all second bytes,
+…), which zstd compresses much better than interleaved bytes or msgpack varints. Signed columns are
+zigzag-coded. Per signal: `counts` its number of samples, `first_ts` its first timestamp minus
+`ts_base`; `ts_deltas` and `value_deltas` hold, signal after signal, the steps after its first sample:
 
-`quantized_deltas` and `exact` hold the values signal by signal (in dictionary order), each signal's
-in seq order: a signal's values resemble each other more than their neighbours in seq order do.
+    ts[j]    = ts[j-1] + ts_delta                    (a signal sampled by a fixed interval repeats one delta)
+    step[j]  = step[j-1] + slope[j],  slope[j] = slope[j-1] + value_delta,  step[0] = base, slope[0] = 0
+    value    = quantum * step                        for a signal with a quantum
+    value    = the signal's next float64 of `exact` (also byte planes)    for a signal without one
+
+Sequence numbers are implicit when the buffer numbered samples in time order: sorting all samples by
+(ts, table position), ties in the order above, gives the "canonical order", and `seq_steps` holds the
+n - 1 steps from one sample's seq to the next's in that order, minus one (zigzag; all zero when seq
+follows time), starting from `seq_first`.
 
 A signal travels quantized when `quanta` gives it a quantum and every value of it in the batch is finite
 and representable; otherwise it travels exactly in that batch (so NaN and ±inf survive).
 
 The decoder trusts nothing: every size, count, type, index and range is checked, the zstd frame must
 declare a content size within `MAX_BODY_BYTES` before anything is allocated, and every failure is a
-`WireError`. The encoder refuses (with `WireError`) any batch the decoder would refuse.
+`WireError`. The encoder refuses (with `WireError`) any batch the decoder would refuse. Version 1 (one
+`signal_index` per sample, names always spelled out) was never deployed and is not decoded.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import operator
@@ -50,8 +66,9 @@ import zstandard
 
 from protocols.errors import WireError
 from protocols.topics import ID_MAX_LEN, is_valid_id
+from protocols.wire_dict import CODEBOOKS, CURRENT, Codebook
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +112,15 @@ class Batch:
 
 MAGIC: Final = b"VG"
 FLAG_ZSTD: Final = 0x01
-"""The body is one zstd frame with content size and checksum. Required in version 1; other bits reserved."""
-HEADER: Final = MAGIC + bytes((WIRE_VERSION, FLAG_ZSTD))
+"""The body is one zstd frame with content size and checksum. Required in version 2; other bits reserved."""
+HEADER: Final = MAGIC + bytes((WIRE_VERSION, FLAG_ZSTD, CURRENT))
+"""What `encode_batch` writes: the current codebook's id closes the header."""
 HEADER_LEN: Final = len(HEADER)
 
-ZSTD_LEVEL: Final = 9
-"""Default compression level: near the best ratio on telemetry batches, a few ms per minute of data."""
+ZSTD_LEVEL: Final = 19
+"""Default compression level. On a minute of telemetry (~4 KB of body) level 19 is ~3 % smaller than
+level 9 for ~1 ms instead of ~0.4 ms of compression (x86; the column building costs more); zstd scales
+its window down to the input, so memory stays small."""
 
 MAX_PAYLOAD_BYTES: Final = 4 * 1024 * 1024
 """Largest payload (header + compressed body) accepted or produced."""
@@ -125,7 +145,8 @@ STATUS_STATES: Final = frozenset({"online", "offline"})
 MAX_STATUS_BYTES: Final = 4_096
 
 _WIDTHS: Final = (0, 1, 2, 4, 8)
-_MAX_DELTA: Final = 2 * MAX_ABS_QUANTUM_STEPS  # also bounds seq gaps and ts deltas (MAX_SEQ < this)
+_MAX_STEP: Final = 2 * MAX_ABS_QUANTUM_STEPS  # |step[j] - step[j-1]|: a slope
+_MAX_TS_STEP: Final = 2 * MAX_ABS_TS_MS
 _MAX_WINDOW_BYTES: Final = MAX_BODY_BYTES
 
 _IntArray = npt.NDArray[np.int64]
@@ -188,14 +209,33 @@ def _unpack_floats(planes: object, n: int, what: str) -> _FloatArray:
     return _from_planes(planes, 8).view("<f8").astype(np.float64)
 
 
-def _running(base: int, deltas: _IntArray, bound: int, what: str) -> _IntArray:
-    """base + running sum of deltas, each |delta| <= _MAX_DELTA, every result checked within ±bound.
+def _later(counts: _IntArray) -> npt.NDArray[np.bool_]:
+    """For signals of `counts` samples laid out one after the other: True except at each one's first."""
+    later = np.ones(int(counts.sum()), dtype=bool)
+    later[np.cumsum(counts) - counts] = False
+    return later
 
-    int64 sums wrap silently, but the first partial sum to leave ±bound is at most
-    bound + _MAX_DELTA < 2**63 away from zero, so it is exact and caught by the range check."""
-    if deltas.size and (int(deltas.max()) > _MAX_DELTA or int(deltas.min()) < -_MAX_DELTA):
+
+def _running_by_signal(
+    firsts: _IntArray, deltas: _IntArray, counts: _IntArray, delta_bound: int, bound: int, what: str
+) -> _IntArray:
+    """Signal after signal (`counts[k]` elements each, every count >= 1): `firsts[k]`, then running sums
+    of its `counts[k] - 1` next `deltas`, each |delta| <= delta_bound, every result checked within ±bound.
+
+    One cumulative sum for all signals, which int64 may wrap; each result is its signal's first plus the
+    difference of two such sums, exact modulo 2**64. Results within ±bound are therefore exact, because
+    the one before each is (induction from `firsts`) and a step adds at most delta_bound."""
+    assert bound + delta_bound < 2**63
+    if firsts.size and (int(firsts.max()) > bound or int(firsts.min()) < -bound):
+        raise WireError(f"{what}: value out of range")
+    if deltas.size and (int(deltas.max()) > delta_bound or int(deltas.min()) < -delta_bound):
         raise WireError(f"{what}: delta out of range")
-    result = np.int64(base) + np.cumsum(deltas, dtype=np.int64)
+    later = _later(counts)
+    steps = np.zeros(later.size, dtype=np.int64)
+    steps[later] = deltas
+    sums = np.cumsum(steps, dtype=np.int64)
+    starts = np.cumsum(counts) - counts
+    result: _IntArray = sums - np.repeat(sums[starts] - firsts, counts)
     if result.size and (int(result.max()) > bound or int(result.min()) < -bound):
         raise WireError(f"{what}: value out of range")
     return result
@@ -261,7 +301,9 @@ def _quantize(values: _FloatArray, quantum: float) -> _IntArray | None:
     return steps.astype(np.int64) if ok else None
 
 
-def _encode_samples(samples: Sequence[SampleRecord], quanta: Mapping[str, float]) -> list[object]:
+def _encode_samples(
+    samples: Sequence[SampleRecord], quanta: Mapping[str, float], codebook: Codebook
+) -> list[object]:
     n = len(samples)
     if n > MAX_SAMPLES:
         raise WireError(f"{n} samples exceed MAX_SAMPLES={MAX_SAMPLES}")
@@ -269,57 +311,72 @@ def _encode_samples(samples: Sequence[SampleRecord], quanta: Mapping[str, float]
     seqs = np.empty(n, dtype=np.int64)
     stamps = np.empty(n, dtype=np.int64)
     values = np.empty(n, dtype=np.float64)
-    indices = np.empty(n, dtype=np.int64)
-    index_of: dict[str, int] = {}
+    rows_of: dict[str, list[int]] = {}  # signal → its samples' positions in seq order
     for i, sample in enumerate(ordered):
         if not isinstance(sample, SampleRecord):
             raise WireError(f"samples must be SampleRecord, not {type(sample).__name__}")
         seqs[i] = _int(sample.seq, 0, MAX_SEQ, "sample seq")
         stamps[i] = _int(sample.ts_ms, -MAX_ABS_TS_MS, MAX_ABS_TS_MS, "sample ts_ms")
         values[i] = _float(sample.value, "sample value")
-        index = index_of.get(sample.signal)
-        if index is None:
-            index = index_of[_text(sample.signal, MAX_NAME_BYTES, "signal name")] = len(index_of)
-            if index >= MAX_SIGNALS:
+        rows = rows_of.get(sample.signal)
+        if rows is None:
+            if len(rows_of) == MAX_SIGNALS:
                 raise WireError(f"more than MAX_SIGNALS={MAX_SIGNALS} signals in one batch")
-        indices[i] = index
+            rows = rows_of[_text(sample.signal, MAX_NAME_BYTES, "signal name")] = []
+        rows.append(i)
+    if n and int(np.diff(seqs).min(initial=1)) == 0:
+        raise WireError("duplicate sample seq")
 
-    gaps = np.diff(seqs, prepend=seqs[:1]) - 1
-    if n:
-        gaps[0] = 0
-        if int(gaps.min()) < 0:
-            raise WireError("duplicate sample seq")
-    ts_deltas = np.diff(stamps, prepend=stamps[:1])
+    codes = sorted(codebook.index[name] for name in rows_of if name in codebook.index)
+    spelled = sorted(name for name in rows_of if name not in codebook.index)
+    table = [codebook.names[code] for code in codes] + spelled
+    counts = np.array([len(rows_of[name]) for name in table], dtype=np.int64)
+    grouped = np.array([i for name in table for i in rows_of[name]], dtype=np.int64)  # sample positions
+    starts = np.cumsum(counts) - counts
+    later = np.ones(n, dtype=bool)  # every sample but each signal's first
+    later[starts] = False
+    stamps_grouped = stamps[grouped]
+    first_ts = stamps_grouped[starts]
+    ts_base = int(first_ts.min()) if n else 0
 
-    # Signal by signal (dictionary order), each in seq order: quantized values as deltas from the signal's
-    # first value, or exact floats. Grouping a signal's values together compresses better than seq order.
-    by_signal = np.argsort(indices, kind="stable")
-    bounds = np.cumsum(np.bincount(indices, minlength=len(index_of)))
-    quantized_deltas: list[_IntArray] = [np.empty(0, dtype=np.int64)]
+    quantum_of: list[float | None] = []
+    bases: list[int] = []
+    value_deltas: list[_IntArray] = [np.empty(0, dtype=np.int64)]
     exact_values: list[_FloatArray] = [np.empty(0, dtype=np.float64)]
-    signals: list[list[object]] = []
-    start = 0
-    for name, stop in zip(index_of, bounds.tolist(), strict=True):
-        signal_values = values[by_signal[start:stop]]
-        start = stop
+    for name, start, count in zip(table, starts.tolist(), counts.tolist(), strict=True):
+        signal_values = values[grouped[start : start + count]]
         quantum = _quantum(quanta, name)
         steps = None if quantum is None else _quantize(signal_values, quantum)
+        quantum_of.append(None if steps is None else quantum)
+        bases.append(0 if steps is None else int(steps[0]))
         if steps is None:
-            signals.append([name, None, 0])
             exact_values.append(signal_values)
-        else:
-            signals.append([name, quantum, int(steps[0])])
-            quantized_deltas.append(np.diff(steps, prepend=steps[:1]))
+        else:  # second differences: a value that moves at a steady rate costs zeros
+            value_deltas.append(np.diff(np.diff(steps), prepend=0))
+    distinct = sorted({quantum for quantum in quantum_of if quantum is not None})
+    position = {quantum: k + 1 for k, quantum in enumerate(distinct)}
+    quantum_index = [0 if quantum is None else position[quantum] for quantum in quantum_of]
+
+    # Canonical order: by (ts, table position), ties in grouped order; seq steps along it.
+    canonical = np.lexsort((np.repeat(np.arange(len(table)), counts), stamps_grouped))
+    canonical_seqs = seqs[grouped][canonical]
 
     return [
         n,
-        int(seqs[0]) if n else 0,
-        _pack_column(gaps.view(np.uint64)),
-        int(stamps[0]) if n else 0,
-        _pack_column(_zigzag(ts_deltas)),
-        signals,
-        _pack_column(indices.view(np.uint64)),
-        _pack_column(_zigzag(np.concatenate(quantized_deltas))),
+        int(canonical_seqs[0]) if n else 0,
+        _pack_column(_zigzag(np.diff(canonical_seqs) - 1)),
+        ts_base,
+        [
+            (np.diff(np.array(codes, dtype=np.int64), prepend=-1) - 1).tolist(),
+            spelled,
+            distinct,
+            _pack_column(np.array(quantum_index, dtype=np.uint64)),
+            _pack_column(_zigzag(np.array(bases, dtype=np.int64))),
+        ],
+        _pack_column(counts.view(np.uint64)),
+        _pack_column((first_ts - ts_base).view(np.uint64)),
+        _pack_column(_zigzag(np.diff(stamps_grouped)[later[1:]])),
+        _pack_column(_zigzag(np.concatenate(value_deltas))),
         _pack_floats(np.concatenate(exact_values)),
     ]
 
@@ -372,14 +429,17 @@ def encode_batch(
         raise WireError(f"expected a Batch, not {type(batch).__name__}")
     if len(batch.predictions) > MAX_PREDICTIONS or len(batch.alerts) > MAX_ALERTS:
         raise WireError("too many predictions or alerts for one batch")
-    samples = _encode_samples(batch.samples, quanta or {})
+    codebook = CODEBOOKS[CURRENT]
+    samples = _encode_samples(batch.samples, quanta or {}, codebook)
     predictions = [_prediction_row(record) for record in batch.predictions]
     alerts = [_alert_row(record) for record in batch.alerts]
     _check_unique_seqs(batch.samples, predictions, alerts)
     body = msgpack.packb([_vehicle(batch.vehicle_id), samples, predictions, alerts], use_bin_type=True)
     if len(body) > MAX_BODY_BYTES:
         raise WireError(f"batch body of {len(body)} bytes exceeds MAX_BODY_BYTES; split the batch")
-    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
+    compressor = zstandard.ZstdCompressor(
+        level=level, dict_data=codebook.zstd_dict, write_checksum=True, write_content_size=True
+    )
     payload = HEADER + compressor.compress(body)
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise WireError(f"payload of {len(payload)} bytes exceeds MAX_PAYLOAD_BYTES; split the batch")
@@ -425,7 +485,7 @@ def _wire_text(value: object, max_bytes: int, what: str, *, allow_empty: bool = 
     return _text(value, max_bytes, what, allow_empty=allow_empty)
 
 
-def _body(payload: object) -> object:
+def _body(payload: object) -> tuple[object, Codebook]:
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise WireError(f"payload must be bytes, not {type(payload).__name__}")
     data = bytes(payload)
@@ -437,6 +497,9 @@ def _body(payload: object) -> object:
         raise WireError(f"unsupported wire version {data[2]} (this decoder speaks {WIRE_VERSION})")
     if data[3] != FLAG_ZSTD:
         raise WireError(f"unsupported flags 0x{data[3]:02x}")
+    codebook = CODEBOOKS.get(data[4])
+    if codebook is None:
+        raise WireError(f"unknown codebook {data[4]} (this decoder knows {sorted(CODEBOOKS)})")
     frame = data[HEADER_LEN:]
     try:
         params = zstandard.get_frame_parameters(frame)
@@ -444,14 +507,16 @@ def _body(payload: object) -> object:
             raise WireError(f"body declares {params.content_size} bytes, over MAX_BODY_BYTES")
         if not params.has_checksum:
             raise WireError("body frame without checksum")
-        decompressor = zstandard.ZstdDecompressor(max_window_size=_MAX_WINDOW_BYTES)
+        decompressor = zstandard.ZstdDecompressor(
+            dict_data=codebook.zstd_dict, max_window_size=_MAX_WINDOW_BYTES
+        )
         body = decompressor.decompress(frame, max_output_size=MAX_BODY_BYTES, allow_extra_data=False)
     except zstandard.ZstdError as err:
         raise WireError(f"corrupt body: {err}") from err
     if len(body) != params.content_size:
         raise WireError("body size differs from the size its frame declares")
     try:
-        return msgpack.unpackb(
+        document = msgpack.unpackb(
             body,
             raw=False,
             use_list=True,
@@ -464,74 +529,113 @@ def _body(payload: object) -> object:
         )
     except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as err:
         raise WireError(f"body is not valid msgpack: {err}") from err
+    return document, codebook
 
 
-def _decode_samples(value: object) -> tuple[SampleRecord, ...]:
-    parts = _list(value, "samples", 9)
+def _decode_signal_table(value: object, codebook: Codebook) -> tuple[list[str], _FloatArray, _IntArray]:
+    """Names, quanta (0: exact) and bases of a batch's signals, in table order."""
+    code_steps, spelled, distinct, quantum_index, bases_column = _list(value, "signal table", 5)
+    names: list[str] = []
+    code = -1
+    for step in _list(code_steps, "codes"):
+        code += 1 + _wire_int(step, 0, len(codebook.names), "code step")
+        if code >= len(codebook.names):
+            raise WireError(f"code {code} not in codebook {codebook.id}")
+        names.append(codebook.names[code])
+    names.extend(_wire_text(name, MAX_NAME_BYTES, "signal name") for name in _list(spelled, "names"))
+    if len(names) > MAX_SIGNALS:
+        raise WireError(f"more than MAX_SIGNALS={MAX_SIGNALS} signals")
+    if len(set(names)) != len(names):
+        raise WireError("signal listed twice")
+
+    quanta = [_wire_float(quantum, "quantum") for quantum in _list(distinct, "quanta")]
+    if not all(math.isfinite(q) and q > 0 for q in quanta) or any(
+        a >= b for a, b in itertools.pairwise(quanta)
+    ):
+        raise WireError("quanta must be finite, positive and ascending")
+    raw_index = _unpack_column(quantum_index, len(names), "quantum index")
+    if raw_index.size and int(raw_index.max()) > len(quanta):
+        raise WireError("quantum index out of range")
+    index = raw_index.astype(np.int64)
+    if np.bincount(index, minlength=len(quanta) + 1)[1:].min(initial=1) == 0:
+        raise WireError("quantum listed but unused")
+    signal_quanta = np.concatenate(([0.0], quanta))[index]
+
+    bases = _unzigzag(_unpack_column(bases_column, len(names), "bases"))
+    if bases.size and (int(bases.max()) > MAX_ABS_QUANTUM_STEPS or int(bases.min()) < -MAX_ABS_QUANTUM_STEPS):
+        raise WireError("base out of range")
+    if bases[signal_quanta == 0].any():
+        raise WireError("exact signal with a base")
+    return names, signal_quanta, bases
+
+
+def _decode_samples(value: object, codebook: Codebook) -> tuple[SampleRecord, ...]:
+    parts = _list(value, "samples", 10)
     n = _wire_int(parts[0], 0, MAX_SAMPLES, "sample count")
-    seq_base = _wire_int(parts[1], 0, MAX_SEQ, "seq base")
+    seq_first = _wire_int(parts[1], 0, MAX_SEQ, "first seq")
     ts_base = _wire_int(parts[3], -MAX_ABS_TS_MS, MAX_ABS_TS_MS, "ts base")
-    gaps = _unpack_column(parts[2], n, "seq gaps")
-    if gaps.size and int(gaps.max()) > MAX_SEQ:
-        raise WireError("seq gap out of range")
-    seqs = _running(seq_base - 1, gaps.astype(np.int64) + 1, MAX_SEQ, "seq")
+    names, quanta, bases = _decode_signal_table(parts[4], codebook)
+    m = len(names)
+    if (n == 0) != (m == 0):
+        raise WireError("signal table size does not fit the sample count")
+    counts = _unpack_column(parts[5], m, "counts")
+    if counts.size and (int(counts.min()) == 0 or int(counts.max()) > n or int(counts.sum()) != n):
+        raise WireError("per-signal counts do not add up to the sample count")
+    counts_i = counts.astype(np.int64)
+    offsets = _unpack_column(parts[6], m, "first ts")
+    if offsets.size and int(offsets.max()) > _MAX_TS_STEP:
+        raise WireError("first ts out of range")
+    first_ts = np.int64(ts_base) + offsets.astype(np.int64)
+    if first_ts.size and int(first_ts.max()) > MAX_ABS_TS_MS:
+        raise WireError("first ts out of range")
+    ts_deltas = _unzigzag(_unpack_column(parts[7], n - m, "ts deltas"))
+    quantized = quanta > 0
+    n_quantized = int(counts_i[quantized].sum())
+    value_deltas = _unzigzag(_unpack_column(parts[8], n_quantized - int(quantized.sum()), "value deltas"))
+    exact = _unpack_floats(parts[9], n - n_quantized, "exact values")
+
+    # Signal by signal, in table order ("grouped"): timestamps and values.
+    signal = np.repeat(np.arange(m), counts_i)
+    stamps = _running_by_signal(first_ts, ts_deltas, counts_i, _MAX_TS_STEP, MAX_ABS_TS_MS, "ts_ms")
+    quantized_counts = counts_i[quantized]
+    slopes = _running_by_signal(  # each signal's first slope is 0, not sent
+        np.zeros(quantized_counts.size, dtype=np.int64), value_deltas, quantized_counts, 2 * _MAX_STEP,
+        _MAX_STEP, "value slope",
+    )  # fmt: skip
+    steps = _running_by_signal(
+        bases[quantized], slopes[_later(quantized_counts)], quantized_counts, _MAX_STEP,
+        MAX_ABS_QUANTUM_STEPS, "quantized value",
+    )  # fmt: skip
+    with np.errstate(all="ignore"):
+        scaled = steps.astype(np.float64) * np.repeat(quanta[quantized], quantized_counts)
+    if not np.isfinite(scaled).all():
+        raise WireError("quantized value overflows float64")
+    values = np.empty(n, dtype=np.float64)
+    quantized_rows = quantized[signal]
+    values[quantized_rows] = scaled
+    values[~quantized_rows] = exact
+
+    # Sequence numbers along the canonical order, then samples in seq order.
+    canonical = np.lexsort((signal, stamps))
+    seq_steps = _unzigzag(_unpack_column(parts[2], max(n - 1, 0), "seq steps"))
+    if seq_steps.size and (int(seq_steps.max()) > MAX_SEQ or int(seq_steps.min()) < -MAX_SEQ - 1):
+        raise WireError("seq step out of range")
+    seqs = np.empty(n, dtype=np.int64)
+    run = np.array([n] if n else [], dtype=np.int64)  # one run through all samples
+    first = np.full(run.size, seq_first, dtype=np.int64)
+    seqs[canonical] = _running_by_signal(first, seq_steps + 1, run, MAX_SEQ + 1, MAX_SEQ, "seq")
     if seqs.size and int(seqs.min()) < 0:
         raise WireError("negative seq")
-    stamps = _running(ts_base, _unzigzag(_unpack_column(parts[4], n, "ts deltas")), MAX_ABS_TS_MS, "ts_ms")
-
-    entries = _list(parts[5], "signals")
-    if len(entries) > MAX_SIGNALS or (n == 0) != (len(entries) == 0):
-        raise WireError("signal dictionary size does not fit the sample count")
-    names: list[str] = []
-    quanta = np.zeros(len(entries), dtype=np.float64)  # 0: exact
-    bases = np.zeros(len(entries), dtype=np.int64)
-    for k, entry_value in enumerate(entries):
-        name, quantum, base = _list(entry_value, "signal entry", 3)
-        names.append(_wire_text(name, MAX_NAME_BYTES, "signal name"))
-        bases[k] = _wire_int(base, -MAX_ABS_QUANTUM_STEPS, MAX_ABS_QUANTUM_STEPS, "signal base")
-        if quantum is not None:
-            quanta[k] = _wire_float(quantum, "quantum")
-            if not (math.isfinite(quanta[k]) and quanta[k] > 0):
-                raise WireError("quantum must be finite and positive")
-        elif bases[k] != 0:
-            raise WireError("exact signal with a base")
-    if len(set(names)) != len(names):
-        raise WireError("signal name listed twice")
-
-    indices = _unpack_column(parts[6], n, "signal index")
-    if indices.size and int(indices.max()) >= len(entries):
-        raise WireError("signal index out of range")
-    index = indices.astype(np.int64)
-    counts = np.bincount(index, minlength=len(entries))
-    if counts.min(initial=1) == 0:
-        raise WireError("signal listed without samples")
-    n_quantized = int(counts[quanta > 0].sum())
-    deltas = _unzigzag(_unpack_column(parts[7], n_quantized, "quantized deltas"))
-    exact = _unpack_floats(parts[8], n - n_quantized, "exact values")
-
-    values = np.empty(n, dtype=np.float64)
-    by_signal = np.argsort(index, kind="stable")  # each signal's samples, in seq order
-    start = quantized_start = exact_start = 0
-    for k, count in enumerate(counts.tolist()):
-        rows = by_signal[start : start + count]
-        start += count
-        if quanta[k] == 0:
-            values[rows] = exact[exact_start : exact_start + count]
-            exact_start += count
-            continue
-        signal_deltas = deltas[quantized_start : quantized_start + count]
-        quantized_start += count
-        steps = _running(int(bases[k]), signal_deltas, MAX_ABS_QUANTUM_STEPS, "quantized value")
-        with np.errstate(all="ignore"):
-            scaled = steps.astype(np.float64) * quanta[k]
-        if not np.isfinite(scaled).all():
-            raise WireError("quantized value overflows float64")
-        values[rows] = scaled
-
+    order = np.argsort(seqs, kind="stable")
+    if n and int(np.diff(seqs[order]).min(initial=1)) == 0:
+        raise WireError("duplicate sample seq")
     return tuple(
         SampleRecord(seq, ts, names[k], v)
-        for seq, ts, k, v in zip(seqs.tolist(), stamps.tolist(), index.tolist(), values.tolist(), strict=True)
-    )
+        for seq, ts, k, v in zip(
+            seqs[order].tolist(), stamps[order].tolist(), signal[order].tolist(), values[order].tolist(),
+            strict=True,
+        )
+    )  # fmt: skip
 
 
 def _decode_rows(
@@ -574,10 +678,11 @@ def _decode_alert(row: list[object]) -> AlertRecord:
 
 def decode_batch(payload: bytes) -> Batch:
     """Decode and validate a payload; raises `WireError` on anything malformed, never anything else."""
-    vehicle, samples, predictions, alerts = _list(_body(payload), "body", 4)
+    body, codebook = _body(payload)
+    vehicle, samples, predictions, alerts = _list(body, "body", 4)
     batch = Batch(
         vehicle_id=_vehicle(vehicle),
-        samples=_decode_samples(samples),
+        samples=_decode_samples(samples, codebook),
         predictions=tuple(_decode_rows(predictions, MAX_PREDICTIONS, 6, "predictions", _decode_prediction)),
         alerts=tuple(_decode_rows(alerts, MAX_ALERTS, 7, "alerts", _decode_alert)),
     )
