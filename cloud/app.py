@@ -1,7 +1,8 @@
 """Composition root of the receiver: broker adapter → inbox → writer (ingest + store) → ack.
 
 One asyncio TaskGroup with two named tasks: `writer` (groups messages, writes each group in one
-transaction, acknowledges after commit) and `maintenance` (partitions ahead, retention), each with
+transaction, acknowledges after commit; it decodes the next group in a worker thread while the
+database commits the current one) and `maintenance` (partitions ahead, retention), each with
 its own database connection. SIGTERM/SIGINT set the stop event: the writer stops taking messages,
 commits and acknowledges the group it holds, and returns; then the broker connection is closed
 cleanly (the persistent session keeps everything not yet acknowledged) and `run` returns.
@@ -41,8 +42,20 @@ RETRY_MIN_S: Final = 0.5
 RETRY_MAX_S: Final = 30.0
 
 
+Taken = tuple[list[InboundMessage], list[Ingested]]  # a group of messages and what they decoded to
+
+
+def ingest_group(group: Sequence[InboundMessage], limits: IngestSettings) -> list[Ingested]:
+    return [ingest_message(m.topic, m.payload, m.received_at, limits) for m in group]
+
+
 class Writer:
-    """Takes groups from the inbox, writes each in one transaction, then acknowledges it."""
+    """Takes groups from the inbox, writes each in one transaction, then acknowledges it.
+
+    A two-stage pipeline: while the database writes and commits one group (its CPU), the next group
+    is taken and decoded (this process's CPU, in a worker thread). Groups are still committed and
+    acknowledged one at a time, in receipt order.
+    """
 
     def __init__(self, store: Store, receiver: MqttReceiver, inbox: Inbox, limits: IngestSettings) -> None:
         self._store = store
@@ -51,19 +64,35 @@ class Writer:
         self._limits = limits
 
     async def run(self, stop: asyncio.Event) -> None:
-        while True:
-            group = await self._inbox.next_group(
-                self._limits.batch_max_messages, self._limits.batch_max_age_s, stop
-            )
-            if not group:
-                return  # stop is set and nothing is held
-            if not await self._commit(group, stop):
-                return  # shutting down with the database unreachable: the broker keeps the group
+        taken = await self._take(stop)
+        while taken is not None:  # None: stop is set and nothing is held
+            group, items = taken
+            next_take = asyncio.create_task(self._take(stop), name="writer-take")
+            try:
+                committed = await self._commit(group, items, stop)
+            except BaseException:
+                next_take.cancel()
+                raise
+            if not committed:
+                # Shutting down with the database unreachable: the broker keeps this group and the
+                # next one (neither is acknowledged).
+                next_take.cancel()
+                return
             acked = self._receiver.ack(group)
             metrics.MESSAGES_ACKED.inc(acked)
+            taken = await next_take
 
-    async def _commit(self, group: Sequence[InboundMessage], stop: asyncio.Event) -> bool:
-        items = [ingest_message(m.topic, m.payload, m.received_at, self._limits) for m in group]
+    async def _take(self, stop: asyncio.Event) -> Taken | None:
+        group = await self._inbox.next_group(
+            self._limits.batch_max_messages, self._limits.batch_max_age_s, stop
+        )
+        if not group:
+            return None
+        return group, await asyncio.to_thread(ingest_group, group, self._limits)
+
+    async def _commit(
+        self, group: Sequence[InboundMessage], items: list[Ingested], stop: asyncio.Event
+    ) -> bool:
         delay = RETRY_MIN_S
         gave_up_at: float | None = None
         loop = asyncio.get_running_loop()
@@ -131,8 +160,8 @@ def _count(items: list[Ingested], stats: WriteStats) -> None:
     for item in items:
         if isinstance(item, BatchMessage):
             metrics.MESSAGES.labels("batch").inc()
-            newest = max((s.ts_ms for s in item.batch.samples), default=None)
-            if newest is not None:
+            if len(item.samples):
+                newest = int(item.samples.ts_ms.max())
                 metrics.LAG_SECONDS.observe(max(0.0, (now_ms - newest) / 1000))
         elif isinstance(item, DeadLetter):
             metrics.MESSAGES.labels("dead_letter").inc()

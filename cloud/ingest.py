@@ -10,17 +10,47 @@ and the raw bytes. The stream goes on; nothing here touches the network or the d
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, Self
+
+import numpy as np
+import numpy.typing as npt
 
 from cloud.settings import IngestSettings
 from protocols.errors import TopicError, WireError
 from protocols.topics import TopicKind, parse_topic
-from protocols.wire import Batch, decode_batch
+from protocols.wire import Batch, SampleRecord, decode_batch
 
 OFFLINE: Final = "offline"
 _MAX_REASON_CHARS: Final = 500
+
+
+@dataclass(frozen=True, slots=True)
+class SampleColumns:
+    """A batch's samples as columns, built once per message: the checks and the store's COPY work on
+    these (numpy) instead of touching thousands of record objects again and again."""
+
+    seq: npt.NDArray[np.int64]
+    ts_ms: npt.NDArray[np.int64]
+    signal_index: npt.NDArray[np.int32]  # into `signals`
+    value: npt.NDArray[np.float64]
+    signals: tuple[str, ...]  # distinct names, in first-seen order
+
+    @classmethod
+    def of(cls, samples: Sequence[SampleRecord]) -> Self:
+        index: dict[str, int] = {}
+        return cls(
+            seq=np.array([s.seq for s in samples], dtype=np.int64),
+            ts_ms=np.array([s.ts_ms for s in samples], dtype=np.int64),
+            signal_index=np.array([index.setdefault(s.signal, len(index)) for s in samples], dtype=np.int32),
+            value=np.array([s.value for s in samples], dtype=np.float64),
+            signals=tuple(index),
+        )
+
+    def __len__(self) -> int:
+        return len(self.seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,15 +63,19 @@ class BatchMessage:
     batch: Batch
     received_at: datetime
     payload_bytes: int
+    samples: SampleColumns = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "samples", SampleColumns.of(self.batch.samples))
 
     @property
     def vehicle_id(self) -> str:
         return self.batch.vehicle_id
 
     def seq_range(self) -> tuple[int, int] | None:
-        seqs = [r.seq for r in self.batch.samples]
-        seqs += [r.seq for r in self.batch.predictions]
-        seqs += [r.seq for r in self.batch.alerts]
+        seqs = [r.seq for r in self.batch.predictions] + [r.seq for r in self.batch.alerts]
+        if len(self.samples):
+            seqs += [int(self.samples.seq.min()), int(self.samples.seq.max())]
         return (min(seqs), max(seqs)) if seqs else None
 
 
@@ -94,28 +128,36 @@ def ingest_message(topic: str, payload: bytes, received_at: datetime, limits: In
     if batch.vehicle_id != vehicle:
         reason = f"vehicle id {batch.vehicle_id!r} in payload does not match topic vehicle {vehicle!r}"
         return _dead(topic, vehicle, reason, payload, received_at)
-    if _has_nul(batch):
+    message = BatchMessage(topic, parts.fleet, parts.kind, batch, received_at, len(payload))
+    if _has_nul(message):
         return _dead(topic, vehicle, "text field contains a NUL character", payload, received_at)
-    out_of_range = _first_implausible_ts_ms(batch, received_at, limits)
+    out_of_range = _first_implausible_ts_ms(message, received_at, limits)
     if out_of_range is not None:
         reason = f"timestamp out of range: {out_of_range} ms (received at {received_at.isoformat()})"
         return _dead(topic, vehicle, reason, payload, received_at)
-    return BatchMessage(topic, parts.fleet, parts.kind, batch, received_at, len(payload))
+    return message
 
 
-def _first_implausible_ts_ms(batch: Batch, received_at: datetime, limits: IngestSettings) -> int | None:
+def _first_implausible_ts_ms(
+    message: BatchMessage, received_at: datetime, limits: IngestSettings
+) -> int | None:
     earliest_ms = _epoch_ms(received_at - timedelta(days=limits.max_sample_age_days))
     latest_ms = _epoch_ms(received_at + timedelta(seconds=limits.max_future_skew_s))
-    for records in (batch.samples, batch.predictions, batch.alerts):
+    stamps = message.samples.ts_ms
+    outside = np.flatnonzero((stamps < earliest_ms) | (stamps > latest_ms))
+    if outside.size:
+        return int(stamps[outside[0]])
+    for records in (message.batch.predictions, message.batch.alerts):
         for record in records:
             if not earliest_ms <= record.ts_ms <= latest_ms:
                 return record.ts_ms
     return None
 
 
-def _has_nul(batch: Batch) -> bool:
+def _has_nul(message: BatchMessage) -> bool:
     """PostgreSQL text cannot hold NUL; such a batch would make its whole group fail."""
-    texts = [s.signal for s in batch.samples]
+    batch = message.batch
+    texts = list(message.samples.signals)
     texts += [t for p in batch.predictions for t in (p.model, p.model_version, p.output)]
     texts += [t for a in batch.alerts for t in (a.rule, a.severity, a.message)]
     return any("\x00" in t for t in texts)

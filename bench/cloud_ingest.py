@@ -1,0 +1,649 @@
+"""Receiver throughput: samples per second from MQTT to committed rows, de-duplication on.
+
+    python bench/cloud_ingest.py [--buses 240] [--minutes 4] [--naive-messages 12]
+
+Everything runs on this machine: Mosquitto (127.0.0.1:1883), PostgreSQL (127.0.0.1:5432, database
+`test`), the publisher and the receivers. The bench creates fresh schemas with the project's own
+migrations (`cloud.store.Store.migrate`), drops them at the end, and clears the broker sessions its
+receivers leave behind.
+
+Workload: `--buses` vehicles × `--minutes` batches of 60 s each, 50 catalog signals at 1 Hz per bus
+(3,000 samples per message), per-vehicle sequence numbers, values as random walks in each signal's
+catalog resolution, encoded beforehand with `protocols.wire.encode_batch` and the catalog's quanta.
+A separate publisher process (paho, MQTT 5) publishes them at QoS 1 as fast as the broker takes them.
+Each phase is timed from the first PUBLISH to the moment its last message is committed, seen by
+polling the receiver's ingest ledger (one row per message, written in the same transaction as that
+message's samples); row counts are checked afterwards.
+
+Phases, in one run:
+  1. one receiver (`python -m cloud run`, a subprocess with a config the bench writes);
+  2. redelivery: the same batches published again to that receiver (must add 0 rows);
+  3. two receivers on one shared subscription (same group, different client ids), same batches,
+     fresh schema;
+  4. the naive baseline on a smaller slice: one paho subscriber process that decodes each message and
+     runs one `INSERT … ON CONFLICT DO NOTHING` per sample on the same key (vehicle_id, seq, ts), one
+     transaction (commit) per message, no rollups, no ledger.
+
+CPU accounting per phase (from /proc): the receiver processes, their PostgreSQL backends, Mosquitto,
+and the whole machine — other work on a shared 2-core box shows up as "other", and CPU-µs per sample
+is what sizes a deployment (docs/scale-out.md).
+
+Mosquitto keeps at most 1,000 queued messages per client by default (`max_queued_messages`) beyond
+those in flight, so a phase publishes at most 1,000 messages. Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing as mp
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection as Pipe
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from cloud.settings import DatabaseSettings
+from cloud.store import Store
+from protocols.catalog import load_catalog
+from protocols.topics import telemetry_topic
+from protocols.wire import Batch, SampleRecord, decode_batch, encode_batch
+
+SIGNALS_PER_BUS = 50
+BATCH_S = 60
+SAMPLES_PER_MESSAGE = SIGNALS_PER_BUS * BATCH_S
+PHASE_TIMEOUT_S = 90.0
+MAX_MESSAGES_PER_PHASE = 1000  # Mosquitto's default max_queued_messages per client
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    messages: int
+    samples: int
+    seconds: float
+    complete: bool
+    publish_seconds: float
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def messages_per_s(self) -> float:
+        return self.messages / self.seconds if self.seconds > 0 else 0.0
+
+
+# --- CPU accounting (Linux /proc) -----------------------------------------------------------------------
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (all its threads) so far; 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent not idle since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / _TICKS
+
+
+def mosquitto_pid() -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        return int(Path("/run/mosquitto/mosquitto.pid").read_text().strip())
+    return None
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds used by named groups of processes between `start()` and `stop()`."""
+
+    groups: dict[str, list[int]]
+    _before: dict[str, float] | None = None
+    used: dict[str, float] | None = None
+
+    def _read(self) -> dict[str, float]:
+        now = {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in self.groups.items()}
+        now["machine"] = machine_busy_seconds()
+        return now
+
+    def start(self) -> None:
+        self._before = self._read()
+
+    def stop(self) -> None:
+        after = self._read()
+        assert self._before is not None
+        self.used = {name: after[name] - self._before[name] for name in after}
+
+    def summary(self, samples: int, seconds: float) -> str:
+        if not self.used:
+            return ""
+        ours = sum(v for k, v in self.used.items() if k != "machine")
+        other = max(0.0, self.used["machine"] - ours)
+        parts = [f"{name} {used / seconds:.2f} cores ({used / samples * 1e6:.1f} µs/sample)"
+                 for name, used in self.used.items() if name != "machine"]  # fmt: skip
+        return (
+            "  CPU: " + ", ".join(parts) + f"; everything else on the machine {other / seconds:.2f} cores"
+            f" (machine busy {self.used['machine'] / seconds:.2f} of {os.cpu_count()} cores)"
+        )
+
+
+def receiver_meter(conn: psycopg.Connection[tuple[object, ...]], started: list[Receiver]) -> CpuMeter:
+    backends = set().union(*(r.backends for r in started))
+    return CpuMeter(
+        {
+            "receiver" + ("s" if len(started) > 1 else ""): [r.process.pid for r in started],
+            "their PostgreSQL backends": sorted(backends),
+            "mosquitto": [mosquitto_pid() or 0],
+        }
+    )
+
+
+def backend_pids(conn: psycopg.Connection[tuple[object, ...]]) -> set[int]:
+    rows = conn.execute(
+        b"SELECT pid FROM pg_stat_activity WHERE application_name = 'voltgate-cloud'"
+    ).fetchall()
+    return {int(str(r[0])) for r in rows}
+
+
+# --- workload --------------------------------------------------------------------------------------------
+
+
+def build_workload(fleet: str, buses: int, minutes: int, seed: int) -> list[Message]:
+    """`buses` × `minutes` telemetry messages of 60 s × 50 signals at 1 Hz, ending two minutes ago."""
+    catalog = load_catalog()
+    specs = [s for s in catalog if s.source == "can"][:SIGNALS_PER_BUS]
+    quanta = catalog.quanta()
+    rng = random.Random(seed)
+    start_ms = (int(time.time()) - (minutes + 2) * 60) * 1000
+    messages: list[Message] = []
+    for bus in range(buses):
+        vehicle = f"bench-bus-{bus:05d}"
+        topic = telemetry_topic(fleet, vehicle)
+        levels = [rng.uniform(0, 1000) * s.resolution for s in specs]
+        seq = rng.randrange(1, 1_000_000)
+        for minute in range(minutes):
+            records = []
+            for second in range(BATCH_S):
+                ts_ms = start_ms + (minute * BATCH_S + second) * 1000
+                for k, spec in enumerate(specs):
+                    levels[k] += rng.choice((-2, -1, 0, 0, 0, 1, 2)) * spec.resolution
+                    value = round(levels[k] / spec.resolution) * spec.resolution
+                    records.append(SampleRecord(seq, ts_ms + k, spec.name, value))
+                    seq += 1
+            payload = encode_batch(Batch(vehicle, tuple(records)), quanta)
+            messages.append(Message(topic, payload))
+    # Minute by minute across the fleet, as buses would send them.
+    order = sorted(range(len(messages)), key=lambda i: (i % minutes, i // minutes))
+    return [messages[i] for i in order]
+
+
+# --- publisher process -----------------------------------------------------------------------------------
+
+
+def publisher_main(host: str, port: int, client_id: str, messages: list[Message], report: Pipe) -> None:
+    """Publish every message at QoS 1 and wait for all PUBACKs; report (first publish, all acked)."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    client.max_inflight_messages_set(200)
+    client.max_queued_messages_set(0)
+    client.connect(host, port, keepalive=30)
+    client.loop_start()
+    try:
+        first = time.monotonic()
+        infos = [client.publish(m.topic, m.payload, qos=1) for m in messages]
+        for info in infos:
+            info.wait_for_publish(timeout=PHASE_TIMEOUT_S)
+        report.send((first, time.monotonic(), sum(1 for i in infos if i.is_published())))
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def publish_async(host: str, port: int, namespace: str, messages: list[Message]) -> tuple[BaseProcess, Pipe]:
+    context = mp.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(
+        target=publisher_main, args=(host, port, f"{namespace}-pub", messages, send), daemon=True
+    )
+    process.start()
+    return process, receive
+
+
+# --- receiver subprocesses -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Receiver:
+    client_id: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    metrics_port: int
+    backends: set[int]  # its PostgreSQL backend pids
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """Sum of one Prometheus metric's samples (those with `labels`, e.g. 'outcome="batch"')."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        selector = rf"\{{{re.escape(labels)}\}}" if labels else r"(?:\{[^}]*\})?"
+        pattern = re.compile(rf"^{re.escape(name)}{selector} (\S+)$", re.MULTILINE)
+        return sum(float(v) for v in pattern.findall(text))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_receiver(work: Path, args: argparse.Namespace, schema: str, group: str, client_id: str) -> Receiver:
+    port = free_port()
+    config = work / f"{client_id}.toml"
+    config.write_text(
+        f"""
+[mqtt]
+host = "{args.mqtt_host}"
+port = {args.mqtt_port}
+client_id = "{client_id}"
+shared_group = "{group}"
+session_expiry_s = 600
+[database]
+dsn = "{args.dsn}"
+schema = "{schema}"
+[ingest]
+batch_max_messages = {args.group_messages}
+[metrics]
+host = "127.0.0.1"
+port = {port}
+[log]
+level = "INFO"
+"""
+    )
+    log_path = work / f"{client_id}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOLTGATE_CLOUD_")}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cloud", "run", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    receiver = Receiver(client_id, process, log_path, port, set())
+    deadline = time.monotonic() + 30
+    while "subscribed (shared group" not in log_path.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            receiver.stop()
+            raise RuntimeError(f"receiver {client_id} did not start:\n{log_path.read_text()}")
+        time.sleep(0.05)
+    return receiver
+
+
+def clear_session(host: str, port: int, client_id: str) -> None:
+    """End a receiver's persistent session on the broker (clean start, session expiry 0)."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 0
+    with contextlib.suppress(OSError):
+        client.connect(host, port, clean_start=True, properties=props)
+        client.loop_start()
+        time.sleep(0.2)
+        client.disconnect()
+        client.loop_stop()
+
+
+@contextlib.contextmanager
+def receivers(
+    work: Path,
+    args: argparse.Namespace,
+    conn: psycopg.Connection[tuple[object, ...]],
+    schema: str,
+    group: str,
+    client_ids: list[str],
+) -> Iterator[list[Receiver]]:
+    started: list[Receiver] = []
+    try:
+        for client_id in client_ids:
+            before = backend_pids(conn)
+            started.append(start_receiver(work, args, schema, group, client_id))
+            started[-1].backends = backend_pids(conn) - before  # its writer and maintenance connections
+        yield started
+    finally:
+        for receiver in started:
+            receiver.stop()
+        for client_id in client_ids:
+            clear_session(args.mqtt_host, args.mqtt_port, client_id)
+
+
+# --- database --------------------------------------------------------------------------------------------
+
+
+async def migrate(dsn: str, schema: str) -> None:
+    store = await Store.open(
+        DatabaseSettings.model_validate({"dsn": dsn, "schema": schema}), require_schema=False
+    )
+    try:
+        await store.migrate()
+        await store.maintain()
+    finally:
+        await store.close()
+
+
+def count(conn: psycopg.Connection[tuple[object, ...]], query: str) -> int:
+    row = conn.execute(query.encode()).fetchone()
+    return int(str(row[0])) if row else 0
+
+
+def wait_for(
+    conn: psycopg.Connection[tuple[object, ...]], query: str, target: int, timeout_s: float
+) -> tuple[float, bool]:
+    """Poll `query` (a count) every 20 ms until it reaches `target`; (monotonic time seen, reached)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if count(conn, query) >= target:
+            return time.monotonic(), True
+        time.sleep(0.02)
+    return time.monotonic(), False
+
+
+def timed_phase(
+    name: str,
+    args: argparse.Namespace,
+    namespace: str,
+    messages: list[Message],
+    conn: psycopg.Connection[tuple[object, ...]],
+    done_query: str,
+    target: int,
+    meter: CpuMeter,
+) -> PhaseResult:
+    meter.start()
+    process, pipe = publish_async(args.mqtt_host, args.mqtt_port, namespace, messages)
+    seen, complete = wait_for(conn, done_query, target, PHASE_TIMEOUT_S)
+    meter.stop()
+    first, acked_at, acked = pipe.recv() if pipe.poll(PHASE_TIMEOUT_S) else (seen, seen, 0)
+    process.join(timeout=10)
+    if acked != len(messages):
+        print(f"  ! broker acknowledged {acked} of {len(messages)} publishes")
+    samples = len(messages) * SAMPLES_PER_MESSAGE
+    result = PhaseResult(name, len(messages), samples, seen - first, complete, acked_at - first)
+    report(result)
+    print(meter.summary(samples, result.seconds))
+    return result
+
+
+# --- naive baseline --------------------------------------------------------------------------------------
+
+NAIVE_INSERT = (
+    "INSERT INTO samples (vehicle_id, seq, ts, signal, value)"
+    " VALUES (%s, %s, to_timestamp(%s / 1000.0), %s, %s) ON CONFLICT DO NOTHING"
+)
+
+
+def naive_main(host: str, port: int, client_id: str, topic: str, dsn: str, schema: str, ready: Pipe) -> None:
+    """A quick bridge: subscribe, decode each message, one INSERT per sample, commit per message."""
+    conn = psycopg.connect(
+        dsn, options=f"-c search_path={schema} -c timezone=UTC", application_name="voltgate-naive"
+    )
+
+    def on_message(client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        batch = decode_batch(bytes(message.payload))
+        with conn.cursor() as cur:
+            for s in batch.samples:
+                cur.execute(NAIVE_INSERT, (batch.vehicle_id, s.seq, s.ts_ms, s.signal, s.value))
+        conn.commit()
+
+    def on_subscribe(*_: object) -> None:
+        ready.send(True)
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    client.on_message = on_message
+    client.on_subscribe = on_subscribe
+    client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+    client.connect(host, port, keepalive=60)
+    client.loop_forever()
+
+
+# --- main ------------------------------------------------------------------------------------------------
+
+
+def report(result: PhaseResult) -> None:
+    state = "" if result.complete else "  INCOMPLETE (timed out)"
+    print(
+        f"  {result.name:<34} {result.messages:5d} msgs {result.samples:>10,d} samples"
+        f" in {result.seconds:6.2f} s -> {result.samples_per_s:>10,.0f} samples/s,"
+        f" {result.messages_per_s:7.1f} msgs/s (publishing took {result.publish_seconds:.2f} s){state}"
+    )
+
+
+def commit_figures(receivers_: list[Receiver]) -> str:
+    groups = sum(r.metric("voltgate_cloud_commit_seconds_count") for r in receivers_)
+    seconds = sum(r.metric("voltgate_cloud_commit_seconds_sum") for r in receivers_)
+    messages = sum(r.metric("voltgate_cloud_messages_total", 'outcome="batch"') for r in receivers_)
+    if not groups:
+        return "no commits reported"
+    return (
+        f"{groups:.0f} transactions, {messages / groups:.0f} messages"
+        f" ({messages / groups * SAMPLES_PER_MESSAGE:,.0f} samples) each on average,"
+        f" mean write+commit {seconds / groups * 1000:.0f} ms"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--buses", type=int, default=240)
+    parser.add_argument("--minutes", type=int, default=4, help="60 s batches per bus")
+    parser.add_argument("--naive-messages", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--group-messages", type=int, default=100, help="the receivers' ingest.batch_max_messages"
+    )
+    parser.add_argument(
+        "--dsn", default=os.environ.get("VOLTGATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+    )
+    parser.add_argument("--mqtt-host", default="127.0.0.1")
+    parser.add_argument("--mqtt-port", type=int, default=1883)
+    parser.add_argument("--skip", default="", help="comma-separated phases to skip: one,redelivery,two,naive")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    if args.buses * args.minutes > MAX_MESSAGES_PER_PHASE:
+        parser.error(f"--buses × --minutes must be at most {MAX_MESSAGES_PER_PHASE} (broker queue limit)")
+
+    import asyncio
+
+    namespace = f"bench{uuid.uuid4().hex[:8]}"
+    fleet = f"{namespace}-fleet"
+    schemas = {phase: f"{namespace}_{phase}" for phase in ("one", "two", "naive")}
+    print(
+        f"cloud ingest bench: {os.cpu_count()} CPUs, Mosquitto {args.mqtt_host}:{args.mqtt_port}, {args.dsn}"
+    )
+    started = time.monotonic()
+    messages = build_workload(fleet, args.buses, args.minutes, args.seed)
+    payload_bytes = sum(len(m.payload) for m in messages)
+    total = len(messages) * SAMPLES_PER_MESSAGE
+    print(
+        f"workload: {args.buses} buses × {args.minutes} batches of {BATCH_S} s × {SIGNALS_PER_BUS} signals"
+        f" = {len(messages)} messages, {total:,} samples, {payload_bytes / len(messages):,.0f} bytes/message"
+        f" ({payload_bytes / total:.2f} bytes/sample); encoded in {time.monotonic() - started:.1f} s"
+    )
+    results: dict[str, PhaseResult] = {}
+    conn = psycopg.connect(args.dsn, autocommit=True)
+    try:
+        for schema in schemas.values():
+            asyncio.run(migrate(args.dsn, schema))
+        with tempfile.TemporaryDirectory(prefix="voltgate-bench-") as tmp:
+            work = Path(tmp)
+            mine = f"WHERE topic LIKE 'voltgate/v1/{fleet}/%'"  # not other fleets' messages on the broker
+            ledger = f"SELECT count(*) FROM {schemas['one']}.ingest_ledger {mine}"
+            if "one" not in skip:
+                print("\none receiver (voltgate-cloud run), de-duplication on:")
+                with receivers(work, args, conn, schemas["one"], f"{namespace}-g1", [f"{namespace}-r1"]) as (
+                    r1,
+                ):
+                    meter = receiver_meter(conn, [r1])
+                    result = timed_phase(
+                        "1 replica", args, namespace, messages, conn, ledger, len(messages), meter
+                    )
+                    results["one"] = result
+                    stored = count(conn, f"SELECT count(*) FROM {schemas['one']}.samples")
+                    print(f"  rows stored: {stored:,} of {total:,}; {commit_figures([r1])}")
+                    if "redelivery" not in skip:
+                        print("\nredelivery: the same batches published again to the same receiver:")
+                        result = timed_phase(
+                            "redelivered (all duplicates)",
+                            args,
+                            namespace,
+                            messages,
+                            conn,
+                            ledger,
+                            2 * len(messages),
+                            meter,
+                        )
+                        results["redelivery"] = result
+                        after = count(conn, f"SELECT count(*) FROM {schemas['one']}.samples")
+                        dups = r1.metric("voltgate_cloud_duplicates_ignored_total")
+                        print(
+                            f"  rows added by the second pass: {after - stored:,};"
+                            f" duplicates ignored: {dups:,.0f}"
+                        )
+            if "two" not in skip:
+                print("\ntwo receivers on one shared subscription (same group, different client ids):")
+                ledger2 = ledger.replace(schemas["one"], schemas["two"])
+                ids = [f"{namespace}-r2a", f"{namespace}-r2b"]
+                with receivers(work, args, conn, schemas["two"], f"{namespace}-g2", ids) as pair:
+                    meter = receiver_meter(conn, pair)
+                    result = timed_phase(
+                        "2 replicas", args, namespace, messages, conn, ledger2, len(messages), meter
+                    )
+                    results["two"] = result
+                    stored = count(conn, f"SELECT count(*) FROM {schemas['two']}.samples")
+                    split = [int(r.metric("voltgate_cloud_messages_total", 'outcome="batch"')) for r in pair]
+                    print(
+                        f"  rows stored: {stored:,} of {total:,}; messages per replica: {split};"
+                        f" {commit_figures(pair)}"
+                    )
+                    if "one" in results:
+                        print(
+                            "  scaling factor vs 1 replica:"
+                            f" {result.samples_per_s / results['one'].samples_per_s:.2f}x"
+                        )
+            if "naive" not in skip:
+                results["naive"] = naive_phase(
+                    args, namespace, messages[: args.naive_messages], schemas["naive"], conn
+                )
+                stored = count(conn, f"SELECT count(*) FROM {schemas['naive']}.samples")
+                print(f"  rows stored: {stored:,} of {results['naive'].samples:,}")
+    finally:
+        for schema in schemas.values():
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'.encode())
+        conn.close()
+
+    print("\nsummary")
+    if "one" in results:
+        ours = results["one"].samples_per_s
+        print(
+            f"  receiver, 1 replica:  {ours:>10,.0f} samples/s"
+            f"   (target >= 200,000: {'met' if ours >= 200_000 else 'NOT met'})"
+        )
+    if "two" in results:
+        print(f"  receiver, 2 replicas: {results['two'].samples_per_s:>10,.0f} samples/s")
+    if "redelivery" in results:
+        print(
+            f"  redelivery pass:      {results['redelivery'].samples_per_s:>10,.0f} samples/s"
+            " (all duplicates)"
+        )
+    if "naive" in results:
+        naive = results["naive"].samples_per_s
+        print(f"  naive bridge:         {naive:>10,.0f} samples/s")
+        if "one" in results and naive > 0:
+            ratio = results["one"].samples_per_s / naive
+            print(
+                f"  ratio receiver/naive: {ratio:>10.1f}x"
+                f"        (target >= 20x: {'met' if ratio >= 20 else 'NOT met'})"
+            )
+    print(f"bench took {time.monotonic() - started:.0f} s")
+    return 0
+
+
+def naive_phase(
+    args: argparse.Namespace,
+    namespace: str,
+    messages: list[Message],
+    schema: str,
+    conn: psycopg.Connection[tuple[object, ...]],
+) -> PhaseResult:
+    print(
+        "\nnaive bridge: one paho subscriber, decode, one INSERT ... ON CONFLICT DO NOTHING per sample,"
+        " one commit per message:"
+    )
+    naive_topic = messages[0].topic.rsplit("/", 2)[0] + "/+/telemetry"
+    context = mp.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    client_id = f"{namespace}-naive"
+    process = context.Process(
+        target=naive_main,
+        args=(args.mqtt_host, args.mqtt_port, client_id, naive_topic, args.dsn, schema, send),
+        daemon=True,
+    )
+    process.start()
+    try:
+        if not receive.poll(30):
+            raise RuntimeError("naive subscriber did not subscribe")
+        target = len(messages) * SAMPLES_PER_MESSAGE
+        backends = conn.execute(
+            b"SELECT pid FROM pg_stat_activity WHERE application_name = 'voltgate-naive'"
+        ).fetchall()
+        groups = {
+            "naive bridge": [process.pid or 0],
+            "its PostgreSQL backend": [int(str(r[0])) for r in backends],
+            "mosquitto": [mosquitto_pid() or 0],
+        }
+        done = f"SELECT count(*) FROM {schema}.samples"
+        return timed_phase("naive bridge", args, namespace, messages, conn, done, target, CpuMeter(groups))
+    finally:
+        process.terminate()
+        process.join(timeout=10)
+        clear_session(args.mqtt_host, args.mqtt_port, client_id)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
