@@ -32,6 +32,8 @@ PG_DSN = os.environ.get("VOLTGATE_DEMO_PG_DSN", "postgresql://127.0.0.1:5432/tes
 MQTT_HOST, MQTT_PORT = "127.0.0.1", int(os.environ.get("VOLTGATE_DEMO_MQTT_PORT", "1883"))
 AGENT_METRICS_PORT, CLOUD_METRICS_PORT, WEB_PORT = 9118, 9119, 8088
 VEHICLE, FLEET, SCHEMA = "demo-bus-01", "demo", "voltgate_demo"
+LEDS = WORK / "leds"  # laid out like /sys/class/leds, so the driver's alert lamps can be watched
+LED_NAMES = {"amber": "voltgate:amber:alert", "red": "voltgate:red:alert"}
 
 
 def reachable(host: str, port: int) -> bool:
@@ -72,6 +74,31 @@ port = {WEB_PORT}
     )
 
 
+def make_leds() -> None:
+    for name in LED_NAMES.values():
+        led = LEDS / name
+        led.mkdir(parents=True, exist_ok=True)
+        (led / "brightness").write_text("0\n")
+        (led / "max_brightness").write_text("1\n")
+        (led / "trigger").write_text("[none] timer\n")
+
+
+def led_states() -> str:
+    states = []
+    for colour, name in LED_NAMES.items():
+        led = LEDS / name
+        try:
+            trigger = (led / "trigger").read_text()
+            on = (led / "brightness").read_text().strip() not in ("", "0")
+        except OSError:
+            continue
+        # the kernel echoes triggers as "none [timer] ..."; this plain file holds what the agent wrote
+        blinking = "[timer]" in trigger or trigger.strip() == "timer"
+        state = "blink" if blinking else ("on" if on else "off")
+        states.append(f"{colour} {state}")
+    return ", ".join(states)
+
+
 def write_agent_config(path: Path, slcan_pty: str, nmea_pty: str) -> None:
     # Without a reachable broker the uplink keeps retrying with backoff while the agent buffers.
     path.write_text(
@@ -97,6 +124,12 @@ path = "{WORK / "buffer.sqlite3"}"
 broker_url = "mqtt://{MQTT_HOST}:{MQTT_PORT}"
 fleet_id = "{FLEET}"
 batch_max_age_s = 5.0
+
+[inference]
+utc_offset_h = 3.0
+
+[alerts]
+led_root = "{LEDS}"
 
 [metrics]
 enabled = true
@@ -161,6 +194,17 @@ def stored_rows() -> int | None:
         return None
 
 
+def drop_demo_schema() -> None:
+    """A fresh buffer numbers samples from 0 again; the receiver would take them for redeliveries of the
+    previous run's rows (same vehicle, same seq) and keep the old ones. A fresh run gets a fresh schema."""
+    try:
+        import psycopg
+    except ImportError:
+        return
+    with psycopg.connect(PG_DSN, connect_timeout=2, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+
+
 def stop(proc: subprocess.Popen[str] | None, name: str, timeout_s: float = 35.0) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -178,13 +222,21 @@ def main() -> int:
     )
     parser.add_argument("--duration", default="3h", help="simulated time (default 3h)")
     parser.add_argument("--speed", type=float, default=30.0, help="simulated seconds per wall second")
-    parser.add_argument("--keep", action="store_true", help="keep the previous run's buffer")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the previous run's buffer and database rows"
+    )
+    parser.add_argument(
+        "--fault",
+        default="insulation_degradation@40m=30",
+        help="a fault to inject, as voltgate-sim takes it ('' for none; default: the HV insulation degrades)",
+    )
     args = parser.parse_args()
 
     WORK.mkdir(parents=True, exist_ok=True)
     if not args.keep:
         for leftover in WORK.glob("buffer.sqlite3*"):
             leftover.unlink()
+    make_leds()
     broker = reachable(MQTT_HOST, MQTT_PORT)
     database = reachable("127.0.0.1", 5432)
     print(f"broker {MQTT_HOST}:{MQTT_PORT}: {'up' if broker else 'not reachable: agent will only buffer'}")
@@ -194,6 +246,8 @@ def main() -> int:
     cloud = None
     try:
         if broker and database:
+            if not args.keep:
+                drop_demo_schema()
             write_cloud_config(WORK / "cloud.toml")
             migrate = subprocess.run(
                 [BIN / "voltgate-cloud", "migrate", "--config", WORK / "cloud.toml"],
@@ -219,7 +273,8 @@ def main() -> int:
         start = simulation_start().strftime("%Y-%m-%dT%H:%M:%SZ")
         sim = subprocess.Popen(
             [BIN / "voltgate-sim", "run", "--slcan-pty", "--nmea-pty", "--speed", str(args.speed),
-             "--duration", args.duration, "--status-every", "60", "--start", start],
+             "--duration", args.duration, "--status-every", "60", "--start", start,
+             *(["--fault", args.fault] if args.fault else [])],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -243,8 +298,15 @@ def main() -> int:
         print(f"bus {VEHICLE} starting at {start} on Nairobi route 102, x{args.speed:g} real time")
         print(f"agent: log {WORK / 'agent.log'}, metrics http://127.0.0.1:{AGENT_METRICS_PORT}/metrics\n")
 
+        alerts_seen = 0
         while sim.poll() is None:
             time.sleep(3)
+            driver_lines = [
+                line for line in (WORK / "agent.log").read_text().splitlines() if "driver alert" in line
+            ]
+            for line in driver_lines[alerts_seen:]:
+                print("  DRIVER " + line.split("driver alert", 1)[1].strip(), flush=True)
+            alerts_seen = len(driver_lines)
             if agent.poll() is not None:
                 print(f"the agent stopped (exit {agent.returncode}); see {WORK / 'agent.log'}")
                 return 1
@@ -257,7 +319,7 @@ def main() -> int:
                 f"bus {watcher.last_status[:72]:<72} | agent frames {frames or 0:>7.0f} "
                 f"kept {kept or 0:>6.0f} "
                 f"unsent {unsent if unsent is not None else '-':>6} uplinked {sent or 0:>8.0f} "
-                f"| db rows {stored if stored is not None else '-'}",
+                f"| db rows {stored if stored is not None else '-'} | LEDs {led_states() or '-'}",
                 flush=True,
             )
         print("\nthe simulated run is over; stopping the agent and the receiver")
