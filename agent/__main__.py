@@ -31,8 +31,12 @@ EXIT_USAGE: Final = 2
 log = logging.getLogger("agent")
 
 
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
 class JsonLineFormatter(logging.Formatter):
-    """One JSON object per line, for journald and log shippers."""
+    """One JSON object per line, for journald and log shippers; fields passed with `extra=` (e.g. a driver
+    alert's `alert_rule`, `alert_severity`) become keys of the object."""
 
     def format(self, record: logging.LogRecord) -> str:
         document: dict[str, object] = {
@@ -42,6 +46,10 @@ class JsonLineFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRIBUTES and key not in document:
+                plain = isinstance(value, str | int | float | bool) or value is None
+                document[key] = value if plain else str(value)
         if record.exc_info:
             document["exc"] = self.formatException(record.exc_info)
         return json.dumps(document, ensure_ascii=False)

@@ -40,7 +40,7 @@ from agent.alerts import AlertStage
 from agent.buffer import BufferStats, BufferWorker, EvictionClass
 from agent.decode import Decoder
 from agent.inference import InferenceStage
-from agent.records import Alert, Frame, Prediction, Sample
+from agent.records import SEVERITIES, Alert, Frame, Prediction, Sample
 from agent.settings import AgentSettings, ConfigError
 from agent.sources.can import CanSource
 from agent.sources.gps import GpsSource
@@ -191,6 +191,8 @@ class Agent:
         self._sync = _CounterSync()
         self._last_buffer_stats = 0.0
         self.inference_tap: asyncio.Queue[Sample] | None = None
+        self.alert_stage: AlertStage | None = None
+        self.inference_stage: InferenceStage | None = None
         self.alerts_inbox: asyncio.Queue[Sample | Prediction] | None = None
         self.tap_drops: dict[str, int] = {}
 
@@ -229,6 +231,7 @@ class Agent:
         decoders = {name: Decoder(catalogs[name], bus=name) for name, _ in frame_sources}
         sources: list[_Source] = [source for _, source in frame_sources] + ([gps] if gps else [])
         alerts, inference = self._build_analysis()
+        self.alert_stage, self.inference_stage = alerts, inference
 
         if settings.metrics.enabled:
             self.metrics_server = metrics.MetricsServer(
@@ -413,11 +416,28 @@ class Agent:
             for tap_name, tap in (("tap:inference", self.inference_tap), ("tap:alerts", self.alerts_inbox)):
                 if tap is not None:
                     metrics.QUEUE_DEPTH.labels(tap_name).set(tap.qsize())
+            self._export_analysis()
             now = time.monotonic()
             if now - self._last_buffer_stats >= BUFFER_STATS_EVERY_S:
                 self._last_buffer_stats = now
                 self._export_buffer(await self.buffer.snapshot())
             await asyncio.sleep(1.0)
+
+    def _export_analysis(self) -> None:
+        sync = self._sync
+        if self.inference_stage is not None:
+            istats = self.inference_stage.stats
+            for model, count in istats.by_model.items():
+                sync.set(metrics.MODEL_RUNS, (model,), count)
+            sync.set(metrics.INFERENCE_SKIPS, ("out_of_scope",), istats.out_of_scope)
+            sync.set(metrics.INFERENCE_SKIPS, ("run_failure",), istats.run_failures)
+            sync.set(metrics.INFERENCE_SKIPS, ("refused",), istats.refused)
+        if self.alert_stage is not None:
+            for rule, count in self.alert_stage.stats.by_rule.items():
+                sync.set(metrics.ALERT_CHANGES, (rule,), count)
+            active = list(self.alert_stage.engine.active().values())
+            for severity in SEVERITIES:
+                metrics.ALERTS_ACTIVE.labels(severity).set(active.count(severity))
 
     def _export_buffer(self, stats: BufferStats) -> None:
         metrics.BUFFER_BYTES.set(stats.used_bytes)

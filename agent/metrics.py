@@ -87,6 +87,21 @@ UPLINK_REJECTED: Final = Counter(
 UPLINK_RECONNECTS: Final = Counter("voltgate_uplink_reconnects", "Broker connections lost or failed")
 UPLINK_CONNECTED: Final = Gauge("voltgate_uplink_connected", "1 while connected to the broker")
 
+# --- inference and alerts ---------------------------------------------------------------------------------
+
+MODEL_RUNS: Final = Counter(
+    "voltgate_model_runs", "Model runs that produced predictions, per model", ["model"]
+)
+INFERENCE_SKIPS: Final = Counter(
+    "voltgate_inference_skips",
+    "Model runs not made or not used: out_of_scope, run_failure, refused (a model file refused at load)",
+    ["reason"],
+)
+ALERT_CHANGES: Final = Counter(
+    "voltgate_alert_changes", "Driver alert changes (raised or cleared), per rule", ["rule"]
+)
+ALERTS_ACTIVE: Final = Gauge("voltgate_alerts_active", "Driver alerts active now, per severity", ["severity"])
+
 # --- runtime ----------------------------------------------------------------------------------------------
 
 LOOP_LAG: Final = Histogram(

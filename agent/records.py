@@ -7,6 +7,7 @@ GPS fixes cross as `protocols.nmea.GpsFix`; what leaves the buffer crosses as th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final, Literal
 
 from can import Message
 
@@ -58,11 +59,15 @@ class Prediction:
     value: float
 
 
+Severity = Literal["info", "warning", "critical"]
+SEVERITIES: Final[tuple[Severity, ...]] = ("info", "warning", "critical")
+
+
 @dataclass(frozen=True, slots=True)
 class Alert:
     ts: float
     rule: str
-    severity: str  # "info" | "warning" | "critical"
+    severity: Severity
     active: bool
     value: float
     message: str

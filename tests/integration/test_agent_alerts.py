@@ -8,6 +8,7 @@ Every wait is bounded and fails with what did not arrive; nothing asserts a dura
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -165,6 +166,10 @@ blink_off_ms = 400
     driver_lines = [line for line in stderr.splitlines() if '"logger": "agent.alerts.driver"' in line]
     assert any("driver alert insulation_low critical raised" in line for line in driver_lines), driver_lines
     assert sum("driver alert insulation_low critical raised" in line for line in driver_lines) == 1
+    # ... whose details are fields of the JSON object too (journald / log shippers filter on them)
+    documents = [json.loads(line) for line in driver_lines]
+    wanted = {"alert_rule": "insulation_low", "alert_severity": "critical", "alert_active": True}
+    assert any(wanted.items() <= d.items() for d in documents), documents
     assert "model fault_risk version 1 loaded" in stderr
     assert "Traceback" not in stderr
     # a stopped agent leaves its LEDs off

@@ -115,6 +115,7 @@ port = {metrics_port}
             )
             status, body = await asyncio.to_thread(_get, f"http://127.0.0.1:{metrics_port}/metrics")
             assert status == 200 and "voltgate_uplink_batches_total" in body
+            assert 'voltgate_alerts_active{severity="critical"}' in body  # the alert stage is exported
             status, body = await asyncio.to_thread(_get, f"http://127.0.0.1:{metrics_port}/healthz")
             assert status == 200 and body.startswith("ok"), body
 

@@ -17,13 +17,10 @@ from agent.alerts import (
     SOC_DROP_OUTPUT,
     AlertEngine,
     AlertStage,
-    LedPattern,
-    Leds,
-    Severity,
     build_rules,
-    led_patterns,
 )
-from agent.records import Alert, Prediction, Sample
+from agent.leds import LedPattern, Leds, led_patterns
+from agent.records import Alert, Prediction, Sample, Severity
 from agent.settings import AlertSettings
 from models.features import (
     CELL_TEMP_MAX,
