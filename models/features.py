@@ -5,16 +5,17 @@ deadband, heartbeat), so a signal is a step function: its value is the last samp
 Every feature is a pure function of those step functions at one instant `t` (`compute_features`), and two
 callers feed it the same series:
 
-- the agent: `FeatureWindow` takes samples as they arrive, keeps ~20 minutes per signal (bounded memory) and
-  answers `features_at(t)`;
+- the agent: `FeatureWindow` takes samples as they arrive, keeps ~20 minutes per signal and an hour of a few
+  slow signals thinned to one sample per 10 s (bounded memory), and answers `features_at(t)`;
 - training and evaluation: `features_for_recording` computes the features of a whole recording at many
   instants from the full (unpruned) series.
 
 Both paths agree exactly (tests/unit/test_features.py). A model carries `FEATURE_NAMES` and `FEATURE_VERSION`
 in its metadata; change either whenever a definition changes.
 
-Conventions: `*_drop_*` is positive when SOC falls; windows end at `t` (now) and reach back 1 or 15 minutes;
-a feature whose inputs are missing is NaN (HistGradientBoosting and its ONNX export route NaN explicitly).
+Conventions: `*_drop_*` is positive when SOC falls; windows end at `t` (now) and reach back 1, 15 or (from the
+thinned histories of `HISTORY_SIGNALS`) 60 minutes; a feature whose inputs are missing is NaN
+(HistGradientBoosting and its ONNX export route NaN explicitly).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
 
-FEATURE_VERSION = "1"
+FEATURE_VERSION = "2"
 
 # -- input signals (canonical catalog names, protocols/catalog.toml) ---------------------------------------
 SPEED = "Vehicle.Speed"
@@ -80,17 +81,28 @@ INPUT_SIGNALS: tuple[str, ...] = (
     DISCHARGE_LIMIT,
     *FAULT_FLAGS,
 )
+HISTORY_SIGNALS: tuple[str, ...] = (
+    SOC,
+    CELL_TEMP_MAX,
+    INSULATION,
+    CELL_V_MAX,
+    CELL_V_MIN,
+)  # an hour, thinned
 
 # -- windows -----------------------------------------------------------------------------------------------
 SHORT_S = 60.0
 LONG_S = 900.0
 KEEP_S = 1200.0  # FeatureWindow keeps this much history per signal (plus the sample holding at its start)
-SOC_REFERENCE_S = 3600.0  # the previous hour's SOC drop (the persistence baseline) needs an hour of SOC
-SOC_HISTORY_SPACING_S = 10.0  # ...kept thinned: one sample per 10 s at most (≤ 362 values)
+HISTORY_S = 3600.0  # hour-long references: the previous hour's SOC drop (the persistence baseline), and the
+# slow faults' trends (a cooling loss heats the pack for an hour; insulation decays with a time constant of
+# 20 minutes to hours), which a 15-minute window barely sees
+HISTORY_SPACING_S = 10.0  # ...kept thinned: one sample per 10 s at most (≤ 362 values a signal)
 MOVING_KMH = 2.0  # moving vs idle, as fleet analysts split it
 MAX_PLAUSIBLE_KMH = 250.0  # a GPS leg implying more than this is a jump, not travel
 MIN_RATE_DISTANCE_KM = 0.5  # kWh/km only over at least this distance
 EARTH_RADIUS_KM = 6371.0088
+INSULATION_WARNING_KOHM_PER_V = 0.5  # insulation monitors warn below 500 Ohm/V (UN ECE R100, ISO 6469-1)
+INSULATION_HORIZON_H = 24.0  # hours-to-warning when insulation is not decaying: "not today"
 
 # name → unit; the order is the model input order
 FEATURES: tuple[tuple[str, str], ...] = (
@@ -128,6 +140,12 @@ FEATURES: tuple[tuple[str, str], ...] = (
     ("discharge_limit_kw", "kW"),
     ("derate_active", "bool"),
     ("bms_fault_active", "bool"),
+    ("cell_temp_rise_60min_c", "K"),
+    ("cell_temp_above_ambient_c", "K"),
+    ("cell_voltage_spread_min_15min_mv", "mV"),
+    ("insulation_ratio_60min", "1"),
+    ("insulation_hours_to_warning", "h"),
+    ("cell_voltage_spread_min_change_60min_mv", "mV"),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(n for n, _ in FEATURES)
 FEATURE_UNITS: dict[str, str] = dict(FEATURES)
@@ -226,6 +244,13 @@ def product_mean_over(a: Series, b: Series, t0: float, t1: float, scale: float =
     return _time_mean(grid, p, t1), integral_h
 
 
+def min_difference_over(a: Series, b: Series, t0: float, t1: float) -> float:
+    """Smallest a(t) - b(t) over [t0, t1] (NaN where either is unknown)."""
+    grid = _grid(t0, t1, a, b)
+    d = _held_many(a, grid) - _held_many(b, grid)
+    return float(np.nanmin(d)) if (~np.isnan(d)).any() else NAN
+
+
 def change_over(s: Series, t0: float, t1: float) -> float:
     """Value at t1 minus value at t0 (NaN unless both are held)."""
     return held_at(s, t1) - held_at(s, t0)
@@ -265,13 +290,17 @@ def _distance(odo: Series, t0: float, t1: float) -> float:
 
 # -- the features ------------------------------------------------------------------------------------------
 def compute_features(
-    series: Mapping[str, Series], soc_history: Series, t: float, utc_offset_h: float = 0.0
+    series: Mapping[str, Series], histories: Mapping[str, Series], t: float, utc_offset_h: float = 0.0
 ) -> FloatArray:
     """All features at instant `t` (Unix seconds), in `FEATURE_NAMES` order.
 
     `series` maps canonical names to step functions holding at least the last KEEP_S seconds before `t`
-    (and the sample holding at their start); `soc_history` is `thin_soc_history` of the SOC samples.
+    (and the sample holding at their start); `histories` maps each of `HISTORY_SIGNALS` to `thin_history`
+    of its samples, reaching HISTORY_S back.
     """
+
+    def hist(name: str) -> Series:
+        return histories.get(name, _EMPTY)
 
     def s(name: str) -> Series:
         return series.get(name, _EMPTY)
@@ -294,7 +323,8 @@ def compute_features(
     out[10] = soc_now
     out[11] = mean_over(soc, t1m, t)
     out[12] = held_at(soc, t15) - soc_now
-    out[13] = held_at(soc_history, t - SOC_REFERENCE_S) - soc_now
+    t60 = t - HISTORY_S
+    out[13] = held_at(hist(SOC), t60) - soc_now
     out[14] = held_at(s(SOH), t)
     volt, amps = s(PACK_VOLTAGE), s(PACK_CURRENT)
     out[15] = held_at(volt, t)
@@ -323,16 +353,37 @@ def compute_features(
     flags = [held_at(s(f), t) for f in FAULT_FLAGS]
     known = [f for f in flags if not math.isnan(f)]
     out[33] = float(max(known) > 0.5) if known else NAN
+    # slow faults: their trends over the hour (cooling loss, insulation decay) and imbalance without load
+    out[34] = out[21] - held_at(hist(CELL_TEMP_MAX), t60)
+    out[35] = out[21] - out[27]
+    out[36] = min_difference_over(vmax, vmin, t15, t) * 1000.0
+    out[37] = _ratio(out[29], held_at(hist(INSULATION), t60))
+    out[38] = _hours_to_warning(out[29], out[37], out[15])
+    spread_floor_60 = min_difference_over(hist(CELL_V_MAX), hist(CELL_V_MIN), t60 - LONG_S, t60) * 1000.0
+    out[39] = out[36] - spread_floor_60
     return out
 
 
-def thin_soc_history(ts: Iterable[float], values: Iterable[float]) -> Series:
-    """The SOC samples kept for the hour-long reference: the first, then each one at least
-    SOC_HISTORY_SPACING_S after the last kept (the same rule `FeatureWindow` applies as samples arrive)."""
+def _hours_to_warning(insulation_kohm: float, ratio_60min: float, pack_v: float) -> float:
+    """Hours until insulation falls below the monitor's warning level, extrapolating the last hour's
+    exponential decay (water ingress, a chafed cable); 0 below it, INSULATION_HORIZON_H when not decaying."""
+    limit_kohm = INSULATION_WARNING_KOHM_PER_V * pack_v
+    if math.isnan(insulation_kohm) or math.isnan(limit_kohm) or limit_kohm <= 0.0:
+        return NAN
+    if insulation_kohm <= limit_kohm:
+        return 0.0
+    if math.isnan(ratio_60min) or ratio_60min <= 0.0 or ratio_60min >= 1.0:
+        return INSULATION_HORIZON_H
+    return min(INSULATION_HORIZON_H, math.log(insulation_kohm / limit_kohm) / -math.log(ratio_60min))
+
+
+def thin_history(ts: Iterable[float], values: Iterable[float]) -> Series:
+    """The samples kept for an hour-long reference: the first, then each one at least HISTORY_SPACING_S
+    after the last kept (the same rule `FeatureWindow` applies as samples arrive)."""
     kt: list[float] = []
     kv: list[float] = []
     for t, v in zip(ts, values, strict=True):
-        if not kt or t >= kt[-1] + SOC_HISTORY_SPACING_S:
+        if not kt or t >= kt[-1] + HISTORY_SPACING_S:
             kt.append(t)
             kv.append(v)
     return Series(np.array(kt, dtype=np.float64), np.array(kv, dtype=np.float64))
@@ -342,9 +393,11 @@ def features_for_recording(
     samples: Mapping[str, Series], times: Iterable[float], utc_offset_h: float = 0.0
 ) -> FloatArray:
     """Features at each of `times` from whole recorded series (the training and evaluation path)."""
-    soc = samples.get(SOC, _EMPTY)
-    history = thin_soc_history(soc.ts.tolist(), soc.values.tolist())
-    rows = [compute_features(samples, history, t, utc_offset_h) for t in times]
+    histories = {}
+    for name in HISTORY_SIGNALS:
+        s = samples.get(name, _EMPTY)
+        histories[name] = thin_history(s.ts.tolist(), s.values.tolist())
+    rows = [compute_features(samples, histories, t, utc_offset_h) for t in times]
     return np.vstack(rows) if rows else np.empty((0, N_FEATURES))
 
 
@@ -388,15 +441,15 @@ class FeatureWindow:
     """The live feature state of one vehicle: feed samples with `add`, ask `features_at(t)`.
 
     Memory is bounded: per signal, the samples of the last KEEP_S seconds (plus the one holding at the start),
-    and a SOC history thinned to one value per SOC_HISTORY_SPACING_S over SOC_REFERENCE_S. A sample older
-    than the latest of its signal (a source clock stepping back) is dropped and counted in `out_of_order`.
-    Results are exact for `t` no earlier than the newest sample minus (KEEP_S - LONG_S).
+    and for each of HISTORY_SIGNALS a history thinned to one value per HISTORY_SPACING_S over HISTORY_S. A
+    sample older than the latest of its signal (a source clock stepping back) is dropped and counted in
+    `out_of_order`. Results are exact for `t` no earlier than the newest sample minus (KEEP_S - LONG_S).
     """
 
     def __init__(self, utc_offset_h: float = 0.0, signals: Iterable[str] = INPUT_SIGNALS) -> None:
         self.utc_offset_h = utc_offset_h
         self._buffers: dict[str, _Buffer] = {name: _Buffer() for name in signals}
-        self._soc_history = _Buffer()
+        self._histories: dict[str, _Buffer] = {name: _Buffer() for name in HISTORY_SIGNALS if name in signals}
         self._newest = -math.inf
         self._since_prune = 0
         self.out_of_order = 0
@@ -409,10 +462,9 @@ class FeatureWindow:
             self.out_of_order += 1
             return
         buf.append(ts, value)
-        if signal == SOC:
-            hist = self._soc_history
-            if not hist.ts or ts >= hist.ts[-1] + SOC_HISTORY_SPACING_S:
-                hist.append(ts, value)
+        hist = self._histories.get(signal)
+        if hist is not None and (not hist.ts or ts >= hist.ts[-1] + HISTORY_SPACING_S):
+            hist.append(ts, value)
         if ts > self._newest:
             self._newest = ts
         self._since_prune += 1
@@ -428,13 +480,15 @@ class FeatureWindow:
         horizon = self._newest - KEEP_S
         for buf in self._buffers.values():
             buf.prune_before(horizon)
-        self._soc_history.prune_before(self._newest - SOC_REFERENCE_S - (KEEP_S - LONG_S))
+        for hist in self._histories.values():
+            hist.prune_before(self._newest - HISTORY_S - KEEP_S)
 
     def features_at(self, t: float) -> FloatArray:
         self.prune()
         series = {name: buf.series() for name, buf in self._buffers.items() if len(buf)}
-        return compute_features(series, self._soc_history.series(), t, self.utc_offset_h)
+        histories = {name: buf.series() for name, buf in self._histories.items()}
+        return compute_features(series, histories, t, self.utc_offset_h)
 
     def sample_count(self) -> int:
         """Samples held now (for the memory bound)."""
-        return sum(len(b) for b in self._buffers.values()) + len(self._soc_history)
+        return sum(len(b) for b in self._buffers.values()) + sum(len(b) for b in self._histories.values())

@@ -9,7 +9,12 @@ keeps the import contract; the CLI's options and the truth's column names are th
 
 Scenarios vary per bus (pack SOH, driver aggressiveness, passenger load, layover charging, block length) and
 per day (ambient preset and its jitter, start SOC, faults at Poisson times weighted to the physical kinds),
-all drawn from one seed.
+all drawn from one seed. Two fleets come from the same machinery (`Fleet`):
+
+- the training fleet (`TRAINING_FLEET`, buses `SIM-nnn`): 4 faults a day, physical kinds drawn 2 in 3;
+- the fault hold-out fleet (`HOLDOUT_FLEET`, buses `HOLD-nnn`, its own seed stream): other buses on more days,
+  6 faults a day, physical kinds drawn 3 in 4, so that the fault-risk evaluation sees enough fault onsets
+  and enough fault-free bus-hours to put useful confidence intervals on its event rates.
 """
 
 from __future__ import annotations
@@ -46,17 +51,11 @@ from models.features import (
 )
 
 DAY_S = 11.5 * 3600.0  # 05:00 to 16:30 Nairobi time: the day's block, its last hour's lookahead, recharge
-FAULT_KINDS = (  # physical kinds twice: they are what the fault-risk model learns from
-    "cooling_failure",
-    "cell_imbalance_growth",
-    "insulation_degradation",
-    "cooling_failure",
-    "cell_imbalance_growth",
-    "insulation_degradation",
-    "sensor_stuck",
-    "sensor_dropout",
-    "gps_loss",
-)
+PHYSICAL_FAULT_KINDS = ("cooling_failure", "cell_imbalance_growth", "insulation_degradation")
+OTHER_FAULT_KINDS = ("sensor_stuck", "sensor_dropout", "gps_loss")
+# a kind repeated is drawn that much more often (the simulator's --random-fault-kind)
+FAULT_KINDS = (*PHYSICAL_FAULT_KINDS * 2, *OTHER_FAULT_KINDS)  # physical twice: what fault risk learns from
+HOLDOUT_FAULT_KINDS = (*PHYSICAL_FAULT_KINDS * 3, *OTHER_FAULT_KINDS)
 AMBIENTS = {"mild": (19.0, 6.0), "hot": (33.0, 5.0), "cold": (-3.0, 4.0)}  # simulator.bus presets
 
 # raw-table column ← simulator truth column (simulator/truth.py documents its columns)
@@ -117,10 +116,25 @@ class BusDay:
     round_trips: int
     layover_charging: bool
     faults_per_day: float
+    fault_kinds: tuple[str, ...] = FAULT_KINDS
 
 
-def scenarios(n_buses: int, days: int, seed: int, faults_per_day: float = 4.0) -> list[BusDay]:
-    rng = np.random.default_rng(seed)
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """How a fleet's bus-days are drawn: vehicle names, fault rate and kinds, and its own seed stream."""
+
+    prefix: str
+    faults_per_day: float
+    fault_kinds: tuple[str, ...]
+    seed_offset: int  # the fleet's scenarios come from `seed + seed_offset`
+
+
+TRAINING_FLEET = Fleet("SIM", 4.0, FAULT_KINDS, 0)
+HOLDOUT_FLEET = Fleet("HOLD", 6.0, HOLDOUT_FAULT_KINDS, 1000)
+
+
+def scenarios(n_buses: int, days: int, seed: int, fleet: Fleet = TRAINING_FLEET) -> list[BusDay]:
+    rng = np.random.default_rng(seed + fleet.seed_offset)
     out: list[BusDay] = []
     start = datetime(2024, 3, 4, 2, 0, tzinfo=UTC)
     for b in range(n_buses):
@@ -134,7 +148,7 @@ def scenarios(n_buses: int, days: int, seed: int, faults_per_day: float = 4.0) -
             mean, amp = AMBIENTS[name]
             out.append(
                 BusDay(
-                    vehicle=f"SIM-{b:03d}",
+                    vehicle=f"{fleet.prefix}-{b:03d}",
                     segment=f"d{d:02d}",
                     seed=int(rng.integers(0, 2**31)),
                     start_ts=(start + timedelta(days=7 * b + d)).timestamp(),
@@ -148,7 +162,8 @@ def scenarios(n_buses: int, days: int, seed: int, faults_per_day: float = 4.0) -
                     initial_soc_pct=float(rng.uniform(70.0, 100.0)),
                     round_trips=trips,
                     layover_charging=layover,
-                    faults_per_day=faults_per_day,
+                    faults_per_day=fleet.faults_per_day,
+                    fault_kinds=fleet.fault_kinds,
                 )
             )
     return out
@@ -175,7 +190,7 @@ def truth_command(day: BusDay, out: Path) -> list[str]:
         f"--round-trips={day.round_trips}",
         "--layover-charging" if day.layover_charging else "--no-layover-charging",
         f"--random-faults={day.faults_per_day!r}",
-        *(f"--random-fault-kind={kind}" for kind in FAULT_KINDS),
+        *(f"--random-fault-kind={kind}" for kind in day.fault_kinds),
     ]
 
 

@@ -1,8 +1,10 @@
 """Training: windows of many traces → three gradient-boosted tree models, split by vehicle.
 
-Hyperparameters are fixed here (never tuned on the test split). The split holds out whole vehicles (a
-simulated bus's days all fall on one side), so no window of a held-out bus or day leaks into training. The
-fault-alarm threshold is chosen on out-of-fold predictions of the training vehicles (GroupKFold).
+Hyperparameters are fixed here (never tuned on the test split). The SOC models' split holds out whole vehicles
+(a simulated bus's days all fall on one side), so no window of a held-out bus or day leaks into training.
+The fault-risk model learns from every bus of the training fleet: its held-out evaluation is a fleet of its
+own (models.simulate.HOLDOUT_FLEET: other buses, other days). Its alarm threshold is chosen on out-of-fold
+predictions over the training buses (GroupKFold by bus), for the false-alarm budget, never on held-out data.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostin
 from sklearn.model_selection import GroupKFold
 
 from models.dataset import VehicleType, Windows, trace_windows
-from models.evaluate import choose_fault_threshold, fault_scope
+from models.fault_events import FaultReport, choose_fault_threshold, fault_report, fault_scope
 from models.rawtable import CleaningReport, read_table
 
 log = logging.getLogger("models.train")
@@ -34,6 +36,7 @@ TREE_PARAMS: dict[str, int | float] = {
     "l2_regularization": 1.0,
 }
 TEST_SHARE = 0.2
+FAULT_FOLDS = 5
 
 
 def regressor(seed: int) -> HistGradientBoostingRegressor:
@@ -102,6 +105,7 @@ class Trained:
     large_drop: HistGradientBoostingClassifier
     fault_risk: HistGradientBoostingClassifier | None
     fault_threshold: float
+    fault_oof: FaultReport | None  # out-of-fold, at the chosen threshold: what the choice rests on
     train_mask: npt.NDArray[np.bool_]
     test_mask: npt.NDArray[np.bool_]
 
@@ -116,12 +120,12 @@ def fit_soc_models(
 
 
 def fit_fault_model(
-    w: Windows, seed: int, folds: int = 4, stride_s: float = 60.0
-) -> tuple[HistGradientBoostingClassifier | None, float]:
-    """The fault-risk classifier and its alarm threshold (from out-of-fold predictions)."""
+    w: Windows, seed: int, folds: int = FAULT_FOLDS, stride_s: float = 60.0
+) -> tuple[HistGradientBoostingClassifier | None, float, FaultReport | None]:
+    """The fault-risk classifier, its alarm threshold and the out-of-fold report at that threshold."""
     scope = fault_scope(w)
     if not scope.any() or np.nansum(w.fault[scope]) < 5:
-        return None, math.nan
+        return None, math.nan, None
     ws = w.select(scope)
     y = ws.fault.astype(int)
     vehicles = vehicle_of(ws.group)
@@ -133,13 +137,16 @@ def fit_fault_model(
             continue
         oof[te] = classifier(seed).fit(trainable(ws.X[tr]), y[tr]).predict_proba(ws.X[te])[:, 1]
     threshold = choose_fault_threshold(ws, oof, stride_s=stride_s)
-    log.info("fault threshold %.2f from out-of-fold predictions over %d vehicles", threshold, n_splits)
-    return classifier(seed).fit(trainable(ws.X), y), threshold
+    log.info("fault threshold %.3f from out-of-fold predictions in %d folds", threshold, n_splits)
+    oof_report = fault_report(ws, oof, threshold, stride_s)
+    return classifier(seed).fit(trainable(ws.X), y), threshold, oof_report
 
 
-def fit_all(w: Windows, seed: int) -> Trained:
+def fit_all(w: Windows, seed: int, fault_on_all: bool = True) -> Trained:
+    """SOC models on the training split; the fault model on every bus when its evaluation is a fleet of its
+    own (`fault_on_all`), else on the training split too."""
     test = split_by_vehicle(w, seed)
     train = w.select(~test)
     reg, clf = fit_soc_models(train, seed)
-    fault, thr = fit_fault_model(train, seed)
-    return Trained(reg, clf, fault, thr, ~test, test)
+    fault, thr, oof = fit_fault_model(w if fault_on_all else train, seed)
+    return Trained(reg, clf, fault, thr, oof, ~test, test)

@@ -9,8 +9,16 @@ import pytest
 
 from models.dataset import apply_policy, catalog_policies
 from models.features import (
+    AMBIENT,
+    CELL_TEMP_MAX,
+    CELL_V_MAX,
+    CELL_V_MIN,
     FEATURE_NAMES,
+    HISTORY_S,
+    HISTORY_SIGNALS,
+    HISTORY_SPACING_S,
     INPUT_SIGNALS,
+    INSULATION,
     KEEP_S,
     LATITUDE,
     LONGITUDE,
@@ -19,8 +27,6 @@ from models.features import (
     PACK_CURRENT,
     PACK_VOLTAGE,
     SOC,
-    SOC_HISTORY_SPACING_S,
-    SOC_REFERENCE_S,
     SPEED,
     FeatureWindow,
     Series,
@@ -89,6 +95,26 @@ def test_soc_drops_over_15_and_60_minutes() -> None:
     assert feat(x, "soc_drop_60min_pp") == pytest.approx(12.0)
     # before an hour of history there is no previous-hour drop
     assert math.isnan(feat(window(s[:30]).features_at(T0 + 29 * 60), "soc_drop_60min_pp"))
+
+
+def test_slow_fault_trends_reach_back_an_hour() -> None:
+    # GIVEN a pack heating 6 K an hour in 24 degC air (a cooling loss), insulation decaying from
+    # 4000 kOhm with a 1 h time constant, and the cell spread swinging with load between 30 and 12 mV
+    s = [(T0 + k * 60.0, CELL_TEMP_MAX, 30.0 + 0.1 * k) for k in range(0, 91)]
+    s += [(T0 + k * 300.0, INSULATION, 4000.0 * math.exp(-k * 300.0 / 3600.0)) for k in range(0, 19)]
+    s += [(T0, AMBIENT, 24.0), (T0, PACK_VOLTAGE, 600.0), (T0, CELL_V_MIN, 3.300), (T0, CELL_V_MAX, 3.310)]
+    s += [(T0 + 5400 - 900 + k * 60.0, CELL_V_MAX, 3.330 if k % 2 else 3.312) for k in range(0, 16)]
+    x = window(s).features_at(T0 + 5400)
+    # THEN the hour-long references come from the thinned histories, the spread's floor from the 15 minutes
+    assert feat(x, "cell_temp_rise_60min_c") == pytest.approx(6.0)
+    assert feat(x, "cell_temp_rise_15min_c") == pytest.approx(1.5)
+    assert feat(x, "cell_temp_above_ambient_c") == pytest.approx(39.0 - 24.0)
+    assert feat(x, "insulation_ratio_60min") == pytest.approx(math.exp(-1.0))
+    assert feat(x, "cell_voltage_spread_min_15min_mv") == pytest.approx(12.0)
+    assert feat(x, "cell_voltage_spread_mv") == pytest.approx(30.0)
+    assert feat(x, "cell_voltage_spread_min_change_60min_mv") == pytest.approx(12.0 - 10.0)
+    # 892 kOhm decaying e-fold an hour reaches the 300 kOhm warning (500 Ohm/V at 600 V) in ln(892/300) h
+    assert feat(x, "insulation_hours_to_warning") == pytest.approx(math.log(4000.0 * math.exp(-1.5) / 300.0))
 
 
 def test_gps_distance_is_haversine_and_skips_jumps() -> None:
@@ -163,7 +189,8 @@ def test_stream_path_equals_batch_path(recording: dict[str, Series]) -> None:
     # THEN it gives exactly what the training path computes from the whole recording
     batch = features_for_recording(recording, ticks, utc_offset_h=3.0)
     np.testing.assert_array_equal(np.vstack(rows), batch)
-    assert not np.isnan(batch[-1, feature_index("soc_drop_60min_pp")])  # the hour-long reference was used
+    for name in ("soc_drop_60min_pp", "cell_temp_rise_60min_c", "insulation_ratio_60min"):
+        assert not np.isnan(batch[-1, feature_index(name)])  # the hour-long references were used
     assert np.isfinite(batch[-1]).sum() >= N_FEATURES - 4
 
 
@@ -176,8 +203,9 @@ def test_memory_is_bounded() -> None:
     w.features_at(T0 + 3 * 3600 - 1)
     # THEN each signal holds at most KEEP_S seconds (+ the sample holding at the start, + a pruning batch)
     per_signal_bound = KEEP_S + 1 + 256
-    soc_bound = (SOC_REFERENCE_S + KEEP_S) / SOC_HISTORY_SPACING_S + 2
-    assert w.sample_count() <= len(INPUT_SIGNALS) * per_signal_bound + soc_bound
+    # ...and each hour-long history one value per HISTORY_SPACING_S
+    history_bound = (HISTORY_S + KEEP_S) / HISTORY_SPACING_S + 2
+    assert w.sample_count() <= len(INPUT_SIGNALS) * per_signal_bound + len(HISTORY_SIGNALS) * history_bound
 
 
 def test_out_of_order_samples_are_dropped_and_counted() -> None:

@@ -20,6 +20,7 @@ from agent.inference import P_FAULT, P_LARGE_DROP, SOC_DROP_KWH, SOC_DROP_PP, In
 from agent.records import Alert, Prediction, Sample
 from agent.settings import SHIPPED_MODELS, InferenceSettings
 from models import features as f
+from models.runtime import load_model
 from protocols.catalog import Priority
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -115,10 +116,10 @@ def test_a_driving_bus_gets_every_prediction_every_interval() -> None:
     for t in ticks:
         at = {(p.model, p.model_version, p.output) for p in predictions if p.ts == t}
         assert at == {
-            ("soc_drop", "1", SOC_DROP_PP),
-            ("soc_drop", "1", SOC_DROP_KWH),
-            ("large_drop", "1", P_LARGE_DROP),
-            ("fault_risk", "1", P_FAULT),
+            ("soc_drop", "2", SOC_DROP_PP),
+            ("soc_drop", "2", SOC_DROP_KWH),
+            ("large_drop", "2", P_LARGE_DROP),
+            ("fault_risk", "2", P_FAULT),
         }
     by_output: dict[str, list[float]] = {}
     for p in predictions:
@@ -173,7 +174,8 @@ async def test_the_stage_consumes_a_queue_and_emits_into_derived_and_to_the_aler
     await asyncio.wait_for(task, 5)
     got = [derived.get_nowait() for _ in range(derived.qsize())]
     assert len(got) == 16 and got == seen
-    assert loaded["fault_risk"]["alarm_probability"] == pytest.approx(0.97)
+    shipped = json.loads(load_model(MODELS / "fault_risk.onnx").metadata["voltgate.thresholds"])
+    assert loaded["fault_risk"]["alarm_probability"] == pytest.approx(shipped["alarm_probability"])
     assert set(loaded) == {"soc_drop", "large_drop", "fault_risk"}
 
 
@@ -202,15 +204,15 @@ def test_a_mismatching_model_is_refused_and_the_previous_one_kept(
     assert len(refused) == 1
     message = refused[0].getMessage()
     assert message.startswith("model refused: ") and "moving_share_2min" in message
-    assert "keeping soc_drop version 1" in message and "\n" not in message
+    assert "keeping soc_drop version 2" in message and "\n" not in message
     assert stage.models["soc_drop"] is original
     assert {p.model for p in _run_pure(stage, _bus(3))} == {"soc_drop"}
 
     # WHEN a valid model replaces it: reloaded
-    _rewrite(MODELS / "soc_drop.onnx", path, **{"voltgate.model_version": "2"})
+    _rewrite(MODELS / "soc_drop.onnx", path, **{"voltgate.model_version": "3"})
     _touch_later(path)
-    assert [m.version for m in stage.check_models()] == ["2"]
-    assert stage.models["soc_drop"].version == "2"
+    assert [m.version for m in stage.check_models()] == ["3"]
+    assert stage.models["soc_drop"].version == "3"
 
 
 def test_a_model_of_another_feature_version_is_refused_at_start(
@@ -239,11 +241,11 @@ async def test_hot_reload_while_running(tmp_path: Path) -> None:
     derived: asyncio.Queue[Prediction | Alert] = asyncio.Queue()
     task = asyncio.create_task(stage.run(inbox, derived))
     await _until(lambda: "fault_risk" in stage.models)
-    # a mismatching file: refused, version 1 runs on
+    # a mismatching file: refused, the shipped version runs on
     _rewrite(MODELS / "fault_risk.onnx", path, **{"voltgate.feature_version": "9"})
     _touch_later(path)
     await _until(lambda: stage.stats.refused == 1)
-    assert stage.models["fault_risk"].version == "1"
+    assert stage.models["fault_risk"].version == "2"
     # a valid one: reloaded
     _rewrite(MODELS / "fault_risk.onnx", path, **{"voltgate.model_version": "7"})
     _touch_later(path)
