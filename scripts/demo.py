@@ -1,12 +1,16 @@
 """The voltgate demo: a simulated bus driving, its data flowing end to end, progress shown live.
 
-    python scripts/demo.py [--duration 2h] [--speed 30] [--keep]
+    python scripts/demo.py [--duration 10m] [--fault SPEC] [--keep]
 
 Composes the three programs as separate processes, as in the field:
   voltgate-sim run     the bus: CAN over SLCAN on a pty (a USB-CAN adapter's serial protocol), NMEA on a pty
   voltgate-agent run   reads both, decodes, buffers in SQLite, uplinks over MQTT (if Mosquitto answers)
   voltgate-cloud run   stores into PostgreSQL (if it answers), serves the fleet page
 Everything it writes stays under var/demo/. Ctrl-C stops all three in order (SIGTERM, staged shutdown).
+
+The bus runs in real time from now, as on the road: over SLCAN, python-can stamps each CAN frame with the
+host's receive time (the Lawicel protocol's own timestamps are not read), so a bus simulated faster than
+real time would give its CAN samples wall-clock times and its GPS samples simulated ones.
 """
 
 from __future__ import annotations
@@ -44,12 +48,11 @@ def reachable(host: str, port: int) -> bool:
         return False
 
 
-def simulation_start() -> dt.datetime:
-    # 05:25 in Nairobi (02:25 UTC) on the latest day whose simulated morning already lies in the past,
-    # so every timestamp the bus sends is real recent history for the receiver's plausibility window.
-    now = dt.datetime.now(dt.UTC)
-    start = now.replace(hour=2, minute=25, second=0, microsecond=0)
-    return start if now - start > dt.timedelta(hours=4) else start - dt.timedelta(days=1)
+def now_in_nairobi() -> tuple[str, str]:
+    """The simulation start (now, UTC) and the bus's departure (now, local time in Nairobi, UTC+3)."""
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    local = now + dt.timedelta(hours=3)
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ"), local.strftime("%H:%M")
 
 
 def write_cloud_config(path: Path) -> None:
@@ -188,7 +191,10 @@ def stored_rows() -> int | None:
         return None
     try:
         with psycopg.connect(PG_DSN, connect_timeout=1) as conn:
-            row = conn.execute(f"SELECT count(*) FROM {SCHEMA}.samples").fetchone()
+            # only this bus: the receiver's shared subscription also carries any other fleet's traffic
+            row = conn.execute(
+                f"SELECT count(*) FROM {SCHEMA}.samples WHERE vehicle_id = %s", (VEHICLE,)
+            ).fetchone()
             return int(row[0]) if row else None
     except psycopg.Error:
         return None
@@ -220,14 +226,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--duration", default="3h", help="simulated time (default 3h)")
-    parser.add_argument("--speed", type=float, default=30.0, help="simulated seconds per wall second")
+    parser.add_argument("--duration", default="10m", help="how long the bus drives (default 10m)")
     parser.add_argument(
         "--keep", action="store_true", help="keep the previous run's buffer and database rows"
     )
     parser.add_argument(
         "--fault",
-        default="insulation_degradation@40m=30",
+        default="insulation_degradation@1m=60",
         help="a fault to inject, as voltgate-sim takes it ('' for none; default: the HV insulation degrades)",
     )
     args = parser.parse_args()
@@ -270,10 +275,10 @@ def main() -> int:
             else:
                 print(f"cloud receiver: migration failed: {migrate.stderr.strip() or migrate.stdout.strip()}")
 
-        start = simulation_start().strftime("%Y-%m-%dT%H:%M:%SZ")
+        start, departure = now_in_nairobi()
         sim = subprocess.Popen(
-            [BIN / "voltgate-sim", "run", "--slcan-pty", "--nmea-pty", "--speed", str(args.speed),
-             "--duration", args.duration, "--status-every", "60", "--start", start,
+            [BIN / "voltgate-sim", "run", "--slcan-pty", "--nmea-pty", "--realtime",
+             "--duration", args.duration, "--status-every", "10", "--start", start, "--departure", departure,
              *(["--fault", args.fault] if args.fault else [])],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -295,12 +300,12 @@ def main() -> int:
             text=True,
         )
         procs.append(("agent", agent))
-        print(f"bus {VEHICLE} starting at {start} on Nairobi route 102, x{args.speed:g} real time")
+        print(f"bus {VEHICLE} leaving the depot on Nairobi route 102 at {departure} local time, in real time")
         print(f"agent: log {WORK / 'agent.log'}, metrics http://127.0.0.1:{AGENT_METRICS_PORT}/metrics\n")
 
         alerts_seen = 0
         while sim.poll() is None:
-            time.sleep(3)
+            time.sleep(10)
             driver_lines = [
                 line for line in (WORK / "agent.log").read_text().splitlines() if "driver alert" in line
             ]
@@ -322,7 +327,7 @@ def main() -> int:
                 f"| db rows {stored if stored is not None else '-'} | LEDs {led_states() or '-'}",
                 flush=True,
             )
-        print("\nthe simulated run is over; stopping the agent and the receiver")
+        print("\nthe drive is over; stopping the agent and the receiver")
         return 0
     except KeyboardInterrupt:
         print("\nstopping")

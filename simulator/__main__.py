@@ -64,6 +64,7 @@ from simulator.scenario import (
     parse_duration,
     parse_fault,
     parse_fault_kind,
+    parse_local_time,
     parse_start,
 )
 from simulator.state import BusState
@@ -110,6 +111,11 @@ def parse_scenario(args: argparse.Namespace) -> Scenario:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the bus, its day and its faults")
     p.add_argument("--start", help="simulation start, ISO 8601 UTC (default: 05:00 Nairobi time)")
+    p.add_argument(
+        "--departure",
+        metavar="HH:MM",
+        help="local time the bus leaves the depot for its block (default 05:30; Nairobi time, UTC+3)",
+    )
     p.add_argument("--fault", action="append", default=[], metavar="SPEC", help="inject a fault (repeat)")
     p.add_argument(
         "--random-faults",
@@ -218,6 +224,8 @@ def _config(args: argparse.Namespace, horizon_s: float | None) -> BusConfig:
     kwargs: dict[str, object] = {"seed": args.seed, "faults": fault_schedule(faults, args.seed)}
     if args.start:
         kwargs["start_utc"] = parse_start(args.start)
+    if args.departure:
+        kwargs["departure_local_h"] = parse_local_time(args.departure)
     return BusConfig(**kwargs)  # type: ignore[arg-type]
 
 

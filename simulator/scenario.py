@@ -61,6 +61,14 @@ def parse_start(text: str) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
+def parse_local_time(text: str) -> float:
+    """`HH:MM` (24 h, the bus's local time) → hours since local midnight."""
+    m = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", text.strip())
+    if m is None:
+        raise UsageError(f"--departure {text!r} is not a local time such as 05:30")
+    return int(m.group(1)) + int(m.group(2)) / 60.0
+
+
 def parse_fault(text: str) -> Fault:
     m = _FAULT.fullmatch(text.strip())
     if m is None:

@@ -8,6 +8,7 @@ No timed assertions: every wait has a deadline and fails with what was (not) see
 from __future__ import annotations
 
 import contextlib
+import csv
 import itertools
 import os
 import selectors
@@ -333,3 +334,29 @@ def test_run_streams_onto_socketcan_where_the_kernel_has_it(db: Database) -> Non
     assert len(frames) == pytest.approx(5 * 59, abs=13)
     for msg in frames:
         db.decode_message(msg.arbitration_id, bytes(msg.data))
+
+
+@pytest.mark.parametrize(("departure", "drives"), [("16:01", True), (None, False)])
+def test_departure_sends_the_bus_out_at_that_local_time(
+    tmp_path: Path, departure: str | None, drives: bool
+) -> None:
+    # GIVEN a simulation that starts mid-afternoon in Nairobi (13:00 UTC = 16:00 local)
+    args = ["--duration", "6m", "--start", "2024-03-04T13:00:00Z", "--out", "bus.log", "--truth", "truth.csv"]
+    if departure is not None:
+        args += ["--departure", departure]
+    record(tmp_path, *args)
+    with (tmp_path / "truth.csv").open() as truth:
+        speeds = [float(row["speed_kmh"]) for row in csv.DictReader(truth)]
+    # THEN with --departure at 16:01 the bus is on the road within the run; without it (the 05:30 default)
+    # it stays parked at the depot all afternoon
+    assert (max(speeds) > 10.0) is drives, max(speeds)
+
+
+def test_a_bad_departure_is_one_sentence_and_exit_2(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [*sim_command(), "record", "--duration", "1m", "--out", "bus.log", "--departure", "25:00"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "--departure '25:00' is not a local time such as 05:30" in proc.stderr
+    assert "Traceback" not in proc.stderr
