@@ -5,7 +5,7 @@ Three layers, each usable alone:
 * `FrameDecoder.decode(frame)` is pure: one `Frame` in, a `Decoded` out (the catalog signals it
   carries as `(SignalSpec, float)` pairs, or why it was skipped). cantools' result is narrowed to
   our types here and nowhere else.
-* `SignalSampler.offer(ts, value)` (in `agent.sampling`, shared with the GPS source) is pure
+* `SignalSampler.offer(ts, value)` (in `protocols.catalog`, shared with the GPS source and training) is pure
   per-signal state: the sampling policy of the catalog, on source timestamps.
 * `Decoder` composes both for one bus, counts every skip by kind in `DecodeStats`, and runs as a
   stage (`Decoder.run`) or synchronously (`Decoder.process`, used by `decode_log_to_csv`, so the
@@ -36,8 +36,7 @@ from cantools.database.errors import DecodeError as CantoolsDecodeError
 
 from agent.logfiles import FrameLog
 from agent.records import Frame, Sample
-from agent.sampling import SignalSampler
-from protocols.catalog import Catalog, FrameSpec, SignalSpec
+from protocols.catalog import Catalog, FrameSpec, SignalSampler, SignalSpec
 
 log = logging.getLogger(__name__)
 

@@ -48,9 +48,8 @@ sys.path.insert(0, str(REPO))
 
 from agent.decode import Decoder  # noqa: E402
 from agent.records import Sample, frame_from_message  # noqa: E402
-from agent.sampling import SignalSampler  # noqa: E402
 from agent.settings import UplinkSettings  # noqa: E402
-from protocols.catalog import DEFAULT_CATALOG, DEFAULT_DBC, load_catalog  # noqa: E402
+from protocols.catalog import DEFAULT_CATALOG, DEFAULT_DBC, SignalSampler, load_catalog  # noqa: E402
 from protocols.topics import telemetry_topic  # noqa: E402
 from protocols.wire import Batch, SampleRecord, decode_batch, encode_batch  # noqa: E402
 

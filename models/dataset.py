@@ -35,7 +35,7 @@ from models.features import (
     features_for_recording,
 )
 from models.rawtable import Trace
-from protocols.catalog import SamplingPolicy, load_catalog
+from protocols.catalog import SamplingPolicy, SignalSampler, load_catalog
 
 HORIZON_S = 3600.0
 
@@ -59,21 +59,14 @@ def catalog_policies() -> dict[str, SamplingPolicy]:
 
 
 def apply_policy(ts: FloatArray, values: FloatArray, policy: SamplingPolicy | None) -> Series:
-    """The samples the agent keeps of a full-rate signal (protocols/catalog.toml's rule); NaN skipped."""
+    """The samples the agent keeps of a full-rate signal: the catalog's sampling policy, through the same
+    `protocols.catalog.SignalSampler` the agent runs; NaN skipped."""
     ok = ~np.isnan(values)
     ts, values = ts[ok], values[ok]
     if policy is None or not len(ts):
         return Series(ts.astype(np.float64), values.astype(np.float64))
-    keep: list[int] = []
-    last_t, last_v = -math.inf, math.nan
-    min_i, max_i, band = policy.min_interval_s, policy.max_interval_s, policy.deadband
-    tl, vl = ts.tolist(), values.tolist()
-    for i in range(len(tl)):
-        elapsed = tl[i] - last_t
-        if keep and elapsed < max_i and (elapsed < min_i or abs(vl[i] - last_v) < band):
-            continue
-        keep.append(i)
-        last_t, last_v = tl[i], vl[i]
+    offer = SignalSampler(policy).offer
+    keep = [i for i, (t, v) in enumerate(zip(ts.tolist(), values.tolist(), strict=True)) if offer(t, v)]
     idx = np.array(keep, dtype=np.int64)
     return Series(ts[idx].astype(np.float64), values[idx].astype(np.float64))
 

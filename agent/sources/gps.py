@@ -17,10 +17,9 @@ from dataclasses import dataclass
 import serial
 
 from agent.records import Sample
-from agent.sampling import SignalSampler
 from agent.settings import GpsSettings
 from agent.sources import Link, SourceStats, SourceStoppedError, offer
-from protocols.catalog import Catalog, SignalSpec
+from protocols.catalog import Catalog, SignalSampler, SignalSpec
 from protocols.nmea import GpsFix, NmeaReader
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,15 @@ from hypothesis import strategies as st
 
 from agent.decode import Decoder, FrameDecoder, decode_frame, decode_log_to_csv
 from agent.records import Frame
-from agent.sampling import SignalSampler
-from protocols.catalog import DEFAULT_CATALOG, DEFAULT_DBC, Catalog, Priority, SamplingPolicy, load_catalog
+from protocols.catalog import (
+    DEFAULT_CATALOG,
+    DEFAULT_DBC,
+    Catalog,
+    Priority,
+    SamplingPolicy,
+    SignalSampler,
+    load_catalog,
+)
 
 CATALOG = load_catalog(DEFAULT_CATALOG)
 DB = CATALOG.database
