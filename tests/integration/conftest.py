@@ -12,10 +12,13 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+
+from agent.buffer import BufferWorker
 
 PG_DSN = os.environ.get("VOLTGATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 MQTT_HOST = os.environ.get("VOLTGATE_TEST_MQTT_HOST", "127.0.0.1")
@@ -80,3 +83,12 @@ def pg_schema() -> Iterator[Database]:
             yield Database(PG_DSN, schema)
         finally:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+async def buffer(tmp_path: Path) -> AsyncIterator[BufferWorker]:
+    """An agent buffer (a real SQLite file) in the test's directory, opened and closed around the test."""
+    worker = BufferWorker(tmp_path / "buffer.sqlite3", 64 * 1024 * 1024)
+    await worker.open()
+    yield worker
+    await worker.close()

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -100,7 +101,12 @@ class Collector:
 
 @contextlib.asynccontextmanager
 async def collecting(
-    host: str, port: int, fleet: str, *, persistent_id: str | None = None
+    host: str,
+    port: int,
+    fleet: str,
+    *,
+    persistent_id: str | None = None,
+    tls_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Collector]:
     collector = Collector()
     properties = None
@@ -114,6 +120,7 @@ async def collecting(
         protocol=aiomqtt.ProtocolVersion.V5,
         clean_start=persistent_id is None,
         properties=properties,
+        tls_context=tls_context,
     )
     async with client:
         await client.subscribe(f"voltgate/v1/{fleet}/#", qos=1)
@@ -124,14 +131,6 @@ async def collecting(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                 await task
-
-
-@pytest.fixture
-async def buffer(tmp_path: Path) -> AsyncIterator[BufferWorker]:
-    worker = BufferWorker(tmp_path / "buffer.sqlite3", 64 * 1024 * 1024)
-    await worker.open()
-    yield worker
-    await worker.close()
 
 
 async def _stop(uplink: Uplink, task: asyncio.Task[None], flush_s: float = 10.0) -> None:

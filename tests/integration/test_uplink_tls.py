@@ -8,16 +8,14 @@ The certificates are made for each test run with the `openssl` command (a test C
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiomqtt
 import pytest
 
 from agent.buffer import BufferWorker
@@ -26,13 +24,13 @@ from tests.integration.conftest import service_unavailable, unique_id
 from tests.integration.test_uplink import (
     QUANTA,
     WAIT_S,
-    Collector,
     PrivateBroker,
     _connected,
     _rows,
     _samples,
     _settings,
     _stop,
+    collecting,
 )
 
 
@@ -107,32 +105,10 @@ def tls_broker(tmp_path: Path, pki: Pki) -> Iterator[TlsBroker]:
     broker.stop()
 
 
-@pytest.fixture
-async def buffer(tmp_path: Path) -> AsyncIterator[BufferWorker]:
-    worker = BufferWorker(tmp_path / "buffer.sqlite3", 64 * 1024 * 1024)
-    await worker.open()
-    yield worker
-    await worker.close()
-
-
-@contextlib.asynccontextmanager
-async def tls_collecting(port: int, fleet: str, pki: Pki) -> AsyncIterator[Collector]:
+def _bus_tls(pki: Pki) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(pki.ca))
     context.load_cert_chain(str(pki.bus_cert), str(pki.bus_key))
-    collector = Collector()
-    client = aiomqtt.Client(
-        "127.0.0.1", port, identifier=unique_id("collector-"), protocol=aiomqtt.ProtocolVersion.V5,
-        tls_context=context,
-    )  # fmt: skip
-    async with client:
-        await client.subscribe(f"voltgate/v1/{fleet}/#", qos=1)
-        task = asyncio.create_task(collector.consume(client))
-        try:
-            yield collector
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await task
+    return context
 
 
 async def test_uplink_over_tls_with_a_client_certificate(
@@ -143,7 +119,7 @@ async def test_uplink_over_tls_with_a_client_certificate(
         "127.0.0.1", tls_broker.port, fleet, broker_url=f"mqtts://127.0.0.1:{tls_broker.port}",
         ca_file=pki.ca, cert_file=pki.bus_cert, key_file=pki.bus_key,
     )  # fmt: skip
-    async with tls_collecting(tls_broker.port, fleet, pki) as collector:
+    async with collecting("127.0.0.1", tls_broker.port, fleet, tls_context=_bus_tls(pki)) as collector:
         uplink = Uplink(settings, "bus-9", buffer, QUANTA)
         task = asyncio.create_task(uplink.run())
         await _connected(uplink)
