@@ -17,9 +17,5 @@ class StoreError(CloudError):
     """The database cannot be reached, or its schema is not what this receiver expects."""
 
 
-class BrokerError(CloudError):
-    """The MQTT broker cannot be reached or refused the connection."""
-
-
 class RejectedDataError(StoreError):
     """The database refused the data of a group (not the connection): one message in it is poison."""

@@ -19,7 +19,7 @@ import csv
 import gzip
 import math
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -346,8 +346,3 @@ def _fmt(v: float) -> str:
 
 def _cell(s: FloatArray | None, i: int) -> str:
     return "" if s is None else _fmt(float(s[i]))
-
-
-def iter_rows(trace: Trace) -> Iterator[tuple[float, dict[str, float]]]:
-    for i in range(len(trace.ts)):
-        yield float(trace.ts[i]), {c: float(v[i]) for c, v in trace.columns.items()}
