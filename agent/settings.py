@@ -32,10 +32,14 @@ from pydantic_settings import (
 
 import models
 from protocols.catalog import DEFAULT_CATALOG
+from protocols.topics import ID_PATTERN
 
 MODELS_DIR = Path(models.__file__).resolve().parent
 """The installed `models` package: where the shipped ONNX models live."""
 SHIPPED_MODELS = tuple(MODELS_DIR / f"{name}.onnx" for name in ("soc_drop", "large_drop", "fault_risk"))
+
+
+_ID = f"^{ID_PATTERN.pattern}$"  # vehicle and fleet ids: the topic scheme's one id rule
 
 
 class _Section(BaseModel):
@@ -81,7 +85,7 @@ class UplinkSettings(_Section):
     """MQTT 5 uplink to the fleet broker (see `agent.uplink`)."""
 
     broker_url: str = "mqtts://127.0.0.1:8883"  # mqtt://host[:1883] or mqtts://host[:8883] (TLS)
-    fleet_id: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    fleet_id: str = Field(default="default", pattern=_ID)
     client_id: str | None = None  # default: "voltgate-{vehicle_id}"
     username: str | None = None
     password: SecretStr | None = None
@@ -216,7 +220,7 @@ class AgentSettings(BaseSettings):
         env_prefix="VOLTGATE_", env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
-    vehicle_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    vehicle_id: str = Field(pattern=_ID)
     can: list[CanBusSettings] = Field(default_factory=list, max_length=4)
     replay: list[ReplaySettings] = Field(default_factory=list)
     gps: GpsSettings = GpsSettings()
