@@ -29,7 +29,7 @@ from typing import Final
 from agent.leds import Leds, led_patterns
 from agent.records import Alert, Prediction, Sample, Severity
 from agent.settings import AlertSettings
-from models.features import (
+from protocols.signals import (
     CELL_TEMP_MAX,
     CELL_V_MAX,
     CELL_V_MIN,

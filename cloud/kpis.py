@@ -36,14 +36,11 @@ from typing import Final
 import psycopg
 from psycopg.rows import class_row
 
-# Signal names: canonical catalog names (protocols/catalog.toml), in one place.
-SPEED: Final = "Vehicle.Speed"  # km/h
-TRAVELED_DISTANCE: Final = "Vehicle.TraveledDistance"  # km, odometer
-SOC: Final = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"  # %
-PACK_VOLTAGE: Final = "Vehicle.Powertrain.TractionBattery.CurrentVoltage"  # V
-PACK_CURRENT: Final = "Vehicle.Powertrain.TractionBattery.CurrentCurrent"  # A, positive = discharge
-LATITUDE: Final = "Vehicle.CurrentLocation.Latitude"  # deg
-LONGITUDE: Final = "Vehicle.CurrentLocation.Longitude"  # deg
+from protocols.signals import LATITUDE, LONGITUDE, ODOMETER, PACK_CURRENT, PACK_VOLTAGE, SOC, SPEED
+
+# Signal names: canonical catalog names, from protocols.signals.
+TRAVELED_DISTANCE: Final = ODOMETER  # km
+__all__ = ["LATITUDE", "LONGITUDE", "PACK_CURRENT", "PACK_VOLTAGE", "SOC", "SPEED", "TRAVELED_DISTANCE"]
 
 MOVING_SPEED_KMH: Final = 2.0
 MAX_HOLD_S: Final = 60.0

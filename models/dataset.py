@@ -27,8 +27,6 @@ import numpy.typing as npt
 from models.features import (
     FEATURE_NAMES,
     N_FEATURES,
-    SOC,
-    SOH,
     FloatArray,
     Series,
     feature_index,
@@ -36,6 +34,7 @@ from models.features import (
 )
 from models.rawtable import Trace
 from protocols.catalog import SamplingPolicy, SignalSampler, load_catalog
+from protocols.signals import SOC, SOH
 
 HORIZON_S = 3600.0
 

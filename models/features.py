@@ -27,40 +27,33 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from protocols.signals import (
+    AMBIENT,
+    CELL_TEMP_MAX,
+    CELL_TEMP_MIN,
+    CELL_V_MAX,
+    CELL_V_MIN,
+    DERATED,
+    DISCHARGE_LIMIT,
+    FAULT_FLAGS,
+    HVAC_POWER,
+    INSULATION,
+    LATITUDE,
+    LONGITUDE,
+    ODOMETER,
+    PACK_CURRENT,
+    PACK_VOLTAGE,
+    SOC,
+    SOH,
+    SPEED,
+)
+
 FloatArray = npt.NDArray[np.float64]
 
 FEATURE_VERSION = "2"
 
-# -- input signals (canonical catalog names, protocols/catalog.toml) ---------------------------------------
-SPEED = "Vehicle.Speed"
-ODOMETER = "Vehicle.TraveledDistance"
-LATITUDE = "Vehicle.CurrentLocation.Latitude"
-LONGITUDE = "Vehicle.CurrentLocation.Longitude"
-AMBIENT = "Vehicle.Exterior.AirTemperature"
-HVAC_POWER = "Vehicle.Cabin.HVAC.Power"
-_TB = "Vehicle.Powertrain.TractionBattery."
-SOC = _TB + "StateOfCharge.Current"
-SOH = _TB + "StateOfHealth"
-PACK_VOLTAGE = _TB + "CurrentVoltage"
-PACK_CURRENT = _TB + "CurrentCurrent"
-CELL_TEMP_MAX = _TB + "Temperature.Max"
-CELL_TEMP_MIN = _TB + "Temperature.Min"
-CELL_V_MAX = _TB + "CellVoltage.Max"
-CELL_V_MIN = _TB + "CellVoltage.Min"
-INSULATION = _TB + "InsulationResistance"
-DERATED = _TB + "IsPowerDerated"
-DISCHARGE_LIMIT = _TB + "DischargePowerLimit"
-FAULT_FLAGS = tuple(
-    _TB + "Fault." + n
-    for n in (
-        "OverTemperature",
-        "UnderVoltage",
-        "OverVoltage",
-        "CellImbalance",
-        "InsulationLow",
-        "OverCurrent",
-    )
-)
+# -- input signals: canonical catalog names from protocols.signals ---------------------------------------
+
 INPUT_SIGNALS: tuple[str, ...] = (
     SPEED,
     ODOMETER,

@@ -28,7 +28,8 @@ from typing import IO
 
 import numpy as np
 
-from models.features import AMBIENT, LATITUDE, LONGITUDE, ODOMETER, SOC, SPEED, FloatArray
+from models.features import FloatArray
+from protocols.signals import AMBIENT, LATITUDE, LONGITUDE, ODOMETER, SOC, SPEED
 
 RAW_COLUMNS = {  # raw schema column → canonical signal
     "latitude": LATITUDE,

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.features import (
+from protocols.signals import (
     AMBIENT,
     CELL_TEMP_MAX,
     CELL_TEMP_MIN,

@@ -22,7 +22,8 @@ from agent.alerts import (
 from agent.leds import LedPattern, Leds, led_patterns
 from agent.records import Alert, Prediction, Sample, Severity
 from agent.settings import AlertSettings
-from models.features import (
+from protocols.catalog import Priority
+from protocols.signals import (
     CELL_TEMP_MAX,
     CELL_V_MAX,
     CELL_V_MIN,
@@ -33,7 +34,6 @@ from models.features import (
     PACK_VOLTAGE,
     SOC,
 )
-from protocols.catalog import Priority
 
 T0 = 1_700_000_000.0
 HOLD_S = 30.0

@@ -9,31 +9,33 @@ import pytest
 
 from models.dataset import apply_policy, catalog_policies
 from models.features import (
-    AMBIENT,
-    CELL_TEMP_MAX,
-    CELL_V_MAX,
-    CELL_V_MIN,
     FEATURE_NAMES,
     HISTORY_S,
     HISTORY_SIGNALS,
     HISTORY_SPACING_S,
     INPUT_SIGNALS,
-    INSULATION,
     KEEP_S,
-    LATITUDE,
-    LONGITUDE,
     N_FEATURES,
-    ODOMETER,
-    PACK_CURRENT,
-    PACK_VOLTAGE,
-    SOC,
-    SPEED,
     FeatureWindow,
     Series,
     feature_index,
     features_for_recording,
 )
 from models.simulate import TRUTH_COLUMNS
+from protocols.signals import (
+    AMBIENT,
+    CELL_TEMP_MAX,
+    CELL_V_MAX,
+    CELL_V_MIN,
+    INSULATION,
+    LATITUDE,
+    LONGITUDE,
+    ODOMETER,
+    PACK_CURRENT,
+    PACK_VOLTAGE,
+    SOC,
+    SPEED,
+)
 from simulator.bus import BusConfig, BusSimulator
 from simulator.truth import rows_at_1hz
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from models.features import DERATED, FAULT_FLAGS, INSULATION, PACK_CURRENT, SOH
 from models.rawtable import read_table
 from models.simulate import (
     FAULT_KINDS,
@@ -26,6 +25,7 @@ from models.simulate import (
     truth_command,
     write_raw_table,
 )
+from protocols.signals import DERATED, FAULT_FLAGS, INSULATION, PACK_CURRENT, SOH
 from simulator.__main__ import build_parser, parse_scenario
 from simulator.faults import FaultKind
 

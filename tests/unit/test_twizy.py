@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from models.dataset import TWIZY, persistence_pp, trace_windows
-from models.features import AMBIENT, LATITUDE, SOC, feature_index
+from models.features import feature_index
 from models.rawtable import CleaningReport, load_twizy_trip, read_table, write_table
+from protocols.signals import AMBIENT, LATITUDE, SOC
 
 DATA = Path(__file__).parents[1] / "data" / "twizy"
 
