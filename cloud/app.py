@@ -1,8 +1,9 @@
 """Composition root of the receiver: broker adapter → inbox → writer (ingest + store) → ack.
 
-One asyncio TaskGroup with two named tasks: `writer` (groups messages, writes each group in one
+One asyncio TaskGroup with three named tasks: `writer` (groups messages, writes each group in one
 transaction, acknowledges after commit; it decodes the next group in a worker thread while the
-database commits the current one) and `maintenance` (partitions ahead, retention), each with
+database commits the current one), `maintenance` (partitions ahead, retention) and `rollups` (hour
+and day rollups every `database.rollup_refresh_s`, and once more after the last commit), each with
 its own database connection. SIGTERM/SIGINT set the stop event: the writer stops taking messages,
 commits and acknowledges the group it holds, and returns; then the broker connection is closed
 cleanly (the persistent session keeps everything not yet acknowledged) and `run` returns.
@@ -193,6 +194,21 @@ async def maintain_forever(store: Store, stop: asyncio.Event) -> None:
                 await store.reconnect()
 
 
+async def refresh_rollups_forever(store: Store, stop: asyncio.Event, interval_s: float) -> None:
+    """Hour and day rollups every `interval_s` (`run` does a last one after the last commit)."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
+        if stop.is_set():
+            return
+        try:
+            await store.refresh_rollups()
+        except StoreError as err:
+            log.error("rollup refresh failed, will retry: %s", err)
+            with contextlib.suppress(StoreError):
+                await store.reconnect()
+
+
 async def run(settings: CloudSettings, stop: asyncio.Event | None = None) -> None:
     """Run the receiver until `stop` is set (or SIGTERM/SIGINT). `StoreError` if the DB is unusable."""
     stop = stop or asyncio.Event()
@@ -201,6 +217,7 @@ async def run(settings: CloudSettings, stop: asyncio.Event | None = None) -> Non
         loop.add_signal_handler(signum, stop.set)
     writer_store = await Store.open(settings.database)
     maintenance_store = await Store.open(settings.database)
+    rollup_store = await Store.open(settings.database)
     metrics_server = None
     receiver: MqttReceiver | None = None
     views: FleetViews | None = None
@@ -227,6 +244,10 @@ async def run(settings: CloudSettings, stop: asyncio.Event | None = None) -> Non
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(writer.run(stop), name="writer")
             tasks.create_task(maintain_forever(maintenance_store, stop), name="maintenance")
+            refresh_every = settings.database.rollup_refresh_s
+            tasks.create_task(refresh_rollups_forever(rollup_store, stop, refresh_every), name="rollups")
+        with contextlib.suppress(StoreError):
+            await rollup_store.refresh_rollups()
         log.info("receiver stopped: last group committed and acknowledged")
     finally:
         if receiver is not None:
@@ -237,6 +258,7 @@ async def run(settings: CloudSettings, stop: asyncio.Event | None = None) -> Non
             metrics_server.shutdown()
         await writer_store.close()
         await maintenance_store.close()
+        await rollup_store.close()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
 

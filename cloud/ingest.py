@@ -10,47 +10,19 @@ and the raw bytes. The stream goes on; nothing here touches the network or the d
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final, Self
 
 import numpy as np
-import numpy.typing as npt
 
 from cloud.settings import IngestSettings
 from protocols.errors import TopicError, WireError
 from protocols.topics import TopicKind, parse_topic
-from protocols.wire import Batch, SampleRecord, decode_batch
+from protocols.wire import Batch, ColumnarBatch, SampleColumns, decode_columnar_batch
 
 OFFLINE: Final = "offline"
 _MAX_REASON_CHARS: Final = 500
-
-
-@dataclass(frozen=True, slots=True)
-class SampleColumns:
-    """A batch's samples as columns, built once per message: the checks and the store's COPY work on
-    these (numpy) instead of touching thousands of record objects again and again."""
-
-    seq: npt.NDArray[np.int64]
-    ts_ms: npt.NDArray[np.int64]
-    signal_index: npt.NDArray[np.int32]  # into `signals`
-    value: npt.NDArray[np.float64]
-    signals: tuple[str, ...]  # distinct names, in first-seen order
-
-    @classmethod
-    def of(cls, samples: Sequence[SampleRecord]) -> Self:
-        index: dict[str, int] = {}
-        return cls(
-            seq=np.array([s.seq for s in samples], dtype=np.int64),
-            ts_ms=np.array([s.ts_ms for s in samples], dtype=np.int64),
-            signal_index=np.array([index.setdefault(s.signal, len(index)) for s in samples], dtype=np.int32),
-            value=np.array([s.value for s in samples], dtype=np.float64),
-            signals=tuple(index),
-        )
-
-    def __len__(self) -> int:
-        return len(self.seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +32,20 @@ class BatchMessage:
     topic: str
     fleet: str
     kind: TopicKind
-    batch: Batch
+    batch: ColumnarBatch
     received_at: datetime
     payload_bytes: int
-    samples: SampleColumns = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "samples", SampleColumns.of(self.batch.samples))
+    @classmethod
+    def of(
+        cls, topic: str, fleet: str, kind: TopicKind, batch: Batch, received_at: datetime, payload_bytes: int
+    ) -> Self:
+        """From a batch of sample records (as tests and tools build them)."""
+        return cls(topic, fleet, kind, ColumnarBatch.of(batch), received_at, payload_bytes)
+
+    @property
+    def samples(self) -> SampleColumns:
+        return self.batch.samples
 
     @property
     def vehicle_id(self) -> str:
@@ -120,7 +99,7 @@ def ingest_message(topic: str, payload: bytes, received_at: datetime, limits: In
     if parts.kind not in (TopicKind.TELEMETRY, TopicKind.ALERTS):
         return _dead(topic, vehicle, f"unexpected topic kind {parts.kind.value!r}", payload, received_at)
     try:
-        batch = decode_batch(payload)
+        batch = decode_columnar_batch(payload)
     except WireError as err:
         return _dead(topic, vehicle, f"malformed payload: {err}", payload, received_at)
     except Exception as err:  # a decoder bug must not stop the stream; the bytes are kept to replay

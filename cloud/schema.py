@@ -7,7 +7,7 @@ in its own transaction under an advisory lock and is recorded in `schema_migrati
 flavour it used, so `migrate` is idempotent and safe to run from several replicas at once. The
 flavour recorded for version 2 is the flavour of the schema from then on.
 
-Without TimescaleDB, `samples` and `ingest_ledger` are range-partitioned by day: the receiver
+Without TimescaleDB, `sample_blocks` and `ingest_ledger` are range-partitioned by day: the receiver
 creates partitions ahead of time (and on demand for late data) and drops those past retention.
 """
 
@@ -27,8 +27,8 @@ from cloud.errors import StoreError
 
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(native|timescale))?\.sql$")
 # Partitioned tables of the native flavour and their partition column.
-PARTITIONED_TABLES: Final = {"samples": "ts", "ingest_ledger": "received_at"}
-_PARTITION_NAME = re.compile(r"^(samples|ingest_ledger)_p(\d{8})$")
+PARTITIONED_TABLES: Final = {"sample_blocks": "minute", "ingest_ledger": "received_at"}
+_PARTITION_NAME = re.compile(r"^(sample_blocks|ingest_ledger)_p(\d{8})$")
 
 
 class Flavour(StrEnum):
@@ -96,8 +96,11 @@ async def schema_state(conn: psycopg.AsyncConnection[tuple[object, ...]], schema
     return int(str(last[0])), flavour
 
 
-async def migrate(conn: psycopg.AsyncConnection[tuple[object, ...]], schema: str) -> list[int]:
-    """Apply the pending migrations to `schema` (created if missing); return the versions applied.
+async def migrate(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], schema: str, *, up_to: int | None = None
+) -> list[int]:
+    """Apply the pending migrations to `schema` (created if missing), those up to version `up_to`
+    when given; return the versions applied.
 
     `conn` must be in autocommit mode with `search_path` starting at `schema`.
     """
@@ -115,6 +118,8 @@ async def migrate(conn: psycopg.AsyncConnection[tuple[object, ...]], schema: str
         )
     _, flavour = await schema_state(conn, schema)
     for migration in available_migrations(flavour):
+        if up_to is not None and migration.version > up_to:
+            break
         async with conn.transaction():
             await conn.execute(sql.SQL("SELECT pg_advisory_xact_lock({})").format(_lock_key(schema)))
             cur = await conn.execute(

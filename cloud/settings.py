@@ -76,6 +76,9 @@ class DatabaseSettings(BaseModel):
     raw_retention_days: int = Field(default=90, ge=7)
     # Daily partitions the receiver keeps created ahead of today (native PostgreSQL path).
     partitions_ahead_days: int = Field(default=2, ge=1, le=30)
+    # Hour and day rollups are brought up to date this often (native path; samples_1m and the raw
+    # samples are current at every commit). Longer: less work per sample, later hourly charts.
+    rollup_refresh_s: float = Field(default=300.0, ge=1.0, le=3600.0)
 
     @field_validator("schema_name")
     @classmethod

@@ -1,17 +1,20 @@
-"""The store: one transaction per group of ingested messages, idempotent on (vehicle, seq, ts).
+"""The store: one transaction per group of ingested messages, exactly once per (vehicle, seq, ts).
 
-Write path, per group: COPY the group's samples, predictions and alerts into temporary staging
-tables (binary COPY, created once per connection, emptied at commit), then
-`INSERT … SELECT … ON CONFLICT DO NOTHING` into the real tables. Samples are staged one row per
-message, as arrays (seq[], ts[], signal index[], value[] and the message's signal names) that
-numpy lays out in COPY's binary format directly, and the INSERT unnests them: no Python object and
-no staging row per sample. The unique key is
-(vehicle_id, seq, ts): `seq` makes a record unique per vehicle, `ts` is there because the table is
-partitioned (or a hypertable) on it, and a record never changes its ts. A redelivered batch
-therefore inserts nothing; on the native flavour the rollup tables are updated from the rows the
-INSERT actually returned, in the same statement, so they stay exact too. The ingest ledger, dead
-letters, vehicles and status are written in the same transaction. Only after COMMIT returns may
-the caller acknowledge the messages.
+Write path, per group: lock the group's vehicle rows (upserting them; every replica in the same
+order), COPY the group's samples, predictions and alerts into temporary staging tables (binary
+COPY, created once per connection, emptied at commit), then `INSERT … SELECT … ON CONFLICT DO
+NOTHING` into the real tables. Samples are stored as blocks, one row per vehicle, signal, UTC minute
+and message (cloud/blocks.py lays them out with numpy; cloud/sql/0003_sample_blocks.native.sql says
+why): a block stored before as it is (a redelivered message) is skipped, one that shares no time with
+a stored block of its vehicle and signal (the usual case) is inserted whole, and only one that does
+(records the agent re-sent in another batch) is unnested and keeps the samples whose (seq, ts) is
+not stored yet. `seq` makes a record unique per vehicle; `ts` is in the key because an agent that
+lost its buffer numbers again from 0, and a record never changes its ts. The vehicle locks make the
+check and the insert one step for every replica. Predictions and alerts are rows keyed on
+(vehicle_id, seq, ts). On the native flavour the rollup tables are updated from the blocks actually
+inserted, in the same statement, so they stay exact too. The ingest ledger, dead letters, vehicles
+and status are written in the same transaction. Only after COMMIT returns may the caller acknowledge
+the messages.
 """
 
 from __future__ import annotations
@@ -31,19 +34,24 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from cloud import schema
+from cloud.blocks import blocks_of, unrepeated
 from cloud.errors import RejectedDataError, StoreError
-from cloud.ingest import BatchMessage, DeadLetter, Ingested, SampleColumns, StatusMessage
+from cloud.ingest import BatchMessage, DeadLetter, Ingested, StatusMessage
 from cloud.schema import Flavour
 from cloud.settings import DatabaseSettings
+from protocols.wire import SampleColumns
 
 log = logging.getLogger(__name__)
 
 Connection = psycopg.AsyncConnection[tuple[object, ...]]
 
 _STAGING_DDL: Final = (
-    "CREATE TEMP TABLE IF NOT EXISTS stage_sample_batches ("
-    " vehicle_id text, signals text[], seq bigint[], ts timestamptz[], signal_index integer[],"
-    " value double precision[]) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS stage_blocks ("
+    " block_no integer, seq_min bigint, vehicle_id text, signal text, minute timestamptz,"
+    " ts_first timestamptz, ts_last timestamptz, seq_first bigint, n integer, total double precision,"
+    " min_value double precision, max_value double precision, seq bigint[], ts timestamptz[],"
+    " value double precision[])"
+    " ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS stage_predictions ("
     " vehicle_id text, seq bigint, ts_ms bigint, model text, model_version text, output text,"
     " value double precision) ON COMMIT DELETE ROWS",
@@ -54,18 +62,49 @@ _STAGING_DDL: Final = (
 
 _TS: Final = "timestamptz 'epoch' + ts_ms * interval '1 millisecond'"
 
-# One row per staged sample: the message's arrays unnested side by side (signal_index is 1-based).
-_STAGED_SAMPLES: Final = (
-    "INSERT INTO samples (vehicle_id, seq, ts, signal, value)"
-    " SELECT b.vehicle_id, u.seq, u.ts, b.signals[u.k], u.value FROM stage_sample_batches AS b,"
-    " unnest(b.seq, b.ts, b.signal_index, b.value) AS u(seq, ts, k, value)"
-    " ON CONFLICT DO NOTHING"
+_BLOCK_COLUMNS: Final = (
+    "vehicle_id, signal, minute, ts_first, ts_last, seq_first, n, total, min_value, max_value, seq, ts, value"
 )
-_INSERT_SAMPLES_PLAIN: Final = sql.SQL(_STAGED_SAMPLES)
+# Stored blocks of the same vehicle, signal and minute whose time span meets staged block `s`.
+_MEETING: Final = (
+    "FROM sample_blocks AS e WHERE e.vehicle_id = s.vehicle_id AND e.signal = s.signal"
+    " AND e.minute = s.minute AND e.ts_first <= s.ts_last AND e.ts_last >= s.ts_first"
+)
+# Under the per-vehicle locks taken first in the transaction: a staged block above its vehicle's
+# high-water marks ("unseen": its lowest seq above the highest stored, or its first ts after the
+# latest stored) cannot repeat a stored sample and is inserted as it is. The others are checked: one
+# stored before as it is (a redelivery: found by primary key) is skipped; one that meets no stored
+# block is inserted whole; one that does keeps only the samples whose (seq, ts) is not stored ("kept"),
+# re-aggregated into a block ("merged"). `ins` is what was actually inserted.
+_STORE_BLOCKS: Final = (
+    "WITH staged AS (SELECT s.*, s.seq_min > coalesce(v.max_sample_seq, -1)"
+    " OR s.ts_first > coalesce(v.max_sample_ts, '-infinity') AS unseen"
+    " FROM stage_blocks AS s JOIN vehicles AS v ON v.vehicle_id = s.vehicle_id),"
+    " checked AS (SELECT s.*, EXISTS (SELECT 1 " + _MEETING + ") AS meets FROM staged AS s"
+    " WHERE NOT s.unseen AND NOT EXISTS (SELECT 1 FROM sample_blocks AS e"
+    " WHERE e.vehicle_id = s.vehicle_id AND e.signal = s.signal AND e.minute = s.minute"
+    " AND e.ts_first = s.ts_first AND e.seq_first = s.seq_first"
+    " AND e.seq = s.seq AND e.ts = s.ts)),"
+    " fresh AS (INSERT INTO sample_blocks (" + _BLOCK_COLUMNS + ")"
+    " SELECT " + _BLOCK_COLUMNS + " FROM staged WHERE unseen"
+    " UNION ALL SELECT " + _BLOCK_COLUMNS + " FROM checked WHERE NOT meets"
+    " ON CONFLICT DO NOTHING RETURNING vehicle_id, signal, minute, n, total, min_value, max_value),"
+    " kept AS (SELECT s.block_no, s.vehicle_id, s.signal, s.minute, u.seq, u.ts, u.value"
+    " FROM checked AS s, unnest(s.seq, s.ts, s.value) AS u(seq, ts, value) WHERE s.meets AND NOT EXISTS"
+    " (SELECT 1 FROM (SELECT e.seq, e.ts " + _MEETING + ") AS m, unnest(m.seq, m.ts) AS x(seq, ts)"
+    " WHERE x.seq = u.seq AND x.ts = u.ts)),"
+    " merged AS (INSERT INTO sample_blocks (" + _BLOCK_COLUMNS + ")"
+    " SELECT vehicle_id, signal, minute, min(ts), max(ts), (array_agg(seq ORDER BY ts, seq))[1], count(*),"
+    " sum(value), min(value), max(value), array_agg(seq ORDER BY ts, seq), array_agg(ts ORDER BY ts, seq),"
+    " array_agg(value ORDER BY ts, seq) FROM kept GROUP BY block_no, vehicle_id, signal, minute"
+    " ON CONFLICT DO NOTHING RETURNING vehicle_id, signal, minute, n, total, min_value, max_value),"
+    " ins AS (SELECT * FROM fresh UNION ALL SELECT * FROM merged)"
+)
+_INSERT_SAMPLES_PLAIN: Final = sql.SQL(_STORE_BLOCKS + " SELECT coalesce(sum(n), 0) FROM ins")
 
 
 def _rollup_cte(name: str, width: str) -> str:
-    """Upsert one rollup from the minute aggregate `m` of the inserted rows (n, sum, min and max
+    """Add minute aggregates `m` (taken from the rollup log) into one rollup (n, sum, min and max
     re-aggregate exactly; a minute never straddles an hour or a day)."""
     return (
         f"{name} AS (INSERT INTO {name} AS r (vehicle_id, signal, bucket, n, total, min_value, max_value)"
@@ -78,20 +117,25 @@ def _rollup_cte(name: str, width: str) -> str:
     )
 
 
-# Native flavour: insert, and roll up exactly the rows inserted (duplicates return nothing). The
-# rows are aggregated once, per minute; hours and days are rolled up from those minutes.
+# Native flavour: insert, and log the minute aggregates of exactly the blocks inserted (duplicates
+# return nothing) for `refresh_rollups` to add into hours and days. Minutes need nothing more:
+# `samples_1m` is a view over the blocks (each lies within one minute).
 _INSERT_SAMPLES_WITH_ROLLUPS: Final = sql.SQL(
-    "WITH ins AS (" + _STAGED_SAMPLES + " RETURNING vehicle_id, signal, ts, value),"
-    " m AS (SELECT vehicle_id, signal, date_bin(interval '1 minute', ts, timestamptz 'epoch') AS bucket,"
-    " count(*) AS n, sum(value) AS total, min(value) AS min_value, max(value) AS max_value"
-    " FROM ins GROUP BY 1, 2, 3), "
-    + _rollup_cte("samples_1m", "1 minute")
-    + ", "
+    _STORE_BLOCKS
+    + ", logged AS (INSERT INTO rollup_log SELECT vehicle_id, signal, minute, sum(n), sum(total),"
+    " min(min_value), max(max_value) FROM ins GROUP BY 1, 2, 3)"
+    " SELECT coalesce(sum(n), 0) FROM ins"
+)
+
+# One refresh: take the logged minute aggregates out and add them into hours, then days.
+_REFRESH_ROLLUPS: Final = sql.SQL(
+    "WITH m AS (DELETE FROM rollup_log RETURNING *), "
     + _rollup_cte("samples_1h", "1 hour")
     + ", "
     + _rollup_cte("samples_1d", "1 day")
-    + " SELECT count(*) FROM ins"
+    + " SELECT count(*) FROM m"
 )
+_ROLLUP_LOCK: Final = "SELECT pg_try_advisory_xact_lock(hashtextextended('voltgate-cloud:rollups:' || %s, 0))"
 
 _INSERT_PREDICTIONS: Final = sql.SQL(
     "INSERT INTO predictions (vehicle_id, seq, ts, model, model_version, output, value)"
@@ -194,8 +238,8 @@ class Store:
             raise StoreError(f"database connection lost again: {_first_line(err)}") from err
         self._conn = conn
 
-    async def migrate(self) -> list[int]:
-        applied = await schema.migrate(self._conn, self._settings.schema_name)
+    async def migrate(self, up_to: int | None = None) -> list[int]:
+        applied = await schema.migrate(self._conn, self._settings.schema_name, up_to=up_to)
         _, self.flavour = await schema.schema_state(self._conn, self._settings.schema_name)
         return applied
 
@@ -212,6 +256,24 @@ class Store:
         if dropped:
             log.info("dropped %d partitions past the %d-day retention", len(dropped), keep)
             self._partitions = await schema.existing_partitions(self._conn, self._settings.schema_name)
+
+    async def refresh_rollups(self) -> int | None:
+        """Add the minute aggregates logged since the last refresh into `samples_1h` and `samples_1d`
+        (native flavour; TimescaleDB's continuous aggregates do it there). Returns the minute rows
+        taken, or None when another replica is refreshing right now."""
+        if self.flavour is not Flavour.NATIVE:
+            return 0
+        try:
+            async with self._conn.transaction(), self._conn.cursor() as cur:
+                await cur.execute(_ROLLUP_LOCK, (self._settings.schema_name,))
+                row = await cur.fetchone()
+                if not row or not row[0]:
+                    return None
+                await cur.execute(_REFRESH_ROLLUPS)
+                row = await cur.fetchone()
+                return int(str(row[0])) if row else 0
+        except psycopg.Error as err:
+            raise StoreError(f"rollup refresh failed: {_first_line(err)}") from err
 
     async def _ensure_partitions(self, wanted: set[tuple[str, date]]) -> None:
         if self.flavour is Flavour.NATIVE and not wanted <= self._partitions:
@@ -259,17 +321,18 @@ class Store:
         started = time.perf_counter()
         conn = self._conn
         async with conn.transaction(), conn.cursor() as cur:
+            # First: the vehicles' rows, locked until COMMIT, so no other replica stores samples of
+            # these vehicles meanwhile and the de-duplication below sees everything committed.
+            await _upsert_vehicles(cur, batches, statuses)
             stats.samples_staged = await _stage_samples(cur, batches)
             stats.predictions_staged = await _stage_predictions(cur, batches)
             stats.alerts_staged = await _stage_alerts(cur, batches)
             if stats.samples_staged:
-                if self.flavour is Flavour.NATIVE:
-                    await cur.execute(_INSERT_SAMPLES_WITH_ROLLUPS)
-                    row = await cur.fetchone()
-                    stats.samples_inserted = int(str(row[0])) if row else 0
-                else:
-                    await cur.execute(_INSERT_SAMPLES_PLAIN)
-                    stats.samples_inserted = max(cur.rowcount, 0)
+                rollups = self.flavour is Flavour.NATIVE  # TimescaleDB's continuous aggregates do it there
+                await cur.execute(_INSERT_SAMPLES_WITH_ROLLUPS if rollups else _INSERT_SAMPLES_PLAIN)
+                row = await cur.fetchone()
+                stats.samples_inserted = int(str(row[0])) if row else 0
+                await _raise_high_water(cur, batches)
             if stats.predictions_staged:
                 await cur.execute(_INSERT_PREDICTIONS)
                 stats.predictions_inserted = max(cur.rowcount, 0)
@@ -278,7 +341,6 @@ class Store:
                 stats.alerts_inserted = max(cur.rowcount, 0)
             await _write_ledger(cur, batches)
             await _write_dead_letters(cur, dead)
-            await _upsert_vehicles(cur, batches, statuses)
             await _upsert_statuses(cur, statuses)
         stats.commit_seconds = time.perf_counter() - started
         return stats
@@ -315,18 +377,17 @@ def _partitions_needed(items: Sequence[Ingested]) -> set[tuple[str, date]]:
         if isinstance(item, BatchMessage):
             wanted.add(("ingest_ledger", item.received_at.astimezone(UTC).date()))
             for day in np.unique(item.samples.ts_ms // _MS_PER_DAY).tolist():
-                wanted.add(("samples", _UNIX_EPOCH_DAY + timedelta(days=day)))
+                wanted.add(("sample_blocks", _UNIX_EPOCH_DAY + timedelta(days=day)))
     return wanted
 
 
 # PostgreSQL's binary COPY format (the "COPY" page of its manual) and binary array format (array_recv).
 _COPY_SIGNATURE: Final = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)  # no flags, no extension
 _COPY_TRAILER: Final = struct.pack(">h", -1)
-_OID_TEXT: Final = 25
-_OID_INT4: Final = 23
 _OID_INT8: Final = 20
 _OID_FLOAT8: Final = 701
 _OID_TIMESTAMPTZ: Final = 1184
+_MICROS_PER_MINUTE: Final = 60_000_000  # the PostgreSQL epoch (2000-01-01) is on a minute, as Unix's is
 _PG_EPOCH_MS: Final = 946_684_800_000  # timestamptz counts microseconds from 2000-01-01 00:00 UTC
 
 
@@ -339,43 +400,86 @@ def _array_header(oid: int, n: int) -> bytes:
     return struct.pack(">iiiii", 1, 0, oid, n, 1) if n else struct.pack(">iii", 0, 0, oid)
 
 
-def _fixed_array(values: npt.NDArray[np.generic], oid: int, pg_dtype: str) -> bytes:
-    """A binary array of fixed-width elements: per element a 4-byte length, then the big-endian value."""
+def _elements(values: npt.NDArray[np.generic], pg_dtype: str) -> bytes:
+    """Fixed-width binary array elements: per element a 4-byte length, then the big-endian value."""
     elements = np.empty(len(values), dtype=[("length", ">i4"), ("value", pg_dtype)])
     elements["length"] = np.dtype(pg_dtype).itemsize
     elements["value"] = values
-    return _field(_array_header(oid, len(values)) + elements.tobytes())
+    return elements.tobytes()
 
 
-def _text_array(texts: Sequence[str]) -> bytes:
-    return _field(_array_header(_OID_TEXT, len(texts)) + b"".join(_field(t.encode()) for t in texts))
+# stage_blocks' fixed-width fields: (length, value) for minute, ts_first, ts_last, seq_first, n, total,
+# min, max
+_BLOCK_SCALARS: Final = struct.Struct(">iqiqiqiqiiididid")
 
 
-def _sample_batch_row(vehicle_id: str, columns: SampleColumns) -> bytes:
-    """One COPY row of stage_sample_batches: a message's samples as arrays."""
-    micros = (columns.ts_ms - _PG_EPOCH_MS) * 1000  # ts is within the plausibility window: no overflow
-    return b"".join(
-        (
-            struct.pack(">h", 6),
-            _field(vehicle_id.encode()),
-            _text_array(columns.signals),
-            _fixed_array(columns.seq, _OID_INT8, ">i8"),
-            _fixed_array(micros, _OID_TIMESTAMPTZ, ">i8"),
-            _fixed_array(columns.signal_index + 1, _OID_INT4, ">i4"),
-            _fixed_array(columns.value, _OID_FLOAT8, ">f8"),
+def _block_rows(first_block_no: int, vehicle_id: str, columns: SampleColumns) -> list[bytes]:
+    """The COPY rows of stage_blocks for one message's samples, one per block (cloud/blocks.py)."""
+    b = blocks_of(columns)
+    micros = (b.ts_ms - _PG_EPOCH_MS) * 1000  # ts is within the plausibility window: no overflow
+    width = 12  # 4-byte length + 8-byte value per array element
+    seq_bytes, ts_bytes = _elements(b.seq, ">i8"), _elements(micros, ">i8")
+    seq_min = np.minimum.reduceat(b.seq, b.start).tolist() if len(b) else []
+    minutes = (micros[b.start] // _MICROS_PER_MINUTE * _MICROS_PER_MINUTE).tolist()
+    value_bytes = _elements(b.value, ">f8")
+    vehicle = _field(vehicle_id.encode())
+    signals = [_field(name.encode()) for name in b.signals]
+    rows = []
+    for k, (start, stop) in enumerate(zip(b.start.tolist(), b.stop.tolist(), strict=True)):
+        n = stop - start
+        lo, hi = start * width, stop * width
+        scalars = _BLOCK_SCALARS.pack(
+            8, minutes[k], 8, int(micros[start]), 8, int(micros[stop - 1]), 8, int(b.seq[start]),
+            4, n, 8, float(b.total[k]), 8, float(b.min_value[k]), 8, float(b.max_value[k]),
+        )  # fmt: skip
+        rows.append(
+            b"".join(
+                (
+                    struct.pack(">hiiiq", 15, 4, first_block_no + k, 8, seq_min[k]),
+                    vehicle,
+                    signals[int(b.signal_index[k])],
+                    scalars,
+                    _field(_array_header(_OID_INT8, n) + seq_bytes[lo:hi]),
+                    _field(_array_header(_OID_TIMESTAMPTZ, n) + ts_bytes[lo:hi]),
+                    _field(_array_header(_OID_FLOAT8, n) + value_bytes[lo:hi]),
+                )
+            )
         )
-    )
+    return rows
 
 
 async def _stage_samples(cur: psycopg.AsyncCursor[tuple[object, ...]], batches: list[BatchMessage]) -> int:
-    rows = [_sample_batch_row(m.vehicle_id, m.samples) for m in batches if len(m.samples)]
+    rows: list[bytes] = []
+    for message, columns in zip(batches, unrepeated(batches), strict=True):
+        if len(columns):
+            rows += _block_rows(len(rows), message.vehicle_id, columns)
     if rows:
         async with cur.copy(
-            "COPY stage_sample_batches (vehicle_id, signals, seq, ts, signal_index, value)"
-            " FROM STDIN (FORMAT BINARY)"
+            "COPY stage_blocks (block_no, seq_min, " + _BLOCK_COLUMNS + ") FROM STDIN (FORMAT BINARY)"
         ) as copy:
             await copy.write(b"".join((_COPY_SIGNATURE, *rows, _COPY_TRAILER)))
     return sum(len(m.samples) for m in batches)
+
+
+async def _raise_high_water(
+    cur: psycopg.AsyncCursor[tuple[object, ...]], batches: list[BatchMessage]
+) -> None:
+    """Each vehicle's highest stored seq and latest stored ts, past this group's samples."""
+    marks: dict[str, tuple[int, int]] = {}
+    for m in batches:
+        if len(m.samples):
+            seq, ts = int(m.samples.seq.max()), int(m.samples.ts_ms.max())
+            prior = marks.get(m.vehicle_id, (seq, ts))
+            marks[m.vehicle_id] = (max(seq, prior[0]), max(ts, prior[1]))
+    if marks:
+        vehicles = sorted(marks)  # the rows are locked already; sorted all the same
+        await cur.execute(
+            "UPDATE vehicles AS v SET max_sample_seq = greatest(v.max_sample_seq, m.seq),"
+            " max_sample_ts = greatest(v.max_sample_ts, " + _TS + ")"
+            " FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) AS m(vehicle_id, seq, ts_ms)"
+            " WHERE v.vehicle_id = m.vehicle_id",
+            (vehicles, [marks[v][0] for v in vehicles], [marks[v][1] for v in vehicles]),
+        )
 
 
 async def _stage_predictions(

@@ -193,7 +193,7 @@ def stored_rows() -> int | None:
         with psycopg.connect(PG_DSN, connect_timeout=1) as conn:
             # only this bus: the receiver's shared subscription also carries any other fleet's traffic
             row = conn.execute(
-                f"SELECT count(*) FROM {SCHEMA}.samples WHERE vehicle_id = %s", (VEHICLE,)
+                f"SELECT coalesce(sum(n), 0) FROM {SCHEMA}.sample_blocks WHERE vehicle_id = %s", (VEHICLE,)
             ).fetchone()
             return int(row[0]) if row else None
     except psycopg.Error:
@@ -201,8 +201,7 @@ def stored_rows() -> int | None:
 
 
 def drop_demo_schema() -> None:
-    """A fresh buffer numbers samples from 0 again; the receiver would take them for redeliveries of the
-    previous run's rows (same vehicle, same seq) and keep the old ones. A fresh run gets a fresh schema."""
+    """Each run starts from a fresh schema, so what the page and the counts show is this run's bus."""
     try:
         import psycopg
     except ImportError:

@@ -1,8 +1,11 @@
 """Read-side queries of the fleet views: last state per bus, time series, alerts, predictions vs outcome.
 
-Everything here reads the tables the receiver writes (and the rollups `samples_1m/1h/1d`, which are
-tables on plain PostgreSQL and continuous aggregates on TimescaleDB, with the same columns), so the
-same SQL serves both flavours. Inputs arrive validated by `cloud.api`; nothing here parses requests.
+Everything here reads the tables the receiver writes (and the rollups `samples_1m/1h/1d`: on plain
+PostgreSQL a view over the sample blocks and two tables, on TimescaleDB continuous aggregates, with
+the same columns), so the same SQL serves both flavours. Samples are read through
+`samples_between()` and `latest_sample()`, which read only the blocks of a time range (and, given a
+bus and signal, only theirs), never through the `samples` view, which unnests every block. Inputs
+arrive validated by `cloud.api`; nothing here parses requests.
 """
 
 from __future__ import annotations
@@ -26,9 +29,7 @@ SOC_DROP_OUTPUT: Final = "soc_drop_pct"
 PREDICTION_HORIZON: Final = timedelta(minutes=60)
 # An outcome is the last SOC reading at most this long before the instant it stands for.
 READING_TOLERANCE: Final = timedelta(minutes=5)
-# Last-state lookups look back from a bus's last message at most this far, and no further back than
-# the signal's newest minute rollup bucket (exact on plain PostgreSQL, where the rollups are written
-# with the samples), so a signal a bus stopped sending does not make every request scan its history.
+# The latest predictions of a bus are looked for this far back from its last message.
 LAST_STATE_LOOKBACK: Final = timedelta(days=7)
 RAW_POWER_BUCKET: Final = timedelta(seconds=10)
 
@@ -163,26 +164,15 @@ _BUSES_SQL: Final = b"""
 SELECT v.vehicle_id, v.fleet, v.vin, v.battery_capacity_kwh, v.first_seen, v.last_seen, st.online,
        soc.ts AS soc_ts, soc.value AS soc, spd.ts AS speed_ts, spd.value AS speed,
        volt.ts AS volt_ts, volt.value AS volt, curr.ts AS curr_ts, curr.value AS curr,
-       lat.ts AS location_at, lat.value AS latitude,
-       (SELECT value FROM samples s WHERE s.vehicle_id = v.vehicle_id AND s.signal = %(lon)s
-         AND s.ts = lat.ts LIMIT 1) AS longitude
+       lat.ts AS location_at, lat.value AS latitude, lon.value AS longitude
 FROM vehicles v
 LEFT JOIN vehicle_status st USING (vehicle_id)
-LEFT JOIN LATERAL (SELECT ts, value FROM samples s WHERE s.vehicle_id = v.vehicle_id AND s.signal = %(soc)s
-    AND s.ts >= greatest(v.last_seen - %(lookback)s, (SELECT max(bucket) FROM samples_1m m
-        WHERE m.vehicle_id = v.vehicle_id AND m.signal = %(soc)s)) ORDER BY ts DESC LIMIT 1) soc ON true
-LEFT JOIN LATERAL (SELECT ts, value FROM samples s WHERE s.vehicle_id = v.vehicle_id AND s.signal = %(speed)s
-    AND s.ts >= greatest(v.last_seen - %(lookback)s, (SELECT max(bucket) FROM samples_1m m
-        WHERE m.vehicle_id = v.vehicle_id AND m.signal = %(speed)s)) ORDER BY ts DESC LIMIT 1) spd ON true
-LEFT JOIN LATERAL (SELECT ts, value FROM samples s WHERE s.vehicle_id = v.vehicle_id AND s.signal = %(volt)s
-    AND s.ts >= greatest(v.last_seen - %(lookback)s, (SELECT max(bucket) FROM samples_1m m
-        WHERE m.vehicle_id = v.vehicle_id AND m.signal = %(volt)s)) ORDER BY ts DESC LIMIT 1) volt ON true
-LEFT JOIN LATERAL (SELECT ts, value FROM samples s WHERE s.vehicle_id = v.vehicle_id AND s.signal = %(curr)s
-    AND s.ts >= greatest(v.last_seen - %(lookback)s, (SELECT max(bucket) FROM samples_1m m
-        WHERE m.vehicle_id = v.vehicle_id AND m.signal = %(curr)s)) ORDER BY ts DESC LIMIT 1) curr ON true
-LEFT JOIN LATERAL (SELECT ts, value FROM samples s WHERE s.vehicle_id = v.vehicle_id AND s.signal = %(lat)s
-    AND s.ts >= greatest(v.last_seen - %(lookback)s, (SELECT max(bucket) FROM samples_1m m
-        WHERE m.vehicle_id = v.vehicle_id AND m.signal = %(lat)s)) ORDER BY ts DESC LIMIT 1) lat ON true
+LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(soc)s) soc ON true
+LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(speed)s) spd ON true
+LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(volt)s) volt ON true
+LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(curr)s) curr ON true
+LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(lat)s) lat ON true
+LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(lon)s, lat.ts) lon ON lon.ts = lat.ts  -- the same fix
 WHERE (%(vehicle)s::text IS NULL OR v.vehicle_id = %(vehicle)s::text)
 ORDER BY v.vehicle_id
 """
@@ -274,8 +264,8 @@ async def bus_exists(conn: Connection, vehicle_id: str) -> bool:
 # --- time series -----------------------------------------------------------------------------------------
 
 _RAW_SQL: Final = b"""
-SELECT ts, value AS avg, value AS min, value AS max, 1 AS n FROM samples
-WHERE vehicle_id = %(vehicle)s AND signal = %(signal)s AND ts >= %(t_from)s AND ts < %(t_to)s
+SELECT ts, value AS avg, value AS min, value AS max, 1 AS n FROM samples_between(%(t_from)s, %(t_to)s)
+WHERE vehicle_id = %(vehicle)s AND signal = %(signal)s
 ORDER BY ts, seq LIMIT %(limit)s
 """
 
@@ -284,8 +274,8 @@ SELECT date_bin(%(bucket)s, ts, timestamptz 'epoch') AS ts,
        avg(value) FILTER (WHERE signal = %(volt)s) * avg(value) FILTER (WHERE signal = %(curr)s) / 1000.0
            AS avg,
        NULL::float8 AS min, NULL::float8 AS max, count(*)::int AS n
-FROM samples
-WHERE vehicle_id = %(vehicle)s AND signal IN (%(volt)s, %(curr)s) AND ts >= %(t_from)s AND ts < %(t_to)s
+FROM samples_between(%(t_from)s, %(t_to)s)
+WHERE vehicle_id = %(vehicle)s AND signal IN (%(volt)s, %(curr)s)
 GROUP BY 1
 HAVING count(*) FILTER (WHERE signal = %(volt)s) > 0 AND count(*) FILTER (WHERE signal = %(curr)s) > 0
 ORDER BY 1 LIMIT %(limit)s
@@ -376,16 +366,10 @@ _OUTCOMES_SQL: Final = b"""
 SELECT p.ts, p.model, p.model_version, p.value AS predicted_drop_pct,
        at_prediction.value AS soc_at_prediction_pct, after_horizon.value AS soc_after_horizon_pct
 FROM predictions p
-LEFT JOIN LATERAL (
-    SELECT value FROM samples s
-    WHERE s.vehicle_id = p.vehicle_id AND s.signal = %(soc)s
-      AND s.ts <= p.ts AND s.ts > p.ts - %(tolerance)s
-    ORDER BY s.ts DESC LIMIT 1) at_prediction ON true
-LEFT JOIN LATERAL (
-    SELECT value FROM samples s
-    WHERE s.vehicle_id = p.vehicle_id AND s.signal = %(soc)s
-      AND s.ts <= p.ts + %(horizon)s AND s.ts > p.ts + %(horizon)s - %(tolerance)s
-    ORDER BY s.ts DESC LIMIT 1) after_horizon ON true
+LEFT JOIN LATERAL latest_sample(p.vehicle_id, %(soc)s, p.ts) at_prediction
+    ON at_prediction.ts > p.ts - %(tolerance)s
+LEFT JOIN LATERAL latest_sample(p.vehicle_id, %(soc)s, p.ts + %(horizon)s) after_horizon
+    ON after_horizon.ts > p.ts + %(horizon)s - %(tolerance)s
 WHERE p.vehicle_id = %(vehicle)s AND p.output = %(output)s AND p.ts >= %(t_from)s AND p.ts < %(t_to)s
 ORDER BY p.ts, p.seq LIMIT %(limit)s
 """

@@ -81,7 +81,7 @@ async def test_daily_kpis_on_a_known_day(store: Store) -> None:
     batch = synthetic_day("bus-k")
     received = datetime(2024, 5, 15, 1, tzinfo=UTC)
     await store.write(
-        [BatchMessage(telemetry_topic("f", "bus-k"), "f", TopicKind.TELEMETRY, batch, received, 1)]
+        [BatchMessage.of(telemetry_topic("f", "bus-k"), "f", TopicKind.TELEMETRY, batch, received, 1)]
     )
 
     [kpi] = await kpis.daily_kpis(store.connection, DAY, DAY)
@@ -104,7 +104,7 @@ async def test_days_follow_the_fleet_time_zone(store: Store) -> None:
     batch = synthetic_day("bus-z")
     received = datetime(2024, 5, 15, 1, tzinfo=UTC)
     await store.write(
-        [BatchMessage(telemetry_topic("f", "bus-z"), "f", TopicKind.TELEMETRY, batch, received, 1)]
+        [BatchMessage.of(telemetry_topic("f", "bus-z"), "f", TopicKind.TELEMETRY, batch, received, 1)]
     )
 
     rows = await kpis.daily_kpis(store.connection, DAY, date(2024, 5, 15), tz="America/New_York")
@@ -116,7 +116,7 @@ async def test_utilization_and_charging_events_on_the_known_day(store: Store) ->
     batch = synthetic_day("bus-u")
     received = datetime(2024, 5, 15, 1, tzinfo=UTC)
     await store.write(
-        [BatchMessage(telemetry_topic("f", "bus-u"), "f", TopicKind.TELEMETRY, batch, received, 1)]
+        [BatchMessage.of(telemetry_topic("f", "bus-u"), "f", TopicKind.TELEMETRY, batch, received, 1)]
     )
 
     [kpi] = await kpis.daily_kpis(store.connection, DAY, DAY)
@@ -141,7 +141,7 @@ async def test_utilization_uses_the_local_day_length_on_dst_days(store: Store) -
     batch = Batch("bus-dst", samples=samples)
     received = datetime(2024, 3, 11, tzinfo=UTC)
     await store.write(
-        [BatchMessage(telemetry_topic("f", "bus-dst"), "f", TopicKind.TELEMETRY, batch, received, 1)]
+        [BatchMessage.of(telemetry_topic("f", "bus-dst"), "f", TopicKind.TELEMETRY, batch, received, 1)]
     )
 
     [kpi] = await kpis.daily_kpis(store.connection, day, day, tz="America/New_York")
@@ -172,7 +172,7 @@ async def test_gps_distance_is_haversine_without_glitches(store: Store) -> None:
     batch = Batch("bus-g", samples=tuple(samples))
     await store.write(
         [
-            BatchMessage(
+            BatchMessage.of(
                 telemetry_topic("f", "bus-g"),
                 "f",
                 TopicKind.TELEMETRY,
@@ -193,7 +193,7 @@ async def test_fleet_energy_totals_rolling_mean_and_peaks(store: Store) -> None:
     received = datetime(2024, 5, 15, 1, tzinfo=UTC)
     await store.write(
         [
-            BatchMessage(telemetry_topic("f", v), "f", TopicKind.TELEMETRY, synthetic_day(v), received, 1)
+            BatchMessage.of(telemetry_topic("f", v), "f", TopicKind.TELEMETRY, synthetic_day(v), received, 1)
             for v in ("bus-a", "bus-b")
         ]
     )

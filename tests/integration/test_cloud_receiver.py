@@ -227,7 +227,13 @@ def assert_exactly_once(db: Database, vehicles: list[str], batches: int) -> None
         vehicles,
     )
     assert per_vehicle_max == batches * SAMPLES_PER_BATCH - 1
-    assert scalar(db, "SELECT sum(n) FROM samples_1d WHERE vehicle_id = ANY(%s)", vehicles) == expected
+    assert scalar(db, "SELECT sum(n) FROM samples_1m WHERE vehicle_id = ANY(%s)", vehicles) == expected
+    # the day rollup with what is logged for the next refresh (a killed receiver did not refresh)
+    in_days = (
+        "SELECT (SELECT coalesce(sum(n), 0) FROM samples_1d WHERE vehicle_id = ANY(%s))"
+        " + (SELECT coalesce(sum(n), 0) FROM rollup_log WHERE vehicle_id = ANY(%s))"
+    )
+    assert scalar(db, in_days, vehicles, vehicles) == expected
 
 
 # ---- in-process receiver ---------------------------------------------------------------------

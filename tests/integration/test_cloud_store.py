@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
@@ -10,7 +11,7 @@ import pytest
 
 from cloud.errors import RejectedDataError, StoreError
 from cloud.ingest import BatchMessage, DeadLetter, StatusMessage
-from cloud.schema import Flavour, latest_version
+from cloud.schema import Flavour, existing_partitions, latest_version
 from cloud.settings import DatabaseSettings
 from cloud.store import Store
 from protocols.topics import TopicKind, telemetry_topic
@@ -45,7 +46,7 @@ def sample_batch(vehicle: str, first_seq: int, n: int, *, step_ms: int = 1000) -
         for i in range(n)
     )
     batch = Batch(vehicle, samples=samples)
-    return BatchMessage(telemetry_topic("f1", vehicle), "f1", TopicKind.TELEMETRY, batch, T0, 123)
+    return BatchMessage.of(telemetry_topic("f1", vehicle), "f1", TopicKind.TELEMETRY, batch, T0, 123)
 
 
 async def count(store: Store, query: str) -> int:
@@ -65,7 +66,7 @@ async def test_migrations_are_idempotent_and_recorded(pg_schema: Database) -> No
         cur = await store.connection.execute(
             b"SELECT version, flavour FROM schema_migrations ORDER BY version"
         )
-        assert await cur.fetchall() == [(1, "any"), (2, "native")]
+        assert await cur.fetchall() == [(1, "any"), (2, "native"), (3, "native"), (4, "any")]
     finally:
         await store.close()
 
@@ -105,6 +106,9 @@ async def test_a_batch_is_stored_once_and_its_redelivery_changes_nothing(store: 
     assert await after.fetchall() == rows_before
     assert rollup_before[0][3] == 60  # the 23:59 minute holds 60 samples
     assert await count(store, "SELECT sum(n) FROM samples_1m") == 130
+    assert await count(store, "SELECT count(*) FROM samples_1h") == 0  # until the next refresh
+    assert await store.refresh_rollups() == await count(store, "SELECT count(*) FROM samples_1m")
+    assert await store.refresh_rollups() == 0  # everything logged was taken once
     assert await count(store, "SELECT sum(n) FROM samples_1h") == 130
     assert await count(store, "SELECT sum(n) FROM samples_1d") == 130
     assert await count(store, "SELECT count(*) FROM samples_1d") == 2  # 14 and 15 May
@@ -119,7 +123,7 @@ async def test_predictions_alerts_status_and_dead_letters_in_one_transaction(sto
         predictions=(PredictionRecord(7, T0_MS, "soc_drop_60min", "1.0.0", "soc_drop_pct", 4.5),),
         alerts=(AlertRecord(8, T0_MS, "low_soc", "warning", True, math.nan, "SOC below 20 %"),),
     )
-    message = BatchMessage(telemetry_topic("f1", "bus-2"), "f1", TopicKind.ALERTS, batch, T0, 50)
+    message = BatchMessage.of(telemetry_topic("f1", "bus-2"), "f1", TopicKind.ALERTS, batch, T0, 50)
     status = StatusMessage(
         "voltgate/v1/f1/bus-2/status",
         "f1",
@@ -145,8 +149,8 @@ async def test_predictions_alerts_status_and_dead_letters_in_one_transaction(sto
 
 async def test_maintenance_creates_partitions_ahead_and_drops_expired_ones(store: Store) -> None:
     today = date(2024, 5, 14)
-    await store.write([sample_batch("bus-3", 0, 1)])  # creates samples_p20240514 on demand
-    old = BatchMessage(
+    await store.write([sample_batch("bus-3", 0, 1)])  # creates sample_blocks_p20240514 on demand
+    old = BatchMessage.of(
         telemetry_topic("f1", "bus-3"),
         "f1",
         TopicKind.TELEMETRY,
@@ -160,10 +164,10 @@ async def test_maintenance_creates_partitions_ahead_and_drops_expired_ones(store
 
     cur = await store.connection.execute(
         b"SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-        b" WHERE i.inhparent = 'samples'::regclass ORDER BY 1"
+        b" WHERE i.inhparent = 'sample_blocks'::regclass ORDER BY 1"
     )
     names = [r[0] for r in await cur.fetchall()]
-    ahead = [f"samples_p{(today + timedelta(days=d)):%Y%m%d}" for d in (-1, 0, 1, 2)]
+    ahead = [f"sample_blocks_p{(today + timedelta(days=d)):%Y%m%d}" for d in (-1, 0, 1, 2)]
     assert names == ahead, "yesterday, today and the days ahead exist; the 200-day-old one is dropped"
     assert await count(store, "SELECT count(*) FROM samples") == 1
 
@@ -171,10 +175,128 @@ async def test_maintenance_creates_partitions_ahead_and_drops_expired_ones(store
 async def test_data_the_database_refuses_is_reported_as_rejected_not_as_an_outage(store: Store) -> None:
     # ingest_message keeps NUL out; built by hand here to stand for any row PostgreSQL refuses
     poison = Batch("bus-4", samples=(SampleRecord(1, T0_MS, "Vehicle.\x00Speed", 1.0),))
-    message = BatchMessage(telemetry_topic("f1", "bus-4"), "f1", TopicKind.TELEMETRY, poison, T0, 10)
+    message = BatchMessage.of(telemetry_topic("f1", "bus-4"), "f1", TopicKind.TELEMETRY, poison, T0, 10)
     with pytest.raises(RejectedDataError):
         await store.write([message, sample_batch("bus-4", 10, 5)])
     assert await count(store, "SELECT count(*) FROM samples") == 0  # nothing of the group committed
     assert (
         await store.write([sample_batch("bus-4", 10, 5)])
     ).samples_inserted == 5  # connection still usable
+
+
+def speed_batch(vehicle: str, seqs: range, *, ts_offset_ms: int = 0) -> BatchMessage:
+    """Samples whose value is their seq, one a second; `seqs` need not start at a batch boundary."""
+    samples = tuple(SampleRecord(s, T0_MS + ts_offset_ms + s * 1000, "Vehicle.Speed", float(s)) for s in seqs)
+    return BatchMessage.of(
+        telemetry_topic("f1", vehicle), "f1", TopicKind.TELEMETRY, Batch(vehicle, samples=samples), T0, 10
+    )
+
+
+async def stored_seqs(store: Store, vehicle: str) -> list[int]:
+    cur = await store.connection.execute(
+        b"SELECT seq FROM samples WHERE vehicle_id = %s ORDER BY seq", (vehicle,)
+    )
+    return [int(str(r[0])) for r in await cur.fetchall()]
+
+
+async def test_samples_re_sent_in_other_batches_are_stored_once_with_exact_rollups(store: Store) -> None:
+    # GIVEN 60 stored samples (seq 0-59)
+    assert (await store.write([speed_batch("bus-5", range(0, 60))])).samples_inserted == 60
+
+    # WHEN the agent re-sends some of them cut differently: inside a larger batch, then a batch
+    # around a gap, then (within one group) the same records twice
+    resent = await store.write([speed_batch("bus-5", range(30, 90))])
+    around = await store.write([speed_batch("bus-5", range(85, 95)), speed_batch("bus-5", range(100, 110))])
+    twice = await store.write([speed_batch("bus-5", range(95, 100)), speed_batch("bus-5", range(90, 105))])
+
+    # THEN every sample is stored once, and the rollups count each once
+    assert (resent.samples_inserted, resent.duplicates) == (30, 30)
+    assert (around.samples_inserted, around.duplicates) == (15, 5)
+    assert (twice.samples_inserted, twice.duplicates) == (5, 15)
+    assert await stored_seqs(store, "bus-5") == list(range(110))
+    assert await count(store, "SELECT sum(n) FROM samples_1m") == 110
+    await store.refresh_rollups()
+    assert await count(store, "SELECT sum(total)::bigint FROM samples_1d") == sum(range(110))
+    assert await count(store, "SELECT min(min_value)::bigint FROM samples_1h") == 0
+    assert await count(store, "SELECT max(max_value)::bigint FROM samples_1h") == 109
+    # blocks stay within one UTC minute and in time order
+    assert (
+        await count(
+            store,
+            "SELECT count(*) FROM sample_blocks WHERE date_bin('1 minute', ts_first, 'epoch')"
+            " <> date_bin('1 minute', ts_last, 'epoch')"
+            " OR ts <> (SELECT array_agg(t ORDER BY t) FROM unnest(ts) t)",
+        )
+        == 0
+    )
+
+
+async def test_the_same_seq_at_another_time_is_a_new_sample(store: Store) -> None:
+    # An agent that lost its buffer starts its sequence again at 0, a day later.
+    await store.write([speed_batch("bus-6", range(0, 10))])
+    again = await store.write([speed_batch("bus-6", range(0, 10), ts_offset_ms=86_400_000)])
+    assert again.samples_inserted == 10
+    assert await count(store, "SELECT count(*) FROM samples WHERE vehicle_id = 'bus-6'") == 20
+
+
+async def test_two_replicas_writing_overlapping_batches_at_once_store_each_sample_once(
+    pg_schema: Database, store: Store
+) -> None:
+    # GIVEN a second connection (another replica) and, per round, the same records cut into
+    # different batches for each replica
+    other = await Store.open(db_settings(pg_schema))
+    try:
+        for round_no in range(5):
+            base = round_no * 1000
+            vehicles = [f"bus-{v}" for v in range(20)]
+            mine = [speed_batch(v, range(base, base + 600)) for v in vehicles]
+            theirs = [speed_batch(v, range(base + 300, base + 900)) for v in reversed(vehicles)]
+            # WHEN both write at the same moment
+            a, b = await asyncio.gather(store.write(mine), other.write(theirs))
+            # THEN together they inserted each sample once
+            assert a.samples_inserted + b.samples_inserted == 20 * 900
+        assert await count(store, "SELECT count(*) FROM samples") == 5 * 20 * 900
+        assert await count(
+            store, "SELECT count(*) FROM (SELECT DISTINCT vehicle_id, seq FROM samples) d"
+        ) == (5 * 20 * 900)
+        # two replicas refreshing at once: one does it, the other finds it locked (None) or done (0)
+        refreshed = await asyncio.gather(store.refresh_rollups(), other.refresh_rollups())
+        assert sorted(refreshed, key=bool)[0] in (None, 0) and sorted(refreshed, key=bool)[1]
+        assert await count(store, "SELECT sum(n) FROM samples_1d") == 5 * 20 * 900
+    finally:
+        await other.close()
+
+
+async def test_migration_3_turns_stored_sample_rows_into_blocks(pg_schema: Database) -> None:
+    # GIVEN a schema at version 2 holding sample rows over midnight UTC
+    settings = db_settings(pg_schema)
+    store = await Store.open(settings, require_schema=False)
+    try:
+        assert await store.migrate(up_to=2) == [1, 2]
+        await store.connection.execute(
+            b"CREATE TABLE samples_p20240514 PARTITION OF samples"
+            b" FOR VALUES FROM ('2024-05-14') TO ('2024-05-15');"
+            b"CREATE TABLE samples_p20240515 PARTITION OF samples"
+            b" FOR VALUES FROM ('2024-05-15') TO ('2024-05-16')"
+        )
+        await store.connection.execute(
+            b"INSERT INTO samples SELECT 'bus-7', s, %s::timestamptz + s * interval '1 second',"
+            b" CASE WHEN s %% 2 = 0 THEN 'Vehicle.Speed' ELSE 'Vehicle.Soc' END, s"
+            b" FROM generate_series(0, 179) s",
+            (T0,),
+        )
+        before = await (await store.connection.execute(b"SELECT * FROM samples ORDER BY seq")).fetchall()
+
+        # WHEN it is migrated
+        assert await store.migrate() == [3, 4]
+
+        # THEN the same samples read back, now as blocks of one signal and one minute
+        after = await (await store.connection.execute(b"SELECT * FROM samples ORDER BY seq")).fetchall()
+        assert after == before
+        assert await count(store, "SELECT count(*) FROM sample_blocks") == 2 * 3  # 23:59, 00:00, 00:01
+        assert await existing_partitions(store.connection, pg_schema.schema) == {
+            ("sample_blocks", date(2024, 5, 14)),
+            ("sample_blocks", date(2024, 5, 15)),
+        }
+    finally:
+        await store.close()

@@ -40,7 +40,7 @@ async def store() -> AsyncIterator[Store]:
     schema = f"test_{uuid.uuid4().hex[:12]}"
     settings = DatabaseSettings.model_validate({"dsn": TIMESCALE_DSN, "schema": schema})
     migrator = await Store.open(settings, require_schema=False)
-    assert await migrator.migrate() == [1, 2]
+    assert await migrator.migrate() == [1, 2, 3, 4]
     assert await migrator.migrate() == []
     await migrator.close()
     opened = await Store.open(settings)
@@ -60,7 +60,11 @@ async def test_hypertables_policies_and_aggregates_exist(store: Store) -> None:
         b"SELECT hypertable_name, compression_enabled FROM timescaledb_information.hypertables"
         b" WHERE hypertable_schema = current_schema() ORDER BY 1"
     )
-    assert await cur.fetchall() == [("ingest_ledger", False), ("predictions", True), ("samples", True)]
+    assert await cur.fetchall() == [
+        ("ingest_ledger", False),
+        ("predictions", True),
+        ("sample_blocks", True),
+    ]
     cur = await conn.execute(
         b"SELECT view_name FROM timescaledb_information.continuous_aggregates"
         b" WHERE view_schema = current_schema() ORDER BY 1"
@@ -71,16 +75,16 @@ async def test_hypertables_policies_and_aggregates_exist(store: Store) -> None:
         b" WHERE hypertable_schema = current_schema() ORDER BY 1, 2"
     )
     jobs = {(str(p), str(h)) for p, h in await cur.fetchall()}
-    assert ("policy_retention", "samples") in jobs
+    assert ("policy_retention", "sample_blocks") in jobs
     assert ("policy_retention", "ingest_ledger") in jobs
-    assert ("policy_compression", "samples") in jobs
+    assert ("policy_compression", "sample_blocks") in jobs
 
 
 async def test_writes_are_idempotent_and_aggregates_and_kpis_match(store: Store) -> None:
     now = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
     t0 = int(now.timestamp() * 1000)
     samples = tuple(SampleRecord(i, t0 + i * 1000, kpis.SOC, 80.0 - i / 100) for i in range(300))
-    message = BatchMessage(
+    message = BatchMessage.of(
         telemetry_topic("f", "bus-t"), "f", TopicKind.TELEMETRY, Batch("bus-t", samples=samples), now, 1
     )
     first = await store.write([message])

@@ -34,7 +34,8 @@ def test_a_good_batch_becomes_rows() -> None:
     result = ingest_message(telemetry_topic("f1", "bus-1"), encode_batch(a_batch()), NOW, LIMITS)
     assert isinstance(result, BatchMessage)
     assert (result.fleet, result.vehicle_id, result.kind) == ("f1", "bus-1", TopicKind.TELEMETRY)
-    assert [s.seq for s in result.batch.samples] == [10, 11]
+    assert result.samples.seq.tolist() == [10, 11]
+    assert result.samples.records() == a_batch().samples
     assert result.seq_range() == (10, 13)
 
 

@@ -1,0 +1,195 @@
+"""The read side prunes: the fleet views and KPIs read only the sample blocks of the time they ask for.
+
+Samples live in `sample_blocks`, range-partitioned by day; the `samples` view unnests every block of
+every day. The queries read through `samples_between()` / `latest_sample()` instead, whose time
+bounds reach the partition key and whose bus and signal reach the primary key. These tests run the
+public read functions on a schema holding four days and look at the plans of what they executed
+(EXPLAIN ANALYZE of each statement, run just before it on the same connection): a query that falls
+back to the view, or hides its range from the planner, reads every day's partition and fails here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, LiteralString, Self
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.abc import Params, Query
+
+from cloud import kpis
+from cloud.web import queries
+
+from .conftest import Database
+from .test_cloud_api import PLANS, fleet_messages, migrated_store, write_all
+
+pytestmark = pytest.mark.asyncio
+
+DAYS = [date(2024, 5, 11) + timedelta(days=k) for k in range(4)]
+BUS = PLANS[0].vehicle_id
+PARTITION = re.compile(r"^sample_blocks_p\d{8}$")
+EXPLAIN: LiteralString = "EXPLAIN (ANALYZE, FORMAT JSON) "
+
+
+def partition(day: date) -> str:
+    return f"sample_blocks_p{day:%Y%m%d}"
+
+
+@dataclass
+class Plans:
+    """The plans of the statements run on one connection, as EXPLAIN (FORMAT JSON) gives them."""
+
+    roots: list[dict[str, Any]] = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.roots.clear()
+
+    def nodes(self) -> Iterator[dict[str, Any]]:
+        def walk(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+            yield node
+            for child in node.get("Plans", []):
+                yield from walk(child)
+
+        for root in self.roots:
+            yield from walk(root)
+
+    def block_scans(self) -> list[dict[str, Any]]:
+        """Scans of sample_blocks partitions that ran (pruned ones never run, or are not planned)."""
+        return [
+            n for n in self.nodes() if PARTITION.match(n.get("Relation Name", "")) and n["Actual Loops"] > 0
+        ]
+
+    def partitions_read(self) -> set[str]:
+        return {n["Relation Name"] for n in self.block_scans()}
+
+
+def recording_cursor(plans: Plans) -> type[psycopg.AsyncCursor[Any]]:
+    """A cursor class that EXPLAIN ANALYZEs each statement (same parameters) before running it."""
+
+    class Recording(psycopg.AsyncCursor[Any]):
+        async def execute(
+            self,
+            query: Query,
+            params: Params | None = None,
+            *,
+            prepare: bool | None = None,
+            binary: bool | None = None,
+        ) -> Self:
+            assert isinstance(query, bytes | sql.Composable), "the read queries are bytes or composed SQL"
+            explained = EXPLAIN.encode() + query if isinstance(query, bytes) else sql.SQL(EXPLAIN) + query
+            async with psycopg.AsyncCursor(self.connection) as plain:  # not a Recording: no recursion
+                await plain.execute(explained, params)
+                row = await plain.fetchone()
+                assert row is not None
+                plans.roots.append(row[0][0]["Plan"])
+            return await super().execute(query, params, prepare=prepare, binary=binary)
+
+    return Recording
+
+
+@pytest.fixture
+async def four_days(pg_schema: Database) -> AsyncIterator[tuple[psycopg.AsyncConnection[Any], Plans]]:
+    # GIVEN three buses driving half an hour each morning for four days: a partition per day
+    store = await migrated_store(pg_schema)
+    try:
+        for day in DAYS:
+            start = datetime(day.year, day.month, day.day, 5, tzinfo=UTC)
+            _, messages = fleet_messages(PLANS, start, hours=0.5, step_s=30)
+            await write_all(store, messages)
+    finally:
+        await store.close()
+    plans = Plans()
+    async with await psycopg.AsyncConnection.connect(
+        pg_schema.dsn,
+        autocommit=True,
+        options=f"-c search_path={pg_schema.schema},public",
+        cursor_factory=recording_cursor(plans),
+    ) as conn:
+        cur = await conn.execute(
+            b"SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            b" WHERE i.inhparent = 'sample_blocks'::regclass"
+        )
+        assert {str(name) for (name,) in await cur.fetchall()} == {partition(d) for d in DAYS}
+        plans.clear()
+        yield conn, plans
+
+
+async def test_daily_kpis_read_only_the_days_asked_for(
+    four_days: tuple[psycopg.AsyncConnection[Any], Plans],
+) -> None:
+    conn, plans = four_days
+    day = DAYS[1]
+
+    rows = await kpis.daily_kpis(conn, day, day)
+
+    assert {(r.vehicle_id, r.day) for r in rows} == {(p.vehicle_id, day) for p in PLANS}
+    assert plans.partitions_read() == {partition(day)}
+
+    # a local day in New York (UTC−4) spans two UTC days: both partitions, no others
+    plans.clear()
+    await kpis.charging_sessions(conn, day, day, tz="America/New_York")
+    assert plans.partitions_read() == {partition(day), partition(day + timedelta(days=1))}
+
+
+async def test_bus_list_reads_only_the_last_day(
+    four_days: tuple[psycopg.AsyncConnection[Any], Plans],
+) -> None:
+    conn, plans = four_days
+
+    states = await queries.bus_states(conn)
+
+    assert [s.vehicle_id for s in states] == sorted(p.vehicle_id for p in PLANS)
+    assert all(s.soc_pct and s.soc_pct.ts.astimezone(UTC).date() == DAYS[-1] for s in states)
+    assert all(s.latitude is not None and s.longitude is not None for s in states)
+    assert plans.partitions_read() == {partition(DAYS[-1])}
+
+
+async def test_series_and_outcomes_read_only_their_range(
+    four_days: tuple[psycopg.AsyncConnection[Any], Plans],
+) -> None:
+    conn, plans = four_days
+    day = DAYS[1]
+    t_from = datetime(day.year, day.month, day.day, 5, tzinfo=UTC)
+    t_to = t_from + timedelta(hours=1)
+
+    raw = await queries.series(conn, BUS, kpis.SOC, t_from, t_to, queries.Resolution.RAW, 10_000)
+    power = await queries.series(conn, BUS, queries.PACK_POWER, t_from, t_to, queries.Resolution.RAW, 10_000)
+    outcomes = await queries.prediction_outcomes(conn, BUS, t_from, t_to, 1_000)
+
+    assert len(raw) == 61 and power and outcomes
+    assert all(o.soc_at_prediction_pct is not None for o in outcomes)
+    assert plans.partitions_read() == {partition(day)}
+
+
+async def test_one_bus_reads_go_through_the_block_key(
+    four_days: tuple[psycopg.AsyncConnection[Any], Plans],
+) -> None:
+    # A few kB per partition make a sequential scan the cheapest plan here; with it priced out (for
+    # this session) the plan shows whether the bus and signal reach the blocks' primary key
+    # (vehicle_id, signal, …) at all, as they do on a real fleet's partitions.
+    conn, plans = four_days
+    async with psycopg.AsyncCursor(conn) as plain:  # a SET has no plan to record
+        await plain.execute(b"SET enable_seqscan = off")
+    day = DAYS[1]
+    t_from = datetime(day.year, day.month, day.day, 5, tzinfo=UTC)
+    plans.clear()
+
+    await kpis.daily_kpis(conn, day, day, vehicle_id=BUS)
+    await queries.bus_states(conn, BUS)
+    await queries.series(
+        conn, BUS, kpis.SOC, t_from, t_from + timedelta(hours=1), queries.Resolution.RAW, 100
+    )
+    await queries.prediction_outcomes(conn, BUS, t_from, t_from + timedelta(hours=1), 100)
+
+    # THEN every block scan finds the bus through the index and checks the signal in the scan: in the
+    # index, or in its filter where the signals asked for are most of a bus's (the KPIs read 7 of 8)
+    scans = plans.block_scans()
+    assert scans
+    for scan in scans:
+        index_cond = " ".join(n.get("Index Cond", "") for n in Plans([scan]).nodes())
+        assert "vehicle_id = " in index_cond, scan
+        assert "signal = " in index_cond + scan.get("Filter", ""), scan
