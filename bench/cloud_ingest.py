@@ -674,14 +674,14 @@ def main() -> int:
         conn.close()
 
     print("\nsummary")
+    # The targets (200,000 samples/s, 20x the naive bridge) are set on the synthetic workload.
+    judged = args.workload == "synthetic"
     if "one" in results:
         print(f"  receiver, 1 replica:  {results['one'].samples_per_s:>10,.0f} samples/s")
         # the verdict counts the hour/day rollup refresh that the timed phase leaves for later
         ours = results.get("one+refresh", results["one"]).samples_per_s
-        print(
-            f"    with its rollup refresh: {ours:>10,.0f} samples/s"
-            f"   (target >= 200,000: {'met' if ours >= 200_000 else 'NOT met'})"
-        )
+        verdict = f"   (target >= 200,000: {'met' if ours >= 200_000 else 'NOT met'})" if judged else ""
+        print(f"    with its rollup refresh: {ours:>10,.0f} samples/s{verdict}")
     if "two" in results:
         print(f"  receiver, 2 replicas: {results['two'].samples_per_s:>10,.0f} samples/s")
     if "redelivery" in results:
@@ -694,10 +694,8 @@ def main() -> int:
         print(f"  naive bridge:         {naive:>10,.0f} samples/s")
         if "one" in results and naive > 0:
             ratio = results.get("one+refresh", results["one"]).samples_per_s / naive
-            print(
-                f"  ratio receiver (with its refresh)/naive: {ratio:.1f}x"
-                f"        (target >= 20x: {'met' if ratio >= 20 else 'NOT met'})"
-            )
+            verdict = f"        (target >= 20x: {'met' if ratio >= 20 else 'NOT met'})" if judged else ""
+            print(f"  ratio receiver (with its refresh)/naive: {ratio:.1f}x{verdict}")
     print(f"bench took {time.monotonic() - started:.0f} s")
     return 0
 
