@@ -395,64 +395,102 @@ def _field(data: bytes) -> bytes:
     return struct.pack(">i", len(data)) + data
 
 
-def _array_header(oid: int, n: int) -> bytes:
-    # one dimension of n elements from index 1, no NULLs (an empty array has no dimension)
-    return struct.pack(">iiiii", 1, 0, oid, n, 1) if n else struct.pack(">iii", 0, 0, oid)
-
-
-def _elements(values: npt.NDArray[np.generic], pg_dtype: str) -> bytes:
-    """Fixed-width binary array elements: per element a 4-byte length, then the big-endian value."""
+def _elements(values: npt.NDArray[np.generic], pg_dtype: str) -> npt.NDArray[np.uint8]:
+    """Fixed-width binary array elements, one row of bytes each: a 4-byte length, the big-endian value."""
     elements = np.empty(len(values), dtype=[("length", ">i4"), ("value", pg_dtype)])
     elements["length"] = np.dtype(pg_dtype).itemsize
     elements["value"] = values
-    return elements.tobytes()
+    return elements.view(np.uint8).reshape(len(values), -1)
 
 
-# stage_blocks' fixed-width fields: (length, value) for minute, ts_first, ts_last, seq_first, n, total,
-# min, max
-_BLOCK_SCALARS: Final = struct.Struct(">iqiqiqiqiiididid")
+# A stage_blocks COPY row: a head (field count; block_no and seq_min, each after its length), the
+# vehicle and signal texts, the fixed-width fields (each after its length), and three arrays (each its
+# length, a 20-byte header and 12 bytes per element).
+_HEAD: Final = np.dtype(
+    [("fields", ">i2"), ("l0", ">i4"), ("block_no", ">i4"), ("l1", ">i4"), ("seq_min", ">i8")]
+)
+_SCALARS: Final = np.dtype(
+    [("l0", ">i4"), ("minute", ">i8"), ("l1", ">i4"), ("ts_first", ">i8"), ("l2", ">i4"), ("ts_last", ">i8"),
+     ("l3", ">i4"), ("seq_first", ">i8"), ("l4", ">i4"), ("n", ">i4"), ("l5", ">i4"), ("total", ">f8"),
+     ("l6", ">i4"), ("min_value", ">f8"), ("l7", ">i4"), ("max_value", ">f8")]
+)  # fmt: skip
+_ARRAY_HEAD: Final = np.dtype(
+    [("length", ">i4"), ("ndim", ">i4"), ("has_null", ">i4"), ("oid", ">i4"), ("n", ">i4"), ("lower", ">i4")]
+)
+_ELEMENT_BYTES: Final = 12
 
 
-def _block_rows(first_block_no: int, vehicle_id: str, columns: SampleColumns) -> list[bytes]:
-    """The COPY rows of stage_blocks for one message's samples, one per block (cloud/blocks.py)."""
+def _block_rows(first_block_no: int, vehicle_id: str, columns: SampleColumns) -> tuple[bytes, int]:
+    """The COPY rows of stage_blocks for one message's samples, one per block (cloud/blocks.py), laid
+    out with numpy into one buffer (no Python work per block or sample); returns them and their count."""
     b = blocks_of(columns)
+    blocks = len(b)
+    if not blocks:
+        return b"", 0
+    n = b.stop - b.start
     micros = (b.ts_ms - _PG_EPOCH_MS) * 1000  # ts is within the plausibility window: no overflow
-    width = 12  # 4-byte length + 8-byte value per array element
-    seq_bytes, ts_bytes = _elements(b.seq, ">i8"), _elements(micros, ">i8")
-    seq_min = np.minimum.reduceat(b.seq, b.start).tolist() if len(b) else []
-    minutes = (micros[b.start] // _MICROS_PER_MINUTE * _MICROS_PER_MINUTE).tolist()
-    value_bytes = _elements(b.value, ">f8")
-    vehicle = _field(vehicle_id.encode())
-    signals = [_field(name.encode()) for name in b.signals]
-    rows = []
-    for k, (start, stop) in enumerate(zip(b.start.tolist(), b.stop.tolist(), strict=True)):
-        n = stop - start
-        lo, hi = start * width, stop * width
-        scalars = _BLOCK_SCALARS.pack(
-            8, minutes[k], 8, int(micros[start]), 8, int(micros[stop - 1]), 8, int(b.seq[start]),
-            4, n, 8, float(b.total[k]), 8, float(b.min_value[k]), 8, float(b.max_value[k]),
-        )  # fmt: skip
-        rows.append(
-            b"".join(
-                (
-                    struct.pack(">hiiiq", 15, 4, first_block_no + k, 8, seq_min[k]),
-                    vehicle,
-                    signals[int(b.signal_index[k])],
-                    scalars,
-                    _field(_array_header(_OID_INT8, n) + seq_bytes[lo:hi]),
-                    _field(_array_header(_OID_TIMESTAMPTZ, n) + ts_bytes[lo:hi]),
-                    _field(_array_header(_OID_FLOAT8, n) + value_bytes[lo:hi]),
-                )
-            )
-        )
-    return rows
+
+    head = np.zeros(blocks, dtype=_HEAD)
+    head["fields"], head["l0"], head["l1"] = 15, 4, 8
+    head["block_no"] = first_block_no + np.arange(blocks)
+    head["seq_min"] = np.minimum.reduceat(b.seq, b.start)
+    vehicle = np.frombuffer(_field(vehicle_id.encode()), dtype=np.uint8)
+    names = [_field(name.encode()) for name in b.signals]
+    name_bytes = np.frombuffer(b"".join(names), dtype=np.uint8)
+    name_len = np.array([len(x) for x in names], dtype=np.int64)
+    name_at = np.concatenate(([0], np.cumsum(name_len)[:-1]))
+    signal_len = name_len[b.signal_index]
+    scalars = np.zeros(blocks, dtype=_SCALARS)
+    for length_field in ("l0", "l1", "l2", "l3", "l5", "l6", "l7"):
+        scalars[length_field] = 8
+    scalars["l4"] = 4
+    scalars["minute"] = micros[b.start] // _MICROS_PER_MINUTE * _MICROS_PER_MINUTE
+    scalars["ts_first"], scalars["ts_last"] = micros[b.start], micros[b.stop - 1]
+    scalars["seq_first"], scalars["n"] = b.seq[b.start], n
+    scalars["total"], scalars["min_value"], scalars["max_value"] = b.total, b.min_value, b.max_value
+
+    array_bytes = _ARRAY_HEAD.itemsize + _ELEMENT_BYTES * n  # one array field, with its length
+    row_len = _HEAD.itemsize + len(vehicle) + signal_len + _SCALARS.itemsize + 3 * array_bytes
+    row_at = np.concatenate(([0], np.cumsum(row_len)[:-1]))
+    out = np.empty(int(row_len.sum()), dtype=np.uint8)
+
+    def put(at: npt.NDArray[np.int64], rows: npt.NDArray[np.uint8]) -> None:  # equal-width rows
+        out[at[:, None] + np.arange(rows.shape[1])] = rows
+
+    put(row_at, head.view(np.uint8).reshape(blocks, -1))
+    at = row_at + _HEAD.itemsize
+    put(at, np.broadcast_to(vehicle, (blocks, len(vehicle))))
+    at = at + len(vehicle)
+    # the signal names, of unequal lengths: byte i of the run goes from its name to its block's row
+    within = np.arange(int(signal_len.sum())) - np.repeat(np.cumsum(signal_len) - signal_len, signal_len)
+    out[np.repeat(at, signal_len) + within] = name_bytes[
+        np.repeat(name_at[b.signal_index], signal_len) + within
+    ]
+    at = at + signal_len
+    put(at, scalars.view(np.uint8).reshape(blocks, -1))
+    at = at + _SCALARS.itemsize
+    block_of_sample = np.repeat(np.arange(blocks), n)
+    for oid, values, pg_dtype in ((_OID_INT8, b.seq, ">i8"), (_OID_TIMESTAMPTZ, micros, ">i8"),
+                                  (_OID_FLOAT8, b.value, ">f8")):  # fmt: skip
+        array_head = np.zeros(blocks, dtype=_ARRAY_HEAD)
+        array_head["length"] = array_bytes - 4
+        array_head["ndim"], array_head["oid"], array_head["n"], array_head["lower"] = 1, oid, n, 1
+        put(at, array_head.view(np.uint8).reshape(blocks, -1))
+        # the elements, contiguous per block in sample order: sample i of block k lands after the header
+        first = at + _ARRAY_HEAD.itemsize - _ELEMENT_BYTES * b.start
+        put(first[block_of_sample] + _ELEMENT_BYTES * np.arange(len(values)), _elements(values, pg_dtype))
+        at = at + array_bytes
+    return out.tobytes(), blocks
 
 
 async def _stage_samples(cur: psycopg.AsyncCursor[tuple[object, ...]], batches: list[BatchMessage]) -> int:
     rows: list[bytes] = []
+    blocks = 0
     for message, columns in zip(batches, unrepeated(batches), strict=True):
         if len(columns):
-            rows += _block_rows(len(rows), message.vehicle_id, columns)
+            data, count = _block_rows(blocks, message.vehicle_id, columns)
+            rows.append(data)
+            blocks += count
     if rows:
         async with cur.copy(
             "COPY stage_blocks (block_no, seq_min, " + _BLOCK_COLUMNS + ") FROM STDIN (FORMAT BINARY)"
