@@ -8,6 +8,7 @@
     GET /api/buses/{bus}/series             ?signal=&from=&to=[&resolution=auto|raw|1m|1h|1d]
     GET /api/buses/{bus}/predictions        ?from=&to=    predicted SOC drop vs the SOC 60 min later
     GET /api/buses/{bus}/charging           ?from=&to=[&tz=]    charging sessions (dates)
+    GET /api/buses/{bus}/trips              ?from=&to=[&tz=]    trips (dates; gap: web.trip_gap_s)
     GET /api/alerts                         [?from=&to=&bus=&severity=&limit=]
     GET /api/kpis/daily                     ?from=&to=[&tz=&bus=]   per bus per day (dates, inclusive)
     GET /api/kpis/fleet                     ?from=&to=[&tz=]        fleet energy KPIs (dates, inclusive)
@@ -16,16 +17,25 @@ Instants are ISO 8601 with a UTC offset (`2024-05-14T06:00:00Z`); dates are `YYY
 parameter is a 400, an unknown bus a 404, both with `{"error": reason}`; the database being down or
 too slow is a 503. Reads go through a small connection pool whose sessions are read-only and carry a
 statement timeout. The server is started by `FleetViews.start` (from `run` or `serve` in `app.py`).
+
+With `web.api_tokens` set, a request needs `Authorization: Bearer <one of them>` (else a 401 with
+`WWW-Authenticate: Bearer`) unless its route is in `_OPEN_ROUTES`: the page's files, /metrics and
+/api/health; a route added later needs the token unless listed there. The page's files hold no data,
+and a browser cannot send the header when it opens a page: the page's script sends the token the
+page was opened with (`/#token=…`) on each API call.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import ipaddress
 import json
 import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import UTC, date, datetime, timedelta
 from importlib import resources
@@ -34,6 +44,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -70,6 +81,10 @@ _PAGE_HEADERS: Final = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",
 }
+# Routes open without a token when tokens are set: the page's files (no data), Prometheus' scrape
+# (as configured, on its own), the health check.
+_OPEN_ROUTES: Final = frozenset({*_PAGE_FILES, "/metrics", "/api/health"})
+_REALM: Final = 'Bearer realm="voltgate"'
 
 HTTP_REQUESTS = Counter(
     "voltgate_cloud_http_requests_total", "Fleet-view HTTP requests, by route and status", ["route", "status"]
@@ -231,6 +246,40 @@ def _json(body: object, status: int = 200) -> web.Response:
     )
 
 
+# --- access ----------------------------------------------------------------------------------------------
+
+
+def token_digests(tokens: Collection[str]) -> frozenset[bytes]:
+    """What the server keeps of its tokens: their SHA-256, so that comparing takes as long for any length."""
+    return frozenset(hashlib.sha256(token.encode()).digest() for token in tokens)
+
+
+def bearer_refusal(authorization: str | None, digests: Collection[bytes]) -> tuple[str, str] | None:
+    """None when `authorization` carries a token of `digests`, else (reason, WWW-Authenticate value)."""
+    if authorization is None:
+        return "this API needs a token: send 'Authorization: Bearer <token>'", _REALM
+    scheme, _, credentials = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        return "the Authorization header must be 'Bearer <token>'", f'{_REALM}, error="invalid_request"'
+    presented = hashlib.sha256(credentials.strip().encode("utf-8", "replace")).digest()
+    matched = False
+    for digest in digests:  # every one compared, in constant time: no early exit to time
+        matched |= hmac.compare_digest(presented, digest)
+    if not matched:
+        return "the bearer token is not valid", f'{_REALM}, error="invalid_token"'
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` serves this machine only ('' and 0.0.0.0 are every interface)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
+
+
 # --- responses --------------------------------------------------------------------------------------------
 
 
@@ -374,6 +423,16 @@ class _Api:
             sessions = await kpis.charging_sessions(conn, d_from, d_to, tz=tz, vehicle_id=bus)
         return _json({"bus": bus, "from": d_from, "to": d_to, "tz": tz, "sessions": sessions})
 
+    async def trips(self, request: web.Request) -> web.Response:
+        bus = _bus_id(request.match_info["bus"])
+        d_from, d_to = day_range(request.query, self._settings.max_range_days)
+        tz = time_zone(request.query, self._settings.time_zone)
+        gap_s = self._settings.trip_gap_s
+        async with self._pool.connection() as conn:
+            await self._known(conn, bus)
+            found = await kpis.trips(conn, d_from, d_to, tz=tz, vehicle_id=bus, trip_gap_s=gap_s)
+        return _json({"bus": bus, "from": d_from, "to": d_to, "tz": tz, "trip_gap_s": gap_s, "trips": found})
+
     async def alerts(self, request: web.Request) -> web.Response:
         query = request.query
         t_from, t_to = instant_range(query, self._settings.max_range_days, default_span=DEFAULT_ALERT_WINDOW)
@@ -398,7 +457,9 @@ class _Api:
         async with self._pool.connection() as conn:
             if bus is not None:
                 await self._known(conn, bus)
-            rows = await kpis.daily_kpis(conn, d_from, d_to, tz=tz, vehicle_id=bus)
+            rows = await kpis.daily_kpis(
+                conn, d_from, d_to, tz=tz, vehicle_id=bus, trip_gap_s=self._settings.trip_gap_s
+            )
         return _json({"from": d_from, "to": d_to, "tz": tz, "rows": rows})
 
     async def fleet_kpis(self, request: web.Request) -> web.Response:
@@ -452,6 +513,27 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
         HTTP_SECONDS.labels(route).observe(time.perf_counter() - started)
 
 
+def _bearer_auth(digests: frozenset[bytes]) -> Middleware:
+    """Refuses a request for a route not in `_OPEN_ROUTES` (or an unknown /api/ path) without a token."""
+
+    @web.middleware
+    async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        needs_token = (
+            resource.canonical not in _OPEN_ROUTES
+            if resource is not None
+            else request.path.startswith("/api/")
+        )
+        if needs_token and (refusal := bearer_refusal(request.headers.get("Authorization"), digests)):
+            reason, challenge = refusal
+            response = _json({"error": reason}, 401)
+            response.headers["WWW-Authenticate"] = challenge
+            return response
+        return await handler(request)
+
+    return require_token
+
+
 def _page_files() -> dict[str, tuple[bytes, str]]:
     folder = resources.files("cloud").joinpath("web")
     return {path: (folder.joinpath(name).read_bytes(), kind) for path, (name, kind) in _PAGE_FILES.items()}
@@ -459,7 +541,10 @@ def _page_files() -> dict[str, tuple[bytes, str]]:
 
 def create_app(pool: Pool, settings: WebSettings, schema_name: str) -> web.Application:
     api = _Api(_Context(pool, settings, schema_name, _page_files()))
-    app = web.Application(middlewares=[_errors_and_metrics])
+    middlewares: list[Middleware] = [_errors_and_metrics]
+    if settings.api_tokens:
+        middlewares.append(_bearer_auth(token_digests([t.get_secret_value() for t in settings.api_tokens])))
+    app = web.Application(middlewares=middlewares)
     for path in _PAGE_FILES:
         app.router.add_get(path, api.page)
     app.router.add_get("/metrics", api.metrics)
@@ -469,6 +554,7 @@ def create_app(pool: Pool, settings: WebSettings, schema_name: str) -> web.Appli
     app.router.add_get("/api/buses/{bus}/series", api.series)
     app.router.add_get("/api/buses/{bus}/predictions", api.predictions)
     app.router.add_get("/api/buses/{bus}/charging", api.charging)
+    app.router.add_get("/api/buses/{bus}/trips", api.trips)
     app.router.add_get("/api/alerts", api.alerts)
     app.router.add_get("/api/kpis/daily", api.daily_kpis)
     app.router.add_get("/api/kpis/fleet", api.fleet_kpis)
@@ -500,6 +586,15 @@ class FleetViews:
             await pool.close()
             raise
         host, port = runner.addresses[0][:2]
+        if settings.api_tokens:
+            log.info("fleet views: /api needs a bearer token (%d configured)", len(settings.api_tokens))
+        elif not is_loopback(settings.host):
+            log.warning(
+                "fleet views on %s:%d are open to anyone who can reach them: set web.api_tokens to require"
+                " a bearer token",
+                settings.host,
+                port,
+            )
         return cls(runner, pool, f"http://{host}:{port}")
 
     async def stop(self) -> None:

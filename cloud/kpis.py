@@ -17,6 +17,14 @@ Definitions (first version):
 - Charging session: a run of contiguous charging intervals lasting at least `MIN_CHARGING_S` (a
   shorter one is regeneration while rolling to a stop). charging_events counts the sessions that
   start that day; a session already running at the start of the queried range starts there.
+- Trip: a period of movement, from its first moving interval to the end of its last, whose stops
+  inside are all shorter than the trip gap (`TRIP_GAP_S` unless given: bus stops and lights stay
+  inside a trip, a layover ends it). A stretch without readings counts as a stop. Per trip: moving
+  time, distance from the odometer (last reading in the trip minus the first) and from GPS (the legs
+  between fixes within the trip, as gps_distance_km), energy used as energy_used_kwh (internal stops
+  included, charging left out), kWh/km, SOC and position at the first and last reading within it.
+  Trips are cut at the range's ends, as charging sessions are; trip_count counts those starting
+  that day.
 - alerts_raised / critical_alerts: alerts raised (active = true) that day, all and critical.
 - Fleet energy (`fleet_energy`): the buses' energy summed per hour and per day; total, daily
   average over the calendar days of the range (a day without data counts as 0), the 7-day rolling
@@ -48,6 +56,7 @@ MAX_HOLD_S: Final = 60.0
 MIN_DISTANCE_FOR_RATE_KM: Final = 0.1
 MAX_GPS_SPEED_KMH: Final = 150.0
 MIN_CHARGING_S: Final = 120.0
+TRIP_GAP_S: Final = 300.0  # a stop (or a stretch without data) at least this long ends a trip
 EARTH_RADIUS_KM: Final = 6371.0088  # mean radius (IUGG)
 ROLLING_DAYS: Final = 7
 
@@ -69,6 +78,7 @@ class DailyKpi:
     gps_distance_km: float | None = None
     utilization_pct: float | None = None
     charging_events: int = 0
+    trip_count: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +88,25 @@ class ChargingSession:
     ended_at: datetime
     energy_added_kwh: float
     max_power_kw: float
+
+
+@dataclass(frozen=True, slots=True)
+class Trip:
+    vehicle_id: str
+    started_at: datetime
+    ended_at: datetime
+    duration_s: float
+    moving_s: float
+    distance_km: float | None  # odometer
+    gps_distance_km: float | None
+    energy_used_kwh: float | None
+    kwh_per_km: float | None
+    soc_start_pct: float | None
+    soc_end_pct: float | None
+    start_lat: float | None
+    start_lon: float | None
+    end_lat: float | None
+    end_lon: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +143,9 @@ class FleetEnergy:
 
 
 # Shared by every query below: the samples of the range, V/I/speed held between readings, and the
-# intervals between consecutive readings with their power and whether the bus was charging.
+# intervals between consecutive readings with their power and whether the bus was moving or charging;
+# then charging sessions, trip starts and GPS legs built on them. A query reads the parts it refers
+# to: PostgreSQL does not compute a WITH query nothing refers to.
 _INTERVALS_CTE: Final = b"""
 WITH bounds AS NOT MATERIALIZED (  -- inlined where used: constants the planner prunes partitions by
     SELECT %(day_from)s::date::timestamp AT TIME ZONE %(tz)s AS t_from,
@@ -150,6 +181,7 @@ intervals AS (
     SELECT vehicle_id, ts, next_ts, (ts AT TIME ZONE %(tz)s)::date AS day,
            date_trunc('hour', ts, %(tz)s) AS hour,
            extract(epoch FROM next_ts - ts)::float8 AS dt_s, v * i AS power_w, speed,
+           coalesce(speed > %(moving)s, false) AS moving,
            (v * i < 0 AND coalesce(speed, 0) <= %(moving)s) AS charging
     FROM held
     WHERE next_ts IS NOT NULL AND extract(epoch FROM next_ts - ts) <= %(max_hold)s
@@ -168,6 +200,38 @@ sessions AS (
     FROM session_marks WHERE charging
     GROUP BY vehicle_id, session
     HAVING extract(epoch FROM max(next_ts) - min(ts)) >= %(min_charging)s
+),
+trip_marks AS (     -- a moving interval starts a trip unless a moving one ended less than the gap before
+    SELECT *, sum(starts::int) OVER (PARTITION BY vehicle_id ORDER BY ts) AS trip
+    FROM (
+        SELECT *, moving AND coalesce(
+                   extract(epoch FROM ts - max(next_ts) FILTER (WHERE moving) OVER earlier) >= %(trip_gap)s,
+                   true) AS starts
+        FROM intervals
+        WINDOW earlier AS (PARTITION BY vehicle_id ORDER BY ts
+                           ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+    ) marked
+),
+fixes AS (      -- one row per GPS fix with a plausible position
+    SELECT * FROM (
+        SELECT vehicle_id, day, ts,
+               max(value) FILTER (WHERE signal = %(lat)s) AS lat,
+               max(value) FILTER (WHERE signal = %(lon)s) AS lon
+        FROM s WHERE signal IN (%(lat)s, %(lon)s) GROUP BY vehicle_id, day, ts
+    ) f
+    WHERE lat BETWEEN -90 AND 90 AND lon BETWEEN -180 AND 180 AND NOT (lat = 0 AND lon = 0)
+),
+gps_legs AS (   -- great-circle legs between consecutive fixes, less those a GPS glitch implies
+    SELECT * FROM (
+        SELECT vehicle_id, lag(ts) OVER w AS from_ts, lag(day) OVER w AS from_day, ts, day,
+               extract(epoch FROM ts - lag(ts) OVER w)::float8 AS dt_s,
+               2 * %(earth_km)s * asin(least(1.0, sqrt(
+                   sin(radians(lat - lag(lat) OVER w) / 2) ^ 2
+                   + cos(radians(lag(lat) OVER w)) * cos(radians(lat))
+                     * sin(radians(lon - lag(lon) OVER w) / 2) ^ 2))) AS km
+        FROM fixes WINDOW w AS (PARTITION BY vehicle_id ORDER BY ts)
+    ) l
+    WHERE km IS NOT NULL AND km * 3600 <= %(max_gps_kmh)s * greatest(dt_s, 1e-3)
 )
 """
 
@@ -183,38 +247,23 @@ _DAILY_KPIS_SQL: Final = (
            min(value) FILTER (WHERE signal = %(soc)s) AS soc_min_pct
     FROM s WHERE signal IN (%(odo)s, %(soc)s) GROUP BY vehicle_id, day
 ),
-fixes AS (      -- one row per GPS fix with a plausible position
-    SELECT * FROM (
-        SELECT vehicle_id, day, ts,
-               max(value) FILTER (WHERE signal = %(lat)s) AS lat,
-               max(value) FILTER (WHERE signal = %(lon)s) AS lon
-        FROM s WHERE signal IN (%(lat)s, %(lon)s) GROUP BY vehicle_id, day, ts
-    ) f
-    WHERE lat BETWEEN -90 AND 90 AND lon BETWEEN -180 AND 180 AND NOT (lat = 0 AND lon = 0)
-),
-legs AS (
-    SELECT vehicle_id, day, extract(epoch FROM ts - lag(ts) OVER w)::float8 AS dt_s,
-           2 * %(earth_km)s * asin(least(1.0, sqrt(
-               sin(radians(lat - lag(lat) OVER w) / 2) ^ 2
-               + cos(radians(lag(lat) OVER w)) * cos(radians(lat))
-                 * sin(radians(lon - lag(lon) OVER w) / 2) ^ 2))) AS km
-    FROM fixes WINDOW w AS (PARTITION BY vehicle_id, day ORDER BY ts)
-),
-gps AS (
+gps AS (        -- a leg across midnight belongs to neither day
     SELECT vehicle_id, day, sum(km) AS gps_distance_km
-    FROM legs WHERE km IS NOT NULL AND km * 3600 <= %(max_gps_kmh)s * greatest(dt_s, 1e-3)
-    GROUP BY vehicle_id, day
+    FROM gps_legs WHERE from_day = day GROUP BY vehicle_id, day
 ),
 energy AS (
     SELECT vehicle_id, day,
            sum(power_w * dt_s) FILTER (WHERE NOT charging) / 3.6e6 AS energy_used_kwh,
            sum(-power_w * dt_s) FILTER (WHERE charging) / 3.6e6 AS energy_charged_kwh,
-           coalesce(sum(dt_s) FILTER (WHERE speed > %(moving)s), 0) / 3600.0 AS moving_hours
+           coalesce(sum(dt_s) FILTER (WHERE moving), 0) / 3600.0 AS moving_hours
     FROM intervals GROUP BY vehicle_id, day
 ),
 charging_days AS (
     SELECT vehicle_id, (started_at AT TIME ZONE %(tz)s)::date AS day, count(*) AS charging_events
     FROM sessions GROUP BY 1, 2
+),
+trip_days AS (
+    SELECT vehicle_id, day, count(*) AS trip_count FROM trip_marks WHERE starts GROUP BY 1, 2
 ),
 alert_days AS (
     SELECT vehicle_id, (ts AT TIME ZONE %(tz)s)::date AS day,
@@ -234,11 +283,13 @@ SELECT vehicle_id, day, distance_km, soc_start_pct, soc_end_pct, soc_min_pct,
        100.0 * moving_hours / (extract(epoch FROM ((day + 1)::timestamp AT TIME ZONE %(tz)s)
                                                  - (day::timestamp AT TIME ZONE %(tz)s)) / 3600.0)
            AS utilization_pct,
-       coalesce(charging_events, 0)::int AS charging_events
+       coalesce(charging_events, 0)::int AS charging_events,
+       coalesce(trip_count, 0)::int AS trip_count
 FROM readings
 FULL JOIN energy USING (vehicle_id, day)
 FULL JOIN gps USING (vehicle_id, day)
 FULL JOIN charging_days USING (vehicle_id, day)
+FULL JOIN trip_days USING (vehicle_id, day)
 FULL JOIN alert_days USING (vehicle_id, day)
 ORDER BY vehicle_id, day
 """
@@ -262,11 +313,73 @@ FROM sessions ORDER BY vehicle_id, started_at
 """
 )
 
+_TRIPS_SQL: Final = (
+    _INTERVALS_CTE
+    + b"""
+, trip_spans AS (   -- a trip's intervals, each with the trip's span (its moving intervals, first to last)
+    SELECT *, min(ts) OVER t AS trip_start, max(next_ts) FILTER (WHERE moving) OVER t AS trip_end
+    FROM trip_marks WHERE trip > 0
+    WINDOW t AS (PARTITION BY vehicle_id, trip)
+),
+trips AS (          -- the stop that ends a trip is not part of it
+    SELECT vehicle_id, trip, min(trip_start) AS started_at, min(trip_end) AS ended_at,
+           coalesce(sum(dt_s) FILTER (WHERE moving), 0) AS moving_s,
+           sum(power_w * dt_s) FILTER (WHERE NOT charging) / 3.6e6 AS energy_used_kwh
+    FROM trip_spans WHERE ts < trip_end
+    GROUP BY vehicle_id, trip
+),
+trip_events AS (    -- kind 0 a trip's start, 1 an odometer or SOC reading, 2 a GPS fix, 3 a GPS leg
+    SELECT vehicle_id, started_at AS ts, 0 AS kind, trip, started_at, ended_at, NULL::text AS signal,
+           NULL::float8 AS value, NULL::float8 AS lat, NULL::float8 AS lon, NULL::timestamptz AS from_ts,
+           NULL::float8 AS km
+    FROM trips
+    UNION ALL
+    SELECT vehicle_id, ts, 1, NULL, NULL, NULL, signal, value, NULL, NULL, NULL, NULL
+    FROM s WHERE signal IN (%(odo)s, %(soc)s)
+    UNION ALL
+    SELECT vehicle_id, ts, 2, NULL, NULL, NULL, NULL, NULL, lat, lon, NULL, NULL FROM fixes
+    UNION ALL
+    SELECT vehicle_id, ts, 3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, from_ts, km FROM gps_legs
+),
+in_trips AS (       -- each event after a trip's start with that trip (the latest one started), if within it
+    SELECT * FROM (
+        SELECT vehicle_id, ts, kind, signal, value, lat, lon, from_ts, km,
+               max(trip) OVER w AS trip, max(started_at) OVER w AS trip_start,
+               max(ended_at) OVER w AS trip_end
+        FROM trip_events
+        WINDOW w AS (PARTITION BY vehicle_id ORDER BY ts, kind ROWS UNBOUNDED PRECEDING)
+    ) e
+    WHERE kind > 0 AND ts <= trip_end AND (kind < 3 OR from_ts >= trip_start)
+),
+trip_readings AS MATERIALIZED (  -- once: joined to `trips`, it is estimated at a row and rescanned per trip
+    SELECT vehicle_id, trip,
+           max(value) FILTER (WHERE signal = %(odo)s) - min(value) FILTER (WHERE signal = %(odo)s)
+               AS distance_km,
+           sum(km) FILTER (WHERE kind = 3) AS gps_distance_km,
+           (array_agg(value ORDER BY ts) FILTER (WHERE signal = %(soc)s))[1] AS soc_start_pct,
+           (array_agg(value ORDER BY ts DESC) FILTER (WHERE signal = %(soc)s))[1] AS soc_end_pct,
+           (array_agg(lat ORDER BY ts) FILTER (WHERE kind = 2))[1] AS start_lat,
+           (array_agg(lon ORDER BY ts) FILTER (WHERE kind = 2))[1] AS start_lon,
+           (array_agg(lat ORDER BY ts DESC) FILTER (WHERE kind = 2))[1] AS end_lat,
+           (array_agg(lon ORDER BY ts DESC) FILTER (WHERE kind = 2))[1] AS end_lon
+    FROM in_trips GROUP BY vehicle_id, trip
+)
+SELECT vehicle_id, started_at, ended_at, extract(epoch FROM ended_at - started_at)::float8 AS duration_s,
+       moving_s, distance_km, gps_distance_km, energy_used_kwh,
+       CASE WHEN distance_km >= %(min_km)s THEN energy_used_kwh / distance_km END AS kwh_per_km,
+       soc_start_pct, soc_end_pct, start_lat, start_lon, end_lat, end_lon
+FROM trips LEFT JOIN trip_readings USING (vehicle_id, trip)
+ORDER BY vehicle_id, started_at
+"""
+)
+
 
 # The queries take the bus as an optional filter (`%(vehicle)s IS NULL OR vehicle_id = …`), which
 # reaches the blocks' index only in a plan made for the values given, so they run unprepared
 # (`prepare=False`): never with a prepared statement's generic plan. Planning costs a few ms.
-def _params(day_from: date, day_to: date, tz: str, vehicle_id: str | None) -> dict[str, object]:
+def _params(
+    day_from: date, day_to: date, tz: str, vehicle_id: str | None, trip_gap_s: float = TRIP_GAP_S
+) -> dict[str, object]:
     return {
         "day_from": day_from,
         "day_to": day_to,
@@ -285,6 +398,7 @@ def _params(day_from: date, day_to: date, tz: str, vehicle_id: str | None) -> di
         "max_gps_kmh": MAX_GPS_SPEED_KMH,
         "min_charging": MIN_CHARGING_S,
         "earth_km": EARTH_RADIUS_KM,
+        "trip_gap": trip_gap_s,
     }
 
 
@@ -295,10 +409,12 @@ async def daily_kpis(
     *,
     tz: str = "UTC",
     vehicle_id: str | None = None,
+    trip_gap_s: float = TRIP_GAP_S,
 ) -> list[DailyKpi]:
     """KPIs per bus per day for `day_from`..`day_to` inclusive, days in time zone `tz`."""
+    params = _params(day_from, day_to, tz, vehicle_id, trip_gap_s)
     async with conn.cursor(row_factory=class_row(DailyKpi)) as cur:
-        await cur.execute(_DAILY_KPIS_SQL, _params(day_from, day_to, tz, vehicle_id), prepare=False)
+        await cur.execute(_DAILY_KPIS_SQL, params, prepare=False)
         return await cur.fetchall()
 
 
@@ -313,6 +429,22 @@ async def charging_sessions(
     """Charging sessions within `day_from`..`day_to` (cut at the range's ends), by bus then start."""
     async with conn.cursor(row_factory=class_row(ChargingSession)) as cur:
         await cur.execute(_CHARGING_SESSIONS_SQL, _params(day_from, day_to, tz, vehicle_id), prepare=False)
+        return await cur.fetchall()
+
+
+async def trips(
+    conn: psycopg.AsyncConnection[tuple[object, ...]],
+    day_from: date,
+    day_to: date,
+    *,
+    tz: str = "UTC",
+    vehicle_id: str | None = None,
+    trip_gap_s: float = TRIP_GAP_S,
+) -> list[Trip]:
+    """Trips within `day_from`..`day_to` (cut at the range's ends), by bus then start."""
+    params = _params(day_from, day_to, tz, vehicle_id, trip_gap_s)
+    async with conn.cursor(row_factory=class_row(Trip)) as cur:
+        await cur.execute(_TRIPS_SQL, params, prepare=False)
         return await cur.fetchall()
 
 

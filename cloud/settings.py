@@ -34,6 +34,9 @@ from protocols.topics import is_valid_id
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MQTT_MAX_SESSION_EXPIRY_S = 0xFFFFFFFE  # 0xFFFFFFFF means "never expires": not allowed here
+_MIN_TOKEN_CHARS = 16
+# RFC 6750's b64token: what a bearer token may hold and still be sent as is in an HTTP header.
+_BEARER_TOKEN = re.compile(rf"[A-Za-z0-9\-._~+/]{{{_MIN_TOKEN_CHARS},}}=*")
 
 
 class MqttSettings(BaseModel):
@@ -119,6 +122,11 @@ class WebSettings(BaseModel):
     max_range_days: int = Field(default=400, ge=1, le=3660)
     db_pool_size: int = Field(default=4, ge=1, le=64)
     statement_timeout_s: float = Field(default=15.0, gt=0, le=600)
+    # A stop at least this long ends a trip (a layover); shorter ones (bus stops, lights) stay inside.
+    trip_gap_s: float = Field(default=300.0, ge=10, le=86400)
+    # Bearer tokens, any of which opens /api/* (but /api/health) to a request sending it in
+    # `Authorization: Bearer <token>`. Empty: the API is open to anyone who can reach it.
+    api_tokens: tuple[SecretStr, ...] = ()
 
     @field_validator("time_zone")
     @classmethod
@@ -127,6 +135,18 @@ class WebSettings(BaseModel):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError("must be an IANA time zone name, e.g. 'Africa/Nairobi'") from None
+        return value
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _tokens_are_long_and_plain(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        # The message never quotes a token: it is a secret.
+        for token in value:
+            if not _BEARER_TOKEN.fullmatch(token.get_secret_value()):
+                raise ValueError(
+                    f"each token must be at least {_MIN_TOKEN_CHARS} of A-Z a-z 0-9 - . _ ~ + /"
+                    " (then any '='), e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                )
         return value
 
 

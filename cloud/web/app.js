@@ -9,7 +9,55 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 const HOUR_MS = 3600e3;
 const DAY_MS = 24 * HOUR_MS;
 
-const state = { buses: [], timeZone: "UTC", selected: null, hours: 24, loaded: false };
+const state = { buses: [], timeZone: "UTC", selected: null, hours: 24, loaded: false, token: null };
+
+// ---- access token --------------------------------------------------------------------------------
+// A server with web.api_tokens wants `Authorization: Bearer <token>` on its API calls. The page is
+// opened once as /#token=<token> (a fragment never reaches a server or a log): the token is kept for
+// this tab in sessionStorage and taken out of the address bar, then sent with every call.
+
+const TOKEN_KEY = "voltgate.apiToken";
+
+function hashParams() {
+  const params = new Map();
+  for (const part of window.location.hash.replace(/^#/, "").split("&")) {
+    const eq = part.indexOf("=");
+    if (eq <= 0) continue;
+    try {
+      params.set(part.slice(0, eq), decodeURIComponent(part.slice(eq + 1)));
+    } catch {
+      // a malformed escape: ignore that part
+    }
+  }
+  return params;
+}
+
+// Takes a token from the address bar's fragment; true when there was one.
+function takeToken() {
+  const params = hashParams();
+  const token = params.get("token");
+  if (!token) return false;
+  state.token = token;
+  try {
+    window.sessionStorage.setItem(TOKEN_KEY, token);
+  } catch {
+    // storage disabled: the token lasts until the page is reloaded
+  }
+  params.delete("token");
+  const rest = [...params].map(([key, value]) => `${key}=${encodeURIComponent(value)}`).join("&");
+  const url = window.location.pathname + window.location.search + (rest ? `#${rest}` : "");
+  window.history.replaceState(null, "", url);
+  return true;
+}
+
+function loadToken() {
+  if (takeToken()) return;
+  try {
+    state.token = window.sessionStorage.getItem(TOKEN_KEY);
+  } catch {
+    state.token = null;
+  }
+}
 
 // ---- small helpers -----------------------------------------------------------------------------
 
@@ -35,8 +83,12 @@ function svg(tag, attrs) {
 async function api(path, params) {
   const url = new URL(path, window.location.origin);
   for (const [key, value] of Object.entries(params || {})) url.searchParams.set(key, value);
-  const response = await fetch(url);
+  const headers = state.token ? { Authorization: `Bearer ${state.token}` } : {};
+  const response = await fetch(url, { headers });
   const body = await response.json();
+  if (response.status === 401) {
+    throw new Error(`${path}: ${body.error}. Open the page as ${window.location.origin}/#token=<your API token>.`);
+  }
   if (!response.ok) throw new Error(`${path}: ${body.error || response.statusText}`);
   return body;
 }
@@ -436,6 +488,46 @@ async function loadBus() {
     ? `MAE ${num(predictions.mae_pct, 2)} pp · bias ${num(predictions.bias_pct, 2)} pp · ${predictions.evaluated} evaluated`
     : "no outcome yet";
   document.getElementById("pred-summary").textContent = summary;
+  await loadTrips(bus, start, end);
+}
+
+// The bus's trips that overlap the charts' window, newest first (the API takes local days).
+async function loadTrips(bus, start, end) {
+  const params = { from: localDay(start), to: localDay(end - 1), tz: state.timeZone };
+  const body = await api(`/api/buses/${encodeURIComponent(bus.id)}/trips`, params);
+  if (bus.id !== state.selected) return; // another bus was chosen meanwhile
+  const trips = body.trips
+    .filter((t) => Date.parse(t.ended_at) > start && Date.parse(t.started_at) < end)
+    .reverse();
+  const minutes = trips.reduce((n, t) => n + t.duration_s / 60, 0);
+  const km = trips.reduce((n, t) => n + (t.distance_km || 0), 0);
+  document.getElementById("trip-note").textContent = trips.length
+    ? `${trips.length} trip${trips.length === 1 ? "" : "s"} · ${num(km, 1)} km · ${num(minutes / 60, 1)} h · a stop of ${num(body.trip_gap_s / 60, 0)} min or more ends a trip`
+    : "";
+  const tbody = document.querySelector("#trip-table tbody");
+  tbody.replaceChildren();
+  if (trips.length === 0) tbody.append(el("tr", {}, el("td", { colspan: "11", class: "muted", text: "No trips in this range" })));
+  const place = (lat, lon) => (lat === null || lon === null ? "–" : position({ lat, lon }));
+  for (const t of trips) {
+    const soc = t.soc_start_pct === null ? "–" : `${num(t.soc_start_pct, 0)} → ${num(t.soc_end_pct, 0)}`;
+    tbody.append(
+      el(
+        "tr",
+        {},
+        el("td", { text: dateTime(t.started_at) }),
+        el("td", { text: dateTime(t.ended_at) }),
+        el("td", { class: "num", text: num(t.duration_s / 60, 0) }),
+        el("td", { class: "num", text: num(t.moving_s / 60, 0) }),
+        el("td", { class: "num", text: num(t.distance_km, 1) }),
+        el("td", { class: "num", text: num(t.gps_distance_km, 1) }),
+        el("td", { class: "num", text: num(t.energy_used_kwh, 1) }),
+        el("td", { class: "num", text: num(t.kwh_per_km, 2) }),
+        el("td", { class: "num", text: soc }),
+        el("td", { class: "mono", text: place(t.start_lat, t.start_lon) }),
+        el("td", { class: "mono", text: place(t.end_lat, t.end_lon) }),
+      ),
+    );
+  }
 }
 
 // ---- daily KPIs ----------------------------------------------------------------------------------
@@ -465,7 +557,7 @@ async function loadKpis() {
   const body = document.querySelector("#kpi-table tbody");
   body.replaceChildren();
   const rows = daily.rows.slice().sort((a, b) => (a.day === b.day ? a.vehicle_id.localeCompare(b.vehicle_id) : a.day < b.day ? 1 : -1));
-  if (rows.length === 0) body.append(el("tr", {}, el("td", { colspan: "12", class: "muted", text: "No data in this range" })));
+  if (rows.length === 0) body.append(el("tr", {}, el("td", { colspan: "13", class: "muted", text: "No data in this range" })));
   for (const r of rows) {
     const soc = r.soc_start_pct === null ? "–" : `${num(r.soc_start_pct, 0)} → ${num(r.soc_end_pct, 0)} (${num(r.soc_min_pct, 0)})`;
     body.append(
@@ -478,6 +570,7 @@ async function loadKpis() {
         el("td", { class: "num", text: num(r.gps_distance_km, 1) }),
         el("td", { class: "num", text: num(r.moving_hours, 1) }),
         el("td", { class: "num", text: num(r.utilization_pct, 1) }),
+        el("td", { class: "num", text: String(r.trip_count) }),
         el("td", { class: "num", text: soc }),
         el("td", { class: "num", text: num(r.energy_used_kwh, 1) }),
         el("td", { class: "num", text: num(r.kwh_per_km, 2) }),
@@ -492,27 +585,37 @@ async function loadKpis() {
 // ---- wiring --------------------------------------------------------------------------------------
 
 function busFromHash() {
-  const match = /^#bus=(.+)$/.exec(window.location.hash);
-  return match ? decodeURIComponent(match[1]) : null;
+  return hashParams().get("bus") || null;
+}
+
+async function loadAll() {
+  await loadFleet();
+  const first = busFromHash() || state.selected || (state.buses[0] && state.buses[0].id);
+  await Promise.all([first ? selectBus(first) : Promise.resolve(), loadKpis()]);
 }
 
 async function main() {
+  loadToken();
+  for (const button of document.querySelectorAll("#range-buttons button")) {
+    button.addEventListener("click", () => {
+      state.hours = Number(button.dataset.hours);
+      loadBus().catch(showError);
+    });
+  }
+  for (const event of ["hashchange", "popstate"]) {
+    window.addEventListener(event, () => {
+      if (takeToken()) {
+        // a token pasted into the address bar: load everything again with it
+        document.getElementById("banner").hidden = true;
+        loadAll().catch(showError);
+        return;
+      }
+      const id = busFromHash();
+      if (id && id !== state.selected) selectBus(id).catch(showError);
+    });
+  }
   try {
-    await loadFleet();
-    for (const button of document.querySelectorAll("#range-buttons button")) {
-      button.addEventListener("click", () => {
-        state.hours = Number(button.dataset.hours);
-        loadBus().catch(showError);
-      });
-    }
-    for (const event of ["hashchange", "popstate"]) {
-      window.addEventListener(event, () => {
-        const id = busFromHash();
-        if (id && id !== state.selected) selectBus(id).catch(showError);
-      });
-    }
-    const first = busFromHash() || (state.buses[0] && state.buses[0].id);
-    await Promise.all([first ? selectBus(first) : Promise.resolve(), loadKpis()]);
+    await loadAll();
     document.body.dataset.state = "ready";
   } catch (error) {
     showError(error);

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import socket
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ import aiohttp
 import pytest
 
 from cloud import app, kpis
-from cloud.api import FleetViews
+from cloud.api import FleetViews, is_loopback
 from cloud.errors import StoreError
 from cloud.ingest import BatchMessage, Ingested, StatusMessage, ingest_message
 from cloud.schema import latest_version
@@ -476,6 +477,35 @@ async def test_charging_sessions_of_a_bus(api: Api) -> None:
     assert session["energy_added_kwh"] == pytest.approx(75.0, rel=0.01)
 
 
+async def test_trips_of_a_bus(api: Api) -> None:
+    # GIVEN KBZ-103C's stop-and-go service (25 s at each stop), then the depot charger from 06:30
+    truth = api.truths["KBZ-103C"]
+    moving = [k for k in range(len(truth.ts) - 1) if truth.speed[k] > kpis.MOVING_SPEED_KMH]
+    first, last = moving[0], moving[-1] + 1  # the trip's first reading and the one ending its last interval
+
+    body = await api.ok("/api/buses/KBZ-103C/trips", **{"from": "2024-05-14", "to": "2024-05-14"})
+    daily = await api.ok("/api/kpis/daily", **{"from": "2024-05-14", "to": "2024-05-14"})
+
+    # THEN the stops stay inside one trip, which ends when the bus stops for the charger
+    assert (body["bus"], body["trip_gap_s"]) == ("KBZ-103C", kpis.TRIP_GAP_S)
+    [trip] = body["trips"]
+    assert (trip["started_at"], trip["ended_at"]) == (iso(truth.ts[first]), iso(truth.ts[last]))
+    assert truth.ts[last] <= START + timedelta(hours=1.5)
+    assert trip["moving_s"] == 10.0 * len(moving)
+    assert trip["distance_km"] == pytest.approx(truth.odo[last] - truth.odo[first])
+    assert trip["gps_distance_km"] == pytest.approx(trip["distance_km"], rel=0.01)
+    used_kwh = sum(truth.volt[k] * truth.curr[k] * 10 for k in range(first, last)) / 3.6e6
+    assert trip["energy_used_kwh"] == pytest.approx(used_kwh)
+    assert trip["kwh_per_km"] == pytest.approx(used_kwh / trip["distance_km"])
+    assert (trip["soc_start_pct"], trip["soc_end_pct"]) == pytest.approx((truth.soc[first], truth.soc[last]))
+    assert (trip["end_lat"], trip["end_lon"]) == pytest.approx((truth.lat[last], truth.lon[last]))
+    assert {r["vehicle_id"]: r["trip_count"] for r in daily["rows"]} == {
+        "KBZ-101A": 1,
+        "KBZ-102B": 1,
+        "KBZ-103C": 1,
+    }
+
+
 async def test_metrics_count_the_api_requests(api: Api) -> None:
     await api.get("/api/buses/KBZ-999Z")
 
@@ -567,6 +597,18 @@ BAD_REQUESTS = [
     ("/api/buses/KBZ-101A/predictions", {"from": "2024-05-14"}, 400, "'to' is required"),
     ("/api/buses/NOPE/predictions", {"from": "2024-05-14", "to": "2024-05-15"}, 404, "unknown bus"),
     ("/api/buses/KBZ-101A/charging", {"from": "2024-05-14", "to": "14.05.2024"}, 400, "not a date"),
+    ("/api/buses/KBZ-101A/trips", {"to": "2024-05-14"}, 400, "'from' is required"),
+    ("/api/buses/KBZ-101A/trips", {"from": "2024-05-14", "to": "2024-05-31T00:00Z"}, 400, "not a date"),
+    ("/api/buses/KBZ-101A/trips", {"from": "2024-05-14", "to": "2024-05-13"}, 400, "must not be before"),
+    ("/api/buses/KBZ-101A/trips", {"from": "2024-01-01", "to": "2024-05-13"}, 400, "at most 60 days"),
+    (
+        "/api/buses/KBZ-101A/trips",
+        {"from": "2024-05-14", "to": "2024-05-14", "tz": "UTC+3"},
+        400,
+        "time zone",
+    ),
+    ("/api/buses/NOPE/trips", {"from": "2024-05-14", "to": "2024-05-14"}, 404, "unknown bus"),
+    ("/api/buses/bad%20id/trips", {"from": "2024-05-14", "to": "2024-05-14"}, 400, "malformed"),
     ("/api/alerts", {"from": "2024-05-14", "to": "2024-05-15", "severity": "panic"}, 400, "severity"),
     ("/api/alerts", {"from": "2024-05-14", "to": "2024-05-15", "limit": "many"}, 400, "not an integer"),
     ("/api/alerts", {"from": "2024-05-14", "to": "2024-05-15", "limit": "0"}, 400, "out of range"),
@@ -628,3 +670,117 @@ async def test_serve_refuses_an_unmigrated_schema(pg_schema: Database) -> None:
 
     with pytest.raises(StoreError, match="voltgate-cloud migrate"):
         await app.serve(settings, asyncio.Event())
+
+
+# --- access control ------------------------------------------------------------------------------------
+
+TOKENS = ("k7Qm2x9PzR4vW8tY1uLs", "second-token_for.the~ops/team+=")
+
+
+@dataclass
+class Guarded:
+    url: str
+    http: aiohttp.ClientSession
+
+    async def get(self, path: str, token: str | None = None, **headers: str) -> aiohttp.ClientResponse:
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        async with self.http.get(self.url + path, headers=headers) as response:
+            await response.read()
+            return response
+
+
+@pytest.fixture
+async def guarded(pg_schema: Database, caplog: pytest.LogCaptureFixture) -> AsyncIterator[Guarded]:
+    # GIVEN the fleet views with two tokens, over an empty schema
+    caplog.set_level(logging.DEBUG)
+    store = await migrated_store(pg_schema)
+    await store.close()
+    database = DatabaseSettings.model_validate({"dsn": pg_schema.dsn, "schema": pg_schema.schema})
+    settings = WebSettings.model_validate({"port": 0, "api_tokens": list(TOKENS)})
+    views = await FleetViews.start(settings, database)
+    try:
+        async with aiohttp.ClientSession() as http:
+            yield Guarded(views.url, http)
+    finally:
+        await views.stop()
+
+
+async def test_with_tokens_the_api_needs_one(guarded: Guarded, caplog: pytest.LogCaptureFixture) -> None:
+    missing = await guarded.get("/api/buses")
+    wrong = await guarded.get("/api/buses", token="k7Qm2x9PzR4vW8tY1uLt")
+    prefix = await guarded.get("/api/buses", token=TOKENS[0][:-1])
+    basic = await guarded.get(
+        "/api/kpis/daily?from=2024-05-14&to=2024-05-14", Authorization="Basic dm9sdDpnYXRl"
+    )
+    unknown = await guarded.get("/api/nothing-here")
+
+    for refused in (missing, wrong, prefix, basic, unknown):
+        assert refused.status == 401
+        assert refused.headers["WWW-Authenticate"].startswith("Bearer ")
+        assert isinstance((await refused.json())["error"], str)
+    assert "error=" not in missing.headers["WWW-Authenticate"]  # no token sent: a bare challenge
+    assert 'error="invalid_token"' in wrong.headers["WWW-Authenticate"]
+    assert (await missing.json())["error"] == "this API needs a token: send 'Authorization: Bearer <token>'"
+    # the token is never repeated back, nor logged (at start or since)
+    assert TOKENS[0][:-1] not in await prefix.text()
+    logged = "\n".join(r.getMessage() for r in caplog.get_records("setup") + caplog.get_records("call"))
+    assert "fleet views: /api needs a bearer token (2 configured)" in logged
+    assert not any(secret in logged or secret[:-1] in logged for secret in TOKENS)
+
+
+async def test_with_tokens_either_token_opens_the_api(guarded: Guarded) -> None:
+    first = await guarded.get("/api/buses", token=TOKENS[0])
+    second = await guarded.get("/api/kpis/daily?from=2024-05-14&to=2024-05-14", token=TOKENS[1])
+    unknown = await guarded.get("/api/nothing-here", token=TOKENS[0])
+    lower = await guarded.get("/api/buses", Authorization=f"bearer  {TOKENS[1]}")
+
+    assert (first.status, second.status, lower.status) == (200, 200, 200)
+    assert (await first.json())["buses"] == []
+    assert unknown.status == 404
+
+
+async def test_with_tokens_health_page_and_metrics_stay_open(guarded: Guarded) -> None:
+    # The page's files hold no data; its script sends the token to the API (`/#token=…`).
+    for path in ("/api/health", "/", "/app.js", "/style.css", "/metrics"):
+        response = await guarded.get(path)
+        assert response.status == 200, path
+    metrics = await (await guarded.get("/metrics")).text()
+    assert 'voltgate_cloud_http_requests_total{route="/api/buses",status="401"}' in metrics
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("", False),
+        ("10.1.2.3", False),
+        ("fleet.example.org", False),
+    ],
+)
+def test_which_hosts_serve_this_machine_only(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+async def test_an_open_api_on_every_interface_is_warned_about(
+    pg_schema: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await migrated_store(pg_schema)
+    await store.close()
+    database = DatabaseSettings.model_validate({"dsn": pg_schema.dsn, "schema": pg_schema.schema})
+
+    for host in ("127.0.0.1", "0.0.0.0"):
+        caplog.clear()
+        views = await FleetViews.start(WebSettings(host=host, port=0), database)
+        await views.stop()
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        if host == "127.0.0.1":
+            assert warnings == []
+        else:
+            [warning] = warnings
+            assert warning.startswith("fleet views on 0.0.0.0:") and "web.api_tokens" in warning

@@ -229,3 +229,142 @@ async def test_fleet_energy_summary_of_nothing_has_no_peaks() -> None:
         None,
         None,
     )
+
+
+# A service with two trips: every 10 s from 05:50 to 07:30 UTC, driving (36 km/h, 100 A at 600 V)
+# or stopped (10 A: the bus's auxiliaries). Each reading holds until the next, so a phase [a, b) is
+# (b − a) / 10 s intervals of that state.
+TRIP_PHASES = (  # (from, to, driving)
+    ((5, 50), (6, 0), False),  # at the depot before leaving
+    ((6, 0), (6, 10), True),
+    ((6, 10), (6, 12), False),  # a 2-minute stop inside the first trip
+    ((6, 12), (6, 30), True),
+    ((6, 30), (6, 50), False),  # a 20-minute layover: the first trip ends
+    ((6, 50), (7, 20), True),
+    ((7, 20), (7, 30), False),
+)
+LEG_DEG = math.degrees(0.1 / kpis.EARTH_RADIUS_KM)  # 0.1 km due north: one driving interval
+
+
+def at(hour: int, minute: int, second: int = 0) -> datetime:
+    return datetime(DAY.year, DAY.month, DAY.day, hour, minute, second, tzinfo=UTC)
+
+
+def service_with_trips(vehicle: str) -> Batch:
+    """Odometer +0.1 km, SOC −0.01 % and latitude +LEG_DEG per driving interval; GPS with every reading."""
+    samples: list[SampleRecord] = []
+    driven = 0  # driving intervals so far
+    t = ms(5, 50)
+    for (h0, m0), (h1, m1), driving in TRIP_PHASES:
+        assert t == ms(h0, m0)
+        while t < ms(h1, m1):
+            for signal, value in (
+                (kpis.SPEED, 36.0 if driving else 0.0),
+                (kpis.PACK_CURRENT, 100.0 if driving else 10.0),
+                (kpis.PACK_VOLTAGE, 600.0),
+                (kpis.TRAVELED_DISTANCE, 1000.0 + 0.1 * driven),
+                (kpis.SOC, 80.0 - 0.01 * driven),
+                (kpis.LATITUDE, -1.3 + LEG_DEG * driven),
+                (kpis.LONGITUDE, 36.8),
+            ):
+                samples.append(SampleRecord(len(samples), t, signal, value))
+            driven += driving
+            t += 10_000
+    for signal, value in ((kpis.SPEED, 0.0), (kpis.SOC, 80.0 - 0.01 * driven)):  # the last reading, 07:30
+        samples.append(SampleRecord(len(samples), t, signal, value))
+    return Batch(vehicle, samples=tuple(samples))
+
+
+async def write_batch(store: Store, batch: Batch) -> None:
+    topic = telemetry_topic("f", batch.vehicle_id)
+    received = datetime(2024, 5, 15, 1, tzinfo=UTC)
+    await store.write([BatchMessage.of(topic, "f", TopicKind.TELEMETRY, batch, received, 1)])
+
+
+async def test_trips_on_a_known_day(store: Store) -> None:
+    await write_batch(store, service_with_trips("bus-t"))
+
+    first, second = await kpis.trips(store.connection, DAY, DAY)
+    [kpi] = await kpis.daily_kpis(store.connection, DAY, DAY)
+
+    # THEN the 2-minute stop stays inside the first trip and the layover ends it; the dwell before
+    # and after driving belongs to no trip
+    assert (first.vehicle_id, first.started_at, first.ended_at) == ("bus-t", at(6, 0), at(6, 30))
+    assert (first.duration_s, first.moving_s) == (1800.0, 1680.0)
+    assert first.distance_km == pytest.approx(16.8)  # 168 driving intervals x 0.1 km
+    assert first.gps_distance_km == pytest.approx(16.8, rel=1e-6)
+    # 1680 s at 60 kW = 28 kWh, and the stop's 120 s at 6 kW = 0.2 kWh
+    assert first.energy_used_kwh == pytest.approx(28.2)
+    assert first.kwh_per_km == pytest.approx(28.2 / 16.8)
+    assert (first.soc_start_pct, first.soc_end_pct) == pytest.approx((80.0, 78.32))
+    assert (first.start_lat, first.start_lon) == pytest.approx((-1.3, 36.8))
+    assert (first.end_lat, first.end_lon) == pytest.approx((-1.3 + 168 * LEG_DEG, 36.8))
+
+    assert (second.started_at, second.ended_at) == (at(6, 50), at(7, 20))
+    assert (second.duration_s, second.moving_s) == (1800.0, 1800.0)
+    assert second.distance_km == pytest.approx(18.0)
+    assert second.gps_distance_km == pytest.approx(18.0, rel=1e-6)
+    assert second.energy_used_kwh == pytest.approx(30.0)
+    assert (second.soc_start_pct, second.soc_end_pct) == pytest.approx((78.32, 76.52))
+    assert second.start_lat == pytest.approx(first.end_lat)
+    assert second.end_lat == pytest.approx(-1.3 + 348 * LEG_DEG)
+
+    # AND the day counts both, its moving time is theirs, and its energy adds the stops outside them
+    assert kpi.trip_count == 2
+    assert kpi.moving_hours * 3600 == pytest.approx(first.moving_s + second.moving_s)
+    assert kpi.energy_used_kwh == pytest.approx(28.2 + 30.0 + (10 + 20 + 10) * 60 * 6 / 3600)
+
+
+async def test_a_stop_as_long_as_the_trip_gap_ends_a_trip(store: Store) -> None:
+    await write_batch(store, service_with_trips("bus-g"))
+
+    found = await kpis.trips(store.connection, DAY, DAY, trip_gap_s=120.0)
+    [kpi] = await kpis.daily_kpis(store.connection, DAY, DAY, trip_gap_s=120.0)
+    kept = await kpis.trips(store.connection, DAY, DAY, trip_gap_s=121.0)
+
+    assert [(t.started_at, t.ended_at) for t in found] == [
+        (at(6, 0), at(6, 10)),
+        (at(6, 12), at(6, 30)),
+        (at(6, 50), at(7, 20)),
+    ]
+    assert [t.distance_km for t in found] == pytest.approx([6.0, 10.8, 18.0])
+    assert kpi.trip_count == 3
+    assert [(t.started_at, t.ended_at) for t in kept] == [(at(6, 0), at(6, 30)), (at(6, 50), at(7, 20))]
+
+
+async def test_trips_are_cut_at_the_ends_of_the_local_day(store: Store) -> None:
+    # GIVEN Los Angeles time (UTC−7 in May): its 13 May ends at 07:00 UTC on the 14th, in the second trip
+    await write_batch(store, service_with_trips("bus-c"))
+
+    earlier = await kpis.trips(
+        store.connection, date(2024, 5, 13), date(2024, 5, 13), tz="America/Los_Angeles"
+    )
+    [later] = await kpis.trips(store.connection, DAY, DAY, tz="America/Los_Angeles", vehicle_id="bus-c")
+    [kpi_13, kpi_14] = await kpis.daily_kpis(
+        store.connection, date(2024, 5, 13), DAY, tz="America/Los_Angeles"
+    )
+
+    # THEN the first part of the second trip ends at the range's last reading, the second part
+    # starts at the next range's first
+    assert [(t.started_at, t.ended_at) for t in earlier] == [
+        (at(6, 0), at(6, 30)),
+        (at(6, 50), at(6, 59, 50)),
+    ]
+    assert earlier[1].distance_km == pytest.approx(5.9)
+    assert earlier[1].energy_used_kwh == pytest.approx(590 * 60 / 3600)
+    assert (later.started_at, later.ended_at) == (at(7, 0), at(7, 20))
+    assert later.distance_km == pytest.approx(12.0)
+    assert later.energy_used_kwh == pytest.approx(20.0)
+    assert (later.soc_start_pct, later.soc_end_pct) == pytest.approx((78.32 - 0.6, 76.52))
+    # the daily query reads both days at once: the trip across local midnight is one trip, started on the 13th
+    assert (kpi_13.trip_count, kpi_14.trip_count) == (2, 0)
+
+
+async def test_trips_without_gps_and_where_there_is_no_data(store: Store) -> None:
+    await write_batch(store, synthetic_day("bus-n"))
+
+    assert await kpis.trips(store.connection, date(2024, 5, 13), date(2024, 5, 13)) == []
+    [drive] = await kpis.trips(store.connection, DAY, DAY)
+    assert (drive.started_at, drive.ended_at) == (at(6, 0), at(7, 0))
+    assert drive.gps_distance_km is None and drive.start_lat is None  # no GPS in this batch
+    assert drive.energy_used_kwh == pytest.approx(60.0)

@@ -135,6 +135,23 @@ async def test_daily_kpis_read_only_the_days_asked_for(
     assert plans.partitions_read() == {partition(day), partition(day + timedelta(days=1))}
 
 
+async def test_trips_read_only_the_days_asked_for(
+    four_days: tuple[psycopg.AsyncConnection[Any], Plans],
+) -> None:
+    conn, plans = four_days
+    day = DAYS[2]
+
+    found = await kpis.trips(conn, day, day)
+
+    assert {t.vehicle_id for t in found} == {p.vehicle_id for p in PLANS}
+    assert all(t.started_at.astimezone(UTC).date() == day for t in found)
+    assert plans.partitions_read() == {partition(day)}
+
+    plans.clear()
+    await kpis.trips(conn, day, day, tz="America/New_York", vehicle_id=BUS)
+    assert plans.partitions_read() == {partition(day), partition(day + timedelta(days=1))}
+
+
 async def test_bus_list_reads_only_the_last_day(
     four_days: tuple[psycopg.AsyncConnection[Any], Plans],
 ) -> None:
@@ -179,6 +196,7 @@ async def test_one_bus_reads_go_through_the_block_key(
     plans.clear()
 
     await kpis.daily_kpis(conn, day, day, vehicle_id=BUS)
+    await kpis.trips(conn, day, day, vehicle_id=BUS)
     await queries.bus_states(conn, BUS)
     await queries.series(
         conn, BUS, kpis.SOC, t_from, t_from + timedelta(hours=1), queries.Resolution.RAW, 100

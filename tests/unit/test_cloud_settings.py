@@ -17,6 +17,9 @@ def test_the_example_config_loads() -> None:
     assert settings.mqtt.client_id == "voltgate-cloud-1"
     assert settings.database.schema_name == "voltgate"
     assert 0 < settings.mqtt.session_expiry_s < 0xFFFFFFFF  # finite: a dead replica's session ends
+    assert settings.web is not None
+    assert settings.web.api_tokens == ()  # open, as before tokens existed
+    assert settings.web.trip_gap_s == 300.0
 
 
 def test_environment_overrides_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -29,6 +32,35 @@ def test_environment_overrides_the_file(monkeypatch: pytest.MonkeyPatch) -> None
     assert settings.ingest.batch_max_age_s == 0.05
 
 
+def test_api_tokens_from_the_file_or_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "cloud.toml"
+    path.write_text('[web]\napi_tokens = ["k7Qm2x9PzR4vW8tY1uLs", "second-token_for.ops+/=="]\n')
+    from_file = load_settings(path)
+    monkeypatch.setenv("VOLTGATE_CLOUD_WEB__API_TOKENS", '["from-the-environment-0123"]')
+    from_env = load_settings(path)
+
+    assert from_file.web is not None and from_env.web is not None
+    assert [t.get_secret_value() for t in from_file.web.api_tokens] == [
+        "k7Qm2x9PzR4vW8tY1uLs",
+        "second-token_for.ops+/==",
+    ]
+    assert [t.get_secret_value() for t in from_env.web.api_tokens] == ["from-the-environment-0123"]
+    assert "k7Qm2x9PzR4vW8tY1uLs" not in repr(from_file)
+
+
+@pytest.mark.parametrize(
+    "token", ["short-token", "has a space in it 0123", 'quote"in-it-0123456789', "tail==x-0123456789"]
+)
+def test_a_bad_api_token_is_refused_without_repeating_it(tmp_path: Path, token: str) -> None:
+    path = tmp_path / "cloud.toml"
+    path.write_text(f"[web]\napi_tokens = ['{token}']\n")  # a TOML literal string: taken as written
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    message = str(caught.value)
+    assert "web.api_tokens" in message
+    assert token not in message
+
+
 @pytest.mark.parametrize(
     ("toml", "fragment"),
     [
@@ -37,6 +69,7 @@ def test_environment_overrides_the_file(monkeypatch: pytest.MonkeyPatch) -> None
         ('[mqtt]\nshared_group = "a/b"\n', "mqtt.shared_group"),
         ("[mqtt]\nreceive_maximum = 10\n[ingest]\nbatch_max_messages = 20\n", "receive_maximum"),
         ('[mqtt]\nhots = "x"\n', "mqtt.hots"),
+        ("[web]\ntrip_gap_s = 0\n", "web.trip_gap_s"),
         ("[mqtt\n", "not valid TOML"),
     ],
 )
