@@ -9,7 +9,6 @@ and the raw bytes. The stream goes on; nothing here touches the network or the d
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final, Self
@@ -19,9 +18,8 @@ import numpy as np
 from cloud.settings import IngestSettings
 from protocols.errors import TopicError, WireError
 from protocols.topics import TopicKind, parse_topic
-from protocols.wire import Batch, ColumnarBatch, SampleColumns, decode_columnar_batch
+from protocols.wire import Batch, ColumnarBatch, SampleColumns, decode_columnar_batch, decode_status
 
-OFFLINE: Final = "offline"
 _MAX_REASON_CHARS: Final = 500
 
 
@@ -147,21 +145,16 @@ def _epoch_ms(moment: datetime) -> int:
 
 
 def _status(topic: str, fleet: str, vehicle: str, payload: bytes, received_at: datetime) -> Ingested:
-    text = payload.decode("utf-8", errors="replace").strip()
-    if "\x00" in text or "\\u0000" in text:  # jsonb cannot store NUL
-        return _dead(topic, vehicle, "status contains a NUL character", payload, received_at)
-    if text in ("", OFFLINE):  # the last will, or a retained status being cleared
+    if not payload:  # a retained status being cleared
         return StatusMessage(topic, fleet, vehicle, False, None, received_at)
     try:
-        document = json.loads(text)
-    except ValueError as err:
-        return _dead(topic, vehicle, f"status is neither JSON nor {OFFLINE!r}: {err}", payload, received_at)
-    if document == OFFLINE:
-        return StatusMessage(topic, fleet, vehicle, False, None, received_at)
-    if not isinstance(document, dict):
-        return _dead(topic, vehicle, "status JSON is not an object", payload, received_at)
-    online = document.get("state", "online") != OFFLINE
-    return StatusMessage(topic, fleet, vehicle, online, document, received_at)
+        status = decode_status(payload)
+    except WireError as err:
+        return _dead(topic, vehicle, f"malformed status: {err}", payload, received_at)
+    document: dict[str, object] = {"state": status.state, "ts_ms": status.ts_ms, **status.info}
+    if any(isinstance(v, str) and "\x00" in v for v in (*document.values(), *document)):  # jsonb has no NUL
+        return _dead(topic, vehicle, "status contains a NUL character", payload, received_at)
+    return StatusMessage(topic, fleet, vehicle, status.state == "online", document, received_at)
 
 
 def _dead(topic: str, vehicle: str | None, reason: str, payload: bytes, received_at: datetime) -> DeadLetter:

@@ -8,7 +8,6 @@ can be checked exactly. The builder is shared with the browser and Grafana tests
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import socket
@@ -28,7 +27,7 @@ from cloud.schema import latest_version
 from cloud.settings import CloudSettings, DatabaseSettings, IngestSettings, WebSettings
 from cloud.store import Store
 from protocols.topics import status_topic, telemetry_topic
-from protocols.wire import AlertRecord, Batch, PredictionRecord, SampleRecord, encode_batch
+from protocols.wire import AlertRecord, Batch, PredictionRecord, SampleRecord, encode_batch, encode_status
 
 from .conftest import Database
 
@@ -187,17 +186,14 @@ def fleet_messages(
             received = datetime.fromtimestamp(newest / 1000 + 2, UTC)
             topic = telemetry_topic(fleet, plan.vehicle_id)
             messages.append(ingest_message(topic, encode_batch(batch), received, limits))
-        status = {
-            "state": "online" if plan.online else "offline",
-            "vin": f"YV3T2U820R{i:07d}",
-            "battery_capacity_kwh": CAPACITY_KWH,
-        }
         received = truth.ts[-1] + timedelta(seconds=3)
-        messages.append(
-            ingest_message(
-                status_topic(fleet, plan.vehicle_id), json.dumps(status).encode(), received, limits
-            )
+        status = encode_status(
+            "online" if plan.online else "offline",
+            int(received.timestamp() * 1000),
+            vin=f"YV3T2U820R{i:07d}",
+            battery_capacity_kwh=CAPACITY_KWH,
         )
+        messages.append(ingest_message(status_topic(fleet, plan.vehicle_id), status, received, limits))
     assert all(isinstance(m, BatchMessage | StatusMessage) for m in messages), messages[:1]
     return truths, messages
 

@@ -28,7 +28,7 @@ from paho.mqtt.properties import Properties
 from cloud import app
 from cloud.settings import load_settings
 from protocols.topics import status_topic, telemetry_topic
-from protocols.wire import Batch, SampleRecord, encode_batch
+from protocols.wire import Batch, SampleRecord, encode_batch, encode_status
 
 from .conftest import Broker, Database
 
@@ -254,7 +254,8 @@ async def test_store_once_redelivery_and_bad_payloads(
         # readiness: a (non-retained) status is stored once the subscriptions are live
         async def probe() -> None:
             while True:
-                await asyncio.to_thread(publisher.publish, status_topic(fleet, bus), b'{"state": "online"}')
+                status = encode_status("online", int(time.time() * 1000))
+                await asyncio.to_thread(publisher.publish, status_topic(fleet, bus), status)
                 await asyncio.sleep(0.3)
 
         prober = asyncio.create_task(probe())

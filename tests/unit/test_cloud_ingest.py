@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from cloud.ingest import BatchMessage, DeadLetter, StatusMessage, ingest_message
 from cloud.settings import IngestSettings
 from protocols.topics import TopicKind, alerts_topic, status_topic, telemetry_topic
-from protocols.wire import AlertRecord, Batch, PredictionRecord, SampleRecord, encode_batch
+from protocols.wire import AlertRecord, Batch, PredictionRecord, SampleRecord, encode_batch, encode_status
 
 NOW = datetime(2024, 5, 14, 12, 0, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
@@ -89,14 +89,25 @@ def test_timestamps_outside_the_plausibility_window_are_dead_letters() -> None:
 
 def test_status_online_offline_and_bad() -> None:
     topic = status_topic("f1", "bus-1")
-    online = ingest_message(topic, b'{"state": "online", "vin": "VIN1"}', NOW, LIMITS)
+    online = ingest_message(topic, encode_status("online", NOW_MS, vin="VIN1"), NOW, LIMITS)
     assert isinstance(online, StatusMessage)
-    assert online.online and online.document == {"state": "online", "vin": "VIN1"}
-    offline = ingest_message(topic, b"offline", NOW, LIMITS)
-    assert isinstance(offline, StatusMessage)
-    assert not offline.online
-    for bad in (b"not json", b"[1, 2]", b'{"a": "\\u0000"}'):
-        assert isinstance(ingest_message(topic, bad, NOW, LIMITS), DeadLetter), bad
+    assert online.online and online.document == {"state": "online", "ts_ms": NOW_MS, "vin": "VIN1"}
+    offline = ingest_message(topic, encode_status("offline", NOW_MS, reason="connection lost"), NOW, LIMITS)
+    assert isinstance(offline, StatusMessage) and not offline.online
+    cleared = ingest_message(topic, b"", NOW, LIMITS)  # a retained status deleted
+    assert isinstance(cleared, StatusMessage) and not cleared.online and cleared.document is None
+    for bad in (
+        b"not json",
+        b"offline",
+        b"[1, 2]",
+        b'{"state": "online"}',  # no ts_ms
+        b'{"state": "asleep", "ts_ms": 1}',
+        b'{"state": "online", "ts_ms": 1, "info": [1]}',
+        b'{"state": "online", "ts_ms": 1, "a": "\\u0000"}',
+    ):
+        result = ingest_message(topic, bad, NOW, LIMITS)
+        assert isinstance(result, DeadLetter), bad
+        assert result.reason.startswith(("malformed status", "status contains")), result.reason
 
 
 @given(st.binary(max_size=2048))
