@@ -1,6 +1,6 @@
 """voltgate-train: simulate training data, fit and export the models, evaluate any model on any table.
 
-    voltgate-train simulate --out DIR [--buses 20 --days 2 --holdout-buses 20 --holdout-days 3]
+    voltgate-train simulate --out DIR [--buses 30 --days 2 --holdout-buses 20 --holdout-days 3]
                                       [--seed 4 --jobs 2]
     voltgate-train fit --data DIR [--out models/] [--seed 4] [--twizy PATH]
     voltgate-train evaluate --model FILE --data TABLE [--vehicle ebus-12m|twizy]
@@ -18,6 +18,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -36,22 +37,45 @@ from models.fault_events import FaultReport, fault_report, fault_scope
 from models.features import FEATURE_VERSION
 from models.rawtable import CleaningReport, TableError
 from models.runtime import ModelError, load_model
-from models.simulate import HOLDOUT_FLEET, TRAINING_FLEET, Fleet, scenarios, simulate_fleet
+from models.simulate import (
+    HOLDOUT_FLEET,
+    PHYSICAL_FAULT_KINDS,
+    TRAINING_FLEET,
+    Fleet,
+    scenarios,
+    simulate_fleet,
+)
 from models.train import FAULT_FOLDS, TREE_PARAMS, build_windows, fit_all, vehicle_of
 
 log = logging.getLogger("models")
 MODELS_DIR = Path(__file__).parent
-MODEL_VERSION = "2"
+MODEL_VERSION = "3"
 DEFAULT_SEED = 4
 DEFAULT_TWIZY = Path(__file__).resolve().parents[2] / "shared" / "data" / "twizy"
-PREVIOUS_FAULT_RESULTS = [  # the model this one replaces, scored by models.fault_events (kept by hand)
+PREVIOUS_FAULT_RESULTS = [  # earlier models, and how this one was chosen (models.fault_events; by hand)
     "Version 1 (feature version 1: no hour-long trends; threshold 0.97 from 4-fold out-of-fold predictions "
     "of 16 buses) was evaluated on 8 held-out bus-days of the training fleet (71 bus-hours): 7/10 onsets "
     "flagged [95 % CI 40-89 %], 1/3 injected; 1 false alarm = 1.41 per 100 bus-hours [0.04-7.87]: too few "
     "events to tell whether the target was met.",
-    "The same version 1 model on this card's hold-out fleet (same definitions, its own threshold 0.97): "
-    "injected physical faults flagged 17/72 = 24 % [15-35 %], all onsets 33/107 = 31 % [23-40 %]; "
-    "7 false alarms in 446 bus-hours = 1.57 per 100 bus-hours [0.63-3.24]; 2.3 % of the time under alarm.",
+    "The same version 1 model on version 2's hold-out fleet (same definitions, its own threshold 0.97): "
+    "injected physical faults flagged 17/72 = 24 % [15-35 %], all onsets 33/107 = 31 % [23-40 %]; 7 false "
+    "alarms in 446 bus-hours = 1.57 per 100 bus-hours [0.63-3.24]; 2.3 % of the time under alarm.",
+    "Version 2 (feature version 2: 40 features, no cell spread near rest; trained on 40 bus-days with 4 "
+    "faults a day, physical kinds 2 in 3; threshold 0.95 from 5-fold out-of-fold predictions) on its "
+    "hold-out fleet (60 bus-days of `HOLD-nnn`, scenario seed 4 + 1000, 446 bus-hours): injected physical "
+    "faults flagged 29/72 = 40 % [30-52 %] (cell imbalance growth 12/44, insulation degradation 12/14), all "
+    "onsets 45/107 = 42 % [33-52 %]; 8 false alarms = 1.79 per 100 bus-hours [0.77-3.54]; 3.8 % of the time "
+    "under alarm.",
+    "That hold-out fleet was then examined to find why imbalance faults were missed, and served as the "
+    "validation fleet while version 3 was developed: the near-rest spread features and the training fleet's "
+    "size and fault rate were chosen on it and on out-of-fold predictions of the training fleet "
+    "(hours-to-limit extrapolations of the spread, the temperature and the SOC were tried too and dropped: "
+    "no gain). On it, at version 2's false-alarm count (8), version 3 flags 53/72 injected faults (version "
+    "2: 29/72); at its own threshold, 63/72 with 12 false alarms, 9 of them at the top of a charge, where on "
+    "about half the days of the training and validation fleets the BMS raises a cell-imbalance flag with no "
+    "injected fault behind it (small differences in the cells' charge show large on the steep top of the LFP "
+    "voltage curve) and the features do not tell which days. That fleet is retired: this card's hold-out "
+    "fleet is a fresh draw (scenario seed 4 + 2000), simulated and scored once, for this card.",
 ]
 HOLDOUT_DIR = "holdout"  # the fault hold-out fleet's tables, under the training fleet's directory
 TARGETS = {
@@ -61,6 +85,15 @@ TARGETS = {
     "fault_risk": "probability that a BMS fault flag or the derate flag goes from clear to set "
     "within the next 30 minutes; for windows with no BMS fault or derate active",
 }
+
+
+def fault_mix(fleet: Fleet) -> str:
+    """How a fleet draws its faults, for the cards: "6 Poisson faults a day, physical kinds drawn 3 in 4"."""
+    share = Fraction(sum(k in PHYSICAL_FAULT_KINDS for k in fleet.fault_kinds), len(fleet.fault_kinds))
+    return (
+        f"{fleet.faults_per_day:g} Poisson faults a day, physical kinds drawn "
+        f"{share.numerator} in {share.denominator}"
+    )
 
 
 def say(msg: str) -> None:
@@ -251,9 +284,8 @@ def _write_cards(
         "(split by bus: every day of a held-out bus is held out).",
         "- Scenarios per bus: SOH 78-100 %, driver aggressiveness 0-1, 1-3.5 peak boardings per stop, "
         "layover charging for 30 % of buses, 3-4 round trips of route 102; per day: mild / hot / cold "
-        "ambient (+/- 3 °C), start SOC 70-100 %, Poisson faults (4 per day, physical kinds weighted x2: "
-        "cooling failure, cell imbalance "
-        "growth, insulation degradation; also stuck / dropped sensors, GPS loss).",
+        f"ambient (+/- 3 °C), start SOC 70-100 %, {fault_mix(TRAINING_FLEET)} (cooling failure, cell "
+        "imbalance growth, insulation degradation; also stuck / dropped sensors, GPS loss).",
         "- Samples reach the features through the catalog's sampling policy (protocols/catalog.toml: "
         "min interval, "
         "deadband, heartbeat), as on the bus; targets come from the full 1 Hz reported SOC.",
@@ -307,16 +339,15 @@ def _write_fault_card(
     n_days, n_buses = len(set(w.group.tolist())), len(set(vehicle_of(w.group).tolist()))
     data = [
         f"- Training: every bus of the training fleet, {n_days} bus-days ({n_buses} buses, "
-        f"`{train_fleet.prefix}-nnn`), {train_fleet.faults_per_day:g} Poisson faults a day, physical "
-        "kinds drawn 2 in 3; scenarios as in the SOC models' cards; windows every 60 s.",
+        f"`{train_fleet.prefix}-nnn`), {fault_mix(train_fleet)}; scenarios as in the SOC models' cards; "
+        "windows every 60 s.",
         (
             f"- Held out: the fault hold-out fleet, {len(hold_days)} bus-days of {len(hold_buses)} other "
             f"buses (`{fleet.prefix}-nnn`, scenario seed {seed} + {fleet.seed_offset}), from the same "
-            "scenario machinery (`models/simulate.py`, `python -m simulator truth` per bus-day) with a "
-            "higher fault rate: "
-            f"{fleet.faults_per_day:g} Poisson faults a day, physical kinds (cooling failure, cell imbalance "
-            "growth, insulation degradation) drawn 3 in 4, sensor faults and GPS loss the rest. No window of "
-            "a held-out bus reaches training or the threshold choice."
+            "scenario machinery (`models/simulate.py`, `python -m simulator truth` per bus-day): "
+            f"{fault_mix(fleet)} (cooling failure, cell imbalance growth, insulation degradation), sensor "
+            "faults and GPS loss the rest. No window of a held-out bus reaches training or the threshold "
+            "choice."
             if own_fleet
             else "- Held out: the training fleet's held-out buses (no hold-out fleet was simulated)."
         ),
@@ -429,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("all", help="simulate then fit")
     a.add_argument("--work", type=Path, required=True, help="directory for the simulated tables")
     for q in (s, a):
-        q.add_argument("--buses", type=int, default=20)
+        q.add_argument("--buses", type=int, default=30)
         q.add_argument("--days", type=int, default=2)
         q.add_argument("--holdout-buses", type=int, default=20, help="fault hold-out fleet (0: none)")
         q.add_argument("--holdout-days", type=int, default=3)

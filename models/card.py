@@ -25,7 +25,7 @@ def features_section() -> list[str]:
     out = [
         f"Feature version {FEATURE_VERSION}, computed by `models/features.py` (the agent runs the same code "
         "on its sample stream). Windows end now and reach back 1, 15 or 60 minutes (the hour from thinned "
-        "histories of a few slow signals); signals are step functions (last value held) after the catalog's "
+        "histories of a few signals); signals are step functions (last value held) after the catalog's "
         "sampling policy. NaN when a signal is missing.",
         "",
         "| # | feature | unit |",

@@ -6,7 +6,7 @@ Every feature is a pure function of those step functions at one instant `t` (`co
 callers feed it the same series:
 
 - the agent: `FeatureWindow` takes samples as they arrive, keeps ~20 minutes per signal and an hour of a few
-  slow signals thinned to one sample per 10 s (bounded memory), and answers `features_at(t)`;
+  signals thinned to one sample per 10 s (bounded memory), and answers `features_at(t)`;
 - training and evaluation: `features_for_recording` computes the features of a whole recording at many
   instants from the full (unpruned) series.
 
@@ -50,7 +50,7 @@ from protocols.signals import (
 
 FloatArray = npt.NDArray[np.float64]
 
-FEATURE_VERSION = "2"
+FEATURE_VERSION = "3"
 
 # -- input signals: canonical catalog names from protocols.signals ---------------------------------------
 
@@ -80,6 +80,7 @@ HISTORY_SIGNALS: tuple[str, ...] = (
     INSULATION,
     CELL_V_MAX,
     CELL_V_MIN,
+    PACK_CURRENT,
 )  # an hour, thinned
 
 # -- windows -----------------------------------------------------------------------------------------------
@@ -88,7 +89,8 @@ LONG_S = 900.0
 KEEP_S = 1200.0  # FeatureWindow keeps this much history per signal (plus the sample holding at its start)
 HISTORY_S = 3600.0  # hour-long references: the previous hour's SOC drop (the persistence baseline), and the
 # slow faults' trends (a cooling loss heats the pack for an hour; insulation decays with a time constant of
-# 20 minutes to hours), which a 15-minute window barely sees
+# 20 minutes to hours; a leaking cell falls behind the others for hours), which a 15-minute window barely
+# sees
 HISTORY_SPACING_S = 10.0  # ...kept thinned: one sample per 10 s at most (≤ 362 values a signal)
 MOVING_KMH = 2.0  # moving vs idle, as fleet analysts split it
 MAX_PLAUSIBLE_KMH = 250.0  # a GPS leg implying more than this is a jump, not travel
@@ -96,6 +98,10 @@ MIN_RATE_DISTANCE_KM = 0.5  # kWh/km only over at least this distance
 EARTH_RADIUS_KM = 6371.0088
 INSULATION_WARNING_KOHM_PER_V = 0.5  # insulation monitors warn below 500 Ohm/V (UN ECE R100, ISO 6469-1)
 INSULATION_HORIZON_H = 24.0  # hours-to-warning when insulation is not decaying: "not today"
+# Cell balance is judged near rest, where a cell's voltage is its open-circuit voltage and so its state of
+# charge: under load the spread also holds each cell's I·R, which says nothing of balance. Below ~C/5 (about
+# 100 A for a 300 kWh, 600 V bus pack), as BMSs judge it.
+LOW_CURRENT_A = 100.0
 
 # name → unit; the order is the model input order
 FEATURES: tuple[tuple[str, str], ...] = (
@@ -139,6 +145,10 @@ FEATURES: tuple[tuple[str, str], ...] = (
     ("insulation_ratio_60min", "1"),
     ("insulation_hours_to_warning", "h"),
     ("cell_voltage_spread_min_change_60min_mv", "mV"),
+    ("cell_voltage_spread_low_current_15min_mv", "mV"),
+    ("cell_voltage_spread_low_current_max_15min_mv", "mV"),
+    ("cell_voltage_spread_low_current_change_30min_mv", "mV"),
+    ("cell_voltage_spread_low_current_change_60min_mv", "mV"),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(n for n, _ in FEATURES)
 FEATURE_UNITS: dict[str, str] = dict(FEATURES)
@@ -242,6 +252,23 @@ def min_difference_over(a: Series, b: Series, t0: float, t1: float) -> float:
     grid = _grid(t0, t1, a, b)
     d = _held_many(a, grid) - _held_many(b, grid)
     return float(np.nanmin(d)) if (~np.isnan(d)).any() else NAN
+
+
+def low_current_spread_mv(
+    vmax: Series, vmin: Series, amps: Series, t0: float, t1: float
+) -> tuple[float, float]:
+    """Time-weighted mean and largest cell-voltage spread (mV) over [t0, t1] while |current| is below
+    LOW_CURRENT_A (NaN, NaN when it never was)."""
+    grid = _grid(t0, t1, vmax, vmin, amps)
+    spread = (_held_many(vmax, grid) - _held_many(vmin, grid)) * 1000.0
+    near_rest = ~np.isnan(spread) & (np.abs(_held_many(amps, grid)) < LOW_CURRENT_A)
+    if not near_rest.any():
+        return NAN, NAN
+    d = _durations(grid, t1)[near_rest]
+    v = spread[near_rest]
+    total = float(d.sum())
+    mean = float((d * v).sum() / total) if total > 0.0 else float(v[-1])
+    return mean, float(v.max())
 
 
 def change_over(s: Series, t0: float, t1: float) -> float:
@@ -354,6 +381,15 @@ def compute_features(
     out[38] = _hours_to_warning(out[29], out[37], out[15])
     spread_floor_60 = min_difference_over(hist(CELL_V_MAX), hist(CELL_V_MIN), t60 - LONG_S, t60) * 1000.0
     out[39] = out[36] - spread_floor_60
+    # cell imbalance: the spread near rest (the cells' open-circuit voltages, so their charge) and its growth
+    # over half an hour and an hour (a leaking cell falls behind ever faster, and faster still in the knee of
+    # its voltage curve), the older windows and now both from the thinned histories
+    out[40], out[41] = low_current_spread_mv(vmax, vmin, amps, t15, t)
+    hv = (hist(CELL_V_MAX), hist(CELL_V_MIN), hist(PACK_CURRENT))
+    rest_now = low_current_spread_mv(*hv, t15, t)[0]
+    t30 = t - 2.0 * LONG_S
+    out[42] = rest_now - low_current_spread_mv(*hv, t30 - LONG_S, t30)[0]
+    out[43] = rest_now - low_current_spread_mv(*hv, t60 - LONG_S, t60)[0]
     return out
 
 

@@ -37,6 +37,7 @@ from protocols.signals import (
     SPEED,
 )
 from simulator.bus import BusConfig, BusSimulator
+from simulator.faults import Fault, FaultKind, FaultSchedule
 from simulator.truth import rows_at_1hz
 
 T0 = 1_709_517_600.0  # 2024-03-04 02:00 UTC = 05:00 in Nairobi
@@ -119,6 +120,30 @@ def test_slow_fault_trends_reach_back_an_hour() -> None:
     assert feat(x, "insulation_hours_to_warning") == pytest.approx(math.log(4000.0 * math.exp(-1.5) / 300.0))
 
 
+def test_cell_spread_near_rest_and_its_growth() -> None:
+    # GIVEN the lowest cell at 3.200 V throughout, and near rest (20 A) the highest 10 mV above it 75 to 60
+    # minutes ago, 20 mV above it 45 to 30 minutes ago; in the last 15 minutes the current swings each minute
+    # between 20 A (spread 30 mV) and 300 A (spread 60 mV: each cell's I*R, not its charge)
+    t = T0 + 5400
+    s = [(T0, CELL_V_MIN, 3.200), (T0, CELL_V_MAX, 3.210), (T0, PACK_CURRENT, 20.0)]
+    s += [(T0 + 2700, CELL_V_MAX, 3.220), (T0 + 3600, CELL_V_MAX, 3.250), (T0 + 3600, PACK_CURRENT, 300.0)]
+    for k in range(15):
+        low = k % 2 == 0
+        s += [(t - 900 + k * 60.0, PACK_CURRENT, 20.0 if low else 300.0)]
+        s += [(t - 900 + k * 60.0, CELL_V_MAX, 3.230 if low else 3.260)]
+    x = window(s).features_at(t)
+    # THEN the spread near rest is the 30 mV, not the 45 mV average of all the quarter-hour
+    assert feat(x, "cell_voltage_spread_low_current_15min_mv") == pytest.approx(30.0)
+    assert feat(x, "cell_voltage_spread_low_current_max_15min_mv") == pytest.approx(30.0)
+    assert feat(x, "cell_voltage_spread_min_15min_mv") == pytest.approx(30.0)
+    # ...and it grew 10 mV in half an hour, 20 mV in the hour
+    assert feat(x, "cell_voltage_spread_low_current_change_30min_mv") == pytest.approx(10.0)
+    assert feat(x, "cell_voltage_spread_low_current_change_60min_mv") == pytest.approx(20.0)
+    # never near rest in the quarter-hour: unknown
+    busy = window([(T0, CELL_V_MIN, 3.200), (T0, CELL_V_MAX, 3.260), (T0, PACK_CURRENT, 300.0)])
+    assert math.isnan(feat(busy.features_at(t), "cell_voltage_spread_low_current_15min_mv"))
+
+
 def test_gps_distance_is_haversine_and_skips_jumps() -> None:
     one_km_lat = 1.0 / 111.195  # degrees of latitude per km on the 6371.0088 km sphere
     s = [
@@ -146,8 +171,10 @@ def test_feature_names_are_unique() -> None:
 
 # -- both paths on one recording ---------------------------------------------------------------------------
 def _recording(minutes: int) -> dict[str, Series]:
-    """A simulated bus (cold day, aggressive driver) through the catalog's sampling policy."""
-    config = BusConfig(seed=11, departure_local_h=5.0)
+    """A simulated bus leaving at 35 % with a cell falling behind (a soft short from the start), through the
+    catalog's sampling policy."""
+    leak = Fault(FaultKind.CELL_IMBALANCE_GROWTH, onset_s=0.0, severity=4.0, target="17")
+    config = BusConfig(seed=11, departure_local_h=5.0, initial_soc_pct=35.0, faults=FaultSchedule((leak,)))
     rows = list(rows_at_1hz(BusSimulator(config).run(minutes * 60.0, 1.0)))
     ts = np.array([float(r["ts"]) for r in rows])  # type: ignore[arg-type]
     policies = catalog_policies()
@@ -191,8 +218,16 @@ def test_stream_path_equals_batch_path(recording: dict[str, Series]) -> None:
     # THEN it gives exactly what the training path computes from the whole recording
     batch = features_for_recording(recording, ticks, utc_offset_h=3.0)
     np.testing.assert_array_equal(np.vstack(rows), batch)
-    for name in ("soc_drop_60min_pp", "cell_temp_rise_60min_c", "insulation_ratio_60min"):
+    for name in (
+        "soc_drop_60min_pp",
+        "cell_temp_rise_60min_c",
+        "insulation_ratio_60min",
+        "cell_voltage_spread_low_current_change_30min_mv",
+        "cell_voltage_spread_low_current_change_60min_mv",
+    ):
         assert not np.isnan(batch[-1, feature_index(name)])  # the hour-long references were used
+    # the leaking cell shows: the spread near rest grew over the hour
+    assert batch[-1, feature_index("cell_voltage_spread_low_current_change_60min_mv")] > 5.0
     assert np.isfinite(batch[-1]).sum() >= N_FEATURES - 4
 
 
