@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Final
 
@@ -179,32 +179,21 @@ def _count(items: list[Ingested], stats: WriteStats) -> None:
         log.debug("dead letters: %s", "; ".join(stats.dead_letters))
 
 
-async def maintain_forever(store: Store, stop: asyncio.Event) -> None:
-    """Partitions ahead and retention, hourly (the first run happens before `run` starts)."""
-    while True:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), MAINTENANCE_INTERVAL_S)
-        if stop.is_set():
-            return
-        try:
-            await store.maintain()
-        except StoreError as err:
-            log.error("partition maintenance failed, will retry: %s", err)
-            with contextlib.suppress(StoreError):
-                await store.reconnect()
-
-
-async def refresh_rollups_forever(store: Store, stop: asyncio.Event, interval_s: float) -> None:
-    """Hour and day rollups every `interval_s` (`run` does a last one after the last commit)."""
+async def every(
+    interval_s: float, job: Callable[[], Awaitable[object]], store: Store, stop: asyncio.Event, what: str
+) -> None:
+    """Run `job` every `interval_s` until `stop` is set; a failure is logged, and the next run gets a
+    fresh connection. Used for partition maintenance (hourly; the first run happens before `run`
+    starts) and the hour/day rollup refresh (`run` does a last one after the last commit)."""
     while True:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
         if stop.is_set():
             return
         try:
-            await store.refresh_rollups()
+            await job()
         except StoreError as err:
-            log.error("rollup refresh failed, will retry: %s", err)
+            log.error("%s failed, will retry: %s", what, err)
             with contextlib.suppress(StoreError):
                 await store.reconnect()
 
@@ -243,9 +232,11 @@ async def run(settings: CloudSettings, stop: asyncio.Event | None = None) -> Non
         writer = Writer(writer_store, receiver, inbox, settings.ingest)
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(writer.run(stop), name="writer")
-            tasks.create_task(maintain_forever(maintenance_store, stop), name="maintenance")
-            refresh_every = settings.database.rollup_refresh_s
-            tasks.create_task(refresh_rollups_forever(rollup_store, stop, refresh_every), name="rollups")
+            hourly, rollups_every = MAINTENANCE_INTERVAL_S, settings.database.rollup_refresh_s
+            maintain = every(hourly, maintenance_store.maintain, maintenance_store, stop, "maintenance")
+            refresh = every(rollups_every, rollup_store.refresh_rollups, rollup_store, stop, "rollup refresh")
+            tasks.create_task(maintain, name="maintenance")
+            tasks.create_task(refresh, name="rollups")
         with contextlib.suppress(StoreError):
             await rollup_store.refresh_rollups()
         log.info("receiver stopped: last group committed and acknowledged")
