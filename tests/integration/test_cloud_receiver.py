@@ -298,6 +298,14 @@ async def test_store_once_redelivery_and_bad_payloads(
         )
         assert reasons == 3
         assert scalar(pg_schema, "SELECT count(*) FROM samples WHERE vehicle_id = %s", other) == 0
+        assert scalar(pg_schema, "SELECT count(*) FROM samples_1h") == 0  # refreshed every 300 s
+
+        # AND on the way out the receiver brings the hour and day rollups up to date
+        stop.set()
+        await asyncio.wait_for(task, WAIT_S)
+        assert scalar(pg_schema, "SELECT count(*) FROM rollup_log") == 0
+        assert scalar(pg_schema, "SELECT sum(n) FROM samples_1h") == 2 * SAMPLES_PER_BATCH
+        assert scalar(pg_schema, "SELECT sum(n) FROM samples_1d") == 2 * SAMPLES_PER_BATCH
     finally:
         stop.set()
         await asyncio.wait_for(task, WAIT_S)
