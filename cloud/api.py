@@ -13,6 +13,12 @@
     GET /api/kpis/daily                     ?from=&to=[&tz=&bus=]   per bus per day (dates, inclusive)
     GET /api/kpis/fleet                     ?from=&to=[&tz=]        fleet energy KPIs (dates, inclusive)
 
+Daily KPIs in `web.time_zone` (the default `tz`) come from the table the receiver keeps for ended
+days, each bus-day computed on its own; a bus-day not kept yet (today, late data) is computed on
+demand the same way (`cloud.kpis`). Trips and charging sessions of one day in that time zone come
+from their kept tables too (cut at midnight, as any range's ends cut them); over several days they
+are computed on demand, so one that runs over midnight stays whole. Another `tz` is computed on demand.
+
 Instants are ISO 8601 with a UTC offset (`2024-05-14T06:00:00Z`); dates are `YYYY-MM-DD`. A bad
 parameter is a 400, an unknown bus a 404, both with `{"error": reason}`; the database being down or
 too slow is a 503. Reads go through a small connection pool whose sessions are read-only and carry a
@@ -339,6 +345,8 @@ class _Api:
         self._settings = context.settings
         self._schema_name = context.schema_name
         self._page = context.page
+        # The kept daily tables hold days of web.time_zone with trips ended by web.trip_gap_s (`run`).
+        self._kept = kpis.KeptDays(self._settings.time_zone, self._settings.trip_gap_s)
 
     async def page(self, request: web.Request) -> web.Response:
         body, content_type = self._page[request.path]
@@ -420,7 +428,10 @@ class _Api:
         tz = time_zone(request.query, self._settings.time_zone)
         async with self._pool.connection() as conn:
             await self._known(conn, bus)
-            sessions = await kpis.charging_sessions(conn, d_from, d_to, tz=tz, vehicle_id=bus)
+            if tz == self._kept.time_zone and d_from == d_to:
+                sessions = await kpis.kept_charging_sessions(conn, d_from, d_to, self._kept, bus)
+            else:
+                sessions = await kpis.charging_sessions(conn, d_from, d_to, tz=tz, vehicle_id=bus)
         return _json({"bus": bus, "from": d_from, "to": d_to, "tz": tz, "sessions": sessions})
 
     async def trips(self, request: web.Request) -> web.Response:
@@ -430,7 +441,10 @@ class _Api:
         gap_s = self._settings.trip_gap_s
         async with self._pool.connection() as conn:
             await self._known(conn, bus)
-            found = await kpis.trips(conn, d_from, d_to, tz=tz, vehicle_id=bus, trip_gap_s=gap_s)
+            if tz == self._kept.time_zone and d_from == d_to:
+                found = await kpis.kept_trips(conn, d_from, d_to, self._kept, bus)
+            else:
+                found = await kpis.trips(conn, d_from, d_to, tz=tz, vehicle_id=bus, trip_gap_s=gap_s)
         return _json({"bus": bus, "from": d_from, "to": d_to, "tz": tz, "trip_gap_s": gap_s, "trips": found})
 
     async def alerts(self, request: web.Request) -> web.Response:
@@ -457,9 +471,12 @@ class _Api:
         async with self._pool.connection() as conn:
             if bus is not None:
                 await self._known(conn, bus)
-            rows = await kpis.daily_kpis(
-                conn, d_from, d_to, tz=tz, vehicle_id=bus, trip_gap_s=self._settings.trip_gap_s
-            )
+            if tz == self._kept.time_zone:
+                rows = await kpis.kept_daily_kpis(conn, d_from, d_to, self._kept, vehicle_id=bus)
+            else:
+                rows = await kpis.daily_kpis(
+                    conn, d_from, d_to, tz=tz, vehicle_id=bus, trip_gap_s=self._settings.trip_gap_s
+                )
         return _json({"from": d_from, "to": d_to, "tz": tz, "rows": rows})
 
     async def fleet_kpis(self, request: web.Request) -> web.Response:

@@ -3,7 +3,8 @@
 One asyncio TaskGroup with three named tasks: `writer` (groups messages, writes each group in one
 transaction, acknowledges after commit; it decodes the next group in a worker thread while the
 database commits the current one), `maintenance` (partitions ahead, retention) and `rollups` (hour
-and day rollups every `database.rollup_refresh_s`, and once more after the last commit), each with
+and day rollups every `database.rollup_refresh_s`, and once more after the last commit; then the
+kept daily KPIs, trips and charging sessions of ended days in `web.time_zone`), each with
 its own database connection. SIGTERM/SIGINT set the stop event: the writer stops taking messages,
 commits and acknowledges the group it holds, and returns; then the broker connection is closed
 cleanly (the persistent session keeps everything not yet acknowledged) and `run` returns.
@@ -29,6 +30,7 @@ from cloud import metrics
 from cloud.api import FleetViews
 from cloud.errors import RejectedDataError, StoreError
 from cloud.ingest import BatchMessage, DeadLetter, Ingested, ingest_message
+from cloud.kpis import KeptDays
 from cloud.mqtt import InboundMessage, Inbox, MqttReceiver
 from cloud.settings import CloudSettings, IngestSettings, WebSettings
 from cloud.store import Store, WriteStats
@@ -204,9 +206,11 @@ async def run(settings: CloudSettings, stop: asyncio.Event | None = None) -> Non
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    writer_store = await Store.open(settings.database)
-    maintenance_store = await Store.open(settings.database)
-    rollup_store = await Store.open(settings.database)
+    fleet_web = settings.web or WebSettings()  # its time zone and trip gap: those of the kept daily tables
+    kept = KeptDays(fleet_web.time_zone, fleet_web.trip_gap_s)
+    writer_store = await Store.open(settings.database, kept=kept)
+    maintenance_store = await Store.open(settings.database, kept=kept)
+    rollup_store = await Store.open(settings.database, kept=kept)
     metrics_server = None
     receiver: MqttReceiver | None = None
     views: FleetViews | None = None
@@ -238,7 +242,7 @@ async def run(settings: CloudSettings, stop: asyncio.Event | None = None) -> Non
             tasks.create_task(maintain, name="maintenance")
             tasks.create_task(refresh, name="rollups")
         with contextlib.suppress(StoreError):
-            await rollup_store.refresh_rollups()
+            await rollup_store.refresh_rollups(keep_days=False)  # quick: ended days wait for the next run
         log.info("receiver stopped: last group committed and acknowledged")
     finally:
         if receiver is not None:

@@ -30,15 +30,21 @@ Definitions (first version):
   average over the calendar days of the range (a day without data counts as 0), the 7-day rolling
   average ending on each day, the peak day, the peak hour of use and the peak hour of charging
   (the depot's grid demand).
-Days are calendar days in the time zone given (the fleet's local time), not UTC. Trips and charging
-sessions are computed by these queries on demand, not kept in tables. Samples are read with
-`samples_between()`, which reads only the blocks (and partitions) of the range.
+Days are calendar days in the time zone given (the fleet's local time), not UTC. Samples are read
+with `samples_between()`, which reads only the blocks (and partitions) of the range.
+
+Kept days: the receiver keeps each bus's daily KPIs, trips and charging sessions of every ended day
+of the fleet's time zone in tables (`keep_day`, from `Store.materialize_kpis`), each bus-day computed
+by the queries below on that day alone. A write marks its bus-days in `kpi_days_pending`; a day
+stays there until it has ended and been recomputed. `kept_daily_kpis`, `kept_trips` and
+`kept_charging_sessions` answer from the tables and compute the pending bus-days (today) on demand,
+one day at a time: the same rows either way. A trip or session over midnight is cut there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta
 from typing import Final
 
@@ -504,3 +510,141 @@ def summarize_fleet_energy(hours: Sequence[HourlyEnergy], day_from: date, day_to
         peak_charging_hour=peak_charge.hour if peak_charge and peak_charge.charged_kwh > 0 else None,
         peak_charging_hour_kwh=max(peak_charge.charged_kwh, 0.0) if peak_charge else 0.0,
     )
+
+
+# Kept days: the tables of migration 0005, one local day of one bus at a time.
+
+
+@dataclass(frozen=True, slots=True)
+class KeptDays:
+    """What the tables hold: days of `time_zone`, trips ended by `trip_gap_s` (the [web] settings)."""
+
+    time_zone: str = "UTC"
+    trip_gap_s: float = TRIP_GAP_S
+
+
+def _columns(row_type: type[object]) -> str:
+    return ", ".join(f.name for f in fields(row_type))  # type: ignore[arg-type]
+
+
+_DAILY_COLUMNS: Final = _columns(DailyKpi)
+_TRIP_COLUMNS: Final = _columns(Trip)
+_SESSION_COLUMNS: Final = _columns(ChargingSession)
+
+# Replace one bus-day's rows by what the on-demand queries compute for it.
+_KEEP_DAY_SQL: Final = (
+    ("DELETE FROM daily_kpis WHERE vehicle_id = %(vehicle)s AND day = %(day_from)s", b""),
+    ("DELETE FROM trips WHERE vehicle_id = %(vehicle)s AND day = %(day_from)s", b""),
+    ("DELETE FROM charging_sessions WHERE vehicle_id = %(vehicle)s AND day = %(day_from)s", b""),
+    (f"INSERT INTO daily_kpis ({_DAILY_COLUMNS}) SELECT {_DAILY_COLUMNS} FROM (", _DAILY_KPIS_SQL),
+    (f"INSERT INTO trips (day, {_TRIP_COLUMNS}) SELECT %(day_from)s, {_TRIP_COLUMNS} FROM (", _TRIPS_SQL),
+    (
+        f"INSERT INTO charging_sessions (day, {_SESSION_COLUMNS})"
+        f" SELECT %(day_from)s, {_SESSION_COLUMNS} FROM (",
+        _CHARGING_SESSIONS_SQL,
+    ),
+)
+
+
+async def keep_day(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], vehicle_id: str, day: date, kept: KeptDays
+) -> None:
+    """Recompute one bus-day into the tables (within the caller's transaction)."""
+    params = _params(day, day, kept.time_zone, vehicle_id, kept.trip_gap_s)
+    async with conn.cursor() as cur:
+        for head, query in _KEEP_DAY_SQL:
+            statement = head.encode() + (query + b") AS fresh" if query else b"")
+            await cur.execute(statement, params, prepare=False)
+
+
+_PENDING_SQL: Final = """
+SELECT vehicle_id, day FROM kpi_days_pending
+WHERE day BETWEEN %(day_from)s AND %(day_to)s
+  AND (%(vehicle)s::text IS NULL OR vehicle_id = %(vehicle)s::text)
+"""
+# Kept rows of the range, less the bus-days read as pending (passed as arrays: the same snapshot of them).
+_NOT_PENDING: Final = """
+WHERE day BETWEEN %(day_from)s AND %(day_to)s
+  AND (%(vehicle)s::text IS NULL OR vehicle_id = %(vehicle)s::text)
+  AND (vehicle_id, day) NOT IN (SELECT * FROM unnest(%(p_bus)s::text[], %(p_day)s::date[]))
+"""
+_KEPT_DAILY_SQL: Final = f"SELECT {_DAILY_COLUMNS} FROM daily_kpis {_NOT_PENDING} ORDER BY vehicle_id, day"
+_KEPT_TRIPS_SQL: Final = f"SELECT {_TRIP_COLUMNS} FROM trips {_NOT_PENDING} ORDER BY vehicle_id, started_at"
+_KEPT_SESSIONS_SQL: Final = (
+    f"SELECT {_SESSION_COLUMNS} FROM charging_sessions {_NOT_PENDING} ORDER BY vehicle_id, started_at"
+)
+
+
+async def _pending(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], params: dict[str, object]
+) -> dict[date, set[str]]:
+    """The pending bus-days of the range, by day; adds them to `params` as `p_bus`/`p_day`."""
+    async with conn.cursor() as cur:
+        await cur.execute(_PENDING_SQL, params)
+        rows = await cur.fetchall()
+    by_day: dict[date, set[str]] = {}
+    for bus, day in rows:
+        assert isinstance(bus, str) and isinstance(day, date)
+        by_day.setdefault(day, set()).add(bus)
+    params["p_bus"] = [str(bus) for bus, _ in rows]
+    params["p_day"] = [day for _, day in rows]
+    return by_day
+
+
+async def kept_daily_kpis(
+    conn: psycopg.AsyncConnection[tuple[object, ...]],
+    day_from: date,
+    day_to: date,
+    kept: KeptDays,
+    *,
+    vehicle_id: str | None = None,
+) -> list[DailyKpi]:
+    """`daily_kpis` in the kept time zone: kept rows, and each pending day computed on its own."""
+    params = _params(day_from, day_to, kept.time_zone, vehicle_id, kept.trip_gap_s)
+    pending = await _pending(conn, params)
+    async with conn.cursor(row_factory=class_row(DailyKpi)) as cur:
+        await cur.execute(_KEPT_DAILY_SQL, params)
+        rows = await cur.fetchall()
+    for day, buses in sorted(pending.items()):
+        fresh = await daily_kpis(
+            conn, day, day, tz=kept.time_zone, vehicle_id=vehicle_id, trip_gap_s=kept.trip_gap_s
+        )
+        rows += [row for row in fresh if row.vehicle_id in buses]
+    return sorted(rows, key=lambda row: (row.vehicle_id, row.day))
+
+
+async def kept_trips(
+    conn: psycopg.AsyncConnection[tuple[object, ...]],
+    day_from: date,
+    day_to: date,
+    kept: KeptDays,
+    vehicle_id: str,
+) -> list[Trip]:
+    """One bus's `trips` in the kept time zone: kept rows, and each pending day computed on its own."""
+    params = _params(day_from, day_to, kept.time_zone, vehicle_id, kept.trip_gap_s)
+    pending = await _pending(conn, params)
+    async with conn.cursor(row_factory=class_row(Trip)) as cur:
+        await cur.execute(_KEPT_TRIPS_SQL, params)
+        rows = await cur.fetchall()
+    for day in sorted(pending):
+        gap_s = kept.trip_gap_s
+        rows += await trips(conn, day, day, tz=kept.time_zone, vehicle_id=vehicle_id, trip_gap_s=gap_s)
+    return sorted(rows, key=lambda row: row.started_at)
+
+
+async def kept_charging_sessions(
+    conn: psycopg.AsyncConnection[tuple[object, ...]],
+    day_from: date,
+    day_to: date,
+    kept: KeptDays,
+    vehicle_id: str,
+) -> list[ChargingSession]:
+    """One bus's `charging_sessions` in the kept time zone, as `kept_trips`."""
+    params = _params(day_from, day_to, kept.time_zone, vehicle_id)
+    pending = await _pending(conn, params)
+    async with conn.cursor(row_factory=class_row(ChargingSession)) as cur:
+        await cur.execute(_KEPT_SESSIONS_SQL, params)
+        rows = await cur.fetchall()
+    for day in sorted(pending):
+        rows += await charging_sessions(conn, day, day, tz=kept.time_zone, vehicle_id=vehicle_id)
+    return sorted(rows, key=lambda row: row.started_at)

@@ -82,6 +82,9 @@ class DatabaseSettings(BaseModel):
     # Hour and day rollups are brought up to date this often (native path; samples_1m and the raw
     # samples are current at every commit). Longer: less work per sample, later hourly charts.
     rollup_refresh_s: float = Field(default=300.0, ge=1.0, le=3600.0)
+    # Each refresh then keeps ended bus-days (daily KPIs, trips, charging sessions) for about this
+    # long at most, one bus-day (~3 queries) per transaction; the rest wait for the next refresh.
+    kpi_keep_budget_s: float = Field(default=30.0, gt=0, le=600.0)
 
     @field_validator("schema_name")
     @classmethod

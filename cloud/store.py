@@ -33,7 +33,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from cloud import schema
+from cloud import kpis, schema
 from cloud.blocks import blocks_of, unrepeated
 from cloud.errors import RejectedDataError, StoreError
 from cloud.ingest import BatchMessage, DeadLetter, Ingested, StatusMessage
@@ -137,6 +137,23 @@ _REFRESH_ROLLUPS: Final = sql.SQL(
 )
 _ROLLUP_LOCK: Final = "SELECT pg_try_advisory_xact_lock(hashtextextended('voltgate-cloud:rollups:' || %s, 0))"
 
+# Every write marks the bus-days (in the kept time zone) of its samples and alerts as pending; one for
+# a day already ended bumps `marks`, so a recomputation running meanwhile leaves the day pending.
+_MARK_KPI_DAYS: Final = (
+    "INSERT INTO kpi_days_pending AS p (vehicle_id, day)"
+    " SELECT vehicle_id, (minute AT TIME ZONE %(tz)s)::date FROM stage_blocks"
+    " UNION SELECT vehicle_id, ((" + _TS + ") AT TIME ZONE %(tz)s)::date FROM stage_alerts"
+    " ORDER BY 1, 2 ON CONFLICT (vehicle_id, day) DO UPDATE SET marks = p.marks + 1"
+    " WHERE (p.day + 1)::timestamp AT TIME ZONE %(tz)s <= now()"
+)
+# Pending bus-days whose day ended at least KPI_GRACE ago (late data of the last minutes is in by then).
+_ENDED_PENDING: Final = (
+    "SELECT vehicle_id, day, marks FROM kpi_days_pending"
+    " WHERE (day + 1)::timestamp AT TIME ZONE %(tz)s <= now() - %(grace)s ORDER BY day, vehicle_id LIMIT 1"
+)
+_DONE_PENDING: Final = "DELETE FROM kpi_days_pending WHERE vehicle_id = %s AND day = %s AND marks = %s"
+KPI_GRACE: Final = timedelta(minutes=5)
+
 _INSERT_PREDICTIONS: Final = sql.SQL(
     "INSERT INTO predictions (vehicle_id, seq, ts, model, model_version, output, value)"
     " SELECT vehicle_id, seq, " + _TS + ", model, model_version, output, value FROM stage_predictions"
@@ -195,15 +212,25 @@ class WriteStats:
 class Store:
     """One database connection of the receiver. Not shared between tasks."""
 
-    def __init__(self, conn: Connection, settings: DatabaseSettings, flavour: Flavour) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        settings: DatabaseSettings,
+        flavour: Flavour,
+        kept: kpis.KeptDays | None = None,
+    ) -> None:
         self._conn = conn
         self._settings = settings
         self.flavour = flavour
+        self.kept = kept or kpis.KeptDays()
         self._partitions: set[tuple[str, date]] = set()
 
     @classmethod
-    async def open(cls, settings: DatabaseSettings, *, require_schema: bool = True) -> Self:
-        """Connect; check the schema is migrated (unless `require_schema` is False)."""
+    async def open(
+        cls, settings: DatabaseSettings, *, require_schema: bool = True, kept: kpis.KeptDays | None = None
+    ) -> Self:
+        """Connect; check the schema is migrated (unless `require_schema` is False). `kept`: the time
+        zone and trip gap of the kept daily tables (`web.time_zone`, `web.trip_gap_s`)."""
         conn = await connect(settings)
         try:
             version, flavour = await schema.schema_state(conn, settings.schema_name)
@@ -211,7 +238,7 @@ class Store:
                 schema.require_current(version)
                 for ddl in _STAGING_DDL:
                     await conn.execute(ddl.encode())
-            store = cls(conn, settings, flavour)
+            store = cls(conn, settings, flavour, kept)
             if flavour is Flavour.NATIVE and version > 0:
                 store._partitions = await schema.existing_partitions(conn, settings.schema_name)
             return store
@@ -257,10 +284,47 @@ class Store:
             log.info("dropped %d partitions past the %d-day retention", len(dropped), keep)
             self._partitions = await schema.existing_partitions(self._conn, self._settings.schema_name)
 
-    async def refresh_rollups(self) -> int | None:
+    async def refresh_rollups(self, *, keep_days: bool = True) -> int | None:
         """Add the minute aggregates logged since the last refresh into `samples_1h` and `samples_1d`
-        (native flavour; TimescaleDB's continuous aggregates do it there). Returns the minute rows
-        taken, or None when another replica is refreshing right now."""
+        (native flavour; TimescaleDB's continuous aggregates do it there), then keep the ended pending
+        bus-days (`materialize_kpis`, both flavours; not with `keep_days` False: at shutdown). Returns
+        the minute rows taken, or None when another replica is refreshing right now."""
+        taken = await self._refresh_hours_and_days()
+        if taken is not None and keep_days:
+            await self.materialize_kpis()
+        return taken
+
+    async def materialize_kpis(self, budget_s: float | None = None) -> int | None:
+        """Recompute pending bus-days whose day has ended into `daily_kpis`, `trips` and
+        `charging_sessions`, one per transaction (under the rollup lock), oldest first, until none is
+        left or `budget_s` (`database.kpi_keep_budget_s`) has passed. Returns how many, or None when
+        another replica holds the lock."""
+        done = 0
+        deadline = time.monotonic() + (budget_s or self._settings.kpi_keep_budget_s)
+        params = {"tz": self.kept.time_zone, "grace": KPI_GRACE}
+        try:
+            while time.monotonic() < deadline:
+                async with self._conn.transaction(), self._conn.cursor() as cur:
+                    await cur.execute(_ROLLUP_LOCK, (self._settings.schema_name,))
+                    row = await cur.fetchone()
+                    if not row or not row[0]:
+                        return None if done == 0 else done
+                    await cur.execute(_ENDED_PENDING, params)
+                    row = await cur.fetchone()
+                    if row is None:
+                        break
+                    vehicle_id, day, marks = row
+                    assert isinstance(vehicle_id, str) and isinstance(day, date)
+                    await kpis.keep_day(self._conn, vehicle_id, day, self.kept)
+                    await cur.execute(_DONE_PENDING, (vehicle_id, day, marks))
+                    done += 1
+        except psycopg.Error as err:
+            raise StoreError(f"keeping daily KPIs failed: {_first_line(err)}") from err
+        if done:
+            log.debug("kept the daily KPIs of %d bus-days", done)
+        return done
+
+    async def _refresh_hours_and_days(self) -> int | None:
         if self.flavour is not Flavour.NATIVE:
             return 0
         try:
@@ -339,6 +403,8 @@ class Store:
             if stats.alerts_staged:
                 await cur.execute(_INSERT_ALERTS)
                 stats.alerts_inserted = max(cur.rowcount, 0)
+            if stats.samples_staged or stats.alerts_staged:
+                await cur.execute(_MARK_KPI_DAYS.encode(), {"tz": self.kept.time_zone})
             await _write_ledger(cur, batches)
             await _write_dead_letters(cur, dead)
             await _upsert_statuses(cur, statuses)

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
+import psycopg
 import pytest
 
 from cloud import app, kpis
@@ -450,6 +451,26 @@ async def test_daily_kpis_with_a_date_range(api: Api) -> None:
     assert rows["KBZ-103C"]["energy_charged_kwh"] == pytest.approx(75.0, rel=0.01)  # 150 kW for 30 min
     assert [r["vehicle_id"] for r in one["rows"]] == ["KBZ-101A"]
     assert one["tz"] == "Africa/Nairobi"
+
+
+async def test_ended_days_come_from_the_kept_tables(api: Api, pg_schema: Database) -> None:
+    # GIVEN the fixture's refresh kept 2024-05-14 (UTC, the default time zone) of every bus
+    async with await psycopg.AsyncConnection.connect(pg_schema.dsn) as conn:
+        await conn.execute(f'SET search_path = "{pg_schema.schema}"'.encode())
+        pending = await (await conn.execute(b"SELECT count(*) FROM kpi_days_pending")).fetchone()
+        # WHEN a kept row is altered behind the API's back
+        await conn.execute(b"UPDATE daily_kpis SET trip_count = 99 WHERE vehicle_id = 'KBZ-101A'")
+        await conn.commit()
+
+    daily = await api.ok("/api/kpis/daily", bus="KBZ-101A", **{"from": "2024-05-14", "to": "2024-05-14"})
+    other_zone = await api.ok(
+        "/api/kpis/daily", bus="KBZ-101A", tz="Etc/GMT-1", **{"from": "2024-05-14", "to": "2024-05-14"}
+    )
+
+    # THEN the default time zone reads it from the table; another zone computes on demand
+    assert pending == (0,)
+    assert [r["trip_count"] for r in daily["rows"]] == [99]
+    assert [r["trip_count"] for r in other_zone["rows"]] == [1]
 
 
 async def test_fleet_energy_kpis(api: Api) -> None:

@@ -40,7 +40,7 @@ async def store() -> AsyncIterator[Store]:
     schema = f"test_{uuid.uuid4().hex[:12]}"
     settings = DatabaseSettings.model_validate({"dsn": TIMESCALE_DSN, "schema": schema})
     migrator = await Store.open(settings, require_schema=False)
-    assert await migrator.migrate() == [1, 2, 3, 4]
+    assert await migrator.migrate() == [1, 2, 3, 4, 5]
     assert await migrator.migrate() == []
     await migrator.close()
     opened = await Store.open(settings)
