@@ -30,10 +30,10 @@ from models.card import (
     plot_reliability,
     write_card,
 )
-from models.dataset import VEHICLE_TYPES, Windows, persistence_pp, physics_pp
+from models.dataset import LABELS_VERSION, VEHICLE_TYPES, Windows, persistence_pp, physics_pp
 from models.evaluate import classifier_report, regression_report, reliability
 from models.export import export_model, golden_rows
-from models.fault_events import FaultReport, fault_report, fault_scope
+from models.fault_events import FaultReport, developing_fault_target, fault_report, fault_scope
 from models.features import FEATURE_VERSION
 from models.rawtable import CleaningReport, TableError
 from models.runtime import ModelError, load_model
@@ -49,7 +49,7 @@ from models.train import FAULT_FOLDS, TREE_PARAMS, build_windows, fit_all, vehic
 
 log = logging.getLogger("models")
 MODELS_DIR = Path(__file__).parent
-MODEL_VERSION = "3"
+MODEL_VERSION = "4"
 DEFAULT_SEED = 4
 DEFAULT_TWIZY = Path(__file__).resolve().parents[2] / "shared" / "data" / "twizy"
 PREVIOUS_FAULT_RESULTS = [  # earlier models, and how this one was chosen (models.fault_events; by hand)
@@ -74,8 +74,37 @@ PREVIOUS_FAULT_RESULTS = [  # earlier models, and how this one was chosen (model
     "2: 29/72); at its own threshold, 63/72 with 12 false alarms, 9 of them at the top of a charge, where on "
     "about half the days of the training and validation fleets the BMS raises a cell-imbalance flag with no "
     "injected fault behind it (small differences in the cells' charge show large on the steep top of the LFP "
-    "voltage curve) and the features do not tell which days. That fleet is retired: this card's hold-out "
-    "fleet is a fresh draw (scenario seed 4 + 2000), simulated and scored once, for this card.",
+    "voltage curve) and the features do not tell which days. That fleet was retired; version 3's card "
+    "used a fresh draw (scenario seed 4 + 2000).",
+    "Version 3 (feature version 3, as now; target: any BMS fault onset within 30 minutes; threshold 0.85 "
+    "from 5-fold out-of-fold predictions, where it gave 0.90 false alarms per 100 bus-hours) on its hold-out "
+    "fleet (60 bus-days, scenario seed 4 + 2000, 437 bus-hours): injected physical faults flagged 46/55 = "
+    "84 % [72-91 %], all onsets 81/96 = 84 % [76-90 %]; 10 false alarms = 2.29 per 100 bus-hours "
+    "[1.10-4.20]: not met; 6.2 % of the time under alarm.",
+    "Version 4 (this card) was developed on out-of-fold predictions of the training fleet and on both "
+    "retired hold-out fleets, seed 4 + 1000 and seed 4 + 2000 (version 3's hold-out, retired once "
+    "scored). Shipping the mean of the five fold models (the model that was thresholded) instead "
+    "of the refit cut false alarms only as much as a higher threshold does (at 0.85: seed + 1000 54/72 "
+    "injected flagged, 12 false alarms; seed + 2000 45/55, 9) and was dropped. Learning only the onsets "
+    "with a developing (injected physical) fault behind them, not the routine flags, removed most false "
+    "alarms at the top of a charge (version 3: 63/72 injected flagged with 12 false alarms; 46/55 with "
+    "10): with the 5-fold threshold 0.83, seed + 1000 55/72 injected flagged, 5 false alarms; seed + 2000 "
+    "41/55, 3. Down-weighting those onsets (weight 0.3) instead of dropping them kept 11-14 false alarms "
+    "per fleet. With this target the out-of-fold false alarms ran above the refit's on both fleets (at "
+    "0.5: 7-9 against 4 and 4), so the threshold now comes from 10 folds, whose models see 90 % of the "
+    "buses: 0.74, where seed + 1000 gives 60/72 with 4 false alarms and seed + 2000 41/55 with 4 "
+    "(together 0.91 per 100 bus-hours in 883). All onsets flagged fall (seed + 2000: 41/96), as the model "
+    "no longer predicts the routine flags. Scored once on a fresh fleet (scenario seed 4 + 3000, 405 "
+    "bus-hours), that model flagged 52/67 = 78 % [66-86 %] of the injected faults with 5 false alarms = "
+    "1.24 per 100 bus-hours [0.40-2.88]; that fleet is retired too. Of its 8 false alarms on the two older "
+    "fleets, 4 came in the last half hour of a bus-day on a bus with a developing insulation fault whose "
+    "BMS onset fell after the recording ended: the truth labels such windows 'no fault within 30 minutes', "
+    "though those minutes were never observed. The label is now unknown there (`models/dataset.py`), in "
+    "training and in the counts; so counted, version 3 keeps its 10 false alarms on each older fleet (2.28 "
+    "and 2.33 per 100 bus-hours) and the model before this change has 2 and 2 (60/72 and 41/55 flagged): "
+    "the change is mostly in the counting. Trained on those labels (10-fold threshold 0.80): seed + 1000 "
+    "56/72 injected flagged with 1 false alarm, seed + 2000 42/55 with 2. This card's hold-out fleet is a "
+    "fresh draw (scenario seed 4 + 4000), simulated and scored once.",
 ]
 HOLDOUT_DIR = "holdout"  # the fault hold-out fleet's tables, under the training fleet's directory
 TARGETS = {
@@ -83,7 +112,9 @@ TARGETS = {
     "(x usable kWh / 100 for kWh); for windows where the bus moved in the last 15 minutes",
     "large_drop": "probability that the reported SOC drops by at least {thr:g} pp in the next 60 minutes",
     "fault_risk": "probability that a BMS fault flag or the derate flag goes from clear to set "
-    "within the next 30 minutes; for windows with no BMS fault or derate active",
+    "within the next 30 minutes because of a developing fault (cooling failure, cell imbalance growth, "
+    "insulation degradation), not from plain physics such as a full or cold pack; for windows with no BMS "
+    "fault or derate active",
 }
 
 
@@ -122,7 +153,7 @@ def _sim_windows(data: Path, jobs: int) -> tuple[Windows, CleaningReport]:
     files = sorted(p for p in data.iterdir() if p.name.endswith(".csv.gz"))
     if not files:
         raise TableError(f"{data}: no simulated tables (.csv.gz); run `voltgate-train simulate --out {data}`")
-    cache = data / f"windows_v{FEATURE_VERSION}.npz"
+    cache = data / f"windows_v{FEATURE_VERSION}.{LABELS_VERSION}.npz"
     if cache.exists() and cache.stat().st_mtime > max(f.stat().st_mtime for f in files):
         say(f"features: reusing {cache}")
         return Windows.load(cache), CleaningReport()
@@ -231,8 +262,8 @@ def _evaluate_sim(
         fs = fault_scope(fault_eval)
         plot_reliability(
             models / "MODEL_CARD_fault_risk_reliability.png",
-            reliability(fault_eval.fault[fs], prob[fs]),
-            "fault within 30 min: held-out buses",
+            reliability(developing_fault_target(fault_eval)[fs], prob[fs]),
+            "developing fault within 30 min: held-out buses",
         )
     return out, rep
 
@@ -357,13 +388,17 @@ def _write_fault_card(
     definitions = [
         "Computed by `models/fault_events.py`; windows every 60 s.",
         "- **Scope**: windows with a fault label and no BMS fault flag or derate active (the BMS is alerting "
-        "then). Bus-hours = in-scope windows x 60 s.",
+        "then). Bus-hours = in-scope windows x 60 s. A window in the last 30 minutes of a bus-day's "
+        "recording with no onset before its end has no label: whether a fault came in its 30 minutes is not "
+        "observed (the simulator's truth says no).",
         "- **Onset**: a BMS fault flag or the derate flag going from clear to set. It is *eligible* when at "
         "least one in-scope window of its bus-day lies 30 to 10 minutes before it (the bus was on with no "
         "fault active, so a warning >= 10 minutes ahead was possible), and *injected* when an injected "
         "physical fault is active at it; the others are plain physics (a cold or hot pack, a full or low "
         "pack) or the BMS reacting to a stuck or missing reading.",
-        "- **Alarm**: an in-scope window with p >= the threshold.",
+        "- **Alarm**: an in-scope window with p >= the threshold. Window ROC-AUC and Brier score are against "
+        "the model's target (an onset with a developing fault behind it within 30 minutes); the event rates "
+        "count every onset.",
         "- **Flagged >= 10 min before the BMS fault**: an eligible onset with an alarm in at least one "
         "in-scope window from 30 to 10 minutes before it. Lead time: from the start of the alarm episode "
         "holding that first alarm to the onset.",

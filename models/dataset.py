@@ -8,7 +8,9 @@ come from the trace's own full-rate rows, never from the sampled stream:
 - `drop_pp`: reported SOC now minus reported SOC 60 minutes later (the trace must reach that far);
 - `drop_kwh`: `drop_pp` × usable capacity / 100, usable = nominal × SOH (when reported) / 100;
 - `large`: `drop_pp` ≥ the vehicle type's threshold (default 10 pp);
-- `fault`: a BMS fault flag or the derate flag goes from clear to set within 30 minutes (simulator labels).
+- `fault`: a BMS fault flag or the derate flag goes from clear to set within 30 minutes (simulator labels);
+  unknown (NaN) in a trace's last 30 minutes when no onset comes before its end: the simulator's truth
+  writes 0 there, but what the 30 minutes after the end would have held is not observed.
 
 Windows are "in scope" when the vehicle moved in the 15 minutes before (an idle, parked bus is not what the
 forecasts are for), the target is known, and the baselines can be computed. Groups are `vehicle/segment`.
@@ -37,6 +39,8 @@ from protocols.catalog import SamplingPolicy, SignalSampler, load_catalog
 from protocols.signals import SOC, SOH
 
 HORIZON_S = 3600.0
+FAULT_WINDOW_S = 1800.0  # the fault label's horizon (the truth's `fault_within_30min`)
+LABELS_VERSION = 2  # 2: the fault label right-censored at the end of a trace; part of cached windows' names
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +229,7 @@ def trace_windows(
         drop,
         drop * usable / 100.0,
         large,
-        label("fault_within_30min"),
+        censored_fault_label(label("fault_within_30min"), times, float(trace.ts[-1])),
         label("time_to_next_fault_s"),
         label("injected_fault"),
         times,
@@ -233,6 +237,11 @@ def trace_windows(
         usable,
         vehicle.large_drop_pp,
     )
+
+
+def censored_fault_label(fault: FloatArray, times: FloatArray, end_s: float) -> FloatArray:
+    """`fault` with "no onset within 30 minutes" made unknown where those 30 minutes run past the trace."""
+    return np.where((times + FAULT_WINDOW_S > end_s) & (fault == 0.0), math.nan, fault)
 
 
 # -- baselines ---------------------------------------------------------------------------------------------

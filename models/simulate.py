@@ -133,9 +133,10 @@ class Fleet:
 
 
 TRAINING_FLEET = Fleet("SIM", 6.0, FAULT_KINDS, 0)
-HOLDOUT_FLEET = Fleet("HOLD", 6.0, FAULT_KINDS, 2000)
+HOLDOUT_FLEET = Fleet("HOLD", 6.0, FAULT_KINDS, 4000)
 # a hold-out fleet looked at while developing a model is retired; the next one draws a fresh seed stream
-RETIRED_HOLDOUT_SEED_OFFSETS = (1000,)  # models v2's hold-out: the validation fleet while developing v3
+# models v2's and v3's hold-outs, the validation fleets while developing v3 and v4; v4's first hold-out
+RETIRED_HOLDOUT_SEED_OFFSETS = (1000, 2000, 3000)
 
 
 def scenarios(n_buses: int, days: int, seed: int, fleet: Fleet = TRAINING_FLEET) -> list[BusDay]:

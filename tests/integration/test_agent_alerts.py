@@ -141,7 +141,7 @@ blink_off_ms = 400
             # AND the fault-risk model's predictions travel with the telemetry
             await collector.wait_for(
                 "a fault-risk prediction in a telemetry batch",
-                lambda: ("fault_risk", "3", "p_fault_30min") in predictions(),
+                lambda: ("fault_risk", "4", "p_fault_30min") in predictions(),
             )
             # AND the critical LED blinks by the kernel's timer trigger, the warning LED is steady on
             await _until("the critical LED blinking", lambda: (red / "trigger").read_text() == "timer")
@@ -170,7 +170,7 @@ blink_off_ms = 400
     documents = [json.loads(line) for line in driver_lines]
     wanted = {"alert_rule": "insulation_low", "alert_severity": "critical", "alert_active": True}
     assert any(wanted.items() <= d.items() for d in documents), documents
-    assert "model fault_risk version 3 loaded" in stderr
+    assert "model fault_risk version 4 loaded" in stderr
     assert "Traceback" not in stderr
     # a stopped agent leaves its LEDs off
     assert (red / "trigger").read_text() == "none" and (red / "brightness").read_text() == "0"

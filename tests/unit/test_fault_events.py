@@ -7,8 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from models.dataset import Windows
-from models.fault_events import choose_fault_threshold, fault_report, garwood, wilson
+from models.dataset import Windows, censored_fault_label
+from models.fault_events import (
+    choose_fault_threshold,
+    developing_fault_target,
+    fault_report,
+    garwood,
+    wilson,
+)
 from models.features import N_FEATURES, feature_index
 
 ONSET_S = 3600.0
@@ -102,3 +108,33 @@ def test_the_threshold_is_the_lowest_within_the_false_alarm_budget() -> None:
     p = alarms(w, (600.0, 600.0)) * (0.6 / 0.9) + alarms(w, (2400.0, 2700.0)) * (0.95 / 0.9)
     # THEN with a budget of 30 per 100 bus-hours (one in 4 bus-hours is 25) the threshold clears the 0.6s
     assert choose_fault_threshold(w, p, max_false_per_100h=30.0) == pytest.approx(0.61)
+
+
+def test_the_target_is_an_onset_with_a_developing_fault_behind_it() -> None:
+    # GIVEN the same bus-day with its onset from a developing (injected) fault, and again from plain physics
+    developing = bus_day()
+    physics = bus_day()
+    physics.injected[:] = 0.0
+    physics.fault[:3] = math.nan  # unlabelled windows stay unlabelled
+    # THEN the model learns the first onset's last 30 minutes and none of the second's
+    assert np.array_equal(developing_fault_target(developing), developing.fault)
+    target = developing_fault_target(physics)
+    assert np.isnan(target[:3]).all() and (target[3:] == 0.0).all()
+    # ...while the events count both onsets alike: an alarm before either is no false alarm
+    for w in (developing, physics):
+        r = fault_report(w, alarms(w, (2400.0, 2700.0)), 0.5)
+        assert (r.flagged, r.false_alarms) == (1, 0)
+
+
+def test_no_onset_in_a_recordings_last_30_minutes_is_unknown_not_no_fault() -> None:
+    # GIVEN a recording ending at 7200 s, one onset at 600 s and one at 7100 s: the truth says 0 wherever
+    # no onset comes within 30 minutes, up to the end of the recording
+    ts = np.arange(0.0, 7200.0, 60.0)
+    truth = ((ts < 600.0) | ((ts >= 5300.0) & (ts < 7100.0))).astype(float)
+    # WHEN censored
+    label = censored_fault_label(truth, ts, 7200.0)
+    # THEN a 0 whose 30 minutes run past the end is unknown; the other 0s and every 1 stay
+    late = ts > 7200.0 - 1800.0
+    assert np.array_equal(label[~late], truth[~late])
+    assert (label[late & (truth == 1.0)] == 1.0).all() and (late & (truth == 1.0)).any()
+    assert np.isnan(label[late & (truth == 0.0)]).all() and (late & (truth == 0.0)).any()

@@ -116,10 +116,10 @@ def test_a_driving_bus_gets_every_prediction_every_interval() -> None:
     for t in ticks:
         at = {(p.model, p.model_version, p.output) for p in predictions if p.ts == t}
         assert at == {
-            ("soc_drop", "3", SOC_DROP_PP),
-            ("soc_drop", "3", SOC_DROP_KWH),
-            ("large_drop", "3", P_LARGE_DROP),
-            ("fault_risk", "3", P_FAULT),
+            ("soc_drop", "4", SOC_DROP_PP),
+            ("soc_drop", "4", SOC_DROP_KWH),
+            ("large_drop", "4", P_LARGE_DROP),
+            ("fault_risk", "4", P_FAULT),
         }
     by_output: dict[str, list[float]] = {}
     for p in predictions:
@@ -204,15 +204,15 @@ def test_a_mismatching_model_is_refused_and_the_previous_one_kept(
     assert len(refused) == 1
     message = refused[0].getMessage()
     assert message.startswith("model refused: ") and "moving_share_2min" in message
-    assert "keeping soc_drop version 3" in message and "\n" not in message
+    assert "keeping soc_drop version 4" in message and "\n" not in message
     assert stage.models["soc_drop"] is original
     assert {p.model for p in _run_pure(stage, _bus(3))} == {"soc_drop"}
 
     # WHEN a valid model replaces it: reloaded
-    _rewrite(MODELS / "soc_drop.onnx", path, **{"voltgate.model_version": "4"})
+    _rewrite(MODELS / "soc_drop.onnx", path, **{"voltgate.model_version": "5"})
     _touch_later(path)
-    assert [m.version for m in stage.check_models()] == ["4"]
-    assert stage.models["soc_drop"].version == "4"
+    assert [m.version for m in stage.check_models()] == ["5"]
+    assert stage.models["soc_drop"].version == "5"
 
 
 def test_a_model_of_another_feature_version_is_refused_at_start(
@@ -245,7 +245,7 @@ async def test_hot_reload_while_running(tmp_path: Path) -> None:
     _rewrite(MODELS / "fault_risk.onnx", path, **{"voltgate.feature_version": "9"})
     _touch_later(path)
     await _until(lambda: stage.stats.refused == 1)
-    assert stage.models["fault_risk"].version == "3"
+    assert stage.models["fault_risk"].version == "4"
     # a valid one: reloaded
     _rewrite(MODELS / "fault_risk.onnx", path, **{"voltgate.model_version": "7"})
     _touch_later(path)
