@@ -43,10 +43,10 @@ one day at a time: the same rows either way. A trip or session over midnight is 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta
-from typing import Final
+from typing import Final, TypeVar
 
 import psycopg
 from psycopg.rows import class_row
@@ -621,15 +621,12 @@ async def kept_trips(
     vehicle_id: str,
 ) -> list[Trip]:
     """One bus's `trips` in the kept time zone: kept rows, and each pending day computed on its own."""
-    params = _params(day_from, day_to, kept.time_zone, vehicle_id, kept.trip_gap_s)
-    pending = await _pending(conn, params)
-    async with conn.cursor(row_factory=class_row(Trip)) as cur:
-        await cur.execute(_KEPT_TRIPS_SQL, params)
-        rows = await cur.fetchall()
-    for day in sorted(pending):
+
+    async def one_day(day: date) -> list[Trip]:
         gap_s = kept.trip_gap_s
-        rows += await trips(conn, day, day, tz=kept.time_zone, vehicle_id=vehicle_id, trip_gap_s=gap_s)
-    return sorted(rows, key=lambda row: row.started_at)
+        return await trips(conn, day, day, tz=kept.time_zone, vehicle_id=vehicle_id, trip_gap_s=gap_s)
+
+    return await _kept_of_one_bus(conn, day_from, day_to, kept, vehicle_id, _KEPT_TRIPS_SQL, Trip, one_day)
 
 
 async def kept_charging_sessions(
@@ -640,11 +637,33 @@ async def kept_charging_sessions(
     vehicle_id: str,
 ) -> list[ChargingSession]:
     """One bus's `charging_sessions` in the kept time zone, as `kept_trips`."""
-    params = _params(day_from, day_to, kept.time_zone, vehicle_id)
+
+    async def one_day(day: date) -> list[ChargingSession]:
+        return await charging_sessions(conn, day, day, tz=kept.time_zone, vehicle_id=vehicle_id)
+
+    return await _kept_of_one_bus(
+        conn, day_from, day_to, kept, vehicle_id, _KEPT_SESSIONS_SQL, ChargingSession, one_day
+    )
+
+
+_Span = TypeVar("_Span", Trip, ChargingSession)
+
+
+async def _kept_of_one_bus(
+    conn: psycopg.AsyncConnection[tuple[object, ...]],
+    day_from: date,
+    day_to: date,
+    kept: KeptDays,
+    vehicle_id: str,
+    kept_sql: str,
+    row_type: type[_Span],
+    one_day: Callable[[date], Awaitable[list[_Span]]],
+) -> list[_Span]:
+    params = _params(day_from, day_to, kept.time_zone, vehicle_id, kept.trip_gap_s)
     pending = await _pending(conn, params)
-    async with conn.cursor(row_factory=class_row(ChargingSession)) as cur:
-        await cur.execute(_KEPT_SESSIONS_SQL, params)
+    async with conn.cursor(row_factory=class_row(row_type)) as cur:
+        await cur.execute(kept_sql, params)
         rows = await cur.fetchall()
     for day in sorted(pending):
-        rows += await charging_sessions(conn, day, day, tz=kept.time_zone, vehicle_id=vehicle_id)
+        rows += await one_day(day)
     return sorted(rows, key=lambda row: row.started_at)
