@@ -15,10 +15,15 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from agent.buffer import BufferWorker
+
+if TYPE_CHECKING:
+    from cloud.kpis import KeptDays
+    from cloud.store import Store
 
 PG_DSN = os.environ.get("VOLTGATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 MQTT_HOST = os.environ.get("VOLTGATE_TEST_MQTT_HOST", "127.0.0.1")
@@ -92,3 +97,25 @@ async def buffer(tmp_path: Path) -> AsyncIterator[BufferWorker]:
     await worker.open()
     yield worker
     await worker.close()
+
+
+async def migrated_store(db: Database, kept: KeptDays | None = None) -> Store:
+    """A receiver store on `db`'s schema, migrated to the latest version (the caller closes it)."""
+    from cloud.settings import DatabaseSettings  # cloud extras: imported only by the cloud tests
+    from cloud.store import Store
+
+    settings = DatabaseSettings.model_validate({"dsn": db.dsn, "schema": db.schema})
+    migrator = await Store.open(settings, require_schema=False)
+    try:
+        await migrator.migrate()
+    finally:
+        await migrator.close()
+    return await Store.open(settings, kept=kept)
+
+
+@pytest.fixture
+async def store(pg_schema: Database) -> AsyncIterator[Store]:
+    """A migrated receiver store on a fresh schema, closed after the test."""
+    opened = await migrated_store(pg_schema)
+    yield opened
+    await opened.close()

@@ -30,7 +30,7 @@ from cloud.store import Store
 from protocols.topics import status_topic, telemetry_topic
 from protocols.wire import AlertRecord, Batch, PredictionRecord, SampleRecord, encode_batch, encode_status
 
-from .conftest import Database
+from .conftest import Database, migrated_store
 
 START = datetime(2024, 5, 14, 5, 0, tzinfo=UTC)
 FLEET = "nairobi-east"
@@ -223,14 +223,6 @@ async def write_all(store: Store, messages: list[Ingested]) -> None:
     for first in range(0, len(messages), 50):
         await store.write(messages[first : first + 50])
     await store.refresh_rollups()  # hours and days, as the receiver does every few minutes
-
-
-async def migrated_store(db: Database) -> Store:
-    settings = DatabaseSettings.model_validate({"dsn": db.dsn, "schema": db.schema})
-    migrator = await Store.open(settings, require_schema=False)
-    await migrator.migrate()
-    await migrator.close()
-    return await Store.open(settings)
 
 
 @dataclass

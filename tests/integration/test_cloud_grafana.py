@@ -21,8 +21,8 @@ from cloud.ingest import ingest_message
 from cloud.settings import IngestSettings
 from protocols.topics import telemetry_topic
 
-from .conftest import Database
-from .test_cloud_api import FLEET, PLANS, START, fleet_messages, migrated_store, write_all
+from .conftest import Database, migrated_store
+from .test_cloud_api import FLEET, PLANS, START, fleet_messages, write_all
 
 GRAFANA = Path(__file__).parents[2] / "cloud" / "grafana"
 DASHBOARDS = sorted(GRAFANA.glob("*.json"))

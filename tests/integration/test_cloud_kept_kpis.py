@@ -19,12 +19,11 @@ import pytest
 from cloud import kpis
 from cloud.ingest import BatchMessage
 from cloud.schema import Flavour
-from cloud.settings import DatabaseSettings
 from cloud.store import Store
 from protocols.topics import TopicKind, telemetry_topic
 from protocols.wire import AlertRecord, Batch, SampleRecord
 
-from .conftest import PG_DSN, service_unavailable
+from .conftest import PG_DSN, Database, migrated_store, service_unavailable
 
 pytestmark = pytest.mark.asyncio
 
@@ -59,13 +58,8 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
             conn.execute(f'CREATE SCHEMA "{schema}"'.encode())
     except psycopg.OperationalError as err:
         service_unavailable(f"PostgreSQL not reachable at {dsn}: {str(err).strip().splitlines()[0]}")
-    settings = DatabaseSettings.model_validate({"dsn": dsn, "schema": schema})
-    kept = kpis.KeptDays(TZ)
     try:
-        migrator = await Store.open(settings, require_schema=False)
-        await migrator.migrate()
-        await migrator.close()
-        opened = await Store.open(settings, kept=kept)
+        opened = await migrated_store(Database(dsn, schema), kpis.KeptDays(TZ))
         assert opened.flavour is request.param
         try:
             yield opened

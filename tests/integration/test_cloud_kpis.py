@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 
 import pytest
 
 from cloud import kpis
 from cloud.ingest import BatchMessage
-from cloud.settings import DatabaseSettings
 from cloud.store import Store
 from protocols.topics import TopicKind, telemetry_topic
 from protocols.wire import AlertRecord, Batch, SampleRecord
-
-from .conftest import Database
 
 pytestmark = pytest.mark.asyncio
 
@@ -24,17 +20,6 @@ DAY = date(2024, 5, 14)
 
 def ms(hour: int, minute: int = 0, second: int = 0, day: date = DAY) -> int:
     return int(datetime(day.year, day.month, day.day, hour, minute, second, tzinfo=UTC).timestamp() * 1000)
-
-
-@pytest.fixture
-async def store(pg_schema: Database) -> AsyncIterator[Store]:
-    settings = DatabaseSettings.model_validate({"dsn": pg_schema.dsn, "schema": pg_schema.schema})
-    migrator = await Store.open(settings, require_schema=False)
-    await migrator.migrate()
-    await migrator.close()
-    opened = await Store.open(settings)
-    yield opened
-    await opened.close()
 
 
 def synthetic_day(vehicle: str) -> Batch:

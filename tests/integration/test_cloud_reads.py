@@ -24,8 +24,8 @@ from psycopg.abc import Params, Query
 from cloud import kpis
 from cloud.web import queries
 
-from .conftest import Database
-from .test_cloud_api import PLANS, fleet_messages, migrated_store, write_all
+from .conftest import Database, migrated_store
+from .test_cloud_api import PLANS, fleet_messages, write_all
 
 pytestmark = pytest.mark.asyncio
 

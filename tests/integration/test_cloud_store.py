@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -27,17 +26,6 @@ T0_MS = int(T0.timestamp() * 1000)
 
 def db_settings(db: Database) -> DatabaseSettings:
     return DatabaseSettings.model_validate({"dsn": db.dsn, "schema": db.schema})
-
-
-@pytest.fixture
-async def store(pg_schema: Database) -> AsyncIterator[Store]:
-    settings = db_settings(pg_schema)
-    migrator = await Store.open(settings, require_schema=False)
-    await migrator.migrate()
-    await migrator.close()
-    opened = await Store.open(settings)
-    yield opened
-    await opened.close()
 
 
 def sample_batch(vehicle: str, first_seq: int, n: int, *, step_ms: int = 1000) -> BatchMessage:

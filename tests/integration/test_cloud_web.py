@@ -20,8 +20,8 @@ import pytest
 from cloud.api import FleetViews
 from cloud.settings import DatabaseSettings, WebSettings
 
-from .conftest import Database
-from .test_cloud_api import BusPlan, fleet_messages, migrated_store, write_all
+from .conftest import Database, migrated_store
+from .test_cloud_api import BusPlan, fleet_messages, write_all
 
 ARTIFACTS = Path(__file__).parents[2] / "test-artifacts"
 CHROMIUM_FLAGS = (
