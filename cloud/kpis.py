@@ -408,6 +408,21 @@ def _params(
     }
 
 
+_Row = TypeVar("_Row")
+
+
+async def _rows(
+    conn: psycopg.AsyncConnection[tuple[object, ...]],
+    query: bytes | str,
+    params: dict[str, object],
+    row_type: type[_Row],
+) -> list[_Row]:
+    """The rows of `query` as `row_type`, planned for the values given (`prepare=False`, above)."""
+    async with conn.cursor(row_factory=class_row(row_type)) as cur:
+        await cur.execute(query, params, prepare=False)
+        return await cur.fetchall()
+
+
 async def daily_kpis(
     conn: psycopg.AsyncConnection[tuple[object, ...]],
     day_from: date,
@@ -418,10 +433,7 @@ async def daily_kpis(
     trip_gap_s: float = TRIP_GAP_S,
 ) -> list[DailyKpi]:
     """KPIs per bus per day for `day_from`..`day_to` inclusive, days in time zone `tz`."""
-    params = _params(day_from, day_to, tz, vehicle_id, trip_gap_s)
-    async with conn.cursor(row_factory=class_row(DailyKpi)) as cur:
-        await cur.execute(_DAILY_KPIS_SQL, params, prepare=False)
-        return await cur.fetchall()
+    return await _rows(conn, _DAILY_KPIS_SQL, _params(day_from, day_to, tz, vehicle_id, trip_gap_s), DailyKpi)
 
 
 async def charging_sessions(
@@ -433,9 +445,8 @@ async def charging_sessions(
     vehicle_id: str | None = None,
 ) -> list[ChargingSession]:
     """Charging sessions within `day_from`..`day_to` (cut at the range's ends), by bus then start."""
-    async with conn.cursor(row_factory=class_row(ChargingSession)) as cur:
-        await cur.execute(_CHARGING_SESSIONS_SQL, _params(day_from, day_to, tz, vehicle_id), prepare=False)
-        return await cur.fetchall()
+    params = _params(day_from, day_to, tz, vehicle_id)
+    return await _rows(conn, _CHARGING_SESSIONS_SQL, params, ChargingSession)
 
 
 async def trips(
@@ -448,19 +459,14 @@ async def trips(
     trip_gap_s: float = TRIP_GAP_S,
 ) -> list[Trip]:
     """Trips within `day_from`..`day_to` (cut at the range's ends), by bus then start."""
-    params = _params(day_from, day_to, tz, vehicle_id, trip_gap_s)
-    async with conn.cursor(row_factory=class_row(Trip)) as cur:
-        await cur.execute(_TRIPS_SQL, params, prepare=False)
-        return await cur.fetchall()
+    return await _rows(conn, _TRIPS_SQL, _params(day_from, day_to, tz, vehicle_id, trip_gap_s), Trip)
 
 
 async def hourly_energy(
     conn: psycopg.AsyncConnection[tuple[object, ...]], day_from: date, day_to: date, *, tz: str = "UTC"
 ) -> list[HourlyEnergy]:
     """The whole fleet's energy used and charged per hour (hours with data only)."""
-    async with conn.cursor(row_factory=class_row(HourlyEnergy)) as cur:
-        await cur.execute(_HOURLY_ENERGY_SQL, _params(day_from, day_to, tz, None))
-        return await cur.fetchall()
+    return await _rows(conn, _HOURLY_ENERGY_SQL, _params(day_from, day_to, tz, None), HourlyEnergy)
 
 
 async def fleet_energy(
@@ -602,9 +608,7 @@ async def kept_daily_kpis(
     """`daily_kpis` in the kept time zone: kept rows, and each pending day computed on its own."""
     params = _params(day_from, day_to, kept.time_zone, vehicle_id, kept.trip_gap_s)
     pending = await _pending(conn, params)
-    async with conn.cursor(row_factory=class_row(DailyKpi)) as cur:
-        await cur.execute(_KEPT_DAILY_SQL, params)
-        rows = await cur.fetchall()
+    rows = await _rows(conn, _KEPT_DAILY_SQL, params, DailyKpi)
     for day, buses in sorted(pending.items()):
         fresh = await daily_kpis(
             conn, day, day, tz=kept.time_zone, vehicle_id=vehicle_id, trip_gap_s=kept.trip_gap_s
@@ -661,9 +665,7 @@ async def _kept_of_one_bus(
 ) -> list[_Span]:
     params = _params(day_from, day_to, kept.time_zone, vehicle_id, kept.trip_gap_s)
     pending = await _pending(conn, params)
-    async with conn.cursor(row_factory=class_row(row_type)) as cur:
-        await cur.execute(kept_sql, params)
-        rows = await cur.fetchall()
+    rows = await _rows(conn, kept_sql, params, row_type)
     for day in sorted(pending):
         rows += await one_day(day)
     return sorted(rows, key=lambda row: row.started_at)
