@@ -29,6 +29,7 @@ from typing import Final
 from agent.leds import Leds, led_patterns
 from agent.records import Alert, Prediction, Sample, Severity
 from agent.settings import AlertSettings
+from protocols.predictions import FAULT_RISK_MODEL, P_FAULT, P_LARGE_DROP, SOC_DROP_PP
 from protocols.signals import (
     CELL_TEMP_MAX,
     CELL_V_MAX,
@@ -45,11 +46,10 @@ log = logging.getLogger(__name__)
 driver_log = logging.getLogger("agent.alerts.driver")
 
 
-# Prediction outputs the rules read; agent.inference names them (tests/unit/test_inference.py).
-SOC_DROP_OUTPUT: Final = "soc_drop_60min_pp"
-LARGE_DROP_OUTPUT: Final = "p_large_drop_60min"
-FAULT_RISK_OUTPUT: Final = "p_fault_30min"
-FAULT_RISK_MODEL: Final = "fault_risk"
+# Prediction outputs the rules read: the names agent.inference gives them (protocols.predictions).
+SOC_DROP_OUTPUT: Final = SOC_DROP_PP
+LARGE_DROP_OUTPUT: Final = P_LARGE_DROP
+FAULT_RISK_OUTPUT: Final = P_FAULT
 FAULT_RISK_THRESHOLD_KEY: Final = "alarm_probability"
 
 SWEEP_EVERY_S: Final = (

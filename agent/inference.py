@@ -32,13 +32,18 @@ from agent.records import Alert, Prediction, Sample
 from agent.settings import InferenceSettings
 from models.features import FeatureWindow, FloatArray, feature_index
 from models.runtime import LoadedModel, ModelError, load_model
+from protocols.predictions import (
+    FAULT_RISK_MODEL,
+    LARGE_DROP_MODEL,
+    P_FAULT,
+    P_LARGE_DROP,
+    SOC_DROP_KWH,
+    SOC_DROP_MODEL,
+    SOC_DROP_PP,
+)
 
 log = logging.getLogger(__name__)
 
-SOC_DROP_PP: Final = "soc_drop_60min_pp"
-SOC_DROP_KWH: Final = "soc_drop_60min_kwh"
-P_LARGE_DROP: Final = "p_large_drop_60min"
-P_FAULT: Final = "p_fault_30min"
 CONSUME_BATCH: Final = 5_000  # samples added between two yields to the event loop
 
 _MOVING = feature_index("moving_share_15min")
@@ -64,9 +69,9 @@ def _always(x: FloatArray) -> bool:
 
 
 SCOPES: Final[Mapping[str, Callable[[FloatArray], bool]]] = {
-    "soc_drop": _moving,
-    "large_drop": _moving,
-    "fault_risk": _no_fault,
+    SOC_DROP_MODEL: _moving,
+    LARGE_DROP_MODEL: _moving,
+    FAULT_RISK_MODEL: _no_fault,
 }
 
 
@@ -74,12 +79,12 @@ def model_outputs(
     model: LoadedModel, value: float, x: FloatArray, pack_nominal_kwh: float
 ) -> list[tuple[str, float]]:
     """A model's raw output → the named outputs that travel (pure)."""
-    if model.name == "soc_drop":
+    if model.name == SOC_DROP_MODEL:
         soh = float(x[_SOH]) if not math.isnan(x[_SOH]) else 100.0
         return [(SOC_DROP_PP, value), (SOC_DROP_KWH, value * pack_nominal_kwh * soh / 100.0 / 100.0)]
-    if model.name == "large_drop":
+    if model.name == LARGE_DROP_MODEL:
         return [(P_LARGE_DROP, value)]
-    if model.name == "fault_risk":
+    if model.name == FAULT_RISK_MODEL:
         return [(P_FAULT, value)]
     suffix = f"_{model.output_unit}" if model.kind == "regression" and model.output_unit else ""
     return [((f"p_{model.name}" if model.kind == "probability" else model.name) + suffix, value)]

@@ -3,8 +3,12 @@
     voltgate/v1/{fleet}/{vehicle}/telemetry        bus → cloud, wire batches (QoS 1)
     voltgate/v1/{fleet}/{vehicle}/alerts           bus → cloud, alert-only wire batches, published at once
     voltgate/v1/{fleet}/{vehicle}/status           bus → cloud, retained status; the last will says "offline"
+    voltgate/v1/{fleet}/{vehicle}/downlink/ack     cloud → bus, retained: what the cloud has stored (QoS 1)
     voltgate/v1/{fleet}/{vehicle}/downlink/config  cloud → bus
     voltgate/v1/{fleet}/{vehicle}/downlink/model   cloud → bus
+
+Only the cloud publishes under `downlink/` (the broker's ACL enforces it); a bus subscribes to its own
+`downlink_filter(fleet, vehicle)`.
 
 Receivers share the load with `shared_subscription(group, kind)`. Fleet, vehicle and group ids follow
 `ID_PATTERN`, the one id rule of `protocols/` (the wire format checks vehicle ids with it too).
@@ -31,6 +35,7 @@ class TopicKind(StrEnum):
     TELEMETRY = "telemetry"
     ALERTS = "alerts"
     STATUS = "status"
+    DOWNLINK_ACK = "downlink/ack"
     DOWNLINK_CONFIG = "downlink/config"
     DOWNLINK_MODEL = "downlink/model"
 
@@ -76,6 +81,15 @@ def alerts_topic(fleet: str, vehicle: str) -> str:
 
 def status_topic(fleet: str, vehicle: str) -> str:
     return vehicle_topic(fleet, vehicle, TopicKind.STATUS)
+
+
+def downlink_ack_topic(fleet: str, vehicle: str) -> str:
+    return vehicle_topic(fleet, vehicle, TopicKind.DOWNLINK_ACK)
+
+
+def downlink_filter(fleet: str, vehicle: str) -> str:
+    """Every downlink topic of one vehicle: `voltgate/v1/{fleet}/{vehicle}/downlink/#`."""
+    return f"{TOPIC_ROOT}/{_checked_id('fleet', fleet)}/{_checked_id('vehicle', vehicle)}/downlink/#"
 
 
 def downlink_config_topic(fleet: str, vehicle: str) -> str:

@@ -85,7 +85,7 @@ class PredictionRecord:
     ts_ms: int
     model: str  # e.g. "soc_drop_60min"
     model_version: str
-    output: str  # e.g. "soc_drop_pct", "p_large_drop", "p_fault_30min"
+    output: str  # e.g. "soc_drop_60min_pp", "p_large_drop_60min", "p_fault_30min" (protocols.predictions)
     value: float
 
 

@@ -20,13 +20,14 @@ from psycopg import sql
 from psycopg.rows import class_row
 
 from cloud import kpis
+from protocols.predictions import SOC_DROP_HORIZON_MIN, SOC_DROP_PP
 
 Connection = psycopg.AsyncConnection[tuple[object, ...]]
 
 PACK_POWER: Final = "pack_power_kw"
 """A derived signal: pack voltage × pack current / 1000 (positive = discharge), per time bucket."""
-SOC_DROP_OUTPUT: Final = "soc_drop_pct"
-PREDICTION_HORIZON: Final = timedelta(minutes=60)
+SOC_DROP_OUTPUT: Final = SOC_DROP_PP  # the agent names its SOC-drop forecast so (protocols.predictions)
+PREDICTION_HORIZON: Final = timedelta(minutes=SOC_DROP_HORIZON_MIN)
 # An outcome is the last SOC reading at most this long before the instant it stands for.
 READING_TOLERANCE: Final = timedelta(minutes=5)
 # The latest predictions of a bus are looked for this far back from its last message.

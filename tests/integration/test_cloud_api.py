@@ -158,7 +158,7 @@ def _batches(plan: BusPlan, truth: BusTruth, step_s: int) -> list[Batch]:
             if (drop := predicted.get(truth.ts[k])) is not None:
                 p_large = min(1.0, max(0.0, (drop - 4.0) / 6))
                 predictions.append(
-                    PredictionRecord(seq, ts_ms, "soc_drop_60min", "1.0.0", "soc_drop_pct", drop)
+                    PredictionRecord(seq, ts_ms, "soc_drop", "1.0.0", "soc_drop_60min_pp", drop)
                 )
                 predictions.append(
                     PredictionRecord(seq + 1, ts_ms, "soc_drop_60min", "1.0.0", "p_large_drop", p_large)
@@ -296,7 +296,7 @@ async def test_bus_list_shows_each_bus_last_state(api: Api) -> None:
     assert first["risk"]["output"] == "p_large_drop"
     assert first["risk"]["ts"] == iso(last_ts)
     outputs = {p["output"]: p["value"] for p in first["predictions"]}
-    assert outputs["soc_drop_pct"] == pytest.approx(last_drop)
+    assert outputs["soc_drop_60min_pp"] == pytest.approx(last_drop)
 
 
 async def test_one_bus_and_an_unknown_bus(api: Api) -> None:

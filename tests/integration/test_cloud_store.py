@@ -108,7 +108,7 @@ async def test_a_batch_is_stored_once_and_its_redelivery_changes_nothing(store: 
 async def test_predictions_alerts_status_and_dead_letters_in_one_transaction(store: Store) -> None:
     batch = Batch(
         "bus-2",
-        predictions=(PredictionRecord(7, T0_MS, "soc_drop_60min", "1.0.0", "soc_drop_pct", 4.5),),
+        predictions=(PredictionRecord(7, T0_MS, "soc_drop", "1.0.0", "soc_drop_60min_pp", 4.5),),
         alerts=(AlertRecord(8, T0_MS, "low_soc", "warning", True, math.nan, "SOC below 20 %"),),
     )
     message = BatchMessage.of(telemetry_topic("f1", "bus-2"), "f1", TopicKind.ALERTS, batch, T0, 50)

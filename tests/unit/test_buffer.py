@@ -57,14 +57,14 @@ def test_pending_round_trips_every_kind_and_nan(tmp_path: Path) -> None:
     buffer = SampleBuffer(tmp_path / "b.sqlite3", BIG)
     buffer.append(Sample(1.5, "Vehicle.Speed", math.nan, Priority.NORMAL))
     buffer.append(Sample(2.0, "Vehicle.Speed", math.inf, Priority.NORMAL))
-    buffer.append_prediction(Prediction(3.0, "soc_drop_60min", "1.2", "soc_drop_pct", 4.25))
+    buffer.append_prediction(Prediction(3.0, "soc_drop", "1.2", "soc_drop_60min_pp", 4.25))
     buffer.append_alert(Alert(4.0, "low_soc", "critical", True, 9.5, "SOC below 10 %"))
     assert buffer.pending(10) == [], "staged rows are not pending before commit"
     assert buffer.commit() == 4
     records = buffer.pending(10)
     assert isinstance(records[0], SampleRecord) and math.isnan(records[0].value) and records[0].ts_ms == 1500
     assert records[1] == SampleRecord(1, 2000, "Vehicle.Speed", math.inf)
-    assert records[2] == PredictionRecord(2, 3000, "soc_drop_60min", "1.2", "soc_drop_pct", 4.25)
+    assert records[2] == PredictionRecord(2, 3000, "soc_drop", "1.2", "soc_drop_60min_pp", 4.25)
     assert records[3] == AlertRecord(3, 4000, "low_soc", "critical", True, 9.5, "SOC below 10 %")
     assert [r.seq for r in buffer.pending(10, (Kind.ALERT,))] == [3]
     assert [r.seq for r in buffer.pending(10, (Kind.SAMPLE,), from_seq=1)] == [1]

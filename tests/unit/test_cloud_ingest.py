@@ -25,7 +25,7 @@ def a_batch(vehicle: str = "bus-1", ts_ms: int = NOW_MS - 1000) -> Batch:
             SampleRecord(10, ts_ms, "Vehicle.Speed", 42.0),
             SampleRecord(11, ts_ms, "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current", 77.5),
         ),
-        predictions=(PredictionRecord(12, ts_ms, "soc_drop_60min", "1.0.0", "soc_drop_pct", 3.25),),
+        predictions=(PredictionRecord(12, ts_ms, "soc_drop", "1.0.0", "soc_drop_60min_pp", 3.25),),
         alerts=(AlertRecord(13, ts_ms, "low_soc", "warning", True, math.nan, "SOC low"),),
     )
 

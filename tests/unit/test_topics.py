@@ -114,3 +114,12 @@ def test_parse_raises_only_topic_error(topic: str) -> None:
 def test_id_rule_matches_the_pattern(value: str) -> None:
     expected = 1 <= len(value) <= 64 and all(c.isascii() and (c.isalnum() or c in "_.-") for c in value)
     assert is_valid_id(value) == expected
+
+
+def test_downlink_topics_of_a_vehicle_match_its_downlink_filter() -> None:
+    from protocols.topics import downlink_ack_topic, downlink_filter
+
+    ack = downlink_ack_topic("depot-3", "bus-0042")
+    assert ack == "voltgate/v1/depot-3/bus-0042/downlink/ack"
+    assert parse_topic(ack).kind is TopicKind.DOWNLINK_ACK
+    assert downlink_filter("depot-3", "bus-0042") == "voltgate/v1/depot-3/bus-0042/downlink/#"

@@ -226,7 +226,7 @@ GOLDEN_BATCH = Batch(
         SampleRecord(102, T0_MS + 100, "Vehicle.Speed", 10.5),
         SampleRecord(105, T0_MS + 90, "Vehicle.Speed", 4000.0),
     ),
-    predictions=(PredictionRecord(103, T0_MS + 100, "soc_drop_60min", "1.2", "soc_drop_pct", 0.25),),
+    predictions=(PredictionRecord(103, T0_MS + 100, "soc_drop", "1.2", "soc_drop_60min_pp", 0.25),),
     alerts=(AlertRecord(104, T0_MS + 100, "low_soc", "warning", True, 9.5, "SOC below 10 %"),),
 )
 GOLDEN_QUANTA = {"Vehicle.Speed": 0.5}
@@ -253,7 +253,7 @@ GOLDEN_BODY: list[Any] = [
         [2, bytes([2, 15956 & 0xFF, 0, 15956 >> 8])],
         struct.pack("<d", 55.5),  # exact values: Soc
     ],
-    [[103, T0_MS + 100, "soc_drop_60min", "1.2", "soc_drop_pct", 0.25]],
+    [[103, T0_MS + 100, "soc_drop", "1.2", "soc_drop_60min_pp", 0.25]],
     [[104, T0_MS + 100, "low_soc", "warning", True, 9.5, "SOC below 10 %"]],
 ]
 
