@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Final, Self
 
 import numpy as np
+import numpy.typing as npt
 
 from cloud.settings import IngestSettings
 from protocols.errors import TopicError, WireError
@@ -48,6 +49,13 @@ class BatchMessage:
     @property
     def vehicle_id(self) -> str:
         return self.batch.vehicle_id
+
+    def handled_seqs(self) -> npt.NDArray[np.int64]:
+        """Every sequence number this message carried that the cloud is done with once it commits:
+        the records stored (or already stored) and those refused one by one. The commit
+        acknowledgement tells the bus these (sorted, unique)."""
+        derived = [r.seq for r in self.batch.predictions] + [r.seq for r in self.batch.alerts]
+        return np.unique(np.concatenate([self.samples.seq, np.array(derived, dtype=np.int64)]))
 
     def seq_range(self) -> tuple[int, int] | None:
         seqs = [r.seq for r in self.batch.predictions] + [r.seq for r in self.batch.alerts]
