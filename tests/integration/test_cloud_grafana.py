@@ -19,6 +19,7 @@ import pytest
 
 from cloud.ingest import ingest_message
 from cloud.settings import IngestSettings
+from protocols import predictions
 from protocols.topics import telemetry_topic
 
 from .conftest import Database, migrated_store
@@ -68,6 +69,14 @@ def queries() -> list[tuple[str, str, str, str]]:
             for target in panel.get("targets", []):
                 found.append((path.name, str(panel["title"]), target["format"], target["rawSql"]))
     return found
+
+
+def test_prediction_outputs_in_panels_are_the_ones_the_agent_sends() -> None:
+    # A panel that filters on an output name the agent never sends stays empty while its SQL runs fine.
+    sent = {value for name, value in vars(predictions).items() if name.isupper() and isinstance(value, str)}
+    for board, title, _, sql in queries():
+        for output in re.findall(r"output\s*=\s*'([^']*)'", sql):
+            assert output in sent, f"{board} / {title} filters on output {output!r}, which no agent sends"
 
 
 def test_every_panel_uses_the_provisioned_datasource() -> None:
