@@ -1,4 +1,15 @@
-"""`voltgate-cloud`: migrate | run | serve | check-config. The only place that exits or configures logging."""
+"""`voltgate-cloud`: migrate | run | serve | check-config | certs. The only place that exits or configures
+logging.
+
+`certs` makes the fleet's CA and certificates (`cloud.certs`); it reads no settings and touches no service:
+
+    voltgate-cloud certs ca       --dir DIR [--name NAME]
+    voltgate-cloud certs broker   --dir DIR --host mqtt.example.org [--host 10.0.0.5 ...]
+    voltgate-cloud certs receiver --dir DIR [--name voltgate-cloud]
+    voltgate-cloud certs bus      --dir DIR --fleet depot-3 --vehicle bus-0042 [--vehicle bus-0043 ...]
+
+each with [--days N] [--force]; one line per certificate says whether it was made or an existing one kept.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +21,7 @@ import socket
 import sys
 from pathlib import Path
 
-from cloud import app
+from cloud import app, certs
 from cloud.errors import CloudError
 from cloud.settings import CloudSettings, LogSettings, load_settings
 from cloud.store import Store
@@ -80,11 +91,72 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--config", type=Path, help="TOML settings file (env VOLTGATE_CLOUD_* override it)"
         )
+    _certs_parser(commands)
     return parser
+
+
+def _certs_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "certs", help="make the fleet CA and certificates for the broker, receivers and buses"
+    )
+    kinds = parser.add_subparsers(dest="kind", required=True)
+    for kind, text, days in (
+        ("ca", "the fleet CA (kept if there; --force replaces it: all it signed)", certs.CA_VALID_DAYS),
+        ("broker", "the broker's server certificate", certs.SERVER_VALID_DAYS),
+        ("receiver", "a receiver's client certificate (CN: --name)", certs.CLIENT_VALID_DAYS),
+        ("bus", "a client certificate per bus (CN: FLEET/VEHICLE)", certs.CLIENT_VALID_DAYS),
+    ):
+        command = kinds.add_parser(kind, help=text)
+        command.add_argument("--dir", type=Path, required=True, help="the fleet's certificate directory")
+        command.add_argument("--days", type=int, default=days, help=f"validity in days (default {days})")
+        command.add_argument("--force", action="store_true", help="replace existing files")
+        if kind == "ca":
+            command.add_argument("--name", default=certs.CA_NAME, help="the CA's common name")
+        elif kind == "broker":
+            command.add_argument(
+                "--host", action="append", required=True, help="a DNS name or IP address clients use (repeat)"
+            )
+        elif kind == "receiver":
+            command.add_argument("--name", default=certs.RECEIVER_NAME, help="the receiver identity (no '/')")
+        else:
+            command.add_argument("--fleet", required=True, help="the fleet id (agent uplink.fleet_id)")
+            command.add_argument(
+                "--vehicle", action="append", required=True, help="a vehicle id (agent vehicle_id; repeat)"
+            )
+
+
+def _certs(args: argparse.Namespace) -> None:
+    if args.days < 1:
+        raise certs.CertError("--days must be at least 1")
+    pki = certs.FleetPki(args.dir)
+    if args.kind == "ca":
+        issued = [pki.init_ca(args.name, valid_days=args.days, force=args.force)]
+    elif args.kind == "broker":
+        issued = [pki.issue_broker(args.host, valid_days=args.days, force=args.force)]
+    elif args.kind == "receiver":
+        issued = [pki.issue_receiver(args.name, valid_days=args.days, force=args.force)]
+    else:
+        issued = [
+            pki.issue_bus(args.fleet, vehicle, valid_days=args.days, force=args.force)
+            for vehicle in args.vehicle
+        ]
+    for item in issued:
+        verb = "made" if item.created else "kept"
+        print(
+            f"{verb} {item.cert_path} and {item.key_path.name} (CN {item.common_name},"
+            f" valid until {item.not_after:%Y-%m-%d})"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "certs":
+        try:
+            _certs(args)
+        except CloudError as err:
+            print(f"voltgate-cloud: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        return 0
     try:
         settings = load_settings(args.config)
         configure_logging(settings.log)
