@@ -18,12 +18,13 @@ import asyncio
 import json
 import logging
 import socket
+import ssl
 import sys
 from pathlib import Path
 
 from cloud import app, certs
-from cloud.errors import CloudError
-from cloud.settings import CloudSettings, LogSettings, load_settings
+from cloud.errors import CloudError, ConfigError
+from cloud.settings import CloudSettings, LogSettings, MqttSettings, load_settings
 from cloud.store import Store
 
 EXIT_USAGE = 2  # bad configuration, unreachable database or broker: the operator's to fix
@@ -69,13 +70,43 @@ async def _check_database(settings: CloudSettings) -> str:
         await store.close()
 
 
-def _check_broker(settings: CloudSettings) -> None:
-    address = (settings.mqtt.host, settings.mqtt.port)
+# How long to wait, after the TLS handshake, for a broker to refuse our certificate: under TLS 1.3 it says so
+# only then. A broker that accepts says nothing before the client's CONNECT, so the wait is spent in full.
+_CERT_REFUSAL_WAIT_S = 1.0
+
+
+def check_broker(settings: MqttSettings, timeout_s: float) -> None:
+    """Reach the broker; with TLS also check that it trusts this receiver's certificate and we trust its own.
+
+    It never sends an MQTT CONNECT: that could end the session of a replica with the same client id.
+    """
+    address = f"{settings.host}:{settings.port}"
+    context: ssl.SSLContext | None = None
+    if settings.tls:
+        try:
+            context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+            if settings.cert_file is not None and settings.key_file is not None:
+                context.load_cert_chain(str(settings.cert_file), str(settings.key_file))
+        except (OSError, ssl.SSLError) as err:
+            raise ConfigError(
+                f"cannot load the MQTT TLS files (mqtt.ca_file, cert_file, key_file): {err}"
+            ) from err
     try:
-        with socket.create_connection(address, timeout=settings.database.connect_timeout_s):
-            pass
+        with socket.create_connection((settings.host, settings.port), timeout=timeout_s) as sock:
+            if context is None:
+                return
+            with context.wrap_socket(sock, server_hostname=settings.host) as tls:
+                tls.settimeout(_CERT_REFUSAL_WAIT_S)
+                try:
+                    closed = tls.recv(1) == b""
+                except TimeoutError:
+                    closed = False
+                if closed:
+                    raise CloudError(f"the MQTT broker at {address} closed the TLS connection at once")
+    except ssl.SSLError as err:
+        raise CloudError(f"the MQTT broker at {address} and this receiver disagree over TLS: {err}") from err
     except OSError as err:
-        raise CloudError(f"cannot reach the MQTT broker at {address[0]}:{address[1]}: {err}") from err
+        raise CloudError(f"cannot reach the MQTT broker at {address}: {err}") from err
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -165,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"schema {settings.database.schema_name}: applied {applied or 'nothing (up to date)'}")
         elif args.command == "check-config":
             flavour = asyncio.run(_check_database(settings))
-            _check_broker(settings)
-            print(f"configuration valid; database schema current ({flavour}); broker reachable")
+            check_broker(settings.mqtt, settings.database.connect_timeout_s)
+            tls = " over TLS, certificates accepted both ways" if settings.mqtt.tls else ""
+            print(f"configuration valid; database schema current ({flavour}); broker reachable{tls}")
         elif args.command == "serve":
             asyncio.run(app.serve(settings))
         else:

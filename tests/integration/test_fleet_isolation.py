@@ -34,7 +34,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from cloud.__main__ import check_broker
 from cloud.certs import RECEIVER_NAME, FleetPki, Issued
+from cloud.errors import CloudError
 from cloud.mqtt import Inbox, MqttReceiver
 from cloud.settings import MqttSettings
 from protocols.topics import (
@@ -103,7 +105,7 @@ def fleet_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetBrok
                 "/etc/mosquitto/voltgate/": f"{pki.directory}/",
                 "/var/lib/mosquitto/": f"{data}/",
                 "listener 8883\n": f"listener {bus_port} 127.0.0.1\n",
-                "listener 8884\n": f"listener {receiver_port} 127.0.0.1\n",
+                "listener 8884 127.0.0.1\n": f"listener {receiver_port} 127.0.0.1\n",
             },
         )
         + f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
@@ -426,3 +428,31 @@ async def test_the_receiver_presents_its_client_certificate(fleet_broker: FleetB
         receiver.ack(group)
     finally:
         receiver.stop()
+
+
+def test_check_config_knows_whether_the_broker_takes_the_receiver_certificate(
+    fleet_broker: FleetBroker, tmp_path: Path
+) -> None:
+    pki = fleet_broker.pki
+    good = MqttSettings(
+        host="127.0.0.1", port=fleet_broker.receiver_port, tls=True, ca_file=pki.ca_cert_path,
+        cert_file=fleet_broker.receiver.cert_path, key_file=fleet_broker.receiver.key_path,
+    )  # fmt: skip
+    check_broker(good, WAIT_S)
+
+    stranger = FleetPki(tmp_path / "stranger")
+    stranger.init_ca()
+    foreign = stranger.issue_receiver()
+    foreign_pair = {"cert_file": foreign.cert_path, "key_file": foreign.key_path}
+    for settings, reason in (
+        (good.model_copy(update={"cert_file": None, "key_file": None}), "certificate required"),
+        (good.model_copy(update=foreign_pair), "unknown ca"),
+        (good.model_copy(update={"ca_file": stranger.ca_cert_path}), "certificate verify failed"),
+        (good.model_copy(update={"host": "localhost"}), ""),  # in the SANs too
+    ):
+        if not reason:
+            check_broker(settings, WAIT_S)
+            continue
+        with pytest.raises(CloudError, match=reason) as caught:
+            check_broker(settings, WAIT_S)
+        assert "\n" not in str(caught.value)
