@@ -34,6 +34,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.buffer import BufferWorker
+from agent.uplink import Uplink
 from cloud.__main__ import check_broker
 from cloud.certs import RECEIVER_NAME, FleetPki, Issued
 from cloud.errors import CloudError
@@ -52,6 +54,11 @@ from protocols.topics import (
     vehicle_topic,
 )
 from tests.integration.conftest import service_unavailable, unique_id
+from tests.integration.test_uplink import QUANTA
+from tests.integration.test_uplink import _connected as uplink_connected
+from tests.integration.test_uplink import _samples as uplink_samples
+from tests.integration.test_uplink import _settings as uplink_settings
+from tests.integration.test_uplink import _stop as uplink_stop
 
 DEPLOY = Path(__file__).parents[2] / "deploy" / "mosquitto"
 WAIT_S = 10.0
@@ -456,3 +463,30 @@ def test_check_config_knows_whether_the_broker_takes_the_receiver_certificate(
         with pytest.raises(CloudError, match=reason) as caught:
             check_broker(settings, WAIT_S)
         assert "\n" not in str(caught.value)
+
+
+async def test_the_agent_uplink_works_under_the_shipped_acl(
+    fleet_broker: FleetBroker, buffer: BufferWorker
+) -> None:
+    # GIVEN a receiver identity reading everything, and the real agent uplink with its bus certificate
+    fleet = unique_id("f")
+    issued = fleet_broker.pki.issue_bus(fleet, "bus-7")
+    settings = uplink_settings(
+        "127.0.0.1", fleet_broker.bus_port, fleet, broker_url=f"mqtts://127.0.0.1:{fleet_broker.bus_port}",
+        ca_file=fleet_broker.pki.ca_cert_path, cert_file=issued.cert_path, key_file=issued.key_path,
+    )  # fmt: skip
+    receiver = _receiver(fleet_broker)
+    with connected(receiver):
+        receiver.subscribe(subscription_filter(TopicKind.TELEMETRY, fleet=fleet))
+        uplink = Uplink(settings, "bus-7", buffer, QUANTA)
+        task = asyncio.create_task(uplink.run())
+        try:
+            await uplink_connected(uplink)
+            # WHEN it sends committed samples
+            await buffer.commit_samples(uplink_samples(0, 20))
+            uplink.notify()
+            message = await asyncio.to_thread(receiver.messages.get, True, WAIT_S)
+        finally:
+            await uplink_stop(uplink, task)
+    # THEN the broker accepted them on the bus's own topic (its client id replaced by its identity)
+    assert message.topic == telemetry_topic(fleet, "bus-7")
