@@ -249,8 +249,17 @@ class Issued:
     created: bool
 
 
+def _make_private_folders(folder: Path) -> None:
+    missing: list[Path] = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for each in reversed(missing):  # each new level 0700, not only the last (mkdir(parents=True) does that)
+        each.mkdir(mode=0o700, exist_ok=True)
+
+
 def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _make_private_folders(path.parent)
     temporary = path.with_name(f".{path.name}.tmp")
     with contextlib.suppress(FileNotFoundError):
         temporary.unlink()

@@ -123,6 +123,8 @@ def test_keys_are_private_and_python_ssl_loads_the_pairs(pki: FleetPki) -> None:
         assert stat.S_IMODE(item.key_path.stat().st_mode) == 0o600
         ssl.create_default_context().load_cert_chain(str(item.cert_path), str(item.key_path))
     assert stat.S_IMODE(pki.ca_key_path.stat().st_mode) == 0o600
+    for folder in (pki.directory, pki.directory / "buses", pki.directory / "buses" / "f"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
 
 
 def test_running_again_keeps_a_matching_certificate(pki: FleetPki) -> None:
