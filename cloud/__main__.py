@@ -1,4 +1,15 @@
-"""`voltgate-cloud`: migrate | run | serve | check-config. The only place that exits or configures logging."""
+"""`voltgate-cloud`: migrate | run | serve | check-config | certs. The only place that exits or configures
+logging.
+
+`certs` makes the fleet's CA and certificates (`cloud.certs`); it reads no settings and touches no service:
+
+    voltgate-cloud certs ca       --dir DIR [--name NAME]
+    voltgate-cloud certs broker   --dir DIR --host mqtt.example.org [--host 10.0.0.5 ...]
+    voltgate-cloud certs receiver --dir DIR [--name voltgate-cloud]
+    voltgate-cloud certs bus      --dir DIR --fleet depot-3 --vehicle bus-0042 [--vehicle bus-0043 ...]
+
+each with [--days N] [--force]; one line per certificate says whether it was made or an existing one kept.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +18,13 @@ import asyncio
 import json
 import logging
 import socket
+import ssl
 import sys
 from pathlib import Path
 
-from cloud import app
-from cloud.errors import CloudError
-from cloud.settings import CloudSettings, LogSettings, load_settings
+from cloud import app, certs
+from cloud.errors import CloudError, ConfigError
+from cloud.settings import CloudSettings, LogSettings, MqttSettings, load_settings
 from cloud.store import Store
 
 EXIT_USAGE = 2  # bad configuration, unreachable database or broker: the operator's to fix
@@ -58,13 +70,43 @@ async def _check_database(settings: CloudSettings) -> str:
         await store.close()
 
 
-def _check_broker(settings: CloudSettings) -> None:
-    address = (settings.mqtt.host, settings.mqtt.port)
+# How long to wait, after the TLS handshake, for a broker to refuse our certificate: under TLS 1.3 it says so
+# only then. A broker that accepts says nothing before the client's CONNECT, so the wait is spent in full.
+_CERT_REFUSAL_WAIT_S = 1.0
+
+
+def check_broker(settings: MqttSettings, timeout_s: float) -> None:
+    """Reach the broker; with TLS also check that it trusts this receiver's certificate and we trust its own.
+
+    It never sends an MQTT CONNECT: that could end the session of a replica with the same client id.
+    """
+    address = f"{settings.host}:{settings.port}"
+    context: ssl.SSLContext | None = None
+    if settings.tls:
+        try:
+            context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+            if settings.cert_file is not None and settings.key_file is not None:
+                context.load_cert_chain(str(settings.cert_file), str(settings.key_file))
+        except (OSError, ssl.SSLError) as err:
+            raise ConfigError(
+                f"cannot load the MQTT TLS files (mqtt.ca_file, cert_file, key_file): {err}"
+            ) from err
     try:
-        with socket.create_connection(address, timeout=settings.database.connect_timeout_s):
-            pass
+        with socket.create_connection((settings.host, settings.port), timeout=timeout_s) as sock:
+            if context is None:
+                return
+            with context.wrap_socket(sock, server_hostname=settings.host) as tls:
+                tls.settimeout(_CERT_REFUSAL_WAIT_S)
+                try:
+                    closed = tls.recv(1) == b""
+                except TimeoutError:
+                    closed = False
+                if closed:
+                    raise CloudError(f"the MQTT broker at {address} closed the TLS connection at once")
+    except ssl.SSLError as err:
+        raise CloudError(f"the MQTT broker at {address} and this receiver disagree over TLS: {err}") from err
     except OSError as err:
-        raise CloudError(f"cannot reach the MQTT broker at {address[0]}:{address[1]}: {err}") from err
+        raise CloudError(f"cannot reach the MQTT broker at {address}: {err}") from err
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,11 +122,72 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--config", type=Path, help="TOML settings file (env VOLTGATE_CLOUD_* override it)"
         )
+    _certs_parser(commands)
     return parser
+
+
+def _certs_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "certs", help="make the fleet CA and certificates for the broker, receivers and buses"
+    )
+    kinds = parser.add_subparsers(dest="kind", required=True)
+    for kind, text, days in (
+        ("ca", "the fleet CA (kept if there; --force replaces it: all it signed)", certs.CA_VALID_DAYS),
+        ("broker", "the broker's server certificate", certs.SERVER_VALID_DAYS),
+        ("receiver", "a receiver's client certificate (CN: --name)", certs.CLIENT_VALID_DAYS),
+        ("bus", "a client certificate per bus (CN: FLEET/VEHICLE)", certs.CLIENT_VALID_DAYS),
+    ):
+        command = kinds.add_parser(kind, help=text)
+        command.add_argument("--dir", type=Path, required=True, help="the fleet's certificate directory")
+        command.add_argument("--days", type=int, default=days, help=f"validity in days (default {days})")
+        command.add_argument("--force", action="store_true", help="replace existing files")
+        if kind == "ca":
+            command.add_argument("--name", default=certs.CA_NAME, help="the CA's common name")
+        elif kind == "broker":
+            command.add_argument(
+                "--host", action="append", required=True, help="a DNS name or IP address clients use (repeat)"
+            )
+        elif kind == "receiver":
+            command.add_argument("--name", default=certs.RECEIVER_NAME, help="the receiver identity (no '/')")
+        else:
+            command.add_argument("--fleet", required=True, help="the fleet id (agent uplink.fleet_id)")
+            command.add_argument(
+                "--vehicle", action="append", required=True, help="a vehicle id (agent vehicle_id; repeat)"
+            )
+
+
+def _certs(args: argparse.Namespace) -> None:
+    if args.days < 1:
+        raise certs.CertError("--days must be at least 1")
+    pki = certs.FleetPki(args.dir)
+    if args.kind == "ca":
+        issued = [pki.init_ca(args.name, valid_days=args.days, force=args.force)]
+    elif args.kind == "broker":
+        issued = [pki.issue_broker(args.host, valid_days=args.days, force=args.force)]
+    elif args.kind == "receiver":
+        issued = [pki.issue_receiver(args.name, valid_days=args.days, force=args.force)]
+    else:
+        issued = [
+            pki.issue_bus(args.fleet, vehicle, valid_days=args.days, force=args.force)
+            for vehicle in args.vehicle
+        ]
+    for item in issued:
+        verb = "made" if item.created else "kept"
+        print(
+            f"{verb} {item.cert_path} and {item.key_path.name} (CN {item.common_name},"
+            f" valid until {item.not_after:%Y-%m-%d})"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "certs":
+        try:
+            _certs(args)
+        except CloudError as err:
+            print(f"voltgate-cloud: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        return 0
     try:
         settings = load_settings(args.config)
         configure_logging(settings.log)
@@ -93,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"schema {settings.database.schema_name}: applied {applied or 'nothing (up to date)'}")
         elif args.command == "check-config":
             flavour = asyncio.run(_check_database(settings))
-            _check_broker(settings)
-            print(f"configuration valid; database schema current ({flavour}); broker reachable")
+            check_broker(settings.mqtt, settings.database.connect_timeout_s)
+            tls = " over TLS, certificates accepted both ways" if settings.mqtt.tls else ""
+            print(f"configuration valid; database schema current ({flavour}); broker reachable{tls}")
         elif args.command == "serve":
             asyncio.run(app.serve(settings))
         else:

@@ -28,14 +28,14 @@ With `web.api_tokens` set, a request needs `Authorization: Bearer <one of them>`
 `WWW-Authenticate: Bearer`) unless its route is in `_OPEN_ROUTES`: the page's files, /metrics and
 /api/health; a route added later needs the token unless listed there. The page's files hold no data,
 and a browser cannot send the header when it opens a page: the page's script sends the token the
-page was opened with (`/#token=…`) on each API call.
+page was opened with (`/#token=…`) on each API call. Without tokens, a non-loopback `web.host` is refused
+when the settings are validated, unless `web.open_without_tokens` says it is meant (then a warning at start).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import math
@@ -56,7 +56,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from cloud import kpis, schema
 from cloud.errors import ConfigError, StoreError
-from cloud.settings import DatabaseSettings, WebSettings
+from cloud.settings import DatabaseSettings, WebSettings, is_loopback
 from cloud.web import queries
 from cloud.web.queries import Resolution
 from protocols.topics import is_valid_id
@@ -274,16 +274,6 @@ def bearer_refusal(authorization: str | None, digests: Collection[bytes]) -> tup
     if not matched:
         return "the bearer token is not valid", f'{_REALM}, error="invalid_token"'
     return None
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding `host` serves this machine only ('' and 0.0.0.0 are every interface)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to any interface
 
 
 # --- responses --------------------------------------------------------------------------------------------
@@ -607,8 +597,8 @@ class FleetViews:
             log.info("fleet views: /api needs a bearer token (%d configured)", len(settings.api_tokens))
         elif not is_loopback(settings.host):
             log.warning(
-                "fleet views on %s:%d are open to anyone who can reach them: set web.api_tokens to require"
-                " a bearer token",
+                "fleet views on %s:%d are open to anyone who can reach them (web.open_without_tokens);"
+                " set web.api_tokens to require a bearer token",
                 settings.host,
                 port,
             )

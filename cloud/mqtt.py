@@ -45,6 +45,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cloud import metrics
+from cloud.errors import ConfigError
 from cloud.settings import MqttSettings
 from protocols.topics import TopicKind, shared_subscription, subscription_filter
 
@@ -123,10 +124,19 @@ class MqttReceiver:
             manual_ack=True,
         )
         if settings.tls:
-            client.tls_set(
-                ca_certs=str(settings.ca_file) if settings.ca_file else None,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
+            # The receiver's client certificate, when set, is what a broker that requires one
+            # (deploy/mosquitto/) knows it by; the files are read here, so a bad one fails at start.
+            try:
+                client.tls_set(
+                    ca_certs=str(settings.ca_file) if settings.ca_file else None,
+                    certfile=str(settings.cert_file) if settings.cert_file else None,
+                    keyfile=str(settings.key_file) if settings.key_file else None,
+                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
+                )
+            except (OSError, ssl.SSLError, ValueError) as err:
+                raise ConfigError(
+                    f"cannot load the MQTT TLS files (mqtt.ca_file, cert_file, key_file): {err}"
+                ) from err
         if settings.username is not None:
             password = settings.password.get_secret_value() if settings.password else None
             client.username_pw_set(settings.username, password)

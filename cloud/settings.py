@@ -7,6 +7,7 @@ sub-model (`MqttSettings` for the broker adapter, `DatabaseSettings` for the sto
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from pathlib import Path
@@ -39,6 +40,16 @@ _MIN_TOKEN_CHARS = 16
 _BEARER_TOKEN = re.compile(rf"[A-Za-z0-9\-._~+/]{{{_MIN_TOKEN_CHARS},}}=*")
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` serves this machine only ('' and 0.0.0.0 are every interface)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
+
+
 class MqttSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -46,6 +57,10 @@ class MqttSettings(BaseModel):
     port: int = Field(default=1883, ge=1, le=65535)
     tls: bool = False
     ca_file: Path | None = None  # None with tls = the system trust store
+    # This receiver's client certificate and key (PEM), e.g. from `voltgate-cloud certs receiver`: what a
+    # broker with require_certificate (deploy/mosquitto/) knows the receiver by. Both or neither; tls only.
+    cert_file: Path | None = None
+    key_file: Path | None = None
     username: str | None = None
     password: SecretStr | None = None
     # Stable per replica (e.g. "voltgate-cloud-<hostname>"): the broker keeps this replica's
@@ -67,6 +82,14 @@ class MqttSettings(BaseModel):
         if not is_valid_id(value):
             raise ValueError("must be 1-64 of A-Z a-z 0-9 _ . - (it becomes a topic level)")
         return value
+
+    @model_validator(mode="after")
+    def _client_certificate_pair(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("mqtt.cert_file and mqtt.key_file go together (a client certificate, its key)")
+        if self.cert_file is not None and not self.tls:
+            raise ValueError("mqtt.cert_file needs mqtt.tls = true (a client certificate goes over TLS)")
+        return self
 
 
 class DatabaseSettings(BaseModel):
@@ -130,8 +153,12 @@ class WebSettings(BaseModel):
     # A stop at least this long ends a trip (a layover); shorter ones (bus stops, lights) stay inside.
     trip_gap_s: float = Field(default=300.0, ge=10, le=86400)
     # Bearer tokens, any of which opens /api/* (but /api/health) to a request sending it in
-    # `Authorization: Bearer <token>`. Empty: the API is open to anyone who can reach it.
+    # `Authorization: Bearer <token>`. Empty: the API is open to anyone who can reach it, which is
+    # refused on a non-loopback host unless `open_without_tokens` says it is meant.
     api_tokens: tuple[SecretStr, ...] = ()
+    # True: serve /api without tokens on a non-loopback host, on purpose (e.g. behind a proxy that
+    # authenticates). The fleet's positions and data are then open to whoever reaches host:port.
+    open_without_tokens: bool = False
 
     @field_validator("time_zone")
     @classmethod
@@ -153,6 +180,15 @@ class WebSettings(BaseModel):
                     " (then any '='), e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _not_open_to_the_network_by_accident(self) -> Self:
+        if not self.api_tokens and not self.open_without_tokens and not is_loopback(self.host):
+            raise ValueError(
+                f"web.host {self.host!r} serves the fleet's data to the network but web.api_tokens is empty:"
+                " set api_tokens, bind a loopback host, or set web.open_without_tokens = true if it is meant"
+            )
+        return self
 
 
 class LogSettings(BaseModel):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from cloud.errors import ConfigError
-from cloud.settings import load_settings
+from cloud.mqtt import Inbox, MqttReceiver
+from cloud.settings import MqttSettings, load_settings
 
 EXAMPLE = Path(__file__).parents[2] / "cloud" / "cloud.example.toml"
 
@@ -86,3 +88,63 @@ def test_a_bad_config_is_one_clear_sentence(tmp_path: Path, toml: str, fragment:
 def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "fleet.example.org"])
+def test_an_api_open_to_the_network_without_tokens_is_refused(tmp_path: Path, host: str) -> None:
+    path = tmp_path / "cloud.toml"
+    path.write_text(f'[web]\nhost = "{host}"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    message = str(caught.value)
+    assert "web.api_tokens is empty" in message and "open_without_tokens" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "toml",
+    [
+        '[web]\nhost = "127.0.0.1"\n',
+        '[web]\nhost = "localhost"\n',
+        '[web]\nhost = "0.0.0.0"\napi_tokens = ["k7Qm2x9PzR4vW8tY1uLs"]\n',
+        '[web]\nhost = "0.0.0.0"\nopen_without_tokens = true\n',
+    ],
+)
+def test_an_api_on_loopback_with_tokens_or_open_on_purpose_starts(tmp_path: Path, toml: str) -> None:
+    path = tmp_path / "cloud.toml"
+    path.write_text(toml)
+    assert load_settings(path).web is not None
+
+
+def test_the_open_api_guard_reads_the_environment_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOLTGATE_CLOUD_WEB__HOST", "0.0.0.0")
+    with pytest.raises(ConfigError, match="open_without_tokens"):
+        load_settings(EXAMPLE)
+    monkeypatch.setenv("VOLTGATE_CLOUD_WEB__OPEN_WITHOUT_TOKENS", "true")
+    settings = load_settings(EXAMPLE)
+    assert settings.web is not None and settings.web.host == "0.0.0.0"
+
+
+@pytest.mark.parametrize(
+    ("toml", "fragment"),
+    [
+        ('[mqtt]\ntls = true\ncert_file = "/pki/r.crt"\n', "go together"),
+        ('[mqtt]\ncert_file = "/pki/r.crt"\nkey_file = "/pki/r.key"\n', "needs mqtt.tls = true"),
+    ],
+)
+def test_a_receiver_certificate_needs_its_key_and_tls(tmp_path: Path, toml: str, fragment: str) -> None:
+    path = tmp_path / "cloud.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=fragment):
+        load_settings(path)
+
+
+def test_a_receiver_certificate_that_cannot_be_read_fails_at_start(tmp_path: Path) -> None:
+    # The adapter reads the files when it is built (no connection yet): a missing key is one clear sentence.
+    settings = MqttSettings(tls=True, cert_file=tmp_path / "r.crt", key_file=tmp_path / "r.key")
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(ConfigError, match="cannot load the MQTT TLS files"):
+            MqttReceiver(settings, loop, Inbox(1))
+    finally:
+        loop.close()
