@@ -12,9 +12,14 @@ not stored yet. `seq` makes a record unique per vehicle; `ts` is in the key beca
 lost its buffer numbers again from 0, and a record never changes its ts. The vehicle locks make the
 check and the insert one step for every replica. Predictions and alerts are rows keyed on
 (vehicle_id, seq, ts). On the native flavour the rollup tables are updated from the blocks actually
-inserted, in the same statement, so they stay exact too. The ingest ledger, dead letters, vehicles
-and status are written in the same transaction. Only after COMMIT returns may the caller acknowledge
-the messages.
+inserted, in the same statement, so they stay exact too. The ingest ledger, dead letters (whole
+messages, and one row per message for its records refused one by one: cloud/dead_letters.py),
+vehicles and status are written in the same transaction. Only after COMMIT returns may the caller
+acknowledge the messages.
+
+Data of any age the receiver accepts lands (a bus back after weeks offline): on the native flavour
+each write first creates the daily partitions its samples need (`_partitions_needed`), past days
+included; `maintain` keeps those ahead of today and drops the expired ones.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from cloud import kpis, schema
+from cloud import dead_letters, kpis, metrics, schema
 from cloud.blocks import blocks_of, unrepeated
 from cloud.errors import RejectedDataError, StoreError
 from cloud.ingest import BatchMessage, DeadLetter, Ingested, StatusMessage
@@ -271,7 +276,9 @@ class Store:
         return applied
 
     async def maintain(self, today: date | None = None) -> None:
-        """Partitions ahead and retention (native), or retention policies (TimescaleDB)."""
+        """Dead letters pruned (`prune_dead_letters`), then partitions ahead and retention (native), or
+        retention policies (TimescaleDB)."""
+        await self.prune_dead_letters()
         keep = self._settings.raw_retention_days
         if self.flavour is Flavour.TIMESCALE:
             await schema.apply_timescale_retention(self._conn, keep)
@@ -283,6 +290,30 @@ class Store:
         if dropped:
             log.info("dropped %d partitions past the %d-day retention", len(dropped), keep)
             self._partitions = await schema.existing_partitions(self._conn, self._settings.schema_name)
+
+    async def prune_dead_letters(self, now: datetime | None = None) -> dead_letters.Pruned:
+        """Dead letters past their retention, and the oldest beyond the total size cap, deleted;
+        payloads stored longer than the limit cut (`cloud.dead_letters.prune`). Counted, logged."""
+        try:
+            pruned = await dead_letters.prune(self._conn, self._settings, now)
+        except psycopg.Error as err:
+            raise StoreError(f"pruning dead letters failed: {_first_line(err)}") from err
+        metrics.DEAD_LETTERS_PRUNED.labels("retention").inc(pruned.expired)
+        metrics.DEAD_LETTERS_PRUNED.labels("size_cap").inc(pruned.over_cap)
+        if pruned.over_cap:
+            log.warning(
+                "deleted the %d oldest dead letters beyond database.dead_letter_max_total_bytes (%d)",
+                pruned.over_cap,
+                self._settings.dead_letter_max_total_bytes,
+            )
+        if pruned.expired or pruned.truncated:
+            log.info(
+                "deleted %d dead letters past the %d-day retention; cut %d stored payloads",
+                pruned.expired,
+                self._settings.dead_letter_retention_days,
+                pruned.truncated,
+            )
+        return pruned
 
     async def refresh_rollups(self, *, keep_days: bool = True) -> int | None:
         """Add the minute aggregates logged since the last refresh into `samples_1h` and `samples_1d`
@@ -406,7 +437,7 @@ class Store:
             if stats.samples_staged or stats.alerts_staged:
                 await cur.execute(_MARK_KPI_DAYS.encode(), {"tz": self.kept.time_zone})
             await _write_ledger(cur, batches)
-            await _write_dead_letters(cur, dead)
+            await dead_letters.write(cur, dead_letters.dead_letter_rows(items, self._settings))
             await _upsert_statuses(cur, statuses)
         stats.commit_seconds = time.perf_counter() - started
         return stats
@@ -648,20 +679,6 @@ async def _write_ledger(cur: psycopg.AsyncCursor[tuple[object, ...]], batches: l
                     len(m.batch.alerts),
                     m.payload_bytes,
                 )
-            )
-
-
-async def _write_dead_letters(cur: psycopg.AsyncCursor[tuple[object, ...]], dead: list[DeadLetter]) -> None:
-    if not dead:
-        return
-    async with cur.copy(
-        "COPY dead_letters (received_at, topic, vehicle_id, reason, payload) FROM STDIN (FORMAT BINARY)"
-    ) as copy:
-        copy.set_types(["timestamptz", "text", "text", "text", "bytea"])
-        for d in dead:
-            # NUL is not allowed in PostgreSQL text; a garbage topic may contain one.
-            await copy.write_row(
-                (d.received_at, d.topic.replace("\x00", "\\0"), d.vehicle_id, d.reason, d.payload)
             )
 
 
