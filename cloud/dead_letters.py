@@ -19,6 +19,7 @@ than the limit before it applied.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -78,7 +79,13 @@ def dead_letter_rows(items: Sequence[Ingested], settings: DatabaseSettings) -> l
         elif isinstance(item, BatchMessage) and item.refused:
             whole = len(item.payload) == item.payload_bytes
             listed: list[dict[str, object]] = [
-                {"seq": r.seq, "ts_ms": r.ts_ms, "name": _no_nul(r.name), "reason": r.reason.value}
+                {
+                    "seq": r.seq,
+                    "ts_ms": r.ts_ms,
+                    "name": _no_nul(r.name),
+                    "reason": r.reason.value,
+                    "value": r.value if math.isfinite(r.value) else str(r.value),  # JSON has no NaN, inf
+                }
                 for r in item.refused[: settings.dead_letter_max_listed_records]
             ]
             rows.append(

@@ -63,6 +63,7 @@ class RefusedRecord:
     ts_ms: int
     name: str  # the signal of a sample, the output of a prediction, the rule of an alert
     reason: Refusal
+    value: float = math.nan  # the record's value (what a refused timestamp stamped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +197,7 @@ def judge_records(
         if reason is None:
             predictions.append(p)
         else:
-            refused.append(RefusedRecord(p.seq, p.ts_ms, p.output, reason))
+            refused.append(RefusedRecord(p.seq, p.ts_ms, p.output, reason, p.value))
     alerts: list[AlertRecord] = []
     for a in batch.alerts:
         value = 0.0 if math.isnan(a.value) else a.value  # NaN: the alert carries no value
@@ -204,7 +205,7 @@ def judge_records(
         if reason is None:
             alerts.append(a)
         else:
-            refused.append(RefusedRecord(a.seq, a.ts_ms, a.rule, reason))
+            refused.append(RefusedRecord(a.seq, a.ts_ms, a.rule, reason, a.value))
     if not refused:
         return batch, ()
     refused.sort(key=lambda r: r.seq)
@@ -250,10 +251,10 @@ def _judge_samples(
     choice = np.select([nul, too_old, in_future], [0, 1, 2], default=3)[bad]
     names = samples.signals
     refused = [
-        RefusedRecord(seq, ts, names[k], _SAMPLE_REFUSALS[c])
-        for seq, ts, k, c in zip(
+        RefusedRecord(seq, ts, names[k], _SAMPLE_REFUSALS[c], value)
+        for seq, ts, k, c, value in zip(
             samples.seq[bad].tolist(), samples.ts_ms[bad].tolist(), samples.signal_index[bad].tolist(),
-            choice.tolist(), strict=True,
+            choice.tolist(), samples.value[bad].tolist(), strict=True,
         )
     ]  # fmt: skip
     return samples.where(~bad), refused

@@ -11,9 +11,10 @@
 -- refused (a 2007 GPS fix, NaN, a NUL in a name) is one row whose `reason` sums them up
 -- ("2 of 120 records refused: ts_too_old 1, value_not_finite 1"), `refused_records` counts them and
 -- `refused` lists the first database.dead_letter_max_listed_records of them as
--- [{"seq", "ts_ms", "name", "reason"}, ...] in seq order. One row a message, not one a record: a bus
--- with a broken clock refuses every record it sends (up to 250,000 a message), and the payload kept as
--- evidence is shared by them all. A whole message refused has refused_records = 0 and no list.
+-- [{"seq", "ts_ms", "name", "reason", "value"}, ...] in seq order (a non-finite value as "nan", "inf"
+-- or "-inf"). One row a message, not one a record: a bus with a broken clock refuses every record it
+-- sends (up to 250,000 a message), and the payload kept as evidence is shared by them all. A whole
+-- message refused has refused_records = 0 and no list.
 
 ALTER TABLE dead_letters
     ADD COLUMN payload_bytes integer,

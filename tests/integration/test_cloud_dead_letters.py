@@ -113,16 +113,24 @@ async def test_refused_records_are_one_dead_letter_and_the_good_ones_are_stored(
         reason, refused_records, refused, stored, size, sha256, vehicle = dead[0]
         assert reason == "4 of 64 records refused: ts_too_old 1, value_not_finite 3"
         assert refused_records == 4
+        refused_2007 = {"seq": 60, "ts_ms": fix_2007_ms, "name": "Vehicle.CurrentLocation.Latitude"}
         assert refused == [
+            {**refused_2007, "reason": "ts_too_old", "value": 52.5},
+            {"seq": 61, "ts_ms": start_ms + 500, "name": SPEED, "reason": "value_not_finite", "value": "nan"},
             {
-                "seq": 60,
-                "ts_ms": fix_2007_ms,
-                "name": "Vehicle.CurrentLocation.Latitude",
-                "reason": "ts_too_old",
+                "seq": 62,
+                "ts_ms": start_ms + 1500,
+                "name": SPEED,
+                "reason": "value_not_finite",
+                "value": "inf",
             },
-            {"seq": 61, "ts_ms": start_ms + 500, "name": SPEED, "reason": "value_not_finite"},
-            {"seq": 62, "ts_ms": start_ms + 1500, "name": SPEED, "reason": "value_not_finite"},
-            {"seq": 63, "ts_ms": NOW_MS, "name": "soc_drop_60min_pp", "reason": "value_not_finite"},
+            {
+                "seq": 63,
+                "ts_ms": NOW_MS,
+                "name": "soc_drop_60min_pp",
+                "reason": "value_not_finite",
+                "value": "-inf",
+            },
         ]
         assert (stored, size, sha256, vehicle) == (
             payload,
@@ -145,7 +153,9 @@ async def test_a_nul_in_a_name_is_refused_and_listed_without_it(migrated: Databa
         await store.write([received(batch)])
         assert await scalar(store, "SELECT count(*) FROM samples") == 1
         refused = await scalar(store, "SELECT refused FROM dead_letters")
-        assert refused == [{"seq": 1, "ts_ms": NOW_MS, "name": "Bad\\0Name", "reason": "nul_in_text"}]
+        assert refused == [
+            {"seq": 1, "ts_ms": NOW_MS, "name": "Bad\\0Name", "reason": "nul_in_text", "value": 1.0}
+        ]
     finally:
         await store.close()
 

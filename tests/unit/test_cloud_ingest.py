@@ -99,7 +99,7 @@ def test_a_2007_gps_fix_among_good_samples_is_refused_alone() -> None:
     # THEN the 60 good samples are kept, the fix alone is refused, and all 61 are handled
     assert isinstance(result, BatchMessage)
     assert result.samples.records() == good
-    assert result.refused == (RefusedRecord(160, fix_2007_ms, fix.signal, Refusal.TS_TOO_OLD),)
+    assert result.refused == (RefusedRecord(160, fix_2007_ms, fix.signal, Refusal.TS_TOO_OLD, 52.5),)
     assert result.handled_seqs().tolist() == list(range(100, 161))
     assert result.seq_range() == (100, 160)
     assert result.refused_summary() == "1 of 61 records refused: ts_too_old 1"
