@@ -9,16 +9,18 @@ Two kinds of row go to `dead_letters` (cloud/sql/0006_dead_letters.sql says why 
 
 Bounds: `dead_letter_rows` (pure) cuts every payload to `database.dead_letter_payload_max_bytes`,
 keeping its original length and SHA-256, and lists at most `dead_letter_max_listed_records` refused
-records a message. `prune` (the receiver's hourly maintenance, every replica; deleting twice is
-harmless) deletes rows older than `dead_letter_retention_days`, then the oldest rows while all rows
-together exceed `dead_letter_max_total_bytes`, counted as `dead_letter_bytes` (payload, texts and list
-as stored, plus a fixed overhead for the row and its index entries), and cuts payloads stored longer
-than the limit before it applied.
+records a message. `prune` deletes rows older than `dead_letter_retention_days`, then the oldest
+rows while all rows together exceed `dead_letter_max_total_bytes`, counted as `dead_letter_bytes`
+(payload, texts and list as stored, plus a fixed overhead for the row and its index entries), and
+cuts payloads stored longer than the limit before it applied. It runs in the receiver's hourly
+maintenance and, so that a flood of bad messages cannot outgrow the cap in between, after each tenth
+of the cap a store has written (`Store.write`); every replica does, and deleting twice is harmless.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -96,6 +98,14 @@ def dead_letter_rows(items: Sequence[Ingested], settings: DatabaseSettings) -> l
                 )
             )  # fmt: skip
     return rows
+
+
+def row_bytes(row: DeadLetterRow) -> int:
+    """About what `row` adds to the bytes `prune` counts against the size cap (jsonb's text spaced
+    as `json.dumps` spaces it)."""
+    listed = len(json.dumps(row.refused, ensure_ascii=False).encode()) if row.refused is not None else 0
+    texts = len(row.reason.encode()) + len(row.topic.encode())
+    return len(row.payload) + texts + listed + ROW_OVERHEAD_BYTES
 
 
 def _no_nul(text: str) -> str:

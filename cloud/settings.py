@@ -87,10 +87,10 @@ class DatabaseSettings(BaseModel):
     # 120 of every 300 s: after midnight a whole fleet's days are due at once (0.14 s a bus-day
     # measured at 14,000 samples a bus-day, more at full rate: size it with the fleet).
     kpi_keep_budget_s: float = Field(default=120.0, gt=0, le=3600.0)
-    # Dead letters (messages and refused records not stored as data) are bounded three ways, the last
-    # two by the hourly maintenance: a payload is stored cut to its first bytes (its original length
-    # and SHA-256 kept), rows older than the retention are deleted, and so are the oldest rows while
-    # all of them together (payloads, reasons, listed records) exceed the total.
+    # Dead letters (messages and refused records not stored as data) are bounded three ways: a payload
+    # is stored cut to its first bytes (its original length and SHA-256 kept); the hourly maintenance
+    # (and the writer, after each tenth of the total it wrote) deletes rows older than the retention,
+    # then the oldest rows while all of them together (payloads, reasons, listed records) exceed the total.
     dead_letter_payload_max_bytes: int = Field(default=8192, ge=0, le=1_048_576)  # 2 minutes of telemetry
     dead_letter_retention_days: int = Field(default=30, ge=1)
     dead_letter_max_total_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)

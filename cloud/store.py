@@ -199,6 +199,7 @@ class WriteStats:
     alerts_staged: int = 0
     alerts_inserted: int = 0
     dead_letters: list[str] = field(default_factory=list)  # their reasons
+    dead_letter_bytes: int = 0  # of all dead-letter rows written (refused records' too), as pruning counts
     statuses: int = 0
     commit_seconds: float = 0.0
 
@@ -229,6 +230,8 @@ class Store:
         self.flavour = flavour
         self.kept = kept or kpis.KeptDays()
         self._partitions: set[tuple[str, date]] = set()
+        self._dead_letter_bytes_written = 0  # since the last prune this store triggered
+        self._cap_reached_logged = False
 
     @classmethod
     async def open(
@@ -276,20 +279,22 @@ class Store:
         return applied
 
     async def maintain(self, today: date | None = None) -> None:
-        """Dead letters pruned (`prune_dead_letters`), then partitions ahead and retention (native), or
-        retention policies (TimescaleDB)."""
-        await self.prune_dead_letters()
+        """Partitions ahead and retention (native), or retention policies (TimescaleDB); then the dead
+        letters pruned (`prune_dead_letters`)."""
         keep = self._settings.raw_retention_days
         if self.flavour is Flavour.TIMESCALE:
             await schema.apply_timescale_retention(self._conn, keep)
-            return
-        today = today or datetime.now(UTC).date()
-        days = [today + timedelta(days=n) for n in range(-1, self._settings.partitions_ahead_days + 1)]
-        await self._ensure_partitions({(t, d) for t in schema.PARTITIONED_TABLES for d in days})
-        dropped = await schema.drop_expired_partitions(self._conn, self._settings.schema_name, keep, today)
-        if dropped:
-            log.info("dropped %d partitions past the %d-day retention", len(dropped), keep)
-            self._partitions = await schema.existing_partitions(self._conn, self._settings.schema_name)
+        else:
+            today = today or datetime.now(UTC).date()
+            days = [today + timedelta(days=n) for n in range(-1, self._settings.partitions_ahead_days + 1)]
+            await self._ensure_partitions({(t, d) for t in schema.PARTITIONED_TABLES for d in days})
+            dropped = await schema.drop_expired_partitions(
+                self._conn, self._settings.schema_name, keep, today
+            )
+            if dropped:
+                log.info("dropped %d partitions past the %d-day retention", len(dropped), keep)
+                self._partitions = await schema.existing_partitions(self._conn, self._settings.schema_name)
+        await self.prune_dead_letters()
 
     async def prune_dead_letters(self, now: datetime | None = None) -> dead_letters.Pruned:
         """Dead letters past their retention, and the oldest beyond the total size cap, deleted;
@@ -300,9 +305,11 @@ class Store:
             raise StoreError(f"pruning dead letters failed: {_first_line(err)}") from err
         metrics.DEAD_LETTERS_PRUNED.labels("retention").inc(pruned.expired)
         metrics.DEAD_LETTERS_PRUNED.labels("size_cap").inc(pruned.over_cap)
-        if pruned.over_cap:
+        if pruned.over_cap and not self._cap_reached_logged:
+            self._cap_reached_logged = True  # then only counted
             log.warning(
-                "deleted the %d oldest dead letters beyond database.dead_letter_max_total_bytes (%d)",
+                "deleted the %d oldest dead letters beyond database.dead_letter_max_total_bytes (%d);"
+                " from now on counted in voltgate_cloud_dead_letters_pruned_total",
                 pruned.over_cap,
                 self._settings.dead_letter_max_total_bytes,
             )
@@ -381,7 +388,7 @@ class Store:
         to find the poison), `StoreError` when it is unreachable; nothing is committed then.
         """
         try:
-            return await self._write_retrying(items)
+            stats = await self._write_retrying(items)
         except (
             psycopg.errors.DataError,
             psycopg.errors.IntegrityError,
@@ -390,6 +397,21 @@ class Store:
             raise RejectedDataError(f"database rejected the group: {_first_line(err)}") from err
         except psycopg.Error as err:
             raise StoreError(f"database write failed: {err}") from err
+        await self._prune_if_flooded(stats.dead_letter_bytes)
+        return stats
+
+    async def _prune_if_flooded(self, written: int) -> None:
+        """Prune the dead letters after each tenth of their size cap this store wrote, so a flood of
+        bad messages cannot outgrow the cap between two hourly maintenances. Never raises: the group
+        is committed already (a failed prune waits for the next tenth or the maintenance)."""
+        self._dead_letter_bytes_written += written
+        if self._dead_letter_bytes_written <= self._settings.dead_letter_max_total_bytes // 10:
+            return
+        self._dead_letter_bytes_written = 0
+        try:
+            await self.prune_dead_letters()
+        except StoreError as err:
+            log.warning("pruning dead letters between maintenances failed: %s", err)
 
     async def _write_retrying(self, items: Sequence[Ingested]) -> WriteStats:
         for attempt in range(1, 6):
@@ -437,7 +459,9 @@ class Store:
             if stats.samples_staged or stats.alerts_staged:
                 await cur.execute(_MARK_KPI_DAYS.encode(), {"tz": self.kept.time_zone})
             await _write_ledger(cur, batches)
-            await dead_letters.write(cur, dead_letters.dead_letter_rows(items, self._settings))
+            dead_rows = dead_letters.dead_letter_rows(items, self._settings)
+            await dead_letters.write(cur, dead_rows)
+            stats.dead_letter_bytes = sum(map(dead_letters.row_bytes, dead_rows))
             await _upsert_statuses(cur, statuses)
         stats.commit_seconds = time.perf_counter() - started
         return stats

@@ -194,6 +194,8 @@ async def test_payloads_are_cut_with_their_length_and_sha256_and_listings_capped
 
 async def test_maintenance_prunes_by_retention_then_size_cap(migrated: Database) -> None:
     cap = 1024 * 1024
+    # A writer whose cap is large enough never to prune on its own, and the maintenance's store.
+    writer = await open_store(migrated, dead_letter_payload_max_bytes=100_000)
     store = await open_store(
         migrated,
         dead_letter_retention_days=30,
@@ -209,7 +211,7 @@ async def test_maintenance_prunes_by_retention_then_size_cap(migrated: Database)
             DeadLetter(TOPIC, "bus-1", f"recent {i:02}", bytes([i]) * 150_000, NOW - timedelta(hours=20 - i))
             for i in range(20)
         ]
-        await store.write([*old, *recent])
+        await writer.write([*old, *recent])
         expired_before = counter("voltgate_cloud_dead_letters_pruned_total", cause="retention")
         capped_before = counter("voltgate_cloud_dead_letters_pruned_total", cause="size_cap")
 
@@ -230,6 +232,24 @@ async def test_maintenance_prunes_by_retention_then_size_cap(migrated: Database)
         # AND a second run finds nothing more to do
         again = await store.prune_dead_letters(NOW)
         assert (again.expired, again.over_cap, again.truncated) == (0, 0, 0)
+    finally:
+        await writer.close()
+        await store.close()
+
+
+async def test_a_flood_of_bad_messages_is_pruned_between_maintenances(migrated: Database) -> None:
+    cap, cut = 1024 * 1024, 100_000
+    store = await open_store(migrated, dead_letter_max_total_bytes=cap, dead_letter_payload_max_bytes=cut)
+    try:
+        # GIVEN no maintenance runs; WHEN 30 groups of one 150 kB garbage message each are written
+        for i in range(30):
+            stats = await store.write([DeadLetter(TOPIC, "bus-1", f"garbage {i}", bytes([i]) * 150_000, NOW)])
+            assert stats.dead_letter_bytes == cut + len(f"garbage {i}") + len(TOPIC) + ROW_OVERHEAD_BYTES
+            # THEN the writer prunes after each tenth of the cap: never more than the cap, a tenth and a group
+            assert await dead_letter_bytes(store.connection) <= cap + cap // 10 + stats.dead_letter_bytes
+        reasons = [r for (r,) in await rows(store, "SELECT reason FROM dead_letters ORDER BY id")]
+        assert 0 < len(reasons) < 30
+        assert reasons == [f"garbage {i}" for i in range(30 - len(reasons), 30)]  # the newest kept
     finally:
         await store.close()
 
