@@ -1,22 +1,21 @@
 """The store: one transaction per group of ingested messages, exactly once per (vehicle, seq, ts).
 
 Write path, per group: lock the group's vehicle rows (upserting them; every replica in the same
-order), COPY the group's samples, predictions and alerts into temporary staging tables (binary
-COPY, created once per connection, emptied at commit), then `INSERT … SELECT … ON CONFLICT DO
-NOTHING` into the real tables. Samples are stored as blocks, one row per vehicle, signal, UTC minute
-and message (cloud/blocks.py lays them out with numpy, cloud/block_rows.py as binary COPY rows;
+order), COPY the group's samples, predictions and alerts into temporary staging tables (binary COPY,
+created once per connection, emptied at commit), then `INSERT … SELECT … ON CONFLICT DO NOTHING` into
+the real tables. Samples are stored as blocks, one row per vehicle, signal, UTC minute and message
+(cloud/blocks.py lays them out with numpy, cloud/block_rows.py as binary COPY rows;
 cloud/sql/0003_sample_blocks.native.sql says why): a block stored before as it is (a redelivered
-message) is skipped, one that shares no time with a stored block of its vehicle and signal (the
-usual case) is inserted whole, and only one that does
-(records the agent re-sent in another batch) is unnested and keeps the samples whose (seq, ts) is
-not stored yet. `seq` makes a record unique per vehicle; `ts` is in the key because an agent that
-lost its buffer numbers again from 0, and a record never changes its ts. The vehicle locks make the
-check and the insert one step for every replica. Predictions and alerts are rows keyed on
-(vehicle_id, seq, ts). On the native flavour the rollup tables are updated from the blocks actually
-inserted, in the same statement, so they stay exact too. The ingest ledger, dead letters (whole
-messages, and one row per message for its records refused one by one: cloud/dead_letters.py),
-vehicles and status are written in the same transaction. Only after COMMIT returns may the caller
-acknowledge the messages.
+message) is skipped, one that shares no time with a stored block of its vehicle and signal (the usual
+case) is inserted whole, and only one that does (records the agent re-sent in another batch) is
+unnested and keeps the samples whose (seq, ts) is not stored yet. `seq` makes a record unique per
+vehicle; `ts` is in the key because an agent that lost its buffer numbers again from 0, and a record
+never changes its ts. The vehicle locks make the check and the insert one step for every replica.
+Predictions and alerts are rows keyed on (vehicle_id, seq, ts). On the native flavour the rollup
+tables are updated from the blocks actually inserted, in the same statement, so they stay exact too.
+The ingest ledger, dead letters (whole messages, and one row per message for its records refused one
+by one: cloud/dead_letters.py), vehicles and status are written in the same transaction. Only after
+COMMIT returns may the caller acknowledge the messages.
 
 Data of any age the receiver accepts lands (a bus back after weeks offline): on the native flavour
 each write first creates the daily partitions its samples need (`_partitions_needed`), past days
