@@ -158,6 +158,9 @@ def _merge(total: WriteStats, part: WriteStats) -> None:
     total.commit_seconds += part.commit_seconds
 
 
+_refusals_logged: set[str] = set()  # refusal reasons logged once already (then only counted)
+
+
 def _count(items: list[Ingested], stats: WriteStats) -> None:
     now_ms = datetime.now(UTC).timestamp() * 1000
     for item in items:
@@ -166,6 +169,18 @@ def _count(items: list[Ingested], stats: WriteStats) -> None:
             if len(item.samples):
                 newest = int(item.samples.ts_ms.max())
                 metrics.LAG_SECONDS.observe(max(0.0, (now_ms - newest) / 1000))
+            for record in item.refused:
+                reason = record.reason.value
+                metrics.RECORDS_REFUSED.labels(reason).inc()
+                if reason not in _refusals_logged:
+                    _refusals_logged.add(reason)
+                    log.warning(
+                        "refused a record (%s) of vehicle %s: %s; the rest of its message stored, refused"
+                        " ones kept as dead letters and counted in voltgate_cloud_records_refused_total",
+                        reason,
+                        item.vehicle_id,
+                        record,
+                    )
         elif isinstance(item, DeadLetter):
             metrics.MESSAGES.labels("dead_letter").inc()
         else:

@@ -1,16 +1,30 @@
 """The pure core of the receiver: one MQTT message in, one thing to store out.
 
 `ingest_message(topic, payload, received_at, limits)` never raises: a well-formed batch becomes a
-`BatchMessage`, a status becomes a `StatusMessage`, and anything wrong — a topic outside the
-scheme, a payload the wire format rejects, a vehicle id that disagrees with the topic, timestamps
-outside the plausibility window, an oversized payload — becomes a `DeadLetter` carrying the reason
-and the raw bytes. The stream goes on; nothing here touches the network or the database.
+`BatchMessage`, a status becomes a `StatusMessage`, and a message that cannot be split into records —
+a topic outside the scheme, a payload the wire format rejects, a vehicle id that disagrees with the
+topic, an oversized payload — becomes a `DeadLetter` carrying the reason and the raw bytes.
+
+The receiver refuses records, not messages. A batch that decodes keeps its good records; each
+implausible one is refused on its own, with a `Refusal` reason, and travels in `BatchMessage.refused`:
+
+- a timestamp outside the accepted window, `received_at - max_sample_age_days` to `received_at +
+  max_future_skew_s` (a GPS week rollover dates a fix 2007; a bus back after weeks offline is inside it),
+- a value that is NaN or ±inf (an alert's NaN is the wire's "no value" and passes),
+- a NUL character in a text field (PostgreSQL text cannot hold it).
+
+A refused record is handled all the same: `handled_seqs()` lists it, so the commit acknowledgement tells
+the bus to delete it instead of re-sending it forever; the store keeps it as a dead letter with its
+reason. The stream goes on; nothing here touches the network or the database.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Final, Self
 
 import numpy as np
@@ -19,14 +33,43 @@ import numpy.typing as npt
 from cloud.settings import IngestSettings
 from protocols.errors import TopicError, WireError
 from protocols.topics import TopicKind, parse_topic
-from protocols.wire import Batch, ColumnarBatch, SampleColumns, decode_columnar_batch, decode_status
+from protocols.wire import (
+    AlertRecord,
+    Batch,
+    ColumnarBatch,
+    PredictionRecord,
+    SampleColumns,
+    decode_columnar_batch,
+    decode_status,
+)
 
 _MAX_REASON_CHARS: Final = 500
 
 
+class Refusal(StrEnum):
+    """Why one record was refused; also the `reason` label of `voltgate_cloud_records_refused_total`."""
+
+    NUL_IN_TEXT = "nul_in_text"
+    TS_TOO_OLD = "ts_too_old"
+    TS_IN_FUTURE = "ts_in_future"
+    VALUE_NOT_FINITE = "value_not_finite"
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedRecord:
+    """One record of a batch that is not stored as data (the first reason that applies)."""
+
+    seq: int
+    ts_ms: int
+    name: str  # the signal of a sample, the output of a prediction, the rule of an alert
+    reason: Refusal
+    value: float = math.nan  # the record's value (what a refused timestamp stamped)
+
+
 @dataclass(frozen=True, slots=True)
 class BatchMessage:
-    """A decoded telemetry or alert batch whose vehicle id matches its topic."""
+    """A decoded telemetry or alert batch whose vehicle id matches its topic: its good records in
+    `batch`, the implausible ones in `refused` (seq order)."""
 
     topic: str
     fleet: str
@@ -34,6 +77,9 @@ class BatchMessage:
     batch: ColumnarBatch
     received_at: datetime
     payload_bytes: int
+    refused: tuple[RefusedRecord, ...] = ()
+    # The message as received (a reference, not a copy): the evidence kept with its refused records.
+    payload: bytes = field(default=b"", repr=False)
 
     @classmethod
     def of(
@@ -54,14 +100,28 @@ class BatchMessage:
         """Every sequence number this message carried that the cloud is done with once it commits:
         the records stored (or already stored) and those refused one by one. The commit
         acknowledgement tells the bus these (sorted, unique)."""
-        derived = [r.seq for r in self.batch.predictions] + [r.seq for r in self.batch.alerts]
-        return np.unique(np.concatenate([self.samples.seq, np.array(derived, dtype=np.int64)]))
+        return np.unique(np.concatenate([self.samples.seq, self._other_seqs()]))
 
     def seq_range(self) -> tuple[int, int] | None:
-        seqs = [r.seq for r in self.batch.predictions] + [r.seq for r in self.batch.alerts]
+        """Lowest and highest seq the message carried, refused records included."""
+        seqs = self._other_seqs()
         if len(self.samples):
-            seqs += [int(self.samples.seq.min()), int(self.samples.seq.max())]
-        return (min(seqs), max(seqs)) if seqs else None
+            seqs = np.concatenate([seqs, [self.samples.seq.min(), self.samples.seq.max()]])
+        return (int(seqs.min()), int(seqs.max())) if seqs.size else None
+
+    def refused_summary(self) -> str:
+        """E.g. "2 of 120 records refused: ts_too_old 1, value_not_finite 1" ('' when none was)."""
+        if not self.refused:
+            return ""
+        batch = self.batch
+        carried = len(self.samples) + len(batch.predictions) + len(batch.alerts) + len(self.refused)
+        counts = Counter(r.reason.value for r in self.refused)
+        by_reason = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items()))
+        return f"{len(self.refused)} of {carried} records refused: {by_reason}"
+
+    def _other_seqs(self) -> npt.NDArray[np.int64]:
+        seqs = [r.seq for r in self.batch.predictions] + [r.seq for r in self.batch.alerts]
+        return np.array(seqs + [r.seq for r in self.refused], dtype=np.int64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +138,7 @@ class StatusMessage:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A message that cannot be stored as data, kept verbatim with the reason."""
+    """A message that cannot be stored as data, kept with the reason (the store truncates the payload)."""
 
     topic: str
     vehicle_id: str | None  # from the topic when the topic parses
@@ -113,39 +173,91 @@ def ingest_message(topic: str, payload: bytes, received_at: datetime, limits: In
     if batch.vehicle_id != vehicle:
         reason = f"vehicle id {batch.vehicle_id!r} in payload does not match topic vehicle {vehicle!r}"
         return _dead(topic, vehicle, reason, payload, received_at)
-    message = BatchMessage(topic, parts.fleet, parts.kind, batch, received_at, len(payload))
-    if _has_nul(message):
-        return _dead(topic, vehicle, "text field contains a NUL character", payload, received_at)
-    out_of_range = _first_implausible_ts_ms(message, received_at, limits)
-    if out_of_range is not None:
-        reason = f"timestamp out of range: {out_of_range} ms (received at {received_at.isoformat()})"
-        return _dead(topic, vehicle, reason, payload, received_at)
-    return message
+    good, refused = judge_records(batch, *accepted_window_ms(received_at, limits))
+    return BatchMessage(topic, parts.fleet, parts.kind, good, received_at, len(payload), refused, payload)
 
 
-def _first_implausible_ts_ms(
-    message: BatchMessage, received_at: datetime, limits: IngestSettings
-) -> int | None:
-    earliest_ms = _epoch_ms(received_at - timedelta(days=limits.max_sample_age_days))
-    latest_ms = _epoch_ms(received_at + timedelta(seconds=limits.max_future_skew_s))
-    stamps = message.samples.ts_ms
-    outside = np.flatnonzero((stamps < earliest_ms) | (stamps > latest_ms))
-    if outside.size:
-        return int(stamps[outside[0]])
-    for records in (message.batch.predictions, message.batch.alerts):
-        for record in records:
-            if not earliest_ms <= record.ts_ms <= latest_ms:
-                return record.ts_ms
+def accepted_window_ms(received_at: datetime, limits: IngestSettings) -> tuple[int, int]:
+    """The source timestamps (epoch ms, inclusive) a record received at `received_at` may carry."""
+    earliest = received_at - timedelta(days=limits.max_sample_age_days)
+    latest = received_at + timedelta(seconds=limits.max_future_skew_s)
+    return _epoch_ms(earliest), _epoch_ms(latest)
+
+
+def judge_records(
+    batch: ColumnarBatch, earliest_ms: int, latest_ms: int
+) -> tuple[ColumnarBatch, tuple[RefusedRecord, ...]]:
+    """Split a batch into its good records and the refused ones (seq order), each refused for the
+    first that applies of: NUL in a text field, ts before `earliest_ms`, ts after `latest_ms`, a
+    non-finite value (NaN or ±inf; an alert's NaN is "no value" and passes)."""
+    samples, refused = _judge_samples(batch.samples, earliest_ms, latest_ms)
+    predictions: list[PredictionRecord] = []
+    for p in batch.predictions:
+        reason = _judge(p.ts_ms, p.value, (p.model, p.model_version, p.output), earliest_ms, latest_ms)
+        if reason is None:
+            predictions.append(p)
+        else:
+            refused.append(RefusedRecord(p.seq, p.ts_ms, p.output, reason, p.value))
+    alerts: list[AlertRecord] = []
+    for a in batch.alerts:
+        value = 0.0 if math.isnan(a.value) else a.value  # NaN: the alert carries no value
+        reason = _judge(a.ts_ms, value, (a.rule, a.severity, a.message), earliest_ms, latest_ms)
+        if reason is None:
+            alerts.append(a)
+        else:
+            refused.append(RefusedRecord(a.seq, a.ts_ms, a.rule, reason, a.value))
+    if not refused:
+        return batch, ()
+    refused.sort(key=lambda r: r.seq)
+    good = ColumnarBatch(batch.vehicle_id, samples, tuple(predictions), tuple(alerts))
+    return good, tuple(refused)
+
+
+def _judge(
+    ts_ms: int, value: float, texts: tuple[str, ...], earliest_ms: int, latest_ms: int
+) -> Refusal | None:
+    if any("\x00" in text for text in texts):
+        return Refusal.NUL_IN_TEXT
+    if ts_ms < earliest_ms:
+        return Refusal.TS_TOO_OLD
+    if ts_ms > latest_ms:
+        return Refusal.TS_IN_FUTURE
+    if not math.isfinite(value):
+        return Refusal.VALUE_NOT_FINITE
     return None
 
 
-def _has_nul(message: BatchMessage) -> bool:
-    """PostgreSQL text cannot hold NUL; such a batch would make its whole group fail."""
-    batch = message.batch
-    texts = list(message.samples.signals)
-    texts += [t for p in batch.predictions for t in (p.model, p.model_version, p.output)]
-    texts += [t for a in batch.alerts for t in (a.rule, a.severity, a.message)]
-    return any("\x00" in t for t in texts)
+# What choice i of np.select in `_judge_samples` stands for (the order of `_judge`).
+_SAMPLE_REFUSALS: Final = (
+    Refusal.NUL_IN_TEXT,
+    Refusal.TS_TOO_OLD,
+    Refusal.TS_IN_FUTURE,
+    Refusal.VALUE_NOT_FINITE,
+)
+
+
+def _judge_samples(
+    samples: SampleColumns, earliest_ms: int, latest_ms: int
+) -> tuple[SampleColumns, list[RefusedRecord]]:
+    """The same judgement as `_judge`, on columns (no object per good sample)."""
+    nul_signal = np.array(["\x00" in name for name in samples.signals], dtype=bool)
+    nul = nul_signal[samples.signal_index] if nul_signal.size else np.zeros(len(samples), dtype=bool)
+    too_old = samples.ts_ms < earliest_ms
+    in_future = samples.ts_ms > latest_ms
+    not_finite = ~np.isfinite(samples.value)
+    bad = nul | too_old | in_future | not_finite
+    if not bad.any():
+        return samples, []
+    choice = np.select([nul, too_old, in_future], [0, 1, 2], default=3)[bad]
+    names = samples.signals
+    refused = [
+        RefusedRecord(seq, ts, names[k], _SAMPLE_REFUSALS[c], value)
+        for seq, ts, k, c, value in zip(
+            samples.seq[bad].tolist(), samples.ts_ms[bad].tolist(), samples.signal_index[bad].tolist(),
+            choice.tolist(), samples.value[bad].tolist(), strict=True,
+        )
+    ]  # fmt: skip
+    return samples.where(~bad), refused
 
 
 def _epoch_ms(moment: datetime) -> int:

@@ -30,3 +30,11 @@ LAG_SECONDS = Histogram(
     "From a batch's newest source timestamp to its commit",
     buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0),
 )
+RECORDS_REFUSED = Counter(
+    "voltgate_cloud_records_refused_total",
+    "Records refused one by one (their message's other records stored), by reason",
+    ["reason"],
+)  # reason: cloud.ingest.Refusal — nul_in_text | ts_too_old | ts_in_future | value_not_finite
+DEAD_LETTERS_PRUNED = Counter(
+    "voltgate_cloud_dead_letters_pruned_total", "Dead letters deleted by the maintenance, by cause", ["cause"]
+)  # cause: retention | size_cap

@@ -110,6 +110,16 @@ class DatabaseSettings(BaseModel):
     # 120 of every 300 s: after midnight a whole fleet's days are due at once (0.14 s a bus-day
     # measured at 14,000 samples a bus-day, more at full rate: size it with the fleet).
     kpi_keep_budget_s: float = Field(default=120.0, gt=0, le=3600.0)
+    # Dead letters (messages and refused records not stored as data) are bounded three ways: a payload
+    # is stored cut to its first bytes (its original length and SHA-256 kept); the hourly maintenance
+    # (and the writer, after each tenth of the total it wrote) deletes rows older than the retention,
+    # then the oldest rows while all of them together (payloads, reasons, listed records) exceed the total.
+    dead_letter_payload_max_bytes: int = Field(default=8192, ge=0, le=1_048_576)  # 2 minutes of telemetry
+    dead_letter_retention_days: int = Field(default=30, ge=1)
+    dead_letter_max_total_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    # A message's refused records are one dead letter listing at most this many of them (and counting
+    # all): a bus with a broken clock may send 250,000 of them in one message.
+    dead_letter_max_listed_records: int = Field(default=100, ge=0, le=10_000)
 
     @field_validator("schema_name")
     @classmethod
@@ -126,8 +136,15 @@ class IngestSettings(BaseModel):
     batch_max_messages: int = Field(default=500, ge=1, le=65535)
     batch_max_age_s: float = Field(default=0.2, gt=0, le=60)
     max_payload_bytes: int = Field(default=1_048_576, ge=64)
-    # Plausibility window for source timestamps; a batch outside it goes to the dead letters.
-    max_sample_age_days: int = Field(default=30, ge=1)
+    # Plausibility window for source timestamps, around the time of receipt; each record outside it
+    # is refused on its own (a dead letter), the rest of its message is stored. The window must cover
+    # what the agent's buffer can hold: its default cap (512 MiB, ~96 B a sample with its index,
+    # measured) holds ~5.6 million samples, which a bus in service (~10 samples/s, 16 h a day) fills in
+    # ~10 days and a parked bus sending only heartbeats (the catalog's signals at their max_interval_s,
+    # ~0.9 samples/s) in ~70 days; 400 days covers ~5 times that, or a gateway powered a few hours a
+    # day. Samples older than database.raw_retention_days are stored all the same (their rollups and
+    # daily KPIs stay), then dropped with their day by the retention.
+    max_sample_age_days: int = Field(default=400, ge=1, le=36_500)
     max_future_skew_s: int = Field(default=600, ge=0)
 
 

@@ -1,26 +1,30 @@
 """The store: one transaction per group of ingested messages, exactly once per (vehicle, seq, ts).
 
 Write path, per group: lock the group's vehicle rows (upserting them; every replica in the same
-order), COPY the group's samples, predictions and alerts into temporary staging tables (binary
-COPY, created once per connection, emptied at commit), then `INSERT … SELECT … ON CONFLICT DO
-NOTHING` into the real tables. Samples are stored as blocks, one row per vehicle, signal, UTC minute
-and message (cloud/blocks.py lays them out with numpy; cloud/sql/0003_sample_blocks.native.sql says
-why): a block stored before as it is (a redelivered message) is skipped, one that shares no time with
-a stored block of its vehicle and signal (the usual case) is inserted whole, and only one that does
-(records the agent re-sent in another batch) is unnested and keeps the samples whose (seq, ts) is
-not stored yet. `seq` makes a record unique per vehicle; `ts` is in the key because an agent that
-lost its buffer numbers again from 0, and a record never changes its ts. The vehicle locks make the
-check and the insert one step for every replica. Predictions and alerts are rows keyed on
-(vehicle_id, seq, ts). On the native flavour the rollup tables are updated from the blocks actually
-inserted, in the same statement, so they stay exact too. The ingest ledger, dead letters, vehicles
-and status are written in the same transaction. Only after COMMIT returns may the caller acknowledge
-the messages.
+order), COPY the group's samples, predictions and alerts into temporary staging tables (binary COPY,
+created once per connection, emptied at commit), then `INSERT … SELECT … ON CONFLICT DO NOTHING` into
+the real tables. Samples are stored as blocks, one row per vehicle, signal, UTC minute and message
+(cloud/blocks.py lays them out with numpy, cloud/block_rows.py as binary COPY rows;
+cloud/sql/0003_sample_blocks.native.sql says why): a block stored before as it is (a redelivered
+message) is skipped, one that shares no time with a stored block of its vehicle and signal (the usual
+case) is inserted whole, and only one that does (records the agent re-sent in another batch) is
+unnested and keeps the samples whose (seq, ts) is not stored yet. `seq` makes a record unique per
+vehicle; `ts` is in the key because an agent that lost its buffer numbers again from 0, and a record
+never changes its ts. The vehicle locks make the check and the insert one step for every replica.
+Predictions and alerts are rows keyed on (vehicle_id, seq, ts). On the native flavour the rollup
+tables are updated from the blocks actually inserted, in the same statement, so they stay exact too.
+The ingest ledger, dead letters (whole messages, and one row per message for its records refused one
+by one: cloud/dead_letters.py), vehicles and status are written in the same transaction. Only after
+COMMIT returns may the caller acknowledge the messages.
+
+Data of any age the receiver accepts lands (a bus back after weeks offline): on the native flavour
+each write first creates the daily partitions its samples need (`_partitions_needed`), past days
+included; `maintain` keeps those ahead of today and drops the expired ones.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,18 +32,17 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Final, Self
 
 import numpy as np
-import numpy.typing as npt
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from cloud import kpis, schema
-from cloud.blocks import blocks_of, unrepeated
+from cloud import dead_letters, kpis, metrics, schema
+from cloud.block_rows import COPY_SIGNATURE, COPY_TRAILER, block_rows
+from cloud.blocks import unrepeated
 from cloud.errors import RejectedDataError, StoreError
 from cloud.ingest import BatchMessage, DeadLetter, Ingested, StatusMessage
 from cloud.schema import Flavour
 from cloud.settings import DatabaseSettings
-from protocols.wire import SampleColumns
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +197,7 @@ class WriteStats:
     alerts_staged: int = 0
     alerts_inserted: int = 0
     dead_letters: list[str] = field(default_factory=list)  # their reasons
+    dead_letter_bytes: int = 0  # of all dead-letter rows written (refused records' too), as pruning counts
     statuses: int = 0
     commit_seconds: float = 0.0
 
@@ -224,6 +228,8 @@ class Store:
         self.flavour = flavour
         self.kept = kept or kpis.KeptDays()
         self._partitions: set[tuple[str, date]] = set()
+        self._dead_letter_bytes_written = 0  # since the last prune this store triggered
+        self._cap_reached_logged = False
 
     @classmethod
     async def open(
@@ -271,18 +277,48 @@ class Store:
         return applied
 
     async def maintain(self, today: date | None = None) -> None:
-        """Partitions ahead and retention (native), or retention policies (TimescaleDB)."""
+        """Partitions ahead and retention (native), or retention policies (TimescaleDB); then the dead
+        letters pruned (`prune_dead_letters`)."""
         keep = self._settings.raw_retention_days
         if self.flavour is Flavour.TIMESCALE:
             await schema.apply_timescale_retention(self._conn, keep)
-            return
-        today = today or datetime.now(UTC).date()
-        days = [today + timedelta(days=n) for n in range(-1, self._settings.partitions_ahead_days + 1)]
-        await self._ensure_partitions({(t, d) for t in schema.PARTITIONED_TABLES for d in days})
-        dropped = await schema.drop_expired_partitions(self._conn, self._settings.schema_name, keep, today)
-        if dropped:
-            log.info("dropped %d partitions past the %d-day retention", len(dropped), keep)
-            self._partitions = await schema.existing_partitions(self._conn, self._settings.schema_name)
+        else:
+            today = today or datetime.now(UTC).date()
+            days = [today + timedelta(days=n) for n in range(-1, self._settings.partitions_ahead_days + 1)]
+            await self._ensure_partitions({(t, d) for t in schema.PARTITIONED_TABLES for d in days})
+            dropped = await schema.drop_expired_partitions(
+                self._conn, self._settings.schema_name, keep, today
+            )
+            if dropped:
+                log.info("dropped %d partitions past the %d-day retention", len(dropped), keep)
+                self._partitions = await schema.existing_partitions(self._conn, self._settings.schema_name)
+        await self.prune_dead_letters()
+
+    async def prune_dead_letters(self, now: datetime | None = None) -> dead_letters.Pruned:
+        """Dead letters past their retention, and the oldest beyond the total size cap, deleted;
+        payloads stored longer than the limit cut (`cloud.dead_letters.prune`). Counted, logged."""
+        try:
+            pruned = await dead_letters.prune(self._conn, self._settings, now)
+        except psycopg.Error as err:
+            raise StoreError(f"pruning dead letters failed: {_first_line(err)}") from err
+        metrics.DEAD_LETTERS_PRUNED.labels("retention").inc(pruned.expired)
+        metrics.DEAD_LETTERS_PRUNED.labels("size_cap").inc(pruned.over_cap)
+        if pruned.over_cap and not self._cap_reached_logged:
+            self._cap_reached_logged = True  # then only counted
+            log.warning(
+                "deleted the %d oldest dead letters beyond database.dead_letter_max_total_bytes (%d);"
+                " from now on counted in voltgate_cloud_dead_letters_pruned_total",
+                pruned.over_cap,
+                self._settings.dead_letter_max_total_bytes,
+            )
+        if pruned.expired or pruned.truncated:
+            log.info(
+                "deleted %d dead letters past the %d-day retention; cut %d stored payloads",
+                pruned.expired,
+                self._settings.dead_letter_retention_days,
+                pruned.truncated,
+            )
+        return pruned
 
     async def refresh_rollups(self, *, keep_days: bool = True) -> int | None:
         """Add the minute aggregates logged since the last refresh into `samples_1h` and `samples_1d`
@@ -350,7 +386,7 @@ class Store:
         to find the poison), `StoreError` when it is unreachable; nothing is committed then.
         """
         try:
-            return await self._write_retrying(items)
+            stats = await self._write_retrying(items)
         except (
             psycopg.errors.DataError,
             psycopg.errors.IntegrityError,
@@ -359,6 +395,21 @@ class Store:
             raise RejectedDataError(f"database rejected the group: {_first_line(err)}") from err
         except psycopg.Error as err:
             raise StoreError(f"database write failed: {err}") from err
+        await self._prune_if_flooded(stats.dead_letter_bytes)
+        return stats
+
+    async def _prune_if_flooded(self, written: int) -> None:
+        """Prune the dead letters after each tenth of their size cap this store wrote, so a flood of
+        bad messages cannot outgrow the cap between two hourly maintenances. Never raises: the group
+        is committed already (a failed prune waits for the next tenth or the maintenance)."""
+        self._dead_letter_bytes_written += written
+        if self._dead_letter_bytes_written <= self._settings.dead_letter_max_total_bytes // 10:
+            return
+        self._dead_letter_bytes_written = 0
+        try:
+            await self.prune_dead_letters()
+        except StoreError as err:
+            log.warning("pruning dead letters between maintenances failed: %s", err)
 
     async def _write_retrying(self, items: Sequence[Ingested]) -> WriteStats:
         for attempt in range(1, 6):
@@ -406,7 +457,9 @@ class Store:
             if stats.samples_staged or stats.alerts_staged:
                 await cur.execute(_MARK_KPI_DAYS.encode(), {"tz": self.kept.time_zone})
             await _write_ledger(cur, batches)
-            await _write_dead_letters(cur, dead)
+            dead_rows = dead_letters.dead_letter_rows(items, self._settings)
+            await dead_letters.write(cur, dead_rows)
+            stats.dead_letter_bytes = sum(map(dead_letters.row_bytes, dead_rows))
             await _upsert_statuses(cur, statuses)
         stats.commit_seconds = time.perf_counter() - started
         return stats
@@ -447,121 +500,19 @@ def _partitions_needed(items: Sequence[Ingested]) -> set[tuple[str, date]]:
     return wanted
 
 
-# PostgreSQL's binary COPY format (the "COPY" page of its manual) and binary array format (array_recv).
-_COPY_SIGNATURE: Final = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)  # no flags, no extension
-_COPY_TRAILER: Final = struct.pack(">h", -1)
-_OID_INT8: Final = 20
-_OID_FLOAT8: Final = 701
-_OID_TIMESTAMPTZ: Final = 1184
-_MICROS_PER_MINUTE: Final = 60_000_000  # the PostgreSQL epoch (2000-01-01) is on a minute, as Unix's is
-_PG_EPOCH_MS: Final = 946_684_800_000  # timestamptz counts microseconds from 2000-01-01 00:00 UTC
-
-
-def _field(data: bytes) -> bytes:
-    return struct.pack(">i", len(data)) + data
-
-
-def _elements(values: npt.NDArray[np.generic], pg_dtype: str) -> npt.NDArray[np.uint8]:
-    """Fixed-width binary array elements, one row of bytes each: a 4-byte length, the big-endian value."""
-    elements = np.empty(len(values), dtype=[("length", ">i4"), ("value", pg_dtype)])
-    elements["length"] = np.dtype(pg_dtype).itemsize
-    elements["value"] = values
-    return elements.view(np.uint8).reshape(len(values), -1)
-
-
-# A stage_blocks COPY row: a head (field count; block_no and seq_min, each after its length), the
-# vehicle and signal texts, the fixed-width fields (each after its length), and three arrays (each its
-# length, a 20-byte header and 12 bytes per element).
-_HEAD: Final = np.dtype(
-    [("fields", ">i2"), ("l0", ">i4"), ("block_no", ">i4"), ("l1", ">i4"), ("seq_min", ">i8")]
-)
-_SCALARS: Final = np.dtype(
-    [("l0", ">i4"), ("minute", ">i8"), ("l1", ">i4"), ("ts_first", ">i8"), ("l2", ">i4"), ("ts_last", ">i8"),
-     ("l3", ">i4"), ("seq_first", ">i8"), ("l4", ">i4"), ("n", ">i4"), ("l5", ">i4"), ("total", ">f8"),
-     ("l6", ">i4"), ("min_value", ">f8"), ("l7", ">i4"), ("max_value", ">f8")]
-)  # fmt: skip
-_ARRAY_HEAD: Final = np.dtype(
-    [("length", ">i4"), ("ndim", ">i4"), ("has_null", ">i4"), ("oid", ">i4"), ("n", ">i4"), ("lower", ">i4")]
-)
-_ELEMENT_BYTES: Final = 12
-
-
-def _block_rows(first_block_no: int, vehicle_id: str, columns: SampleColumns) -> tuple[bytes, int]:
-    """The COPY rows of stage_blocks for one message's samples, one per block (cloud/blocks.py), laid
-    out with numpy into one buffer (no Python work per block or sample); returns them and their count."""
-    b = blocks_of(columns)
-    blocks = len(b)
-    if not blocks:
-        return b"", 0
-    n = b.stop - b.start
-    micros = (b.ts_ms - _PG_EPOCH_MS) * 1000  # ts is within the plausibility window: no overflow
-
-    head = np.zeros(blocks, dtype=_HEAD)
-    head["fields"], head["l0"], head["l1"] = 15, 4, 8
-    head["block_no"] = first_block_no + np.arange(blocks)
-    head["seq_min"] = np.minimum.reduceat(b.seq, b.start)
-    vehicle = np.frombuffer(_field(vehicle_id.encode()), dtype=np.uint8)
-    names = [_field(name.encode()) for name in b.signals]
-    name_bytes = np.frombuffer(b"".join(names), dtype=np.uint8)
-    name_len = np.array([len(x) for x in names], dtype=np.int64)
-    name_at = np.concatenate(([0], np.cumsum(name_len)[:-1]))
-    signal_len = name_len[b.signal_index]
-    scalars = np.zeros(blocks, dtype=_SCALARS)
-    for length_field in ("l0", "l1", "l2", "l3", "l5", "l6", "l7"):
-        scalars[length_field] = 8
-    scalars["l4"] = 4
-    scalars["minute"] = micros[b.start] // _MICROS_PER_MINUTE * _MICROS_PER_MINUTE
-    scalars["ts_first"], scalars["ts_last"] = micros[b.start], micros[b.stop - 1]
-    scalars["seq_first"], scalars["n"] = b.seq[b.start], n
-    scalars["total"], scalars["min_value"], scalars["max_value"] = b.total, b.min_value, b.max_value
-
-    array_bytes = _ARRAY_HEAD.itemsize + _ELEMENT_BYTES * n  # one array field, with its length
-    row_len = _HEAD.itemsize + len(vehicle) + signal_len + _SCALARS.itemsize + 3 * array_bytes
-    row_at = np.concatenate(([0], np.cumsum(row_len)[:-1]))
-    out = np.empty(int(row_len.sum()), dtype=np.uint8)
-
-    def put(at: npt.NDArray[np.int64], rows: npt.NDArray[np.uint8]) -> None:  # equal-width rows
-        out[at[:, None] + np.arange(rows.shape[1])] = rows
-
-    put(row_at, head.view(np.uint8).reshape(blocks, -1))
-    at = row_at + _HEAD.itemsize
-    put(at, np.broadcast_to(vehicle, (blocks, len(vehicle))))
-    at = at + len(vehicle)
-    # the signal names, of unequal lengths: byte i of the run goes from its name to its block's row
-    within = np.arange(int(signal_len.sum())) - np.repeat(np.cumsum(signal_len) - signal_len, signal_len)
-    out[np.repeat(at, signal_len) + within] = name_bytes[
-        np.repeat(name_at[b.signal_index], signal_len) + within
-    ]
-    at = at + signal_len
-    put(at, scalars.view(np.uint8).reshape(blocks, -1))
-    at = at + _SCALARS.itemsize
-    block_of_sample = np.repeat(np.arange(blocks), n)
-    for oid, values, pg_dtype in ((_OID_INT8, b.seq, ">i8"), (_OID_TIMESTAMPTZ, micros, ">i8"),
-                                  (_OID_FLOAT8, b.value, ">f8")):  # fmt: skip
-        array_head = np.zeros(blocks, dtype=_ARRAY_HEAD)
-        array_head["length"] = array_bytes - 4
-        array_head["ndim"], array_head["oid"], array_head["n"], array_head["lower"] = 1, oid, n, 1
-        put(at, array_head.view(np.uint8).reshape(blocks, -1))
-        # the elements, contiguous per block in sample order: sample i of block k lands after the header
-        first = at + _ARRAY_HEAD.itemsize - _ELEMENT_BYTES * b.start
-        put(first[block_of_sample] + _ELEMENT_BYTES * np.arange(len(values)), _elements(values, pg_dtype))
-        at = at + array_bytes
-    return out.tobytes(), blocks
-
-
 async def _stage_samples(cur: psycopg.AsyncCursor[tuple[object, ...]], batches: list[BatchMessage]) -> int:
     rows: list[bytes] = []
     blocks = 0
     for message, columns in zip(batches, unrepeated(batches), strict=True):
         if len(columns):
-            data, count = _block_rows(blocks, message.vehicle_id, columns)
+            data, count = block_rows(blocks, message.vehicle_id, columns)
             rows.append(data)
             blocks += count
     if rows:
         async with cur.copy(
             "COPY stage_blocks (block_no, seq_min, " + _BLOCK_COLUMNS + ") FROM STDIN (FORMAT BINARY)"
         ) as copy:
-            await copy.write(b"".join((_COPY_SIGNATURE, *rows, _COPY_TRAILER)))
+            await copy.write(b"".join((COPY_SIGNATURE, *rows, COPY_TRAILER)))
     return sum(len(m.samples) for m in batches)
 
 
@@ -648,20 +599,6 @@ async def _write_ledger(cur: psycopg.AsyncCursor[tuple[object, ...]], batches: l
                     len(m.batch.alerts),
                     m.payload_bytes,
                 )
-            )
-
-
-async def _write_dead_letters(cur: psycopg.AsyncCursor[tuple[object, ...]], dead: list[DeadLetter]) -> None:
-    if not dead:
-        return
-    async with cur.copy(
-        "COPY dead_letters (received_at, topic, vehicle_id, reason, payload) FROM STDIN (FORMAT BINARY)"
-    ) as copy:
-        copy.set_types(["timestamptz", "text", "text", "text", "bytea"])
-        for d in dead:
-            # NUL is not allowed in PostgreSQL text; a garbage topic may contain one.
-            await copy.write_row(
-                (d.received_at, d.topic.replace("\x00", "\\0"), d.vehicle_id, d.reason, d.payload)
             )
 
 

@@ -45,8 +45,11 @@ and representable; otherwise it travels exactly in that batch (so NaN and ±inf 
 
 The decoder trusts nothing: every size, count, type, index and range is checked, the zstd frame must
 declare a content size within `MAX_BODY_BYTES` before anything is allocated, and every failure is a
-`WireError`. The encoder refuses (with `WireError`) any batch the decoder would refuse. Version 1 (one
-`signal_index` per sample, names always spelled out) was never deployed and is not decoded.
+`WireError`. It refuses a payload only for its structure (what the encoder would never write); what a
+record says is data, judged by the receiver record by record (`cloud.ingest`): a timestamp anywhere
+within ±`MAX_ABS_TS_MS` (a GPS fix dated 2007), NaN, ±inf and a NUL in a name all decode. The
+encoder refuses (with `WireError`) any batch the decoder would refuse. Version 1 (one `signal_index`
+per sample, names always spelled out) was never deployed and is not decoded.
 """
 
 from __future__ import annotations

@@ -8,7 +8,15 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cloud.ingest import BatchMessage, DeadLetter, StatusMessage, ingest_message
+from cloud.ingest import (
+    BatchMessage,
+    DeadLetter,
+    Refusal,
+    RefusedRecord,
+    StatusMessage,
+    accepted_window_ms,
+    ingest_message,
+)
 from cloud.settings import IngestSettings
 from protocols.topics import TopicKind, alerts_topic, status_topic, telemetry_topic
 from protocols.wire import AlertRecord, Batch, PredictionRecord, SampleRecord, encode_batch, encode_status
@@ -76,15 +84,172 @@ def test_a_topic_outside_the_scheme_is_a_dead_letter() -> None:
     assert result.reason.startswith("bad topic")
 
 
-def test_timestamps_outside_the_plausibility_window_are_dead_letters() -> None:
-    too_old = NOW_MS - int(timedelta(days=LIMITS.max_sample_age_days + 1).total_seconds() * 1000)
-    too_new = NOW_MS + (LIMITS.max_future_skew_s + 60) * 1000
-    for ts_ms in (too_old, too_new):
-        result = ingest_message(
-            telemetry_topic("f1", "bus-1"), encode_batch(a_batch(ts_ms=ts_ms)), NOW, LIMITS
-        )
-        assert isinstance(result, DeadLetter)
-        assert "timestamp out of range" in result.reason
+def test_a_2007_gps_fix_among_good_samples_is_refused_alone() -> None:
+    # GIVEN a minute of CAN samples and one GPS fix dated 2007 (a week-rollover receiver)
+    fix_2007_ms = int(datetime(2007, 3, 1, 12, 0, tzinfo=UTC).timestamp() * 1000)
+    good = tuple(
+        SampleRecord(100 + i, NOW_MS - 60_000 + i * 1000, "Vehicle.Speed", float(i)) for i in range(60)
+    )
+    fix = SampleRecord(160, fix_2007_ms, "Vehicle.CurrentLocation.Latitude", 52.5)
+    batch = Batch("bus-1", samples=(*good[:30], fix, *good[30:]))
+
+    # WHEN it is received
+    result = ingest_message(telemetry_topic("f1", "bus-1"), encode_batch(batch), NOW, LIMITS)
+
+    # THEN the 60 good samples are kept, the fix alone is refused, and all 61 are handled
+    assert isinstance(result, BatchMessage)
+    assert result.samples.records() == good
+    assert result.refused == (RefusedRecord(160, fix_2007_ms, fix.signal, Refusal.TS_TOO_OLD, 52.5),)
+    assert result.handled_seqs().tolist() == list(range(100, 161))
+    assert result.seq_range() == (100, 160)
+    assert result.refused_summary() == "1 of 61 records refused: ts_too_old 1"
+
+
+def test_nan_and_infinities_are_refused_per_record() -> None:
+    values = [1.0, math.nan, math.inf, -math.inf, 2.0]
+    samples = tuple(SampleRecord(i, NOW_MS - 1000, f"Sig.{i % 2}", v) for i, v in enumerate(values))
+    batch = Batch(
+        "bus-1",
+        samples=samples,
+        predictions=(
+            PredictionRecord(10, NOW_MS, "soc_drop", "1", "soc_drop_60min_pp", math.inf),
+            PredictionRecord(11, NOW_MS, "soc_drop", "1", "soc_drop_60min_pp", 3.0),
+            PredictionRecord(12, NOW_MS, "soc_drop", "1", "p_large_drop_60min", math.nan),
+        ),
+        alerts=(
+            AlertRecord(20, NOW_MS, "low_soc", "warning", True, math.nan, "no value: kept"),
+            AlertRecord(21, NOW_MS, "low_soc", "warning", True, -math.inf, "refused"),
+        ),
+    )
+    result = ingest_message(telemetry_topic("f1", "bus-1"), encode_batch(batch), NOW, LIMITS)
+    assert isinstance(result, BatchMessage)
+    assert result.samples.records() == (samples[0], samples[4])
+    assert [p.seq for p in result.batch.predictions] == [11]
+    assert [a.seq for a in result.batch.alerts] == [20]  # an alert's NaN is the wire's "no value"
+    assert [(r.seq, r.reason) for r in result.refused] == [
+        (s, Refusal.VALUE_NOT_FINITE) for s in (1, 2, 3, 10, 12, 21)
+    ]
+    names = ["Sig.1", "Sig.0", "Sig.1", "soc_drop_60min_pp", "p_large_drop_60min", "low_soc"]
+    assert [r.name for r in result.refused] == names
+    assert result.handled_seqs().tolist() == [0, 1, 2, 3, 4, 10, 11, 12, 20, 21]
+    assert result.refused_summary() == "6 of 10 records refused: value_not_finite 6"
+
+
+def test_a_40_day_old_backlog_is_accepted_whole() -> None:
+    forty_days_ago = NOW_MS - int(timedelta(days=40).total_seconds() * 1000)
+    result = ingest_message(
+        telemetry_topic("f1", "bus-1"), encode_batch(a_batch(ts_ms=forty_days_ago)), NOW, LIMITS
+    )
+    assert isinstance(result, BatchMessage)
+    assert result.refused == ()
+    assert result.samples.records() == a_batch(ts_ms=forty_days_ago).samples
+    assert LIMITS.max_sample_age_days >= 400  # what a bus's buffer can hold (IngestSettings says how)
+
+
+def test_timestamps_outside_the_window_are_refused_per_record() -> None:
+    earliest_ms, latest_ms = accepted_window_ms(NOW, LIMITS)
+    assert latest_ms == NOW_MS + LIMITS.max_future_skew_s * 1000
+    stamps = [earliest_ms - 1, earliest_ms, latest_ms, latest_ms + 1, NOW_MS + 365 * 86_400_000]
+    samples = tuple(SampleRecord(i, ts, "Vehicle.Speed", 1.0) for i, ts in enumerate(stamps))
+    result = ingest_message(
+        telemetry_topic("f1", "bus-1"), encode_batch(Batch("bus-1", samples)), NOW, LIMITS
+    )
+    assert isinstance(result, BatchMessage)
+    assert result.samples.seq.tolist() == [1, 2]  # the window's bounds are inside it
+    assert [(r.seq, r.reason) for r in result.refused] == [
+        (0, Refusal.TS_TOO_OLD),
+        (3, Refusal.TS_IN_FUTURE),
+        (4, Refusal.TS_IN_FUTURE),
+    ]
+
+
+def test_a_nul_in_a_text_field_refuses_only_its_records() -> None:
+    batch = Batch(
+        "bus-1",
+        samples=(
+            SampleRecord(1, NOW_MS, "Bad\x00Name", 1.0),
+            SampleRecord(2, NOW_MS, "Vehicle.Speed", 2.0),
+            SampleRecord(3, NOW_MS + 1, "Bad\x00Name", 3.0),
+        ),
+        predictions=(PredictionRecord(4, NOW_MS, "m", "1\x00", "out", 1.0),),
+        alerts=(
+            AlertRecord(5, NOW_MS, "low_soc", "warning", True, 1.0, "SOC\x00low"),
+            AlertRecord(6, NOW_MS, "low_soc", "warning", False, 1.0, "cleared"),
+        ),
+    )
+    result = ingest_message(telemetry_topic("f1", "bus-1"), encode_batch(batch), NOW, LIMITS)
+    assert isinstance(result, BatchMessage)
+    assert result.samples.seq.tolist() == [2]
+    assert result.batch.predictions == ()
+    assert [a.seq for a in result.batch.alerts] == [6]
+    assert [(r.seq, r.reason) for r in result.refused] == [(s, Refusal.NUL_IN_TEXT) for s in (1, 3, 4, 5)]
+
+
+def test_the_first_reason_that_applies_is_given() -> None:
+    old_ms = NOW_MS - int(timedelta(days=LIMITS.max_sample_age_days + 1).total_seconds() * 1000)
+    batch = Batch(
+        "bus-1", samples=(SampleRecord(1, old_ms, "X\x00", math.nan), SampleRecord(2, old_ms, "Y", math.nan))
+    )
+    result = ingest_message(telemetry_topic("f1", "bus-1"), encode_batch(batch), NOW, LIMITS)
+    assert isinstance(result, BatchMessage)
+    assert len(result.samples) == 0
+    assert [r.reason for r in result.refused] == [Refusal.NUL_IN_TEXT, Refusal.TS_TOO_OLD]
+    assert result.handled_seqs().tolist() == [1, 2]
+
+
+_GOOD_NAMES = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=20
+)
+_BAD_KINDS = ("ts_too_old", "ts_in_future", "nan", "inf", "-inf", "nul")
+
+
+@st.composite
+def mixed_batches(draw: st.DrawFn) -> tuple[Batch, set[int]]:
+    """A batch of good samples, predictions and alerts (any names, finite values, in the window) mixed
+    with bad records; returns it and the seqs of the bad ones."""
+    earliest_ms, latest_ms = accepted_window_ms(NOW, LIMITS)
+    n = draw(st.integers(0, 40))
+    seqs = draw(st.lists(st.integers(0, 2**40), min_size=n, max_size=n, unique=True))
+    samples, predictions, alerts, bad = [], [], [], set()
+    for seq in seqs:
+        ts = draw(st.integers(earliest_ms, latest_ms))
+        name = draw(_GOOD_NAMES)
+        value = draw(st.floats(allow_nan=False, allow_infinity=False))
+        kind = draw(st.sampled_from(("sample", "sample", "prediction", "alert")))
+        flaw = draw(st.sampled_from((None, None, None, *_BAD_KINDS)))
+        if flaw == "nan" and kind == "alert":
+            flaw = None  # an alert's NaN is the wire's "no value": a good alert
+        if flaw is not None:
+            bad.add(seq)
+            ts = {
+                "ts_too_old": earliest_ms - 1 - ts % 10**12,
+                "ts_in_future": latest_ms + 1 + ts % 10**12,
+            }.get(flaw, ts)
+            value = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}.get(flaw, value)
+            name = name + "\x00" if flaw == "nul" else name
+        if kind == "sample":
+            samples.append(SampleRecord(seq, ts, name, value))
+        elif kind == "prediction":
+            predictions.append(PredictionRecord(seq, ts, "m", "1", name, value))
+        else:
+            alerts.append(AlertRecord(seq, ts, name, "info", True, value, "msg"))
+    return Batch("bus-1", tuple(samples), tuple(predictions), tuple(alerts)), bad
+
+
+@given(mixed_batches(), st.booleans())
+def test_good_records_of_any_mix_are_never_refused(case: tuple[Batch, set[int]], quantized: bool) -> None:
+    batch, bad = case
+    quanta = {s.signal: 0.5 for s in batch.samples} if quantized else None
+    result = ingest_message(telemetry_topic("f1", "bus-1"), encode_batch(batch, quanta, level=1), NOW, LIMITS)
+    assert isinstance(result, BatchMessage)
+    kept = result.samples.seq.tolist() + [p.seq for p in result.batch.predictions]
+    kept += [a.seq for a in result.batch.alerts]
+    every = (
+        {s.seq for s in batch.samples} | {p.seq for p in batch.predictions} | {a.seq for a in batch.alerts}
+    )
+    assert {r.seq for r in result.refused} == bad
+    assert sorted(kept) == sorted(every - bad)
+    assert result.handled_seqs().tolist() == sorted(every)
 
 
 def test_status_online_offline_and_bad() -> None:
