@@ -49,7 +49,7 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -154,6 +154,7 @@ class SampleBuffer:
         self._next_seq: int = int(row[0] or 0)
         self._committed_seq = self._next_seq
         self._staged: list[_Row] = []
+        self._staged_marks: dict[str, int] = {}
         self._disk_full_logged = False
         self.stats = BufferStats(next_seq=self._next_seq)
         self._refresh_stats()
@@ -209,10 +210,25 @@ class SampleBuffer:
         extra = json.dumps([alert.severity, alert.active, alert.message])
         return self._stage(Kind.ALERT, _ms(alert.ts), alert.rule, alert.value, EvictionClass.DERIVED, extra)
 
+    def mark(self, key: str, value: int) -> None:
+        """Stage a named integer (e.g. a source's resume position); it is written with the next commit, in
+        the same transaction as the rows staged with it, so a restart sees the mark exactly when it sees
+        those rows. The last value staged for a key wins."""
+        if key == "next_seq":
+            raise ValueError("'next_seq' is the buffer's own mark")
+        self._staged_marks[key] = int(value)
+
+    def get_mark(self, key: str) -> int | None:
+        """The last committed value of `mark(key, ...)`, or None."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else int(row[0])
+
     def commit(self) -> int:
         """Write the staged rows in one transaction; returns how many became durable. Never raises for a
         full disk (see the module docstring); other SQLite errors keep the rows staged for the next try."""
         if not self._staged:
+            if self._staged_marks:
+                self._write_marks_only()
             return 0
         for attempt in range(_DISK_FULL_RETRIES + 1):
             try:
@@ -238,6 +254,7 @@ class SampleBuffer:
             written = len(self._staged)
             self._committed_seq = self._staged[-1][0] + 1
             self._staged.clear()
+            self._staged_marks.clear()
             self.stats.committed_rows += written
             self.enforce_cap()
             return written
@@ -256,7 +273,26 @@ class SampleBuffer:
             "ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
             (self._staged[-1][0] + 1,),
         )
+        self._write_marks()
         self._conn.execute("COMMIT")
+
+    def _write_marks(self) -> None:
+        self._conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            list(self._staged_marks.items()),
+        )
+
+    def _write_marks_only(self) -> None:
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._write_marks()
+            self._conn.execute("COMMIT")
+        except sqlite3.OperationalError as err:
+            self._rollback()
+            log.warning("buffer marks not written (kept staged): %s", err)
+            return
+        self._staged_marks.clear()
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:
@@ -439,9 +475,13 @@ class BufferWorker:
             raise RuntimeError("BufferWorker.open() was not awaited")
         return await self._call_raw(lambda: fn(buffer))
 
-    async def commit_samples(self, samples: Sequence[Sample]) -> int:
+    async def commit_samples(self, samples: Sequence[Sample], marks: Mapping[str, int] | None = None) -> int:
+        """Stage and commit `samples` together with `marks` (see `SampleBuffer.mark`) in one transaction."""
+
         def work(buffer: SampleBuffer) -> int:
             buffer.append_samples(samples)
+            for key, value in (marks or {}).items():
+                buffer.mark(key, value)
             return buffer.commit()
 
         return await self.call(work)
@@ -464,6 +504,9 @@ class BufferWorker:
 
     async def acknowledge(self, seqs: Sequence[int]) -> int:
         return await self.call(lambda b: b.acknowledge(seqs))
+
+    async def get_mark(self, key: str) -> int | None:
+        return await self.call(lambda b: b.get_mark(key))
 
     async def committed_seq(self) -> int:
         return await self.call(lambda b: b.committed_seq)

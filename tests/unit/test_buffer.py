@@ -242,3 +242,35 @@ def test_kill_9_never_loses_or_duplicates_a_committed_row(tmp_path: Path) -> Non
         with sqlite3.connect(path) as conn:
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         last_committed = len(seqs)
+
+
+def test_marks_are_written_with_the_next_commit_and_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "b.sqlite3"
+    buffer = SampleBuffer(path, BIG)
+    assert buffer.get_mark("replay.line") is None
+    buffer.append(_sample(0))
+    buffer.mark("replay.line", 10)
+    assert buffer.get_mark("replay.line") is None, "staged, not yet committed"
+    buffer.commit()
+    assert buffer.get_mark("replay.line") == 10
+    buffer.mark("replay.line", 7)  # last written value wins, even when smaller
+    buffer.commit()  # no rows staged: the marks alone are written
+    assert buffer.get_mark("replay.line") == 7
+    buffer.append(_sample(1))
+    buffer.mark("replay.line", 99)  # staged, then the process dies: the mark goes with its rows
+    buffer.close()
+    buffer = SampleBuffer(path, BIG)
+    assert buffer.get_mark("replay.line") == 7
+    assert [r.seq for r in buffer.pending(10)] == [0]
+    buffer.close()
+
+
+async def test_worker_commits_samples_and_marks_together(tmp_path: Path) -> None:
+    worker = BufferWorker(tmp_path / "b.sqlite3", BIG)
+    await worker.open()
+    try:
+        assert await worker.commit_samples([_sample(0), _sample(1)], {"replay.line": 2}) == 2
+        assert await worker.get_mark("replay.line") == 2
+        assert await worker.get_mark("other") is None
+    finally:
+        await worker.close()
