@@ -128,12 +128,14 @@ def test_byte_cap_evicts_routine_then_normal_then_critical_then_derived(tmp_path
     assert not evicted_by_class()[EvictionClass.DERIVED], "predictions and alerts go last"
 
     # WHEN a commit goes over a cap below what the derived rows alone need
-    buffer.max_bytes = 28 * 1024  # a few pages beyond the empty schema
-    class_of[buffer.append(_sample(99_999, Priority.CRITICAL))] = EvictionClass.CRITICAL
-    buffer.commit()
-    # THEN every sample went before the first prediction or alert, oldest first
+    buffer.max_bytes = 8 * 4096 + buffer.budget.wal_bytes + buffer.budget.reserve_bytes  # 8 pages of data
+    incoming = buffer.append(_sample(99_999, Priority.CRITICAL))
+    assert buffer.commit() == 1
+    # THEN every sample went before the first prediction or alert, oldest first; the incoming row, which the
+    # room was made for, is kept
     assert_eviction_order()
     assert evicted_by_class()[EvictionClass.DERIVED]
+    assert incoming in {r.seq for r in buffer.pending(1_000_000)}
     buffer.close()
 
 
