@@ -163,7 +163,7 @@ class SampleBuffer:
         self._test_pages: int | None = None
         self._budget = ByteBudget.for_cap(max_bytes, self._page_size)
         self.reserve = Reserve(
-            path.with_name(path.name + ".reserve"), self._budget.reserve_bytes, self._budget.wal_bytes
+            path.with_name(path.name + ".reserve"), self._budget.reserve_bytes, self._budget.reserve_bytes
         )
         self._apply_budget()
         row = self._conn.execute(
@@ -193,7 +193,7 @@ class SampleBuffer:
     def max_bytes(self, value: int) -> None:
         self._budget = ByteBudget.for_cap(value, self._page_size)
         self.reserve.size = self._budget.reserve_bytes
-        self.reserve.headroom = self._budget.wal_bytes
+        self.reserve.headroom = self._budget.reserve_bytes
         self._apply_budget()
 
     @property
@@ -222,8 +222,8 @@ class SampleBuffer:
         self._apply_budget()
 
     def _restore_reserve(self) -> None:
-        """Re-create the reserve when the file system has room for it and for the WAL; then the database
-        may grow again."""
+        """Re-create the reserve when the file system has room for it twice over; then the database may
+        grow again."""
         if self.reserve.restore() and self._frozen_pages is not None:
             self._frozen_pages = None
             self._apply_budget()
@@ -340,7 +340,7 @@ class SampleBuffer:
                 if last:
                     self._write_marks()
                 self._conn.execute("COMMIT")
-            except sqlite3.OperationalError as err:
+            except sqlite3.Error as err:
                 self._rollback()
                 if not is_disk_full(err):
                     self._log_once("commit", "buffer commit failed, rows stay staged: %s", err)
@@ -372,7 +372,7 @@ class SampleBuffer:
                 if what == "marks":
                     self._staged_marks.clear()
                 return True
-            except sqlite3.OperationalError as err:
+            except sqlite3.Error as err:
                 self._rollback()
                 if not is_disk_full(err):
                     self._log_once(what, "buffer %s not written: %s", what, err)
@@ -381,10 +381,11 @@ class SampleBuffer:
         return False
 
     def _on_full(self) -> None:
-        """SQLITE_FULL: a full file system (release the reserve, stop growing) or the cap's page limit."""
+        """SQLITE_FULL: a full file system (see "Full disk" above) or the cap's page limit."""
         page_count = int(self._conn.execute("PRAGMA page_count").fetchone()[0])
         test_limit = self._test_pages is not None and self._test_pages < self._budget.db_pages
-        if not test_limit and free_disk_bytes(self.path.parent) > self._budget.wal_bytes:
+        room = 2 * max(self._budget.txn_bytes, self.reserve.size)
+        if not test_limit and free_disk_bytes(self.path.parent) > room:
             self.stats.page_limit_full += 1
             return
         self.stats.disk_full += 1
@@ -395,6 +396,13 @@ class SampleBuffer:
             self.path,
         )
         self.reserve.release()
+        # Pages appended since the last checkpoint live in the WAL only; copying them needs the database
+        # file to grow. Do it now, with the reserve's room, and truncate the WAL: from here on neither file
+        # needs new blocks (the database may not grow, the WAL refills the room it gave back).
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.OperationalError as err:
+            self._log_once("checkpoint", "buffer checkpoint on a full disk failed: %s", err)
         if self._frozen_pages is None or page_count < self._frozen_pages:
             self._frozen_pages = page_count
             self._apply_budget()

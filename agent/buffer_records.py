@@ -132,7 +132,7 @@ def find_seqs(conn: sqlite3.Connection, seqs: Sequence[int]) -> Iterator[tuple[i
             yield int(seq), int(evict), int(kind)
 
 
-def is_disk_full(err: sqlite3.OperationalError) -> bool:
+def is_disk_full(err: sqlite3.Error) -> bool:
     code = getattr(err, "sqlite_errorcode", None)
     return code == sqlite3.SQLITE_FULL or "database or disk is full" in str(err)
 
