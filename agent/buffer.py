@@ -154,18 +154,22 @@ class SampleBuffer:
     def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, isolation_level=None)  # explicit BEGIN/COMMIT below
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")  # why: see "Durability" above
-        create_schema(self._conn)
-        self._page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
-        self._frozen_pages: int | None = None  # the file system is full: the file may not grow
-        self._test_pages: int | None = None
-        self._budget = ByteBudget.for_cap(max_bytes, self._page_size)
+        self._budget = ByteBudget.for_cap(max_bytes)
         self.reserve = Reserve(
             path.with_name(path.name + ".reserve"), self._budget.reserve_bytes, self._budget.reserve_bytes
         )
-        self._apply_budget()
+        try:
+            self._conn = _connect(path)
+        except sqlite3.Error:
+            # Opening needs a little disk (the WAL and its index): on a full disk, the reserve gives it.
+            if not self.reserve.release():
+                raise
+            log.warning("buffer disk full at %s on open: reserve released", path)
+            self._conn = _connect(path)
+        self._page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
+        self._frozen_pages: int | None = None  # the file system is full: the file may not grow
+        self._test_pages: int | None = None
+        self.max_bytes = max_bytes  # the budget for this file's page size, applied
         row = self._conn.execute(
             "SELECT max((SELECT value FROM meta WHERE key = 'next_seq'), "
             "coalesce((SELECT max(seq) + 1 FROM records), 0)), (SELECT count(*) FROM records)"
@@ -555,6 +559,18 @@ class SampleBuffer:
     def close(self) -> None:
         self._rollback()
         self._conn.close()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)  # explicit BEGIN/COMMIT
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")  # why: see "Durability" above
+        create_schema(conn)
+    except sqlite3.Error:
+        conn.close()
+        raise
+    return conn
 
 
 # The thread shell lives in its own module; it is part of this module's API.
