@@ -29,25 +29,31 @@ Byte cap and eviction order
 ---------------------------
 `max_bytes` covers the database file, its WAL and a small disk reserve (`ByteBudget` in
 `agent.buffer_space`): the WAL is checkpointed at half its budget and every transaction is sized to a
-quarter of it (large commits are split; the marks go with the last part), the database file can never grow
-past its share (`max_page_count`), and each commit first evicts what its staged rows will need, by a
-measured bytes-per-row estimate. Eviction frees what is needed and no more, in this order:
+quarter of it (a large commit is split; the marks go with its last part), the database file can never grow
+past its share (`max_page_count`), and each commit first evicts, in its own transaction, what its staged
+rows will need by a measured bytes-per-row estimate (+25 %; the page limit is the backstop). The rows a
+commit writes are never evicted by that commit. Eviction frees what is needed and no more (measured: to
+free 19 % of the bytes it deletes 19.5 % of the rows), in this order:
 
 1. oldest ROUTINE samples, 2. oldest NORMAL samples, 3. oldest CRITICAL samples,
 4. oldest predictions and alerts (together, oldest first).
 
-Every evicted row is counted per class (`BufferStats.evicted`), and its bytes (`evicted_bytes`).
+Every evicted row is counted per class (`BufferStats.evicted`), and its bytes (`evicted_bytes`); eviction
+is by design, counted and not logged.
 
 Full disk
 ---------
 `SQLITE_FULL` ("database or disk is full") rolls the transaction back and never raises. When the file
-system is full (or a test's `set_max_page_count` limit is met) the buffer releases its reserve file, stops
-the database file from growing (its current size becomes the limit until the file system has room for the
-reserve again) and retries with more eviction; when nothing is left to evict the staged rows are dropped
-and counted. Deletes need little disk: the WAL keeps its blocks between checkpoints and the reserve gives
-room for more. An acknowledgement whose delete fails is never lost: its seqs are kept in memory, left out
-of `pending()` and `count_pending()` (never re-sent) and deleted on a later call. Logged once per kind,
-counted always (`disk_full`, `page_limit_full`, `reserve_releases`, `ack_deferred`).
+system is full (or a test's `set_max_page_count` limit is met) the buffer releases its reserve file,
+checkpoints and truncates the WAL with the reserve's room (pages appended since the last checkpoint need
+the database file to grow), stops the database file from growing (its size becomes the limit until the
+file system has room for the reserve twice over) and retries with more eviction. From then on neither file
+needs new blocks: commits evict the oldest rows inside the file, deletes write into the WAL's own blocks.
+Only when nothing is left to evict are staged rows dropped (counted in `dropped`). Opening on a full disk
+releases the reserve too (the WAL and its index need a little room). An acknowledgement whose delete fails
+is never lost: its seqs are kept in memory, left out of `pending()` and `count_pending()` (never re-sent)
+and deleted on a later call. Logged once per kind, counted always (`disk_full`, `page_limit_full`,
+`reserve_releases`, `ack_deferred`, `ack_delete_failures`).
 
 Threads
 -------
