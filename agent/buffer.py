@@ -89,13 +89,13 @@ from agent.buffer_records import (
 from agent.buffer_space import (
     EVICTION_ORDER,
     ByteBudget,
+    DiskSpace,
     Evicted,
     EvictionClass,
     Reserve,
     RowBytes,
     evict_bytes,
     file_bytes,
-    free_disk_bytes,
     used_bytes,
 )
 from agent.records import Alert, Prediction, Sample
@@ -160,22 +160,16 @@ class SampleBuffer:
     def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._budget = ByteBudget.for_cap(max_bytes)
-        self.reserve = Reserve(
-            path.with_name(path.name + ".reserve"), self._budget.reserve_bytes, self._budget.reserve_bytes
-        )
+        reserve = Reserve(path.with_name(path.name + ".reserve"), ByteBudget.for_cap(max_bytes).reserve_bytes)
         try:
             self._conn = _connect(path)
         except sqlite3.Error:
             # Opening needs a little disk (the WAL and its index): on a full disk, the reserve gives it.
-            if not self.reserve.release():
+            if not reserve.release():
                 raise
             log.warning("buffer disk full at %s on open: reserve released", path)
             self._conn = _connect(path)
-        self._page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
-        self._frozen_pages: int | None = None  # the file system is full: the file may not grow
-        self._test_pages: int | None = None
-        self.max_bytes = max_bytes  # the budget for this file's page size, applied
+        self.space = DiskSpace(self._conn, path, max_bytes, reserve)
         row = self._conn.execute(
             "SELECT max((SELECT value FROM meta WHERE key = 'next_seq'), "
             "coalesce((SELECT max(seq) + 1 FROM records), 0)), (SELECT count(*) FROM records)"
@@ -190,53 +184,34 @@ class SampleBuffer:
         self._insert_bytes = RowBytes(_INITIAL_ROW_BYTES)
         self._evict_bytes = {cls: RowBytes(_INITIAL_ROW_BYTES) for cls in EvictionClass}
         self.stats = BufferStats(next_seq=self._next_seq)
-        self._restore_reserve()
+        self.space.restore_reserve()
         self._refresh_stats()
 
-    # --- the byte budget -----------------------------------------------------------------------------
+    # --- the byte budget (see DiskSpace) -------------------------------------------------------------
 
     @property
     def max_bytes(self) -> int:
-        return self._budget.max_bytes
+        return self.space.budget.max_bytes
 
     @max_bytes.setter
     def max_bytes(self, value: int) -> None:
-        self._budget = ByteBudget.for_cap(value, self._page_size)
-        self.reserve.size = self._budget.reserve_bytes
-        self.reserve.headroom = self._budget.reserve_bytes
-        self._apply_budget()
+        self.space.set_cap(value)
 
     @property
     def budget(self) -> ByteBudget:
-        return self._budget
+        return self.space.budget
 
-    def _page_limit(self) -> int:
-        """The pages the database may use: its share of the cap, or its size when the disk filled up."""
-        return min(x for x in (self._budget.db_pages, self._frozen_pages) if x is not None)
-
-    def _apply_budget(self) -> None:
-        self._conn.execute(f"PRAGMA wal_autocheckpoint={self._budget.autocheckpoint_pages}")
-        self._conn.execute(f"PRAGMA journal_size_limit={self._budget.wal_bytes}")
-        pages = min(x for x in (self._page_limit(), self._test_pages) if x is not None)
-        self._conn.execute(f"PRAGMA max_page_count={pages}")
+    @property
+    def reserve(self) -> Reserve:
+        return self.space.reserve
 
     def pragmas(self) -> dict[str, int | str]:
-        """The connection's settings that durability and the cap rest on (pinned by a test)."""
-        names = ("journal_mode", "synchronous", "wal_autocheckpoint", "journal_size_limit", "max_page_count")
-        return {name: self._conn.execute(f"PRAGMA {name}").fetchone()[0] for name in names}
+        return self.space.pragmas()
 
     def set_max_page_count(self, pages: int) -> None:
         """Limit the file to `pages` pages behind the buffer's back: SQLite then reports SQLITE_FULL as on a
         full disk (tests)."""
-        self._test_pages = int(pages)
-        self._apply_budget()
-
-    def _restore_reserve(self) -> None:
-        """Re-create the reserve when the file system has room for it twice over; then the database may
-        grow again."""
-        if self.reserve.restore() and self._frozen_pages is not None:
-            self._frozen_pages = None
-            self._apply_budget()
+        self.space.set_test_pages(pages)
 
     # --- staging and committing ----------------------------------------------------------------------
 
@@ -298,14 +273,14 @@ class SampleBuffer:
         """Write the staged rows (and marks); returns how many rows became durable. Never raises for a full
         disk (see the module docstring); other SQLite errors keep the rows staged for the next try."""
         self._retry_deferred()
-        self._restore_reserve()
+        self.space.restore_reserve()
         if not self._staged:
             if self._staged_marks:
                 self._transaction(lambda: self._write_marks(), "marks")
             return 0
         written = dropped = 0
         while self._staged:
-            rows = max(1, int(self._budget.txn_bytes / self._insert_bytes.per_row))
+            rows = max(1, int(self.space.budget.txn_bytes / self._insert_bytes.per_row))
             chunk = self._staged[:rows]
             last = len(chunk) == len(self._staged)
             outcome = self._commit_chunk(chunk, last)
@@ -325,6 +300,7 @@ class SampleBuffer:
                 self._staged_marks.clear()
         self.stats.dropped += dropped
         self.stats.committed_rows += written
+        self.stats.disk_full, self.stats.page_limit_full = self.space.disk_full, self.space.page_limit_full
         if dropped and not self._staged:
             self._next_seq = self._committed_seq  # the dropped numbers were never durable: reuse them
         return written
@@ -337,7 +313,7 @@ class SampleBuffer:
                 self._conn.execute("BEGIN IMMEDIATE")
                 estimate = int(len(chunk) * self._insert_bytes.per_row * _INSERT_SAFETY) + margin
                 before = used_bytes(self._conn)
-                need = before + estimate - self._page_limit() * self._page_size
+                need = before + estimate - self.space.limit_bytes()
                 if need > 0:
                     freed, evicted = evict_bytes(self._conn, need, self._evict_bytes)
                 self._conn.executemany(INSERT_SQL, chunk)
@@ -355,10 +331,10 @@ class SampleBuffer:
                 if not is_disk_full(err):
                     self._log_once("commit", "buffer commit failed, rows stay staged: %s", err)
                     return "error"
-                self._on_full()
+                self.space.on_full()
                 if self._rows <= 0:
                     return "full"
-                margin = 2 * max(margin, len(chunk) * int(self._insert_bytes.per_row), self._page_size)
+                margin = 2 * max(margin, len(chunk) * int(self._insert_bytes.per_row), self.space.page_size)
                 continue
             self._insert_bytes.observe(max(0, grown), len(chunk))
             self._count_evictions(evicted, freed)
@@ -387,35 +363,8 @@ class SampleBuffer:
                 if not is_disk_full(err):
                     self._log_once(what, "buffer %s not written: %s", what, err)
                     return False
-                self._on_full()
+                self.space.on_full()
         return False
-
-    def _on_full(self) -> None:
-        """SQLITE_FULL: a full file system (see "Full disk" above) or the cap's page limit."""
-        page_count = int(self._conn.execute("PRAGMA page_count").fetchone()[0])
-        test_limit = self._test_pages is not None and self._test_pages < self._budget.db_pages
-        room = 2 * max(self._budget.txn_bytes, self.reserve.size)
-        if not test_limit and free_disk_bytes(self.path.parent) > room:
-            self.stats.page_limit_full += 1
-            return
-        self.stats.disk_full += 1
-        self._log_once(
-            "disk_full",
-            "buffer disk full at %s; releasing the reserve, evicting old rows to make room "
-            "(further times only counted)",
-            self.path,
-        )
-        self.reserve.release()
-        # Pages appended since the last checkpoint live in the WAL only; copying them needs the database
-        # file to grow. Do it now, with the reserve's room, and truncate the WAL: from here on neither file
-        # needs new blocks (the database may not grow, the WAL refills the room it gave back).
-        try:
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-        except sqlite3.OperationalError as err:
-            self._log_once("checkpoint", "buffer checkpoint on a full disk failed: %s", err)
-        if self._frozen_pages is None or page_count < self._frozen_pages:
-            self._frozen_pages = page_count
-            self._apply_budget()
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:
@@ -445,7 +394,7 @@ class SampleBuffer:
 
         def work() -> None:
             nonlocal freed, evicted
-            need = used_bytes(self._conn) - self._page_limit() * self._page_size
+            need = used_bytes(self._conn) - self.space.limit_bytes()
             if need > 0:
                 freed, evicted = evict_bytes(self._conn, need, self._evict_bytes)
 
@@ -552,6 +501,8 @@ class SampleBuffer:
         self.stats.wal_bytes = file_bytes(self.path.with_name(self.path.name + "-wal"))
         self.stats.reserve_bytes = file_bytes(self.reserve.path)
         self.stats.reserve_releases = self.reserve.releases
+        self.stats.disk_full = self.space.disk_full
+        self.stats.page_limit_full = self.space.page_limit_full
         self.stats.ack_deferred = len(self._deferred)
 
     def snapshot(self) -> BufferStats:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import math
 import os
 import sqlite3
@@ -38,6 +39,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 from typing import Final
+
+log = logging.getLogger(__name__)
 
 
 class EvictionClass(IntEnum):
@@ -178,16 +181,95 @@ def file_bytes(*paths: Path) -> int:
     return total
 
 
+class DiskSpace:
+    """The byte budget applied to one connection, the reserve, and what a full disk changes.
+
+    The database may use `limit_bytes()`: its share of the cap, or, once the file system was found full,
+    the file's size then (until the file system has room for the reserve again)."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, max_bytes: int, reserve: Reserve) -> None:
+        self._conn = conn
+        self.path = path
+        self.reserve = reserve
+        self.page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        self.budget = ByteBudget.for_cap(max_bytes, self.page_size)
+        self._frozen_pages: int | None = None
+        self._test_pages: int | None = None
+        self.disk_full = 0  # SQLITE_FULL with the file system full (or the test limit met)
+        self.page_limit_full = 0  # SQLITE_FULL with room on the file system: the cap's page limit
+        self._logged = False
+        self.set_cap(max_bytes)
+
+    def set_cap(self, max_bytes: int) -> None:
+        self.budget = ByteBudget.for_cap(max_bytes, self.page_size)
+        self.reserve.size = self.reserve.headroom = self.budget.reserve_bytes
+        self._apply()
+
+    def limit_bytes(self) -> int:
+        pages = min(x for x in (self.budget.db_pages, self._frozen_pages) if x is not None)
+        return pages * self.page_size
+
+    def _apply(self) -> None:
+        self._conn.execute(f"PRAGMA wal_autocheckpoint={self.budget.autocheckpoint_pages}")
+        self._conn.execute(f"PRAGMA journal_size_limit={self.budget.wal_bytes}")
+        pages = self.limit_bytes() // self.page_size
+        self._conn.execute(f"PRAGMA max_page_count={min(pages, self._test_pages or pages)}")
+
+    def pragmas(self) -> dict[str, int | str]:
+        """The connection's settings that durability and the cap rest on (pinned by a test)."""
+        names = ("journal_mode", "synchronous", "wal_autocheckpoint", "journal_size_limit", "max_page_count")
+        return {name: self._conn.execute(f"PRAGMA {name}").fetchone()[0] for name in names}
+
+    def set_test_pages(self, pages: int) -> None:
+        self._test_pages = int(pages)
+        self._apply()
+
+    def restore_reserve(self) -> None:
+        """Re-create the reserve when the file system has room for it twice over; then the database may
+        grow again."""
+        if self.reserve.restore() and self._frozen_pages is not None:
+            self._frozen_pages = None
+            self._apply()
+
+    def on_full(self) -> None:
+        """SQLITE_FULL (after the rollback): a full file system, or the cap's page limit."""
+        page_count = int(self._conn.execute("PRAGMA page_count").fetchone()[0])
+        test_limit = self._test_pages is not None and self._test_pages < self.budget.db_pages
+        room = 2 * max(self.budget.txn_bytes, self.reserve.size)
+        if not test_limit and free_disk_bytes(self.path.parent) > room:
+            self.page_limit_full += 1
+            return
+        self.disk_full += 1
+        if not self._logged:
+            self._logged = True
+            log.warning(
+                "buffer disk full at %s; releasing the reserve, evicting old rows to make room "
+                "(further times only counted)",
+                self.path,
+            )
+        self.reserve.release()
+        # Pages appended since the last checkpoint live in the WAL only; copying them needs the database
+        # file to grow. Do it now, with the reserve's room, and truncate the WAL: from here on neither file
+        # needs new blocks (the database may not grow, the WAL refills the room it gave back).
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as err:
+            log.debug("buffer checkpoint on a full disk failed: %s", err)
+        if self._frozen_pages is None or page_count < self._frozen_pages:
+            self._frozen_pages = page_count
+            self._apply()
+
+
 class Reserve:
     """A preallocated file the buffer gives back to the file system when the disk is full.
 
     Released, it lets the WAL and the free list be written so rows can still be deleted; it is re-created
     (`restore()`) once the file system again has room for it and the WAL budget besides."""
 
-    def __init__(self, path: Path, size: int, headroom: int) -> None:
+    def __init__(self, path: Path, size: int) -> None:
         self.path = path
         self.size = size
-        self.headroom = headroom
+        self.headroom = size
         self.releases = 0
 
     @property
