@@ -88,6 +88,8 @@ BUFFER_DISK_FULL: Final = Counter(
     "Buffer transactions that met SQLITE_FULL, per cause (filesystem: the disk; page_limit: the cap)",
     ["cause"],
 )
+for _cause in ("filesystem", "page_limit"):
+    BUFFER_DISK_FULL.labels(_cause)  # exported at 0 from the start: an alert rule can watch the series
 BUFFER_RESERVE_PRESENT: Final = Gauge(
     "voltgate_buffer_reserve_present", "1 while the buffer's disk reserve file is in place, 0 while released"
 )

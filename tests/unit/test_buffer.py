@@ -189,8 +189,10 @@ async def test_worker_runs_sqlite_on_its_own_thread(tmp_path: Path) -> None:
     assert await worker.commit_derived([Alert(1.0, "r", "info", False, math.nan, "")]) == 1
     assert [r.seq for r in await worker.pending(10, (Kind.SAMPLE,))] == [0, 1, 2, 3, 4]
     assert await worker.acknowledge([0, 1]) == 2
+    assert await worker.discard([2]) == 1
+    assert await worker.count_pending((Kind.SAMPLE,)) == 2
     assert await worker.committed_seq() == 6
-    assert (await worker.snapshot()).rows == 4
+    assert (await worker.snapshot()).rows == 3
     await worker.close()
 
 
