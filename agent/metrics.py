@@ -72,6 +72,37 @@ OLDEST_UNSENT_AGE: Final = Gauge(
     "voltgate_buffer_oldest_unsent_age_seconds",
     "Wall clock minus source time of the oldest unsent record",
 )
+BUFFER_DISK_BYTES: Final = Gauge(
+    "voltgate_buffer_disk_bytes",
+    "Bytes the buffer's files take on disk, per file (db, wal, reserve; the cap covers all three)",
+    ["file"],
+)
+BUFFER_CAP_BYTES: Final = Gauge(
+    "voltgate_buffer_cap_bytes", "The buffer's byte cap (database + WAL + reserve)"
+)
+BUFFER_EVICTED_BYTES: Final = Counter(
+    "voltgate_buffer_evicted_bytes", "Database bytes freed by eviction (as measured in pages)"
+)
+BUFFER_DISK_FULL: Final = Counter(
+    "voltgate_buffer_disk_full_events",
+    "Buffer transactions that met SQLITE_FULL, per cause (filesystem: the disk; page_limit: the cap)",
+    ["cause"],
+)
+for _cause in ("filesystem", "page_limit"):
+    BUFFER_DISK_FULL.labels(_cause)  # exported at 0 from the start: an alert rule can watch the series
+BUFFER_RESERVE_PRESENT: Final = Gauge(
+    "voltgate_buffer_reserve_present", "1 while the buffer's disk reserve file is in place, 0 while released"
+)
+BUFFER_RESERVE_RELEASES: Final = Counter(
+    "voltgate_buffer_reserve_releases", "Times the buffer released its disk reserve on a full disk"
+)
+BUFFER_ACK_DEFERRED: Final = Gauge(
+    "voltgate_buffer_ack_deferred",
+    "Acknowledged records whose delete failed (disk full): kept out of sending, deleted on a later try",
+)
+BUFFER_ACK_DELETE_FAILURES: Final = Counter(
+    "voltgate_buffer_ack_delete_failures", "Deletes of acknowledged records that failed and were deferred"
+)
 
 # --- uplink (agent/uplink.py) -----------------------------------------------------------------------------
 

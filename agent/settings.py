@@ -77,7 +77,8 @@ class BufferSettings(_Section):
     """The durable SQLite buffer (see `agent.buffer`)."""
 
     path: Path = Path("/var/lib/voltgate/buffer.sqlite3")
-    max_bytes: int = Field(default=512 * 1024 * 1024, ge=256 * 1024)  # cap on the database's used pages
+    # cap on the buffer's disk use: database file + WAL + disk reserve (see agent.buffer_space.ByteBudget)
+    max_bytes: int = Field(default=512 * 1024 * 1024, ge=256 * 1024)
     commit_interval_s: float = Field(default=0.5, gt=0, le=1.0)  # at most this much data in flight at kill -9
 
 

@@ -12,8 +12,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.buffer import BufferWorker, EvictionClass, Kind, SampleBuffer
+from agent.buffer_space import ByteBudget
 from agent.records import Alert, Prediction, Sample
 from protocols.catalog import Priority
 from protocols.wire import AlertRecord, PredictionRecord, SampleRecord
@@ -128,12 +131,14 @@ def test_byte_cap_evicts_routine_then_normal_then_critical_then_derived(tmp_path
     assert not evicted_by_class()[EvictionClass.DERIVED], "predictions and alerts go last"
 
     # WHEN a commit goes over a cap below what the derived rows alone need
-    buffer.max_bytes = 28 * 1024  # a few pages beyond the empty schema
-    class_of[buffer.append(_sample(99_999, Priority.CRITICAL))] = EvictionClass.CRITICAL
-    buffer.commit()
-    # THEN every sample went before the first prediction or alert, oldest first
+    buffer.max_bytes = 8 * 4096 + buffer.budget.wal_bytes + buffer.budget.reserve_bytes  # 8 pages of data
+    incoming = buffer.append(_sample(99_999, Priority.CRITICAL))
+    assert buffer.commit() == 1
+    # THEN every sample went before the first prediction or alert, oldest first; the incoming row, which the
+    # room was made for, is kept
     assert_eviction_order()
     assert evicted_by_class()[EvictionClass.DERIVED]
+    assert incoming in {r.seq for r in buffer.pending(1_000_000)}
     buffer.close()
 
 
@@ -184,8 +189,10 @@ async def test_worker_runs_sqlite_on_its_own_thread(tmp_path: Path) -> None:
     assert await worker.commit_derived([Alert(1.0, "r", "info", False, math.nan, "")]) == 1
     assert [r.seq for r in await worker.pending(10, (Kind.SAMPLE,))] == [0, 1, 2, 3, 4]
     assert await worker.acknowledge([0, 1]) == 2
+    assert await worker.discard([2]) == 1
+    assert await worker.count_pending((Kind.SAMPLE,)) == 2
     assert await worker.committed_seq() == 6
-    assert (await worker.snapshot()).rows == 4
+    assert (await worker.snapshot()).rows == 3
     await worker.close()
 
 
@@ -242,3 +249,182 @@ def test_kill_9_never_loses_or_duplicates_a_committed_row(tmp_path: Path) -> Non
         with sqlite3.connect(path) as conn:
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         last_committed = len(seqs)
+
+
+def test_marks_are_written_with_the_next_commit_and_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "b.sqlite3"
+    buffer = SampleBuffer(path, BIG)
+    assert buffer.get_mark("replay.line") is None
+    buffer.append(_sample(0))
+    buffer.mark("replay.line", 10)
+    assert buffer.get_mark("replay.line") is None, "staged, not yet committed"
+    buffer.commit()
+    assert buffer.get_mark("replay.line") == 10
+    buffer.mark("replay.line", 7)  # last written value wins, even when smaller
+    buffer.commit()  # no rows staged: the marks alone are written
+    assert buffer.get_mark("replay.line") == 7
+    buffer.append(_sample(1))
+    buffer.mark("replay.line", 99)  # staged, then the process dies: the mark goes with its rows
+    buffer.close()
+    buffer = SampleBuffer(path, BIG)
+    assert buffer.get_mark("replay.line") == 7
+    assert [r.seq for r in buffer.pending(10)] == [0]
+    buffer.close()
+
+
+async def test_worker_commits_samples_and_marks_together(tmp_path: Path) -> None:
+    worker = BufferWorker(tmp_path / "b.sqlite3", BIG)
+    await worker.open()
+    try:
+        assert await worker.commit_samples([_sample(0), _sample(1)], {"replay.line": 2}) == 2
+        assert await worker.get_mark("replay.line") == 2
+        assert await worker.get_mark("other") is None
+    finally:
+        await worker.close()
+
+
+def test_pragmas_are_pinned(tmp_path: Path) -> None:
+    # A buffer with synchronous=OFF would pass every other test; this one would not.
+    buffer = SampleBuffer(tmp_path / "b.sqlite3", 64 * 1024 * 1024)
+    budget = buffer.budget
+    assert buffer.pragmas() == {
+        "journal_mode": "wal",
+        "synchronous": 2,  # FULL: committed means durable (see the module docstring)
+        "wal_autocheckpoint": budget.autocheckpoint_pages,
+        "journal_size_limit": budget.wal_bytes,
+        "max_page_count": budget.db_pages,
+    }
+    assert budget.autocheckpoint_pages * 4096 + budget.txn_bytes < budget.wal_bytes
+    buffer.close()
+
+
+@given(st.integers(min_value=256 * 1024, max_value=1 << 40))
+def test_the_budget_parts_add_up_to_at_most_the_cap(max_bytes: int) -> None:
+    budget = ByteBudget.for_cap(max_bytes)
+    assert budget.db_bytes + budget.wal_bytes + budget.reserve_bytes <= max_bytes
+    assert budget.db_bytes >= max_bytes // 2, "the database gets most of the cap"
+    assert budget.wal_bytes // 4096 < 4_000, "the -shm index never grows past its first 32 KiB"
+
+
+def _mixed(buffer: SampleBuffer, rng: random.Random, start: int, count: int) -> None:
+    names = (
+        "Vehicle.Speed",
+        "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current",
+        "Vehicle.Cabin.Temp",
+    )
+    for i in range(start, start + count):
+        if rng.random() < 0.03:
+            buffer.append_alert(Alert(1.7e9 + i, "low_soc", "warning", True, 1.0, "SOC low"))
+        else:
+            buffer.append(_sample(i, rng.choice(list(Priority)), rng.choice(names)))
+
+
+def test_database_and_wal_stay_within_the_cap_over_a_long_run(tmp_path: Path) -> None:
+    # GIVEN a 1 MiB cap and far more data than fits, committed in commits of varying size
+    cap = 1024 * 1024
+    buffer = SampleBuffer(tmp_path / "b.sqlite3", cap)
+    rng = random.Random(5)
+    worst, written = 0, 0
+    for _ in range(150):
+        count = rng.randint(20, 1_500)
+        _mixed(buffer, rng, written, count)
+        written += count
+        assert buffer.commit() == count, "never stuck, nothing dropped"
+        stats = buffer.snapshot()
+        worst = max(worst, stats.disk_bytes + stats.reserve_bytes)
+    # THEN database + WAL (+ reserve) never went more than 10 % over the cap, and the cap was used
+    assert worst <= cap * 1.1, f"{worst} bytes on disk for a {cap}-byte cap"
+    assert stats.disk_bytes + stats.reserve_bytes >= cap * 0.8
+    assert stats.wal_bytes <= buffer.budget.wal_bytes
+    assert sum(stats.evicted.values()) > written // 2
+    buffer.close()
+
+
+def _cap_for_database(db_bytes: int) -> int:
+    """The cap whose database share is `db_bytes` (the WAL and reserve shares grow with the cap)."""
+    cap = db_bytes
+    for _ in range(4):
+        cap += db_bytes - ByteBudget.for_cap(cap).db_bytes
+    return cap
+
+
+def test_eviction_frees_what_is_needed_within_10_percent(tmp_path: Path) -> None:
+    # GIVEN a buffer full of interleaved rows of every class
+    buffer = SampleBuffer(tmp_path / "b.sqlite3", BIG)
+    rng = random.Random(11)
+    _mixed(buffer, rng, 0, 60_000)
+    buffer.commit()
+    for fraction in (0.19, 0.05, 0.3):
+        before = buffer.snapshot()
+        # WHEN the cap drops so that `fraction` of the used bytes must go
+        used = buffer.used_bytes()
+        buffer.max_bytes = _cap_for_database(used - int(used * fraction))
+        need = used - buffer.budget.db_bytes
+        freed = buffer.enforce_cap()
+        after = buffer.snapshot()
+        # THEN it freed what was needed and at most 10 % more, measured in bytes and in rows
+        assert need <= freed <= need * 1.1, (fraction, need, freed)
+        assert after.evicted_bytes - before.evicted_bytes == freed
+        evicted_rows = sum(after.evicted.values()) - sum(before.evicted.values())
+        assert evicted_rows == before.rows - after.rows
+        assert evicted_rows / before.rows <= (need / used) * 1.1, (fraction, evicted_rows, before.rows)
+    buffer.close()
+
+
+def test_a_failed_acknowledgement_delete_is_remembered_never_resent_and_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "b.sqlite3"
+    buffer = SampleBuffer(path, BIG)
+    buffer.append_samples(_sample(i) for i in range(10))
+    buffer.append_alert(Alert(20.0, "r", "info", True, 1.0, ""))
+    buffer.commit()
+    # GIVEN deletes fail (a real SQLite error, as a full disk gives one)
+    buffer._conn.execute(
+        "CREATE TRIGGER no_delete BEFORE DELETE ON records BEGIN SELECT RAISE(ABORT, 'no room'); END"
+    )
+    # WHEN rows are acknowledged
+    assert buffer.acknowledge([0, 1, 2, 10, 99]) == 4
+    assert buffer.acknowledge([1]) == 0, "acknowledging twice is harmless"
+    # THEN they are never offered again, nor counted, though still in the file
+    assert [r.seq for r in buffer.pending(100)] == [3, 4, 5, 6, 7, 8, 9]
+    assert [r.seq for r in buffer.pending(2)] == [3, 4]
+    assert buffer.count_pending() == 7
+    assert buffer.count_pending((Kind.ALERT,)) == 0
+    stats = buffer.snapshot()
+    assert (stats.rows, stats.ack_deferred, stats.ack_delete_failures) == (7, 4, 2)
+    assert len(_all_seqs(path)) == 11
+    assert sum(1 for r in caplog.records if "could not delete acknowledged" in r.getMessage()) == 1
+    # WHEN deletes work again THEN the next call deletes them
+    buffer._conn.execute("DROP TRIGGER no_delete")
+    buffer.append(_sample(11))
+    assert buffer.commit() == 1
+    assert _all_seqs(path) == [3, 4, 5, 6, 7, 8, 9, 11]
+    assert buffer.snapshot().ack_deferred == 0
+    buffer.close()
+
+
+def test_a_file_of_the_rowid_layout_is_converted_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "b.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE [records] ([seq] INTEGER PRIMARY KEY, [kind] INTEGER NOT NULL, [ts_ms] INTEGER "
+            "NOT NULL, [name] TEXT NOT NULL, [value] FLOAT, [evict] INTEGER NOT NULL, [extra] TEXT)"
+        )
+        conn.execute("CREATE INDEX records_by_eviction ON records (evict, seq)")
+        conn.execute("CREATE TABLE [meta] ([key] TEXT PRIMARY KEY, [value] INTEGER)")
+        conn.executemany(
+            "INSERT INTO records VALUES (?, 0, ?, 'Vehicle.Speed', ?, ?, NULL)",
+            [(i, 1000 * i, float(i), i % 3) for i in range(5)],
+        )
+        conn.execute("INSERT INTO meta VALUES ('next_seq', 7)")
+    buffer = SampleBuffer(path, BIG)
+    assert [r.seq for r in buffer.pending(10)] == [0, 1, 2, 3, 4]
+    assert buffer.next_seq == 7
+    assert buffer.snapshot().rows == 5
+    buffer.close()
+    with sqlite3.connect(path) as conn:
+        assert (
+            "WITHOUT ROWID"
+            in conn.execute("SELECT sql FROM sqlite_master WHERE name = 'records'").fetchone()[0]
+        )
