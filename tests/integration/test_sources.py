@@ -22,6 +22,7 @@ from typing import TypeVar
 
 import can
 import pytest
+from prometheus_client import REGISTRY
 
 from agent.decode import Decoder
 from agent.records import Frame, Sample
@@ -425,6 +426,7 @@ async def test_gps_from_pty_with_garbage_and_port_removal(tmp_path: Path) -> Non
     source = GpsSource(GpsSettings(enabled=True, port=str(link), baudrate=9600), CATALOG, **FAST_BACKOFF)
     samples: asyncio.Queue[Sample] = asyncio.Queue(maxsize=10_000)
     garbage = b"\x00\xff\xb5\x62\x01\x07garbage\r\n$GPRMC,12*00\r\n"  # binary, a UBX header, a bad sentence
+    rmc_before = gps_metric("voltgate_gps_sentences_total", result="RMC")
     stream = garbage + (NMEA / "neo-m8n.log").read_bytes()
     expected = expected_samples(stream)
     assert len(expected) >= 5  # a receiver standing still: the policy keeps few
@@ -437,11 +439,18 @@ async def test_gps_from_pty_with_garbage_and_port_removal(tmp_path: Path) -> Non
             assert all(s.ts > 1.4e9 for s in got)  # GPS time of the 2015 capture, not the gateway clock
             assert source.nmea_counts["garbage"] >= 1 and source.nmea_counts["RMC"] > 20
             assert source.sampler.stats.fixes > 20
+            # AND what was accepted and skipped is exported, by sentence type and by reason
+            assert gps_metric("voltgate_gps_sentences_total", result="RMC") - rmc_before >= 20
+            for reason in ("garbage", "checksum"):
+                assert source.nmea_counts[reason] >= 1
+                assert gps_metric("voltgate_gps_sentences_total", result=reason) >= source.nmea_counts[reason]
+            assert gps_metric("voltgate_source_up", source="gps") == 1.0
 
             # WHEN the receiver disappears THEN the port is retried; WHEN it is back THEN data flows
             port.unplug()
             link.unlink()
             await eventually(lambda: source.stats.failures >= 2, "the lost port and a failed reopen")
+            assert gps_metric("voltgate_source_up", source="gps") == 0.0
             port = NmeaPort()
             plug(link, port.path)
             await eventually(lambda: source.stats.reconnects == 1, "the GPS port to reopen")
@@ -449,5 +458,11 @@ async def test_gps_from_pty_with_garbage_and_port_removal(tmp_path: Path) -> Non
             await asyncio.to_thread(port.write, later)
             more = await take(samples, 1, "samples after the reconnect")
             assert more[0].ts > got[-1].ts
+            assert gps_metric("voltgate_source_up", source="gps") == 1.0
     finally:
         port.unplug()
+    assert gps_metric("voltgate_source_up", source="gps") == 0.0  # stopped
+
+
+def gps_metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
