@@ -9,7 +9,9 @@ pty. Waits are bounded and say what they waited for; nothing asserts on duration
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import random
 import select
 import threading
 import time
@@ -25,12 +27,13 @@ import pytest
 from prometheus_client import REGISTRY
 
 from agent.decode import Decoder
+from agent.logfiles import FrameLog
 from agent.records import Frame, Sample
 from agent.settings import CanBusSettings, GpsSettings, ReplaySettings
 from agent.sources import SourceError
 from agent.sources.can import CanSource, catalog_filters
 from agent.sources.gps import FixSampler, GpsSource
-from agent.sources.replay import ReplayError, ReplaySource
+from agent.sources.replay import ReplayError, ReplayFrameQueue, ReplaySource, TallyQueue
 from protocols.catalog import DEFAULT_CATALOG, load_catalog
 from protocols.nmea import NmeaReader
 
@@ -391,6 +394,88 @@ async def test_replay_then_decode_through_the_same_stage(tmp_path: Path) -> None
     speed = [s for s in kept if s.signal == "Vehicle.Speed"]
     assert speed[0].ts == T0 and len(speed) >= 1  # constant speed: first value, then heartbeats only
     assert decoder.stats.samples_suppressed > 0
+
+
+def write_varied_log(path: Path, count: int) -> None:
+    """Frames whose values move (several samples per frame), then a still tail (frames with none)."""
+    with can.Logger(path) as logger:
+        for i in range(count):
+            moving = i < count - 40
+            if i % 2 == 0:
+                name, values = "CCVS1", {**SPEED, "WheelBasedVehicleSpeed": (i % 90) if moving else 10.0}
+            else:
+                power = float(i % 50) if moving else 1.0
+                name, values = (
+                    "MCU_Status",
+                    {**MOTOR, "MotorSpeed": 40 * (i % 60) if moving else 0, "MotorPower": power},
+                )
+            frame_id, extended, data = encode(name, values)
+            message = can.Message(
+                timestamp=T0 + i * 0.5, arbitration_id=frame_id, is_extended_id=extended, data=data, channel=0
+            )
+            logger.on_message_received(message)
+
+
+async def test_replay_position_never_claims_a_frame_whose_samples_are_not_all_taken(tmp_path: Path) -> None:
+    path = tmp_path / "varied.log"
+    write_varied_log(path, 400)
+    reference = Decoder(CATALOG)
+    with FrameLog(path, "replay") as log_frames:
+        per_frame = [len(reference.process(frame)) for frame in log_frames]
+    assert max(per_frame) >= 2 and per_frame[-30:] == [0] * 30  # frames with several samples, and none
+    # GIVEN a sample queue so small that the decoder waits in the middle of a frame's samples
+    samples: TallyQueue[Sample] = TallyQueue(maxsize=2)
+    frames = ReplayFrameQueue(16, samples)
+    source = ReplaySource(ReplaySettings(path=path), CATALOG, chunk_frames=32)
+    decoder = Decoder(CATALOG, bus="replay")
+    rng = random.Random(5)
+    position, checks = 0, 0
+    async with running(
+        ("decode", lambda: decoder.run(frames, samples)), ("replay", lambda: source.run(frames))
+    ):
+        async with asyncio.timeout(WAIT_S):
+            while position < len(per_frame):
+                # WHEN a committer takes a few samples at a time and asks how far they reach
+                for _ in range(min(rng.randint(0, 3), samples.qsize())):
+                    samples.get_nowait()
+                position = frames.position_within(samples.taken_total) or position
+                # THEN every sample of every frame before the position was taken
+                assert sum(per_frame[:position]) <= samples.taken_total
+                checks += 1
+                await asyncio.sleep(0)
+    # AND the position reaches the end, the still tail included
+    assert position == len(per_frame) and samples.taken_total == sum(per_frame) and checks > 100
+
+
+async def test_replay_position_freezes_when_the_decoder_is_cancelled_mid_frame() -> None:
+    samples: TallyQueue[Sample] = TallyQueue(maxsize=1)
+    frames = ReplayFrameQueue(4, samples)
+    decoder = Decoder(CATALOG, bus="replay")
+    frame_id, extended, data = encode("MCU_Status", MOTOR)  # four signals: four samples
+    frames.put_nowait(Frame("replay", T0, frame_id, extended, data))
+    task = asyncio.create_task(decoder.run(frames, samples))
+    await eventually(lambda: samples.full(), "the decoder to wait with a frame half-delivered")
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    # the frame's other samples never reached the queue: its position must not count as stored
+    assert frames.position_within(10**9) is None
+
+
+async def test_a_resumed_replay_warms_up_on_the_stored_frames_and_plays_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "day.log"
+    records = write_log(path, 300)
+    warmed: list[Frame] = []
+    source = ReplaySource(
+        ReplaySettings(path=path), CATALOG, chunk_frames=64, start_position=170, warm_up=warmed.extend
+    )
+    frames: asyncio.Queue[Frame] = asyncio.Queue()
+    async with asyncio.timeout(WAIT_S):
+        await source.run(frames)
+    played = [frames.get_nowait() for _ in range(frames.qsize())]
+    assert [f.ts for f in warmed] == pytest.approx([r[0] for r in records[:170]])
+    assert [f.ts for f in played] == pytest.approx([r[0] for r in records[170:]])
+    assert source.finished and source.stats.frames == 130
 
 
 # --------------------------------------------------------------------------- GPS over a pty
