@@ -26,6 +26,7 @@ python-can does).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -46,9 +47,11 @@ CR: Final = 0x0D
 BEL: Final = 0x07
 TIMESTAMP_DIGITS: Final = 4
 MAX_LINE_BYTES: Final = 1 + 8 + 1 + 2 * 64 + TIMESTAMP_DIGITS  # "B" + id + dlc + 64 bytes + timestamp
-_HEX: Final = frozenset(b"0123456789abcdefABCDEF")
+_HEX_DIGITS: Final = re.compile(rb"[0-9a-fA-F]*")
+_PRINTABLE: Final = re.compile(rb"[\x20-\x7e]*")
 _RESYNC_LETTERS: Final = b"tTrRx"  # frame letters that are not hex digits (see the module docstring)
 _STANDARD: Final = frozenset(b"trdb")
+_LINE_END: Final = re.compile(rb"[\r\x07]")
 
 
 class BadLineReason(StrEnum):
@@ -81,7 +84,7 @@ class BadLine:
 
 def parse_slcan_line(line: bytes) -> SlcanFrame | BadLine:
     """One SLCAN frame line, without its CR. Pure; never raises."""
-    if not line or any(b < 0x20 or b > 0x7E for b in line):
+    if not line or not _PRINTABLE.fullmatch(line):
         return BadLine(BadLineReason.NOT_ASCII if line else BadLineReason.BAD_LENGTH, line)
     letter = line[0]
     if letter not in b"tTxrRdDbB":
@@ -125,7 +128,7 @@ def parse_slcan_line(line: bytes) -> SlcanFrame | BadLine:
 
 
 def _is_hex(chars: bytes) -> bool:
-    return all(c in _HEX for c in chars)
+    return _HEX_DIGITS.fullmatch(chars) is not None
 
 
 def _resync(line: bytes) -> SlcanFrame | None:
@@ -147,14 +150,18 @@ class SlcanLineReader:
 
     def feed(self, data: bytes) -> list[SlcanFrame | BadLine]:
         out: list[SlcanFrame | BadLine] = []
-        for byte in data:
-            if byte in (CR, BEL):
-                self._end_line(out, error=byte == BEL)
-                continue
-            self._line.append(byte)
-            if len(self._line) > MAX_LINE_BYTES:
-                self._cut(out)
+        pos = 0
+        for end in _LINE_END.finditer(data):
+            self._extend(data[pos : end.start()], out)
+            self._end_line(out, error=data[end.start()] == BEL)
+            pos = end.end()
+        self._extend(data[pos:], out)
         return out
+
+    def _extend(self, part: bytes, out: list[SlcanFrame | BadLine]) -> None:
+        self._line += part
+        while len(self._line) > MAX_LINE_BYTES:
+            self._cut(out)
 
     def _end_line(self, out: list[SlcanFrame | BadLine], *, error: bool) -> None:
         line = bytes(self._line)
