@@ -12,6 +12,9 @@ TaskGroup, and shuts them down in stages.
 Queues are bounded. Sources never wait: a full `frames:{bus}` queue drops the frame and the source counts
 it (`voltgate_queue_drops{queue="frames:…"}`); the decoder and the committer apply backpressure upstream.
 The taps never hold the committer back either: a full tap drops the sample (`{queue="tap:…"}`).
+A replay's frame queue and the sample queue count what passes, so each commit also records, in the same
+transaction, the replay position its samples reach (`replay:<name>`; see `agent.sources.replay`), and a
+restarted replay resumes there.
 
 Shutdown (SIGTERM/SIGINT), each stage bounded by `STOP_TIMEOUTS`, whose sum stays under systemd's
 `TimeoutStopSec` (`SYSTEMD_TIMEOUT_STOP_S`): stop sources → drain the frame queues through the decoders →
@@ -27,7 +30,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Final, Protocol, TypeVar
@@ -38,13 +41,13 @@ from prometheus_client import Counter
 from agent import metrics
 from agent.alerts import AlertStage
 from agent.buffer import BufferStats, BufferWorker, EvictionClass
-from agent.decode import Decoder
+from agent.decode import Decoder, DecodeStats
 from agent.inference import InferenceStage
 from agent.records import SEVERITIES, Alert, Frame, Prediction, Sample
 from agent.settings import AgentSettings, ConfigError
 from agent.sources.can import CanSource
 from agent.sources.gps import GpsSource
-from agent.sources.replay import ReplaySource
+from agent.sources.replay import ReplayFrameQueue, ReplaySource, TallyQueue, position_mark
 from agent.uplink import Uplink, filter_closed_socket_watchers
 from protocols.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from protocols.errors import CatalogError, DbcError
@@ -180,7 +183,8 @@ class Agent:
     def __init__(self, settings: AgentSettings, *, stop_timeouts: StopTimeouts = STOP_TIMEOUTS) -> None:
         self.settings = settings
         self.stop_timeouts = stop_timeouts
-        self.samples: asyncio.Queue[Sample] = asyncio.Queue(SAMPLE_QUEUE_MAX)
+        self.samples: TallyQueue[Sample] = TallyQueue(SAMPLE_QUEUE_MAX)  # counts: see agent.sources.replay
+        self.replay_queues: dict[str, ReplayFrameQueue] = {}
         self.derived: asyncio.Queue[Prediction | Alert] = asyncio.Queue(DERIVED_QUEUE_MAX)
         self.health = metrics.Health(stale_after_s=max(10.0, 10 * settings.buffer.commit_interval_s))
         self.buffer = BufferWorker(settings.buffer.path, settings.buffer.max_bytes)
@@ -223,12 +227,20 @@ class Agent:
         frame_sources: list[tuple[str, CanSource | ReplaySource]] = [
             (bus.name, CanSource(bus, catalogs[bus.name])) for bus in settings.can
         ]
-        frame_sources += [(log_.name, ReplaySource(log_, catalogs[log_.name])) for log_ in settings.replay]
+        names = [bus.name for bus in settings.can] + [log_.name for log_ in settings.replay]
+        decoders = {name: Decoder(catalogs[name], bus=name) for name in names}
+        for log_ in settings.replay:  # a replay resumes after the frames whose samples are stored
+            position = await self.buffer.get_mark(position_mark(log_.name)) or 0
+            self.replay_queues[log_.name] = ReplayFrameQueue(
+                FRAME_QUEUE_MAX, self.samples, start_position=position
+            )
+            warm_up = _policy_warm_up(decoders[log_.name])
+            replay = ReplaySource(log_, catalogs[log_.name], start_position=position, warm_up=warm_up)
+            frame_sources.append((log_.name, replay))
         gps = GpsSource(settings.gps, catalogs["gps"]) if settings.gps.enabled else None
         frame_queues: dict[str, asyncio.Queue[Frame]] = {
-            name: asyncio.Queue(FRAME_QUEUE_MAX) for name, _ in frame_sources
+            name: self.replay_queues.get(name) or asyncio.Queue(FRAME_QUEUE_MAX) for name, _ in frame_sources
         }
-        decoders = {name: Decoder(catalogs[name], bus=name) for name, _ in frame_sources}
         sources: list[_Source] = [source for _, source in frame_sources] + ([gps] if gps else [])
         alerts, inference = self._build_analysis()
         self.alert_stage, self.inference_stage = alerts, inference
@@ -352,7 +364,8 @@ class Agent:
     # --- committers ----------------------------------------------------------------------------------
 
     async def _commit_samples(self, uplink: Uplink) -> None:
-        """Every `commit_interval_s`: move what the decoders produced into the buffer, in one commit."""
+        """Every `commit_interval_s`: move what the decoders produced into the buffer, in one commit, with
+        each replay's position up to which the commit holds all of its samples (`replay:<name>`)."""
         interval = self.settings.buffer.commit_interval_s
         while True:
             stopping = self._committer_stop.is_set()
@@ -360,14 +373,24 @@ class Agent:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._committer_stop.wait(), timeout=interval)
             batch = _drain_now(self.samples, SAMPLE_QUEUE_MAX)
-            if batch:
+            marks = self._replay_marks()  # before any await: it must describe exactly this batch
+            if batch or marks:
                 self._tap(batch)
-                written = await self.buffer.commit_samples(batch)
+                written = await self.buffer.commit_samples(batch, marks)
                 metrics.SAMPLES_BUFFERED.inc(written)
-                uplink.notify()
+                if written:
+                    uplink.notify()
             self.health.beat()
             if stopping and self.samples.empty():
                 return
+
+    def _replay_marks(self) -> dict[str, int]:
+        taken = self.samples.taken_total
+        marks: dict[str, int] = {}
+        for name, queue in self.replay_queues.items():
+            if (position := queue.position_within(taken)) is not None:
+                marks[position_mark(name)] = position
+        return marks
 
     async def _commit_derived(self, uplink: Uplink) -> None:
         """Predictions and alerts are committed as they come: an alert must not wait for a timer."""
@@ -485,6 +508,22 @@ class _DecodeStats(Protocol):
 class _StatsDecoder(Protocol):
     @property
     def stats(self) -> _DecodeStats: ...
+
+
+def _policy_warm_up(decoder: Decoder) -> Callable[[Sequence[Frame]], None]:
+    """For a resumed replay: the frames it skips go through the decoder's sampling policy so that its state
+    is the one an uninterrupted run would have; their samples were stored by an earlier run and are
+    dropped, and this run's decode counters do not count them."""
+
+    def warm_up(frames: Sequence[Frame]) -> None:
+        counted, decoder.stats = decoder.stats, DecodeStats()
+        try:
+            for frame in frames:
+                decoder.process(frame)
+        finally:
+            decoder.stats = counted
+
+    return warm_up
 
 
 def _drain_now(queue: asyncio.Queue[_Q], limit: int) -> list[_Q]:

@@ -39,7 +39,19 @@ FRAME_ERRORS: Final = Counter(
 SAMPLES_DECODED: Final = Counter(
     "voltgate_samples_decoded", "Samples kept by the sampling policy after decoding", ["bus"]
 )
-GPS_SENTENCES: Final = Counter("voltgate_gps_sentences", "NMEA sentences read from the GPS port", ["result"])
+GPS_SENTENCES: Final = Counter(
+    "voltgate_gps_sentences",
+    "NMEA sentences read from the GPS port, per result: the type accepted (RMC, GGA, VTG, GSA) or why it "
+    "was skipped (checksum, garbage, framing, truncated, field, overlong, unsupported, proprietary, untimed, "
+    "orphan, duplicate, undated; see protocols.nmea.NmeaReader)",
+    ["result"],
+)
+CAN_SERIAL_LINES_REJECTED: Final = Counter(
+    "voltgate_can_serial_lines_rejected",
+    "Malformed SLCAN lines skipped on a CAN serial port, per reason (not_ascii, unknown_type, bad_id, "
+    "bad_dlc, bad_hex, bad_length, overlong, adapter_error; see agent.sources.slcan)",
+    ["bus", "reason"],
+)
 SOURCE_RECONNECTS: Final = Counter(
     "voltgate_source_reconnects", "Source links (CAN adapter, serial port) lost and re-opened", ["source"]
 )

@@ -1,7 +1,9 @@
 """Sources: where frames and fixes enter the agent (CAN buses, recorded logs, the GPS receiver).
 
 What the sources share lives here: counters and the reconnect policy (tenacity exponential backoff with
-full jitter; one log line when a link fails, one when it recovers). The python-can message → `Frame`
+full jitter; one log line when a link fails, one when it recovers). `Link` also sets
+`voltgate_source_up{source}`: 1 from a successful open until the link is lost, 0 while it is down or
+reconnecting and after the source stopped. The python-can message → `Frame`
 conversion is `agent.records.frame_from_message`, shared with the `decode` CLI.
 """
 
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+
+from agent import metrics
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +66,11 @@ class Link:
         backoff_initial_s: float,
         backoff_max_s: float,
         stopping: asyncio.Event,
+        label: str,
     ) -> None:
         self.what = what
+        self._up = metrics.SOURCE_UP.labels(label)
+        self._up.set(0)
         self.stats = stats
         self.errors = errors
         self.backoff_initial_s = backoff_initial_s
@@ -95,10 +102,15 @@ class Link:
     def lost(self, err: BaseException) -> None:
         """An open link failed (adapter unplugged, port gone)."""
         self.stats.failures += 1
+        self._up.set(0)
         if not self.down:
             self.down = True
             self._failed_attempts = 0
             log.warning("%s: link lost (%s); reconnecting with backoff", self.what, _describe(err))
+
+    def closed(self) -> None:
+        """The source stopped: its link is closed on purpose."""
+        self._up.set(0)
 
     def _attempt_failed(self, state: RetryCallState) -> None:
         err = state.outcome.exception() if state.outcome is not None else None
@@ -112,6 +124,7 @@ class Link:
 
     def _connected(self) -> None:
         self.stats.connects += 1
+        self._up.set(1)
         if self.down:
             self.down = False
             self.stats.reconnects += 1

@@ -6,7 +6,10 @@ delivers each message on the loop, where it becomes a `Frame` (interface timesta
 the bounded outbox; a full outbox drops the frame, counted in `stats.dropped`.
 
 A failing link (adapter unplugged, serial port gone, socket error) is closed and reopened with
-backoff; see `agent.sources.Link`.
+backoff; see `agent.sources.Link`. A malformed line on an SLCAN serial port is not a failing link:
+interface "slcan" is opened as `agent.sources.slcan.TolerantSlcanBus`, which skips and counts bad lines
+(`line_stats`) and delivers every valid frame around them. Every other interface (socketcan, virtual,
+pcan, ...) is python-can's own.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from can.typechecking import CanFilter
 from agent.records import Frame, frame_from_message
 from agent.settings import CanBusSettings
 from agent.sources import Link, SourceError, SourceStats, SourceStoppedError, offer
+from agent.sources.slcan import SlcanLineStats, TolerantSlcanBus
 from protocols.catalog import Catalog
 
 log = logging.getLogger(__name__)
@@ -108,11 +112,13 @@ class CanSource:
         self.catalog = catalog
         self.stats = SourceStats()
         self.poll_timeout_s = poll_timeout_s
+        self.line_stats = SlcanLineStats(settings.name)  # bad SLCAN lines (interface "slcan" only)
         self._stopping = asyncio.Event()
         self._link = Link(
             f"CAN bus {settings.name} ({settings.interface} {settings.channel})",
             self.stats,
             LINK_ERRORS,
+            label=settings.name,
             backoff_initial_s=backoff_initial_s,
             backoff_max_s=backoff_max_s,
             stopping=self._stopping,
@@ -128,23 +134,26 @@ class CanSource:
 
     async def run(self, outbox: asyncio.Queue[Frame]) -> None:
         """Until `stop()` (or cancellation): open the bus, read it into `outbox`, reopen on failure."""
-        while not self._stopping.is_set():
-            try:
-                bus = await self._link.connect(self._open)
-            except SourceStoppedError:
-                return
-            except (ValueError, TypeError, can.CanInterfaceNotImplementedError) as err:
-                s = self.settings
-                raise SourceError(
-                    f"CAN bus {s.name}: python-can refuses interface {s.interface!r} "
-                    f"channel {s.channel!r}: {err}"
-                ) from err
-            try:
-                failure = await self._pump(bus, outbox)
-            finally:
-                await asyncio.to_thread(_shutdown_quietly, bus)
-            if failure is not None:
-                self._link.lost(failure)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    bus = await self._link.connect(self._open)
+                except SourceStoppedError:
+                    return
+                except (ValueError, TypeError, can.CanInterfaceNotImplementedError) as err:
+                    s = self.settings
+                    raise SourceError(
+                        f"CAN bus {s.name}: python-can refuses interface {s.interface!r} "
+                        f"channel {s.channel!r}: {err}"
+                    ) from err
+                try:
+                    failure = await self._pump(bus, outbox)
+                finally:
+                    await asyncio.to_thread(_shutdown_quietly, bus)
+                if failure is not None:
+                    self._link.lost(failure)
+        finally:
+            self._link.closed()  # stopped or cancelled: the link is closed
 
     def _open(self) -> can.BusABC:
         s = self.settings
@@ -153,6 +162,8 @@ class CanSource:
             kwargs["bitrate"] = s.bitrate
         if s.hardware_filters:
             kwargs["can_filters"] = catalog_filters(self.catalog)
+        if s.interface == "slcan":
+            return TolerantSlcanBus(s.channel, line_stats=self.line_stats, **kwargs)
         return can.Bus(interface=s.interface, channel=s.channel, **kwargs)
 
     async def _pump(self, bus: can.BusABC, outbox: asyncio.Queue[Frame]) -> BaseException | None:

@@ -1,7 +1,9 @@
 """The GPS receiver: NMEA 0183 over a serial port → catalog samples.
 
 Bytes are read with pyserial in a worker thread and fed to `protocols.nmea.NmeaReader`, which
-assembles fixes and counts what it skips (`nmea_counts`). Each valid fix becomes samples through
+assembles fixes and counts what it skips (`nmea_counts`); after each read the new counts go to
+`voltgate_gps_sentences{result}` (sentence type accepted, or the reason a line was skipped), and the
+port's state to `voltgate_source_up{source="gps"}`. Each valid fix becomes samples through
 the catalog's GPS entries and their sampling policy, timestamped with the fix time (GPS time,
 never the gateway's clock). A port that fails or disappears is reopened with backoff.
 """
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 
 import serial
 
+from agent import metrics
 from agent.records import Sample
 from agent.settings import GpsSettings
 from agent.sources import Link, SourceStats, SourceStoppedError, offer
@@ -80,6 +83,7 @@ class GpsSource:
         self.stats = SourceStats()  # `frames` counts samples handed on
         self.sampler = FixSampler(catalog)
         self.reader = NmeaReader()
+        self._exported: dict[str, int] = {}  # reader counts already added to voltgate_gps_sentences
         self._stopping = asyncio.Event()
         self._link = Link(
             f"GPS {settings.port}",
@@ -88,6 +92,7 @@ class GpsSource:
             backoff_initial_s=backoff_initial_s,
             backoff_max_s=backoff_max_s,
             stopping=self._stopping,
+            label="gps",
         )
 
     @property
@@ -100,19 +105,23 @@ class GpsSource:
 
     async def run(self, outbox: asyncio.Queue[Sample]) -> None:
         """Until `stop()` (or cancellation): read the receiver, hand samples to `outbox`."""
-        while not self._stopping.is_set():
-            try:
-                port = await self._link.connect(self._open)
-            except SourceStoppedError:
-                return
-            try:
-                failure = await self._pump(port, outbox)
-            finally:
-                await asyncio.to_thread(_close_quietly, port)
-            if failure is not None:
-                self._link.lost(failure)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    port = await self._link.connect(self._open)
+                except SourceStoppedError:
+                    return
+                try:
+                    failure = await self._pump(port, outbox)
+                finally:
+                    await asyncio.to_thread(_close_quietly, port)
+                if failure is not None:
+                    self._link.lost(failure)
+        finally:
+            self._link.closed()  # stopped or cancelled: the link is closed
         for fix in self.reader.flush():
             self._hand_on(fix, outbox)
+        self._export_counts()
 
     def _open(self) -> serial.Serial:
         return serial.Serial(self.settings.port, self.settings.baudrate, timeout=READ_TIMEOUT_S)
@@ -125,7 +134,16 @@ class GpsSource:
                 return err
             for fix in self.reader.feed(data):
                 self._hand_on(fix, outbox)
+            self._export_counts()
         return None
+
+    def _export_counts(self) -> None:
+        """Add what the NMEA reader counted since the last call to `voltgate_gps_sentences`."""
+        for result, count in self.reader.counts.items():
+            new = count - self._exported.get(result, 0)
+            if new:
+                metrics.GPS_SENTENCES.labels(result).inc(new)
+                self._exported[result] = count
 
     def _hand_on(self, fix: GpsFix, outbox: asyncio.Queue[Sample]) -> None:
         for sample in self.sampler.samples(fix):

@@ -9,7 +9,9 @@ pty. Waits are bounded and say what they waited for; nothing asserts on duration
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import random
 import select
 import threading
 import time
@@ -22,14 +24,16 @@ from typing import TypeVar
 
 import can
 import pytest
+from prometheus_client import REGISTRY
 
 from agent.decode import Decoder
+from agent.logfiles import FrameLog
 from agent.records import Frame, Sample
 from agent.settings import CanBusSettings, GpsSettings, ReplaySettings
 from agent.sources import SourceError
 from agent.sources.can import CanSource, catalog_filters
 from agent.sources.gps import FixSampler, GpsSource
-from agent.sources.replay import ReplayError, ReplaySource
+from agent.sources.replay import ReplayError, ReplayFrameQueue, ReplaySource, TallyQueue
 from protocols.catalog import DEFAULT_CATALOG, load_catalog
 from protocols.nmea import NmeaReader
 
@@ -392,6 +396,88 @@ async def test_replay_then_decode_through_the_same_stage(tmp_path: Path) -> None
     assert decoder.stats.samples_suppressed > 0
 
 
+def write_varied_log(path: Path, count: int) -> None:
+    """Frames whose values move (several samples per frame), then a still tail (frames with none)."""
+    with can.Logger(path) as logger:
+        for i in range(count):
+            moving = i < count - 40
+            if i % 2 == 0:
+                name, values = "CCVS1", {**SPEED, "WheelBasedVehicleSpeed": (i % 90) if moving else 10.0}
+            else:
+                power = float(i % 50) if moving else 1.0
+                name, values = (
+                    "MCU_Status",
+                    {**MOTOR, "MotorSpeed": 40 * (i % 60) if moving else 0, "MotorPower": power},
+                )
+            frame_id, extended, data = encode(name, values)
+            message = can.Message(
+                timestamp=T0 + i * 0.5, arbitration_id=frame_id, is_extended_id=extended, data=data, channel=0
+            )
+            logger.on_message_received(message)
+
+
+async def test_replay_position_never_claims_a_frame_whose_samples_are_not_all_taken(tmp_path: Path) -> None:
+    path = tmp_path / "varied.log"
+    write_varied_log(path, 400)
+    reference = Decoder(CATALOG)
+    with FrameLog(path, "replay") as log_frames:
+        per_frame = [len(reference.process(frame)) for frame in log_frames]
+    assert max(per_frame) >= 2 and per_frame[-30:] == [0] * 30  # frames with several samples, and none
+    # GIVEN a sample queue so small that the decoder waits in the middle of a frame's samples
+    samples: TallyQueue[Sample] = TallyQueue(maxsize=2)
+    frames = ReplayFrameQueue(16, samples)
+    source = ReplaySource(ReplaySettings(path=path), CATALOG, chunk_frames=32)
+    decoder = Decoder(CATALOG, bus="replay")
+    rng = random.Random(5)
+    position, checks = 0, 0
+    async with running(
+        ("decode", lambda: decoder.run(frames, samples)), ("replay", lambda: source.run(frames))
+    ):
+        async with asyncio.timeout(WAIT_S):
+            while position < len(per_frame):
+                # WHEN a committer takes a few samples at a time and asks how far they reach
+                for _ in range(min(rng.randint(0, 3), samples.qsize())):
+                    samples.get_nowait()
+                position = frames.position_within(samples.taken_total) or position
+                # THEN every sample of every frame before the position was taken
+                assert sum(per_frame[:position]) <= samples.taken_total
+                checks += 1
+                await asyncio.sleep(0)
+    # AND the position reaches the end, the still tail included
+    assert position == len(per_frame) and samples.taken_total == sum(per_frame) and checks > 100
+
+
+async def test_replay_position_freezes_when_the_decoder_is_cancelled_mid_frame() -> None:
+    samples: TallyQueue[Sample] = TallyQueue(maxsize=1)
+    frames = ReplayFrameQueue(4, samples)
+    decoder = Decoder(CATALOG, bus="replay")
+    frame_id, extended, data = encode("MCU_Status", MOTOR)  # four signals: four samples
+    frames.put_nowait(Frame("replay", T0, frame_id, extended, data))
+    task = asyncio.create_task(decoder.run(frames, samples))
+    await eventually(lambda: samples.full(), "the decoder to wait with a frame half-delivered")
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    # the frame's other samples never reached the queue: its position must not count as stored
+    assert frames.position_within(10**9) is None
+
+
+async def test_a_resumed_replay_warms_up_on_the_stored_frames_and_plays_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "day.log"
+    records = write_log(path, 300)
+    warmed: list[Frame] = []
+    source = ReplaySource(
+        ReplaySettings(path=path), CATALOG, chunk_frames=64, start_position=170, warm_up=warmed.extend
+    )
+    frames: asyncio.Queue[Frame] = asyncio.Queue()
+    async with asyncio.timeout(WAIT_S):
+        await source.run(frames)
+    played = [frames.get_nowait() for _ in range(frames.qsize())]
+    assert [f.ts for f in warmed] == pytest.approx([r[0] for r in records[:170]])
+    assert [f.ts for f in played] == pytest.approx([r[0] for r in records[170:]])
+    assert source.finished and source.stats.frames == 130
+
+
 # --------------------------------------------------------------------------- GPS over a pty
 
 
@@ -425,6 +511,7 @@ async def test_gps_from_pty_with_garbage_and_port_removal(tmp_path: Path) -> Non
     source = GpsSource(GpsSettings(enabled=True, port=str(link), baudrate=9600), CATALOG, **FAST_BACKOFF)
     samples: asyncio.Queue[Sample] = asyncio.Queue(maxsize=10_000)
     garbage = b"\x00\xff\xb5\x62\x01\x07garbage\r\n$GPRMC,12*00\r\n"  # binary, a UBX header, a bad sentence
+    rmc_before = gps_metric("voltgate_gps_sentences_total", result="RMC")
     stream = garbage + (NMEA / "neo-m8n.log").read_bytes()
     expected = expected_samples(stream)
     assert len(expected) >= 5  # a receiver standing still: the policy keeps few
@@ -437,11 +524,18 @@ async def test_gps_from_pty_with_garbage_and_port_removal(tmp_path: Path) -> Non
             assert all(s.ts > 1.4e9 for s in got)  # GPS time of the 2015 capture, not the gateway clock
             assert source.nmea_counts["garbage"] >= 1 and source.nmea_counts["RMC"] > 20
             assert source.sampler.stats.fixes > 20
+            # AND what was accepted and skipped is exported, by sentence type and by reason
+            assert gps_metric("voltgate_gps_sentences_total", result="RMC") - rmc_before >= 20
+            for reason in ("garbage", "checksum"):
+                assert source.nmea_counts[reason] >= 1
+                assert gps_metric("voltgate_gps_sentences_total", result=reason) >= source.nmea_counts[reason]
+            assert gps_metric("voltgate_source_up", source="gps") == 1.0
 
             # WHEN the receiver disappears THEN the port is retried; WHEN it is back THEN data flows
             port.unplug()
             link.unlink()
             await eventually(lambda: source.stats.failures >= 2, "the lost port and a failed reopen")
+            assert gps_metric("voltgate_source_up", source="gps") == 0.0
             port = NmeaPort()
             plug(link, port.path)
             await eventually(lambda: source.stats.reconnects == 1, "the GPS port to reopen")
@@ -449,5 +543,11 @@ async def test_gps_from_pty_with_garbage_and_port_removal(tmp_path: Path) -> Non
             await asyncio.to_thread(port.write, later)
             more = await take(samples, 1, "samples after the reconnect")
             assert more[0].ts > got[-1].ts
+            assert gps_metric("voltgate_source_up", source="gps") == 1.0
     finally:
         port.unplug()
+    assert gps_metric("voltgate_source_up", source="gps") == 0.0  # stopped
+
+
+def gps_metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0

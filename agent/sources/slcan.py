@@ -1,0 +1,271 @@
+"""SLCAN (Lawicel) read line by line, where a malformed line costs that line and never the link.
+
+python-can's `slcan` interface raises on a line it cannot parse (a non-ASCII byte, bad hex, a truncated
+frame); the notifier then reports a failed link, the source closes and reopens the port, and every valid
+frame in the seconds of backoff is lost. Here python-can still opens the adapter, sets the bitrate and
+sends ("S6", "O", "C" are python-can's), but reading goes through a pure core:
+
+* `parse_slcan_line(line)` → `SlcanFrame` or `BadLine(reason)`; pure, never raises.
+* `SlcanLineReader.feed(data)` splits the byte stream at CR (and BEL, the adapter's error reply) and
+  parses each line. A line that does not parse is searched for a valid frame at its end: a line without
+  its CR (garbage, a half-sent frame) glues onto the next one, and the frame after it must survive. The
+  frame-type letters t/T/r/R/x are not hex digits, so a valid CAN 2.0 frame's line can only start at its
+  letter: the longest suffix that parses exactly is the frame. A line longer than any SLCAN line is
+  cut to the last frame letter it holds (counted "overlong" once per stretch).
+* `TolerantSlcanBus` is python-can's `slcanBus` with `_recv_internal` reading through that reader (all
+  waiting bytes at once, frames queued) and without a `fileno()`, so `can.Notifier` reads it in a thread
+  calling `recv(timeout)`, which serves queued frames first.
+
+Every bad line is counted per reason in `SlcanLineStats` (shared by the bus objects of one source across
+reconnects, exported as `voltgate_can_serial_lines_rejected{bus,reason}`) and logged once per reason.
+An empty line is the adapter's "OK" to a command and is not counted. A frame line may carry SLCAN's
+optional 4-hex-digit timestamp (`Z1`); it is accepted and ignored (frames are stamped on receipt, as
+python-can does).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Final
+
+import can
+import serial
+from can.interfaces.slcan import slcanBus
+from can.util import CAN_FD_DLC
+
+from agent import metrics
+
+log = logging.getLogger(__name__)
+
+CR: Final = 0x0D
+BEL: Final = 0x07
+TIMESTAMP_DIGITS: Final = 4
+MAX_LINE_BYTES: Final = 1 + 8 + 1 + 2 * 64 + TIMESTAMP_DIGITS  # "B" + id + dlc + 64 bytes + timestamp
+_HEX_DIGITS: Final = re.compile(rb"[0-9a-fA-F]*")
+_PRINTABLE: Final = re.compile(rb"[\x20-\x7e]*")
+_RESYNC_LETTERS: Final = b"tTrRx"  # frame letters that are not hex digits (see the module docstring)
+_STANDARD: Final = frozenset(b"trdb")
+_LINE_END: Final = re.compile(rb"[\r\x07]")
+
+
+class BadLineReason(StrEnum):
+    NOT_ASCII = "not_ascii"  # a byte outside printable ASCII
+    UNKNOWN_TYPE = "unknown_type"  # does not start with a frame letter
+    BAD_ID = "bad_id"  # identifier not hex or out of range
+    BAD_DLC = "bad_dlc"  # length digit not valid for the frame type
+    BAD_HEX = "bad_hex"  # data bytes not hex
+    BAD_LENGTH = "bad_length"  # truncated, or characters beyond the frame and its timestamp
+    OVERLONG = "overlong"  # no line end within MAX_LINE_BYTES
+    ADAPTER_ERROR = "adapter_error"  # BEL: the adapter refused a command or reports an error
+
+
+@dataclass(frozen=True, slots=True)
+class SlcanFrame:
+    arbitration_id: int
+    is_extended: bool
+    data: bytes
+    is_remote: bool = False
+    is_fd: bool = False
+    bitrate_switch: bool = False
+    dlc: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    reason: BadLineReason
+    line: bytes
+
+
+def parse_slcan_line(line: bytes) -> SlcanFrame | BadLine:
+    """One SLCAN frame line, without its CR. Pure; never raises."""
+    if not line or not _PRINTABLE.fullmatch(line):
+        return BadLine(BadLineReason.NOT_ASCII if line else BadLineReason.BAD_LENGTH, line)
+    letter = line[0]
+    if letter not in b"tTxrRdDbB":
+        return BadLine(BadLineReason.UNKNOWN_TYPE, line)
+    extended = letter not in _STANDARD
+    id_digits = 8 if extended else 3
+    if len(line) < 1 + id_digits + 1:
+        return BadLine(BadLineReason.BAD_LENGTH, line)
+    ident = line[1 : 1 + id_digits]
+    if not _is_hex(ident):
+        return BadLine(BadLineReason.BAD_ID, line)
+    arbitration_id = int(ident, 16)
+    if arbitration_id > (0x1FFFFFFF if extended else 0x7FF):
+        return BadLine(BadLineReason.BAD_ID, line)
+    dlc_char = chr(line[1 + id_digits])
+    fd = letter in b"dDbB"
+    remote = letter in b"rR"
+    if fd:
+        if dlc_char not in "0123456789ABCDEFabcdef":
+            return BadLine(BadLineReason.BAD_DLC, line)
+        dlc = CAN_FD_DLC[int(dlc_char, 16)]
+    else:
+        if dlc_char not in "012345678":
+            return BadLine(BadLineReason.BAD_DLC, line)
+        dlc = int(dlc_char)
+    payload = line[2 + id_digits :]
+    data_digits = 0 if remote else 2 * dlc
+    if len(payload) not in (data_digits, data_digits + TIMESTAMP_DIGITS):
+        return BadLine(BadLineReason.BAD_LENGTH, line)
+    if not _is_hex(payload):
+        return BadLine(BadLineReason.BAD_HEX, line)
+    return SlcanFrame(
+        arbitration_id=arbitration_id,
+        is_extended=extended,
+        data=bytes.fromhex(payload[:data_digits].decode("ascii")),
+        is_remote=remote,
+        is_fd=fd,
+        bitrate_switch=letter in b"bB",
+        dlc=dlc,
+    )
+
+
+def _is_hex(chars: bytes) -> bool:
+    return _HEX_DIGITS.fullmatch(chars) is not None
+
+
+def _resync(line: bytes) -> SlcanFrame | None:
+    """The valid frame at the end of a bad line (garbage glued onto it), if there is one."""
+    for pos in range(1, len(line)):
+        if line[pos] in _RESYNC_LETTERS:
+            parsed = parse_slcan_line(line[pos:])
+            if isinstance(parsed, SlcanFrame):
+                return parsed
+    return None
+
+
+class SlcanLineReader:
+    """Pure and stateful: bytes in (any chunking), frames and bad lines out, in stream order."""
+
+    def __init__(self) -> None:
+        self._line = bytearray()
+        self._overlong = False  # the current line was already counted "overlong"
+
+    def feed(self, data: bytes) -> list[SlcanFrame | BadLine]:
+        out: list[SlcanFrame | BadLine] = []
+        pos = 0
+        for end in _LINE_END.finditer(data):
+            self._extend(data[pos : end.start()], out)
+            self._end_line(out, error=data[end.start()] == BEL)
+            pos = end.end()
+        self._extend(data[pos:], out)
+        return out
+
+    def _extend(self, part: bytes, out: list[SlcanFrame | BadLine]) -> None:
+        self._line += part
+        while len(self._line) > MAX_LINE_BYTES:
+            self._cut(out)
+
+    def _end_line(self, out: list[SlcanFrame | BadLine], *, error: bool) -> None:
+        line = bytes(self._line)
+        self._line.clear()
+        overlong, self._overlong = self._overlong, False
+        if error:
+            out.append(BadLine(BadLineReason.ADAPTER_ERROR, line))
+            return
+        if not line:
+            return  # the adapter's OK
+        parsed = parse_slcan_line(line)
+        if isinstance(parsed, SlcanFrame):
+            out.append(parsed)
+            return
+        if not overlong:  # the rest of an overlong stretch was counted with it
+            out.append(parsed)
+        frame = _resync(line)
+        if frame is not None:
+            out.append(frame)
+
+    def _cut(self, out: list[SlcanFrame | BadLine]) -> None:
+        """A line past any SLCAN line's length: keep from its last frame letter (a frame may be
+        arriving), drop the rest; count the stretch once."""
+        if not self._overlong:
+            out.append(BadLine(BadLineReason.OVERLONG, bytes(self._line[:32])))
+            self._overlong = True
+        keep = max(self._line.rfind(bytes([letter])) for letter in _RESYNC_LETTERS)
+        if keep <= 0:
+            self._line.clear()
+        else:
+            del self._line[:keep]
+
+
+@dataclass
+class SlcanLineStats:
+    """Bad SLCAN lines of one bus per reason; the first of each reason is logged. Written by the
+    notifier's reader thread, read by the metrics exporter (a dict of ints: no torn reads)."""
+
+    bus: str
+    rejected: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, bad: BadLine) -> None:
+        with self._lock:
+            first = bad.reason.value not in self.rejected
+            self.rejected[bad.reason.value] = self.rejected.get(bad.reason.value, 0) + 1
+        metrics.CAN_SERIAL_LINES_REJECTED.labels(self.bus, bad.reason.value).inc()
+        if first:
+            log.warning(
+                "CAN bus %s: skipping a malformed SLCAN line (%s: %r); further ones are only counted",
+                self.bus,
+                bad.reason.value,
+                bad.line[:40],
+            )
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.rejected)
+
+
+class TolerantSlcanBus(slcanBus):
+    """python-can's `slcanBus` (open, bitrate, send, close) reading through `SlcanLineReader`."""
+
+    def __init__(self, channel: str, *, line_stats: SlcanLineStats, **kwargs: Any) -> None:
+        self._line_stats = line_stats
+        self._reader = SlcanLineReader()
+        self._frames: deque[SlcanFrame] = deque()
+        super().__init__(channel, **kwargs)
+
+    def fileno(self) -> int:
+        # frames are queued here after a read, so "the fd is readable" no longer means "a frame is
+        # waiting": the notifier must poll `recv` in its thread instead of watching the fd
+        raise NotImplementedError("read in a thread: frames are queued inside the bus")
+
+    def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
+        if not self._frames:
+            self._fill(timeout)
+        if not self._frames:
+            return None, False
+        frame = self._frames.popleft()
+        message = can.Message(
+            arbitration_id=frame.arbitration_id,
+            is_extended_id=frame.is_extended,
+            timestamp=time.time(),  # SLCAN carries no usable time; stamped on receipt, as python-can does
+            is_remote_frame=frame.is_remote,
+            is_fd=frame.is_fd,
+            bitrate_switch=frame.bitrate_switch,
+            dlc=frame.dlc,
+            data=frame.data,
+        )
+        return message, False
+
+    def _fill(self, timeout: float | None) -> None:
+        port = self.serialPortOrig
+        try:
+            if port.timeout != timeout:
+                port.timeout = timeout
+            data = port.read(max(1, port.in_waiting))
+            if data and port.in_waiting:
+                data += port.read(port.in_waiting)
+        except (serial.SerialException, OSError) as err:
+            raise can.CanOperationError(f"Could not read from serial device: {err}") from err
+        for item in self._reader.feed(bytes(data)):
+            if isinstance(item, SlcanFrame):
+                self._frames.append(item)
+            else:
+                self._line_stats.count(item)
