@@ -46,7 +46,7 @@ from prometheus_client import Counter
 from agent import metrics
 from agent.alerts import AlertStage
 from agent.buffer import BufferStats, BufferWorker, EvictionClass
-from agent.clock import ClockLimits, SourceKind, TimestampGate
+from agent.clock import SourceKind, TimestampGate
 from agent.decode import Decoder
 from agent.inference import InferenceStage
 from agent.records import SEVERITIES, Alert, Frame, Prediction, Sample
@@ -248,14 +248,8 @@ class Agent:
         kinds.update({log_.name: "replay" for log_ in settings.replay})
         if gps is not None:
             kinds["gps"] = "gps"
-        clock = settings.clock
         self.clock_gate = TimestampGate(
-            kinds,
-            anchor_wall_s=self.anchor_wall_s,
-            anchor_mono_s=self.anchor_mono_s,
-            limits=ClockLimits(
-                clock.max_skew_s, clock.max_jump_s, clock.step_confirm_samples, clock.step_confirm_s
-            ),
+            kinds, anchor_wall_s=self.anchor_wall_s, anchor_mono_s=self.anchor_mono_s, limits=settings.clock
         )
         source_samples: dict[str, asyncio.Queue[Sample]] = {
             name: asyncio.Queue(SOURCE_SAMPLES_MAX) for name in kinds
@@ -509,6 +503,7 @@ class Agent:
                 sync.set(metrics.CLOCK_STEPS, (source,), count)
             if gate.host_minus_gps_s is not None:
                 metrics.HOST_CLOCK_OFFSET.set(gate.host_minus_gps_s)
+                self.health.details["host_clock_minus_gps_s"] = f"{gate.host_minus_gps_s:+.3f}"
         if self.inference_stage is not None:
             sync.set(metrics.ANALYSIS_TIME_OUTLIERS, ("inference",), self.inference_stage.stats.time_outliers)
         if self.alert_stage is not None:

@@ -55,14 +55,18 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final, Literal
 
+from agent.settings import ClockSettings
+
 log = logging.getLogger(__name__)
 
 GPS_WEEK_ROLLOVER_S: Final = 1024 * 7 * 86_400  # 619,315,200 s: the 10-bit GPS week number wraps
 EARLIEST_PLAUSIBLE_TS: Final = 1_704_067_200.0  # 2024-01-01T00:00:00Z: no live stamp is older than this code
-MAX_SKEW_S: Final = 60.0
-MAX_JUMP_S: Final = 300.0
-STEP_CONFIRM_SAMPLES: Final = 5
-STEP_CONFIRM_S: Final = 3.0
+# The inference and alert stages' own guard uses the defaults of `agent.settings.ClockSettings`.
+DEFAULT_LIMITS: Final = ClockSettings()
+MAX_SKEW_S: Final = DEFAULT_LIMITS.max_skew_s  # 60 s
+MAX_JUMP_S: Final = DEFAULT_LIMITS.max_jump_s  # 300 s
+STEP_CONFIRM_SAMPLES: Final = DEFAULT_LIMITS.step_confirm_samples  # 5
+STEP_CONFIRM_S: Final = DEFAULT_LIMITS.step_confirm_s  # 3 s
 ROLLOVER_CORRECTION: Final = "gps_week_rollover"
 
 SourceKind = Literal["live", "replay", "gps"]
@@ -232,16 +236,6 @@ class GpsClock(LiveClock):
         return judged
 
 
-@dataclass(frozen=True, slots=True)
-class ClockLimits:
-    """The gate's limits (from `agent.settings.ClockSettings`)."""
-
-    max_skew_s: float = MAX_SKEW_S
-    max_jump_s: float = MAX_JUMP_S
-    step_confirm_samples: int = STEP_CONFIRM_SAMPLES
-    step_confirm_s: float = STEP_CONFIRM_S
-
-
 @dataclass
 class GateStats:
     """Counters for the app to export: implausible stamps per (source, reason), corrections per (source,
@@ -261,7 +255,7 @@ class TimestampGate:
         *,
         anchor_wall_s: float,
         anchor_mono_s: float,
-        limits: ClockLimits = ClockLimits(),
+        limits: ClockSettings = DEFAULT_LIMITS,
     ) -> None:
         self.limits = limits
         self.stats = GateStats()

@@ -248,6 +248,8 @@ class AgentSettings(BaseSettings):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"bus names must be unique across [[can]] and [[replay]]: {duplicates}")
+        if "gps" in names:  # the GPS receiver's own source name (its catalog, clock and metrics labels)
+            raise ValueError('"gps" names the GPS receiver; give the bus another name')
         return self
 
     @classmethod

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from agent.clock import (
     EARLIEST_PLAUSIBLE_TS,
@@ -21,6 +23,7 @@ from agent.clock import (
     TimestampGate,
     unroll_gps_week,
 )
+from agent.settings import AgentSettings, ReplaySettings
 
 WALL0 = 1_780_000_000.0  # 2026-05-28: the host clock when the agent starts
 MONO0 = 5_000.0  # the monotonic clock then (seconds since boot)
@@ -200,3 +203,12 @@ def test_a_monotone_stream_at_a_steady_rate_is_never_implausible(
         assert gate.judge("day", log_start + t, mono_s=MONO0, wall_s=0.0).plausible
         assert gate.judge("gps", WALL0 + t, mono_s=MONO0 + t + lag_s, wall_s=0.0).plausible
     assert gate.stats.implausible == {} and gate.stats.steps == {}
+
+
+# --- settings --------------------------------------------------------------------------------------------
+
+
+def test_gps_is_no_bus_name() -> None:
+    # "gps" is the GPS receiver's source: its clock, its sample queue, its metrics labels
+    with pytest.raises(ValidationError, match="GPS receiver"):
+        AgentSettings(vehicle_id="bus-1", replay=[ReplaySettings(name="gps", path=Path("day.log"))])
