@@ -18,12 +18,13 @@ Each source is judged against a reference of its own, because their time bases d
 * **The GPS** is judged like a live source, its fix time against the monotonic anchor, with two
   additions. A receiver past its week-number rollover reports dates exactly 1024 weeks (619,315,200 s) in
   the past (a fix "in 2007"): a stamp before 2024 that lands after it when 1024 (or 2048) weeks are added
-  is corrected so, counted, and then judged like any other. Once a run of consecutive fixes has agreed
-  with the anchor for `step_confirm_s` monotonic seconds, GPS time is *trusted*, and the host clock's
-  offset from it (`host_minus_gps_s`, wall clock minus fix time at the judge, so it includes the few
-  hundred milliseconds a fix takes to arrive) is exported; `doctor` shows it. A host clock that is wrong
-  (no RTC, no network) makes the GPS disagree with the anchor from the start: the GPS re-anchors on its
-  own time (a step, below) and is trusted then.
+  is corrected so, counted, and then judged like any other (not only when it lands within the skew: on a
+  gateway whose own clock is wrong the corrected fix is what re-anchors the GPS). Once a run of
+  consecutive fixes has agreed with the anchor for `step_confirm_s` monotonic seconds, GPS time is
+  *trusted*, and the host clock's offset from it (`host_minus_gps_s`, wall clock minus fix time at the
+  judge, so it includes the few hundred milliseconds a fix takes to arrive) is exported; `doctor` shows
+  it. A host clock that is wrong (no RTC, no network) makes the GPS disagree with the anchor from the
+  start: the GPS re-anchors on its own time (a step, below) and is trusted then.
 
 **A step is not an outlier.** A stamp off its reference starts (or extends) a *run*: consecutive off
 stamps that agree with each other (live: the same offset from the monotonic clock within `max_skew_s`;
@@ -43,7 +44,15 @@ nothing a source produced is lost on the bus; the cloud refuses it, record by re
 
 `StreamClock` (own-time judging) is also what the inference and alert stages use as their notion of
 "now": a stream's newest plausible time, which one sample far ahead (or far behind) never moves; a
-confirmed step moves it, and the stage re-bases what it holds (`stepped_s`).
+confirmed step moves it — forward it is a gap, back (time cannot run backwards) the stage re-bases what it
+holds by `stepped_s`.
+
+Limits, by design: stamps are judged where the samples fan out (`agent.app`), so the monotonic time is read
+when the gate sees them, not at the interface (hence the generous skew); the stamps of one run before its
+confirmation are held out even when the step was real; and where the host clock is far off GPS time (no
+NTP, no RTC), CAN and GPS stamps are two time bases: each passes its own gate, but the analysis stages
+follow the busier stream and leave the other out (`voltgate_analysis_time_outliers`), while the log line
+and `voltgate_host_clock_offset_seconds` say why.
 """
 
 from __future__ import annotations
