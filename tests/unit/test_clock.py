@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from agent.clock import (
     EARLIEST_PLAUSIBLE_TS,
     GPS_WEEK_ROLLOVER_S,
+    MAX_JUMP_S,
     GpsClock,
     LiveClock,
     Reason,
@@ -197,12 +198,34 @@ def test_a_monotone_stream_at_a_steady_rate_is_never_implausible(
     for i in range(count):
         t = i / rate_hz
         # live: stamped by the host at receipt, judged `lag_s` later on the monotonic clock
-        live = gate.judge("traction", WALL0 + start_offset_s + t, mono_s=MONO0 + t + lag_s, wall_s=0.0)
+        lag = lag_s * abs(math.sin(i))  # queueing that varies from one sample to the next
+        live = gate.judge("traction", WALL0 + start_offset_s + t, mono_s=MONO0 + t + lag, wall_s=0.0)
         assert live.plausible, (i, live)
         # a log with any past time base, played at any speed
         assert gate.judge("day", log_start + t, mono_s=MONO0, wall_s=0.0).plausible
-        assert gate.judge("gps", WALL0 + t, mono_s=MONO0 + t + lag_s, wall_s=0.0).plausible
+        assert gate.judge("gps", WALL0 + t, mono_s=MONO0 + t + lag, wall_s=0.0).plausible
     assert gate.stats.implausible == {} and gate.stats.steps == {}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rate_hz=st.floats(min_value=0.5, max_value=100.0),
+    count=st.integers(min_value=2, max_value=300),
+    at=st.floats(min_value=0.0, max_value=1.0),
+    off_s=st.floats(min_value=MAX_JUMP_S + 1, max_value=1e9).flatmap(lambda x: st.sampled_from([x, -x])),
+    copies=st.integers(min_value=1, max_value=8),  # one frame decodes into several samples
+)
+def test_one_outlier_anywhere_never_moves_a_streams_now(
+    rate_hz: float, count: int, at: float, off_s: float, copies: int
+) -> None:
+    stream = [1_700_000_000.0 + i / rate_hz for i in range(count)]
+    where = 1 + int(at * (count - 2))  # after the first stamp (which anchors), before the last
+    clock = StreamClock()
+    verdicts = [clock.judge(ts) for ts in stream[:where]]
+    outliers = [clock.judge(stream[where - 1] + off_s) for _ in range(copies)]
+    verdicts += [clock.judge(ts) for ts in stream[where:]]
+    assert all(v.plausible for v in verdicts) and not any(v.plausible for v in outliers)
+    assert clock.now == stream[-1] and clock.steps == 0
 
 
 # --- settings --------------------------------------------------------------------------------------------
