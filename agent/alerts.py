@@ -14,6 +14,12 @@ Readings a rule cannot judge (a signal never seen, cell imbalance under load) ho
 predictions older than `prediction_max_age_s` count as absent, which clears a prediction rule, so a model
 that stopped predicting (out of scope, refused) does not keep an alert up.
 
+"Now" (for hold times, stale predictions and the sweep) is the input stream's own
+(`agent.clock.StreamClock`): an input stamped far from it (beyond `MAX_JUMP_S`, e.g. +30 days) is left out
+and counted (`AlertEngine.time_outliers`), so it can neither raise an alert nor freeze a hold timer. Stamps
+that stay on a new time base are a step: forward, it is a gap (holds elapse, predictions go stale); back (a
+clock stepped back by NTP), readings and hold timers are re-based onto the new stamps.
+
 LEDs: steady for warning and info, blinking for critical (see `agent.leds`).
 """
 
@@ -26,6 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from agent.clock import StreamClock
 from agent.leds import Leds, led_patterns
 from agent.records import Alert, Prediction, Sample, Severity
 from agent.settings import AlertSettings
@@ -80,6 +87,11 @@ class Readings:
     def set(self, ts: float, name: str, value: float) -> None:
         self._values[name] = (ts, value)
         self.now = max(self.now, ts)
+
+    def shift(self, by_s: float) -> None:
+        """Re-base every reading by `by_s` seconds (the stream's clock stepped and stayed)."""
+        self._values = {name: (ts + by_s, value) for name, (ts, value) in self._values.items()}
+        self.now += by_s
 
     def signal(self, name: str) -> float | None:
         got = self._values.get(name)
@@ -141,6 +153,8 @@ class AlertEngine:
             for name in rule.inputs:
                 self._by_input.setdefault(name, []).append(rule)
         self._last_sweep = -math.inf
+        self.clock = StreamClock()
+        self.time_outliers = 0  # inputs stamped far from the stream's now, left out
 
     def set_levels(self, rule: str, levels: tuple[Level, ...]) -> None:
         """Change a rule's thresholds (the fault-risk model's own, when it is loaded)."""
@@ -155,6 +169,12 @@ class AlertEngine:
         }
 
     def update(self, ts: float, name: str, value: float) -> list[Alert]:
+        seen = self.clock.judge(ts)
+        if not seen.plausible:
+            self.time_outliers += 1
+            return []
+        if seen.stepped_s is not None and seen.stepped_s < 0:
+            self._shift(seen.stepped_s)
         self.readings.set(ts, name, value)
         now = self.readings.now
         if now - self._last_sweep >= SWEEP_EVERY_S:
@@ -164,6 +184,12 @@ class AlertEngine:
             rules = self._by_input.get(name, ())
         changes = [self._judge(rule, now) for rule in rules]
         return [alert for alert in changes if alert is not None]
+
+    def _shift(self, by_s: float) -> None:
+        self.readings.shift(by_s)
+        for state in self._state.values():
+            state.since += by_s
+        self._last_sweep += by_s
 
     def _judge(self, rule: Rule, now: float) -> Alert | None:
         state = self._state[rule.name]

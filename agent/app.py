@@ -1,13 +1,21 @@
 """The composition root: builds the stages from settings, wires them with bounded queues, runs them in one
 TaskGroup, and shuts them down in stages.
 
-    CanSource / ReplaySource ─frames:{bus}─► Decoder ─┐
-    GpsSource ────────────────────────────────────────┼─samples─► committer ─► BufferWorker ─► Uplink
-    InferenceStage, AlertStage ─derived─► committer ──┘  (every ≤ commit_interval_s)  (PUBACK-gated delete)
+    CanSource / ReplaySource ─frames:{bus}─► Decoder ─samples:{bus}─► clock gate ─┐
+    GpsSource ─────────────────────────────────────samples:gps──► clock gate ─────┼─samples─► committer ─► …
+    InferenceStage, AlertStage ─derived─► committer ──────────────────────────────┘
+        committer ─► BufferWorker (every ≤ commit_interval_s) ─► Uplink (PUBACK-gated delete)
 
-    committer ─tap:inference─► InferenceStage ─predictions─► derived
-         │                                   └─tap:alerts─┐
+    clock gate ─tap:inference─► InferenceStage ─predictions─► derived
+         │ (plausible stamps only)           └─tap:alerts─┐
          └─────────────────────tap:alerts─────────────────┴─► AlertStage ─alerts─► derived, log, LEDs
+
+The clock gate (one task per source, `agent.clock.TimestampGate`) judges every sample's source timestamp
+against that source's clock: every sample goes on to the committer and the buffer (a GPS fix past its
+week rollover with its corrected stamp, anything else as stamped), but only plausible ones reach the
+inference and alert taps, so an outlier is counted (`voltgate_timestamps_implausible{source,reason}`),
+buffered for the cloud to judge, and changes nothing on the bus. Live CAN buses and the GPS are judged
+against the monotonic clock anchored when the agent starts; replayed logs by their own time base.
 
 Queues are bounded. Sources never wait: a full `frames:{bus}` queue drops the frame and the source counts
 it (`voltgate_queue_drops{queue="frames:…"}`); the decoder and the committer apply backpressure upstream.
@@ -30,8 +38,9 @@ import logging
 import os
 import signal
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 from typing import Final, Protocol, TypeVar
 
@@ -41,6 +50,7 @@ from prometheus_client import Counter
 from agent import metrics
 from agent.alerts import AlertStage
 from agent.buffer import BufferStats, BufferWorker, EvictionClass
+from agent.clock import SourceKind, TimestampGate
 from agent.decode import Decoder, DecodeStats
 from agent.inference import InferenceStage
 from agent.records import SEVERITIES, Alert, Frame, Prediction, Sample
@@ -79,6 +89,8 @@ FRAME_QUEUE_MAX: Final = 20_000  # per bus: ~5 s of a fully loaded 500 kbit/s bu
 SAMPLE_QUEUE_MAX: Final = 100_000
 DERIVED_QUEUE_MAX: Final = 1_000
 TAP_QUEUE_MAX: Final = 50_000  # per tap: what inference or alerts may lag behind the committer
+SOURCE_SAMPLES_MAX: Final = 10_000  # per source, between its decoder (or the GPS) and its clock gate
+GATE_BATCH: Final = 1_000  # samples judged between two yields to the event loop
 BUFFER_STATS_EVERY_S: Final = 5.0  # counting rows of a large backlog is not free
 
 
@@ -185,6 +197,9 @@ class Agent:
         self.stop_timeouts = stop_timeouts
         self.samples: TallyQueue[Sample] = TallyQueue(SAMPLE_QUEUE_MAX)  # counts: see agent.sources.replay
         self.replay_queues: dict[str, ReplayFrameQueue] = {}
+        self.replay_samples: dict[str, TallyQueue[Sample]] = {}
+        # per replay: (its samples the gate has taken, `self.samples.put_total` once they were all put)
+        self._relayed: dict[str, deque[tuple[int, int]]] = {}
         self.derived: asyncio.Queue[Prediction | Alert] = asyncio.Queue(DERIVED_QUEUE_MAX)
         self.health = metrics.Health(stale_after_s=max(10.0, 10 * settings.buffer.commit_interval_s))
         self.buffer = BufferWorker(settings.buffer.path, settings.buffer.max_bytes)
@@ -199,6 +214,10 @@ class Agent:
         self.inference_stage: InferenceStage | None = None
         self.alerts_inbox: asyncio.Queue[Sample | Prediction] | None = None
         self.tap_drops: dict[str, int] = {}
+        # The clocks' anchor: the host wall clock and the monotonic clock when the agent starts.
+        self.anchor_wall_s, self.anchor_mono_s = time.time(), time.monotonic()
+        self.clock_gate: TimestampGate | None = None
+        self.source_samples: dict[str, asyncio.Queue[Sample]] = {}
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
@@ -231,8 +250,13 @@ class Agent:
         decoders = {name: Decoder(catalogs[name], bus=name) for name in names}
         for log_ in settings.replay:  # a replay resumes after the frames whose samples are stored
             position = await self.buffer.get_mark(position_mark(log_.name)) or 0
+            # The replay's samples pass its own counted queue, then its clock gate, then `self.samples`:
+            # the frame queue counts against the first, the gate relays the counts (`_relayed`).
+            replay_samples: TallyQueue[Sample] = TallyQueue(SOURCE_SAMPLES_MAX)
+            self.replay_samples[log_.name] = replay_samples
+            self._relayed[log_.name] = deque()
             self.replay_queues[log_.name] = ReplayFrameQueue(
-                FRAME_QUEUE_MAX, self.samples, start_position=position
+                FRAME_QUEUE_MAX, replay_samples, start_position=position
             )
             warm_up = _policy_warm_up(decoders[log_.name])
             replay = ReplaySource(log_, catalogs[log_.name], start_position=position, warm_up=warm_up)
@@ -241,6 +265,17 @@ class Agent:
         frame_queues: dict[str, asyncio.Queue[Frame]] = {
             name: self.replay_queues.get(name) or asyncio.Queue(FRAME_QUEUE_MAX) for name, _ in frame_sources
         }
+        kinds: dict[str, SourceKind] = {bus.name: "live" for bus in settings.can}
+        kinds.update({log_.name: "replay" for log_ in settings.replay})
+        if gps is not None:
+            kinds["gps"] = "gps"
+        self.clock_gate = TimestampGate(
+            kinds, anchor_wall_s=self.anchor_wall_s, anchor_mono_s=self.anchor_mono_s, limits=settings.clock
+        )
+        source_samples: dict[str, asyncio.Queue[Sample]] = {
+            name: self.replay_samples.get(name) or asyncio.Queue(SOURCE_SAMPLES_MAX) for name in kinds
+        }
+        self.source_samples = source_samples
         sources: list[_Source] = [source for _, source in frame_sources] + ([gps] if gps else [])
         alerts, inference = self._build_analysis()
         self.alert_stage, self.inference_stage = alerts, inference
@@ -261,13 +296,17 @@ class Agent:
                 ]
                 if gps is not None:
                     source_tasks.append(
-                        group.create_task(_survive("gps", gps.run(self.samples)), name="source:gps")
+                        group.create_task(_survive("gps", gps.run(source_samples["gps"])), name="source:gps")
                     )
                 decode_tasks = [
                     group.create_task(
-                        decoders[name].run(frame_queues[name], self.samples), name=f"decode:{name}"
+                        decoders[name].run(frame_queues[name], source_samples[name]), name=f"decode:{name}"
                     )
                     for name in decoders
+                ]
+                decode_tasks += [
+                    group.create_task(self._gate(self.clock_gate, name, inbox), name=f"clock:{name}")
+                    for name, inbox in source_samples.items()
                 ]
                 committer = group.create_task(self._commit_samples(uplink), name="commit:samples")
                 derived = group.create_task(self._commit_derived(uplink), name="commit:derived")
@@ -308,7 +347,7 @@ class Agent:
                 for source in sources:
                     source.stop()
                 await _finish("sources", source_tasks, t.sources_s)
-                await _within("drain", _drain(frame_queues.values()), t.drain_s)
+                await _within("drain", _drain(frame_queues.values(), source_samples.values()), t.drain_s)
                 await _finish("decoders", decode_tasks, 0.0)
                 for stage, timeout_s, task in analysis:  # inference first: its last predictions reach alerts
                     stage.stop()
@@ -353,6 +392,32 @@ class Agent:
             self.tap_drops[name] = self.tap_drops.get(name, 0) + 1
             metrics.QUEUE_DROPS.labels(name).inc()
 
+    async def _gate(self, gate: TimestampGate, source: str, inbox: asyncio.Queue[Sample]) -> None:
+        """Until cancelled: judge the stamps of `source`'s samples; all go on to the committer, the
+        plausible ones to the taps too. `inbox.task_done()` follows each sample (the drain waits on it)."""
+        while True:
+            batch = [await inbox.get()]
+            batch += _drain_now(inbox, GATE_BATCH - 1)
+            try:
+                mono_s, wall_s = time.monotonic(), time.time()
+                plausible: list[Sample] = []
+                for sample in batch:
+                    verdict = gate.judge(source, sample.ts, mono_s=mono_s, wall_s=wall_s)
+                    kept = sample if verdict.ts == sample.ts else replace(sample, ts=verdict.ts)
+                    if self.samples.full():
+                        await self.samples.put(kept)
+                    else:
+                        self.samples.put_nowait(kept)
+                    if verdict.plausible:
+                        plausible.append(kept)
+                self._tap(plausible)
+                relayed = self._relayed.get(source)
+                if relayed is not None and isinstance(inbox, TallyQueue):
+                    relayed.append((inbox.taken_total, self.samples.put_total))
+            finally:
+                for _ in batch:
+                    inbox.task_done()
+
     def _tap(self, batch: list[Sample]) -> None:
         if self.inference_tap is not None:
             for sample in batch:
@@ -374,8 +439,7 @@ class Agent:
                     await asyncio.wait_for(self._committer_stop.wait(), timeout=interval)
             batch = _drain_now(self.samples, SAMPLE_QUEUE_MAX)
             marks = self._replay_marks()  # before any await: it must describe exactly this batch
-            if batch or marks:
-                self._tap(batch)
+            if batch or marks:  # the clock gates have tapped the plausible samples
                 written = await self.buffer.commit_samples(batch, marks)
                 metrics.SAMPLES_BUFFERED.inc(written)
                 if written:
@@ -388,7 +452,10 @@ class Agent:
         taken = self.samples.taken_total
         marks: dict[str, int] = {}
         for name, queue in self.replay_queues.items():
-            if (position := queue.position_within(taken)) is not None:
+            relayed, passed = self._relayed[name], None
+            while relayed and relayed[0][1] <= taken:  # all of these are in this batch or committed
+                passed = relayed.popleft()[0]
+            if passed is not None and (position := queue.position_within(passed)) is not None:
                 marks[position_mark(name)] = position
         return marks
 
@@ -440,6 +507,7 @@ class Agent:
                 if tap is not None:
                     metrics.QUEUE_DEPTH.labels(tap_name).set(tap.qsize())
             self._export_analysis()
+            self._export_clock()
             now = time.monotonic()
             if now - self._last_buffer_stats >= BUFFER_STATS_EVERY_S:
                 self._last_buffer_stats = now
@@ -461,6 +529,25 @@ class Agent:
             active = list(self.alert_stage.engine.active().values())
             for severity in SEVERITIES:
                 metrics.ALERTS_ACTIVE.labels(severity).set(active.count(severity))
+
+    def _export_clock(self) -> None:
+        sync, gate = self._sync, self.clock_gate
+        if gate is not None:
+            for labels, count in gate.stats.implausible.items():
+                sync.set(metrics.TIMESTAMPS_IMPLAUSIBLE, labels, count)
+            for labels, count in gate.stats.corrected.items():
+                sync.set(metrics.TIMESTAMPS_CORRECTED, labels, count)
+            for source, count in gate.stats.steps.items():
+                sync.set(metrics.CLOCK_STEPS, (source,), count)
+            if gate.host_minus_gps_s is not None:
+                metrics.HOST_CLOCK_OFFSET.set(gate.host_minus_gps_s)
+                self.health.details["host_clock_minus_gps_s"] = f"{gate.host_minus_gps_s:+.3f}"
+        if self.inference_stage is not None:
+            sync.set(metrics.ANALYSIS_TIME_OUTLIERS, ("inference",), self.inference_stage.stats.time_outliers)
+        if self.alert_stage is not None:
+            sync.set(metrics.ANALYSIS_TIME_OUTLIERS, ("alerts",), self.alert_stage.engine.time_outliers)
+        for name, inbox in self.source_samples.items():
+            metrics.QUEUE_DEPTH.labels(f"samples:{name}").set(inbox.qsize())
 
     def _export_buffer(self, stats: BufferStats) -> None:
         metrics.BUFFER_BYTES.set(stats.used_bytes)
@@ -552,8 +639,12 @@ async def _contained(stage: str, work: Awaitable[None]) -> None:
         log.exception("stage %s stopped", stage)
 
 
-async def _drain(queues: Iterable[asyncio.Queue[Frame]]) -> None:
-    await asyncio.gather(*(queue.join() for queue in queues))
+async def _drain(
+    frame_queues: Iterable[asyncio.Queue[Frame]], sample_queues: Iterable[asyncio.Queue[Sample]]
+) -> None:
+    """The frame queues through the decoders, then the sources' samples through the clock gates."""
+    await asyncio.gather(*(queue.join() for queue in frame_queues))
+    await asyncio.gather(*(queue.join() for queue in sample_queues))
 
 
 async def _within(stage: str, work: Awaitable[None], timeout_s: float) -> None:

@@ -7,6 +7,13 @@ Ticks fall on whole multiples of `interval_s` of source time (as training's wind
 fire when a sample at or after the tick arrives; a gap in the stream (a replay jump, a parked bus coming back)
 moves to the latest tick instead of computing the missed ones.
 
+"Now" is the stream's own (`agent.clock.StreamClock`): a sample stamped far from it (beyond `MAX_JUMP_S`, e.g.
+a year ahead) is left out and counted (`stats.time_outliers`) — it moves neither the ticks nor the feature
+window — unless the stamps stay there (`STEP_CONFIRM_SAMPLES` consecutive ones over `STEP_CONFIRM_S`): then
+it is a step. A step forward is a gap (above); a step back (a clock stepped back by NTP) re-bases the window
+onto the new stamps (`FeatureWindow.shift`) and the ticks restart on them. The clock gate of `agent.app`
+keeps implausible stamps out before they get here; this is the stage's own guard.
+
 Models are loaded with `models.runtime.load_model`, which checks the model's feature names and version
 against `models.features`. A model that does not match is refused with one log line; the previous one runs on.
 Model files are polled (mtime and size, on the monotonic clock) every `reload_check_s`; a changed file is
@@ -28,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from agent.clock import StreamClock
 from agent.records import Alert, Prediction, Sample
 from agent.settings import InferenceSettings
 from models.features import FeatureWindow, FloatArray, feature_index
@@ -126,6 +134,7 @@ class InferenceStats:
     run_failures: int = 0
     loads: int = 0
     refused: int = 0
+    time_outliers: int = 0  # samples stamped far from the stream's now, left out
     by_model: dict[str, int] = field(default_factory=dict)
 
 
@@ -141,6 +150,7 @@ class InferenceStage:
     ) -> None:
         self.settings = settings
         self.window = FeatureWindow(settings.utc_offset_h)
+        self.clock = StreamClock()
         self.slots = [_Slot(Path(path)) for path in settings.models]
         self.stats = InferenceStats()
         self._on_prediction = on_prediction
@@ -201,6 +211,13 @@ class InferenceStage:
     def add(self, sample: Sample) -> float | None:
         """Feed one sample; returns the tick time when a prediction is due."""
         self.stats.samples += 1
+        seen = self.clock.judge(sample.ts)
+        if not seen.plausible:
+            self.stats.time_outliers += 1
+            return None
+        if seen.stepped_s is not None and seen.stepped_s < 0:
+            self.window.shift(seen.stepped_s)
+            self._next_tick = None
         self.window.add(sample.ts, sample.signal, sample.value)
         interval = self.settings.interval_s
         if self._next_tick is None:

@@ -280,3 +280,33 @@ async def feed_watchdog(health: Health, interval_s: float) -> None:
         if health.healthy():
             sd_notify("WATCHDOG=1")
         await asyncio.sleep(interval_s)
+
+
+# --- clocks (agent/clock.py via agent/app.py) -------------------------------------------------------------
+
+TIMESTAMPS_IMPLAUSIBLE: Final = Counter(
+    "voltgate_timestamps_implausible",
+    "Samples whose source timestamp is implausible (buffered as stamped, kept out of inference and alerts), "
+    "per source and reason (ahead, behind, too_old, invalid)",
+    ["source", "reason"],
+)
+TIMESTAMPS_CORRECTED: Final = Counter(
+    "voltgate_timestamps_corrected",
+    "Samples whose source timestamp was corrected, per source and reason (gps_week_rollover)",
+    ["source", "reason"],
+)
+CLOCK_STEPS: Final = Counter(
+    "voltgate_clock_steps",
+    "Times a source's time base moved and stayed (a stepped clock) and the source was re-anchored",
+    ["source"],
+)
+HOST_CLOCK_OFFSET: Final = Gauge(
+    "voltgate_host_clock_offset_seconds",
+    "Host wall clock minus GPS time, once a GPS fix is trusted (NaN before)",
+)
+HOST_CLOCK_OFFSET.set(float("nan"))
+ANALYSIS_TIME_OUTLIERS: Final = Counter(
+    "voltgate_analysis_time_outliers",
+    "Inputs the inference or alert stage left out because their timestamp was far off its stream's now",
+    ["stage"],
+)

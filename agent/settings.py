@@ -73,6 +73,16 @@ class GpsSettings(_Section):
     baudrate: int = 9600
 
 
+class ClockSettings(_Section):
+    """Timestamp plausibility per source (see `agent.clock`): implausible samples are counted, buffered as
+    stamped and kept out of inference and alerts."""
+
+    max_skew_s: float = Field(default=60.0, gt=0, le=3600.0)  # live CAN and GPS: off the monotonic anchor
+    max_jump_s: float = Field(default=300.0, gt=0, le=86_400.0)  # replayed logs: off the log's running time
+    step_confirm_samples: int = Field(default=5, ge=1, le=100_000)  # a step: this many consecutive stamps...
+    step_confirm_s: float = Field(default=3.0, ge=0, le=600.0)  # ...agreeing over this long: re-anchor once
+
+
 class BufferSettings(_Section):
     """The durable SQLite buffer (see `agent.buffer`)."""
 
@@ -225,6 +235,7 @@ class AgentSettings(BaseSettings):
     can: list[CanBusSettings] = Field(default_factory=list, max_length=4)
     replay: list[ReplaySettings] = Field(default_factory=list)
     gps: GpsSettings = GpsSettings()
+    clock: ClockSettings = ClockSettings()
     buffer: BufferSettings = BufferSettings()
     uplink: UplinkSettings = UplinkSettings()
     metrics: MetricsSettings = MetricsSettings()
@@ -238,6 +249,8 @@ class AgentSettings(BaseSettings):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"bus names must be unique across [[can]] and [[replay]]: {duplicates}")
+        if "gps" in names:  # the GPS receiver's own source name (its catalog, clock and metrics labels)
+            raise ValueError('"gps" names the GPS receiver; give the bus another name')
         return self
 
     @classmethod

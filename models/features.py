@@ -446,6 +446,10 @@ class _Buffer:
         self.values.append(value)
         self._cache = None
 
+    def shift(self, by_s: float) -> None:
+        self.ts = [t + by_s for t in self.ts]
+        self._cache = None
+
     def prune_before(self, horizon: float) -> None:
         """Drop samples older than `horizon`, keeping the one that holds at it."""
         i = 0
@@ -499,6 +503,13 @@ class FeatureWindow:
         self._since_prune += 1
         if self._since_prune >= 256:
             self.prune()
+
+    def shift(self, by_s: float) -> None:
+        """Move everything held by `by_s` seconds: the stream's clock was stepped (back) and stayed there,
+        and what was seen before it belongs to the minutes just before the new stamps."""
+        for buf in (*self._buffers.values(), *self._histories.values()):
+            buf.shift(by_s)
+        self._newest += by_s
 
     def add_many(self, samples: Iterable[tuple[float, str, float]]) -> None:
         for ts, signal, value in samples:

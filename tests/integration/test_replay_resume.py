@@ -131,10 +131,23 @@ def wait_for_position(agent: AgentProcess, buffer: Path, at_least: int) -> int:
     return position
 
 
+def log_ends(agent_log: Path) -> int:
+    """How many runs logged the end of the replayed log."""
+    return agent_log.read_text().count("replay bus: end of") if agent_log.exists() else 0
+
+
 def run_to_end(directory: Path, log_path: Path, frames: int) -> None:
+    ends_before = log_ends(directory / "agent.log")
     agent = AgentProcess(write_config(directory, log_path), directory / "agent.log")
     try:
         wait_for_position(agent, directory / "buffer.sqlite3", frames)
+        # The position may have reached the end in the run before: wait until this run has played
+        # to the end too (and so has its signal handlers), then stop it as systemd would.
+        deadline = time.monotonic() + WAIT_S
+        while log_ends(directory / "agent.log") <= ends_before:
+            agent.alive()
+            assert time.monotonic() < deadline, agent.log_text()[-3000:]
+            time.sleep(0.01)
         agent.process.terminate()
         assert agent.process.wait(timeout=WAIT_S) == 0, agent.log_text()[-3000:]
     finally:

@@ -338,3 +338,37 @@ async def _until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
             await asyncio.sleep(0.005)
 
     await asyncio.wait_for(poll(), timeout_s)
+
+
+# --- time: one outlier changes nothing, a stepped clock is followed ---------------------------------------
+
+
+def test_a_30_days_ahead_sample_neither_raises_nor_blocks_a_clear() -> None:
+    engine = _engine()
+    alerts = _feed(engine, CELL_TEMP_MAX, [40.0, 46.0])  # warning raised at T0 + 1
+    assert _summary(alerts, "over_temperature") == [("warning", True)]
+    # GIVEN one reading stamped 30 days ahead in the middle of the stream (hot, at that)
+    assert engine.update(T0 + 2 + 30 * 86_400, CELL_TEMP_MAX, 60.0) == []
+    # WHEN the temperature falls back, normally stamped
+    alerts = _feed(engine, CELL_TEMP_MAX, [35.0] * 40, start=T0 + 3)
+    # THEN the alert clears after its hold time, as it would have without the outlier
+    assert _summary(alerts, "over_temperature") == [("warning", False)]
+    assert alerts[0].ts == pytest.approx(T0 + 1 + HOLD_S)
+    assert engine.time_outliers == 1 and engine.readings.now == T0 + 42
+
+
+def test_a_clock_stepped_back_an_hour_keeps_hold_times_and_predictions_fresh() -> None:
+    engine = _engine()
+    _feed(engine, CELL_TEMP_MAX, [46.0] * 10)  # warning raised at T0
+    engine.update(T0 + 9, LARGE_DROP_OUTPUT, 0.95)  # and an info from a prediction
+    assert set(engine.active()) == {"over_temperature", "large_drop"}
+    # WHEN the stamps step back by an hour and stay there, the temperature normal again
+    back = T0 + 10 - 3600
+    alerts = _feed(engine, CELL_TEMP_MAX, [35.0] * 60, start=back)
+    # THEN it is a step: the hold time runs on the new stamps and the alert clears within it
+    cleared = [a for a in alerts if a.rule == "over_temperature"]
+    assert [(a.severity, a.active) for a in cleared] == [("warning", False)]
+    assert back <= cleared[0].ts <= back + HOLD_S
+    assert engine.clock.steps == 1
+    # AND the prediction seen just before the step is still fresh (not 1 h in the future, not stale)
+    assert "large_drop" in engine.active()

@@ -286,3 +286,36 @@ async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None
             await asyncio.sleep(0.01)
 
     await asyncio.wait_for(poll(), timeout_s)
+
+
+# --- time: one outlier changes nothing, a stepped clock is followed ---------------------------------------
+
+
+def test_a_year_ahead_sample_in_the_stream_changes_no_prediction() -> None:
+    year_s = 365 * 86_400.0
+    clean = _run_pure(InferenceStage(_settings([MODELS / "fault_risk.onnx"])), _bus(10))
+
+    def with_outlier() -> Iterator[Sample]:
+        for i, sample in enumerate(_bus(10)):
+            if i == 3000:  # GIVEN one sample stamped a year ahead, in the middle of a normal stream
+                yield Sample(sample.ts + year_s, f.SOC, 55.0, Priority.NORMAL)
+            yield sample
+
+    stage = InferenceStage(_settings([MODELS / "fault_risk.onnx"]))
+    predictions = _run_pure(stage, with_outlier())
+    # THEN predictions keep coming every minute, the same ones as without it
+    assert [(p.ts, p.value) for p in predictions] == [(p.ts, p.value) for p in clean]
+    assert len(predictions) == 10 and stage.stats.time_outliers == 1
+    assert stage.window.out_of_order == 0
+
+
+def test_a_clock_stepped_back_an_hour_keeps_predictions_coming() -> None:
+    stage = InferenceStage(_settings([MODELS / "fault_risk.onnx"]))
+    before = _run_pure(stage, _bus(10))
+    # WHEN the stream's stamps step back by an hour (NTP) and stay there
+    after = _run_pure(stage, _bus(10, start=T0 + 600 - 3600))
+    ticks = [p.ts for p in after]
+    # THEN after a few held-out seconds the window is re-based and predictions come every minute again
+    assert len(before) == 10 and len(ticks) >= 9
+    assert all(b - a == INTERVAL_S for a, b in itertools.pairwise(ticks))
+    assert stage.clock.steps == 1 and stage.window.out_of_order == 0
