@@ -129,7 +129,8 @@ def encode_downlink(message: DownlinkMessage) -> bytes:
             raise DownlinkError(f"a range is a pair of integers, not {pair!r}")
     _check_ranges(message.ranges)
     fields = [seq for pair in message.ranges for seq in pair]
-    payload = HEADER + msgpack.packb([int(DownlinkType.COMMIT_ACK), ts_ms, fields], use_bin_type=True)
+    body: bytes = msgpack.packb([int(DownlinkType.COMMIT_ACK), ts_ms, fields], use_bin_type=True)
+    payload = HEADER + body
     if len(payload) > MAX_DOWNLINK_BYTES:
         raise DownlinkError(f"payload of {len(payload)} bytes > {MAX_DOWNLINK_BYTES}")
     return payload
