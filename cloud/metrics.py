@@ -30,3 +30,11 @@ LAG_SECONDS = Histogram(
     "From a batch's newest source timestamp to its commit",
     buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0),
 )
+ACKS_PUBLISHED = Counter(
+    "voltgate_cloud_acks_published_total", "Commit acknowledgements queued for a vehicle's downlink"
+)
+ACK_PUBLISH_FAILURES = Counter(
+    "voltgate_cloud_ack_publish_failures_total",
+    "Commit acknowledgements not published (the bus re-sends those rows)",
+    ["reason"],
+)  # reason: queue_full | encode
