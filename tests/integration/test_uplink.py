@@ -30,6 +30,8 @@ from agent.records import Alert, Sample
 from agent.settings import UplinkSettings
 from agent.uplink import Uplink
 from protocols.catalog import Priority
+from protocols.downlink import commit_acks, encode_downlink
+from protocols.topics import downlink_ack_topic, parse_topic
 from protocols.wire import Batch, decode_batch, decode_status
 from tests.integration.conftest import Broker, unique_id
 
@@ -62,12 +64,15 @@ def _samples(start: int, count: int) -> list[Sample]:
 
 
 class Collector:
-    """A subscriber that keeps every decoded batch in arrival order."""
+    """A subscriber that keeps every decoded batch in arrival order and, playing the receiver, answers
+    each batch with a commit acknowledgement of its seqs (unless `acking` is off)."""
 
-    def __init__(self) -> None:
+    def __init__(self, acking: bool = True) -> None:
         self.batches: list[tuple[str, Batch]] = []
         self.statuses: list[str] = []
         self.changed = asyncio.Event()
+        self.acking = acking
+        self.acks_sent = 0
 
     def sample_seqs(self) -> list[int]:
         return [r.seq for topic, b in self.batches if topic.endswith("/telemetry") for r in b.samples]
@@ -82,9 +87,19 @@ class Collector:
             topic = str(message.topic)
             if topic.endswith("/status"):
                 self.statuses.append(decode_status(payload).state)
-            else:
-                self.batches.append((topic, decode_batch(payload)))
+            elif "/downlink/" not in topic:
+                batch = decode_batch(payload)
+                self.batches.append((topic, batch))
+                if self.acking:
+                    await self._acknowledge(client, topic, batch)
             self.changed.set()
+
+    async def _acknowledge(self, client: aiomqtt.Client, topic: str, batch: Batch) -> None:
+        parts = parse_topic(topic)
+        seqs = [r.seq for records in (batch.samples, batch.predictions, batch.alerts) for r in records]
+        for ack in commit_acks(seqs, int(time.time() * 1000)):
+            await client.publish(downlink_ack_topic(parts.fleet, parts.vehicle), encode_downlink(ack), qos=1)
+            self.acks_sent += 1
 
     async def wait_for(self, what: str, condition: Callable[[], bool]) -> None:
         async def poll() -> None:
@@ -107,8 +122,9 @@ async def collecting(
     *,
     persistent_id: str | None = None,
     tls_context: ssl.SSLContext | None = None,
+    acking: bool = True,
 ) -> AsyncIterator[Collector]:
-    collector = Collector()
+    collector = Collector(acking)
     properties = None
     if persistent_id is not None:  # a session that outlives a broker restart (broker persistence on)
         properties = Properties(PacketTypes.CONNECT)
