@@ -14,6 +14,7 @@ broker a few copies, not one per minute.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ class InFlightMessage:
     first_seq: int
     last_seq: int
     seqs: set[int]  # not yet acknowledged
-    resend_at: float  # monotonic seconds
+    sent_at: float  # monotonic seconds, last (re-)send
+    resend_at: float
     resends: int = 0
 
 
@@ -50,11 +52,15 @@ class InFlightWindow:
     def get(self, key: int) -> InFlightMessage | None:
         return self._messages.get(key)
 
+    def messages(self) -> list[InFlightMessage]:
+        """Copies of the messages in flight, oldest first."""
+        return [dataclasses.replace(m, seqs=set(m.seqs)) for _, m in sorted(self._messages.items())]
+
     def add(self, stream: str, seqs: Sequence[int], now: float) -> int:
         """Register a message about to be published; returns its key."""
         key = next(self._keys)
         self._messages[key] = InFlightMessage(
-            stream, min(seqs), max(seqs), set(seqs), now + self._ack_timeout_s
+            stream, min(seqs), max(seqs), set(seqs), now, now + self._ack_timeout_s
         )
         self._rows += len(self._messages[key].seqs)
         return key
@@ -74,6 +80,7 @@ class InFlightWindow:
         self._rows -= len(message.seqs) - len(kept)
         message.seqs = kept
         message.resends += 1
+        message.sent_at = now
         timeout = self._ack_timeout_s * 2.0 ** min(message.resends, 30)
         message.resend_at = now + min(timeout, self._ack_timeout_max_s)
         if not kept:

@@ -64,7 +64,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent import metrics
 from agent.buffer import BufferWorker, Kind, WireRecord
-from agent.inflight import InFlightWindow
+from agent.inflight import InFlightMessage, InFlightWindow
 from agent.settings import UplinkSettings
 from protocols.downlink import CommitAck, DownlinkError, UnknownDownlinkTypeError, decode_downlink
 from protocols.errors import WireError
@@ -216,6 +216,10 @@ class Uplink:
     def inflight_rows(self) -> int:
         """Rows sent and PUBACKed, not yet acknowledged by the cloud."""
         return self._window.rows
+
+    def in_flight(self) -> list[InFlightMessage]:
+        """What is in flight now (copies): per message its stream, seqs and re-send deadline."""
+        return self._window.messages()
 
     @property
     def reconnect_attempt(self) -> int:
