@@ -20,8 +20,9 @@ sent and are deleted at once, counted.
 
 PUBACKs are still awaited: aiomqtt 2.x `Client.publish(..., qos=1)` awaits the event paho sets in
 `_handle_pubackcomp`, i.e. when the PUBACK arrives (aiomqtt 2.5.1 `publish`/`_on_publish`, paho-mqtt
-2.2). aiomqtt drops the MQTT 5 PUBACK reason code, so `_PubackWatch` wraps paho's callback to notice a
-*refusing* PUBACK (reason ≥ 0x80, e.g. "not authorized"): that message is not in flight.
+2.2). aiomqtt drops the MQTT 5 PUBACK reason code, so `agent.mqtt_link.PubackWatch` wraps paho's
+callback to notice a *refusing* PUBACK (reason ≥ 0x80, e.g. "not authorized"): that message is not in
+flight.
 
 Batching and ordering
 ---------------------
@@ -49,22 +50,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import random
-import ssl
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import aiomqtt
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent import metrics
 from agent.buffer import BufferWorker, Kind, WireRecord
 from agent.inflight import InFlightMessage, InFlightWindow
+from agent.mqtt_link import PubackWatch, abandon, filter_closed_socket_watchers, tls_context
 from agent.settings import UplinkSettings
 from protocols.downlink import CommitAck, DownlinkError, UnknownDownlinkTypeError, decode_downlink
 from protocols.errors import WireError
@@ -72,6 +71,8 @@ from protocols.topics import alerts_topic, downlink_ack_topic, downlink_filter, 
 from protocols.wire import AlertRecord, Batch, PredictionRecord, SampleRecord, encode_batch, encode_status
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Uplink", "UplinkError", "encode_records", "filter_closed_socket_watchers", "next_attempt"]
 
 AGENT_VERSION: Final = "0.1.0"
 ALERT_BATCH_MAX: Final = 100
@@ -134,38 +135,6 @@ def encode_records(
         else:
             good.append(record)
     return (encode(good) if good else None), refused
-
-
-def _tls_context(settings: UplinkSettings) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
-    if settings.cert_file is not None and settings.key_file is not None:
-        context.load_cert_chain(str(settings.cert_file), str(settings.key_file))
-    if settings.tls_insecure:
-        context.check_hostname = False
-    return context
-
-
-class _PubackWatch:
-    """Counts PUBACKs whose MQTT 5 reason code is a failure, by wrapping the paho callback aiomqtt
-    installs (aiomqtt discards the reason code). Sequential publishing makes a count change during one
-    publish mean: that publish (or, conservatively, a concurrent one) was refused."""
-
-    def __init__(self, client: aiomqtt.Client) -> None:
-        self.refusals = 0
-        self.last_reason = ""
-        paho = client._client
-        original = paho.on_publish
-        assert original is not None  # aiomqtt installs Client._on_publish in its constructor
-
-        def on_publish(
-            paho_client: Any, userdata: Any, mid: int, reason: ReasonCode, properties: Properties
-        ) -> None:
-            if isinstance(reason, ReasonCode) and reason.is_failure:
-                self.refusals += 1
-                self.last_reason = str(reason)
-            original(paho_client, userdata, mid, reason, properties)  # type: ignore[call-arg]
-
-        paho.on_publish = on_publish
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +209,7 @@ class Uplink:
 
     # --- the connection loop -------------------------------------------------------------------------
 
-    def _new_client(self) -> tuple[aiomqtt.Client, _PubackWatch]:
+    def _new_client(self) -> tuple[aiomqtt.Client, PubackWatch]:
         settings = self._settings
         will = aiomqtt.Will(
             self._status_topic,
@@ -258,11 +227,11 @@ class Uplink:
             will=will,
             keepalive=settings.keepalive_s,
             timeout=settings.connect_timeout_s,
-            tls_context=_tls_context(settings) if self._address.tls else None,
+            tls_context=tls_context(settings) if self._address.tls else None,
             logger=logging.getLogger("agent.uplink.mqtt"),
             max_queued_incoming_messages=DOWNLINK_QUEUE_MAX,
         )
-        return client, _PubackWatch(client)
+        return client, PubackWatch(client)
 
     async def run(self) -> None:
         """Connect, publish, reconnect with backoff; returns after `stop()` once flushed (or out of time)."""
@@ -278,7 +247,7 @@ class Uplink:
             except (aiomqtt.MqttError, UplinkError, OSError) as err:
                 self._on_link_failed(err)
                 if isinstance(err, UplinkStuckError | aiomqtt.MqttReentrantError):
-                    _abandon(client)
+                    abandon(client)
                     client, watch = self._new_client()
             self._attempt = next_attempt(self._attempt, accepted=self._accepted, refused=self._refused)
             delay = self._backoff_s(self._attempt - 1)
@@ -330,7 +299,7 @@ class Uplink:
 
     # --- one connected session: a sender and a downlink reader ---------------------------------------
 
-    async def _session(self, client: aiomqtt.Client, watch: _PubackWatch) -> None:
+    async def _session(self, client: aiomqtt.Client, watch: PubackWatch) -> None:
         await self._subscribe_downlink(client)
         online = encode_status("online", _now_ms(), agent_version=AGENT_VERSION)
         await self._publish(client, watch, self._status_topic, online, retain=True)
@@ -395,7 +364,7 @@ class Uplink:
         metrics.UPLINK_INFLIGHT_ROWS.set(self._window.rows)
         self._wake.set()
 
-    async def _send_loop(self, client: aiomqtt.Client, watch: _PubackWatch) -> None:
+    async def _send_loop(self, client: aiomqtt.Client, watch: PubackWatch) -> None:
         backlog_end = await self._buffer.committed_seq()
         prefer_live = True
         settings = self._settings
@@ -468,7 +437,7 @@ class Uplink:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=timeout)
 
-    async def _resend_due(self, client: aiomqtt.Client, watch: _PubackWatch, now: float) -> bool:
+    async def _resend_due(self, client: aiomqtt.Client, watch: PubackWatch, now: float) -> bool:
         """Re-send the first in-flight message whose ack is overdue; False when none is."""
         for key in self._window.due(now):
             message = self._window.get(key)
@@ -508,7 +477,7 @@ class Uplink:
         return payload, refused
 
     async def _send(
-        self, client: aiomqtt.Client, watch: _PubackWatch, stream: _Stream, records: Sequence[WireRecord]
+        self, client: aiomqtt.Client, watch: PubackWatch, stream: _Stream, records: Sequence[WireRecord]
     ) -> None:
         """Publish rows never sent before; once PUBACKed they are in flight until the cloud acks them."""
         payload, refused = await self._encode(records)
@@ -529,7 +498,7 @@ class Uplink:
         metrics.UPLINK_BYTES.labels(stream.label).inc(len(payload))
 
     async def _publish(
-        self, client: aiomqtt.Client, watch: _PubackWatch, topic: str, payload: bytes, *, retain: bool = False
+        self, client: aiomqtt.Client, watch: PubackWatch, topic: str, payload: bytes, *, retain: bool = False
     ) -> None:
         """Publish at QoS 1 and return once the PUBACK accepted it; raise otherwise (rows then stay)."""
         refusals = watch.refusals
@@ -556,44 +525,3 @@ def next_attempt(attempt: int, *, accepted: bool, refused: bool) -> int:
     """The backoff attempt after a session ended: back to the start only when the broker accepted a
     publish and refused none (a connect that works is not enough: an ACL may refuse every publish)."""
     return 1 if accepted and not refused else attempt + 1
-
-
-def filter_closed_socket_watchers(loop: asyncio.AbstractEventLoop) -> None:
-    """Keep aiomqtt's teardown race out of the error log; pass every other loop error on unchanged.
-
-    aiomqtt registers paho's write watcher with `loop.call_soon_threadsafe(loop.add_writer, fd, ...)`
-    (aiomqtt/client.py, `_on_socket_register_write`). When the connection closes between that call and
-    the loop running it, `add_writer` meets a closed descriptor and the loop's default handler logs an
-    ERROR with a traceback, although nothing was lost: there is nothing to write to a closed socket, and
-    unacknowledged rows stay in the buffer. That one case is counted and logged once at DEBUG.
-    """
-    watchers = {"add_writer", "add_reader"}
-    logged = False
-
-    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        error = context.get("exception")
-        callback = getattr(context.get("handle"), "_callback", None)  # asyncio.Handle keeps it there
-        if (
-            isinstance(error, OSError)
-            and error.errno == errno.EBADF
-            and getattr(callback, "__name__", "") in watchers
-            and getattr(callback, "__self__", None) is loop
-        ):
-            nonlocal logged
-            metrics.UPLINK_FAILURES.labels("closed_socket_watcher").inc()
-            if not logged:
-                log.debug("socket watcher for an already closed MQTT connection skipped (aiomqtt race)")
-                logged = True
-            return
-        loop.default_exception_handler(context)
-
-    loop.set_exception_handler(handler)
-
-
-def _abandon(client: aiomqtt.Client) -> None:
-    """Forget a client replaced after a stuck session: its socket is closed, and the disconnect error it
-    may still record later is consumed (no "Future exception was never retrieved")."""
-    with contextlib.suppress(Exception):
-        client._client.disconnect()
-    disconnected = client._disconnected
-    disconnected.add_done_callback(lambda future: None if future.cancelled() else future.exception())
