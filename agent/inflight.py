@@ -6,6 +6,9 @@ to re-send it. Two facts make a span enough to tell sent rows from unsent ones: 
 oldest unsent rows of its stream's kinds in a seq interval with nothing skipped, and new rows only
 ever get higher seqs; so every row of the stream's kinds inside an in-flight span belongs to that
 message (or is gone). `gaps()` gives the seq intervals outside every span: where unsent rows are.
+A per-stream floor keeps that cheap when many messages are in flight: every row of the stream below
+it was sent or is gone, so gaps start there. The caller raises it past a gap it found empty
+(`raise_floor`); removing a message (its rows unsent again) lowers it.
 
 Re-send deadlines: `ack_timeout_s` after the first send, then doubling per re-send of the same message
 (`ack_timeout_s * 2**resends`), capped at `ack_timeout_max_s`, so a receiver away for hours costs the
@@ -40,6 +43,7 @@ class InFlightWindow:
         self._messages: dict[int, InFlightMessage] = {}
         self._keys = itertools.count()
         self._rows = 0
+        self._floors: dict[str, int] = {}  # stream → every row of it below this is in flight or gone
 
     @property
     def rows(self) -> int:
@@ -70,6 +74,15 @@ class InFlightWindow:
         message = self._messages.pop(key, None)
         if message is not None:
             self._rows -= len(message.seqs)
+            floor = self._floors.get(message.stream, 0)
+            self._floors[message.stream] = min(floor, message.first_seq)
+
+    def floor(self, stream: str) -> int:
+        return self._floors.get(stream, 0)
+
+    def raise_floor(self, stream: str, seq: int) -> None:
+        """The caller found no unsent row of `stream` below `seq`."""
+        self._floors[stream] = max(self.floor(stream), seq)
 
     def resending(self, key: int, present: Iterable[int], now: float) -> None:
         """The message goes out again with the rows still `present` in the buffer; its deadline grows."""
@@ -116,12 +129,12 @@ class InFlightWindow:
 
     def gaps(self, stream: str, from_seq: int, before_seq: int | None) -> list[tuple[int, int | None]]:
         """The intervals `[lo, hi)` of `[from_seq, before_seq)` outside every in-flight span of `stream`
-        (`hi` None: open-ended), ascending. Adjacent spans count as one."""
+        and not below its floor (`hi` None: open-ended), ascending. Adjacent spans count as one."""
         spans = sorted(
             (m.first_seq, m.last_seq) for m in self._messages.values() if m.stream == stream and m.seqs
         )
         gaps: list[tuple[int, int | None]] = []
-        cursor = from_seq
+        cursor = max(from_seq, self.floor(stream))
         for first, last in spans:
             if before_seq is not None and cursor >= before_seq:
                 break

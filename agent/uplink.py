@@ -5,18 +5,20 @@ How rows leave the buffer
 -------------------------
 The broker is not trusted to keep anything (a restart without persistence or an expired session loses
 its queue), so a PUBACK only moves a message's rows to "in flight" (`agent.inflight.InFlightWindow`, in
-memory: per message its stream, seq span, unacknowledged seqs and re-send deadline). The receiver,
-after committing them to the database, publishes a commit acknowledgement (`protocols.downlink`,
-retained, QoS 1) on this vehicle's `downlink/ack` topic; the uplink subscribes to its
-`downlink_filter` (QoS 1) on every connect and deletes exactly the acknowledged rows
-(`BufferWorker.acknowledge`). In-flight rows not acknowledged within `ack_timeout_s` are re-sent, read
-back from the buffer over the message's span (rows already acknowledged or evicted are simply not
-there); each re-send of the same rows doubles the deadline up to `ack_timeout_max_s`, so a receiver
-away for hours does not multiply the broker's queue. At most `max_inflight_records` rows are in
-flight: when the window is full no new telemetry goes out (alerts have a small reserve) until acks
-arrive. A restarted agent has an empty window and re-sends everything still in its buffer; duplicates
-are harmless (the receiver stores by (vehicle, seq, ts)). Rows the wire encoder refuses can never be
-sent and are deleted at once, counted.
+memory: per message its stream, seq span, unacknowledged seqs, when sent and when to re-send). The
+receiver, after committing them to the database, publishes a commit acknowledgement
+(`protocols.downlink`, retained, QoS 1) on this vehicle's `downlink/ack` topic; the uplink subscribes
+to its `downlink_filter` (QoS 1) on every connect and deletes exactly the acknowledged rows it has in
+flight (`BufferWorker.acknowledge`). Acknowledged seqs it has not sent in this process are left alone
+(a retained ack may predate them if a reset buffer reused seqs): they are re-sent and acknowledged
+again. In-flight rows not acknowledged within `ack_timeout_s` are re-sent, read back from the buffer
+over the message's span (rows already acknowledged or evicted are simply not there); each re-send of
+the same rows doubles the deadline up to `ack_timeout_max_s`, so a receiver away for hours does not
+multiply the broker's queue. At most `max_inflight_records` rows are in flight: when the window is
+full no new telemetry goes out (alerts have a reserve of one alert batch) until acks arrive. A
+restarted agent has an empty window and re-sends everything still in its buffer; duplicates are
+harmless (the receiver stores by (vehicle, seq, ts)). Rows the wire encoder refuses can never be sent
+and are deleted at once, counted.
 
 PUBACKs are still awaited: aiomqtt 2.x `Client.publish(..., qos=1)` awaits the event paho sets in
 `_handle_pubackcomp`, i.e. when the PUBACK arrives (aiomqtt 2.5.1 `publish`/`_on_publish`, paho-mqtt
@@ -354,11 +356,11 @@ class Uplink:
             await self._apply_ack(ack)
 
     async def _apply_ack(self, ack: CommitAck) -> None:
-        """Delete exactly the acknowledged rows: those in flight, and (after a restart, say) the others
-        it names when it names no more than a window's worth."""
+        """Delete exactly the acknowledged rows that this process has in flight. Others are left alone:
+        a retained ack may predate them (seqs reused after a buffer was reset); they are re-sent and
+        acknowledged again instead."""
         hits = self._window.acknowledge(ack.ranges)
-        seqs = ack.seqs() if ack.seq_count <= self._settings.max_inflight_records else hits
-        deleted = await self._buffer.acknowledge(seqs)
+        deleted = await self._buffer.acknowledge(hits) if hits else 0
         metrics.UPLINK_ACKS_RECEIVED.inc()
         metrics.UPLINK_ACKED_ROWS.inc(deleted)
         metrics.UPLINK_INFLIGHT_ROWS.set(self._window.rows)
@@ -405,10 +407,14 @@ class Uplink:
         self, stream: _Stream, limit: int, from_seq: int, before_seq: int | None
     ) -> list[WireRecord]:
         """The oldest rows of `stream` in `[from_seq, before_seq)` that are not in flight."""
-        for low, high in self._window.gaps(stream.label, from_seq, before_seq):
+        gaps = self._window.gaps(stream.label, from_seq, before_seq)
+        for i, (low, high) in enumerate(gaps):
             rows = await self._buffer.pending(limit, stream.kinds, from_seq=low, before_seq=high)
             if rows:
                 return rows
+            if low == self._window.floor(stream.label) and i + 1 < len(gaps):
+                # Nothing unsent up to the next gap (the span between is in flight): skip it next time.
+                self._window.raise_floor(stream.label, gaps[i + 1][0])
         return []
 
     def _live_due(self, live: Sequence[WireRecord], now: float, stopping: bool) -> bool:

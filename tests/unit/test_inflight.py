@@ -102,3 +102,16 @@ def test_backoff_restarts_only_after_an_accepted_publish_and_no_refusal() -> Non
     assert next_attempt(attempt, accepted=True, refused=True) == 6, "status accepted, telemetry refused"
     assert next_attempt(attempt, accepted=False, refused=False) == 6, "connect failed"
     assert next_attempt(attempt, accepted=True, refused=False) == 1
+
+
+def test_the_floor_skips_what_was_found_sent_and_drops_back_when_rows_are_unsent_again() -> None:
+    window = InFlightWindow(10, 100)
+    first = window.add("alerts", [2], now=0)
+    window.add("alerts", [5], now=0)
+    assert window.gaps("alerts", 0, None) == [(0, 2), (3, 5), (6, None)]
+    window.raise_floor("alerts", 3)  # the caller found nothing unsent in [0, 2)
+    window.raise_floor("alerts", 6)  # ... nor in [3, 5)
+    assert window.gaps("alerts", 0, None) == [(6, None)]
+    assert window.gaps("telemetry", 0, None) == [(0, None)], "floors are per stream"
+    window.remove(first)  # its publish failed: seq 2 is unsent again
+    assert window.gaps("alerts", 0, None) == [(2, 5), (6, None)]
