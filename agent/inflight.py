@@ -12,7 +12,9 @@ it was sent or is gone, so gaps start there. The caller raises it past a gap it 
 
 Re-send deadlines: `ack_timeout_s` after the first send, then doubling per re-send of the same message
 (`ack_timeout_s * 2**resends`), capped at `ack_timeout_max_s`, so a receiver away for hours costs the
-broker a few copies, not one per minute.
+broker a few copies, not one per minute. A live (not retained) ack shows the receiver is there again:
+messages that already missed a deadline are then due within `ack_timeout_s` (`receiver_alive`), so
+a receiver back after hours gets the rest at once instead of at the backed-off deadlines.
 """
 
 from __future__ import annotations
@@ -118,6 +120,13 @@ class InFlightWindow:
         self._rows -= len(hits)
         hits.sort()
         return hits
+
+    def receiver_alive(self, now: float) -> None:
+        """A live ack arrived: messages re-sent at least once are due within `ack_timeout_s`."""
+        soon = now + self._ack_timeout_s
+        for message in self._messages.values():
+            if message.resends and message.resend_at > soon:
+                message.resend_at = soon
 
     def due(self, now: float) -> list[int]:
         """Keys of messages whose re-send deadline has passed: alerts first, then oldest deadline."""

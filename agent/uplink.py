@@ -353,6 +353,8 @@ class Uplink:
                 metrics.UPLINK_DOWNLINK_REFUSED.labels("malformed").inc()
                 self._log_once("malformed", "malformed downlink message skipped: %s", err)
                 continue
+            if not message.retain:  # a live ack: the receiver is there now
+                self._window.receiver_alive(asyncio.get_running_loop().time())
             await self._apply_ack(ack)
 
     async def _apply_ack(self, ack: CommitAck) -> None:

@@ -115,3 +115,17 @@ def test_the_floor_skips_what_was_found_sent_and_drops_back_when_rows_are_unsent
     assert window.gaps("telemetry", 0, None) == [(0, None)], "floors are per stream"
     window.remove(first)  # its publish failed: seq 2 is unsent again
     assert window.gaps("alerts", 0, None) == [(2, 5), (6, None)]
+
+
+def test_a_live_ack_brings_backed_off_resends_forward() -> None:
+    window = InFlightWindow(ack_timeout_s=10, ack_timeout_max_s=1000)
+    fresh = window.add("telemetry", [1], now=0)
+    stale = window.add("telemetry", [2], now=0)
+    for now in (10.0, 30.0, 70.0, 150.0):  # the receiver was away: 20, 40, 80, 160 s
+        window.resending(stale, [2], now)
+    window.receiver_alive(now=200)
+    stale_message, fresh_message = window.get(stale), window.get(fresh)
+    assert stale_message is not None and stale_message.resend_at == 210
+    assert fresh_message is not None and fresh_message.resend_at == 10, "never re-sent: unchanged"
+    window.receiver_alive(now=205)
+    assert stale_message.resend_at == 210, "further acks do not keep pushing it"
