@@ -458,7 +458,8 @@ class Uplink:
             )
             rows = [row for row in rows if row.seq in message.seqs]
             payload, refused = await self._encode(rows)
-            sent = [row.seq for row in rows if row.seq not in set(refused)]
+            skip = set(refused)
+            sent = [row.seq for row in rows if row.seq not in skip]
             self._window.resending(key, sent, now)
             metrics.UPLINK_INFLIGHT_ROWS.set(self._window.rows)
             if payload is None or not sent:
