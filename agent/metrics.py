@@ -59,7 +59,7 @@ SAMPLES_BUFFERED: Final = Counter(
 )
 BUFFER_BYTES: Final = Gauge("voltgate_buffer_bytes", "Bytes used by the buffer database (used pages)")
 BUFFER_ROWS: Final = Gauge(
-    "voltgate_buffer_rows", "Records in the buffer, not yet acknowledged by the broker"
+    "voltgate_buffer_rows", "Records in the buffer, not yet acknowledged stored by the cloud"
 )
 BUFFER_EVICTIONS: Final = Counter(
     "voltgate_buffer_evictions", "Records evicted by the byte cap or a full disk, per class", ["priority"]
