@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 from cloud.app import commit_ack_payloads
 from cloud.ingest import BatchMessage, DeadLetter, StatusMessage
-from protocols.downlink import CommitAck, decode_downlink
+from cloud.mqtt import MAX_QUEUED_ACKS, Inbox, MqttReceiver
+from cloud.settings import MqttSettings
+from protocols.downlink import CommitAck, decode_downlink, encode_downlink
 from protocols.topics import TopicKind, alerts_topic, downlink_ack_topic, telemetry_topic
 from protocols.wire import AlertRecord, Batch, SampleRecord
 
@@ -46,3 +49,18 @@ def test_one_ack_per_vehicle_covering_all_its_batches_of_the_group() -> None:
 def test_a_group_without_batches_acknowledges_nothing() -> None:
     status = StatusMessage(telemetry_topic("f1", "bus-3"), "f1", "bus-3", True, {}, NOW)
     assert commit_ack_payloads([status], TS_MS) == []
+
+
+def test_acks_queue_without_blocking_up_to_a_bound() -> None:
+    # GIVEN a receiver whose broker link is down (never connected: paho only queues)
+    loop = asyncio.new_event_loop()
+    try:
+        receiver = MqttReceiver(MqttSettings(client_id="unit-acks"), loop, Inbox(capacity=10))
+        payload = encode_downlink(CommitAck(TS_MS, ((0, 9),)))
+        topic = downlink_ack_topic("f1", "bus-1")
+        # WHEN more acks are published than the outgoing queue holds
+        queued = [receiver.publish_ack(topic, payload) for _ in range(MAX_QUEUED_ACKS + 3)]
+    finally:
+        loop.close()
+    # THEN each call returns at once; the ones beyond the bound are refused (the writer counts them)
+    assert queued.count(True) == MAX_QUEUED_ACKS and queued[-3:] == [False] * 3
