@@ -71,7 +71,7 @@ SAMPLES_BUFFERED: Final = Counter(
 )
 BUFFER_BYTES: Final = Gauge("voltgate_buffer_bytes", "Bytes used by the buffer database (used pages)")
 BUFFER_ROWS: Final = Gauge(
-    "voltgate_buffer_rows", "Records in the buffer, not yet acknowledged by the broker"
+    "voltgate_buffer_rows", "Records in the buffer, not yet acknowledged stored by the cloud"
 )
 BUFFER_EVICTIONS: Final = Counter(
     "voltgate_buffer_evictions", "Records evicted by the byte cap or a full disk, per class", ["priority"]
@@ -129,6 +129,19 @@ UPLINK_REJECTED: Final = Counter(
 )
 UPLINK_RECONNECTS: Final = Counter("voltgate_uplink_reconnects", "Broker connections lost or failed")
 UPLINK_CONNECTED: Final = Gauge("voltgate_uplink_connected", "1 while connected to the broker")
+UPLINK_INFLIGHT_ROWS: Final = Gauge(
+    "voltgate_uplink_inflight_rows", "Rows the broker took (PUBACK) that the cloud has not yet acknowledged"
+)
+UPLINK_RESENT_RECORDS: Final = Counter(
+    "voltgate_uplink_resent_records", "Records re-sent because no commit ack came within the deadline"
+)
+UPLINK_ACKS_RECEIVED: Final = Counter("voltgate_uplink_acks_received", "Commit acknowledgements received")
+UPLINK_ACKED_ROWS: Final = Counter(
+    "voltgate_uplink_acked_rows", "Buffer rows deleted because the cloud acknowledged them stored"
+)
+UPLINK_DOWNLINK_REFUSED: Final = Counter(
+    "voltgate_uplink_downlink_refused", "Downlink messages skipped", ["reason"]
+)  # reason: malformed | unknown_type | subscribe
 
 # --- inference and alerts ---------------------------------------------------------------------------------
 

@@ -109,6 +109,9 @@ class UplinkSettings(_Section):
     batch_max_records: int = Field(default=2_000, ge=1, le=100_000)
     batch_max_age_s: float = Field(default=60.0, ge=0)  # alerts bypass it; 60 s batches cost ~2.4 B/sample
     puback_timeout_s: float = Field(default=20.0, gt=0)  # "connected but stuck": recycle the connection
+    ack_timeout_s: float = Field(default=60.0, gt=0)  # no commit ack from the cloud within this: re-send
+    ack_timeout_max_s: float = Field(default=1_800.0, gt=0)  # re-send deadline doubles up to this
+    max_inflight_records: int = Field(default=50_000, ge=1)  # sent, not yet acked; full: no new rows go
     backoff_initial_s: float = Field(default=1.0, gt=0)
     backoff_max_s: float = Field(default=120.0, gt=0)
 

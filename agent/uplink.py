@@ -1,62 +1,86 @@
-"""The uplink: buffered records → wire batches → MQTT 5 (QoS 1, optional TLS) → acknowledged rows deleted.
+"""The uplink: buffered records → wire batches → MQTT 5 (QoS 1, optional TLS); rows leave the buffer when the
+cloud acknowledges them stored.
 
 How rows leave the buffer
 -------------------------
-A row is deleted only after the broker's PUBACK for the message that carried it. aiomqtt 2.x makes that
-easy to get right: `Client.publish(..., qos=1)` registers an event under the message id and awaits it;
-the event is set by `Client._on_publish`, which paho calls from `_handle_pubackcomp`, i.e. when the PUBACK
-arrives (checked in aiomqtt 2.5.1 `client.py`, `publish` and `_on_publish`, and paho-mqtt 2.2
-`_handle_pubackcomp`). aiomqtt drops the MQTT 5 PUBACK reason code, so `_watch_puback_reasons` wraps paho's
-callback to notice a *refusing* PUBACK (reason ≥ 0x80, e.g. "not authorized"), which must not delete rows.
-Redelivery (a PUBACK lost on the way back) makes duplicates, which the receiver drops by (vehicle, seq).
+The broker is not trusted to keep anything (a restart without persistence or an expired session loses
+its queue), so a PUBACK only moves a message's rows to "in flight" (`agent.inflight.InFlightWindow`, in
+memory: per message its stream, seq span, unacknowledged seqs, when sent and when to re-send). The
+receiver, after committing them to the database, publishes a commit acknowledgement
+(`protocols.downlink`, retained, QoS 1) on this vehicle's `downlink/ack` topic; the uplink subscribes
+to its `downlink_filter` (QoS 1) on every connect and deletes exactly the acknowledged rows it has in
+flight (`BufferWorker.acknowledge`). Acknowledged seqs it has not sent in this process are left alone
+(a retained ack may predate them if a reset buffer reused seqs): they are re-sent and acknowledged
+again. In-flight rows not acknowledged within `ack_timeout_s` are re-sent, read back from the buffer
+over the message's span (rows already acknowledged or evicted are simply not there); each re-send of
+the same rows doubles the deadline up to `ack_timeout_max_s`, so a receiver away for hours does not
+multiply the broker's queue. At most `max_inflight_records` rows are in flight: when the window is
+full no new telemetry goes out (alerts have a reserve of one alert batch) until acks arrive. A
+restarted agent has an empty window and re-sends everything still in its buffer; duplicates are
+harmless (the receiver stores by (vehicle, seq, ts)). Rows the wire encoder refuses can never be sent
+and are deleted at once, counted.
+
+PUBACKs are still awaited: aiomqtt 2.x `Client.publish(..., qos=1)` awaits the event paho sets in
+`_handle_pubackcomp`, i.e. when the PUBACK arrives (aiomqtt 2.5.1 `publish`/`_on_publish`, paho-mqtt
+2.2). aiomqtt drops the MQTT 5 PUBACK reason code, so `agent.mqtt_link.PubackWatch` wraps paho's
+callback to notice a *refusing* PUBACK (reason ≥ 0x80, e.g. "not authorized"): that message is not in
+flight.
 
 Batching and ordering
 ---------------------
-Alerts bypass batching: every wake-up first publishes pending alerts on the alerts topic. Samples and
-predictions go to the telemetry topic in batches of at most `batch_max_records`, sent when a batch is
-full or its oldest row has waited `batch_max_age_s`. At each connect the rows already in the buffer are
-the backlog (`seq < backlog_end`); they drain oldest-first, alternating with live batches (`seq >=
-backlog_end`) so fresh data keeps flowing during a long drain. Publishes are sequential: one message in
-flight, so a slow link never holds more than one batch in memory.
+Alerts go first: every wake-up first publishes pending alerts on the alerts topic, then any message
+whose re-send is due (alerts first), then telemetry. Samples and predictions go to the telemetry topic
+in batches of at most `batch_max_records`, sent when a batch is full or its oldest row has waited
+`batch_max_age_s`. At each connect the unsent rows already in the buffer are the backlog (`seq <
+backlog_end`); they drain oldest-first, alternating with live batches (`seq >= backlog_end`) so fresh
+data keeps flowing during a long drain. Publishes are sequential: one message awaiting its PUBACK.
 
 Connection handling
 -------------------
 aiomqtt's reconnection pattern (docs/reconnection.md): one reusable `Client`, `async with client:` in a
-loop, jittered exponential backoff between attempts. No PUBACK within `puback_timeout_s` ("connected but
-stuck") ends the session; then a fresh `Client` replaces the old one, whose graceful disconnect may itself
-hang on a dead socket. One log line when the link fails, one when it recovers. The status topic is
-retained: "online" on connect, "offline" on a clean stop and as the last will.
+loop, jittered exponential backoff between attempts. The backoff restarts from `backoff_initial_s`
+only after a session in which the broker accepted a publish and refused none: an agent whose
+publishes the broker refuses (ACL) backs off up to `backoff_max_s` instead of reconnecting twice a
+second. No PUBACK within `puback_timeout_s` ("connected but stuck") ends the session; then a fresh
+`Client` replaces the old one, whose graceful disconnect may itself hang on a dead socket. One log
+line when the link fails, one when it recovers. The status topic is retained: "online" on connect,
+"offline" on a clean stop and as the last will. On `stop()` the uplink publishes what is unsent and
+waits for the acks of what is in flight, both within the flush time; what is left stays in the buffer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import random
-import ssl
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Final
 
 import aiomqtt
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent import metrics
 from agent.buffer import BufferWorker, Kind, WireRecord
+from agent.inflight import InFlightMessage, InFlightWindow
+from agent.mqtt_link import PubackWatch, abandon, filter_closed_socket_watchers, tls_context
 from agent.settings import UplinkSettings
+from protocols.downlink import CommitAck, DownlinkError, UnknownDownlinkTypeError, decode_downlink
 from protocols.errors import WireError
-from protocols.topics import alerts_topic, status_topic, telemetry_topic
+from protocols.topics import alerts_topic, downlink_ack_topic, downlink_filter, status_topic, telemetry_topic
 from protocols.wire import AlertRecord, Batch, PredictionRecord, SampleRecord, encode_batch, encode_status
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Uplink", "UplinkError", "encode_records", "filter_closed_socket_watchers", "next_attempt"]
 
 AGENT_VERSION: Final = "0.1.0"
 ALERT_BATCH_MAX: Final = 100
 TELEMETRY_KINDS: Final = (Kind.SAMPLE, Kind.PREDICTION)
 ALERT_KINDS: Final = (Kind.ALERT,)
+DOWNLINK_QUEUE_MAX: Final = 100  # received downlink messages not yet handled (acks are retained anyway)
 
 
 class UplinkError(Exception):
@@ -115,36 +139,13 @@ def encode_records(
     return (encode(good) if good else None), refused
 
 
-def _tls_context(settings: UplinkSettings) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
-    if settings.cert_file is not None and settings.key_file is not None:
-        context.load_cert_chain(str(settings.cert_file), str(settings.key_file))
-    if settings.tls_insecure:
-        context.check_hostname = False
-    return context
+@dataclass(frozen=True, slots=True)
+class _Stream:
+    """Where rows of some kinds go: "telemetry" (samples, predictions) or "alerts"."""
 
-
-class _PubackWatch:
-    """Counts PUBACKs whose MQTT 5 reason code is a failure, by wrapping the paho callback aiomqtt
-    installs (aiomqtt discards the reason code). Sequential publishing makes a count change during one
-    publish mean: that publish (or, conservatively, a concurrent one) was refused."""
-
-    def __init__(self, client: aiomqtt.Client) -> None:
-        self.refusals = 0
-        self.last_reason = ""
-        paho = client._client
-        original = paho.on_publish
-        assert original is not None  # aiomqtt installs Client._on_publish in its constructor
-
-        def on_publish(
-            paho_client: Any, userdata: Any, mid: int, reason: ReasonCode, properties: Properties
-        ) -> None:
-            if isinstance(reason, ReasonCode) and reason.is_failure:
-                self.refusals += 1
-                self.last_reason = str(reason)
-            original(paho_client, userdata, mid, reason, properties)  # type: ignore[call-arg]
-
-        paho.on_publish = on_publish
+    label: str
+    kinds: tuple[Kind, ...]
+    topic: str
 
 
 class Uplink:
@@ -162,18 +163,39 @@ class Uplink:
         self._buffer = buffer
         self._quanta = dict(quanta)
         self._address = settings.address
-        self._telemetry_topic = telemetry_topic(settings.fleet_id, vehicle_id)
-        self._alerts_topic = alerts_topic(settings.fleet_id, vehicle_id)
-        self._status_topic = status_topic(settings.fleet_id, vehicle_id)
+        fleet = settings.fleet_id
+        self._telemetry = _Stream("telemetry", TELEMETRY_KINDS, telemetry_topic(fleet, vehicle_id))
+        self._alerts = _Stream("alerts", ALERT_KINDS, alerts_topic(fleet, vehicle_id))
+        self._streams = {stream.label: stream for stream in (self._telemetry, self._alerts)}
+        self._status_topic = status_topic(fleet, vehicle_id)
+        self._downlink_filter = downlink_filter(fleet, vehicle_id)
+        self._ack_topic = downlink_ack_topic(fleet, vehicle_id)
+        self._window = InFlightWindow(settings.ack_timeout_s, settings.ack_timeout_max_s)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._flush_deadline: float | None = None  # loop time by which a stopping uplink gives up
         self._live_waiting_since: float | None = None
         self._failing = False
         self._ever_connected = False
-        self._refusal_logged = False
-        self._rejection_logged = False
+        self._accepted = False  # this session: a publish the broker accepted
+        self._refused = False  # this session: a publish the broker refused
+        self._attempt = 0
+        self._logged: set[str] = set()  # kinds of problems already logged once
         self.connected = False
+
+    @property
+    def inflight_rows(self) -> int:
+        """Rows sent and PUBACKed, not yet acknowledged by the cloud."""
+        return self._window.rows
+
+    def in_flight(self) -> list[InFlightMessage]:
+        """What is in flight now (copies): per message its stream, seqs and re-send deadline."""
+        return self._window.messages()
+
+    @property
+    def reconnect_attempt(self) -> int:
+        """Failed connection attempts since the last session the broker accepted a publish in."""
+        return self._attempt
 
     # --- control -------------------------------------------------------------------------------------
 
@@ -189,7 +211,7 @@ class Uplink:
 
     # --- the connection loop -------------------------------------------------------------------------
 
-    def _new_client(self) -> tuple[aiomqtt.Client, _PubackWatch]:
+    def _new_client(self) -> tuple[aiomqtt.Client, PubackWatch]:
         settings = self._settings
         will = aiomqtt.Will(
             self._status_topic,
@@ -207,30 +229,30 @@ class Uplink:
             will=will,
             keepalive=settings.keepalive_s,
             timeout=settings.connect_timeout_s,
-            tls_context=_tls_context(settings) if self._address.tls else None,
+            tls_context=tls_context(settings) if self._address.tls else None,
             logger=logging.getLogger("agent.uplink.mqtt"),
+            max_queued_incoming_messages=DOWNLINK_QUEUE_MAX,
         )
-        return client, _PubackWatch(client)
+        return client, PubackWatch(client)
 
     async def run(self) -> None:
         """Connect, publish, reconnect with backoff; returns after `stop()` once flushed (or out of time)."""
         client, watch = self._new_client()
-        attempt = 0
         while not self._stopping.is_set():
+            self._accepted = self._refused = False
             try:
                 async with client:
                     self._on_connected()
-                    attempt = 0
                     await self._session(client, watch)
                     await self._say_offline(client)
                 return
             except (aiomqtt.MqttError, UplinkError, OSError) as err:
                 self._on_link_failed(err)
                 if isinstance(err, UplinkStuckError | aiomqtt.MqttReentrantError):
-                    _abandon(client)
+                    abandon(client)
                     client, watch = self._new_client()
-            delay = self._backoff_s(attempt)
-            attempt += 1
+            self._attempt = next_attempt(self._attempt, accepted=self._accepted, refused=self._refused)
+            delay = self._backoff_s(self._attempt - 1)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=delay)
 
@@ -272,41 +294,130 @@ class Uplink:
         self.connected = False
         metrics.UPLINK_CONNECTED.set(0)
 
-    # --- one connected session -----------------------------------------------------------------------
+    def _log_once(self, kind: str, message: str, *args: object) -> None:
+        if kind not in self._logged:
+            self._logged.add(kind)
+            log.warning(message, *args)
 
-    async def _session(self, client: aiomqtt.Client, watch: _PubackWatch) -> None:
+    # --- one connected session: a sender and a downlink reader ---------------------------------------
+
+    async def _session(self, client: aiomqtt.Client, watch: PubackWatch) -> None:
+        await self._subscribe_downlink(client)
         online = encode_status("online", _now_ms(), agent_version=AGENT_VERSION)
         await self._publish(client, watch, self._status_topic, online, retain=True)
+        sender = asyncio.create_task(self._send_loop(client, watch), name="uplink-send")
+        reader = asyncio.create_task(self._read_downlink(client), name="uplink-downlink")
+        try:
+            done, _ = await asyncio.wait({sender, reader}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sender, reader):
+                task.cancel()
+            results = await asyncio.gather(sender, reader, return_exceptions=True)
+        for result in results:  # the sender's own error first; the reader ends only on a link failure
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                raise result
+        if reader in done and sender not in done:
+            raise UplinkError("downlink reader stopped")
+
+    async def _subscribe_downlink(self, client: aiomqtt.Client) -> None:
+        try:
+            result = await client.subscribe(
+                self._downlink_filter, qos=1, timeout=self._settings.puback_timeout_s
+            )
+        except aiomqtt.MqttCodeError as err:
+            raise UplinkError(f"downlink subscribe failed: {err}") from err
+        except aiomqtt.MqttError as err:
+            raise UplinkStuckError(f"no SUBACK within {self._settings.puback_timeout_s:g} s") from err
+        codes = result if isinstance(result, list) else []
+        if any(isinstance(code, ReasonCode) and code.is_failure for code in codes):
+            # Rows then never leave the buffer, but nothing is lost: they are re-sent with backoff.
+            metrics.UPLINK_DOWNLINK_REFUSED.labels("subscribe").inc()
+            self._log_once(
+                "subscribe", "broker refused the downlink subscription %s: %s", self._downlink_filter, codes
+            )
+
+    async def _read_downlink(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload
+            if not message.topic.matches(self._ack_topic):
+                continue  # config and model downlinks are not handled yet (retained: seen again later)
+            try:
+                if not isinstance(payload, bytes | bytearray):
+                    raise DownlinkError(f"payload of type {type(payload).__name__}")
+                ack = decode_downlink(bytes(payload))
+            except UnknownDownlinkTypeError as err:
+                metrics.UPLINK_DOWNLINK_REFUSED.labels("unknown_type").inc()
+                self._log_once("unknown_type", "downlink message of an unknown type skipped: %s", err)
+                continue
+            except DownlinkError as err:
+                metrics.UPLINK_DOWNLINK_REFUSED.labels("malformed").inc()
+                self._log_once("malformed", "malformed downlink message skipped: %s", err)
+                continue
+            if not message.retain:  # a live ack: the receiver is there now
+                self._window.receiver_alive(asyncio.get_running_loop().time())
+            await self._apply_ack(ack)
+
+    async def _apply_ack(self, ack: CommitAck) -> None:
+        """Delete exactly the acknowledged rows that this process has in flight. Others are left alone:
+        a retained ack may predate them (seqs reused after a buffer was reset); they are re-sent and
+        acknowledged again instead."""
+        hits = self._window.acknowledge(ack.ranges)
+        deleted = await self._buffer.acknowledge(hits) if hits else 0
+        metrics.UPLINK_ACKS_RECEIVED.inc()
+        metrics.UPLINK_ACKED_ROWS.inc(deleted)
+        metrics.UPLINK_INFLIGHT_ROWS.set(self._window.rows)
+        self._wake.set()
+
+    async def _send_loop(self, client: aiomqtt.Client, watch: PubackWatch) -> None:
         backlog_end = await self._buffer.committed_seq()
         prefer_live = True
+        settings = self._settings
         while True:
             loop_time = asyncio.get_running_loop().time()
             stopping = self._stopping.is_set()
             if stopping and self._flush_deadline is not None and loop_time >= self._flush_deadline:
                 return
             self._wake.clear()
-            if await self._send_alerts(client, watch):
+            if self._window.rows < settings.max_inflight_records + ALERT_BATCH_MAX:  # alerts' reserve
+                alerts = await self._unsent(self._alerts, ALERT_BATCH_MAX, 0, None)
+                if alerts:
+                    await self._send(client, watch, self._alerts, alerts)
+                    continue
+            if not stopping and await self._resend_due(client, watch, loop_time):
                 continue
-            backlog = await self._buffer.pending(
-                self._settings.batch_max_records, TELEMETRY_KINDS, before_seq=backlog_end
-            )
-            live = await self._buffer.pending(
-                self._settings.batch_max_records, TELEMETRY_KINDS, from_seq=backlog_end
-            )
-            live_due = self._live_due(live, loop_time, stopping)
-            if live_due and (prefer_live or not backlog):
-                await self._send_telemetry(client, watch, live)
-                if len(live) < self._settings.batch_max_records:
-                    self._live_waiting_since = None
-                prefer_live = False
-                continue
-            if backlog:
-                await self._send_telemetry(client, watch, backlog)
-                prefer_live = True
-                continue
-            if stopping and not live:
-                return
+            live: list[WireRecord] = []
+            if self._window.rows < settings.max_inflight_records:
+                limit = settings.batch_max_records
+                backlog = await self._unsent(self._telemetry, limit, 0, backlog_end)
+                live = await self._unsent(self._telemetry, limit, backlog_end, None)
+                live_due = self._live_due(live, loop_time, stopping)
+                if live_due and (prefer_live or not backlog):
+                    await self._send(client, watch, self._telemetry, live)
+                    if len(live) < settings.batch_max_records:
+                        self._live_waiting_since = None
+                    prefer_live = False
+                    continue
+                if backlog:
+                    await self._send(client, watch, self._telemetry, backlog)
+                    prefer_live = True
+                    continue
+                if stopping and not live and not self._window.rows:
+                    return
             await self._sleep_until_due(live, loop_time)
+
+    async def _unsent(
+        self, stream: _Stream, limit: int, from_seq: int, before_seq: int | None
+    ) -> list[WireRecord]:
+        """The oldest rows of `stream` in `[from_seq, before_seq)` that are not in flight."""
+        gaps = self._window.gaps(stream.label, from_seq, before_seq)
+        for i, (low, high) in enumerate(gaps):
+            rows = await self._buffer.pending(limit, stream.kinds, from_seq=low, before_seq=high)
+            if rows:
+                return rows
+            if low == self._window.floor(stream.label) and i + 1 < len(gaps):
+                # Nothing unsent up to the next gap (the span between is in flight): skip it next time.
+                self._window.raise_floor(stream.label, gaps[i + 1][0])
+        return []
 
     def _live_due(self, live: Sequence[WireRecord], now: float, stopping: bool) -> bool:
         if not live:
@@ -321,58 +432,82 @@ class Uplink:
         )
 
     async def _sleep_until_due(self, live: Sequence[WireRecord], now: float) -> None:
-        timeout: float | None = None
+        """Until new rows, an ack, a due re-send, a due live batch or the flush deadline."""
+        deadlines: list[float] = []
         if live and self._live_waiting_since is not None:
-            timeout = max(0.0, self._live_waiting_since + self._settings.batch_max_age_s - now)
+            deadlines.append(self._live_waiting_since + self._settings.batch_max_age_s)
+        resend_at = self._window.next_resend_at()
+        if resend_at is not None and not self._stopping.is_set():
+            deadlines.append(resend_at)
         if self._stopping.is_set() and self._flush_deadline is not None:
-            remaining = max(0.0, self._flush_deadline - now)
-            timeout = remaining if timeout is None else min(timeout, remaining)
+            deadlines.append(self._flush_deadline)
+        timeout = max(0.0, min(deadlines) - now) if deadlines else None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=timeout)
 
-    async def _send_alerts(self, client: aiomqtt.Client, watch: _PubackWatch) -> bool:
-        alerts = await self._buffer.pending(ALERT_BATCH_MAX, ALERT_KINDS)
-        if not alerts:
-            return False
-        await self._send(client, watch, self._alerts_topic, "alerts", alerts)
-        return True
+    async def _resend_due(self, client: aiomqtt.Client, watch: PubackWatch, now: float) -> bool:
+        """Re-send the first in-flight message whose ack is overdue; False when none is."""
+        for key in self._window.due(now):
+            message = self._window.get(key)
+            if message is None:
+                continue
+            stream = self._streams[message.stream]
+            span = message.last_seq - message.first_seq + 1
+            rows = await self._buffer.pending(
+                span, stream.kinds, from_seq=message.first_seq, before_seq=message.last_seq + 1
+            )
+            rows = [row for row in rows if row.seq in message.seqs]
+            payload, refused = await self._encode(rows)
+            skip = set(refused)
+            sent = [row.seq for row in rows if row.seq not in skip]
+            self._window.resending(key, sent, now)
+            metrics.UPLINK_INFLIGHT_ROWS.set(self._window.rows)
+            if payload is None or not sent:
+                continue  # every row was acknowledged, evicted or refused meanwhile
+            await self._publish(client, watch, stream.topic, payload)
+            metrics.UPLINK_RESENT_RECORDS.inc(len(sent))
+            return True
+        return False
 
-    async def _send_telemetry(
-        self, client: aiomqtt.Client, watch: _PubackWatch, records: Sequence[WireRecord]
-    ) -> None:
-        await self._send(client, watch, self._telemetry_topic, "telemetry", records)
-
-    async def _send(
-        self,
-        client: aiomqtt.Client,
-        watch: _PubackWatch,
-        topic: str,
-        label: str,
-        records: Sequence[WireRecord],
-    ) -> None:
+    async def _encode(self, records: Sequence[WireRecord]) -> tuple[bytes | None, list[int]]:
+        if not records:
+            return None, []
         payload, refused = await asyncio.to_thread(encode_records, self._vehicle_id, records, self._quanta)
         if refused:
+            # Never sendable: deleted locally, counted (they would block the stream otherwise).
             metrics.UPLINK_REJECTED.inc(len(refused))
-            if not self._rejection_logged:
-                log.warning(
-                    "wire encoder refused %d records (deleted, counted); first seq %d",
-                    len(refused),
-                    refused[0],
-                )
-                self._rejection_logged = True
+            self._log_once(
+                "rejected",
+                "wire encoder refused %d records (deleted, counted); first seq %d",
+                len(refused),
+                refused[0],
+            )
             await self._buffer.acknowledge(refused)
+        return payload, refused
+
+    async def _send(
+        self, client: aiomqtt.Client, watch: PubackWatch, stream: _Stream, records: Sequence[WireRecord]
+    ) -> None:
+        """Publish rows never sent before; once PUBACKed they are in flight until the cloud acks them."""
+        payload, refused = await self._encode(records)
         if payload is None:
             return
-        await self._publish(client, watch, topic, payload)
         skip = set(refused)
         seqs = [record.seq for record in records if record.seq not in skip]
-        await self._buffer.acknowledge(seqs)
-        metrics.UPLINK_BATCHES.labels(label).inc()
-        metrics.UPLINK_RECORDS.labels(label).inc(len(seqs))
-        metrics.UPLINK_BYTES.labels(label).inc(len(payload))
+        key = self._window.add(stream.label, seqs, asyncio.get_running_loop().time())
+        try:
+            await self._publish(client, watch, stream.topic, payload)
+        except BaseException:
+            self._window.remove(key)  # not taken by the broker: unsent again, sent on the next session
+            raise
+        finally:
+            metrics.UPLINK_INFLIGHT_ROWS.set(self._window.rows)
+        metrics.UPLINK_BATCHES.labels(stream.label).inc()
+        metrics.UPLINK_RECORDS.labels(stream.label).inc(len(seqs))
+        metrics.UPLINK_BYTES.labels(stream.label).inc(len(payload))
 
     async def _publish(
-        self, client: aiomqtt.Client, watch: _PubackWatch, topic: str, payload: bytes, *, retain: bool = False
+        self, client: aiomqtt.Client, watch: PubackWatch, topic: str, payload: bytes, *, retain: bool = False
     ) -> None:
         """Publish at QoS 1 and return once the PUBACK accepted it; raise otherwise (rows then stay)."""
         refusals = watch.refusals
@@ -388,49 +523,14 @@ class Uplink:
             metrics.UPLINK_FAILURES.labels("timeout").inc()
             raise UplinkStuckError(f"no PUBACK within {self._settings.puback_timeout_s:g} s") from err
         if watch.refusals != refusals:
+            self._refused = True
             metrics.UPLINK_FAILURES.labels("refused").inc()
-            if not self._refusal_logged:
-                log.warning("broker refused a publish on %s: %s", topic, watch.last_reason)
-                self._refusal_logged = True
+            self._log_once("refused", "broker refused a publish on %s: %s", topic, watch.last_reason)
             raise UplinkError(f"broker refused the publish: {watch.last_reason}")
+        self._accepted = True
 
 
-def filter_closed_socket_watchers(loop: asyncio.AbstractEventLoop) -> None:
-    """Keep aiomqtt's teardown race out of the error log; pass every other loop error on unchanged.
-
-    aiomqtt registers paho's write watcher with `loop.call_soon_threadsafe(loop.add_writer, fd, ...)`
-    (aiomqtt/client.py, `_on_socket_register_write`). When the connection closes between that call and
-    the loop running it, `add_writer` meets a closed descriptor and the loop's default handler logs an
-    ERROR with a traceback, although nothing was lost: there is nothing to write to a closed socket, and
-    unacknowledged rows stay in the buffer. That one case is counted and logged once at DEBUG.
-    """
-    watchers = {"add_writer", "add_reader"}
-    logged = False
-
-    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        error = context.get("exception")
-        callback = getattr(context.get("handle"), "_callback", None)  # asyncio.Handle keeps it there
-        if (
-            isinstance(error, OSError)
-            and error.errno == errno.EBADF
-            and getattr(callback, "__name__", "") in watchers
-            and getattr(callback, "__self__", None) is loop
-        ):
-            nonlocal logged
-            metrics.UPLINK_FAILURES.labels("closed_socket_watcher").inc()
-            if not logged:
-                log.debug("socket watcher for an already closed MQTT connection skipped (aiomqtt race)")
-                logged = True
-            return
-        loop.default_exception_handler(context)
-
-    loop.set_exception_handler(handler)
-
-
-def _abandon(client: aiomqtt.Client) -> None:
-    """Forget a client replaced after a stuck session: its socket is closed, and the disconnect error it
-    may still record later is consumed (no "Future exception was never retrieved")."""
-    with contextlib.suppress(Exception):
-        client._client.disconnect()
-    disconnected = client._disconnected
-    disconnected.add_done_callback(lambda future: None if future.cancelled() else future.exception())
+def next_attempt(attempt: int, *, accepted: bool, refused: bool) -> int:
+    """The backoff attempt after a session ended: back to the start only when the broker accepted a
+    publish and refused none (a connect that works is not enough: an ACL may refuse every publish)."""
+    return 1 if accepted and not refused else attempt + 1

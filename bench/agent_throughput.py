@@ -8,9 +8,11 @@ What is measured
 * ours: `voltgate-agent run` as a subprocess pinned to one CPU (`sched_setaffinity` before exec, so every
   thread of it shares that core), replaying a `voltgate-sim record` log at `speed = "max"` through the
   whole pipeline: replay → decode (catalog + sampling policy) → SQLite buffer (WAL, synchronous=FULL) →
-  wire batches → MQTT 5 QoS 1 to the broker, rows deleted after PUBACK. The clock starts when the agent
-  logs that it is running (interpreter start-up and imports are reported apart) and stops when a
-  subscriber in this process (on the other CPU) has received every sample the log yields. CPU time is
+  wire batches → MQTT 5 QoS 1 to the broker → rows deleted when the cloud's commit acknowledgement
+  comes. The subscriber in this process (on the other CPU) plays the receiver minus the database: it
+  answers each batch with a commit acknowledgement on the vehicle's downlink, as `cloud.app` does after
+  its commit. The clock starts when the agent logs that it is running (interpreter start-up and imports
+  are reported apart) and stops when that subscriber has received every sample the log yields. CPU time is
   the agent's own (utime + stime from /proc), over the same span; peak RSS is its VmHWM.
 * naive: the same job written the obvious way, in this process pinned to one CPU: python-can's
   `LogReader` feeding a `can.Listener` (what a `Notifier` calls per message), cantools `Message.decode`
@@ -50,7 +52,8 @@ from agent.decode import Decoder  # noqa: E402
 from agent.records import Sample, frame_from_message  # noqa: E402
 from agent.settings import UplinkSettings  # noqa: E402
 from protocols.catalog import DEFAULT_CATALOG, DEFAULT_DBC, SignalSampler, load_catalog  # noqa: E402
-from protocols.topics import telemetry_topic  # noqa: E402
+from protocols.downlink import commit_acks, encode_downlink  # noqa: E402
+from protocols.topics import downlink_ack_topic, telemetry_topic  # noqa: E402
 from protocols.wire import Batch, SampleRecord, decode_batch, encode_batch  # noqa: E402
 
 VEHICLE = "bench-bus"
@@ -111,7 +114,8 @@ def pin(cpu: int) -> None:
 
 
 class TelemetryCounter:
-    """Subscribes to one vehicle's telemetry; counts distinct samples and payload bytes."""
+    """Subscribes to one vehicle's telemetry; counts distinct samples and payload bytes, and acknowledges
+    each batch on the vehicle's downlink (the agent keeps rows in flight until then)."""
 
     def __init__(self, host: str, port: int, fleet: str) -> None:
         self.seqs: set[int] = set()
@@ -121,6 +125,7 @@ class TelemetryCounter:
         self.expected = 0
         self.done_at = 0.0
         self._topic = telemetry_topic(fleet, VEHICLE)
+        self._ack_topic = downlink_ack_topic(fleet, VEHICLE)
         self._client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
         )
@@ -132,7 +137,11 @@ class TelemetryCounter:
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         self.payload_bytes += len(message.payload)
         self.batches += 1
-        self.seqs.update(record.seq for record in decode_batch(message.payload).samples)
+        batch = decode_batch(message.payload)
+        carried = [r.seq for records in (batch.samples, batch.predictions, batch.alerts) for r in records]
+        for ack in commit_acks(carried, int(time.time() * 1000)):
+            client.publish(self._ack_topic, encode_downlink(ack), qos=1)  # queued by paho, not awaited
+        self.seqs.update(record.seq for record in batch.samples)
         if self.expected and len(self.seqs) >= self.expected and not self.done.is_set():
             self.done_at = time.perf_counter()
             self.done.set()

@@ -1,13 +1,14 @@
 """Composition root of the receiver: broker adapter → inbox → writer (ingest + store) → ack.
 
 One asyncio TaskGroup with three named tasks: `writer` (groups messages, writes each group in one
-transaction, acknowledges after commit; it decodes the next group in a worker thread while the
-database commits the current one), `maintenance` (partitions ahead, retention) and `rollups` (hour
-and day rollups every `database.rollup_refresh_s`, and once more after the last commit; then the
-kept daily KPIs, trips and charging sessions of ended days in `web.time_zone`), each with
-its own database connection. SIGTERM/SIGINT set the stop event: the writer stops taking messages,
-commits and acknowledges the group it holds, and returns; then the broker connection is closed
-cleanly (the persistent session keeps everything not yet acknowledged) and `run` returns.
+transaction; after the commit it publishes one commit acknowledgement per vehicle of the group on the
+vehicle's downlink, then PUBACKs the messages — see `cloud.mqtt`; it decodes the next group in a worker
+thread while the database commits the current one), `maintenance` (partitions ahead, retention) and
+`rollups` (hour and day rollups every `database.rollup_refresh_s`, and once more after the last commit;
+then the kept daily KPIs, trips and charging sessions of ended days in `web.time_zone`), each with its
+own database connection. SIGTERM/SIGINT set the stop event: the writer stops taking messages, commits and
+acknowledges the group it holds, and returns; then the broker connection is closed cleanly (the
+persistent session keeps everything not yet acknowledged) and `run` returns.
 
 With a [web] section in the settings, `run` also serves the fleet views (`cloud.api`: JSON API, page,
 /metrics) from the same event loop, on their own connection pool; `serve` runs only those (e.g. on
@@ -24,6 +25,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Final
 
+import numpy as np
+import numpy.typing as npt
 from prometheus_client import start_http_server
 
 from cloud import metrics
@@ -34,6 +37,8 @@ from cloud.kpis import KeptDays
 from cloud.mqtt import InboundMessage, Inbox, MqttReceiver
 from cloud.settings import CloudSettings, IngestSettings, WebSettings
 from cloud.store import Store, WriteStats
+from protocols.downlink import DownlinkError, commit_acks, encode_downlink
+from protocols.topics import downlink_ack_topic
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,20 @@ def ingest_group(group: Sequence[InboundMessage], limits: IngestSettings) -> lis
     return [ingest_message(m.topic, m.payload, m.received_at, limits) for m in group]
 
 
+def commit_ack_payloads(items: Sequence[Ingested], ts_ms: int) -> list[tuple[str, bytes]]:
+    """(topic, payload) of the commit acknowledgements for a committed group: per vehicle, one ack
+    covering `handled_seqs()` of all its batches in the group (more only past `MAX_ACK_RANGES`)."""
+    seqs_by_vehicle: dict[tuple[str, str], list[npt.NDArray[np.int64]]] = {}
+    for item in items:
+        if isinstance(item, BatchMessage):
+            seqs_by_vehicle.setdefault((item.fleet, item.vehicle_id), []).append(item.handled_seqs())
+    payloads: list[tuple[str, bytes]] = []
+    for (fleet, vehicle), parts in seqs_by_vehicle.items():
+        topic = downlink_ack_topic(fleet, vehicle)
+        payloads += [(topic, encode_downlink(ack)) for ack in commit_acks(np.concatenate(parts), ts_ms)]
+    return payloads
+
+
 class Writer:
     """Takes groups from the inbox, writes each in one transaction, then acknowledges it.
 
@@ -65,6 +84,7 @@ class Writer:
         self._receiver = receiver
         self._inbox = inbox
         self._limits = limits
+        self._ack_queue_full_logged = False
 
     async def run(self, stop: asyncio.Event) -> None:
         taken = await self._take(stop)
@@ -81,9 +101,27 @@ class Writer:
                 # next one (neither is acknowledged).
                 next_take.cancel()
                 return
+            self._publish_commit_acks(items)
             acked = self._receiver.ack(group)
             metrics.MESSAGES_ACKED.inc(acked)
             taken = await next_take
+
+    def _publish_commit_acks(self, items: Sequence[Ingested]) -> None:
+        """Tell each vehicle of the committed group what is now stored (queued by paho, never blocks)."""
+        try:
+            payloads = commit_ack_payloads(items, int(datetime.now(UTC).timestamp() * 1000))
+        except DownlinkError as err:  # a bug, not bad input: wire seqs are within the downlink's bounds
+            metrics.ACK_PUBLISH_FAILURES.labels("encode").inc()
+            log.error("could not encode a commit acknowledgement: %s", err)
+            return
+        for topic, payload in payloads:
+            if self._receiver.publish_ack(topic, payload):
+                metrics.ACKS_PUBLISHED.inc()
+                continue
+            metrics.ACK_PUBLISH_FAILURES.labels("queue_full").inc()
+            if not self._ack_queue_full_logged:
+                log.warning("MQTT outgoing queue full: commit acknowledgement dropped (the bus re-sends)")
+                self._ack_queue_full_logged = True
 
     async def _take(self, stop: asyncio.Event) -> Taken | None:
         group = await self._inbox.next_group(

@@ -38,3 +38,11 @@ RECORDS_REFUSED = Counter(
 DEAD_LETTERS_PRUNED = Counter(
     "voltgate_cloud_dead_letters_pruned_total", "Dead letters deleted by the maintenance, by cause", ["cause"]
 )  # cause: retention | size_cap
+ACKS_PUBLISHED = Counter(
+    "voltgate_cloud_acks_published_total", "Commit acknowledgements queued for a vehicle's downlink"
+)
+ACK_PUBLISH_FAILURES = Counter(
+    "voltgate_cloud_ack_publish_failures_total",
+    "Commit acknowledgements not published (the bus re-sends those rows)",
+    ["reason"],
+)  # reason: queue_full | encode

@@ -21,6 +21,15 @@ Why it does not lose or duplicate anything:
   connection generation, and an ack for an older connection is not sent (the broker redelivers
   such messages on the new connection; they are committed again as no-ops and acked then).
 
+Commit acknowledgements (the downlink). After a group's commit the writer publishes, per vehicle, one
+retained QoS 1 acknowledgement (`protocols.downlink`) on that vehicle's `downlink/ack` topic, *then*
+PUBACKs the inbound messages: a crash in between gets the messages redelivered, committed again as
+no-ops and acknowledged then. `publish_ack` never blocks the writer: paho only queues the message
+(sent by its network thread, and again after a reconnect); its outgoing queue is bounded
+(`MAX_QUEUED_ACKS`) and an ack it cannot queue is counted and dropped — the bus re-sends those rows
+after its ack timeout and gets them acknowledged then. This is what lets the bus, not the broker, keep
+the data until it is stored: the broker may lose its queue (restart without persistence, session expiry).
+
 Telemetry and alerts use shared subscriptions (replicas split the load); status is a plain
 subscription (every replica sees every status, the store keeps the newest).
 """
@@ -36,6 +45,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Final
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -52,6 +62,7 @@ from protocols.topics import TopicKind, shared_subscription, subscription_filter
 log = logging.getLogger(__name__)
 
 _RETAIN_ONLY_IF_NEW_SUBSCRIPTION = 1  # MQTT 5 Retain Handling: no retained flood on every reconnect
+MAX_QUEUED_ACKS: Final = 10_000  # paho's outgoing queue (acks not yet PUBACKed by the broker)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +155,7 @@ class MqttReceiver:
             min_delay=max(1, round(settings.reconnect_min_s)),
             max_delay=max(1, round(settings.reconnect_max_s)),
         )
+        client.max_queued_messages_set(MAX_QUEUED_ACKS)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -174,6 +186,14 @@ class MqttReceiver:
                 self._client.ack(message.mid, message.qos)
                 acked += 1
         return acked
+
+    def publish_ack(self, topic: str, payload: bytes) -> bool:
+        """Queue a retained QoS 1 commit acknowledgement; False when paho's bounded queue is full.
+
+        Never blocks: paho sends it from its network thread, or after the next connect when the link
+        is down (`MQTT_ERR_NO_CONN` still means queued)."""
+        info = self._client.publish(topic, payload, qos=1, retain=True)
+        return info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN)
 
     def stop(self) -> None:
         """Disconnect cleanly (the session stays on the broker) and stop paho's thread."""

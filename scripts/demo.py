@@ -5,7 +5,8 @@
 Composes the three programs as separate processes, as in the field:
   voltgate-sim run     the bus: CAN over SLCAN on a pty (a USB-CAN adapter's serial protocol), NMEA on a pty
   voltgate-agent run   reads both, decodes, buffers in SQLite, uplinks over MQTT (if Mosquitto answers)
-  voltgate-cloud run   stores into PostgreSQL (if it answers), serves the fleet page
+  voltgate-cloud run   stores into PostgreSQL (if it answers), acknowledges what it stored on the bus's
+                       downlink (only then does the agent delete those rows), serves the fleet page
 Everything it writes stays under var/demo/. Ctrl-C stops all three in order (SIGTERM, staged shutdown).
 
 The bus runs in real time from now, as on the road: over SLCAN, python-can stamps each CAN frame with the
@@ -317,12 +318,14 @@ def main() -> int:
             frames = metric(AGENT_METRICS_PORT, "voltgate_can_frames_decoded_total")
             kept = metric(AGENT_METRICS_PORT, "voltgate_buffer_records_committed_total")
             sent = metric(AGENT_METRICS_PORT, "voltgate_uplink_records_total")
+            in_flight = metric(AGENT_METRICS_PORT, "voltgate_uplink_inflight_rows")
             unsent = buffered_rows()
             stored = stored_rows() if cloud else None
             print(
                 f"bus {watcher.last_status[:72]:<72} | agent frames {frames or 0:>7.0f} "
                 f"kept {kept or 0:>6.0f} "
-                f"unsent {unsent if unsent is not None else '-':>6} uplinked {sent or 0:>8.0f} "
+                f"buffered {unsent if unsent is not None else '-':>6} (in flight {in_flight or 0:>5.0f}) "
+                f"uplinked {sent or 0:>8.0f} "
                 f"| db rows {stored if stored is not None else '-'} | LEDs {led_states() or '-'}",
                 flush=True,
             )

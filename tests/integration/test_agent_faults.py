@@ -38,7 +38,8 @@ from paho.mqtt.properties import Properties
 
 from agent.app import STOP_TIMEOUTS
 from protocols.catalog import DEFAULT_CATALOG, DEFAULT_DBC
-from protocols.topics import status_topic, telemetry_topic
+from protocols.downlink import commit_acks, encode_downlink
+from protocols.topics import downlink_ack_topic, status_topic, telemetry_topic
 from protocols.wire import SampleRecord, decode_batch, decode_status
 from tests.integration.conftest import Broker, service_unavailable, unique_id
 from tests.integration.test_uplink import PrivateBroker
@@ -178,7 +179,8 @@ def buffer_mark(path: Path) -> BufferMark:
 
 @dataclass
 class SeqCollector:
-    """Every sample published on the vehicle's telemetry topic, by sequence number."""
+    """Every sample published on the vehicle's telemetry topic, by sequence number; playing the receiver,
+    it answers each batch with a commit acknowledgement (the agent deletes rows only then)."""
 
     host: str
     port: int
@@ -197,12 +199,13 @@ class SeqCollector:
     def missing_below(self, mark: int) -> list[int]:
         return [seq for seq in range(mark) if seq not in self.samples]
 
-    def _take(self, message: aiomqtt.Message) -> None:
+    def _take(self, message: aiomqtt.Message) -> list[int]:
+        """Record a message; returns the seqs it carried (to acknowledge)."""
         payload = message.payload
         assert isinstance(payload, bytes)
         if str(message.topic).endswith("/status"):
             self.statuses.append(decode_status(payload).state)
-            return
+            return []
         batch = decode_batch(payload)
         self.vehicles.add(batch.vehicle_id)
         for record in batch.samples:
@@ -210,6 +213,7 @@ class SeqCollector:
             seen = self.samples.setdefault(record.seq, record)
             if seen != record:
                 self.conflicts.append((seen, record))
+        return [record.seq for record in batch.samples]
 
     async def run(self) -> None:
         properties = None
@@ -231,7 +235,9 @@ class SeqCollector:
                     await client.subscribe(status_topic(self.fleet, VEHICLE), qos=1)
                     self.connected.set()
                     async for message in client.messages:
-                        self._take(message)
+                        for ack in commit_acks(self._take(message), int(time.time() * 1000)):
+                            topic = downlink_ack_topic(self.fleet, VEHICLE)
+                            await client.publish(topic, encode_downlink(ack), qos=1)
             except aiomqtt.MqttError:
                 self.connected.clear()
                 await asyncio.sleep(0.2)  # the broker is down: try again

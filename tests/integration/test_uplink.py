@@ -30,6 +30,8 @@ from agent.records import Alert, Sample
 from agent.settings import UplinkSettings
 from agent.uplink import Uplink
 from protocols.catalog import Priority
+from protocols.downlink import commit_acks, encode_downlink
+from protocols.topics import downlink_ack_topic, parse_topic
 from protocols.wire import Batch, decode_batch, decode_status
 from tests.integration.conftest import Broker, unique_id
 
@@ -62,12 +64,15 @@ def _samples(start: int, count: int) -> list[Sample]:
 
 
 class Collector:
-    """A subscriber that keeps every decoded batch in arrival order."""
+    """A subscriber that keeps every decoded batch in arrival order and, playing the receiver, answers
+    each batch with a commit acknowledgement of its seqs (unless `acking` is off)."""
 
-    def __init__(self) -> None:
+    def __init__(self, acking: bool = True) -> None:
         self.batches: list[tuple[str, Batch]] = []
         self.statuses: list[str] = []
         self.changed = asyncio.Event()
+        self.acking = acking
+        self.acks_sent = 0
 
     def sample_seqs(self) -> list[int]:
         return [r.seq for topic, b in self.batches if topic.endswith("/telemetry") for r in b.samples]
@@ -82,9 +87,19 @@ class Collector:
             topic = str(message.topic)
             if topic.endswith("/status"):
                 self.statuses.append(decode_status(payload).state)
-            else:
-                self.batches.append((topic, decode_batch(payload)))
+            elif "/downlink/" not in topic:
+                batch = decode_batch(payload)
+                self.batches.append((topic, batch))
+                if self.acking:
+                    await self._acknowledge(client, topic, batch)
             self.changed.set()
+
+    async def _acknowledge(self, client: aiomqtt.Client, topic: str, batch: Batch) -> None:
+        parts = parse_topic(topic)
+        seqs = [r.seq for records in (batch.samples, batch.predictions, batch.alerts) for r in records]
+        for ack in commit_acks(seqs, int(time.time() * 1000)):
+            await client.publish(downlink_ack_topic(parts.fleet, parts.vehicle), encode_downlink(ack), qos=1)
+            self.acks_sent += 1
 
     async def wait_for(self, what: str, condition: Callable[[], bool]) -> None:
         async def poll() -> None:
@@ -107,8 +122,9 @@ async def collecting(
     *,
     persistent_id: str | None = None,
     tls_context: ssl.SSLContext | None = None,
+    acking: bool = True,
 ) -> AsyncIterator[Collector]:
-    collector = Collector()
+    collector = Collector(acking)
     properties = None
     if persistent_id is not None:  # a session that outlives a broker restart (broker persistence on)
         properties = Properties(PacketTypes.CONNECT)
@@ -286,20 +302,27 @@ def _free_port() -> int:
 
 
 class PrivateBroker:
-    """`mosquitto -c conf` on its own port, with persistence so sessions survive a restart."""
+    """`mosquitto -c conf` on its own port; with persistence (the default) sessions survive a restart,
+    without it a restart loses every session and queued message."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, persistence: bool = True, acl: str | None = None) -> None:
         self.port = _free_port()
         self.conf = directory / "mosquitto.conf"
         data = directory / "data"
         data.mkdir()
         self.data = data
+        self.persistence = persistence
+        acl_line = ""
+        if acl is not None:  # anonymous clients get the ACL file's top-level rules
+            (directory / "acl").write_text(acl)
+            acl_line = f"acl_file {directory / 'acl'}\n"
         # `user root`: started as root, mosquitto otherwise drops to the `mosquitto` user, which cannot
         # write the test's root-owned temporary directory — it then persists nothing, silently, and every
         # session is gone after a restart. (No effect when the tests do not run as root.)
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {data}/\nmax_queued_messages 0\nlog_dest none\nuser root\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"persistence {'true' if persistence else 'false'}\n"
+            f"persistence_location {data}/\nmax_queued_messages 0\nlog_dest none\nuser root\n{acl_line}"
         )
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -317,22 +340,33 @@ class PrivateBroker:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()  # SIGTERM: mosquitto saves its persistence file
             self.process.wait(timeout=10)
-            if not (self.data / "mosquitto.db").exists():
+            if self.persistence and not (self.data / "mosquitto.db").exists():
                 pytest.fail("the private mosquitto saved no persistence file: sessions would not survive")
         self.process = None
 
 
-@pytest.fixture
-def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
+def _private_broker(tmp_path: Path, *, persistence: bool, acl: str | None = None) -> Iterator[PrivateBroker]:
     if shutil.which("mosquitto") is None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("mosquitto binary not installed (CI=true)")
         pytest.skip("mosquitto binary not installed")
     directory = tmp_path / "broker"
     directory.mkdir()
-    broker = PrivateBroker(directory)
+    broker = PrivateBroker(directory, persistence=persistence, acl=acl)
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
+    """A private broker (not started yet) whose sessions survive a restart."""
+    yield from _private_broker(tmp_path, persistence=True)
+
+
+@pytest.fixture
+def volatile_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
+    """A private broker (not started yet) without persistence: a restart forgets everything."""
+    yield from _private_broker(tmp_path, persistence=False)
 
 
 async def test_outage_backlog_drains_oldest_first_while_live_flows(
@@ -391,6 +425,49 @@ async def test_outage_backlog_drains_oldest_first_while_live_flows(
     batch_starts = [b.samples[0].seq for t, b in collector.batches if t.endswith("/telemetry") and b.samples]
     assert batch_starts != sorted(batch_starts), "live batches went out while the backlog drained"
     assert await _rows(buffer) == 0
+
+
+@pytest.fixture
+def read_only_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
+    """A private broker whose ACL lets anonymous clients read voltgate topics and publish nothing."""
+    yield from _private_broker(tmp_path, persistence=False, acl="topic read voltgate/#\n")
+
+
+async def test_an_agent_the_broker_refuses_backs_off(
+    read_only_broker: PrivateBroker, buffer: BufferWorker
+) -> None:
+    from prometheus_client import REGISTRY
+
+    def refusals() -> float:
+        value = REGISTRY.get_sample_value("voltgate_uplink_publish_failures_total", {"reason": "refused"})
+        return value or 0.0
+
+    read_only_broker.start()
+    before = refusals()
+    settings = _settings(
+        "127.0.0.1", read_only_broker.port, unique_id("f"), backoff_initial_s=0.02, backoff_max_s=0.3
+    )
+    uplink = Uplink(settings, "bus-7", buffer, QUANTA)
+    await buffer.commit_samples(_samples(0, 10))
+    # GIVEN a broker that accepts the connection but refuses every publish ("not authorized")
+    task = asyncio.create_task(uplink.run())
+
+    # WHEN the agent connects again and again
+    async def backed_off() -> None:
+        while uplink.reconnect_attempt < 5:  # noqa: ASYNC110  # a plain counter, polled briefly
+            await asyncio.sleep(0.02)
+
+    try:
+        await asyncio.wait_for(backed_off(), timeout=WAIT_S)
+    except TimeoutError:
+        pytest.fail(
+            f"the backoff restarted at every connect (attempt {uplink.reconnect_attempt})", pytrace=False
+        )
+    # THEN each refused session counts as a failed attempt (the delay grows to backoff_max_s), and the
+    # rows stay in the buffer
+    assert refusals() - before >= 5
+    assert await _rows(buffer) == 10 and uplink.inflight_rows == 0
+    await _stop(uplink, task, flush_s=1.0)
 
 
 # --- connected but stuck ---------------------------------------------------------------------------------
