@@ -222,7 +222,7 @@ class Uplink:
         client = aiomqtt.Client(
             self._address.host,
             self._address.port,
-            identifier=settings.client_id or f"voltgate-{self._vehicle_id}",
+            identifier=settings.client_id or f"voltgate-{settings.fleet_id}-{self._vehicle_id}",
             username=settings.username,
             password=settings.password.get_secret_value() if settings.password else None,
             protocol=aiomqtt.ProtocolVersion.V5,
