@@ -4,7 +4,7 @@ TaskGroup, and shuts them down in stages.
     CanSource / ReplaySource ─frames:{bus}─► Decoder ─samples:{bus}─► clock gate ─┐
     GpsSource ─────────────────────────────────────samples:gps──► clock gate ─────┼─samples─► committer ─► …
     InferenceStage, AlertStage ─derived─► committer ──────────────────────────────┘
-        committer ─► BufferWorker (every ≤ commit_interval_s) ─► Uplink (rows deleted on the cloud's commit ack)
+        committer ─► BufferWorker (every ≤ commit_interval_s) ─► Uplink (deleted on the cloud's ack)
 
     clock gate ─tap:inference─► InferenceStage ─predictions─► derived
          │ (plausible stamps only)           └─tap:alerts─┐

@@ -97,7 +97,7 @@ class UplinkSettings(_Section):
 
     broker_url: str = "mqtts://127.0.0.1:8883"  # mqtt://host[:1883] or mqtts://host[:8883] (TLS)
     fleet_id: str = Field(default="default", pattern=_ID)
-    client_id: str | None = None  # default: "voltgate-{fleet_id}-{vehicle_id}" (two fleets may share a vehicle id)
+    client_id: str | None = None  # default: "voltgate-{fleet_id}-{vehicle_id}"
     username: str | None = None
     password: SecretStr | None = None
     ca_file: Path | None = None  # None: the system trust store (mqtts only)
