@@ -82,6 +82,15 @@ def audit_reuses(path: Path) -> int:
         conn.close()
 
 
+def audit_mark(path: Path) -> int:
+    """One past the highest seq the buffer has committed (0 before the first commit)."""
+    conn = _read_only(path)
+    try:
+        return int(conn.execute("SELECT coalesce(max(seq) + 1, 0) FROM audit").fetchone()[0])
+    finally:
+        conn.close()
+
+
 def buffer_rows(path: Path) -> int:
     """Rows still in the buffer (not yet deleted by the agent)."""
     try:
@@ -137,6 +146,16 @@ class Database:
                 (self.vehicle,),
             ).fetchone()
         return int(row[0]) if row else 0  # type: ignore[call-overload]
+
+    def renumbered_examples(self, limit: int = 5) -> list[tuple[str, str, list[int]]]:
+        """(signal, ts, seqs) of a few readings stored under more than one seq."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                f'SELECT signal, ts::text, array_agg(DISTINCT seq) FROM "{self.schema}".samples '
+                "WHERE vehicle_id = %s GROUP BY signal, ts HAVING count(DISTINCT seq) > 1 LIMIT %s",
+                (self.vehicle, limit),
+            ).fetchall()
+        return [(str(s), str(t), list(q)) for s, t, q in rows]  # type: ignore[call-overload]
 
     def dead_letters(self) -> list[tuple[str, str, bytes]]:
         """(topic, reason, payload) of every dead letter."""
@@ -197,6 +216,7 @@ class AuditResult:
     seconds: float
     refused_plausible: int = 0  # refused although its own timestamp was plausible
     missing_examples: list[int] = field(default_factory=list)
+    renumbered_examples: list[tuple[str, str, list[int]]] = field(default_factory=list)
 
     @property
     def lost(self) -> int:
@@ -212,7 +232,8 @@ class AuditResult:
     def explain(self) -> str:
         why = f"; {self.evicted} evicted by design (disk full) subtracted" if self.evicted else ""
         first = f"; first missing seqs {self.missing_examples}" if self.missing_examples else ""
-        return self.line() + why + first
+        again = f"; renumbered e.g. {self.renumbered_examples}" if self.renumbered_examples else ""
+        return self.line() + why + first + again
 
 
 def judge(
@@ -243,6 +264,7 @@ def judge(
         seconds=time.monotonic() - started,
         refused_plausible=refused_plausible,
         missing_examples=missing[:10],
+        renumbered_examples=db.renumbered_examples(),
     )
 
 
@@ -268,3 +290,18 @@ async def settle(buffer_path: Path, db: Database, *, quiet_s: float = 8.0, timeo
                 return f"buffer empty, database unchanged for {quiet_s:g} s"
         await asyncio.sleep(0.5)
     return f"deadline of {timeout_s:g} s"
+
+
+def assert_nothing_lost(result: AuditResult, *, renumbering: bool = True) -> None:
+    """lost = 0, duplicated = 0, and no seq reused or dead-lettered. `renumbering`: also no reading stored
+    twice under two seqs; only meaningful with a replayed log, whose frames carry distinct recorded times
+    (over SLCAN, python-can stamps a burst of frames with one host time, and one signal decoded from two
+    frames of a burst shares a (signal, ts) legitimately)."""
+    assert result.committed > 0, result.explain()
+    assert result.reused == 0, "a committed seq was handed out again: " + result.explain()
+    assert result.lost == 0, "committed samples never stored: " + result.explain()
+    assert result.duplicated == 0, "(vehicle, seq) stored more than once: " + result.explain()
+    assert not renumbering or result.renumbered == 0, (
+        "a reading stored again under a new seq: " + result.explain()
+    )
+    assert result.refused == 0, "committed samples dead-lettered: " + result.explain()
