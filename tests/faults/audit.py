@@ -215,8 +215,11 @@ class AuditResult:
     reused: int
     seconds: float
     refused_plausible: int = 0  # refused although its own timestamp was plausible
+    left_in_buffer: int = 0  # rows the agent still holds after the drain
+    drain: str = ""  # how the wait for the drain ended
     missing_examples: list[int] = field(default_factory=list)
     renumbered_examples: list[tuple[str, str, list[int]]] = field(default_factory=list)
+    dead_letter_reasons: list[str] = field(default_factory=list)
 
     @property
     def lost(self) -> int:
@@ -226,14 +229,16 @@ class AuditResult:
         return (
             f"[faults] {self.scenario}: committed {self.committed} stored {self.stored} lost {self.lost} "
             f"duplicated {self.duplicated} renumbered {self.renumbered} refused {self.refused} "
-            f"(plausible {self.refused_plausible}) evicted {self.evicted} in {self.seconds:.0f} s"
+            f"(plausible {self.refused_plausible}) evicted {self.evicted} "
+            f"left in buffer {self.left_in_buffer} in {self.seconds:.0f} s (drain: {self.drain})"
         )
 
     def explain(self) -> str:
         why = f"; {self.evicted} evicted by design (disk full) subtracted" if self.evicted else ""
         first = f"; first missing seqs {self.missing_examples}" if self.missing_examples else ""
         again = f"; renumbered e.g. {self.renumbered_examples}" if self.renumbered_examples else ""
-        return self.line() + why + first + again
+        dead = f"; dead letters e.g. {self.dead_letter_reasons}" if self.dead_letter_reasons else ""
+        return self.line() + why + first + again + dead
 
 
 def judge(
@@ -264,7 +269,9 @@ def judge(
         seconds=time.monotonic() - started,
         refused_plausible=refused_plausible,
         missing_examples=missing[:10],
+        left_in_buffer=buffer_rows(buffer_path),
         renumbered_examples=db.renumbered_examples(),
+        dead_letter_reasons=sorted({reason[:120] for _, reason, _ in db.dead_letters()})[:3],
     )
 
 
@@ -305,3 +312,4 @@ def assert_nothing_lost(result: AuditResult, *, renumbering: bool = True) -> Non
         "a reading stored again under a new seq: " + result.explain()
     )
     assert result.refused == 0, "committed samples dead-lettered: " + result.explain()
+    assert result.left_in_buffer == 0, "the agent never drained its buffer: " + result.explain()

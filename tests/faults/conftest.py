@@ -7,7 +7,6 @@ program is the real one, started as a process (see `harness`).
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import subprocess
 import sys
@@ -20,21 +19,22 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from simulator.live import SimWatcher, start_live_bus
 from tests.faults.audit import AuditResult, Database, judge, prepare_audited_buffer, settle
 from tests.faults.harness import (
     REPO,
     AgentConfig,
     AgentProcess,
+    LiveBus,
     Mosquitto,
     PgProxy,
     Program,
     Receiver,
     ReceiverConfig,
     free_port,
+    metric,
     policy_off_catalog,
+    start_tapped_live_bus,
 )
-from tests.faults.ptytap import PtyTap
 from tests.integration.conftest import PG_DSN, service_unavailable, unique_id
 
 RECORDED_S = 30  # seconds of simulated bus in the session's log (replayed at recorded speed)
@@ -104,9 +104,20 @@ class Rig:
         self.programs.append(agent)
         return agent
 
-    async def audit(self, *, evicted: int = 0, plausible_ms: tuple[int, int] | None = None) -> AuditResult:
-        """Wait for the agent to drain (see `settle`), then count; prints the scenario's figures."""
-        how = await settle(self.buffer_path, self.db)
+    async def audit(
+        self,
+        *,
+        plausible_ms: tuple[int, int] | None = None,
+        timeout_s: float = 120.0,
+        evictions_from_port: int | None = None,
+    ) -> AuditResult:
+        """Wait for the agent to drain (see `settle`), then count; prints the scenario's figures.
+        `evictions_from_port`: the agent's metrics port, whose `voltgate_buffer_evictions_total` (rows
+        evicted by design) is subtracted from the missing rows."""
+        how = await settle(self.buffer_path, self.db, timeout_s=timeout_s)
+        evicted = 0
+        if evictions_from_port is not None:
+            evicted = int(metric(evictions_from_port, "voltgate_buffer_evictions_total") or 0)
         plausible = None
         if plausible_ms is not None:
             low, high = plausible_ms
@@ -117,7 +128,8 @@ class Rig:
         result = judge(
             self.scenario, self.buffer_path, self.db, self.started, evicted=evicted, plausible=plausible
         )
-        print(f"\n{result.line()} (drain: {how})")
+        result.drain = how
+        print(f"\n{result.line()}")
         return result
 
     def watched(self) -> list[Program]:
@@ -181,7 +193,7 @@ def rig_factory(
             programs=[broker, receiver],
         )
         if start_receiver:
-            receiver.start()
+            receiver.start_subscribed()
         rigs.append(rig)
         return rig
 
@@ -193,47 +205,12 @@ def rig_factory(
             rig.proxy.close()
 
 
-@dataclass
-class LiveBus:
-    """The simulator as a process, its SLCAN adapter and GPS receiver behind `PtyTap`s."""
-
-    process: subprocess.Popen[str]
-    slcan: PtyTap
-    nmea: PtyTap
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(10)
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait(10)
-        self.slcan.close()
-        self.nmea.close()
-
-
 @pytest.fixture
 def live_bus_factory() -> Iterator[object]:
     buses: list[LiveBus] = []
 
     def make(duration_s: float, *, seed: int = 7) -> LiveBus:
-        start = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        process = start_live_bus(
-            ["--realtime", "--duration", f"{duration_s:g}s", "--seed", str(seed), "--start", start,
-             "--status-every", "10"],
-            program=[sys.executable, "-m", "simulator"],
-        )  # fmt: skip
-        watcher = SimWatcher(process)
-        watcher.start()
-        if not watcher.ready.wait(60):
-            process.kill()
-            pytest.fail("the simulator did not open its pseudo-terminals", pytrace=False)
-        bus = LiveBus(
-            process=process,
-            slcan=PtyTap(watcher.ptys["slcan-pty"], b"\r"),
-            nmea=PtyTap(watcher.ptys["nmea-pty"], b"\n"),
-        )
+        bus = start_tapped_live_bus(duration_s, seed=seed)
         buses.append(bus)
         return bus
 

@@ -24,11 +24,14 @@ import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from protocols.catalog import DEFAULT_CATALOG, DEFAULT_DBC
+from simulator.live import SimWatcher, start_live_bus
+from tests.faults.ptytap import PtyTap
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -214,6 +217,18 @@ class Receiver(Program):
             [BIN / "voltgate-cloud", "run", "--config", self.config_path], directory / "receiver.log"
         )
 
+    def start_subscribed(self) -> None:
+        """Start, and return once it has subscribed (before that, a fresh broker drops what a bus
+        publishes: nobody is subscribed yet)."""
+        before = self.log_text().count("subscribed (shared group")
+        self.start()
+        deadline = time.monotonic() + WAIT_S
+        while self.log_text().count("subscribed (shared group") <= before:
+            self.alive()
+            if time.monotonic() > deadline:
+                pytest.fail(f"the receiver did not subscribe:\n{self.log_text()[-3000:]}", pytrace=False)
+            time.sleep(0.05)
+
     def _write(self, path: Path, dsn: str) -> None:
         c = self.config
         web = f'\n[web]\nhost = "127.0.0.1"\nport = {c.web_port}\n' if c.web_port is not None else ""
@@ -240,6 +255,47 @@ batch_max_age_s = 0.2
 port = {c.metrics_port}
 {web}"""
         )
+
+
+# --- a live bus --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LiveBus:
+    """The simulator as a process (real time, from now), its SLCAN adapter and GPS receiver behind
+    `PtyTap`s whose `path`s the agent opens."""
+
+    process: subprocess.Popen[str]
+    slcan: PtyTap
+    nmea: PtyTap
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(10)
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait(10)
+        self.slcan.close()
+        self.nmea.close()
+
+
+def start_tapped_live_bus(duration_s: float, *, seed: int = 7, depart_now: bool = False) -> LiveBus:
+    """`voltgate-sim run` on ptys in real time from now (`depart_now`: the bus leaves the depot at once,
+    as in scripts/demo.py, instead of at 05:30 Nairobi time)."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    options = ["--realtime", "--duration", f"{duration_s:g}s", "--seed", str(seed),
+               "--start", now.strftime("%Y-%m-%dT%H:%M:%SZ"), "--status-every", "10"]  # fmt: skip
+    if depart_now:
+        options += ["--departure", (now + timedelta(hours=3)).strftime("%H:%M")]
+    process = start_live_bus(options, program=[sys.executable, "-m", "simulator"])
+    watcher = SimWatcher(process)
+    watcher.start()
+    if not watcher.ready.wait(60):
+        process.kill()
+        pytest.fail("the simulator did not open its pseudo-terminals", pytrace=False)
+    return LiveBus(process, PtyTap(watcher.ptys["slcan-pty"], b"\r"), PtyTap(watcher.ptys["nmea-pty"], b"\n"))
 
 
 # --- agent configuration ----------------------------------------------------------------------------------
