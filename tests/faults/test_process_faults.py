@@ -127,3 +127,19 @@ async def test_database_outage(rig_factory: Callable[..., Rig], recorded_bus: Pa
     await asyncio.sleep(10)  # the outage goes on
     rig.proxy.restore()
     assert_nothing_lost(await rig.audit())
+
+
+async def test_agent_kill9_during_a_replay_resumes_where_it_was(
+    rig_factory: Callable[..., Rig], recorded_bus: Path
+) -> None:
+    rig = rig_factory()
+    # GIVEN an agent replaying a recorded log, killed without warning three times mid-log
+    for _ in range(3):
+        rig.start_agent(replay_log=recorded_bus)
+        await committed_at_least(rig, 800)
+        assert rig.agent is not None
+        rig.agent.kill()
+    # WHEN a last agent starts on the same buffer and plays the log to its end
+    rig.start_agent(replay_log=recorded_bus)
+    # THEN no recorded reading is stored twice under a new seq (the replay resumes, it does not restart)
+    assert_nothing_lost(await rig.audit())
