@@ -147,13 +147,20 @@ class Mosquitto(Program):
 
     name = "mosquitto"
 
-    def __init__(self, directory: Path, *, persistence: bool) -> None:
+    def __init__(
+        self, directory: Path, *, persistence: bool, conf_text: str | None = None, port: int | None = None
+    ) -> None:
+        """`conf_text` (with its listener `port`): run that configuration instead of the generated one."""
         directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         self.data = directory / "data"
         self.data.mkdir(exist_ok=True)
         self.persistence = persistence
         conf = directory / "mosquitto.conf"
+        if conf_text is not None:
+            conf.write_text(conf_text)
+            super().__init__(["mosquitto", "-c", str(conf)], directory / "mosquitto.log")
+            return
         # `user root`: started as root, mosquitto otherwise drops to the `mosquitto` user, which cannot
         # write the test's root-owned directory, and would persist nothing (no effect when not root).
         # max_queued_messages 0: no limit on a session's queue, so the broker drops nothing by design.
@@ -190,6 +197,7 @@ class ReceiverConfig:
     session_expiry_s: int = 3600
     web_port: int | None = None  # serve the JSON API too
     metrics_port: int = 0
+    tls_files: tuple[Path, Path, Path] | None = None  # CA, client certificate, key: connect with TLS
 
 
 class Receiver(Program):
@@ -232,6 +240,11 @@ class Receiver(Program):
     def _write(self, path: Path, dsn: str) -> None:
         c = self.config
         web = f'\n[web]\nhost = "127.0.0.1"\nport = {c.web_port}\n' if c.web_port is not None else ""
+        tls = ""
+        if c.tls_files is not None:
+            ca, cert, key = c.tls_files
+            tls = f'tls = true\nca_file = "{ca}"\ncert_file = "{cert}"\nkey_file = "{key}"\n'
+
         path.write_text(
             f"""[mqtt]
 host = "127.0.0.1"
@@ -242,7 +255,7 @@ session_expiry_s = {c.session_expiry_s}
 keepalive_s = 5
 reconnect_min_s = 0.2
 reconnect_max_s = 2.0
-
+{tls}
 [database]
 dsn = "{dsn}"
 schema = "{c.schema}"
@@ -314,6 +327,7 @@ class AgentConfig:
     metrics_port: int = 0
     inference_interval_s: float | None = None  # None: inference off (faster start, fewer moving parts)
     max_bytes: int = 64 * 1024 * 1024
+    uplink_tls_files: tuple[Path, Path, Path] | None = None  # CA, bus certificate, key: mqtts
 
     def write(self, path: Path) -> Path:
         catalog = f'catalog = "{self.catalog}"\ndbc = "{DEFAULT_DBC}"\n' if self.catalog is not None else ""
@@ -337,6 +351,10 @@ class AgentConfig:
             if self.metrics_port
             else "[metrics]\nenabled = false\n"
         )
+        scheme, tls = "mqtt", ""
+        if self.uplink_tls_files is not None:
+            ca, cert, key = self.uplink_tls_files
+            scheme, tls = "mqtts", f'ca_file = "{ca}"\ncert_file = "{cert}"\nkey_file = "{key}"\n'
         path.write_text(
             f"""vehicle_id = "{self.vehicle_id}"
 log_format = "text"
@@ -347,7 +365,8 @@ max_bytes = {self.max_bytes}
 commit_interval_s = 0.2
 
 [uplink]
-broker_url = "mqtt://127.0.0.1:{self.broker_port}"
+broker_url = "{scheme}://127.0.0.1:{self.broker_port}"
+{tls}
 fleet_id = "{self.fleet}"
 client_id = "{self.fleet}-{self.vehicle_id}"
 batch_max_records = 500
