@@ -275,7 +275,7 @@ def judge(
     )
 
 
-async def settle(buffer_path: Path, db: Database, *, quiet_s: float = 8.0, timeout_s: float = 120.0) -> str:
+async def settle(buffer_path: Path, db: Database, *, quiet_s: float = 6.0, timeout_s: float = 120.0) -> str:
     """Wait until everything committed is accounted for in the database, or until the buffer is empty and
     the database has stopped changing for `quiet_s` (the rest will not come), or `timeout_s`. Returns how
     it ended; the caller's audit then says what is missing. Nothing here is asserted."""

@@ -104,7 +104,13 @@ async def test_year_ahead_fix_and_gps_clock_stepped_an_hour(
     rig = rig_factory(agent_metrics=True)
     bus = live_bus_factory(600)
     agent = rig.start_agent(slcan_pty=bus.slcan.path, nmea_pty=bus.nmea.path, inference_interval_s=5.0)
-    await committed_at_least(rig, 500)
+    port = rig.agent_config.metrics_port
+
+    def model_runs() -> float:
+        return metric(port, "voltgate_model_runs_total") or 0.0
+
+    # GIVEN the models running every 5 s of bus time
+    await wait_until("two model runs", lambda: model_runs() >= 2, agent=agent, timeout_s=60)
     now = datetime.now(UTC)
     # WHEN the GPS receiver sends one fix dated a year ahead, then its clock steps +1 h and -1 h
     for moment in (now + timedelta(days=365), now + timedelta(hours=1), now - timedelta(hours=1)):
@@ -112,13 +118,14 @@ async def test_year_ahead_fix_and_gps_clock_stepped_an_hour(
         await committed_at_least(rig, 200)
     await wait_until("the injections forwarded", lambda: bus.nmea.injected >= 3, agent=agent)
     await committed_at_least(rig, 500)
-    runs_after_injection = metric(rig.agent_config.metrics_port, "voltgate_model_runs_total") or 0.0
+    runs_after_injection = model_runs()
     await committed_at_least(rig, 1500)
-    runs_later = metric(rig.agent_config.metrics_port, "voltgate_model_runs_total") or 0.0
+    runs_later = model_runs()
     bus.stop()
     # THEN the good samples are all stored; only an implausible record may be refused, on its own
     started_ms = int(now.timestamp() * 1000) - 120_000
     result = await rig.audit(plausible_ms=(started_ms, int(time.time() * 1000) + 600_000))
+    print(f"[faults] {rig.scenario}: model runs {runs_after_injection:g}, then {runs_later:g}")
     assert result.lost == 0, result.explain()
     assert result.duplicated == 0, result.explain()
     assert result.refused_plausible == 0, "good samples refused with a bad one: " + result.explain()
