@@ -25,10 +25,11 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
+
+from simulator.live import SimWatcher, start_live_bus
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "var" / "demo"
@@ -142,29 +143,6 @@ port = {AGENT_METRICS_PORT}
     )
 
 
-class SimWatcher(threading.Thread):
-    """Reads the simulator's output: the pty paths on stdout, its status lines on stderr."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        super().__init__(name="sim-watcher", daemon=True)
-        self.proc = proc
-        self.ptys: dict[str, str] = {}
-        self.last_status = "starting"
-        self.ready = threading.Event()
-
-    def run(self) -> None:
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        for line in self.proc.stdout:
-            kind, _, path = line.strip().partition(" ")
-            self.ptys[kind] = path
-            if {"slcan-pty", "nmea-pty"} <= self.ptys.keys():
-                self.ready.set()
-                break
-        for line in self.proc.stderr:
-            if "simulator:" in line and "+" in line:
-                self.last_status = line.split("simulator:", 1)[1].strip()
-
-
 def metric(port: int, name: str) -> float | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1.0) as reply:
@@ -276,13 +254,9 @@ def main() -> int:
                 print(f"cloud receiver: migration failed: {migrate.stderr.strip() or migrate.stdout.strip()}")
 
         start, departure = now_in_nairobi()
-        sim = subprocess.Popen(
-            [BIN / "voltgate-sim", "run", "--slcan-pty", "--nmea-pty", "--realtime",
-             "--duration", args.duration, "--status-every", "10", "--start", start, "--departure", departure,
-             *(["--fault", args.fault] if args.fault else [])],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        sim = start_live_bus(
+            ["--realtime", "--duration", args.duration, "--status-every", "10", "--start", start,
+             "--departure", departure, *(["--fault", args.fault] if args.fault else [])]
         )  # fmt: skip
         procs.append(("simulator", sim))
         watcher = SimWatcher(sim)

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,10 +35,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.app import STOP_TIMEOUTS
-from protocols.catalog import DEFAULT_CATALOG, DEFAULT_DBC
+from protocols.catalog import DEFAULT_DBC
 from protocols.downlink import commit_acks, encode_downlink
 from protocols.topics import downlink_ack_topic, status_topic, telemetry_topic
 from protocols.wire import SampleRecord, decode_batch, decode_status
+from tests.faults.harness import AgentProcess, policy_off_catalog, wait_until
 from tests.integration.conftest import Broker, service_unavailable, unique_id
 from tests.integration.test_uplink import PrivateBroker
 
@@ -66,15 +65,6 @@ def bus_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _policy_off_catalog(directory: Path) -> Path:
-    """The shipped catalog with every sampling policy off: each decoded value is kept."""
-    text = DEFAULT_CATALOG.read_text()
-    text = re.sub(r"(?m)^(min_interval_s|max_interval_s|deadband) = .*$", r"\1 = 0", text)
-    path = directory / "catalog-policy-off.toml"
-    path.write_text(text)
-    return path
-
-
 def _write_config(directory: Path, log_path: Path, host: str, port: int, fleet: str) -> Path:
     config = directory / "agent.toml"
     config.write_text(
@@ -84,7 +74,7 @@ log_format = "text"
 [[replay]]
 name = "bus"
 path = "{log_path}"
-catalog = "{_policy_off_catalog(directory)}"
+catalog = "{policy_off_catalog(directory)}"
 dbc = "{DEFAULT_DBC}"
 speed = "recorded"
 [buffer]
@@ -109,46 +99,6 @@ enabled = false
 
 
 # --- the agent as a process and its buffer file -----------------------------------------------------------
-
-
-class AgentProcess:
-    """`python -m agent run --config …`, its log in a file (a pipe nobody reads could block it)."""
-
-    def __init__(self, config: Path, log_path: Path) -> None:
-        self.log_path = log_path
-        with log_path.open("a") as log_file:
-            log_file.write(f"--- agent started {time.strftime('%H:%M:%S')}\n")
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "--config", str(config)],
-                cwd=REPO,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> None:
-        code = self.process.poll()
-        if code is not None:
-            pytest.fail(f"the agent exited with {code} on its own:\n{self.log_text()[-3000:]}", pytrace=False)
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    async def terminate(self) -> int:
-        """SIGTERM and the exit code, within the stop deadline (plus start-up slack)."""
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return await asyncio.to_thread(self.process.wait, STOP_TIMEOUTS.total_s + 5)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the agent did not exit after SIGTERM:\n{self.log_text()[-3000:]}", pytrace=False)
-
-    def ensure_dead(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
 
 
 @dataclass(frozen=True)
@@ -256,25 +206,6 @@ async def collecting(host: str, port: int, fleet: str, *, persistent: bool) -> A
             await task
 
 
-async def wait_until(
-    what: str,
-    condition: Callable[[], bool],
-    *,
-    agent: AgentProcess | None = None,
-    timeout_s: float = WAIT_S,
-    state: Callable[[], str] | None = None,
-) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        if agent is not None:
-            agent.alive()
-        if asyncio.get_running_loop().time() > deadline:
-            detail = f"\n{state()}" if state is not None else ""
-            tail = f"\nagent log:\n{agent.log_text()[-3000:]}" if agent is not None else ""
-            pytest.fail(f"gave up after {timeout_s:g} s waiting for {what}{detail}{tail}", pytrace=False)
-        await asyncio.sleep(0.1)
-
-
 def _ranges(seqs: list[int]) -> str:
     """`[3, 4, 5, 9]` → `3-5, 9` (at most 10 runs)."""
     runs: list[list[int]] = []
@@ -373,7 +304,7 @@ async def test_broker_outage_every_committed_sample_arrives_once(
         )
 
         # THEN a SIGTERM commits and publishes the rest, and everything committed arrived once
-        code = await agent.terminate()
+        code = await agent.terminate_async(STOP_TIMEOUTS.total_s + 5)
         assert code == 0, agent.log_text()[-3000:]
         final = buffer_mark(buffer_path)
         assert final.rows == 0, f"a clean stop with the broker up leaves nothing unsent: {final}"
@@ -438,7 +369,7 @@ async def test_sigkill_mid_stream_loses_and_renumbers_nothing(
             lambda: max(collector.samples) >= killed_at.next_seq + 200,
             agent=agent,
         )
-        code = await agent.terminate()
+        code = await agent.terminate_async(STOP_TIMEOUTS.total_s + 5)
         assert code == 0, agent.log_text()[-3000:]
         final = buffer_mark(buffer_path)
         assert final.rows == 0, f"a clean stop with the broker up leaves nothing unsent: {final}"
