@@ -27,13 +27,15 @@ about twice a second, so that costs a few fsyncs per second and buys "committed 
 
 Byte cap and eviction order
 ---------------------------
-`max_bytes` covers the database file, its WAL and a small disk reserve (`ByteBudget` in
-`agent.buffer_space`): the WAL is checkpointed at half its budget and every transaction is sized to a
+`max_bytes` covers the database file, its WAL and a small disk reserve (`ByteBudget` in `agent.buffer_space`),
+or, on a disk smaller than that, 90 % of what the disk can give (checked at every commit, never below what the
+files hold: `DiskSpace.fit_to_disk`; a WAL sized for a cap the disk cannot hold would fill the disk before its
+first checkpoint and wedge it). The WAL is checkpointed at half its budget and every transaction is sized to a
 quarter of it (a large commit is split; the marks go with its last part), the database file can never grow
-past its share (`max_page_count`), and each commit first evicts, in its own transaction, what its staged
-rows will need by a measured bytes-per-row estimate (+25 %; the page limit is the backstop). The rows a
-commit writes are never evicted by that commit. Eviction frees what is needed and no more (measured: to
-free 19 % of the bytes it deletes 19.5 % of the rows), in this order:
+past its share (`max_page_count`), and each commit first evicts, in its own transaction, what its staged rows
+will need by a measured bytes-per-row estimate (+25 %; the page limit is the backstop). The rows a commit
+writes are never evicted by that commit. Eviction frees what is needed and no more (measured: to free 19 % of
+the bytes it deletes 19.5 % of the rows), in this order:
 
 1. oldest ROUTINE samples, 2. oldest NORMAL samples, 3. oldest CRITICAL samples,
 4. oldest predictions and alerts (together, oldest first).
@@ -274,6 +276,7 @@ class SampleBuffer:
         disk (see the module docstring); other SQLite errors keep the rows staged for the next try."""
         self._retry_deferred()
         self.space.restore_reserve()
+        self.space.fit_to_disk()
         if not self._staged:
             if self._staged_marks:
                 self._transaction(lambda: self._write_marks(), "marks")

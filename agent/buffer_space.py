@@ -181,6 +181,11 @@ def file_bytes(*paths: Path) -> int:
     return total
 
 
+DISK_SHARE: Final = 0.9
+"""Of the bytes the buffer's files use plus the free space, the share the budget may take when the disk is
+smaller than the configured cap: the rest is headroom for the file system and whatever shares it."""
+
+
 class DiskSpace:
     """The byte budget applied to one connection, the reserve, and what a full disk changes.
 
@@ -201,9 +206,34 @@ class DiskSpace:
         self.set_cap(max_bytes)
 
     def set_cap(self, max_bytes: int) -> None:
+        self.configured_max_bytes = max_bytes
+        self._set_budget(max_bytes)
+        self.fit_to_disk()
+
+    def _set_budget(self, max_bytes: int) -> None:
         self.budget = ByteBudget.for_cap(max_bytes, self.page_size)
         self.reserve.size = self.reserve.headroom = self.budget.reserve_bytes
+        if max_bytes < self.configured_max_bytes:
+            # Fitted to the disk: the budget, reserve included, already leaves 1 - DISK_SHARE of it free.
+            self.reserve.headroom = 0
         self._apply()
+
+    def fit_to_disk(self) -> None:
+        """Hold the budget to what the file system can give: the configured cap, or, when the disk is
+        smaller, DISK_SHARE of what the buffer's files use plus the free space (but not less than the
+        files use now).
+
+        Without it a cap larger than the disk sizes the WAL for the cap: the database then lives in a WAL
+        that fills the disk before its first checkpoint, and a checkpoint needs the database file to grow
+        into space the WAL holds: nothing can be written or deleted any more."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        files = file_bytes(self.path, wal, self.reserve.path)
+        usable = files + free_disk_bytes(self.path.parent)
+        # Never below what the files hold now: a disk another program fills stops the buffer growing (and
+        # a full disk is met as such, see on_full); shrinking would need a large eviction with no room.
+        cap = min(self.configured_max_bytes, max(int(usable * DISK_SHARE), files))
+        if abs(cap - self.budget.max_bytes) > self.budget.max_bytes // 16:
+            self._set_budget(cap)
 
     def limit_bytes(self) -> int:
         pages = min(x for x in (self.budget.db_pages, self._frozen_pages) if x is not None)

@@ -187,8 +187,24 @@ class Database:
                         (self.vehicle,),
                     )
                 }
+        # A message stored in part lists its refused records (migration 0006: `refused_records`, `refused`);
+        # only those are refused, the rest of its payload was stored. A whole dead letter lists none.
+        listed: dict[bytes, list[int]] = {}
+        if "refused_records" in columns:
+            with self._connect() as conn:
+                for payload, count, refused in conn.execute(
+                    f'SELECT payload, refused_records, refused FROM "{self.schema}".dead_letters '
+                    "WHERE vehicle_id = %s AND refused_records > 0",
+                    (self.vehicle,),
+                ):
+                    records = refused or []
+                    if len(records) == count:  # every refused record is listed
+                        listed[bytes(payload)] = [int(r["seq"]) for r in records]
         for topic, _, payload in self.dead_letters():
             if f"/{self.vehicle}/" not in topic:
+                continue
+            if payload in listed:
+                seqs |= set(listed[payload])
                 continue
             try:
                 batch = decode_batch(payload)

@@ -87,20 +87,21 @@ def test_a_full_disk_never_wedges_the_buffer(small_disk: Path) -> None:
     bus = _Bus(buffer)
     try:
         assert buffer.reserve.present, "a reserve is kept while there is room"
-        # GIVEN the broker away: samples are committed until the disk is full, and then some more
-        rounds_since_full = 0
-        while rounds_since_full < 10:
+        # GIVEN the broker away: samples are committed beyond what the disk (smaller than the cap) holds
+        rounds_evicting = 0
+        while rounds_evicting < 10:
             assert bus.commit(500) == 500, "never stuck: every commit goes in"
-            rounds_since_full += 1 if buffer.stats.disk_full else 0
-            assert len(bus.class_of) < 500_000, "the disk never filled"
+            assert _free(small_disk) > 0, "the buffer keeps within the disk it is on"
+            rounds_evicting += 1 if sum(buffer.stats.evicted.values()) else 0
+            assert len(bus.class_of) < 500_000, "the buffer never had to evict"
         # AND another program takes the last free byte
         _fill_to_the_last_byte(small_disk / "filler")
         assert _free(small_disk) < 4096
-        assert bus.commit(500) == 500, "a commit on a disk with no free byte still goes in"
+        for _ in range(5):
+            assert bus.commit(500) == 500, "a commit on a disk with no free byte still goes in"
 
         # THEN the oldest routine rows made room, and only routine rows
         stats = buffer.snapshot()
-        assert stats.disk_full >= 1 and stats.reserve_releases >= 1 and stats.reserve_bytes == 0
         assert stats.dropped == 0
         assert stats.evicted[EvictionClass.ROUTINE] > 0
         assert stats.evicted[EvictionClass.NORMAL] == stats.evicted[EvictionClass.CRITICAL] == 0
