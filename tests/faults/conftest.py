@@ -35,6 +35,7 @@ from tests.faults.harness import (
     policy_off_catalog,
     start_tapped_live_bus,
 )
+from tests.integration import conftest as integration
 from tests.integration.conftest import PG_DSN, service_unavailable, unique_id
 
 RECORDED_S = 30  # seconds of simulated bus in the session's log (replayed at recorded speed)
@@ -59,21 +60,13 @@ def catalog_policy_off(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return policy_off_catalog(tmp_path_factory.mktemp("catalog"))
 
 
+shared_pg_schema = integration.pg_schema  # the integration suite's fixture `pg_schema`, used below
+
+
 @pytest.fixture
-def database_schema() -> Iterator[str]:
-    """A fresh schema in the test database, dropped afterwards."""
-    psycopg = pytest.importorskip("psycopg")
-    schema = unique_id("faults_")
-    try:
-        conn = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=3)
-    except psycopg.Error as err:
-        service_unavailable(f"PostgreSQL not reachable at {PG_DSN}: {str(err).strip().splitlines()[0]}")
-    with conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-        try:
-            yield schema
-        finally:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+def database_schema(pg_schema: integration.Database) -> str:
+    """A fresh schema in the test database, dropped afterwards (the integration suite's fixture)."""
+    return pg_schema.schema
 
 
 @dataclass

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import math
 import os
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -28,6 +27,7 @@ from simulator.emit_nmea import nmea_sentence
 from tests.faults.audit import assert_nothing_lost, audit_mark
 from tests.faults.conftest import LiveBus, Rig
 from tests.faults.harness import metric, wait_until
+from tests.integration.conftest import mounted_tmpfs
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -49,20 +49,9 @@ async def committed_at_least(rig: Rig, more: int, timeout_s: float = 30.0) -> No
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1.5 MiB tmpfs for the agent's buffer (mounted as root; skipped with the reason otherwise)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root; the disk-full scenario runs where tests run as root")
-    disk = tmp_path / "small-disk"
-    disk.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(disk)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    """A 1.5 MiB tmpfs for the agent's buffer."""
+    with mounted_tmpfs(tmp_path / "small-disk", 1536 * 1024) as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 async def test_disk_full(rig_factory: Callable[..., Rig], recorded_bus: Path, small_disk: Path) -> None:

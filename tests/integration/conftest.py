@@ -9,8 +9,10 @@ missing service is a broken machine, not a reason to go green).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -119,3 +121,25 @@ async def store(pg_schema: Database) -> AsyncIterator[Store]:
     opened = await migrated_store(pg_schema)
     yield opened
     await opened.close()
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(directory: Path, size_bytes: int) -> Iterator[Path]:
+    """A real small file system at `directory` (a tmpfs of `size_bytes`), for full-disk tests; mounting
+    needs root, so elsewhere the test is skipped with the reason."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root; full-disk tests run where tests run as root")
+    directory.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_bytes},mode=0700", "tmpfs", str(directory)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield directory
+    finally:
+        if subprocess.run(["umount", str(directory)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(directory)], check=False)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from agent.buffer import EvictionClass, SampleBuffer
 from agent.records import Sample
 from protocols.catalog import Priority
 
+from .conftest import mounted_tmpfs
+
 DISK_BYTES = 3 * 1024 * 1024
 CAP = 64 * 1024 * 1024  # far above the disk: the disk fills first
 PRIORITIES = (Priority.ROUTINE, Priority.NORMAL, Priority.CRITICAL)
@@ -23,23 +24,8 @@ PRIORITIES = (Priority.ROUTINE, Priority.NORMAL, Priority.CRITICAL)
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES},mode=0700", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {result.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        if subprocess.run(["umount", str(mount)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount)], check=False)
+    with mounted_tmpfs(tmp_path / "disk", DISK_BYTES) as disk:
+        yield disk
 
 
 def _fill_to_the_last_byte(path: Path) -> None:
