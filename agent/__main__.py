@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Final
 
+from agent.preflight import preflight
 from agent.settings import AgentSettings, ConfigError, load_settings
 from protocols.catalog import DEFAULT_CATALOG, load_catalog
 from protocols.errors import CatalogError, DbcError
@@ -76,8 +77,6 @@ def _explain(problems: list[str]) -> int:
 
 
 def _load(config: Path) -> AgentSettings | list[str]:
-    from agent.app import preflight  # the composition root pulls in every stage; only when needed
-
     try:
         settings = load_settings(config)
     except ConfigError as err:

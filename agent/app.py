@@ -35,16 +35,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass, replace
-from pathlib import Path
 from typing import Final, Protocol, TypeVar
 
-import can
 from prometheus_client import Counter
 
 from agent import metrics
@@ -53,14 +50,14 @@ from agent.buffer import BufferStats, BufferWorker, EvictionClass
 from agent.clock import SourceKind, TimestampGate
 from agent.decode import Decoder, DecodeStats
 from agent.inference import InferenceStage
+from agent.preflight import load_catalogs
 from agent.records import SEVERITIES, Alert, Frame, Prediction, Sample
-from agent.settings import AgentSettings, ConfigError
+from agent.settings import AgentSettings
 from agent.sources.can import CanSource
 from agent.sources.gps import GpsSource
 from agent.sources.replay import ReplayFrameQueue, ReplaySource, TallyQueue, position_mark
 from agent.uplink import Uplink, filter_closed_socket_watchers
-from protocols.catalog import DEFAULT_CATALOG, Catalog, load_catalog
-from protocols.errors import CatalogError, DbcError
+from protocols.catalog import Catalog
 
 log = logging.getLogger(__name__)
 _Q = TypeVar("_Q")
@@ -96,80 +93,6 @@ BUFFER_STATS_EVERY_S: Final = 5.0  # counting rows of a large backlog is not fre
 
 class _Source(Protocol):
     def stop(self) -> None: ...
-
-
-# --- checks before running ----------------------------------------------------------------------------
-
-
-def load_catalogs(settings: AgentSettings) -> dict[str, Catalog]:
-    """Bus name → its catalog (loaded and checked against its DBC), plus "gps" when GPS is enabled.
-    Raises `ConfigError` with the file and line of the first problem."""
-    catalogs: dict[str, Catalog] = {}
-    loaded: dict[tuple[Path, Path | None], Catalog] = {}
-    wanted = [(bus.name, bus.catalog, bus.dbc) for bus in settings.can]
-    wanted += [(log_.name, log_.catalog, log_.dbc) for log_ in settings.replay]
-    if settings.gps.enabled:
-        first = wanted[0] if wanted else ("gps", DEFAULT_CATALOG, None)
-        wanted.append(("gps", first[1], first[2]))
-    for name, catalog_path, dbc_path in wanted:
-        key = (catalog_path, dbc_path)
-        if key not in loaded:
-            try:
-                loaded[key] = load_catalog(catalog_path, dbc_path)
-            except (CatalogError, DbcError) as err:
-                raise ConfigError(f"bus {name!r}: {err}") from err
-        catalogs[name] = loaded[key]
-    return catalogs
-
-
-def _writable_problem(path: Path, what: str) -> str | None:
-    if path.exists():
-        if path.is_dir():
-            return f"{what} {path} is a directory, not a file"
-        if not os.access(path, os.R_OK | os.W_OK):
-            return f"{what} {path} is not writable by this user"
-        return None
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        return f"{what} {path} cannot be created: {ancestor} is not a writable directory"
-    return None
-
-
-def preflight(settings: AgentSettings) -> list[str]:
-    """Everything `check-config` explains beyond the settings schema, one sentence per problem."""
-    problems: list[str] = []
-    for bus in settings.can:
-        if bus.interface not in can.interfaces.VALID_INTERFACES:
-            known = ", ".join(sorted(can.interfaces.VALID_INTERFACES))
-            problems.append(
-                f"can bus {bus.name!r}: unknown python-can interface {bus.interface!r} (known: {known})"
-            )
-    for replay in settings.replay:
-        if not replay.path.is_file():
-            problems.append(f"replay {replay.name!r}: log file {replay.path} does not exist")
-    try:
-        load_catalogs(settings)
-    except ConfigError as err:
-        problems.append(str(err))
-    if problem := _writable_problem(settings.buffer.path, "buffer path"):
-        problems.append(problem)
-    uplink = settings.uplink
-    for what, path in (
-        ("ca_file", uplink.ca_file),
-        ("cert_file", uplink.cert_file),
-        ("key_file", uplink.key_file),
-    ):
-        if path is not None and not path.is_file():
-            problems.append(f"uplink {what} {path} does not exist")
-    if settings.inference.enabled:
-        for path in settings.inference.models:
-            if not path.is_file():
-                problems.append(f"inference model {path} does not exist")
-    if not settings.can and not settings.replay and not settings.gps.enabled:
-        problems.append("no source configured: add a [[can]] bus, a [[replay]] log or enable [gps]")
-    return problems
 
 
 # --- the running agent --------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Each stage receives only its own sub-model. `load_settings(path)` validates everything once and turns
 every problem into one sentence (`ConfigError`); checks that need the file system or other packages
-(catalogs, interfaces, writable paths) are `agent.app.preflight`.
+(catalogs, interfaces, writable paths) are `agent.preflight.preflight`.
 """
 
 from __future__ import annotations
