@@ -60,13 +60,13 @@ def catalog_policy_off(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return policy_off_catalog(tmp_path_factory.mktemp("catalog"))
 
 
-shared_pg_schema = integration.pg_schema  # the integration suite's fixture `pg_schema`, used below
+shared_pg_schema = integration.pg_schema  # the integration suite's fixture, registered under this name
 
 
 @pytest.fixture
-def database_schema(pg_schema: integration.Database) -> str:
+def database_schema(shared_pg_schema: integration.Database) -> str:
     """A fresh schema in the test database, dropped afterwards (the integration suite's fixture)."""
-    return pg_schema.schema
+    return shared_pg_schema.schema
 
 
 @dataclass
