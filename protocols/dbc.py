@@ -10,7 +10,8 @@ each repair reported as a warning naming the file and line:
 * a `BO_` id longer than 11 bits without the extended flag: the message is read as extended (bit 31
   of a `BO_` id is the DBC's extended flag, so the id and every statement that refers to it get it);
 * signals that overlap or do not fit their message (what `strict=True` checks): the message is kept
-  and decoded as written, one warning per message with cantools' own reason.
+  as written, one warning per message with cantools' own reason. cantools cannot unpack such a message
+  as a whole; the agent's decoder reads each integer signal from its own bits (`agent.decode`).
 
 Anything else (a syntax error, a zero-length signal, ...) is a `DbcError` naming the file and, where
 it can be found, the line.
@@ -155,7 +156,7 @@ def _layout_warnings(path: Path, lines: list[str], db: Database) -> list[str]:
             number = next((n + 1 for n, line in enumerate(lines) if probe.match(line)), None)
             where = f"{path}:{number}" if number else str(path)
             reason = str(err).rstrip(".")
-            warnings.append(f"{where}: {reason}; each signal is decoded from its own bits as written")
+            warnings.append(f"{where}: {reason}; kept as written (each signal read from its own bits)")
     return warnings
 
 
