@@ -146,7 +146,7 @@ class StarterEntry:
 
 def _plain_name(message: str, signal: str) -> str:
     # A canonical name's first part starts with a letter (`protocols.catalog`); DBC names may not.
-    head = message if message[:1].isalpha() else f"M{message}"
+    head = message if message[:1].isascii() and message[:1].isalpha() else f"M{message}"
     return re.sub(r"[^A-Za-z0-9_]", "_", head) + "." + re.sub(r"[^A-Za-z0-9_]", "_", signal)
 
 
@@ -186,11 +186,11 @@ def _entry_toml(entry: StarterEntry) -> list[str]:
     kind = "ext" if message.is_extended_frame else "std"
     scale = abs(float(signal.scale)) if isinstance(signal.scale, int | float) else 1.0
     range_text = f"[{signal.minimum}|{signal.maximum}]" if signal.minimum is not None else "no range"
-    lines = [
-        "",
-        f"# 0x{message.frame_id:X} ({kind}) {message.name}.{signal.name}: {signal.length} bits, "
-        f"scale {signal.scale}, offset {signal.offset}, {range_text} {signal.unit or ''}".rstrip(),
-    ]
+    described = (
+        f"0x{message.frame_id:X} ({kind}) {message.name}.{signal.name}: {signal.length} bits, "
+        f"scale {signal.scale}, offset {signal.offset}, {range_text} {signal.unit or ''}"
+    )
+    lines = ["", "# " + " ".join(described.split())]  # one comment line, whatever the DBC's unit holds
     if entry.vss:
         lines.append("# VSS path guessed from the DBC's name and unit: check the meaning (and sign) first")
     unit = signal.unit.strip() if signal.unit and signal.unit.strip() else ("enum" if signal.choices else "-")
