@@ -271,3 +271,21 @@ def test_init_refuses_to_overwrite_and_explains_a_missing_dbc(tmp_path: Path) ->
         missing.stderr.strip()
         == f"voltgate-agent: {tmp_path / 'none.dbc'}: cannot read the CAN database: No such file or directory"
     )
+
+
+def test_check_config_accepts_a_defective_dbc_with_its_warnings(tmp_path: Path) -> None:
+    # GIVEN a bus whose catalog was written by catalog init for tesla_can.dbc (one unused VAL_ entry)
+    dbc = DATA / "opendbc" / "tesla_can.dbc"
+    catalog = tmp_path / "catalog.toml"
+    assert _cli("catalog", "init", "--dbc", str(dbc), "--out", str(catalog)).returncode == 0
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'vehicle_id = "bus-1"\n[buffer]\npath = "{tmp_path / "buffer.sqlite3"}"\n'
+        '[uplink]\nbroker_url = "mqtt://127.0.0.1:1883"\nfleet_id = "f"\n'
+        f'[[can]]\nname = "chassis"\ninterface = "virtual"\nchannel = "vc"\ncatalog = "{catalog}"\n'
+    )
+    # WHEN check-config reads it THEN it passes, and says the defect once
+    result = _cli("check-config", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    (warning,) = read_dbc(dbc).warnings
+    assert result.stderr.splitlines() == [f"bus 'chassis': {warning}"]
