@@ -154,11 +154,11 @@ def _frame_plan(spec: FrameSpec) -> _FramePlan:
         return replace(plan, fast=False)
     mux_signal = message.get_signal_by_name(next(iter(multiplexers)))
     mux = _bit_field(mux_signal, length)
-    values = frozenset(
+    values = frozenset(  # cantools' tree: a mux value may carry no signal but itself (is not unknown)
         value
-        for s in message.signals
-        if s.multiplexer_signal == mux_signal.name
-        for value in (s.multiplexer_ids or ())
+        for node in message.signal_tree
+        if isinstance(node, dict)
+        for value in node.get(mux_signal.name, {})
     )
     if mux is None or not values:
         return replace(plan, fast=False)

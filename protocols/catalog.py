@@ -3,7 +3,8 @@ names, units and sampling policy.
 
 A catalog is a TOML file next to its DBC (see `catalog.toml` for the format). Loading checks every
 entry against the DBC, so a catalog that loads is one the agent can decode with. Every mistake in
-the DBC or the catalog is reported as one `DbcError` / `CatalogError` that names the file and line.
+the catalog is reported as one `CatalogError` that names the file and line; the DBC is loaded by
+`protocols.dbc` (known defects repaired, each kept in `Catalog.dbc_warnings`; others a `DbcError`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
-from typing import Literal, cast
+from typing import Literal
 
-import cantools
 from cantools.database.can import Database, Message
 
-from protocols.errors import CatalogError, DbcError
+from protocols.dbc import load_dbc, read_dbc
+from protocols.errors import CatalogError
+
+__all__ = ["DEFAULT_CATALOG", "DEFAULT_DBC", "Catalog", "load_catalog", "load_dbc", "parse_catalog"]
 
 DEFAULT_CATALOG = Path(__file__).with_name("catalog.toml")
 DEFAULT_DBC = Path(__file__).with_name("bus.dbc")
@@ -104,6 +107,7 @@ class Catalog:
     version: str
     database: Database
     signals: tuple[SignalSpec, ...]
+    dbc_warnings: tuple[str, ...] = ()  # the DBC's defects, repaired on load (`protocols.dbc`)
     _by_name: Mapping[str, SignalSpec] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -138,54 +142,6 @@ class Catalog:
         return {s.name: s.resolution for s in self.signals}
 
 
-# --------------------------------------------------------------------------- DBC
-
-
-def load_dbc(path: Path) -> Database:
-    """Load a DBC strictly; any problem becomes one `DbcError` naming the file and, where it can be
-    found, the line."""
-    try:
-        text = path.read_text(encoding="cp1252")
-    except OSError as err:
-        raise DbcError(f"{path}: cannot read the CAN database: {err.strerror or err}") from err
-    try:
-        db = cantools.database.load_string(text, database_format="dbc", strict=True)
-    except (cantools.database.errors.Error, ValueError, KeyError, IndexError) as err:
-        reason = _cantools_reason(err)
-        line = _locate_dbc_problem(text, reason)
-        where = f"{path}:{line}" if line else str(path)
-        raise DbcError(f"{where}: not a valid DBC: {reason}") from err
-    return cast(Database, db)
-
-
-def _cantools_reason(err: Exception) -> str:
-    # cantools wraps the DBC parser's error; prefer it, without the format prefix and quotes.
-    inner = getattr(err, "e_dbc", None) or err
-    reason = str(inner).strip()
-    if reason.startswith('DBC: "') and reason.endswith('"'):
-        reason = reason[6:-1]
-    return " ".join(reason.split())
-
-
-def _locate_dbc_problem(text: str, reason: str) -> int | None:
-    """Best effort: the 1-based line a cantools error refers to."""
-    if m := re.search(r"\bline (\d+)\b", reason):
-        return int(m.group(1))
-    lines = text.splitlines()
-    probes: list[re.Pattern[str]] = []
-    if m := re.search(r"\b(VAL_|BA_|CM_|SG_MUL_VAL_) (\d+) (\w+)", reason):
-        probes.append(re.compile(rf"^\s*{m.group(1)}\s+{m.group(2)}\s+{m.group(3)}\b"))
-    if m := re.search(r"in message (\w+)", reason):
-        probes.append(re.compile(rf"^\s*BO_\s+\d+\s+{m.group(1)}\s*:"))
-    if m := re.search(r"signals? (\w+)", reason):
-        probes.append(re.compile(rf"^\s*SG_\s+{m.group(1)}\b"))
-    for probe in probes:
-        for number, line in enumerate(lines, start=1):
-            if probe.search(line):
-                return number
-    return None
-
-
 # --------------------------------------------------------------------------- catalog
 
 
@@ -196,6 +152,14 @@ def load_catalog(path: Path = DEFAULT_CATALOG, dbc_path: Path | None = None) -> 
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise CatalogError(f"{path}: cannot read the signal catalog: {err}") from err
+    return parse_catalog(text, path, dbc_path)
+
+
+def parse_catalog(
+    text: str, path: Path, dbc_path: Path | None = None, *, database: Database | None = None
+) -> Catalog:
+    """Check a catalog's TOML `text` (`path` names it in errors and resolves its `dbc` key) against
+    `database`, or the DBC at `dbc_path` or at its `dbc` key."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -214,7 +178,10 @@ def load_catalog(path: Path = DEFAULT_CATALOG, dbc_path: Path | None = None) -> 
     version = _require_str(header, "version", entries.at("catalog", 0))
     if dbc_path is None:
         dbc_path = path.parent / _require_str(header, "dbc", entries.at("catalog", 0))
-    database = load_dbc(dbc_path)
+    dbc_warnings: tuple[str, ...] = ()
+    if database is None:
+        loaded = read_dbc(dbc_path)
+        database, dbc_warnings = loaded.database, loaded.warnings
 
     specs: list[SignalSpec] = []
     first_seen: dict[str, str] = {}
@@ -235,7 +202,14 @@ def load_catalog(path: Path = DEFAULT_CATALOG, dbc_path: Path | None = None) -> 
             specs.append(spec)
     if not specs:
         raise CatalogError(f"{path}: the catalog maps no signals")
-    return Catalog(path=path, name=name, version=version, database=database, signals=tuple(specs))
+    return Catalog(
+        path=path,
+        name=name,
+        version=version,
+        database=database,
+        signals=tuple(specs),
+        dbc_warnings=dbc_warnings,
+    )
 
 
 class _EntryLocator:
