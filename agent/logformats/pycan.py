@@ -100,14 +100,6 @@ class _TrcWarnings(logging.Filter):
         malformed.skip(feed.number, record.getMessage())
         return False
 
-    @contextlib.contextmanager
-    def routing(self, feed: _LineFeed, malformed: MalformedLines) -> Iterator[None]:
-        self.current.target = (feed, malformed)
-        try:
-            yield
-        finally:
-            self.current.target = None
-
 
 _TRC_WARNINGS = _TrcWarnings()
 logging.getLogger("can.io.trc").addFilter(_TRC_WARNINGS)
@@ -120,12 +112,19 @@ def text_frames(path: Path, text: TextIO, bus: str, malformed: MalformedLines) -
     format_name, reader_class, options = TEXT_FORMATS[path.suffix.lower()]
     feed = _LineFeed(text)
     header: list[str] | None = None
+    routed = _TRC_WARNINGS.current if reader_class is can.TRCReader else None  # per thread: see _TrcWarnings
     while True:
         messages = iter(reader_class(feed, **options))
         try:
             while True:
-                with _TRC_WARNINGS.routing(feed, malformed):
+                if routed is None:
                     message = next(messages, _END)
+                else:
+                    routed.target = (feed, malformed)
+                    try:
+                        message = next(messages, _END)
+                    finally:
+                        routed.target = None
                 if message is _END:
                     return
                 assert isinstance(message, can.Message)

@@ -184,6 +184,8 @@ def _made(logs: Logs, name: str) -> Path:
         "kona-pycan.mf4": write_with_python_can,
         "kona.blf": write_with_python_can,
         "kona.asc": write_with_python_can,
+        "kona-pycan.csv": write_with_python_can,
+        "kona.trc": write_with_python_can,
     }
     writers[name](logs.frames, path)
     return path
@@ -192,14 +194,14 @@ def _made(logs: Logs, name: str) -> Path:
 # --------------------------------------------------------------------------- same rows from every format
 
 
-@pytest.mark.parametrize("name", ["kona.mf4", "kona.csv", "kona-v1.csv", "kona.blf"])
+@pytest.mark.parametrize("name", ["kona.mf4", "kona.csv", "kona-v1.csv", "kona.blf", "kona-pycan.csv"])
 def test_each_format_yields_the_candump_frames(logs: Logs, name: str) -> None:
     path = _made(logs, name)
     with FrameLog(path, "kona") as log_frames:
         assert list(log_frames) == logs.frames  # timestamps, ids, flags and data, exactly
 
 
-@pytest.mark.parametrize("name", ["kona.mf4", "kona.csv", "kona-v1.csv", "kona.blf"])
+@pytest.mark.parametrize("name", ["kona.mf4", "kona.csv", "kona-v1.csv", "kona.blf", "kona-pycan.csv"])
 def test_decode_cli_prints_the_candump_rows(logs: Logs, name: str) -> None:
     path = _made(logs, name)
     result = decode_cli(path)
@@ -208,16 +210,24 @@ def test_decode_cli_prints_the_candump_rows(logs: Logs, name: str) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_mf4_of_python_cans_writer_decodes_the_same_values(logs: Logs) -> None:
-    # python-can's MF4Writer starts the file at "now", so times come back within float rounding only
-    result = decode_cli(_made(logs, "kona-pycan.mf4"))
+@pytest.mark.parametrize(
+    ("name", "within_s"),
+    [("kona-pycan.mf4", 1e-6), ("kona.trc", 1e-3)],
+    ids=["python-can MF4Writer", "PEAK TRC"],
+)
+def test_formats_with_their_own_time_base_decode_the_same_values(
+    logs: Logs, name: str, within_s: float
+) -> None:
+    # python-can's MF4Writer starts the file at "now" (times come back within float rounding); a TRC
+    # counts milliseconds from its start
+    result = decode_cli(_made(logs, name))
     assert result.returncode == 0, result.stderr
     got = [row.split(",") for row in result.stdout.splitlines()]
     want = [row.split(",") for row in logs.expected_csv.splitlines()]
     assert got[0] == want[0] and len(got) == len(want)
     for got_row, want_row in zip(got[1:], want[1:], strict=True):
         assert got_row[1:] == want_row[1:]
-        assert float(got_row[0]) == pytest.approx(float(want_row[0]), abs=1e-6)
+        assert float(got_row[0]) == pytest.approx(float(want_row[0]), abs=within_s)
 
 
 # --------------------------------------------------------------------------- malformed lines
