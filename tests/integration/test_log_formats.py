@@ -268,8 +268,16 @@ def _insert_lines(source: Path, target: Path, bad: dict[int, str]) -> None:
                 300: "   0.4000 1  594             Rx   d x 34 21",  # DLC not a number
             },
         ),
+        (
+            "kona.trc",
+            {
+                25: "     99         1.000 DT  0     05ZZ Rx -  8    34 21 34 21 A0 61 04 20",  # id not hex
+                60: "    100         1.100 DT",  # python-can warns and goes on: counted here instead
+                300: "garbage",
+            },
+        ),
     ],
-    ids=["candump", "savvycan", "asc"],
+    ids=["candump", "savvycan", "asc", "trc"],
 )
 def test_malformed_lines_cost_only_themselves(logs: Logs, name: str, bad: dict[int, str]) -> None:
     clean = _made(logs, name) if name != "kona.log" else logs.candump
