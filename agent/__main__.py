@@ -142,6 +142,7 @@ def _decode_catalog(args: argparse.Namespace) -> Catalog:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     from agent.decode import decode_log_to_csv
+    from agent.logfiles import LogFormatError
 
     if not args.log.is_file():
         return _explain([f"log file {args.log} does not exist"])
@@ -155,6 +156,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     except BrokenPipeError:  # `| head`: the reader has seen enough
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except LogFormatError as err:  # already one sentence naming the file, its format and what to do
+        return _explain([str(err)])
     except (OSError, ValueError) as err:
         return _explain([f"cannot decode {args.log}: {err}"])
     return EXIT_OK
@@ -212,7 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument(
         "--no-policy", action="store_true", help="keep every decoded value (no sampling policy)"
     )
-    decode.add_argument("log", type=Path, help="recorded log: .log (candump -L), .asc, .blf, ...")
+    decode.add_argument(
+        "log",
+        type=Path,
+        help="recorded log: .log (candump -L), .csv (SavvyCAN/python-can), .asc, .trc, .blf, .mf4",
+    )
     decode.set_defaults(handler=cmd_decode)
 
     catalog = commands.add_parser("catalog", help="signal catalogs")

@@ -336,7 +336,7 @@ def write_log(path: Path, count: int, step_s: float = 0.01) -> list[tuple[float,
     return records
 
 
-@pytest.mark.parametrize("suffix", [".log", ".asc", ".blf"])
+@pytest.mark.parametrize("suffix", [".log", ".asc", ".blf", ".mf4", ".csv"])
 async def test_replay_as_fast_as_possible_keeps_recorded_timestamps(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"day{suffix}"
     records = write_log(path, 3000)
@@ -370,6 +370,22 @@ async def test_replay_at_recorded_speed_paces_by_the_recorded_deltas(tmp_path: P
     assert frames.qsize() == len(records)
     # sleeping by the deltas can only take longer than the recording, never less
     assert elapsed >= (records[-1][0] - records[0][0]) - 0.01
+
+
+async def test_replay_skips_a_malformed_line_and_plays_every_good_frame(tmp_path: Path) -> None:
+    path = tmp_path / "day.log"
+    records = write_log(path, 300)
+    lines = path.read_text().splitlines(keepends=True)
+    lines.insert(100, "(1700000000.5) can0 18FEF100#0102ZZ\n")  # GIVEN one line that is no frame
+    path.write_text("".join(lines))
+    source = ReplaySource(ReplaySettings(name="day", path=path, speed="max"), CATALOG, chunk_frames=64)
+    frames: asyncio.Queue[Frame] = asyncio.Queue()
+    async with asyncio.timeout(WAIT_S):
+        await source.run(frames)
+    # THEN the replay goes on past it: every good frame, in order, and the end of the log
+    assert source.finished and frames.qsize() == len(records)
+    got = [frames.get_nowait() for _ in range(len(records))]
+    assert [(f.arbitration_id, f.is_extended, f.data) for f in got] == [r[1:] for r in records]
 
 
 async def test_replay_of_a_missing_log_says_so(tmp_path: Path) -> None:
