@@ -34,7 +34,7 @@ class SentenceSplitter:
             if self._line is None:
                 start = _START.search(data, pos)
                 stop = end if start is None else start.start()
-                if any(b not in _LINE_END for b in data[pos:stop]):
+                if not self._garbage_counted and data[pos:stop].strip(b"\r\n"):  # more than line ends
                     self._garbage(data[pos:stop])
                 if start is None:
                     break

@@ -14,6 +14,8 @@ import logging
 from functools import reduce
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.settings import GpsSettings
 from agent.sources.gps import GpsSource
@@ -266,6 +268,14 @@ def test_unchecked_mode_still_checks_what_can_be_checked() -> None:
     fixes, reader = read(lines, reader)
     assert fixes == []
     assert reader.counts == {"field": 3, "checksum": 1}
+
+
+@given(st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters="$!*"), max_size=120))
+def test_checksum_agrees_with_the_xor_of_every_character(text: str) -> None:
+    # the reader's checksum is computed by folding; `nmea()` XORs character by character
+    with pytest.raises(NmeaError) as info:
+        parse_sentence(nmea(f"GPTXT,{text}"))
+    assert info.value.kind == "unsupported"
 
 
 def test_lowercase_checksum_hex() -> None:
