@@ -13,7 +13,8 @@ Decisions (facts from NMEA 0183 where cited; the rest is ours):
   and GGA quality 1-6 (not 0 invalid, 7 manual, 8 simulation). The RMC navigational status field of
   NMEA 4.1 (u-blox always sends `V`, "not supported") is ignored. Position, altitude, speed and
   course are `None` in a fix that is not valid.
-* Epochs. RMC, GGA and GLL carry the UTC time; a sentence with a different time closes the open
+* Epochs. RMC, GGA and GLL carry the UTC time; a sentence with a different time (beyond the
+  resolution of the coarser of the two time fields: 120824.758 and 120824.76 are one epoch) closes the open
   epoch and emits its fix, so a fix comes out when the next epoch starts (one epoch of latency), or
   on `flush()` at the end of a stream. VTG, GSA and a GLL without time (NMEA 1.5) join the epoch
   open when they arrive. Position comes from RMC, else GGA, else GLL; GGA gives altitude, quality,
@@ -89,11 +90,18 @@ class GpsFix:
 
 @dataclass(slots=True)
 class _Epoch:
-    utc_time_ms: int
+    utc_time_ms: int  # of the sentence that opened it
+    utc_time_step_ms: int  # the coarsest resolution of the times of its sentences
     rmc: Rmc | None = None
     gga: Gga | None = None
     gll: Gll | None = None
     zda_date: dt.date | None = None  # from a ZDA with this epoch's time
+
+    def same_time(self, utc_time_ms: int, step_ms: int) -> bool:
+        """Whether a time is this epoch's, as far as the coarser of the two resolutions can tell: a
+        receiver may send `hhmmss.sss` in one sentence and `hhmmss.ss` or `hhmmss` in another."""
+        return abs(utc_time_ms - self.utc_time_ms) < max(step_ms, self.utc_time_step_ms)
+
     vtg: Vtg | None = None
     gsas: list[Gsa] = field(default_factory=list)
 
@@ -120,7 +128,8 @@ class NmeaReader:
         self._splitter = SentenceSplitter(max_sentence_chars, self._skip)
         self._epoch: _Epoch | None = None
         self._date: dt.date | None = None  # the last date known...
-        self._date_time_ms = 0  # ...and the UTC time of day it was known at
+        self._date_time_ms = 0  # ...the UTC time of day it was known at...
+        self._date_step_ms = 1  # ...and that time's resolution
 
     def feed(self, data: bytes) -> list[GpsFix]:
         """Consume a chunk of any size; return the fixes of the epochs it completed."""
@@ -167,7 +176,10 @@ class NmeaReader:
                 self._skip("untimed", f"ZDA without time or date: {line[:_DETAIL_CHARS]}")
             else:
                 self._date, self._date_time_ms = sentence.date, sentence.utc_time_ms
-                if self._epoch is not None and self._epoch.utc_time_ms == sentence.utc_time_ms:
+                self._date_step_ms = sentence.utc_time_step_ms
+                if self._epoch is not None and self._epoch.same_time(
+                    sentence.utc_time_ms, sentence.utc_time_step_ms
+                ):
                     self._epoch.zda_date = sentence.date
             return None
         fix = None
@@ -177,12 +189,15 @@ class NmeaReader:
             if sentence.utc_time_ms is None:
                 self._skip("untimed", f"no UTC time: {line[:_DETAIL_CHARS]}")
                 return None
-            if self._epoch is not None and self._epoch.utc_time_ms != sentence.utc_time_ms:
+            step = sentence.utc_time_step_ms
+            if self._epoch is not None and not self._epoch.same_time(sentence.utc_time_ms, step):
                 fix = self._close_epoch()
             if self._epoch is None:
-                self._epoch = _Epoch(sentence.utc_time_ms)
-                if self._date is not None and self._date_time_ms == sentence.utc_time_ms:
+                self._epoch = _Epoch(sentence.utc_time_ms, step)
+                if self._date is not None and self._epoch.same_time(self._date_time_ms, self._date_step_ms):
                     self._epoch.zda_date = self._date  # its ZDA came first
+            elif step > self._epoch.utc_time_step_ms:
+                self._epoch.utc_time_step_ms = step
         epoch = self._epoch
         if epoch is None:
             self._skip("orphan", f"before any epoch: {line[:_DETAIL_CHARS]}")
@@ -206,7 +221,7 @@ class NmeaReader:
         if rmc is not None and rmc.date is not None:
             date: dt.date = rmc.date
             if rmc.status == "A":
-                self._date, self._date_time_ms = date, epoch.utc_time_ms
+                self._date, self._date_time_ms, self._date_step_ms = date, epoch.utc_time_ms, 1
             return date, False
         if epoch.zda_date is not None:
             return epoch.zda_date, False
@@ -219,7 +234,11 @@ class NmeaReader:
         elif shift_ms > _HALF_DAY_MS:
             date -= _ONE_DAY  # the date was known just after a midnight this epoch preceded
         if date > self._date or (date == self._date and shift_ms > 0):
-            self._date, self._date_time_ms = date, epoch.utc_time_ms  # move on, to see the next midnight
+            self._date, self._date_time_ms, self._date_step_ms = (
+                date,
+                epoch.utc_time_ms,
+                1,
+            )  # to see the next midnight
         return date, True
 
     def _close_epoch(self) -> GpsFix | None:

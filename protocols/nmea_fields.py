@@ -90,6 +90,12 @@ def utc_time_ms(s: str) -> int | None:
     return ((hh * 60 + mm) * 60 + ss) * 1000 + ms
 
 
+def utc_time_step_ms(s: str) -> int:
+    """The resolution of a time field: 1000 ms for `hhmmss`, 100 for `hhmmss.s`, 10 for `hhmmss.ss`..."""
+    point = s.find(".")
+    return 1000 if point < 0 else 10 ** max(0, 4 - len(s) + point)
+
+
 def calendar_date(day: int, month: int, year: int, text: str) -> dt.date:
     if year < 100:
         year += 1900 if year >= 80 else 2000

@@ -44,6 +44,7 @@ class Rmc:
 
     talker: str
     utc_time_ms: int | None  # milliseconds since UTC midnight
+    utc_time_step_ms: int  # resolution of the time as sent: 1000 for hhmmss, 10 for hhmmss.ss
     status: str  # "A" data valid, "V" void (no valid fix)
     lat_deg: float | None
     lon_deg: float | None
@@ -60,6 +61,7 @@ class Gga:
 
     talker: str
     utc_time_ms: int | None
+    utc_time_step_ms: int
     lat_deg: float | None
     lon_deg: float | None
     quality: int | None  # 0 invalid, 1 GPS, 2 DGPS, 3 PPS, 4 RTK, 5 float RTK, 6 estimated, 7, 8
@@ -77,6 +79,7 @@ class Gll:
     lat_deg: float | None
     lon_deg: float | None
     utc_time_ms: int | None  # None in NMEA 1.5 GLL, which ends after the longitude
+    utc_time_step_ms: int
     status: str | None  # "A" valid, "V" void; None when not sent (NMEA 1.5)
     mode: str | None  # NMEA 2.3+
 
@@ -112,6 +115,7 @@ class Zda:
 
     talker: str
     utc_time_ms: int | None
+    utc_time_step_ms: int
     date: dt.date | None  # None when day, month and year are all empty (receiver has no time yet)
 
 
@@ -175,17 +179,21 @@ def _parse_rmc(talker: str, f: list[str]) -> Rmc:
     if status not in ("A", "V"):
         raise NmeaError(f"RMC status {status!r}", kind="field")
     speed_kn = fld.unsigned(f[6], "speed")
+    direction, mode = fld.optional(f, 10), fld.optional(f, 11)
+    if len(f) == 11 and direction not in (None, "E", "W"):
+        direction, mode = None, direction  # the direction field left out: `ddmmyy,,A` (Saab R4)
     return Rmc(
         talker=talker,
         utc_time_ms=fld.utc_time_ms(f[0]),
+        utc_time_step_ms=fld.utc_time_step_ms(f[0]),
         status=status,
         lat_deg=fld.latitude(f[2], f[3]),
         lon_deg=fld.longitude(f[4], f[5]),
         speed_kmh=None if speed_kn is None else speed_kn * KMH_PER_KNOT,
         course_deg=fld.course(f[7]),
         date=fld.ddmmyy(f[8]),
-        mag_var_deg=fld.magnetic_variation(fld.optional(f, 9), fld.optional(f, 10)),
-        mode=fld.mode(fld.optional(f, 11)),
+        mag_var_deg=fld.magnetic_variation(fld.optional(f, 9), direction),
+        mode=fld.mode(mode),
     )
 
 
@@ -201,6 +209,7 @@ def _parse_gga(talker: str, f: list[str]) -> Gga:
     return Gga(
         talker=talker,
         utc_time_ms=fld.utc_time_ms(f[0]),
+        utc_time_step_ms=fld.utc_time_step_ms(f[0]),
         lat_deg=fld.latitude(f[1], f[2]),
         lon_deg=fld.longitude(f[3], f[4]),
         quality=quality,
@@ -221,6 +230,7 @@ def _parse_gll(talker: str, f: list[str]) -> Gll:
         lat_deg=fld.latitude(f[0], f[1]),
         lon_deg=fld.longitude(f[2], f[3]),
         utc_time_ms=fld.utc_time_ms(f[4]) if len(f) > 4 else None,
+        utc_time_step_ms=fld.utc_time_step_ms(f[4]) if len(f) > 4 else 1000,
         status=status,
         mode=fld.mode(fld.optional(f, 6)),
     )
@@ -274,7 +284,7 @@ def _parse_zda(talker: str, f: list[str]) -> Zda:
         raise NmeaError(f"ZDA date {f[1]!r},{f[2]!r},{f[3]!r}", kind="field")
     else:
         date = fld.calendar_date(day, month, year, ",".join(f[1:4]))
-    return Zda(talker=talker, utc_time_ms=fld.utc_time_ms(f[0]), date=date)
+    return Zda(talker, fld.utc_time_ms(f[0]), fld.utc_time_step_ms(f[0]), date)
 
 
 _PARSERS: dict[str, Callable[[str, list[str]], Sentence]] = {

@@ -75,7 +75,7 @@ def test_unusual_magnetic_variation_never_costs_the_position(variation: str, exp
 
 def test_zda_parses_date_and_time() -> None:
     s = parse_sentence("$GPZDA,202640.000,13,04,2015,,*54")
-    assert s == Zda(talker="GP", utc_time_ms=(20 * 3600 + 26 * 60 + 40) * 1000, date=dt.date(2015, 4, 13))
+    assert s == Zda("GP", (20 * 3600 + 26 * 60 + 40) * 1000, 1, dt.date(2015, 4, 13))
     assert parse_sentence(nmea("GNZDA,202640.00,13,04,15,-05,00")).date == dt.date(2015, 4, 13)  # type: ignore[union-attr]
     assert parse_sentence(nmea("GPZDA,,,,,,")).date is None  # type: ignore[union-attr]
     for bad in ("GPZDA,202640.00,32,04,2015,,", "GPZDA,202640.00,13,04,,,", "GPZDA,202640.00,13,04,1015,,"):
@@ -169,7 +169,7 @@ def test_fractional_seconds_of_any_length(text: str, ms: int) -> None:
 def test_gll_forms() -> None:
     s = parse_sentence("$GNGLL,4404.14066,N,12118.85481,W,171925.00,A,A*66")
     assert s == Gll(
-        "GN", pytest.approx(44 + 4.14066 / 60), pytest.approx(-(121 + 18.85481 / 60)), 62365000, "A", "A"
+        "GN", pytest.approx(44 + 4.14066 / 60), pytest.approx(-(121 + 18.85481 / 60)), 62365000, 10, "A", "A"
     )
     old = parse_sentence(nmea("GPGLL,4807.038,N,01131.000,E"))  # NMEA 1.5: position only
     assert isinstance(old, Gll) and (old.utc_time_ms, old.status, old.mode) == (None, None, None)
@@ -230,6 +230,83 @@ def test_gll_of_the_epoch_agrees_with_rmc_and_gga() -> None:
     (fix,), reader = read(lines)
     assert not fix.valid
     assert reader.counts == {"RMC": 1, "GGA": 1, "GLL": 1}
+
+
+# --- real receivers (lines from gpsd's regression captures test/daemon/saab-r4.log and magellan315.log,
+# github.com/ukyg9e5r6k7gubiekd6/gpsd @ 11a1896, BSD-2-Clause: see tests/data/nmea/COPYING) -----------
+
+SAAB_R4 = [  # ZDA first, GLL and GGA with hhmmss, RMC with hhmmss.ss whose direction field is left out
+    "!AIVDO,1,1,,B,13`kvwO005wJnb0Lfo:@7P8F05`L,0*5B",
+    "$GPZDA,130711,01,06,2011,01,00*49",
+    "$GPGLL,5012.790800,N,00806.879600,W,130711,A,D*5B",
+    "$GPGGA,130711,5012.790800,N,00806.879600,W,2,,,,,,,*6A",
+    "$GPVTG,3.0,T,,,0.50,N,,,D*16",
+    "$GPRMC,130711.00,A,5012.790800,N,00806.879600,W,0.5,3.0,010611,,A*6A",
+    "$GPDTM,W84,C*52",
+    "$HEHDT,4.0,T*2B",
+    "$PFEC,AIcmd,0,35,A,01062011,130712*06",
+    "$GPZDA,130712,01,06,2011,01,00*4A",
+    "$GPGLL,5012.791400,N,00806.879600,W,130712,A,D*55",
+    "$GPGGA,130712,5012.791400,N,00806.879600,W,2,,,,,,,*64",
+    "$GPVTG,3.1,T,,,0.50,N,,,D*17",
+    "$GPRMC,130712.00,A,5012.791400,N,00806.879600,W,0.5,3.1,010611,,A*65",
+]
+
+
+def test_saab_r4_rmc_without_direction_field_and_zda_first() -> None:
+    rmc = parse_sentence(SAAB_R4[5])
+    assert isinstance(rmc, Rmc) and (rmc.mag_var_deg, rmc.mode) == (None, "A")
+    fixes, reader = read(SAAB_R4)
+    assert [(f.ts, f.valid, f.date_carried) for f in fixes] == [
+        (utc(2011, 6, 1, 13, 7, 11), True, False),
+        (utc(2011, 6, 1, 13, 7, 12), True, False),
+    ]
+    assert fixes[1].lat_deg == pytest.approx(50 + 12.7914 / 60, abs=1e-12)
+    assert fixes[1].lon_deg == pytest.approx(-(8 + 6.8796 / 60), abs=1e-12)
+    assert reader.counts == {
+        "unsupported": 3,
+        "proprietary": 1,
+        "ZDA": 2,
+        "GLL": 2,
+        "GGA": 2,
+        "VTG": 2,
+        "RMC": 2,
+    }
+
+
+MAGELLAN_315 = [  # GLL with hhmmss.sss, GGA and RMC with hhmmss.ss; magnetic variation "01."
+    "$GPGLL,3908.8199,N,00023.0832,W,120824.758,A*22",
+    "$GPGGA,120824.76,3908.8199,N,00023.0832,W,1,06,2.1,00176,M,,,,*39",
+    "$GPRMC,120824.76,A,3908.8199,N,00023.0832,W,00.0,000.0,130305,01.,W*62",
+    "$GPGSA,A,3,19,15,03,18,22,11,,,,,,,3.5,2.1,2.7*34",
+    "$GPGLL,3908.8200,N,00023.0832,W,120827.523,A*2C",
+    "$GPGGA,120827.52,3908.8200,N,00023.0832,W,1,06,2.1,00176,M,,,,*3F",
+    "$GPRMC,120827.52,A,3908.8200,N,00023.0832,W,00.0,000.0,130305,01.,W*64",
+]
+
+
+def test_magellan_315_sentences_of_one_epoch_at_different_resolutions_make_one_fix() -> None:
+    assert parse_sentence(MAGELLAN_315[2]).mag_var_deg == -1.0  # type: ignore[union-attr]
+    fixes, reader = read(MAGELLAN_315)
+    assert [(f.ts, f.valid, f.satellites) for f in fixes] == [
+        (utc(2005, 3, 13, 12, 8, 24) + 0.758, True, 6),
+        (utc(2005, 3, 13, 12, 8, 27) + 0.523, True, 6),
+    ]
+    assert "duplicate" not in reader.counts
+
+
+def test_times_of_different_resolution_still_separate_epochs() -> None:
+    # 10 Hz with one decimal in GGA and three in GLL: 0.1 s apart is another epoch
+    lines = [
+        nmea("GPZDA,120000.00,23,03,1994,,"),
+        nmea("GPGLL,4807.038,N,01131.000,E,120000.100,A,A"),
+        gga("120000.1"),
+        nmea("GPGLL,4807.038,N,01131.000,E,120000.200,A,A"),
+        gga("120000.2"),
+    ]
+    fixes, _ = read(lines)
+    assert [round(f.ts - utc(1994, 3, 23, 12, 0, 0), 3) for f in fixes] == [0.1, 0.2]
+    assert [f.fix_quality for f in fixes] == [1, 1]
 
 
 # --- checksums ----------------------------------------------------------------------------------
