@@ -232,7 +232,8 @@ def test_gll_of_the_epoch_agrees_with_rmc_and_gga() -> None:
     assert reader.counts == {"RMC": 1, "GGA": 1, "GLL": 1}
 
 
-# --- real receivers (lines from gpsd's regression captures test/daemon/saab-r4.log and magellan315.log,
+# --- real receivers (lines from gpsd's regression captures test/daemon/saab-r4.log, magellan315.log and
+# humminbird-M37.log,
 # github.com/ukyg9e5r6k7gubiekd6/gpsd @ 11a1896, BSD-2-Clause: see tests/data/nmea/COPYING) -----------
 
 SAAB_R4 = [  # ZDA first, GLL and GGA with hhmmss, RMC with hhmmss.ss whose direction field is left out
@@ -307,6 +308,38 @@ def test_times_of_different_resolution_still_separate_epochs() -> None:
     fixes, _ = read(lines)
     assert [round(f.ts - utc(1994, 3, 23, 12, 0, 0), 3) for f in fixes] == [0.1, 0.2]
     assert [f.fix_quality for f in fixes] == [1, 1]
+
+
+HUMMINBIRD_M37 = [  # talker IN; RMC, GLL and GGA+ZDA in turn, each its own second, with depth sentences
+    "$INDPT,2.2,0.0*47",
+    "$INRMC,194101,A,4426.1130,N,07140.5596,W,5.2,77.3,160906,15.8,W*60",
+    "$INDPT,2.1,0.0*44",
+    "$INGLL,4426.1130,N,07140.5579,W,194102,A*2C",
+    "$INVTG,77.5,T,93.3,M,5.2,N,9.7,K*5B",
+    "$INMTW,17.9,C*1B",
+    "$INDPT,2.1,0.0*44",
+    "$INRMC,194103,A,4426.1134,N,07140.5558,W,5.3,77.0,160906,15.8,W*66",
+    "$INDPT,2.0,0.0*45",
+    "$INGGA,194104,4426.1138,N,07140.5536,W,2,10,0.9,267.9,M,,,,*13",
+    "$INZDA,194104,16,09,2006,-05,00*73",
+    "$INMTW,17.9,C*1B",
+]
+
+
+def test_humminbird_m37_every_second_is_a_fix_whichever_sentence_carries_it() -> None:
+    fixes, reader = read(HUMMINBIRD_M37)
+    start = utc(2006, 9, 16, 19, 41, 1)
+    assert [(f.ts - start, f.valid, f.date_carried) for f in fixes] == [
+        (0, True, False),  # RMC
+        (1, True, True),  # GLL (+VTG): the RMC's date
+        (2, True, False),  # RMC
+        (3, True, False),  # GGA dated by its ZDA
+    ]
+    assert [f.lon_deg for f in fixes] == pytest.approx(
+        [-(71 + m / 60) for m in (40.5596, 40.5579, 40.5558, 40.5536)], abs=1e-12
+    )
+    assert fixes[1].speed_kmh == 9.7 and fixes[3].alt_m == 267.9
+    assert reader.counts["unsupported"] == 6  # DPT (depth) and MTW (water temperature)
 
 
 # --- checksums ----------------------------------------------------------------------------------
