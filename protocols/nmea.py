@@ -157,9 +157,6 @@ class NmeaReader:
             self.first_skips[kind] = detail
 
     def _sentence(self, line: str) -> GpsFix | None:
-        if "," not in line:  # not even the shape of a sentence: a `$` byte inside binary data
-            self._splitter.not_a_sentence(line)
-            return None
         try:
             sentence = parse_sentence(line, checksum_required=self._checksum_required)
         except NmeaError as err:

@@ -3,9 +3,11 @@
 A serial port delivers chunks of any size: a sentence may be split across reads, binary (u-blox
 UBX frames, noise after a baud-rate change) and non-UTF-8 bytes may sit between sentences, a line
 may be cut off by a new `$`. `SentenceSplitter.feed()` returns the complete lines that start with
-`$` or `!` and end with CR, LF or CRLF, and reports what it drops through `skip(kind, detail)`:
-"garbage" (a stretch of bytes between sentences that is not one, once per stretch), "overlong" (a
+`$` or `!`, end with CR, LF or CRLF and hold a comma, and reports what it drops through
+`skip(kind, detail)`: "garbage" (a stretch of bytes between sentences that is not one, once per
+stretch, including a comma-less "line" that a `$` byte inside binary data started), "overlong" (a
 line longer than `max_chars`) and "truncated" (a line cut by a new sentence, or left at `flush()`).
+What it reports does not depend on how the stream was cut into chunks.
 """
 
 from __future__ import annotations
@@ -54,9 +56,12 @@ class SentenceSplitter:
                 break  # wait for the rest of the line
             byte = data[pos]
             if byte in _LINE_END:
-                lines.append(self._line.decode("ascii"))
-                self._line = None
                 self._garbage_counted = False
+                if b"," in self._line:
+                    lines.append(self._line.decode("ascii"))
+                else:  # not even the shape of a sentence: a `$` byte inside binary data
+                    self._garbage(bytes(self._line))
+                self._line = None
                 pos += 1
             elif byte in b"$!":  # a new sentence started before this one ended
                 if b"," in self._line:
@@ -76,10 +81,6 @@ class SentenceSplitter:
         if self._line is not None:
             self._skip("truncated", f"stream ended inside a line: {self._text()}")
             self._line = None
-
-    def not_a_sentence(self, line: str) -> None:
-        """A completed line that has not even the shape of a sentence: part of a garbage stretch."""
-        self._garbage(line.encode("ascii"))
 
     def _text(self) -> str:
         assert self._line is not None

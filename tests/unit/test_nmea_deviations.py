@@ -12,6 +12,7 @@ import calendar
 import datetime as dt
 import logging
 from functools import reduce
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -419,6 +420,20 @@ def test_split_reads_and_garbage_between_sentences() -> None:
     fixes = [fix for i in range(len(data)) for fix in reader.feed(data[i : i + 1])] + reader.flush()
     assert [(f.ts, f.valid) for f in fixes] == [(utc(1994, 3, 23, 12, 0, 0), True)]
     assert reader.counts == {"garbage": 2, "GLL": 1, "ZDA": 1}
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 512, 61])
+def test_counts_do_not_depend_on_how_reads_cut_the_stream(chunk: int) -> None:
+    # GIVEN the capture with the most binary between sentences (u-blox UBX frames)
+    data = (Path(__file__).parent.parent / "data" / "nmea" / "ublox-zed-f9p_hpg1.11.log").read_bytes()
+    whole = NmeaReader()
+    expected = whole.feed(data) + whole.flush()
+    reader = NmeaReader()
+    fixes = [
+        fix for i in range(0, len(data), chunk) for fix in reader.feed(data[i : i + chunk])
+    ] + reader.flush()
+    assert fixes == expected
+    assert reader.counts == whole.counts
 
 
 def test_each_skip_kind_keeps_its_first_reason() -> None:
