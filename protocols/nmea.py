@@ -1,7 +1,7 @@
 """NMEA 0183 from the bus GPS receiver: the fixes its sentences make.
 
 Three modules, one concept each: `nmea_stream` cuts the serial byte stream into lines,
-`nmea_sentences` parses one line into a sentence (RMC, GGA, GLL, VTG, GSA, ZDA), and this module
+`nmea_sentences` parses one line into a sentence (RMC, GGA, GNS, GLL, VTG, GSA, ZDA), and this module
 groups the sentences of one epoch into a `GpsFix`. `NmeaReader.feed(data)` takes the byte stream in
 chunks of any size and never raises: every skipped line is counted by kind in `NmeaReader.counts`,
 and the first of each kind is kept with its reason in `NmeaReader.first_skips` (to be reported once).
@@ -13,12 +13,13 @@ Decisions (facts from NMEA 0183 where cited; the rest is ours):
   and GGA quality 1-6 (not 0 invalid, 7 manual, 8 simulation). The RMC navigational status field of
   NMEA 4.1 (u-blox always sends `V`, "not supported") is ignored. Position, altitude, speed and
   course are `None` in a fix that is not valid.
-* Epochs. RMC, GGA and GLL carry the UTC time; a sentence with a different time (beyond the
+* Epochs. RMC, GGA, GNS and GLL carry the UTC time; a sentence with a different time (beyond the
   resolution of the coarser of the two time fields: 120824.758 and 120824.76 are one epoch) closes the open
   epoch and emits its fix, so a fix comes out when the next epoch starts (one epoch of latency), or
   on `flush()` at the end of a stream. VTG, GSA and a GLL without time (NMEA 1.5) join the epoch
-  open when they arrive. Position comes from RMC, else GGA, else GLL; GGA gives altitude, quality,
-  satellites and HDOP; VTG fills speed and course only where the epoch's RMC has none.
+  open when they arrive. Position comes from RMC, else GGA, else GNS, else GLL; GGA (else GNS) gives
+  altitude, satellites and HDOP, GGA the quality; VTG fills speed and course only where the epoch's
+  RMC has none. A GNS says "valid" when any of its per-constellation modes is a fix mode.
 * Fix time. `ts` is the GPS time: the date of the epoch plus its UTC time. The date is the epoch's
   RMC date, else that of a ZDA with the epoch's time (before or after the epoch's other sentences).
   Otherwise it is carried from the last date known (an RMC with status `A`, or any ZDA), moved by a
@@ -36,7 +37,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from protocols.errors import NmeaError
-from protocols.nmea_sentences import KMH_PER_KNOT, Gga, Gll, Gsa, Rmc, Sentence, Vtg, Zda, parse_sentence
+from protocols.nmea_sentences import KMH_PER_KNOT, Gga, Gll, Gns, Gsa, Rmc, Sentence, Vtg, Zda, parse_sentence
 from protocols.nmea_stream import SentenceSplitter
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "MAX_SENTENCE_CHARS",
     "Gga",
     "Gll",
+    "Gns",
     "GpsFix",
     "Gsa",
     "NmeaReader",
@@ -94,6 +96,7 @@ class _Epoch:
     utc_time_step_ms: int  # the coarsest resolution of the times of its sentences
     rmc: Rmc | None = None
     gga: Gga | None = None
+    gns: Gns | None = None
     gll: Gll | None = None
     zda_date: dt.date | None = None  # from a ZDA with this epoch's time
 
@@ -109,12 +112,12 @@ class _Epoch:
 class NmeaReader:
     """Turns the receiver's byte stream into `GpsFix`es. Never raises on input; counts instead.
 
-    `counts` holds accepted sentences by type ("RMC", "GGA", "GLL", "VTG", "GSA", "ZDA"), of those
+    `counts` holds accepted sentences by type ("RMC", "GGA", "GNS", "GLL", "VTG", "GSA", "ZDA"), of those
     "unchecked" (accepted without a checksum, only with `checksum_required=False`), and skips by
     kind: the `NmeaError` kinds ("framing", "truncated", "checksum", "proprietary", "unsupported",
-    "field"), the stream's ("garbage", "overlong", see `nmea_stream`), plus "untimed" (RMC/GGA/GLL
+    "field"), the stream's ("garbage", "overlong", see `nmea_stream`), plus "untimed" (RMC/GGA/GNS/GLL
     with an empty time, ZDA with an empty time or date), "orphan" (VTG/GSA/untimed GLL before any
-    epoch), "duplicate" (a second RMC/GGA/GLL/VTG in one epoch, or GSAs beyond `MAX_GSA_PER_EPOCH`)
+    epoch), "duplicate" (a second RMC/GGA/GNS/GLL/VTG in one epoch, or GSAs beyond `MAX_GSA_PER_EPOCH`)
     and "undated" (an epoch dropped because no date was known yet). `first_skips` maps each skip
     kind to the reason and text of its first occurrence.
     """
@@ -180,7 +183,7 @@ class NmeaReader:
                     self._epoch.zda_date = sentence.date
             return None
         fix = None
-        if isinstance(sentence, Rmc | Gga) or (
+        if isinstance(sentence, Rmc | Gga | Gns) or (
             isinstance(sentence, Gll) and sentence.utc_time_ms is not None
         ):
             if sentence.utc_time_ms is None:
@@ -202,6 +205,8 @@ class NmeaReader:
             epoch.rmc = sentence
         elif isinstance(sentence, Gga) and epoch.gga is None:
             epoch.gga = sentence
+        elif isinstance(sentence, Gns) and epoch.gns is None:
+            epoch.gns = sentence
         elif isinstance(sentence, Gll) and epoch.gll is None:
             epoch.gll = sentence
         elif isinstance(sentence, Vtg) and epoch.vtg is None:
@@ -247,17 +252,19 @@ class NmeaReader:
             self._skip("undated", f"epoch {epoch.utc_time_ms} ms after midnight before any date")
             return None
         date, carried = dated
-        rmc, gga, gll, vtg = epoch.rmc, epoch.gga, epoch.gll, epoch.vtg
+        rmc, gga, gns, gll, vtg = epoch.rmc, epoch.gga, epoch.gns, epoch.gll, epoch.vtg
 
         indicators: list[bool] = []
         if rmc is not None:
             indicators.append(rmc.status == "A" and rmc.mode not in _NO_FIX_MODES)
         if gga is not None and gga.quality is not None:
             indicators.append(gga.quality in _FIX_QUALITIES)
+        if gns is not None and gns.modes is not None:
+            indicators.append(any(mode not in _NO_FIX_MODES for mode in gns.modes))
         if gll is not None and gll.status is not None:
             indicators.append(gll.status == "A" and gll.mode not in _NO_FIX_MODES)
         lat, lon = None, None
-        for source in (rmc, gga, gll):
+        for source in (rmc, gga, gns, gll):
             if source is not None and source.lat_deg is not None and source.lon_deg is not None:
                 lat, lon = source.lat_deg, source.lon_deg
                 break
@@ -266,20 +273,23 @@ class NmeaReader:
         speed = next((x.speed_kmh for x in (rmc, vtg) if x is not None and x.speed_kmh is not None), None)
         course = next((x.course_deg for x in (rmc, vtg) if x is not None and x.course_deg is not None), None)
         gsa = next((g for g in epoch.gsas if g.fix_mode is not None), None)
+        fix_data: Gga | Gns | None = gga if gga is not None else gns  # altitude, satellites, HDOP
         return GpsFix(
             ts=(date - _EPOCH_DAY).days * _SECONDS_PER_DAY + epoch.utc_time_ms / 1000.0,
             valid=valid,
             lat_deg=lat if valid else None,
             lon_deg=lon if valid else None,
-            alt_m=gga.alt_m if valid and gga is not None else None,
+            alt_m=fix_data.alt_m if valid and fix_data is not None else None,
             speed_kmh=speed if valid else None,
             course_deg=course if valid else None,
             fix_quality=gga.quality if gga is not None else None,
             fix_mode=gsa.fix_mode if gsa is not None else None,
-            satellites=gga.satellites if gga is not None else None,
-            hdop=gga.hdop if gga is not None and gga.hdop is not None else (gsa.hdop if gsa else None),
+            satellites=fix_data.satellites if fix_data is not None else None,
+            hdop=fix_data.hdop
+            if fix_data is not None and fix_data.hdop is not None
+            else (gsa.hdop if gsa else None),
             pdop=gsa.pdop if gsa is not None else None,
             vdop=gsa.vdop if gsa is not None else None,
-            geoid_sep_m=gga.geoid_sep_m if gga is not None else None,
+            geoid_sep_m=fix_data.geoid_sep_m if fix_data is not None else None,
             date_carried=carried,
         )

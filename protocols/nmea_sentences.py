@@ -1,4 +1,4 @@
-"""NMEA 0183 sentences: one line in, one frozen dataclass out (RMC, GGA, GLL, VTG, GSA, ZDA).
+"""NMEA 0183 sentences: one line in, one frozen dataclass out (RMC, GGA, GNS, GLL, VTG, GSA, ZDA).
 
 `parse_sentence(line)` is pure and raises `NmeaError` and nothing else, with a `kind`: "framing",
 "truncated", "checksum", "proprietary", "unsupported" or "field".
@@ -72,6 +72,22 @@ class Gga:
 
 
 @dataclass(frozen=True, slots=True)
+class Gns:
+    """GNSS fix data (NMEA 3.0+): GGA's content with one mode indicator per constellation."""
+
+    talker: str
+    utc_time_ms: int | None
+    utc_time_step_ms: int
+    lat_deg: float | None
+    lon_deg: float | None
+    modes: str | None  # one letter per constellation (GPS, GLONASS, Galileo, BeiDou, ...), as RMC's mode
+    satellites: int | None  # in use, all constellations
+    hdop: float | None
+    alt_m: float | None  # above mean sea level
+    geoid_sep_m: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Gll:
     """Geographic position: latitude, longitude, and since NMEA 2.0 UTC time and status."""
 
@@ -119,7 +135,7 @@ class Zda:
     date: dt.date | None  # None when day, month and year are all empty (receiver has no time yet)
 
 
-Sentence = Rmc | Gga | Gll | Vtg | Gsa | Zda
+Sentence = Rmc | Gga | Gns | Gll | Vtg | Gsa | Zda
 
 
 def parse_sentence(line: str, *, checksum_required: bool = True) -> Sentence:
@@ -220,6 +236,25 @@ def _parse_gga(talker: str, f: list[str]) -> Gga:
     )
 
 
+def _parse_gns(talker: str, f: list[str]) -> Gns:
+    fld.require(f, 10, "GNS")
+    modes = f[5] or None
+    if modes is not None and not all("A" <= c <= "Z" for c in modes):
+        raise NmeaError(f"GNS mode indicators {f[5]!r}", kind="field")
+    return Gns(
+        talker=talker,
+        utc_time_ms=fld.utc_time_ms(f[0]),
+        utc_time_step_ms=fld.utc_time_step_ms(f[0]),
+        lat_deg=fld.latitude(f[1], f[2]),
+        lon_deg=fld.longitude(f[3], f[4]),
+        modes=modes,
+        satellites=fld.integer(f[6], "satellites"),
+        hdop=fld.unsigned(f[7], "HDOP"),
+        alt_m=fld.signed(f[8], "altitude"),
+        geoid_sep_m=fld.signed(f[9], "geoid separation"),
+    )
+
+
 def _parse_gll(talker: str, f: list[str]) -> Gll:
     fld.require(f, 4, "GLL")
     status = fld.optional(f, 5)
@@ -290,6 +325,7 @@ def _parse_zda(talker: str, f: list[str]) -> Zda:
 _PARSERS: dict[str, Callable[[str, list[str]], Sentence]] = {
     "RMC": _parse_rmc,
     "GGA": _parse_gga,
+    "GNS": _parse_gns,
     "GLL": _parse_gll,
     "VTG": _parse_vtg,
     "GSA": _parse_gsa,
@@ -297,4 +333,4 @@ _PARSERS: dict[str, Callable[[str, list[str]], Sentence]] = {
 }
 
 # Fields after the address in NMEA 2.0, demanded of a sentence that comes without a checksum.
-_COMPLETE_FIELDS = {"RMC": 11, "GGA": 14, "GLL": 6, "VTG": 8, "GSA": 17, "ZDA": 6}
+_COMPLETE_FIELDS = {"RMC": 11, "GGA": 14, "GNS": 12, "GLL": 6, "VTG": 8, "GSA": 17, "ZDA": 6}

@@ -22,7 +22,7 @@ from agent.settings import GpsSettings
 from agent.sources.gps import GpsSource
 from protocols.catalog import load_catalog
 from protocols.errors import NmeaError
-from protocols.nmea import Gll, GpsFix, NmeaReader, Rmc, Zda, parse_sentence
+from protocols.nmea import Gll, Gns, GpsFix, NmeaReader, Rmc, Zda, parse_sentence
 
 LAT = 48 + 7.038 / 60
 LON = 11 + 31.0 / 60
@@ -231,6 +231,32 @@ def test_gll_of_the_epoch_agrees_with_rmc_and_gga() -> None:
     (fix,), reader = read(lines)
     assert not fix.valid
     assert reader.counts == {"RMC": 1, "GGA": 1, "GLL": 1}
+
+
+# --- GNS -----------------------------------------------------------------------------------------
+
+
+def test_gns_parses_per_constellation_modes() -> None:
+    s = parse_sentence(nmea("GNGNS,120000.00,4807.038,N,01131.000,E,ANA,14,0.8,545.4,46.9,,,V"))
+    assert isinstance(s, Gns)
+    assert (s.modes, s.satellites, s.hdop, s.alt_m, s.geoid_sep_m) == ("ANA", 14, 0.8, 545.4, 46.9)
+    assert s.lat_deg == pytest.approx(LAT, abs=1e-12)
+    with pytest.raises(NmeaError):
+        parse_sentence(nmea("GNGNS,120000.00,4807.038,N,01131.000,E,an,14,0.8,545.4,46.9,,"))
+
+
+@pytest.mark.parametrize(
+    ("modes", "valid"), [("AN", True), ("NR", True), ("D", True), ("NN", False), ("SS", False)]
+)
+def test_receiver_with_gns_and_zda_only(modes: str, valid: bool) -> None:
+    lines = [
+        nmea("GNZDA,120000.00,23,03,1994,,"),
+        nmea(f"GNGNS,120000.00,4807.038,N,01131.000,E,{modes},14,0.8,545.4,46.9,,"),
+    ]
+    (fix,), _ = read(lines)
+    assert fix.ts == utc(1994, 3, 23, 12, 0, 0) and not fix.date_carried
+    assert (fix.valid, fix.satellites, fix.hdop) == (valid, 14, 0.8)
+    assert (fix.lat_deg, fix.alt_m) == ((pytest.approx(LAT, abs=1e-12), 545.4) if valid else (None, None))
 
 
 # --- real receivers (lines from gpsd's regression captures test/daemon/saab-r4.log, magellan315.log and
