@@ -3,11 +3,12 @@
 Bytes are read with pyserial in a worker thread and fed to `protocols.nmea.NmeaReader`, which
 assembles fixes and counts what it skips (`nmea_counts`); after each read the new counts go to
 `voltgate_gps_sentences{result}` (sentence type accepted, or the reason a line was skipped), and the
-port's state to `voltgate_source_up{source="gps"}`. The first skip of each kind is logged once, with
-its reason and the start of the line; later ones are only counted. Sentences without a checksum are
-accepted only when the source's `accept_missing_checksum` says so. Each valid fix becomes samples through
-the catalog's GPS entries and their sampling policy, timestamped with the fix time (GPS time,
-never the gateway's clock). A port that fails or disappears is reopened with backoff.
+port's state to `voltgate_source_up{source="gps"}`. The first skip of each kind is logged once (a
+warning, or a note for well-formed sentences we do not use), with its reason and the start of the
+line; later ones are only counted. Sentences without a checksum are accepted only when the
+source's `accept_missing_checksum` says so. Each valid fix becomes samples through the catalog's
+GPS entries and their sampling policy, timestamped with the fix time (GPS time, never the
+gateway's clock). A port that fails or disappears is reopened with backoff.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 READ_TIMEOUT_S = 0.2  # a blocked read returns this often, so stop() is noticed
 MAX_READ_BYTES = 4096
 PORT_ERRORS: tuple[type[BaseException], ...] = (serial.SerialException, OSError)
+# well-formed sentences the gateway does not use (GSV, TXT, maker-specific $P...): a note, not a warning
+_EXPECTED_SKIPS = frozenset({"unsupported", "proprietary"})
 
 
 @dataclass(slots=True)
@@ -150,7 +153,8 @@ class GpsSource:
         for kind, detail in self.reader.first_skips.items():
             if kind not in self._reported:
                 self._reported.add(kind)
-                log.warning(
+                log.log(
+                    logging.INFO if kind in _EXPECTED_SKIPS else logging.WARNING,
                     "GPS %s: skipping %s lines (first: %s); further ones are only counted in %s",
                     self.settings.port,
                     kind,

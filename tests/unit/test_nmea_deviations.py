@@ -493,14 +493,16 @@ def test_gps_source_passes_the_checksum_option_to_its_reader(accept: bool) -> No
 def test_gps_source_logs_each_skip_kind_once(caplog: pytest.LogCaptureFixture) -> None:
     # GIVEN a source whose reader met three bad lines of one kind and one of another, over two reads
     source = GpsSource(GpsSettings(), load_catalog())
-    caplog.set_level(logging.WARNING, logger="agent.sources.gps")
+    caplog.set_level(logging.INFO, logger="agent.sources.gps")
     source.reader.feed(b"$GPRMC,1\r\n" + nmea("GPRMC,120000,X,,,,,,,230394,,").encode() + b"\r\n")
     source._export_counts()
-    source.reader.feed(b"$GPRMC,2\r\n$GPRMC,3\r\n")
+    source.reader.feed(b"$GPRMC,2\r\n$GPRMC,3\r\n" + nmea("GPGSV,1,1,01,05,40,083,46").encode() + b"\r\n")
     source._export_counts()
-    # THEN one warning per kind, naming it and its first line
-    messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 2
-    assert any("skipping truncated lines (first: no checksum: $GPRMC,1)" in m for m in messages)
-    assert any("skipping field lines" in m for m in messages)
-    assert source.nmea_counts == {"truncated": 3, "field": 1}
+    # THEN one warning per kind of malformed line, naming it and its first line; a note for sentences we skip
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert any("skipping truncated lines (first: no checksum: $GPRMC,1)" in m for m in warnings)
+    assert any("skipping field lines" in m for m in warnings)
+    notes = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(notes) == 1 and "skipping unsupported lines (first: sentence type GSV" in notes[0]
+    assert source.nmea_counts == {"truncated": 3, "field": 1, "unsupported": 1}
