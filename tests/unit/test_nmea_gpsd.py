@@ -48,8 +48,8 @@ GPSD_ONLY = {
     ("tr737A+.log", "07:17:34.929"): "GGA quality 0 (fix not valid) and RMC status V; gpsd shows mode 3",
     ("gp-320fw-2019-04-07-coldboot.log", "00:03:43.030"): "GGA before the first RMC: no date yet, "
     "we drop the epoch as undated rather than invent a date",
-    ("neo-m8n.log", "17:19:25.000"): "only a GLL of this epoch is in the capture (it starts mid-epoch); "
-    "we do not parse GLL",
+    ("neo-m8n.log", "17:19:25.000"): "only a GLL of this epoch is in the capture (it starts mid-epoch), "
+    "before any RMC or ZDA: we drop the epoch as undated",
 }
 # gpsd fixes from Garmin demo mode (GGA quality 8 = simulation, RMC status V, mode S) are reported by
 # gpsd with "status": 8 (a later report of the same epoch, after Garmin's $PGRMZ, may omit it); a
@@ -189,8 +189,8 @@ def test_capture_matches_gpsd(capture: str) -> None:
     for (name, tod), why in OURS_ONLY.items():
         if name == capture:
             assert tod in ours and tod not in theirs, why
-    if capture == "gp-320fw-2019-04-07-coldboot.log":
-        assert reader.counts["undated"] == 1  # the GGA epoch of GPSD_ONLY
+    if capture in ("gp-320fw-2019-04-07-coldboot.log", "neo-m8n.log"):
+        assert reader.counts["undated"] == 1  # the GGA / GLL epoch of GPSD_ONLY
 
     matched = sorted(set(ours) & set(theirs))
     assert len(matched) == EXPECTED_MATCHED[capture]
