@@ -415,6 +415,20 @@ def test_checksum_agrees_with_the_xor_of_every_character(text: str) -> None:
     assert info.value.kind == "unsupported"
 
 
+@given(
+    st.sampled_from(["GPRMC", "GNGGA", "GNGNS", "GPGLL", "GPZDA", "GPVTG", "GPGSA"]),
+    st.lists(st.text(alphabet="0123456789.-NSEWAVDM", max_size=12), max_size=20),
+)
+def test_unchecked_sentences_of_any_shape_raise_only_nmea_error(address: str, fields: list[str]) -> None:
+    line = ",".join(["$" + address, *fields])
+    try:
+        parse_sentence(line, checksum_required=False)
+    except NmeaError as err:
+        assert err.kind in {"field", "framing"}
+    reader = NmeaReader(checksum_required=False)
+    assert all(isinstance(f, GpsFix) for f in reader.feed(line.encode() + b"\r\n") + reader.flush())
+
+
 def test_lowercase_checksum_hex() -> None:
     line = nmea("GPZDA,120000.00,23,03,1994,,")
     assert parse_sentence(line[:-2] + line[-2:].lower()) == parse_sentence(line)
