@@ -69,7 +69,7 @@ def course(s: str) -> float | None:
     return value
 
 
-def mode(s: str | None) -> str | None:
+def mode_indicator(s: str | None) -> str | None:
     if s is not None and (len(s) != 1 or not "A" <= s <= "Z"):
         raise NmeaError(f"mode indicator {s!r}", kind="field")
     return s

@@ -29,8 +29,23 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from protocols import nmea_fields as fld
 from protocols.errors import NmeaError
+from protocols.nmea_fields import (
+    calendar_date,
+    course,
+    ddmmyy,
+    integer,
+    latitude,
+    longitude,
+    magnetic_variation,
+    mode_indicator,
+    optional,
+    require,
+    signed,
+    unsigned,
+    utc_time_ms,
+    utc_time_step_ms,
+)
 
 KMH_PER_KNOT = 1.852  # exact: 1 international knot = 1852 m/h
 
@@ -171,7 +186,7 @@ def parse_sentence(line: str, *, checksum_required: bool = True) -> Sentence:
     if parser is None:
         raise NmeaError(f"sentence type {kind} is not parsed", kind="unsupported")
     if star < 0:
-        fld.require(fields[1:], _COMPLETE_FIELDS[kind], f"{kind} without checksum")
+        require(fields[1:], _COMPLETE_FIELDS[kind], f"{kind} without checksum")
     return parser(talker, fields[1:])
 
 
@@ -190,136 +205,136 @@ def _xor_of_chars(text: str) -> int:
 
 
 def _parse_rmc(talker: str, f: list[str]) -> Rmc:
-    fld.require(f, 9, "RMC")
+    require(f, 9, "RMC")
     status = f[1]
     if status not in ("A", "V"):
         raise NmeaError(f"RMC status {status!r}", kind="field")
-    speed_kn = fld.unsigned(f[6], "speed")
-    direction, mode = fld.optional(f, 10), fld.optional(f, 11)
+    speed_kn = unsigned(f[6], "speed")
+    direction, mode = optional(f, 10), optional(f, 11)
     if len(f) == 11 and direction not in (None, "E", "W"):
         direction, mode = None, direction  # the direction field left out: `ddmmyy,,A` (Saab R4)
     return Rmc(
         talker=talker,
-        utc_time_ms=fld.utc_time_ms(f[0]),
-        utc_time_step_ms=fld.utc_time_step_ms(f[0]),
+        utc_time_ms=utc_time_ms(f[0]),
+        utc_time_step_ms=utc_time_step_ms(f[0]),
         status=status,
-        lat_deg=fld.latitude(f[2], f[3]),
-        lon_deg=fld.longitude(f[4], f[5]),
+        lat_deg=latitude(f[2], f[3]),
+        lon_deg=longitude(f[4], f[5]),
         speed_kmh=None if speed_kn is None else speed_kn * KMH_PER_KNOT,
-        course_deg=fld.course(f[7]),
-        date=fld.ddmmyy(f[8]),
-        mag_var_deg=fld.magnetic_variation(fld.optional(f, 9), direction),
-        mode=fld.mode(mode),
+        course_deg=course(f[7]),
+        date=ddmmyy(f[8]),
+        mag_var_deg=magnetic_variation(optional(f, 9), direction),
+        mode=mode_indicator(mode),
     )
 
 
 def _parse_gga(talker: str, f: list[str]) -> Gga:
-    fld.require(f, 9, "GGA")
-    quality = fld.integer(f[5], "quality")
+    require(f, 9, "GGA")
+    quality = integer(f[5], "quality")
     if quality is not None and quality > 8:
         raise NmeaError(f"GGA quality {quality}", kind="field")
-    alt_unit = fld.optional(f, 9)
+    alt_unit = optional(f, 9)
     if alt_unit not in (None, "M"):
         raise NmeaError(f"altitude unit {alt_unit!r}", kind="field")
-    sep = fld.optional(f, 10)
+    sep = optional(f, 10)
     return Gga(
         talker=talker,
-        utc_time_ms=fld.utc_time_ms(f[0]),
-        utc_time_step_ms=fld.utc_time_step_ms(f[0]),
-        lat_deg=fld.latitude(f[1], f[2]),
-        lon_deg=fld.longitude(f[3], f[4]),
+        utc_time_ms=utc_time_ms(f[0]),
+        utc_time_step_ms=utc_time_step_ms(f[0]),
+        lat_deg=latitude(f[1], f[2]),
+        lon_deg=longitude(f[3], f[4]),
         quality=quality,
-        satellites=fld.integer(f[6], "satellites"),
-        hdop=fld.unsigned(f[7], "HDOP"),
-        alt_m=fld.signed(f[8], "altitude"),
-        geoid_sep_m=None if sep is None else fld.signed(sep, "geoid separation"),
+        satellites=integer(f[6], "satellites"),
+        hdop=unsigned(f[7], "HDOP"),
+        alt_m=signed(f[8], "altitude"),
+        geoid_sep_m=None if sep is None else signed(sep, "geoid separation"),
     )
 
 
 def _parse_gns(talker: str, f: list[str]) -> Gns:
-    fld.require(f, 10, "GNS")
+    require(f, 10, "GNS")
     modes = f[5] or None
     if modes is not None and not all("A" <= c <= "Z" for c in modes):
         raise NmeaError(f"GNS mode indicators {f[5]!r}", kind="field")
     return Gns(
         talker=talker,
-        utc_time_ms=fld.utc_time_ms(f[0]),
-        utc_time_step_ms=fld.utc_time_step_ms(f[0]),
-        lat_deg=fld.latitude(f[1], f[2]),
-        lon_deg=fld.longitude(f[3], f[4]),
+        utc_time_ms=utc_time_ms(f[0]),
+        utc_time_step_ms=utc_time_step_ms(f[0]),
+        lat_deg=latitude(f[1], f[2]),
+        lon_deg=longitude(f[3], f[4]),
         modes=modes,
-        satellites=fld.integer(f[6], "satellites"),
-        hdop=fld.unsigned(f[7], "HDOP"),
-        alt_m=fld.signed(f[8], "altitude"),
-        geoid_sep_m=fld.signed(f[9], "geoid separation"),
+        satellites=integer(f[6], "satellites"),
+        hdop=unsigned(f[7], "HDOP"),
+        alt_m=signed(f[8], "altitude"),
+        geoid_sep_m=signed(f[9], "geoid separation"),
     )
 
 
 def _parse_gll(talker: str, f: list[str]) -> Gll:
-    fld.require(f, 4, "GLL")
-    status = fld.optional(f, 5)
+    require(f, 4, "GLL")
+    status = optional(f, 5)
     if status not in (None, "A", "V"):
         raise NmeaError(f"GLL status {status!r}", kind="field")
     return Gll(
         talker=talker,
-        lat_deg=fld.latitude(f[0], f[1]),
-        lon_deg=fld.longitude(f[2], f[3]),
-        utc_time_ms=fld.utc_time_ms(f[4]) if len(f) > 4 else None,
-        utc_time_step_ms=fld.utc_time_step_ms(f[4]) if len(f) > 4 else 1000,
+        lat_deg=latitude(f[0], f[1]),
+        lon_deg=longitude(f[2], f[3]),
+        utc_time_ms=utc_time_ms(f[4]) if len(f) > 4 else None,
+        utc_time_step_ms=utc_time_step_ms(f[4]) if len(f) > 4 else 1000,
         status=status,
-        mode=fld.mode(fld.optional(f, 6)),
+        mode=mode_indicator(optional(f, 6)),
     )
 
 
 def _parse_vtg(talker: str, f: list[str]) -> Vtg:
-    fld.require(f, 8, "VTG")
+    require(f, 8, "VTG")
     for unit, expected in zip((f[1], f[3], f[5], f[7]), "TMNK", strict=True):
         if unit not in ("", expected):  # some receivers leave the letter empty with the value
             raise NmeaError(f"VTG unit letter {unit!r} where {expected!r} belongs", kind="field")
-    speed_kmh = fld.unsigned(f[6], "speed")
+    speed_kmh = unsigned(f[6], "speed")
     if speed_kmh is None:
-        speed_kn = fld.unsigned(f[4], "speed")
+        speed_kn = unsigned(f[4], "speed")
         speed_kmh = None if speed_kn is None else speed_kn * KMH_PER_KNOT
     return Vtg(
         talker=talker,
-        course_deg=fld.course(f[0]),
-        course_mag_deg=fld.course(f[2]),
+        course_deg=course(f[0]),
+        course_mag_deg=course(f[2]),
         speed_kmh=speed_kmh,
-        mode=fld.mode(fld.optional(f, 8)),
+        mode=mode_indicator(optional(f, 8)),
     )
 
 
 def _parse_gsa(talker: str, f: list[str]) -> Gsa:
-    fld.require(f, 17, "GSA")
+    require(f, 17, "GSA")
     selection = f[0] or None
     if selection not in (None, "A", "M"):
         raise NmeaError(f"GSA selection mode {selection!r}", kind="field")
-    fix_mode = fld.integer(f[1], "fix mode")
+    fix_mode = integer(f[1], "fix mode")
     if fix_mode is not None and fix_mode not in (1, 2, 3):
         raise NmeaError(f"GSA fix mode {fix_mode}", kind="field")
-    ids = tuple(i for i in (fld.integer(s, "satellite id") for s in f[2:14]) if i is not None)
+    ids = tuple(i for i in (integer(s, "satellite id") for s in f[2:14]) if i is not None)
     return Gsa(
         talker=talker,
         selection=selection,
         fix_mode=fix_mode,
         satellite_ids=ids,
-        pdop=fld.unsigned(f[14], "PDOP"),
-        hdop=fld.unsigned(f[15], "HDOP"),
-        vdop=fld.unsigned(f[16], "VDOP"),
-        system_id=fld.integer(f[17], "system id") if len(f) > 17 else None,
+        pdop=unsigned(f[14], "PDOP"),
+        hdop=unsigned(f[15], "HDOP"),
+        vdop=unsigned(f[16], "VDOP"),
+        system_id=integer(f[17], "system id") if len(f) > 17 else None,
     )
 
 
 def _parse_zda(talker: str, f: list[str]) -> Zda:
-    fld.require(f, 4, "ZDA")
-    day, month, year = (fld.integer(s, "ZDA date") for s in f[1:4])
+    require(f, 4, "ZDA")
+    day, month, year = (integer(s, "ZDA date") for s in f[1:4])
     if day is None and month is None and year is None:
         date = None
     elif day is None or month is None or year is None or year >= 10_000 or 100 <= year < 1980:
         raise NmeaError(f"ZDA date {f[1]!r},{f[2]!r},{f[3]!r}", kind="field")
     else:
-        date = fld.calendar_date(day, month, year, ",".join(f[1:4]))
-    return Zda(talker, fld.utc_time_ms(f[0]), fld.utc_time_step_ms(f[0]), date)
+        date = calendar_date(day, month, year, ",".join(f[1:4]))
+    return Zda(talker, utc_time_ms(f[0]), utc_time_step_ms(f[0]), date)
 
 
 _PARSERS: dict[str, Callable[[str, list[str]], Sentence]] = {

@@ -27,6 +27,8 @@ class SentenceSplitter:
         self._skip = skip
         self._line: bytearray | None = None  # the sentence being assembled, from its `$`
         self._garbage_counted = False  # the current stretch of garbage was counted already
+        # a whole line within this chunk, `$` to line end, short enough: the common case, taken in one match
+        self._whole_line = re.compile(rb"[$!][\x20\x22\x23\x25-\x7e]{0,%d}[\r\n]" % (max_chars - 1))
 
     def feed(self, data: bytes) -> list[str]:
         """Consume a chunk of any size; return the lines it completed (ASCII, without CR/LF)."""
@@ -40,6 +42,11 @@ class SentenceSplitter:
                     self._garbage(data[pos:stop])
                 if start is None:
                     break
+                whole = self._whole_line.match(data, stop)
+                if whole is not None:
+                    pos = whole.end()
+                    self._end_line(data[stop : pos - 1], lines)
+                    continue
                 self._line = bytearray(data[stop : stop + 1])
                 pos = stop + 1
                 continue
@@ -56,11 +63,7 @@ class SentenceSplitter:
                 break  # wait for the rest of the line
             byte = data[pos]
             if byte in _LINE_END:
-                self._garbage_counted = False
-                if b"," in self._line:
-                    lines.append(self._line.decode("ascii"))
-                else:  # not even the shape of a sentence: a `$` byte inside binary data
-                    self._garbage(bytes(self._line))
+                self._end_line(bytes(self._line), lines)
                 self._line = None
                 pos += 1
             elif byte in b"$!":  # a new sentence started before this one ended
@@ -81,6 +84,13 @@ class SentenceSplitter:
         if self._line is not None:
             self._skip("truncated", f"stream ended inside a line: {self._text()}")
             self._line = None
+
+    def _end_line(self, line: bytes, lines: list[str]) -> None:
+        self._garbage_counted = False
+        if b"," in line:
+            lines.append(line.decode("ascii"))
+        else:  # not even the shape of a sentence: a `$` byte inside binary data
+            self._garbage(line)
 
     def _text(self) -> str:
         assert self._line is not None
