@@ -5,13 +5,14 @@
     GET /api/health                         database reachable and schema current
     GET /api/buses                          every bus with its last state, active alerts and risk
     GET /api/buses/{bus}                    one bus
-    GET /api/buses/{bus}/series             ?signal=&from=&to=[&resolution=auto|raw|1m|1h|1d]
+    GET /api/buses/{bus}/series             ?signal=&from=&to=[&resolution=auto|raw|1m|1h|1d] (catalog names)
     GET /api/buses/{bus}/predictions        ?from=&to=    predicted SOC drop vs the SOC 60 min later
     GET /api/buses/{bus}/charging           ?from=&to=[&tz=]    charging sessions (dates)
     GET /api/buses/{bus}/trips              ?from=&to=[&tz=]    trips (dates; gap: web.trip_gap_s)
     GET /api/alerts                         [?from=&to=&bus=&severity=&limit=]
     GET /api/kpis/daily                     ?from=&to=[&tz=&bus=]   per bus per day (dates, inclusive)
     GET /api/kpis/fleet                     ?from=&to=[&tz=]        fleet energy KPIs (dates, inclusive)
+    GET /api/openapi.json                   these routes as OpenAPI 3.1 (cloud.openapi)
 
 Instants are ISO 8601 with a UTC offset (`2024-05-14T06:00:00Z`); dates are `YYYY-MM-DD`. A bad
 parameter is a 400, an unknown bus a 404, both with `{"error": reason}`; the database being down or

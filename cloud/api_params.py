@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Final
@@ -121,6 +121,14 @@ def choose_resolution(text: str, span: timedelta) -> Resolution:
             " choose a coarser resolution or a shorter range"
         )
     return resolution
+
+
+def signal_name(query: Mapping[str, str], known: Collection[str]) -> str:
+    """The `signal` asked for, one of `known` (a refusal lists them all)."""
+    signal = required(query, "signal")
+    if signal not in known:
+        raise RequestError(f"signal={signal!r} is not a known signal; known: {', '.join(sorted(known))}")
+    return signal
 
 
 def severity(query: Mapping[str, str]) -> str | None:

@@ -10,7 +10,6 @@ are computed on demand, so one that runs over midnight stays whole. Another `tz`
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -29,17 +28,20 @@ from cloud.api_params import (
     instant_range,
     json_response,
     jsonable,
-    required,
     severity,
+    signal_name,
     time_zone,
 )
+from cloud.openapi import OPENAPI_PATH, openapi_document
 from cloud.settings import WebSettings
 from cloud.web import queries
+from protocols.catalog import catalog_signal_names
 
 MAX_ALERTS: Final = 1_000
 MAX_PREDICTIONS: Final = 5_000
 DEFAULT_ALERT_WINDOW: Final = timedelta(days=7)
-_SIGNAL = re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,127}$")
+# What /series accepts: the shipped catalog's signals and the derived pack power.
+KNOWN_SIGNALS: Final = frozenset({*catalog_signal_names(), queries.PACK_POWER})
 
 Pool = AsyncConnectionPool[psycopg.AsyncConnection[tuple[object, ...]]]
 
@@ -85,7 +87,7 @@ def outcome_json(outcome: queries.PredictionOutcome) -> dict[str, object]:
 
 
 class FleetReads:
-    """The /api handlers over one connection pool."""
+    """The /api handlers over one connection pool; `cloud.openapi` describes each."""
 
     def __init__(self, pool: Pool, settings: WebSettings, schema_name: str) -> None:
         self._pool = pool
@@ -93,6 +95,7 @@ class FleetReads:
         self._schema_name = schema_name
         # The kept daily tables hold days of web.time_zone with trips ended by web.trip_gap_s (`run`).
         self._kept = kpis.KeptDays(settings.time_zone, settings.trip_gap_s)
+        self._description = openapi_document(KNOWN_SIGNALS, needs_token=bool(settings.api_tokens))
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_get("/api/health", self.health)
@@ -105,6 +108,10 @@ class FleetReads:
         router.add_get("/api/alerts", self.alerts)
         router.add_get("/api/kpis/daily", self.daily_kpis)
         router.add_get("/api/kpis/fleet", self.fleet_kpis)
+        router.add_get(OPENAPI_PATH, self.openapi)
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return json_response(self._description)
 
     async def health(self, request: web.Request) -> web.Response:
         async with self._pool.connection() as conn:
@@ -133,9 +140,7 @@ class FleetReads:
     async def series(self, request: web.Request) -> web.Response:
         bus = bus_id(request.match_info["bus"])
         query = request.query
-        signal = required(query, "signal")
-        if not _SIGNAL.match(signal):
-            raise RequestError(f"signal={signal!r} is not a signal name, e.g. Vehicle.Speed or pack_power_kw")
+        signal = signal_name(query, KNOWN_SIGNALS)
         t_from, t_to = instant_range(query, self._settings.max_range_days)
         resolution = choose_resolution(query.get("resolution", "auto"), t_to - t_from)
         async with self._pool.connection() as conn:

@@ -23,7 +23,15 @@ from cantools.database.can import Database, Message
 from protocols.dbc import load_dbc, read_dbc
 from protocols.errors import CatalogError
 
-__all__ = ["DEFAULT_CATALOG", "DEFAULT_DBC", "Catalog", "load_catalog", "load_dbc", "parse_catalog"]
+__all__ = [
+    "DEFAULT_CATALOG",
+    "DEFAULT_DBC",
+    "Catalog",
+    "catalog_signal_names",
+    "load_catalog",
+    "load_dbc",
+    "parse_catalog",
+]
 
 DEFAULT_CATALOG = Path(__file__).with_name("catalog.toml")
 DEFAULT_DBC = Path(__file__).with_name("bus.dbc")
@@ -210,6 +218,17 @@ def parse_catalog(
         signals=tuple(specs),
         dbc_warnings=dbc_warnings,
     )
+
+
+def catalog_signal_names(path: Path = DEFAULT_CATALOG) -> tuple[str, ...]:
+    """The canonical names a catalog maps, read without its DBC: for a reader of stored samples (the
+    cloud), which needs the names but decodes nothing. `load_catalog` checks the same file in full."""
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise CatalogError(f"{path}: cannot read the signal catalog: {err}") from err
+    entries = [entry for kind in ("can", "gps") for entry in doc.get(kind, []) if isinstance(entry, dict)]
+    return tuple(name for entry in entries if isinstance(name := entry.get("name"), str))
 
 
 class _EntryLocator:

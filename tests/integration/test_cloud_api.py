@@ -8,6 +8,7 @@ can be checked exactly. The builder is shared with the browser and Grafana tests
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import socket
@@ -243,21 +244,28 @@ class Api:
         return body
 
 
-@pytest.fixture
-async def api(pg_schema: Database) -> AsyncIterator[Api]:
-    store = await migrated_store(pg_schema)
+@contextlib.asynccontextmanager
+async def fleet_day_api(db: Database) -> AsyncIterator[Api]:
+    """The fleet views over `PLANS`' two hours written into `db` (shared with the OpenAPI tests)."""
+    store = await migrated_store(db)
     truths, messages = fleet_messages(PLANS, START, hours=2, step_s=10)
     try:
         await write_all(store, messages)
     finally:
         await store.close()
-    database = DatabaseSettings.model_validate({"dsn": pg_schema.dsn, "schema": pg_schema.schema})
+    database = DatabaseSettings.model_validate({"dsn": db.dsn, "schema": db.schema})
     views = await FleetViews.start(WebSettings(port=0, max_range_days=60), database)
     try:
         async with aiohttp.ClientSession() as http:
             yield Api(views.url, http, truths)
     finally:
         await views.stop()
+
+
+@pytest.fixture
+async def api(pg_schema: Database) -> AsyncIterator[Api]:
+    async with fleet_day_api(pg_schema) as served:
+        yield served
 
 
 def iso(moment: datetime) -> str:
