@@ -13,7 +13,8 @@ shutdown).
 Before it starts anything it checks what it needs and says in one sentence what is missing: without
 Mosquitto the agent only buffers and no receiver runs; without a usable PostgreSQL no receiver runs; a
 database that does not exist is created when the server answers and the user may create it. A program
-that stops (a busy port, a crash) is reported in one sentence with its log file.
+that stops (a busy port, a crash) is reported in one sentence with its log file. The checks and the
+child processes live beside this file, in `demo_prerequisites.py` and `demo_programs.py`.
 
 The bus runs in real time from now, as on the road: over SLCAN, python-can stamps each CAN frame with the
 host's receive time (the Lawicel protocol's own timestamps are not read), so a bus simulated faster than
@@ -26,8 +27,6 @@ import argparse
 import datetime as dt
 import os
 import re
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -35,6 +34,9 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from demo_prerequisites import database_problem, reachable
+from demo_programs import Program, SimProgram, stop
 
 from simulator.live import SimWatcher, start_live_bus
 
@@ -45,7 +47,6 @@ VEHICLE, FLEET, SCHEMA = "demo-bus-01", "demo", "voltgate_demo"
 LED_NAMES = {"amber": "voltgate:amber:alert", "red": "voltgate:red:alert"}
 # The local socket first (Debian's PostgreSQL lets a user in there by their login name), then TCP.
 DEFAULT_PG_DSN = "host=/var/run/postgresql,127.0.0.1 port=5432 dbname=test"
-START_TIMEOUT_S = 60.0  # for a program to answer on its port after it was started
 
 
 @dataclass(frozen=True)
@@ -98,65 +99,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-# --- what the demo needs ----------------------------------------------------------------------------------
-
-
-def reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
-
-
-def _server_says(err: Exception) -> str:
-    """The server's or libpq's reason, without psycopg's 'connection to server at ... failed:' preamble."""
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return re.sub(r"^.*? failed: (FATAL:\s+)?", "", text)
-
-
-def database_problem(dsn: str) -> str | None:
-    """None when the demo can use the database `dsn` names (created here if missing and the user may),
-    else one sentence saying what is missing."""
-    try:
-        import psycopg
-        from psycopg import conninfo, errors, sql
-    except ImportError:
-        return "the cloud extra is not installed (.venv/bin/pip install -e '.[cloud]')"
-    try:
-        params = conninfo.conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError as err:
-        return f"the PostgreSQL DSN {dsn!r} is not valid: {_server_says(err)}"
-    where = f"{params.get('host') or 'the local socket'}:{params.get('port') or 5432}"
-    dbname = str(params.get("dbname") or params.get("user") or os.environ.get("USER", ""))
-    try:
-        with psycopg.connect(dsn, connect_timeout=3):
-            return None
-    except psycopg.OperationalError as err:
-        reason = _server_says(err)
-        if f'database "{dbname}" does not exist' not in reason:
-            if "refused" in reason or "No such file" in reason or "timeout" in reason:
-                return f"PostgreSQL does not answer at {where} (sudo apt-get install postgresql)"
-            return f"PostgreSQL at {where} refused the demo: {reason} (see the README's prerequisites)"
-    try:
-        with psycopg.connect(
-            conninfo.make_conninfo(dsn, dbname="postgres"), connect_timeout=3, autocommit=True
-        ) as admin:
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-    except errors.InsufficientPrivilege:
-        user = params.get("user") or os.environ.get("USER", "you")
-        return (
-            f"the database {dbname!r} does not exist at {where} and {user!r} may not create it"
-            f" (sudo -u postgres createdb -O {user} {dbname})"
-        )
-    except psycopg.Error as err:
-        return (
-            f"the database {dbname!r} does not exist at {where} and could not be created: {_server_says(err)}"
-        )
-    print(f"PostgreSQL {where}: created the database {dbname!r}")
-    return None
-
-
 def drop_demo_schema(dsn: str) -> None:
     """Each run starts from a fresh schema, so what the page and the counts show is this run's bus."""
     import psycopg
@@ -165,69 +107,7 @@ def drop_demo_schema(dsn: str) -> None:
         conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
 
 
-# --- the programs -----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Program:
-    """A child process whose output goes to a log file."""
-
-    name: str
-    proc: subprocess.Popen[str]
-    log: Path
-
-    @classmethod
-    def start(cls, name: str, command: list[str | Path], log: Path) -> Program:
-        with log.open("w") as out:  # the child keeps its own descriptor
-            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, text=True)
-        return cls(name, proc, log)
-
-    def stopped(self) -> str | None:
-        """None while it runs; else one sentence: its exit status, its last log line and the log's path."""
-        if self.proc.poll() is None:
-            return None
-        try:
-            lines = [
-                line.strip() for line in self.log.read_text(errors="replace").splitlines() if line.strip()
-            ]
-        except OSError:
-            lines = []
-        last = f": {lines[-1][:300]}" if lines else ""
-        return f"the {self.name} stopped (exit {self.proc.returncode}){last} — log {self.log}"
-
-    def wait_until_answering(self, url: str, timeout_s: float = START_TIMEOUT_S) -> str | None:
-        """None once `url` answers 200 while the program runs; else why not, in one sentence."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if (reason := self.stopped()) is not None:
-                return reason
-            try:
-                with urllib.request.urlopen(url, timeout=1.0) as reply:
-                    if reply.status == 200 and self.proc.poll() is None:
-                        return None
-            except OSError:
-                pass
-            time.sleep(0.5)
-        return f"the {self.name} did not answer on {url} within {timeout_s:.0f} s — log {self.log}"
-
-
-@dataclass
-class SimProgram:
-    """The simulator: its output is read by a `SimWatcher`, not written to a log."""
-
-    proc: subprocess.Popen[str]
-    name: str = "simulator"
-
-
-def stop(proc: subprocess.Popen[str], name: str, timeout_s: float = 35.0) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        print(f"{name} did not stop within {timeout_s:.0f} s; killing it", flush=True)
-        proc.kill()
+# --- the configurations ---------------------------------------------------------------------------------
 
 
 def now_in_nairobi() -> tuple[str, str]:

@@ -14,12 +14,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg import conninfo, sql
 
 from .conftest import MQTT_HOST, MQTT_PORT, PG_DSN, service_unavailable, unique_id
-
-psycopg = pytest.importorskip("psycopg")
-from psycopg import conninfo, sql  # noqa: E402  (after the import-or-skip)
 
 DEMO = Path(__file__).resolve().parents[2] / "scripts" / "demo.py"
 pytestmark = pytest.mark.timeout(300)
@@ -140,3 +139,19 @@ def test_no_broker_and_a_database_the_user_may_not_create_are_said_and_the_agent
     assert "cloud receiver: running" not in output
     assert last_count(output, "kept") > 0
     assert last_count(output, "uplinked") == 0
+
+
+def test_a_postgresql_port_where_nothing_listens_is_said_in_one_sentence() -> None:
+    # GIVEN a port held by a socket that does not listen: connecting there is refused
+    sys.path.insert(0, str(DEMO.parent))
+    try:
+        from demo_prerequisites import database_problem
+    finally:
+        sys.path.remove(str(DEMO.parent))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+
+        said = database_problem(f"postgresql://127.0.0.1:{port}/test")
+
+    assert said == f"PostgreSQL does not answer at 127.0.0.1:{port} (sudo apt-get install postgresql)"
