@@ -3,7 +3,7 @@ and a PostgreSQL database it may use (created when the server answers and the us
 
 from __future__ import annotations
 
-import os
+import getpass
 import re
 import socket
 
@@ -35,13 +35,21 @@ def database_problem(dsn: str) -> str | None:
     except psycopg.ProgrammingError as err:
         return f"the PostgreSQL DSN {dsn!r} is not valid: {_server_says(err)}"
     where = f"{params.get('host') or 'the local socket'}:{params.get('port') or 5432}"
-    dbname = str(params.get("dbname") or params.get("user") or os.environ.get("USER", ""))
+    user = str(params.get("user") or getpass.getuser())  # libpq's default: the login name
+    dbname = str(params.get("dbname") or user)
     try:
         with psycopg.connect(dsn, connect_timeout=3):
             return None
     except psycopg.OperationalError as err:
-        reason = _server_says(err)
-        if f'database "{dbname}" does not exist' not in reason:
+        # With several hosts (socket, then TCP) psycopg lists each host's failure: the likeliest cause
+        # is looked for in all of them.
+        every = str(err)
+        if f'role "{user}" does not exist' in every:
+            return (
+                f"PostgreSQL at {where} has no role {user!r} (sudo -u postgres createuser --createdb {user})"
+            )
+        if f'database "{dbname}" does not exist' not in every:
+            reason = _server_says(err)
             if "refused" in reason or "No such file" in reason or "timeout" in reason:
                 return f"PostgreSQL does not answer at {where} (sudo apt-get install postgresql)"
             return f"PostgreSQL at {where} refused the demo: {reason} (see the README's prerequisites)"
@@ -51,7 +59,6 @@ def database_problem(dsn: str) -> str | None:
         ) as admin:
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
     except errors.InsufficientPrivilege:
-        user = params.get("user") or os.environ.get("USER", "you")
         return (
             f"the database {dbname!r} does not exist at {where} and {user!r} may not create it"
             f" (sudo -u postgres createdb -O {user} {dbname})"

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -141,17 +142,34 @@ def test_no_broker_and_a_database_the_user_may_not_create_are_said_and_the_agent
     assert last_count(output, "uplinked") == 0
 
 
-def test_a_postgresql_port_where_nothing_listens_is_said_in_one_sentence() -> None:
-    # GIVEN a port held by a socket that does not listen: connecting there is refused
+def prerequisites() -> Any:
     sys.path.insert(0, str(DEMO.parent))
     try:
-        from demo_prerequisites import database_problem
+        import demo_prerequisites
     finally:
         sys.path.remove(str(DEMO.parent))
+    return demo_prerequisites
+
+
+def test_a_postgresql_port_where_nothing_listens_is_said_in_one_sentence() -> None:
+    # GIVEN a port held by a socket that does not listen: connecting there is refused
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
 
-        said = database_problem(f"postgresql://127.0.0.1:{port}/test")
+        said = prerequisites().database_problem(f"postgresql://127.0.0.1:{port}/test")
 
     assert said == f"PostgreSQL does not answer at 127.0.0.1:{port} (sudo apt-get install postgresql)"
+
+
+def test_an_unknown_role_is_said_with_the_line_that_makes_it(
+    admin: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    # GIVEN the real server and a role it does not know
+    role = unique_id("nobody_")
+    dsn = conninfo.make_conninfo(PG_DSN, user=role)
+
+    said = prerequisites().database_problem(dsn)
+
+    assert said is not None and said.startswith("PostgreSQL at ")
+    assert said.endswith(f"has no role '{role}' (sudo -u postgres createuser --createdb {role})")
