@@ -801,3 +801,13 @@ async def test_an_open_api_on_every_interface_is_warned_about(
         else:
             [warning] = warnings
             assert warning.startswith("fleet views on 0.0.0.0:") and "web.api_tokens" in warning
+
+
+async def test_with_tokens_the_description_says_so_and_needs_one(guarded: Guarded) -> None:
+    refused = await guarded.get("/api/openapi.json")
+    described = await guarded.get("/api/openapi.json", token=TOKENS[1])
+
+    assert refused.status == 401
+    body = await described.json()
+    assert body["security"] == [{"bearer": []}]
+    assert body["paths"]["/api/health"]["get"]["security"] == []  # as served: open without a token
