@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from demo_prerequisites import database_problem, reachable
-from demo_programs import Program, SimProgram, stop
+from demo_programs import Program, stop
 
 from simulator.live import SimWatcher, start_live_bus
 
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"{database}: no cloud receiver")
 
-    programs: list[Program | SimProgram] = []
+    programs: list[Program] = []
     cloud = None
     try:
         if broker and database is None and (cloud := start_cloud(setup, args.keep)) is not None:
@@ -335,12 +335,14 @@ def main(argv: list[str] | None = None) -> int:
             ["--realtime", "--duration", args.duration, "--status-every", "10", "--start", start,
              "--departure", departure, *(["--fault", args.fault] if args.fault else [])]
         )  # fmt: skip
-        programs.append(SimProgram(sim))
-        watcher = SimWatcher(sim)
+        simulator = Program("simulator", sim, setup.work / "simulator.log")  # its stderr, kept by the watcher
+        programs.append(simulator)
+        watcher = SimWatcher(sim, log=simulator.log)
         watcher.start()
         while not watcher.ready.wait(0.5):
             if sim.poll() is not None:
-                print(f"the simulator stopped (exit {sim.returncode}) before it opened its pseudo-terminals")
+                watcher.join(5.0)  # until it has kept the simulator's last words
+                print(simulator.stopped(), flush=True)
                 return 1
 
         write_agent_config(
@@ -371,9 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                 cloud = None
             print(status_line(setup, watcher, cloud), flush=True)
         if sim.returncode != 0:
-            print(
-                f"the simulator stopped (exit {sim.returncode}) before the drive's end: {watcher.last_status}"
-            )
+            watcher.join(5.0)
+            print(simulator.stopped(), flush=True)
             return 1
         print("\nthe drive is over; stopping the agent and the receiver")
         return 0

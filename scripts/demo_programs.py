@@ -56,14 +56,6 @@ class Program:
         return f"the {self.name} did not answer on {url} within {timeout_s:.0f} s — log {self.log}"
 
 
-@dataclass
-class SimProgram:
-    """The simulator: its output is read by a `SimWatcher`, not written to a log."""
-
-    proc: subprocess.Popen[str]
-    name: str = "simulator"
-
-
 def stop(proc: subprocess.Popen[str], name: str, timeout_s: float = 35.0) -> None:
     if proc.poll() is not None:
         return

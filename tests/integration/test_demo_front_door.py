@@ -31,18 +31,26 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def run_demo(work: Path, dsn: str, *, web_port: int | None = None, mqtt_port: int = MQTT_PORT) -> str:
-    """The demo's output for a 10-second drive; it must exit 0 (it runs what it can)."""
+def run_demo(
+    work: Path,
+    dsn: str,
+    *,
+    web_port: int | None = None,
+    mqtt_port: int = MQTT_PORT,
+    fault: str = "",
+    exit_status: int = 0,
+) -> str:
+    """The demo's output for a 10-second drive; it exits 0 when it could run what it can."""
     if MQTT_HOST != "127.0.0.1":
         pytest.skip("the demo talks to Mosquitto on 127.0.0.1 only")
     command = [
-        sys.executable, str(DEMO), "--duration", "10s", "--fault", "", "--status-every", "2",
+        sys.executable, str(DEMO), "--duration", "10s", "--fault", fault, "--status-every", "2",
         "--work-dir", str(work), "--pg-dsn", dsn, "--mqtt-port", str(mqtt_port),
         "--web-port", str(web_port or free_port()),
         "--agent-metrics-port", str(free_port()), "--cloud-metrics-port", str(free_port()),
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=280, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert done.returncode == exit_status, done.stdout + done.stderr[-3000:]
     assert "Traceback" not in done.stdout + done.stderr, done.stderr[-3000:]
     return done.stdout
 
@@ -140,6 +148,21 @@ def test_no_broker_and_a_database_the_user_may_not_create_are_said_and_the_agent
     assert "cloud receiver: running" not in output
     assert last_count(output, "kept") > 0
     assert last_count(output, "uplinked") == 0
+
+
+def test_a_simulator_that_stops_is_said_with_its_log(tmp_path: Path) -> None:
+    # GIVEN a fault the simulator refuses (and no broker, so that nothing else starts)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        output = run_demo(
+            tmp_path, PG_DSN, mqtt_port=taken.getsockname()[1], fault="no_such_fault@1m", exit_status=1
+        )
+
+    # THEN one line says so, with the simulator's own reason and where its output is kept
+    [said] = [line for line in output.splitlines() if "the simulator stopped" in line]
+    assert said.startswith("the simulator stopped (exit 2): ")
+    assert "no_such_fault" in said
+    assert said.endswith(f"log {tmp_path / 'simulator.log'}")
 
 
 def prerequisites() -> Any:
