@@ -459,17 +459,19 @@ def decode_log_to_csv(
 ) -> DecodeStats:
     """Decode a recorded log (any format python-can's `LogReader` reads: .log, .asc, .blf, .csv,
     .trc, ...) through the same `Decoder.process` as the agent, and write one CSV row per kept
-    sample: `ts,signal,value,message,dbc_signal` (floats in their shortest exact form)."""
+    sample: `ts,signal,value,message,dbc_signal` (floats in their shortest exact form; a DM1 value's
+    message is "DM1" and its dbc_signal the catalog's DM1 field)."""
     decoder = Decoder(catalog, bus=log_path.stem, apply_policy=apply_policy)
-    by_name = {spec.name: spec for spec in catalog}
+    by_name = {
+        spec.name: (spec.message or spec.source.upper(), spec.dbc_signal or spec.dm1_field)
+        for spec in catalog
+    }
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_HEADER)
     bus = log_path.stem
     with FrameLog(log_path, bus) as frames:
         for frame in frames:
             for sample in decoder.process(frame):
-                spec = by_name[sample.signal]
-                writer.writerow(
-                    (repr(sample.ts), sample.signal, repr(sample.value), spec.message, spec.dbc_signal)
-                )
+                message, dbc_signal = by_name[sample.signal]
+                writer.writerow((repr(sample.ts), sample.signal, repr(sample.value), message, dbc_signal))
     return decoder.stats

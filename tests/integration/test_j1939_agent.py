@@ -118,6 +118,9 @@ def test_decode_cli_decodes_a_truck_bus(tmp_path: Path) -> None:
     assert values[DM1 + "ActiveDtcCount"] == [3.0, 7.0, 4.0]
     assert values[DM1 + "RedStopLamp"] == [1.0, 1.0, 0.0]
     assert values[DM1 + "AmberWarningLamp"] == [0.0, 1.0, 1.0]
+    assert {(row["message"], row["dbc_signal"]) for row in rows if row["signal"] == DM1 + "RedStopLamp"} == {
+        ("DM1", "red_stop_lamp")
+    }
     assert "skipping tp_sequence" in done.stderr  # the broken session, logged once and counted
 
 
