@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.app import _policy_warm_up
 from agent.decode import Decoder, FrameDecoder
 from agent.diagnostics import DtcAlerts, dm1_severity
 from agent.j1939 import MAX_SESSIONS, T1_S, Offered, TransportProblem, TransportReassembler
@@ -499,3 +500,19 @@ def test_dtc_alerts_raise_on_new_clear_on_gone_and_follow_the_lamps() -> None:
     cleared = alerts.observe(T0 + 4, 0x00, parse_dm1(dm1_payload(dtcs=[])))
     assert [(a.rule, a.severity, a.active) for a in cleared] == [("dm1:sa0:spn168:fmi1", "critical", False)]
     assert dm1_severity(parse_dm1(dm1_payload(red=1, amber=1, dtcs=[]))) == "critical"
+
+
+def test_a_resumed_replay_warms_the_dtc_state_without_raising_again() -> None:
+    # GIVEN a replay resumed after a DM1 whose alert an earlier run stored
+    alerts, raised = DtcAlerts(), []
+    decoder = Decoder(
+        CATALOG, bus="chassis", on_dm1=lambda ts, sa, dm1: raised.extend(alerts.observe(ts, sa, dm1))
+    )
+    skipped = [frame(pgn_id(PGN_DM1, 6, 0x00), dm1_payload(red=1, dtcs=[dtc_bytes(168, 1, 3)]))]
+    # WHEN the skipped frames warm the decoder up
+    _policy_warm_up(decoder, alerts)(skipped)
+    # THEN nothing is raised again, but the DTC is known: the all-clear that follows clears it
+    assert raised == [] and alerts.active() == {"dm1:sa0:spn168:fmi1": "critical"}
+    decoder.process(frame(pgn_id(PGN_DM1, 6, 0x00), dm1_payload(dtcs=[]), T0 + 1))
+    assert [(a.rule, a.active) for a in raised] == [("dm1:sa0:spn168:fmi1", False)]
+    assert decoder.stats.frames_in == 1  # the warm-up is not counted
