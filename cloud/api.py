@@ -54,7 +54,7 @@ from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from cloud import kpis, schema
+from cloud import battery_health, billing, block_risk, kpis, schema
 from cloud.errors import ConfigError, StoreError
 from cloud.settings import DatabaseSettings, WebSettings, is_loopback
 from cloud.web import queries
@@ -565,6 +565,8 @@ def create_app(pool: Pool, settings: WebSettings, schema_name: str) -> web.Appli
     app.router.add_get("/api/alerts", api.alerts)
     app.router.add_get("/api/kpis/daily", api.daily_kpis)
     app.router.add_get("/api/kpis/fleet", api.fleet_kpis)
+    for analytics in (block_risk, billing, battery_health):  # fleet analytics: each adds its routes
+        analytics.add_routes(app, pool, settings)
     return app
 
 
