@@ -15,7 +15,8 @@ rose over; the end of the charge is left out because a BMS re-anchors its SOC th
 100 % that no current carried). A session gives no estimate when its window is below
 `MIN_WINDOW_PCT` (SOC's resolution would dominate) or when the readings inside it have a gap
 longer than `kpis.MAX_HOLD_S` (the Ah would be unknown). Sessions are the daily KPIs' charging
-sessions (`kpis.charging_sessions`: P < 0 at standstill for at least `kpis.MIN_CHARGING_S`).
+sessions (`kpis.charging_sessions`: P < 0 at standstill for at least `kpis.MIN_CHARGING_S`); in
+`web.time_zone` the kept ones, a session cut at midnight joined again (`joined`).
 
 State of health: capacity / the pack's nominal Ah (`[web.operations] nominal_capacity_ah`, per bus
 or fleet) when configured; else only the capacity and its trend are given. The trend over weeks:
@@ -164,6 +165,26 @@ def summarize(
     )
 
 
+def joined(sessions: Sequence[kpis.ChargingSession]) -> list[kpis.ChargingSession]:
+    """Kept sessions joined again where one begins at most `kpis.MAX_HOLD_S` after the one before
+    ends: a session cut at local midnight ends at its last reading before it and goes on from the
+    first after it (a pause that short is one charge for the capacity too)."""
+    out: list[kpis.ChargingSession] = []
+    for s in sorted(sessions, key=lambda s: s.started_at):
+        if out and (s.started_at - out[-1].ended_at).total_seconds() <= kpis.MAX_HOLD_S:
+            last = out[-1]
+            out[-1] = kpis.ChargingSession(
+                last.vehicle_id,
+                last.started_at,
+                max(last.ended_at, s.ended_at),
+                last.energy_added_kwh + s.energy_added_kwh,
+                max(last.max_power_kw, s.max_power_kw),
+            )
+        else:
+            out.append(s)
+    return out
+
+
 # The current and SOC readings of each session, one round trip: session k's window is
 # [starts[k], ends[k]).
 _SESSION_READINGS_SQL: Final = b"""
@@ -183,9 +204,13 @@ async def battery_health(
     *,
     tz: str,
     nominal_ah: float | None,
+    kept: kpis.KeptDays | None = None,
 ) -> BatteryHealth:
     """The bus's capacity estimates from its charging sessions of `day_from`..`day_to` and their trend."""
-    sessions = await kpis.charging_sessions(conn, day_from, day_to, tz=tz, vehicle_id=vehicle_id)
+    if kept is not None and kept.time_zone == tz:
+        sessions = joined(await kpis.kept_charging_sessions(conn, day_from, day_to, kept, vehicle_id))
+    else:
+        sessions = await kpis.charging_sessions(conn, day_from, day_to, tz=tz, vehicle_id=vehicle_id)
     params = {
         "starts": [s.started_at for s in sessions],
         "ends": [s.ended_at + timedelta(seconds=1) for s in sessions],
@@ -208,6 +233,8 @@ async def battery_health(
 def add_routes(app: web.Application, pool: Pool, settings: WebSettings) -> None:
     """GET /api/buses/{bus}/health on the fleet views' app."""
 
+    kept = kpis.KeptDays(settings.time_zone, settings.trip_gap_s)
+
     async def health(request: web.Request) -> web.Response:
         bus = bus_id(request.match_info["bus"])
         query = request.query
@@ -220,7 +247,7 @@ def add_routes(app: web.Application, pool: Pool, settings: WebSettings) -> None:
         nominal = settings.operations.for_bus(bus).nominal_capacity_ah
         async with pool.connection() as conn:
             await known_bus(conn, bus)
-            found = await battery_health(conn, bus, d_from, d_to, tz=tz, nominal_ah=nominal)
+            found = await battery_health(conn, bus, d_from, d_to, tz=tz, nominal_ah=nominal, kept=kept)
         return json_response(found)
 
     app.router.add_get("/api/buses/{bus}/health", health)

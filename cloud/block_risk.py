@@ -23,8 +23,10 @@ Per bus, at the instant `at` (days are local days of `web.time_zone`; settings f
     divert            = margin_km < 0    (equivalently SOC < soc_needed_pct)
     risk              = remaining_km / range_km   (∞ with no energy left above the reserve)
 
-Buses are ranked by risk, highest first; a bus whose risk cannot be computed (no SOC, no kWh/km
-yet, no pack capacity) comes last with `divert` null and the reason. Beside it, the on-device
+Buses are ranked by risk, highest first (an infinite risk, no energy above the reserve, is null in
+the JSON and ranks first); a bus whose risk cannot be computed (no SOC, no kWh/km yet, no pack
+capacity) comes last with `divert` null and the reason. SOC is the last reading at `at`, its age
+given (and said in the reason past `STALE_SOC_MIN`). Beside it, the on-device
 forecast: the latest SOC-drop prediction (`protocols.predictions.SOC_DROP_PP`, percentage points
 over the next `SOC_DROP_HORIZON_MIN` minutes) gives the SOC expected then and, at that rate, the
 hours until the reserve; `forecast_short` says whether that comes before the block's end (when
@@ -44,13 +46,13 @@ from aiohttp import web
 from cloud import kpis
 from cloud.analytics_http import Connection, Pool, json_response, parse_instant
 from cloud.settings import BusOperations, OperationsSettings, WebSettings
-from cloud.web import queries
 from protocols.predictions import SOC_DROP_HORIZON_MIN, SOC_DROP_PP
-from protocols.signals import ODOMETER
+from protocols.signals import ODOMETER, SOC
 
 MIN_DAY_KM: Final = 1.0  # a day with less is a day off, not a typical day
 # A forecast made this long before the SOC reading it is set beside is too old to show.
 FORECAST_MAX_AGE: Final = timedelta(minutes=30)
+STALE_SOC_MIN: Final = 30.0  # an older SOC reading is said so in the reason (the bus may be offline)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,7 @@ class BlockRisk:
     risk: float | None
     soc_pct: float | None
     soc_at: datetime | None
+    soc_age_min: float | None  # how old the SOC reading is at the instant asked for
     reserve_soc_pct: float
     soc_needed_pct: float | None
     usable_kwh: float | None
@@ -154,6 +157,9 @@ def assess(figures: BusFigures, settings: OperationsSettings, at: datetime, zone
             f"{verdict}: {left:.1f} km left ({source}) against {range_km:.1f} km of range above the"
             f" {reserve:g} % reserve; needs {needed:.1f} % SOC, has {soc:.1f} %"
         )
+    age_min = (at - figures.soc_at) / timedelta(minutes=1) if figures.soc_at else None
+    if age_min is not None and age_min > STALE_SOC_MIN:
+        reason = f"the SOC reading is {age_min:.0f} min old; " + reason
     drop, forecast_soc, hours_to_reserve, short = figures.predicted_drop_pp, None, None, None
     if drop is not None and soc is not None:
         forecast_soc = soc - drop
@@ -168,6 +174,7 @@ def assess(figures: BusFigures, settings: OperationsSettings, at: datetime, zone
         risk=risk,
         soc_pct=soc,
         soc_at=figures.soc_at,
+        soc_age_min=age_min,
         reserve_soc_pct=reserve,
         soc_needed_pct=needed,
         usable_kwh=usable,
@@ -193,12 +200,48 @@ def ranked(risks: list[BlockRisk]) -> list[BlockRisk]:
     return sorted(risks, key=lambda r: (r.risk is None, -(r.risk or 0.0), r.vehicle_id))
 
 
+# Each bus's pack capacity, its last SOC reading at `at` and its latest SOC-drop forecast at `at`.
+_BUS_STATE_SQL: Final = b"""
+SELECT v.vehicle_id, v.battery_capacity_kwh, soc.ts, soc.value, p.ts, p.value
+FROM vehicles v
+LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(soc)s, %(at)s) soc ON true
+LEFT JOIN LATERAL (
+    SELECT ts, value FROM predictions
+    WHERE vehicle_id = v.vehicle_id AND output = %(output)s AND ts <= %(at)s AND ts > %(at)s - %(max_age)s
+    ORDER BY ts DESC, seq DESC LIMIT 1
+) p ON true
+ORDER BY v.vehicle_id
+"""
+
 # Each bus's first and last odometer reading of the day so far.
 _DRIVEN_TODAY_SQL: Final = b"""
 SELECT vehicle_id, (array_agg(value ORDER BY ts DESC, seq DESC))[1] - (array_agg(value ORDER BY ts, seq))[1]
 FROM samples_between(%(t_from)s, %(t_to)s) WHERE signal = %(odo)s
 GROUP BY vehicle_id
 """
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    capacity_kwh: float | None
+    soc: tuple[datetime, float] | None
+    forecast: tuple[datetime, float] | None
+
+
+def _pair(ts: object, value: object) -> tuple[datetime, float] | None:
+    return (ts, value) if isinstance(ts, datetime) and isinstance(value, float) else None
+
+
+async def _states(conn: Connection, at: datetime) -> dict[str, _State]:
+    params = {"soc": SOC, "at": at, "output": SOC_DROP_PP, "max_age": FORECAST_MAX_AGE}
+    async with conn.cursor() as cur:
+        await cur.execute(_BUS_STATE_SQL, params)
+        return {
+            str(bus): _State(
+                capacity if isinstance(capacity, float) else None, _pair(s_ts, s), _pair(p_ts, p)
+            )
+            for bus, capacity, s_ts, s, p_ts, p in await cur.fetchall()
+        }
 
 
 async def _driven_today(conn: Connection, day_start: datetime, at: datetime) -> dict[str, float]:
@@ -222,7 +265,7 @@ async def block_risks(conn: Connection, settings: WebSettings, at: datetime) -> 
     today = at.astimezone(zone).date()
     day_start = datetime.combine(today, time(), zone).astimezone(UTC)
     ops = settings.operations
-    states = await queries.bus_states(conn)
+    states = await _states(conn, at)
     driven = await _driven_today(conn, day_start, at)
     kept = kpis.KeptDays(settings.time_zone, settings.trip_gap_s)
     days = await kpis.kept_daily_kpis(conn, today - timedelta(days=ops.lookback_days), today, kept)
@@ -230,22 +273,21 @@ async def block_risks(conn: Connection, settings: WebSettings, at: datetime) -> 
     for row in days:
         by_bus.setdefault(row.vehicle_id, []).append(row)
     risks = []
-    for state in states:
-        typical, rate = _recent(by_bus.get(state.vehicle_id, []), today)
-        soc = state.soc_pct if state.soc_pct is not None and state.soc_pct.ts <= at else None
-        forecast = next((p for p in state.predictions if p.output == SOC_DROP_PP), None)
-        if forecast is not None and (soc is None or abs(soc.ts - forecast.ts) > FORECAST_MAX_AGE):
+    for bus, state in states.items():
+        typical, rate = _recent(by_bus.get(bus, []), today)
+        soc, forecast = state.soc, state.forecast
+        if forecast is not None and (soc is None or abs(soc[0] - forecast[0]) > FORECAST_MAX_AGE):
             forecast = None
         figures = BusFigures(
-            vehicle_id=state.vehicle_id,
-            soc_pct=soc.value if soc else None,
-            soc_at=soc.ts if soc else None,
-            battery_capacity_kwh=state.battery_capacity_kwh,
-            driven_today_km=driven.get(state.vehicle_id),
+            vehicle_id=bus,
+            soc_pct=soc[1] if soc else None,
+            soc_at=soc[0] if soc else None,
+            battery_capacity_kwh=state.capacity_kwh,
+            driven_today_km=driven.get(bus),
             typical_day_km=typical,
             kwh_per_km=rate,
-            predicted_drop_pp=forecast.value if forecast else None,
-            predicted_at=forecast.ts if forecast else None,
+            predicted_drop_pp=forecast[1] if forecast else None,
+            predicted_at=forecast[0] if forecast else None,
         )
         risks.append(assess(figures, ops, at, zone))
     return ranked(risks)

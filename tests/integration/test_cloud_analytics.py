@@ -22,6 +22,7 @@ import pytest
 
 from cloud.api import FleetViews
 from cloud.ingest import BatchMessage
+from cloud.kpis import KeptDays
 from cloud.settings import BusOperations, DatabaseSettings, OperationsSettings, WebSettings
 from protocols.predictions import SOC_DROP_MODEL, SOC_DROP_PP
 from protocols.signals import ODOMETER, SOC
@@ -167,7 +168,8 @@ async def test_a_low_bus_with_a_long_block_left_is_told_to_divert(api: Api) -> N
     low_odo = [v for _, s, v in api.buses["SIM-LOW"].samples if s == ODOMETER]
     assert low["driven_today_km"] == pytest.approx(low_odo[-1] - low_odo[0])
     assert low["remaining_km"] == pytest.approx(BLOCK_KM - low["driven_today_km"])
-    assert low["soc_pct"] < 24.0
+    low_socs = [(ts, v) for ts, s, v in api.buses["SIM-LOW"].samples if s == SOC]
+    assert low["soc_pct"] == pytest.approx(low_socs[-1][1]) and low["soc_pct"] < 24.0
     assert low["soc_needed_pct"] > low["soc_pct"]
     assert 0.5 < low["kwh_per_km"] < 3.0  # a 12 m e-bus in town
     assert low["range_km"] == pytest.approx(
@@ -184,6 +186,20 @@ async def test_a_low_bus_with_a_long_block_left_is_told_to_divert(api: Api) -> N
     assert full["forecast_drop_pp"] is None
     # a bus that has not driven has no kWh/km: no answer, and the reason
     assert aged["divert"] is None and "kWh/km" in aged["reason"]
+
+
+async def test_block_risk_at_an_earlier_instant_reads_the_data_of_then(api: Api) -> None:
+    at = DEPARTURE + timedelta(minutes=10)
+
+    body = await api.ok("/api/fleet/block-risk", at=iso(at))
+
+    low = next(b for b in body["buses"] if b["vehicle_id"] == "SIM-LOW")
+    then = [(ts, v) for ts, s, v in api.buses["SIM-LOW"].samples if s == SOC and ts <= at.timestamp()]
+    assert low["soc_pct"] == pytest.approx(then[-1][1])
+    assert low["soc_at"] == iso(datetime.fromtimestamp(then[-1][0], UTC))
+    assert low["forecast_drop_pp"] is None  # the forecast was made later
+    status, error = await api.get("/api/fleet/block-risk", at="yesterday")
+    assert status == 400 and "ISO 8601" in error["error"]
 
 
 async def test_billing_km_are_the_stored_odometer_delta_and_csv_matches_json(api: Api) -> None:
@@ -283,3 +299,36 @@ async def test_battery_health_recovers_the_simulated_pack_capacity(api: Api) -> 
     assert (low["estimates"], low["capacity_ah"], low["soh_pct"]) == ([], None, None)
     status, error = await api.get("/api/buses/NOPE-1/health")
     assert (status, error) == (404, {"error": "unknown bus 'NOPE-1'"})
+
+
+async def test_a_charge_over_local_midnight_is_one_session_again(
+    pg_schema: Database, simulated: dict[str, SimulatedBus]
+) -> None:
+    # GIVEN a fleet two hours behind UTC: SIM-AGED's charge (01:30 to ~02:28 UTC) runs over local
+    # midnight, so the receiver keeps it as two sessions, one on each local day
+    zone = "Atlantic/South_Georgia"
+    store = await migrated_store(pg_schema, KeptDays(zone, 300.0))
+    try:
+        messages = bus_messages(simulated["SIM-AGED"], FLEET)
+        for first in range(0, len(messages), 20):
+            await store.write(messages[first : first + 20])
+    finally:
+        await store.close()
+    database = DatabaseSettings.model_validate({"dsn": pg_schema.dsn, "schema": pg_schema.schema})
+    views = await FleetViews.start(WebSettings(port=0, time_zone=zone), database)
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                views.url + "/api/buses/SIM-AGED/health", params={"from": "2024-03-03", "to": "2024-03-04"}
+            ) as response,
+        ):
+            assert response.status == 200
+            body = await response.json()
+    finally:
+        await views.stop()
+
+    # THEN the health view joins them again: one session, one estimate over the whole window
+    assert body["sessions_seen"] == 1
+    [estimate] = body["estimates"]
+    assert estimate["capacity_ah"] == pytest.approx(CELL_CAPACITY_AH * AGED_SOH_PCT / 100, rel=0.03)

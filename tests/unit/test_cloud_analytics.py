@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from cloud import kpis
-from cloud.battery_health import estimate_capacity, summarize
+from cloud.battery_health import estimate_capacity, joined, summarize
 from cloud.billing import OdometerDay, Period, billing_rows, charging_hours_by_day
 from cloud.block_risk import BusFigures, assess, ranked
 from cloud.settings import BusOperations, OperationsSettings
@@ -187,3 +187,27 @@ def test_charging_hours_split_at_local_midnight() -> None:
         ("bus-1", date(2024, 5, 14)): pytest.approx(1.0),
         ("bus-1", date(2024, 5, 15)): pytest.approx(2.5),
     }
+
+
+def test_an_old_soc_reading_is_said_so() -> None:
+    risk = assess(figures(soc_at=AT - timedelta(hours=2)), OperationsSettings(), AT, UTC_ZONE)
+
+    assert risk.soc_age_min == pytest.approx(120.0)
+    assert risk.reason.startswith("the SOC reading is 120 min old; divert to charge")
+
+
+def test_sessions_cut_at_midnight_are_joined_again() -> None:
+    midnight = datetime(2024, 5, 15, tzinfo=UTC)
+    # the kept session before midnight ends at its last reading, 10 s before
+    before = kpis.ChargingSession(
+        "bus-1", midnight - timedelta(hours=1), midnight - timedelta(seconds=10), 100.0, 150.0
+    )
+    after = kpis.ChargingSession("bus-1", midnight, midnight + timedelta(hours=2), 180.0, 140.0)
+    later = kpis.ChargingSession(
+        "bus-1", midnight + timedelta(hours=9), midnight + timedelta(hours=10), 20.0, 60.0
+    )
+
+    assert joined([later, after, before]) == [
+        kpis.ChargingSession("bus-1", before.started_at, after.ended_at, 280.0, 150.0),
+        later,
+    ]
