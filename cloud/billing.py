@@ -6,11 +6,12 @@
 `web.max_range_days` apart; a week runs Monday to Sunday, a month is a calendar month, each cut to
 the range asked for. Per bus and period:
 
-- odometer_km: the sum of the forward steps between consecutive odometer readings (a step belongs
-  to the day of its later reading, so days add up to the range and none is lost at midnight). With
-  no anomaly this is the last reading minus the first. A step backwards is an odometer reset or
-  rollback (`odometer_rollbacks`): it is not billed, and the distance after it counts from the
-  new reading. A step forward faster than `MAX_ODOMETER_KMH` over its interval is a jump
+- odometer_km: the sum of the forward steps between consecutive odometer readings, the first from
+  the bus's last reading before the range (a step belongs to the day of its later reading, so days
+  add up to their range and consecutive ranges to the whole: no km lost at a boundary). With no
+  anomaly this is the range's last reading minus the last one before it. A step backwards is an
+  odometer reset or rollback (`odometer_rollbacks`): it is not billed, and the distance after it
+  counts from the new reading. A step forward faster than `MAX_ODOMETER_KMH` over its interval is a jump
   (`odometer_jumps`, e.g. a replaced cluster reporting its own total): not billed either.
 - gps_km: the daily KPIs' GPS distance (great-circle legs between fixes, glitches left out).
 - data gaps: consecutive odometer readings more than `DATA_GAP_S` apart (the catalog sends it at
@@ -123,10 +124,20 @@ WITH bounds AS NOT MATERIALIZED (
     SELECT %(day_from)s::date::timestamp AT TIME ZONE %(tz)s AS t_from,
            (%(day_to)s::date + 1)::timestamp AT TIME ZONE %(tz)s AS t_to
 ),
+seeds AS (      -- each bus's last reading before the range: the first step in it starts there
+    SELECT v.vehicle_id, last.ts, 0::bigint AS seq, last.value
+    FROM vehicles v, bounds,
+         LATERAL latest_sample(v.vehicle_id, %(odo)s, bounds.t_from - interval '1 microsecond') last
+    WHERE %(vehicle)s::text IS NULL OR v.vehicle_id = %(vehicle)s::text
+),
 readings AS (
     SELECT vehicle_id, ts, value, lag(value) OVER w AS prev, extract(epoch FROM ts - lag(ts) OVER w) AS dt_s
-    FROM bounds, samples_between(bounds.t_from, bounds.t_to)
-    WHERE signal = %(odo)s AND (%(vehicle)s::text IS NULL OR vehicle_id = %(vehicle)s::text)
+    FROM (
+        SELECT vehicle_id, ts, seq, value FROM bounds, samples_between(bounds.t_from, bounds.t_to)
+        WHERE signal = %(odo)s AND (%(vehicle)s::text IS NULL OR vehicle_id = %(vehicle)s::text)
+        UNION ALL
+        SELECT vehicle_id, ts, seq, value FROM seeds
+    ) odometer
     WINDOW w AS (PARTITION BY vehicle_id ORDER BY ts, seq)
 ),
 steps AS (
@@ -134,7 +145,7 @@ steps AS (
            value < prev - %(tolerance)s AS rollback,
            value - prev > %(max_kmh)s * dt_s / 3600.0 + %(tolerance)s AS jump,
            dt_s > %(gap_s)s AS gap
-    FROM readings
+    FROM readings, bounds WHERE ts >= bounds.t_from   -- a seed is no step of the range
 )
 SELECT vehicle_id, day,
        coalesce(sum(km) FILTER (WHERE km > 0 AND NOT jump), 0)::float8 AS odometer_km,

@@ -112,6 +112,8 @@ def remaining_km(
     end = _local(day, ops.block_end, zone) if ops.block_end else None
     if start is not None and end is not None and end <= start:
         end += timedelta(days=1)  # a block running past midnight
+        if at < end - timedelta(days=1):  # ... and `at` is in its hours after midnight: yesterday's
+            start, end = start - timedelta(days=1), end - timedelta(days=1)
     driven = figures.driven_today_km or 0.0
     left: float | None
     if ops.block_km is not None:

@@ -259,6 +259,25 @@ async def test_billing_flags_an_odometer_reset_and_a_data_gap(api: Api) -> None:
     assert whole["flags"] == ["no_data", "data_gap", "odometer_rollback"]
 
 
+async def test_billing_ranges_add_up_across_their_boundary(api: Api) -> None:
+    # GIVEN days seven hours behind UTC: ODO-X's local midnight falls at 07:00 UTC, mid-drive
+    zone = {"bus": "ODO-X", "tz": "Etc/GMT+7"}
+
+    first = await api.ok("/api/reports/billing", **zone, **{"from": "2024-03-04", "to": "2024-03-04"})
+    second = await api.ok("/api/reports/billing", **zone, **{"from": "2024-03-05", "to": "2024-03-05"})
+    both = await api.ok(
+        "/api/reports/billing", **zone, period="week", **{"from": "2024-03-04", "to": "2024-03-05"}
+    )
+
+    # THEN the step over midnight is billed once, on the second day (it starts from the first's last reading)
+    [day1], [day2], [whole] = first["rows"], second["rows"], both["rows"]
+    assert day1["odometer_km"] == pytest.approx(0.25 * 79)  # 06:00 to 06:39:30 UTC
+    assert day1["odometer_km"] + day2["odometer_km"] == pytest.approx(whole["odometer_km"])
+    assert whole["odometer_km"] == pytest.approx(0.25 * 179 + 0.25 * 60)
+    # the 21-minute gap ends at 07:00:30 UTC: it is the second day's
+    assert (day1["data_gaps"], day2["data_gaps"]) == (0, 1)
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [

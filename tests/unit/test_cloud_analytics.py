@@ -211,3 +211,15 @@ def test_sessions_cut_at_midnight_are_joined_again() -> None:
         kpis.ChargingSession("bus-1", before.started_at, after.ended_at, 280.0, 150.0),
         later,
     ]
+
+
+def test_a_block_over_midnight_is_yesterdays_until_it_ends() -> None:
+    ops = OperationsSettings(block_start="18:00", block_end="02:00")
+
+    early = assess(figures(), ops, datetime(2024, 5, 15, 1, tzinfo=UTC), UTC_ZONE)  # 1 h of 8 left
+    evening = assess(figures(), ops, datetime(2024, 5, 14, 22, tzinfo=UTC), UTC_ZONE)  # 4 h of 8
+
+    assert early.block_end == datetime(2024, 5, 15, 2, tzinfo=UTC)
+    assert early.remaining_km == pytest.approx(200.0 / 8)
+    assert evening.block_end == datetime(2024, 5, 15, 2, tzinfo=UTC)
+    assert evening.remaining_km == pytest.approx(100.0)
