@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -12,7 +13,7 @@ from cloud import kpis
 from cloud.battery_health import estimate_capacity, joined, summarize
 from cloud.billing import OdometerDay, Period, billing_rows, charging_hours_by_day
 from cloud.block_risk import BusFigures, assess, ranked
-from cloud.settings import BusOperations, OperationsSettings
+from cloud.settings import BusOperations, OperationsSettings, load_settings
 from protocols.signals import PACK_CURRENT, SOC
 
 UTC_ZONE = ZoneInfo("UTC")
@@ -223,3 +224,37 @@ def test_a_block_over_midnight_is_yesterdays_until_it_ends() -> None:
     assert early.remaining_km == pytest.approx(200.0 / 8)
     assert evening.block_end == datetime(2024, 5, 15, 2, tzinfo=UTC)
     assert evening.remaining_km == pytest.approx(100.0)
+
+
+def test_gps_and_odometer_disagreeing_is_flagged() -> None:
+    odo = OdometerDay("bus-1", date(2024, 5, 14), 100.0, 1000, 0, 0, 0, 0.0, 0.0)
+    close, far = (
+        kpis.DailyKpi(
+            "bus-1", date(2024, 5, 14), 100.0, None, None, None, 50.0, None, None, None, 0, 0, gps_km
+        )
+        for gps_km in (108.0, 115.0)
+    )
+
+    [near] = billing_rows(Period.DAY, date(2024, 5, 14), date(2024, 5, 14), [odo], [close], {})
+    [off] = billing_rows(Period.DAY, date(2024, 5, 14), date(2024, 5, 14), [odo], [far], {})
+
+    assert (near.gps_odometer_diff_pct, near.flags) == (pytest.approx(8.0), ())
+    assert (off.gps_odometer_diff_pct, off.flags) == (pytest.approx(15.0), ("gps_odometer_disagreement",))
+    assert off.energy_used_kwh == 50.0
+
+
+def test_operations_from_a_config_file_per_bus_over_the_fleet(tmp_path: Path) -> None:
+    config = tmp_path / "cloud.toml"
+    config.write_text(
+        "[web.operations]\nreserve_soc_pct = 20\nblock_km = 180\nnominal_capacity_ah = 488\n"
+        '[web.operations.buses.KBZ-101A]\nblock_km = 220\nblock_start = "05:30"\nblock_end = "21:00"\n'
+    )
+
+    web = load_settings(config).web
+    assert web is not None
+    ops = web.operations
+
+    assert ops.reserve_soc_pct == 20
+    own, other = ops.for_bus("KBZ-101A"), ops.for_bus("KBZ-102B")
+    assert (own.block_km, own.block_start, own.nominal_capacity_ah) == (220, "05:30", 488)
+    assert (other.block_km, other.block_start, other.nominal_capacity_ah) == (180, None, 488)
