@@ -12,7 +12,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, is_dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -101,10 +101,15 @@ def plain(value: object) -> object:
         return [plain(v) for v in value]
     if isinstance(value, float):
         return value if math.isfinite(value) else None
-    if isinstance(value, datetime | date):
-        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
     return value
 
 
 def json_response(body: object) -> web.Response:
-    return web.Response(text=json.dumps(plain(body)), content_type="application/json")
+    """JSON as the other /api routes answer: instants in UTC with 'Z', compact, no NaN."""
+    return web.Response(
+        text=json.dumps(plain(body), allow_nan=False, separators=(",", ":")), content_type="application/json"
+    )
