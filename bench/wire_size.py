@@ -243,7 +243,7 @@ def main() -> int:
     )
     print(
         f"samples per simulated hour: min {per_hour[0]:,}, median {statistics.median(per_hour):,.0f}, "
-        f"max {per_hour[-1]:,} ({len(per_hour)} hours)\n"
+        f"max {per_hour[-1]:,} ({len(per_hour)} h)\n"
     )
 
     strawman = sum(
@@ -259,7 +259,7 @@ def main() -> int:
     )
 
     header = (
-        f"{'batch age':>9}  {'encoding':<36} {'messages':>8} {'B/sample':>9} {'+MQTT':>7} "
+        f"{'batch age':>9}  {'encoding':<36} {'messages':>8} {'bytes':>11} {'B/sample':>9} {'+MQTT':>7} "
         f"{'best baseline/this':>18} {'enc ms':>7} {'dec ms':>7}"
     )
     print(header)
@@ -273,7 +273,8 @@ def main() -> int:
         best = min(m.payload_bytes for name, m in rows if not name.startswith("voltgate"))
         for name, m in rows:
             print(
-                f"{age:>8g}s  {name:<36} {m.messages:>8,} {m.payload_bytes / len(records):>9.2f} "
+                f"{age:>8g}s  {name:<36} {m.messages:>8,} {m.payload_bytes:>11,} "
+                f"{m.payload_bytes / len(records):>9.2f} "
                 f"{m.framed_bytes / len(records):>7.2f} {best / m.payload_bytes:>17.2f}x "
                 f"{m.encode_ms:>7.2f} {m.decode_ms:>7.2f}"
             )
