@@ -7,8 +7,12 @@ agents stored and forwarded every sample the sampling policy keeps.
 
 Workload (default): one hour of `voltgate-sim record` from the simulator's default start (05:00 in
 Nairobi): the bus wakes in the depot and leaves on its block at 05:30, so the hour holds both a parked
-and a moving bus. 59 CAN frames/s (BMS and drive frames at 10–100 ms cycles, J1939 at 1 s); most frames
+and a moving bus. 59 CAN frames/s (five frames at 100 ms cycles, one at 500 ms, seven at 1 s); most frames
 carry values the sampling policy does not keep at that moment (deadbands, minimum intervals).
+
+Peak RSS counts what the interpreter imports: where python-can finds asammdf (this repository's `mf4`
+extra), `import can` loads asammdf and pandas too, in both agents; a gateway's `.[edge]` install has
+neither. The bench says which case it measured.
 
 The two agents, each a process pinned to one CPU with `taskset` (every thread of it on that core), on
 the same log, with the same catalog and sampling policy, in the same run, one after the other (the order
@@ -40,6 +44,7 @@ reads ahead of its decoder by at most its bounded queues.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import signal
@@ -420,6 +425,10 @@ def main() -> None:
                 f"{ours[-1].cpu_us_per_frame:.1f} µs/frame; "
                 f"baseline {base[-1].fps:,.0f} frames/s, {base[-1].cpu_us_per_frame:.1f} µs/frame"
             )
+    if importlib.util.find_spec("asammdf") is not None:
+        print(
+            "note: asammdf is installed here, so `import can` loads it and pandas in both agents (peak RSS)"
+        )
     print(
         f"every run: both agents stored and delivered all {samples:,} samples "
         "(baseline: all PUBACKed, buffer empty)"
