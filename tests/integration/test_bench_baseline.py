@@ -16,6 +16,7 @@ from pathlib import Path
 
 import can
 import paho.mqtt.client as mqtt
+import pytest
 import zstandard
 
 from agent.decode import Decoder
@@ -25,6 +26,8 @@ from tests.integration.conftest import Broker
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT_S = 60.0
+
+pytestmark = pytest.mark.slow  # a simulated recording and two processes
 
 
 def agent_kept(log: Path) -> list[tuple[int, str]]:
