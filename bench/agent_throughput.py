@@ -32,7 +32,9 @@ Figures per agent: frames/s end to end (frames of the log ÷ the time from its f
 subscriber on the other CPU has received every kept sample from the broker), CPU µs per frame over that
 span (utime + stime of all its threads, /proc), peak RSS (VmHWM) and start-up (process start → ready to
 read its first frame: the agent's "running" log line, the baseline's "first frame" line). Each figure is
-the median over `--runs` paired runs with its range; ratios are per pair, ours ÷ baseline.
+the median over `--runs` paired runs with its range; ratios are per pair, ours ÷ baseline. `taskset` pins
+each agent to a core but does not reserve it: on a shared machine the wall-clock rates swing with the other
+work on that core (the bench prints the load average before and after); CPU µs per frame moves far less.
 
 The end-to-end span includes each agent's tail after its last frame: the baseline flushes its last batch at
 the end of the log; ours commits its buffer every COMMIT_INTERVAL_S and sends a batch when it is
@@ -386,6 +388,7 @@ def main() -> None:
             "needs two CPUs: one for the agent under test, one for the broker and the subscriber"
         )
     agent_cpu, other_cpu = cpus[-1], cpus[0]
+    load_before = os.getloadavg()[0]
     os.sched_setaffinity(0, {other_cpu})
 
     with tempfile.TemporaryDirectory(prefix="voltgate-bench-") as tmp:
@@ -432,6 +435,9 @@ def main() -> None:
     print(
         f"every run: both agents stored and delivered all {samples:,} samples "
         "(baseline: all PUBACKed, buffer empty)"
+    )
+    print(
+        f"load average (1 min): {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on {len(cpus)} CPUs"
     )
     ratios = report(ours, base)
     fps = statistics.median(f.fps for f in ours)
