@@ -1,4 +1,5 @@
-"""The store against the real PostgreSQL: migrations, idempotent writes, rollups, partitions."""
+"""The store against the real PostgreSQL, on both flavours (plain and with TimescaleDB): migrations,
+idempotent writes, rollups current at every commit, partitions (plain PostgreSQL's own)."""
 
 from __future__ import annotations
 
@@ -50,17 +51,18 @@ async def test_migrations_are_idempotent_and_recorded(pg_schema: Database) -> No
     try:
         assert await store.migrate() == list(range(1, latest_version() + 1))
         assert await store.migrate() == []
-        assert store.flavour is Flavour.NATIVE  # this machine's PostgreSQL has no TimescaleDB
+        assert store.flavour is Flavour(pg_schema.flavour)
         cur = await store.connection.execute(
             b"SELECT version, flavour FROM schema_migrations ORDER BY version"
         )
         assert await cur.fetchall() == [
             (1, "any"),
-            (2, "native"),
-            (3, "native"),
+            (2, pg_schema.flavour),
+            (3, pg_schema.flavour),
             (4, "any"),
             (5, "any"),
             (6, "any"),
+            (7, pg_schema.flavour),
         ]
     finally:
         await store.close()
@@ -100,14 +102,20 @@ async def test_a_batch_is_stored_once_and_its_redelivery_changes_nothing(store: 
     after = await store.connection.execute(b"SELECT * FROM samples WHERE seq < 120 ORDER BY seq")
     assert await after.fetchall() == rows_before
     assert rollup_before[0][3] == 60  # the 23:59 minute holds 60 samples
-    assert await count(store, "SELECT sum(n) FROM samples_1m") == 130
-    assert await count(store, "SELECT count(*) FROM samples_1h") == 0  # until the next refresh
-    assert await store.refresh_rollups() == await count(store, "SELECT count(*) FROM samples_1m")
-    assert await store.refresh_rollups() == 0  # everything logged was taken once
-    assert await count(store, "SELECT sum(n) FROM samples_1h") == 130
-    assert await count(store, "SELECT sum(n) FROM samples_1d") == 130
-    assert await count(store, "SELECT count(*) FROM samples_1d") == 2  # 14 and 15 May
-    assert await count(store, "SELECT sum(total)::bigint FROM samples_1d") == sum(range(120)) + sum(range(10))
+    # and every rollup is current at once (the hours and days still read the log), then the same
+    # after the refresh has moved the log into the tables
+    for refreshed in (False, True):
+        assert await count(store, "SELECT count(*) FROM rollup_log") == (0 if refreshed else 3)
+        assert await count(store, "SELECT sum(n) FROM samples_1m") == 130
+        assert await count(store, "SELECT sum(n) FROM samples_1h") == 130
+        assert await count(store, "SELECT sum(n) FROM samples_1d") == 130
+        assert await count(store, "SELECT count(*) FROM samples_1d") == 2  # 14 and 15 May
+        assert await count(store, "SELECT count(*) FROM samples_1h") == 2  # 23:00 and 00:00
+        total = sum(range(120)) + sum(range(10))
+        assert await count(store, "SELECT sum(total)::bigint FROM samples_1d") == total
+        if not refreshed:
+            assert await store.refresh_rollups() == 3  # the three minutes logged
+            assert await store.refresh_rollups() == 0  # everything logged was taken once
     assert await count(store, "SELECT count(*) FROM ingest_ledger") == 4  # every receipt is in the ledger
     assert await count(store, "SELECT count(*) FROM vehicles WHERE vehicle_id = 'bus-1'") == 1
 
@@ -142,6 +150,7 @@ async def test_predictions_alerts_status_and_dead_letters_in_one_transaction(sto
     assert await cur.fetchall() == [("malformed payload: x", b"\x00\xff")] * 2
 
 
+@pytest.mark.flavour("native")
 async def test_maintenance_creates_partitions_ahead_and_drops_expired_ones(store: Store) -> None:
     today = date(2024, 5, 14)
     await store.write([sample_batch("bus-3", 0, 1)])  # creates sample_blocks_p20240514 on demand
@@ -262,6 +271,7 @@ async def test_two_replicas_writing_overlapping_batches_at_once_store_each_sampl
         await other.close()
 
 
+@pytest.mark.flavour("native")
 async def test_migration_3_turns_stored_sample_rows_into_blocks(pg_schema: Database) -> None:
     # GIVEN a schema at version 2 holding sample rows over midnight UTC
     settings = db_settings(pg_schema)
