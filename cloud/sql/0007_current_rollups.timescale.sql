@@ -12,6 +12,12 @@
 -- hypertables with their compression and retention policies; the minutes are kept as long as the
 -- blocks (database.raw_retention_days), the hours and days for ever, as on plain PostgreSQL.
 
+-- First the aggregates' jobs (refresh every minute, retention): delete_job cancels a run under way and
+-- waits for it to end, so none reads or writes them while they are carried over and dropped (a refresh
+-- racing the DROP fails it with "tuple concurrently updated").
+SELECT delete_job(job_id) FROM timescaledb_information.jobs
+WHERE hypertable_schema = current_schema() AND hypertable_name IN ('samples_1m', 'samples_1h', 'samples_1d');
+
 CREATE TABLE rollup_log (
     vehicle_id  text NOT NULL,
     signal      text NOT NULL,
@@ -76,7 +82,6 @@ SELECT vehicle_id, signal, time_bucket(interval '1 day', bucket), sum(n)::bigint
 FROM rollup_1h
 GROUP BY 1, 2, 3;
 
--- Dropping an aggregate drops its refresh (and retention) policy with it.
 DROP MATERIALIZED VIEW samples_1d;
 DROP MATERIALIZED VIEW samples_1h;
 DROP MATERIALIZED VIEW samples_1m;

@@ -16,6 +16,7 @@ The timescale runs skip, with the reason, when VOLTGATE_TEST_TIMESCALE_DSN is no
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -31,6 +32,8 @@ import pytest
 from agent.buffer import BufferWorker
 
 if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+
     from cloud.kpis import KeptDays
     from cloud.store import Store
 
@@ -164,9 +167,29 @@ async def migrated_store(db: Database, kept: KeptDays | None = None) -> Store:
     migrator = await Store.open(settings, require_schema=False)
     try:
         await migrator.migrate()
+        if db.flavour == "timescale":
+            await pause_background_jobs(migrator.connection, db.schema)
     finally:
         await migrator.close()
     return await Store.open(settings, kept=kept)
+
+
+async def pause_background_jobs(conn: AsyncConnection[tuple[object, ...]], schema: str) -> None:
+    """Unschedule the TimescaleDB jobs of `schema` (compression: they start as soon as created) and wait
+    for a run already started to end, so no job compresses the chunks a test is writing at some
+    moment of its own: a test of compressed chunks compresses them itself (`compress_chunk`)."""
+    jobs = "FROM timescaledb_information.job_stats WHERE hypertable_schema = %s"
+    await conn.execute(
+        b"SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs"
+        b" WHERE hypertable_schema = %s",
+        (schema,),
+    )
+    for _ in range(600):  # a job's run over a fresh schema takes milliseconds
+        cur = await conn.execute(f"SELECT count(*) {jobs} AND job_status = 'Running'".encode(), (schema,))
+        if await cur.fetchone() == (0,):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"a TimescaleDB job of {schema} still runs after 30 s")
 
 
 @pytest.fixture
