@@ -305,3 +305,42 @@ async def test_migration_3_turns_stored_sample_rows_into_blocks(pg_schema: Datab
         }
     finally:
         await store.close()
+
+
+async def rollup_rows(store: Store, rollup: str) -> list[tuple[object, ...]]:
+    query = f"SELECT bucket, n, total, min_value, max_value FROM {rollup} ORDER BY bucket"
+    cur = await store.connection.execute(query.encode())
+    return await cur.fetchall()
+
+
+@pytest.mark.flavour("native")
+async def test_migration_7_keeps_the_refreshed_hours_and_days_and_adds_the_pending_log(
+    pg_schema: Database,
+) -> None:
+    # GIVEN a schema at version 6: an hour and a day refreshed, and a minute of that hour still logged
+    store = await Store.open(db_settings(pg_schema), require_schema=False)
+    hour, day = T0.replace(minute=0), T0.replace(hour=0, minute=0)
+    try:
+        assert await store.migrate(up_to=6) == [1, 2, 3, 4, 5, 6]
+        conn = store.connection
+        await conn.execute(
+            b"INSERT INTO samples_1h VALUES ('bus-8', 'Vehicle.Speed', %s, 10, 20, 1, 3)", (hour,)
+        )
+        await conn.execute(
+            b"INSERT INTO samples_1d VALUES ('bus-8', 'Vehicle.Speed', %s, 10, 20, 1, 3)", (day,)
+        )
+        minute = hour + timedelta(minutes=7)
+        await conn.execute(
+            b"INSERT INTO rollup_log VALUES ('bus-8', 'Vehicle.Speed', %s, 5, 5, 0, 4)", (minute,)
+        )
+
+        # WHEN it is migrated, and later refreshed
+        assert await store.migrate() == [7]
+        before = [await rollup_rows(store, "samples_1h"), await rollup_rows(store, "samples_1d")]
+        assert await store.refresh_rollups(keep_days=False) == 1
+        after = [await rollup_rows(store, "samples_1h"), await rollup_rows(store, "samples_1d")]
+    finally:
+        await store.close()
+
+    # THEN the hour and the day read the same before and after the refresh, the logged minute in them
+    assert before == after == [[(hour, 15, 25.0, 0.0, 4.0)], [(day, 15, 25.0, 0.0, 4.0)]]
