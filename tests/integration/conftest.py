@@ -178,14 +178,17 @@ async def pause_background_jobs(conn: AsyncConnection[tuple[object, ...]], schem
     """Unschedule the TimescaleDB jobs of `schema` (compression: they start as soon as created) and wait
     for a run already started to end, so no job compresses the chunks a test is writing at some
     moment of its own: a test of compressed chunks compresses them itself (`compress_chunk`)."""
-    jobs = "FROM timescaledb_information.job_stats WHERE hypertable_schema = %s"
     await conn.execute(
         b"SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs"
         b" WHERE hypertable_schema = %s",
         (schema,),
     )
     for _ in range(600):  # a job's run over a fresh schema takes milliseconds
-        cur = await conn.execute(f"SELECT count(*) {jobs} AND job_status = 'Running'".encode(), (schema,))
+        cur = await conn.execute(
+            b"SELECT count(*) FROM timescaledb_information.job_stats"
+            b" WHERE hypertable_schema = %s AND job_status = 'Running'",
+            (schema,),
+        )
         if await cur.fetchone() == (0,):
             return
         await asyncio.sleep(0.05)
