@@ -132,7 +132,9 @@ async def migrate(
             except psycopg.errors.InternalError_ as err:
                 if attempt == _CATALOG_RACE_ATTEMPTS or not str(err).startswith("tuple concurrently"):
                     raise
-                log.warning("migration %d met a TimescaleDB job (%s); retrying", migration.version, err)
+                log.warning(
+                    "migration %d met a concurrent catalog update (%s); retrying", migration.version, err
+                )
                 await asyncio.sleep(0.5 * attempt)
     return applied_now
 

@@ -7,6 +7,7 @@ import asyncio
 import math
 from datetime import UTC, date, datetime, timedelta
 
+import psycopg
 import pytest
 
 from cloud.errors import RejectedDataError, StoreError
@@ -344,3 +345,36 @@ async def test_migration_7_keeps_the_refreshed_hours_and_days_and_adds_the_pendi
 
     # THEN the hour and the day read the same before and after the refresh, the logged minute in them
     assert before == after == [[(hour, 15, 25.0, 0.0, 4.0)], [(day, 15, 25.0, 0.0, 4.0)]]
+
+
+@pytest.mark.flavour("native")
+async def test_a_migration_that_meets_a_concurrent_catalog_update_is_applied_again(
+    pg_schema: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    # GIVEN a schema at version 6, and another session that has updated samples_1h's catalog row (as a
+    # TimescaleDB job updates its aggregates' rows) and not committed yet
+    store = await Store.open(db_settings(pg_schema), require_schema=False)
+    other = await psycopg.AsyncConnection.connect(pg_schema.dsn)
+    try:
+        assert await store.migrate(up_to=6) == [1, 2, 3, 4, 5, 6]
+        await other.execute(f'GRANT SELECT ON "{pg_schema.schema}".samples_1h TO PUBLIC'.encode())
+
+        # WHEN migration 7 (which renames samples_1h) waits for it, and the other session commits
+        migrating = asyncio.create_task(store.migrate())
+        waiting = b"SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s"
+        pid = store.connection.info.backend_pid
+        async with await psycopg.AsyncConnection.connect(pg_schema.dsn, autocommit=True) as watch:
+            for _ in range(600):
+                if await (await watch.execute(waiting, (pid,))).fetchone() == ("Lock",):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("migration 7 never waited for the other session")
+        await other.commit()
+
+        # THEN its first attempt failed on the concurrent update, and it was applied again
+        assert await migrating == [7]
+    finally:
+        await other.close()
+        await store.close()
+    assert "migration 7 met a concurrent catalog update (tuple concurrently updated); retrying" in caplog.text
