@@ -41,12 +41,14 @@ export class FleetMap {
     this.route = L.layerGroup().addTo(this.map);
     this.markers = new Map();
     this.selected = null;
+    this.shownIds = null;
     this.fitted = false;
   }
 
   // One marker per bus with a position; the tooltip says what the colour stands for.
   setBuses(buses) {
     this.markers = new Map();
+    this.shownIds = null; // new markers: the next show() places them
     for (const bus of buses) {
       if (!bus.location) continue;
       const tone = busTone(bus);
@@ -61,7 +63,11 @@ export class FleetMap {
   }
 
   // Shows the markers of these buses only (the list's search and filter), and frames them once.
+  // The same buses in another order (a new sort) leave the clusters as they are.
   show(buses) {
+    const ids = new Set(buses.map((bus) => bus.id));
+    if (this.shownIds && ids.size === this.shownIds.size && [...ids].every((id) => this.shownIds.has(id))) return;
+    this.shownIds = ids;
     const shown = buses.map((bus) => this.markers.get(bus.id)).filter(Boolean);
     this.cluster.clearLayers();
     this.cluster.addLayers(shown);
