@@ -165,29 +165,52 @@ class PredictionOutcome:
 
 # --- last state ------------------------------------------------------------------------------------------
 
-_BUSES_SQL: Final = b"""
+# The agent samples latitude and longitude apart (`paired_position`): each coordinate's latest
+# reading, and the other's latest within the pairing tolerance of it. That is the other's latest
+# reading itself unless it is newer than the tolerance allows: only then is an earlier one looked
+# up (else the bound is NULL, which the index scans answer at once with no row). Joined to `vehicles v`.
+LOCATION_JOINS: Final = b"""
+LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(lat)s) lat ON true
+LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(lon)s) lon ON true
+LEFT JOIN LATERAL latest_sample(
+    v.vehicle_id, %(lon)s, CASE WHEN lon.ts > lat.ts + %(pairing)s THEN lat.ts + %(pairing)s END
+) lon_earlier ON lon_earlier.ts >= lat.ts - %(pairing)s
+LEFT JOIN LATERAL latest_sample(
+    v.vehicle_id, %(lat)s, CASE WHEN lat.ts > lon.ts + %(pairing)s THEN lon.ts + %(pairing)s END
+) lat_earlier ON lat_earlier.ts >= lon.ts - %(pairing)s
+"""
+LOCATION_COLUMNS: Final = b"""
+       lat.ts AS lat_ts, lat.value AS lat,
+       CASE WHEN lon.ts > lat.ts + %(pairing)s THEN lon_earlier.ts
+            WHEN lon.ts >= lat.ts - %(pairing)s THEN lon.ts END AS lon_near_ts,
+       CASE WHEN lon.ts > lat.ts + %(pairing)s THEN lon_earlier.value
+            WHEN lon.ts >= lat.ts - %(pairing)s THEN lon.value END AS lon_near,
+       lon.ts AS lon_ts, lon.value AS lon,
+       CASE WHEN lat.ts > lon.ts + %(pairing)s THEN lat_earlier.ts
+            WHEN lat.ts >= lon.ts - %(pairing)s THEN lat.ts END AS lat_near_ts,
+       CASE WHEN lat.ts > lon.ts + %(pairing)s THEN lat_earlier.value
+            WHEN lat.ts >= lon.ts - %(pairing)s THEN lat.value END AS lat_near
+"""
+
+_BUSES_SQL: Final = (
+    b"""
 SELECT v.vehicle_id, v.fleet, v.vin, v.battery_capacity_kwh, v.first_seen, v.last_seen, st.online,
        soc.ts AS soc_ts, soc.value AS soc, spd.ts AS speed_ts, spd.value AS speed,
-       volt.ts AS volt_ts, volt.value AS volt, curr.ts AS curr_ts, curr.value AS curr,
-       lat.ts AS lat_ts, lat.value AS lat, lon_near.ts AS lon_near_ts, lon_near.value AS lon_near,
-       lon.ts AS lon_ts, lon.value AS lon, lat_near.ts AS lat_near_ts, lat_near.value AS lat_near
+       volt.ts AS volt_ts, volt.value AS volt, curr.ts AS curr_ts, curr.value AS curr,"""
+    + LOCATION_COLUMNS
+    + b"""
 FROM vehicles v
 LEFT JOIN vehicle_status st USING (vehicle_id)
 LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(soc)s) soc ON true
 LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(speed)s) spd ON true
 LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(volt)s) volt ON true
-LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(curr)s) curr ON true
--- The agent samples latitude and longitude apart (`paired_position`): each latest reading, and the
--- other coordinate's latest reading within the pairing tolerance of it.
-LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(lat)s) lat ON true
-LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(lon)s, lat.ts + %(pairing)s) lon_near
-    ON lon_near.ts >= lat.ts - %(pairing)s
-LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(lon)s) lon ON true
-LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(lat)s, lon.ts + %(pairing)s) lat_near
-    ON lat_near.ts >= lon.ts - %(pairing)s
+LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(curr)s) curr ON true"""
+    + LOCATION_JOINS
+    + b"""
 WHERE (%(vehicle)s::text IS NULL OR v.vehicle_id = %(vehicle)s::text)
 ORDER BY v.vehicle_id
 """
+)
 
 # The latest event of each (bus, rule) decides whether the rule is active now.
 _ACTIVE_ALERTS_SQL: Final = b"""
