@@ -84,6 +84,8 @@ async function loadFleet() {
   renderSummary(body.as_of);
   fleetMap.setBuses(state.buses);
   fleetList.setBuses(state.buses); // shows the rows and the markers that pass the search and filter
+  const selected = state.byId.get(state.selected);
+  if (selected) renderBusFacts(selected); // the open bus's last state, alerts and risk, refreshed too
 }
 
 // ---- bus detail ----------------------------------------------------------------------------------

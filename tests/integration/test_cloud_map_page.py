@@ -32,12 +32,12 @@ from .large_fleet import FleetBus, bus_id, plan_fleet, write_fleet
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.remote.webdriver import WebDriver as Driver  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 FLEET_SIZE = 1_000
 ARTIFACTS = Path(__file__).parents[2] / "test-artifacts"
 WAIT_S = 30  # a safety net for a hung page, not an assertion about speed
-Driver = Any  # selenium's WebDriver (selenium ships no type for the Chrome driver's mixins we use)
 
 
 def browser_paths() -> tuple[str, str]:
