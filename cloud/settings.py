@@ -37,6 +37,10 @@ _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MQTT_MAX_SESSION_EXPIRY_S = 0xFFFFFFFE  # 0xFFFFFFFF means "never expires": not allowed here
 _MIN_TOKEN_CHARS = 16
 # RFC 6750's b64token: what a bearer token may hold and still be sent as is in an HTTP header.
+# scheme://host[:port]/path with {z}, {x}, {y} in the path; {s} may stand in the host.
+_TILE_URL = re.compile(
+    r"https?://(\{s\}\.)?[A-Za-z0-9.-]+(:\d{1,5})?/(?=[^\s\"']*\{z\})(?=[^\s\"']*\{x\})(?=[^\s\"']*\{y\})[^\s\"';]*"
+)
 _BEARER_TOKEN = re.compile(rf"[A-Za-z0-9\-._~+/]{{{_MIN_TOKEN_CHARS},}}=*")
 
 
@@ -177,6 +181,22 @@ class WebSettings(BaseModel):
     # True: serve /api without tokens on a non-loopback host, on purpose (e.g. behind a proxy that
     # authenticates). The fleet's positions and data are then open to whoever reaches host:port.
     open_without_tokens: bool = False
+    # The fleet map's background: a slippy-map tile URL template ({z}/{x}/{y}, optionally {s} for
+    # a subdomain), e.g. "https://tile.openstreetmap.org/{z}/{x}/{y}.png". None (the default): no
+    # tiles, the page needs no internet; the buses and the selected bus's route show on a blank map.
+    map_tile_url: str | None = None
+    map_attribution: str = Field(default="", max_length=300)  # shown on the map, as the tile server asks
+    map_subdomains: str = Field(default="abc", pattern=r"^[a-z0-9]{1,10}$")  # what {s} takes
+
+    @field_validator("map_tile_url")
+    @classmethod
+    def _tile_template(cls, value: str | None) -> str | None:
+        if value is not None and not _TILE_URL.fullmatch(value):
+            raise ValueError(
+                "must be an http(s) tile URL template with {z}, {x} and {y},"
+                " e.g. 'https://tile.openstreetmap.org/{z}/{x}/{y}.png'"
+            )
+        return value
 
     @field_validator("time_zone")
     @classmethod

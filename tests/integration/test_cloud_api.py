@@ -575,10 +575,16 @@ async def test_the_page_is_served_without_outside_resources(api: Api) -> None:
     assert response.status == 200
     assert "default-src 'self'" in csp
     assert "http://" not in html and "https://" not in html
-    for asset in ("/app.js", "/style.css"):
+    for asset in ("/app.js", "/common.js", "/charts.js", "/fleet.js", "/map.js", "/style.css"):
         async with api.http.get(api.url + asset) as response:
             assert response.status == 200
             assert "https://" not in await response.text()
+    # the map library is served from its installed package, as scripts and stylesheets
+    for asset, kind in (("/lib/leaflet.js", "text/javascript"), ("/lib/MarkerCluster.css", "text/css")):
+        async with api.http.get(api.url + asset) as response:
+            assert response.status == 200 and response.content_type == kind, asset
+    async with api.http.get(api.url + "/page-config.json") as response:
+        assert (await response.json())["tile_url"] is None  # no tile server: a blank map, offline
 
 
 BAD_REQUESTS = [
@@ -794,7 +800,7 @@ async def test_with_tokens_either_token_opens_the_api(guarded: Guarded) -> None:
 
 async def test_with_tokens_health_page_and_metrics_stay_open(guarded: Guarded) -> None:
     # The page's files hold no data; its script sends the token to the API (`/#token=…`).
-    for path in ("/api/health", "/", "/app.js", "/style.css", "/metrics"):
+    for path in ("/api/health", "/", "/map.js", "/lib/leaflet.js", "/page-config.json", "/metrics"):
         response = await guarded.get(path)
         assert response.status == 200, path
     metrics = await (await guarded.get("/metrics")).text()
