@@ -37,6 +37,10 @@ _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MQTT_MAX_SESSION_EXPIRY_S = 0xFFFFFFFE  # 0xFFFFFFFF means "never expires": not allowed here
 _MIN_TOKEN_CHARS = 16
 # RFC 6750's b64token: what a bearer token may hold and still be sent as is in an HTTP header.
+# scheme://host[:port]/path with {z}, {x}, {y} in the path; {s} may stand in the host.
+_TILE_URL = re.compile(
+    r"https?://(\{s\}\.)?[A-Za-z0-9.-]+(:\d{1,5})?/(?=[^\s\"']*\{z\})(?=[^\s\"']*\{x\})(?=[^\s\"']*\{y\})[^\s\"';]*"
+)
 _BEARER_TOKEN = re.compile(rf"[A-Za-z0-9\-._~+/]{{{_MIN_TOKEN_CHARS},}}=*")
 
 
@@ -102,8 +106,9 @@ class DatabaseSettings(BaseModel):
     raw_retention_days: int = Field(default=90, ge=7)
     # Daily partitions the receiver keeps created ahead of today (native PostgreSQL path).
     partitions_ahead_days: int = Field(default=2, ge=1, le=30)
-    # Hour and day rollups are brought up to date this often (native path; samples_1m and the raw
-    # samples are current at every commit). Longer: less work per sample, later hourly charts.
+    # The hour and day rollup tables take in the minute aggregates logged by the writes this often
+    # (both flavours; reads of samples_1h / samples_1d add the log, so they are current at every
+    # commit). Longer: less work per sample, a longer log for each hour or day read to scan.
     rollup_refresh_s: float = Field(default=300.0, ge=1.0, le=3600.0)
     # Each refresh then keeps ended bus-days (daily KPIs, trips, charging sessions) for about this
     # long at most, one bus-day (~3 queries) per transaction; the rest wait for the next refresh.
@@ -228,8 +233,24 @@ class WebSettings(BaseModel):
     # True: serve /api without tokens on a non-loopback host, on purpose (e.g. behind a proxy that
     # authenticates). The fleet's positions and data are then open to whoever reaches host:port.
     open_without_tokens: bool = False
+    # The fleet map's background: a slippy-map tile URL template ({z}/{x}/{y}, optionally {s} for
+    # a subdomain), e.g. "https://tile.openstreetmap.org/{z}/{x}/{y}.png". None (the default): no
+    # tiles, the page needs no internet; the buses and the selected bus's route show on a blank map.
+    map_tile_url: str | None = None
+    map_attribution: str = Field(default="", max_length=300)  # shown on the map, as the tile server asks
+    map_subdomains: str = Field(default="abc", pattern=r"^[a-z0-9]{1,10}$")  # what {s} takes
     # What block risk and battery health need to know about the buses ([web.operations]).
     operations: OperationsSettings = OperationsSettings()
+
+    @field_validator("map_tile_url")
+    @classmethod
+    def _tile_template(cls, value: str | None) -> str | None:
+        if value is not None and not _TILE_URL.fullmatch(value):
+            raise ValueError(
+                "must be an http(s) tile URL template with {z}, {x} and {y},"
+                " e.g. 'https://tile.openstreetmap.org/{z}/{x}/{y}.png'"
+            )
+        return value
 
     @field_validator("time_zone")
     @classmethod
