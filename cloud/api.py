@@ -1,6 +1,6 @@
 """The fleet views over HTTP (aiohttp): the JSON API, the web page and /metrics on one port.
 
-    GET /                                   the fleet page (index.html, app.js, style.css; no CDN)
+    GET /                                   the fleet page and its files (cloud.web.assets; no CDN)
     GET /metrics                            Prometheus text format (this process's registry)
     GET /api/health                         database reachable and schema current
     GET /api/buses                          every bus with its last state, active alerts and risk
@@ -34,7 +34,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from importlib import resources
 from typing import Final, Self
 
 import psycopg
@@ -43,30 +42,23 @@ from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from cloud import schema
+from cloud import battery_health, billing, block_risk, schema
 from cloud.api_access import Handler, bearer_auth, token_digests
 from cloud.api_params import RequestError, json_response
 from cloud.api_reads import FleetReads, Pool
 from cloud.errors import ConfigError, StoreError
 from cloud.settings import DatabaseSettings, WebSettings, is_loopback
+from cloud.web import assets
 
 log = logging.getLogger(__name__)
 
-_PAGE_FILES: Final = {
-    "/": ("index.html", "text/html"),
-    "/app.js": ("app.js", "text/javascript"),
-    "/style.css": ("style.css", "text/css"),
-}
-# The page loads nothing from anywhere else: the browser enforces "works without internet".
-_PAGE_HEADERS: Final = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
-    "script-src 'self'; connect-src 'self'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Cache-Control": "no-cache",
-}
+# The page's files (cloud.web.assets) carry a Content-Security-Policy letting the page load nothing
+# from anywhere else (but the map's tiles, when web.map_tile_url is set): the browser enforces
+# "works without internet".
+_PAGE_HEADERS: Final = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
 # Routes open without a token when tokens are set: the page's files (no data), Prometheus' scrape
 # (as configured, on its own), the health check.
-_OPEN_ROUTES: Final = frozenset({*_PAGE_FILES, "/metrics", "/api/health"})
+_OPEN_ROUTES: Final = frozenset({*assets.PAGE_PATHS, "/metrics", "/api/health"})
 
 HTTP_REQUESTS = Counter(
     "voltgate_cloud_http_requests_total", "Fleet-view HTTP requests, by route and status", ["route", "status"]
@@ -97,7 +89,9 @@ class _Api:
 
     async def page(self, request: web.Request) -> web.Response:
         body, content_type = self._page[request.path]
-        return web.Response(body=body, content_type=content_type, charset="utf-8", headers=_PAGE_HEADERS)
+        csp = assets.content_security_policy(self._settings)
+        headers = {**_PAGE_HEADERS, "Content-Type": content_type, "Content-Security-Policy": csp}
+        return web.Response(body=body, headers=headers)
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -139,22 +133,19 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
         HTTP_SECONDS.labels(route).observe(time.perf_counter() - started)
 
 
-def _page_files() -> dict[str, tuple[bytes, str]]:
-    folder = resources.files("cloud").joinpath("web")
-    return {path: (folder.joinpath(name).read_bytes(), kind) for path, (name, kind) in _PAGE_FILES.items()}
-
-
 def create_app(pool: Pool, settings: WebSettings, schema_name: str) -> web.Application:
-    api = _Api(_Context(pool, settings, schema_name, _page_files()))
+    api = _Api(_Context(pool, settings, schema_name, assets.page_files(settings)))
     middlewares: list[Middleware] = [_errors_and_metrics]
     if settings.api_tokens:
         digests = token_digests([t.get_secret_value() for t in settings.api_tokens])
         middlewares.append(bearer_auth(digests, _OPEN_ROUTES))
     app = web.Application(middlewares=middlewares)
-    for path in _PAGE_FILES:
+    for path in assets.PAGE_PATHS:
         app.router.add_get(path, api.page)
     app.router.add_get("/metrics", api.metrics)
     api.reads.add_routes(app.router)
+    for analytics in (block_risk, billing, battery_health):  # fleet analytics: each adds its routes
+        analytics.add_routes(app, pool, settings)
     return app
 
 

@@ -16,7 +16,7 @@ from collections.abc import Collection
 from datetime import date, datetime
 from typing import Final
 
-from cloud import kpis
+from cloud import battery_health, billing, block_risk, kpis
 from cloud.api_params import MAX_POINTS, RESOLUTIONS, SEVERITIES
 from cloud.web import queries
 from protocols.topics import ID_PATTERN
@@ -37,6 +37,11 @@ _ROWS: Final = (
     kpis.DailyKpi,
     kpis.FleetEnergyDay,
     kpis.FleetEnergy,
+    block_risk.BlockRisk,
+    billing.BillingRow,
+    battery_health.CapacityEstimate,
+    battery_health.WeekHealth,
+    battery_health.BatteryHealth,
 )
 
 
@@ -55,7 +60,7 @@ def _type_schema(hint: object) -> JsonSchema:
         kept = [a for a in args if a is not type(None)]
         [single] = kept  # the API's rows use `X | None` only
         return _nullable(_type_schema(single))
-    if typing.get_origin(hint) is list:
+    if typing.get_origin(hint) is list or (typing.get_origin(hint) is tuple and args[1:] == (...,)):
         return {"type": "array", "items": _type_schema(args[0])}
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _ref(hint.__name__)
@@ -193,6 +198,24 @@ def _envelopes() -> dict[str, JsonSchema]:
         "DailyKpis": _object(
             {"from": _DAY, "to": _DAY, "tz": _TEXT, "rows": {"type": "array", "items": _ref("DailyKpi")}}
         ),
+        "BlockRisks": _object(
+            {
+                "at": _INSTANT,
+                "time_zone": _TEXT,
+                "reserve_soc_pct": _NUMBER,
+                "buses": {"type": "array", "items": _ref("BlockRisk")},
+            }
+        ),
+        "Billing": _object(
+            {
+                "from": _DAY,
+                "to": _DAY,
+                "tz": _TEXT,
+                "period": {"enum": [p.value for p in billing.Period]},
+                "columns": {"type": "array", "items": {"enum": list(billing.COLUMNS)}},
+                "rows": {"type": "array", "items": _ref("BillingRow")},
+            }
+        ),
         "FleetKpis": {
             **fleet,
             "properties": {**fleet_properties, "tz": _TEXT},
@@ -235,10 +258,19 @@ def _days() -> list[JsonSchema]:
 
 
 def _get(
-    summary: str, answer: str, parameters: list[JsonSchema], *, bus: bool = False, open_route: bool = False
+    summary: str,
+    answer: str,
+    parameters: list[JsonSchema],
+    *,
+    bus: bool = False,
+    open_route: bool = False,
+    csv: bool = False,
 ) -> JsonSchema:
+    content: dict[str, object] = {"application/json": {"schema": _ref(answer)}}
+    if csv:
+        content["text/csv"] = {"schema": {"type": "string"}}
     responses: dict[str, object] = {
-        "200": {"description": "the answer", "content": {"application/json": {"schema": _ref(answer)}}},
+        "200": {"description": "the answer", "content": content},
         "400": {"$ref": "#/components/responses/BadRequest"},
         "503": {"$ref": "#/components/responses/Unavailable"},
     }
@@ -308,6 +340,44 @@ def _paths(signals: Collection[str]) -> dict[str, JsonSchema]:
             bus=True,
         ),
         "/api/kpis/fleet": _get("the fleet's energy over the days", "FleetKpis", [*_days(), _TZ]),
+        "/api/fleet/block-risk": _get(
+            "every bus's risk of not finishing its block, highest first",
+            "BlockRisks",
+            [_param("at", "query", _TEXT, "the instant, ISO 8601 with a UTC offset (default: now)")],
+        ),
+        "/api/reports/billing": _get(
+            "kilometres and energy per bus per period, with data-quality flags",
+            "Billing",
+            [
+                *_days(),
+                _param(
+                    "period", "query", {"enum": [p.value for p in billing.Period], "default": "day"}, "period"
+                ),
+                _param(
+                    "format", "query", {"enum": ["json", "csv"], "default": "json"}, "csv: one row a line"
+                ),
+                _TZ,
+                _param("bus", "query", {"type": "string", "pattern": _ID_SCHEMA_PATTERN}, "one bus only"),
+            ],
+            bus=True,
+            csv=True,
+        ),
+        "/api/buses/{bus}/health": _get(
+            "battery capacity and state of health from charging sessions, per week",
+            "BatteryHealth",
+            [
+                _BUS_PATH,
+                _param(
+                    "from",
+                    "query",
+                    _DAY,
+                    f"the first day (default: {battery_health.DEFAULT_WEEKS} weeks back)",
+                ),
+                _param("to", "query", _DAY, "the last day, inclusive (default: today)"),
+                _TZ,
+            ],
+            bus=True,
+        ),
         OPENAPI_PATH: _get("this description", "OpenApi", []),
     }
 

@@ -11,8 +11,9 @@ case) is inserted whole, and only one that does (records the agent re-sent in an
 unnested and keeps the samples whose (seq, ts) is not stored yet. `seq` makes a record unique per
 vehicle; `ts` is in the key because an agent that lost its buffer numbers again from 0, and a record
 never changes its ts. The vehicle locks make the check and the insert one step for every replica.
-Predictions and alerts are rows keyed on (vehicle_id, seq, ts). On the native flavour the rollup
-tables are updated from the blocks actually inserted, in the same statement, so they stay exact too.
+Predictions and alerts are rows keyed on (vehicle_id, seq, ts). The minute aggregates of the blocks
+actually inserted are logged for the hour and day rollups in the same statement (both flavours), so
+they stay exact too.
 The ingest ledger, dead letters (whole messages, and one row per message for its records refused one
 by one: cloud/dead_letters.py), vehicles and status are written in the same transaction. Only after
 COMMIT returns may the caller acknowledge the messages.
@@ -103,11 +104,10 @@ _STORE_BLOCKS: Final = (
     " ON CONFLICT DO NOTHING RETURNING vehicle_id, signal, minute, n, total, min_value, max_value),"
     " ins AS (SELECT * FROM fresh UNION ALL SELECT * FROM merged)"
 )
-_INSERT_SAMPLES_PLAIN: Final = sql.SQL(_STORE_BLOCKS + " SELECT coalesce(sum(n), 0) FROM ins")
 
 
 def _rollup_cte(name: str, width: str) -> str:
-    """Add minute aggregates `m` (taken from the rollup log) into one rollup (n, sum, min and max
+    """Add minute aggregates `m` (taken from the rollup log) into one rollup table (n, sum, min and max
     re-aggregate exactly; a minute never straddles an hour or a day)."""
     return (
         f"{name} AS (INSERT INTO {name} AS r (vehicle_id, signal, bucket, n, total, min_value, max_value)"
@@ -120,9 +120,10 @@ def _rollup_cte(name: str, width: str) -> str:
     )
 
 
-# Native flavour: insert, and log the minute aggregates of exactly the blocks inserted (duplicates
-# return nothing) for `refresh_rollups` to add into hours and days. Minutes need nothing more:
-# `samples_1m` is a view over the blocks (each lies within one minute).
+# Insert, and log the minute aggregates of exactly the blocks inserted (duplicates return nothing) for
+# `refresh_rollups` to add into hours and days; until then the views `samples_1h` and `samples_1d` add
+# the log to the tables (cloud/sql/0007_current_rollups.native.sql). Minutes need nothing more:
+# `samples_1m` is a view over the blocks (each lies within one minute). Both flavours.
 _INSERT_SAMPLES_WITH_ROLLUPS: Final = sql.SQL(
     _STORE_BLOCKS
     + ", logged AS (INSERT INTO rollup_log SELECT vehicle_id, signal, minute, sum(n), sum(total),"
@@ -133,9 +134,9 @@ _INSERT_SAMPLES_WITH_ROLLUPS: Final = sql.SQL(
 # One refresh: take the logged minute aggregates out and add them into hours, then days.
 _REFRESH_ROLLUPS: Final = sql.SQL(
     "WITH m AS (DELETE FROM rollup_log RETURNING *), "
-    + _rollup_cte("samples_1h", "1 hour")
+    + _rollup_cte("rollup_1h", "1 hour")
     + ", "
-    + _rollup_cte("samples_1d", "1 day")
+    + _rollup_cte("rollup_1d", "1 day")
     + " SELECT count(*) FROM m"
 )
 _ROLLUP_LOCK: Final = "SELECT pg_try_advisory_xact_lock(hashtextextended('voltgate-cloud:rollups:' || %s, 0))"
@@ -321,8 +322,8 @@ class Store:
         return pruned
 
     async def refresh_rollups(self, *, keep_days: bool = True) -> int | None:
-        """Add the minute aggregates logged since the last refresh into `samples_1h` and `samples_1d`
-        (native flavour; TimescaleDB's continuous aggregates do it there), then keep the ended pending
+        """Add the minute aggregates logged since the last refresh into the tables under `samples_1h`
+        and `samples_1d` (`rollup_1h`, `rollup_1d`; both flavours), then keep the ended pending
         bus-days (`materialize_kpis`, both flavours; not with `keep_days` False: at shutdown). Returns
         the minute rows taken, or None when another replica is refreshing right now."""
         taken = await self._refresh_hours_and_days()
@@ -361,8 +362,6 @@ class Store:
         return done
 
     async def _refresh_hours_and_days(self) -> int | None:
-        if self.flavour is not Flavour.NATIVE:
-            return 0
         try:
             async with self._conn.transaction(), self._conn.cursor() as cur:
                 await cur.execute(_ROLLUP_LOCK, (self._settings.schema_name,))
@@ -443,8 +442,7 @@ class Store:
             stats.predictions_staged = await _stage_predictions(cur, batches)
             stats.alerts_staged = await _stage_alerts(cur, batches)
             if stats.samples_staged:
-                rollups = self.flavour is Flavour.NATIVE  # TimescaleDB's continuous aggregates do it there
-                await cur.execute(_INSERT_SAMPLES_WITH_ROLLUPS if rollups else _INSERT_SAMPLES_PLAIN)
+                await cur.execute(_INSERT_SAMPLES_WITH_ROLLUPS)
                 row = await cur.fetchone()
                 stats.samples_inserted = int(str(row[0])) if row else 0
                 await _raise_high_water(cur, batches)

@@ -22,6 +22,7 @@ from cantools.database.can import Database, Message
 
 from protocols.dbc import load_dbc, read_dbc
 from protocols.errors import CatalogError
+from protocols.j1939 import DM1_FIELDS, MAX_SENDER_ADDRESS
 
 __all__ = [
     "DEFAULT_CATALOG",
@@ -35,6 +36,11 @@ __all__ = [
 
 DEFAULT_CATALOG = Path(__file__).with_name("catalog.toml")
 DEFAULT_DBC = Path(__file__).with_name("bus.dbc")
+ENTRY_KINDS = (
+    "can",
+    "gps",
+    "dm1",
+)  # the arrays of tables a catalog maps signals in: [[can]], [[gps]], [[dm1]]
 
 GPS_FIELDS = frozenset({"lat_deg", "lon_deg", "alt_m", "course_deg", "speed_kmh", "hdop", "satellites"})
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
@@ -94,10 +100,12 @@ class SignalSpec:
     priority: Priority
     policy: SamplingPolicy
     resolution: float  # the step a value travels in on the wire
-    source: Literal["can", "gps"]
+    source: Literal["can", "gps", "dm1"]
     message: str = ""  # CAN only: DBC message name
     dbc_signal: str = ""  # CAN only: DBC signal name
     gps_field: str = ""  # GPS only: a field of the decoded fix
+    dm1_field: str = ""  # DM1 only: one of `protocols.j1939.DM1_FIELDS`
+    source_address: int | None = None  # J1939 (CAN, DM1): only this sender; None: any sender
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +152,9 @@ class Catalog:
 
     def gps_signals(self) -> tuple[SignalSpec, ...]:
         return tuple(s for s in self.signals if s.source == "gps")
+
+    def dm1_signals(self) -> tuple[SignalSpec, ...]:
+        return tuple(s for s in self.signals if s.source == "dm1")
 
     def quanta(self) -> dict[str, float]:
         """Canonical name → wire resolution, for `protocols.wire.encode_batch`."""
@@ -193,7 +204,7 @@ def parse_catalog(
 
     specs: list[SignalSpec] = []
     first_seen: dict[str, str] = {}
-    for kind in ("can", "gps"):
+    for kind in ENTRY_KINDS:
         raw = doc.get(kind, [])
         if not isinstance(raw, list):
             raise CatalogError(f"{path}: `{kind}` must be an array of tables ([[{kind}]])")
@@ -201,7 +212,10 @@ def parse_catalog(
             where = entries.at(kind, index)
             if not isinstance(entry, dict):
                 raise CatalogError(f"{where}: a [[{kind}]] entry must be a table")
-            spec = _can_spec(entry, where, database, dbc_path) if kind == "can" else _gps_spec(entry, where)
+            if kind == "can":
+                spec = _can_spec(entry, where, database, dbc_path)
+            else:
+                spec = _gps_spec(entry, where) if kind == "gps" else _dm1_spec(entry, where)
             if spec.name in first_seen:
                 raise CatalogError(
                     f"{where}: canonical name {spec.name!r} is already used at {first_seen[spec.name]}"
@@ -227,7 +241,7 @@ def catalog_signal_names(path: Path = DEFAULT_CATALOG) -> tuple[str, ...]:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise CatalogError(f"{path}: cannot read the signal catalog: {err}") from err
-    entries = [entry for kind in ("can", "gps") for entry in doc.get(kind, []) if isinstance(entry, dict)]
+    entries = [entry for kind in ENTRY_KINDS for entry in doc.get(kind, []) if isinstance(entry, dict)]
     return tuple(name for entry in entries if isinstance(name := entry.get("name"), str))
 
 
@@ -261,7 +275,10 @@ def _can_spec(entry: dict[str, object], where: str, database: Database, dbc_path
             f"{where}: signal {signal_name!r} is not in message {message_name!r} of {dbc_path}"
         ) from None
     scale = abs(float(signal.scale)) or 1.0
-    return _spec(entry, where, "can", default_resolution=scale, message=message_name, dbc_signal=signal_name)
+    spec = _spec(entry, where, "can", default_resolution=scale, message=message_name, dbc_signal=signal_name)
+    if spec.source_address is not None and message.protocol != "j1939":
+        raise CatalogError(f"{where}: `source_address` needs a J1939 message; {message_name!r} is not one")
+    return spec
 
 
 def _gps_spec(entry: dict[str, object], where: str) -> SignalSpec:
@@ -275,15 +292,34 @@ def _gps_spec(entry: dict[str, object], where: str) -> SignalSpec:
     return spec
 
 
+def _dm1_spec(entry: dict[str, object], where: str) -> SignalSpec:
+    dm1_field = _require_str(entry, "field", where)
+    if dm1_field not in DM1_FIELDS:
+        known = ", ".join(sorted(DM1_FIELDS))
+        raise CatalogError(f"{where}: unknown DM1 field {dm1_field!r} (one of {known})")
+    return _spec(entry, where, "dm1", default_resolution=1.0, dm1_field=dm1_field)
+
+
+def _source_address(entry: Mapping[str, object], where: str) -> int | None:
+    """A J1939 sender address, 0..253 (254 is the null address, 255 the global one: J1939-81)."""
+    value = entry.get("source_address")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SENDER_ADDRESS:
+        raise CatalogError(f"{where}: `source_address` must be a J1939 sender address, 0..253")
+    return value
+
+
 def _spec(
     entry: dict[str, object],
     where: str,
-    source: Literal["can", "gps"],
+    source: Literal["can", "gps", "dm1"],
     *,
     default_resolution: float,
     message: str = "",
     dbc_signal: str = "",
     gps_field: str = "",
+    dm1_field: str = "",
 ) -> SignalSpec:
     name = _require_str(entry, "name", where)
     if not _NAME_RE.match(name):
@@ -316,6 +352,8 @@ def _spec(
         message=message,
         dbc_signal=dbc_signal,
         gps_field=gps_field,
+        dm1_field=dm1_field,
+        source_address=_source_address(entry, where) if source != "gps" else None,
     )
 
 

@@ -94,6 +94,10 @@ def query_for(path: str, parameters: list[dict[str, Any]]) -> list[dict[str, str
             {"signal": kpis.SPEED, **span, "resolution": "1h"},
             {"signal": kpis.SPEED, **span, "resolution": "1d"},
         ]
+    if path == "/api/fleet/block-risk":
+        return [{}, {"at": iso(START + timedelta(hours=2))}]
+    if path == "/api/reports/billing":
+        return [day, {"from": "2024-05-13", "to": "2024-05-20", "period": "week", "bus": "KBZ-101A"}]
     if path.endswith("/predictions"):
         return [{"from": iso(START), "to": iso(START + timedelta(hours=2))}]
     if {"from", "to"} <= names:

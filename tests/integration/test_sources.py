@@ -170,9 +170,16 @@ async def test_full_outbox_drops_are_counted() -> None:
 
 def test_catalog_filters_have_the_extended_flag_right() -> None:
     filters = {f["can_id"]: f for f in catalog_filters(CATALOG)}
-    assert filters[0x18FEF100] == {"can_id": 0x18FEF100, "can_mask": 0x1FFFFFFF, "extended": True}
+    # J1939 by PGN: priority and source address masked (CCVS1, PGN 0xFEF1, PDU2)
+    assert filters[0x00FEF100] == {"can_id": 0x00FEF100, "can_mask": 0x03FFFF00, "extended": True}
+    # the transport protocol (PDU1: the destination masked too) and DM1, for the catalog's [[dm1]] entries
+    assert filters[0x00EC0000] == {"can_id": 0x00EC0000, "can_mask": 0x03FF0000, "extended": True}
+    assert filters[0x00EB0000] == {"can_id": 0x00EB0000, "can_mask": 0x03FF0000, "extended": True}
+    assert filters[0x00FECA00] == {"can_id": 0x00FECA00, "can_mask": 0x03FFFF00, "extended": True}
     assert filters[0x100] == {"can_id": 0x100, "can_mask": 0x7FF, "extended": False}
-    assert set(filters) == set(CATALOG.frames())
+    standard = {frame_id for frame_id, spec in CATALOG.frames().items() if not spec.message.is_extended_frame}
+    assert {f for f, spec in filters.items() if not spec["extended"]} == standard
+    assert len(filters) == len(CATALOG.frames()) + 3
 
 
 async def test_unknown_interface_is_one_clear_error() -> None:

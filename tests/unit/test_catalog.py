@@ -11,6 +11,7 @@ import pytest
 
 from protocols.catalog import DEFAULT_CATALOG, DEFAULT_DBC, GPS_FIELDS, load_catalog, load_dbc
 from protocols.errors import CatalogError, DbcError
+from protocols.j1939 import DM1_FIELDS
 
 OPENDBC = Path(__file__).parents[1] / "data" / "opendbc"
 
@@ -44,9 +45,12 @@ def test_shipped_catalog_loads_and_every_entry_resolves() -> None:
             assert (spec.dbc_signal, spec) in frames[message.frame_id].signals
             if signal.unit:
                 assert spec.unit in (signal.unit, "enum", "bool", "-"), (spec.name, signal.unit)
+        elif spec.source == "dm1":
+            assert spec.dm1_field in DM1_FIELDS
         else:
             assert spec.gps_field in GPS_FIELDS
     mapped = sum(len(f.signals) for f in frames.values()) + len(catalog.gps_signals())
+    mapped += len(catalog.dm1_signals())
     assert mapped == len(catalog)
     # ids are python-can's: without the extended flag, J1939 PGNs as 29-bit ids
     assert 0x18FEF100 in frames and all(fid <= 0x1FFFFFFF for fid in frames)
