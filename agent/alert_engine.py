@@ -285,7 +285,8 @@ class AlertEngine:
         if target == state.level or (target < state.level and now - state.since < self.min_hold_s):
             return None
         previous = state.level
-        x = None if evidence is None else evidence.value
+        counted = evidence or state.evidence  # a drop confirmed earlier may come due while unknown now
+        x = None if counted is None else counted.value
         state.level, state.since = target, now
         state.value = math.nan if x is None else x
         if target >= 0:
