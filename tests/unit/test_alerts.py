@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.alert_engine import AlertEngine
+from agent.alert_engine import AlertEngine, Readings
 from agent.alert_rules import (
     CELL_PAIR_WINDOW_S,
     FAULT_RISK_OUTPUT,
@@ -549,3 +549,22 @@ def test_a_clock_stepped_back_an_hour_keeps_hold_times_and_predictions_fresh() -
     assert engine.clock.steps == 1
     # AND the prediction seen just before the step is still fresh (not 1 h in the future, not stale)
     assert "large_drop" in engine.active()
+
+
+# --- readings: "as of" a moment -------------------------------------------------------------------------
+
+
+def test_readings_answer_as_of_a_moment_in_time_order_and_forget_the_distant_past() -> None:
+    readings = Readings(prediction_max_age_s=300.0, history_s=100.0)
+    for ts, amps in ((T0, 10.0), (T0 + 2, 30.0), (T0 + 1, 20.0)):  # one stamp a little behind
+        readings.set(ts, PACK_CURRENT, amps)
+    assert readings.as_of(PACK_CURRENT, T0 + 1.5, max_age_s=5.0) == 20.0
+    assert readings.as_of(PACK_CURRENT, T0 - 1, max_age_s=5.0) is None  # nothing before
+    assert readings.as_of(PACK_CURRENT, T0 + 9, max_age_s=5.0) is None  # heard 7 s before: stale
+    assert readings.latest(PACK_CURRENT) == (T0 + 2, 30.0)
+    readings.set(T0 + 500, PACK_CURRENT, 40.0)
+    readings.set(T0 + 501, SOC, math.nan)
+    # the newest reading before the cut is kept: it answers for the cut itself
+    assert readings.as_of(PACK_CURRENT, T0 + 401, max_age_s=1000.0) == 30.0
+    assert readings.as_of(PACK_CURRENT, T0 + 1.5, max_age_s=5.0) is None
+    assert readings.latest(SOC) is None and readings.as_of(SOC, T0 + 502, 10.0) is None  # NaN: unknown
