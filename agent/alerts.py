@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from agent.alert_engine import AlertEngine
+from agent.alert_engine import AlertEngine, Evidence, Level, Readings, Rule
 from agent.alert_rules import (
     FAULT_RISK_OUTPUT,
     LARGE_DROP_OUTPUT,
@@ -32,12 +32,19 @@ from agent.records import Alert, Prediction, Sample, Severity
 from agent.settings import AlertSettings
 from protocols.predictions import FAULT_RISK_MODEL
 
-__all__ = [
+__all__ = [  # what this module offered before the engine and the rules had their own modules
     "FAULT_RISK_OUTPUT",
     "LARGE_DROP_OUTPUT",
     "SOC_DROP_OUTPUT",
+    "AlertEngine",
     "AlertStage",
     "AlertStats",
+    "Evidence",
+    "Level",
+    "Readings",
+    "Rule",
+    "build_rules",
+    "fault_risk_levels",
     "log_alert",
 ]
 
