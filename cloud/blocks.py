@@ -1,15 +1,19 @@
 """A message's samples laid out as `sample_blocks` rows, and de-duplication inside one write group.
 
-A block holds the samples of one signal in one UTC minute of one message, in (ts, seq) order, with
-their count, sum, minimum and maximum; the store COPYs blocks and PostgreSQL never sees a row per
-sample (cloud/sql/0003_sample_blocks.native.sql says why). Everything here is numpy over the
-message's `SampleColumns`: no Python object per sample.
+A block holds one vehicle's samples of one UTC minute from one message, all signals, in (signal id,
+ts, seq) order, each column coded as the difference from the sample before (cloud/sql/
+0008_signal_blocks.native.sql says why and how). A sample takes the scaled path (its value as
+integer steps of its signal's quantum) when quantum * steps gives its value back bit for bit, else the
+float path (the value as it is). Per block and signal the n / total / min / max of the samples go to
+the rollup log. Everything here is numpy over the message's `SampleColumns`: no Python object per
+sample.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -17,49 +21,117 @@ import numpy.typing as npt
 from cloud.ingest import BatchMessage
 from protocols.wire import SampleColumns
 
-MS_PER_MINUTE = 60_000
+MS_PER_MINUTE: Final = 60_000
+STEP_LIMIT: Final = 1 << 30  # steps at most this far from zero: their differences fit int4
+SEQ_SPAN_BITS: Final = 30  # a block's seqs share seq >> 30: their differences fit int4
 
 
 @dataclass(frozen=True, slots=True)
 class Blocks:
-    """One message's samples sorted by (signal, minute, ts, seq); block b is positions start[b]:stop[b]."""
+    """One message's samples in block order; block b is positions start[b]:stop[b]."""
 
-    signals: tuple[str, ...]
-    seq: npt.NDArray[np.int64]
-    ts_ms: npt.NDArray[np.int64]
-    value: npt.NDArray[np.float64]
-    signal_index: npt.NDArray[np.int32]  # per block, into `signals`
+    minute_ms: npt.NDArray[np.int64]  # per block
+    seq_min: npt.NDArray[np.int64]
+    seq_max: npt.NDArray[np.int64]
+    ts_first_ms: npt.NDArray[np.int64]
+    ts_last_ms: npt.NDArray[np.int64]
     start: npt.NDArray[np.int64]
     stop: npt.NDArray[np.int64]
-    total: npt.NDArray[np.float64]
-    min_value: npt.NDArray[np.float64]
-    max_value: npt.NDArray[np.float64]
+    signal_id: npt.NDArray[np.int32]  # per sample, block order: the stored columns
+    seq_delta: npt.NDArray[np.int32]
+    ts_delta: npt.NDArray[np.int32]
+    step_delta: npt.NDArray[np.int32]
+    exact: npt.NDArray[np.float64]  # meaningful where `scaled` is false
+    scaled: npt.NDArray[np.bool_]
+    # rollup statistics, one entry per block and signal name (block order)
+    stat_block: npt.NDArray[np.int64]
+    stat_signal: npt.NDArray[np.int32]  # index into the message's signal names
+    stat_n: npt.NDArray[np.int64]
+    stat_total: npt.NDArray[np.float64]
+    stat_min: npt.NDArray[np.float64]
+    stat_max: npt.NDArray[np.float64]
 
     def __len__(self) -> int:
         return len(self.start)
 
 
-def blocks_of(columns: SampleColumns) -> Blocks:
-    """Split a message's samples into blocks of one signal and one UTC minute."""
+def scaled_steps(
+    columns: SampleColumns, quantum: npt.NDArray[np.float64]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Per sample, its value in steps of its signal's quantum (`quantum` per signal index, NaN for
+    none) and whether those steps give the value back exactly; steps are 0 where they do not."""
+    q = quantum[columns.signal_index] if len(quantum) else np.full(len(columns), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        steps = np.rint(columns.value / q)
+        ok = np.isfinite(steps) & (np.abs(steps) < STEP_LIMIT)
+        steps = np.where(ok, steps, 0.0)
+        back = steps * q
+    ok &= back.view(np.int64) == columns.value.view(np.int64)  # bit for bit: -0.0 stays -0.0
+    return np.where(ok, steps, 0.0).astype(np.int64), ok
+
+
+def blocks_of(
+    columns: SampleColumns,
+    quantum: npt.NDArray[np.float64],
+    scaled_id: npt.NDArray[np.int32],
+    float_id: npt.NDArray[np.int32],
+) -> Blocks:
+    """Lay a message's samples out as blocks. Per signal index of `columns`: its quantum (NaN: none)
+    and its two ids in `sample_signals`, the scaled path's and the float path's."""
+    steps, scaled = scaled_steps(columns, quantum)
+    signal_id = np.where(scaled, scaled_id[columns.signal_index], float_id[columns.signal_index])
     minute = columns.ts_ms // MS_PER_MINUTE  # timestamps are past 1970 (ingest's plausibility window)
-    order = np.lexsort((columns.seq, columns.ts_ms, minute, columns.signal_index))  # last key sorts first
-    signal_index, minute = columns.signal_index[order], minute[order]
+    span = columns.seq >> SEQ_SPAN_BITS
+    order = np.lexsort((columns.seq, columns.ts_ms, signal_id, span, minute))  # last key sorts first
+    minute, span = minute[order], span[order]
+    seq, ts, steps, signal_id = columns.seq[order], columns.ts_ms[order], steps[order], signal_id[order]
     first = np.ones(len(order), dtype=bool)
-    first[1:] = (signal_index[1:] != signal_index[:-1]) | (minute[1:] != minute[:-1])
+    first[1:] = (minute[1:] != minute[:-1]) | (span[1:] != span[:-1])
     start = np.flatnonzero(first).astype(np.int64)
     stop = np.append(start[1:], len(order)).astype(np.int64)
-    value = columns.value[order]
+    n = stop - start
+    empty = not len(start)
+    seq_min = seq[:0] if empty else np.minimum.reduceat(seq, start)
+    block_minute_ms = minute[start] * MS_PER_MINUTE
+    seq_delta, ts_delta, step_delta = (
+        np.diff(seq, prepend=0),
+        np.diff(ts, prepend=0),
+        np.diff(steps, prepend=0),
+    )
+    seq_delta[start], ts_delta[start], step_delta[start] = (
+        seq[start] - seq_min,
+        ts[start] - block_minute_ms,
+        steps[start],
+    )
+
+    # rollups: per block and signal name (both paths of a signal are one name)
+    block_of_sample = np.repeat(np.arange(len(start)), n)
+    by_signal = np.lexsort((columns.signal_index[order], block_of_sample))
+    stat_key = np.stack((block_of_sample[by_signal], columns.signal_index[order][by_signal]))
+    stat_first = np.ones(len(order), dtype=bool)
+    stat_first[1:] = np.any(stat_key[:, 1:] != stat_key[:, :-1], axis=0)
+    stat_start = np.flatnonzero(stat_first)
+    value = columns.value[order][by_signal]
     return Blocks(
-        signals=columns.signals,
-        seq=columns.seq[order],
-        ts_ms=columns.ts_ms[order],
-        value=value,
-        signal_index=signal_index[start],
+        minute_ms=block_minute_ms,
+        seq_min=seq_min,
+        seq_max=seq[:0] if empty else np.maximum.reduceat(seq, start),
+        ts_first_ms=ts[:0] if empty else np.minimum.reduceat(ts, start),
+        ts_last_ms=ts[:0] if empty else np.maximum.reduceat(ts, start),
         start=start,
         stop=stop,
-        total=np.add.reduceat(value, start) if len(start) else value[:0],
-        min_value=np.minimum.reduceat(value, start) if len(start) else value[:0],
-        max_value=np.maximum.reduceat(value, start) if len(start) else value[:0],
+        signal_id=signal_id.astype(np.int32),
+        seq_delta=seq_delta.astype(np.int32),
+        ts_delta=ts_delta.astype(np.int32),
+        step_delta=step_delta.astype(np.int32),
+        exact=columns.value[order],
+        scaled=scaled[order],
+        stat_block=stat_key[0, stat_start],
+        stat_signal=stat_key[1, stat_start].astype(np.int32),
+        stat_n=np.diff(np.append(stat_start, len(order))),
+        stat_total=np.add.reduceat(value, stat_start) if len(stat_start) else value[:0],
+        stat_min=np.minimum.reduceat(value, stat_start) if len(stat_start) else value[:0],
+        stat_max=np.maximum.reduceat(value, stat_start) if len(stat_start) else value[:0],
     )
 
 

@@ -3,19 +3,15 @@
 Write path, per group: lock the group's vehicle rows (upserting them; every replica in the same
 order), COPY the group's samples, predictions and alerts into temporary staging tables (binary COPY,
 created once per connection, emptied at commit), then `INSERT … SELECT … ON CONFLICT DO NOTHING` into
-the real tables. Samples are stored as blocks, one row per vehicle, signal, UTC minute and message
-(cloud/blocks.py lays them out with numpy, cloud/block_rows.py as binary COPY rows;
-cloud/sql/0003_sample_blocks.native.sql says why): a block stored before as it is (a redelivered
-message) is skipped, one that shares no time with a stored block of its vehicle and signal (the usual
-case) is inserted whole, and only one that does (records the agent re-sent in another batch) is
-unnested and keeps the samples whose (seq, ts) is not stored yet. `seq` makes a record unique per
-vehicle; `ts` is in the key because an agent that lost its buffer numbers again from 0, and a record
-never changes its ts. The vehicle locks make the check and the insert one step for every replica.
-Predictions and alerts are rows keyed on (vehicle_id, seq, ts). On the native flavour the rollup
-tables are updated from the blocks actually inserted, in the same statement, so they stay exact too.
-The ingest ledger, dead letters (whole messages, and one row per message for its records refused one
-by one: cloud/dead_letters.py), vehicles and status are written in the same transaction. Only after
-COMMIT returns may the caller acknowledge the messages.
+the real tables. Samples are stored as blocks of one vehicle, UTC minute and message
+(cloud/sample_store.py: the layout, its de-duplication and its rollup log). `seq` makes a record
+unique per vehicle; `ts` is in the key because an agent that lost its buffer numbers again from 0,
+and a record never changes its ts. The vehicle locks make the check and the insert one step for every
+replica. Predictions and alerts are rows keyed on (vehicle_id, seq, ts). The ingest ledger, dead
+letters (whole messages, and one row per message for its records refused one by one:
+cloud/dead_letters.py), vehicles and status are written in the same transaction. Only after COMMIT
+returns may the caller acknowledge the messages. This module keeps the connection, the transaction
+and the maintenance (partitions, retention, rollup refresh, kept KPIs, dead-letter pruning).
 
 Data of any age the receiver accepts lands (a bus back after weeks offline): on the native flavour
 each write first creates the daily partitions its samples need (`_partitions_needed`), past days
@@ -26,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Final, Self
@@ -36,9 +32,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from cloud import dead_letters, kpis, metrics, schema
-from cloud.block_rows import COPY_SIGNATURE, COPY_TRAILER, block_rows
-from cloud.blocks import unrepeated
+from cloud import dead_letters, kpis, metrics, sample_store, schema
 from cloud.errors import RejectedDataError, StoreError
 from cloud.ingest import BatchMessage, DeadLetter, Ingested, StatusMessage
 from cloud.schema import Flavour
@@ -49,12 +43,7 @@ log = logging.getLogger(__name__)
 Connection = psycopg.AsyncConnection[tuple[object, ...]]
 
 _STAGING_DDL: Final = (
-    "CREATE TEMP TABLE IF NOT EXISTS stage_blocks ("
-    " block_no integer, seq_min bigint, vehicle_id text, signal text, minute timestamptz,"
-    " ts_first timestamptz, ts_last timestamptz, seq_first bigint, n integer, total double precision,"
-    " min_value double precision, max_value double precision, seq bigint[], ts timestamptz[],"
-    " value double precision[])"
-    " ON COMMIT DELETE ROWS",
+    *sample_store.STAGING_DDL,
     "CREATE TEMP TABLE IF NOT EXISTS stage_predictions ("
     " vehicle_id text, seq bigint, ts_ms bigint, model text, model_version text, output text,"
     " value double precision) ON COMMIT DELETE ROWS",
@@ -64,46 +53,6 @@ _STAGING_DDL: Final = (
 )
 
 _TS: Final = "timestamptz 'epoch' + ts_ms * interval '1 millisecond'"
-
-_BLOCK_COLUMNS: Final = (
-    "vehicle_id, signal, minute, ts_first, ts_last, seq_first, n, total, min_value, max_value, seq, ts, value"
-)
-# Stored blocks of the same vehicle, signal and minute whose time span meets staged block `s`.
-_MEETING: Final = (
-    "FROM sample_blocks AS e WHERE e.vehicle_id = s.vehicle_id AND e.signal = s.signal"
-    " AND e.minute = s.minute AND e.ts_first <= s.ts_last AND e.ts_last >= s.ts_first"
-)
-# Under the per-vehicle locks taken first in the transaction: a staged block above its vehicle's
-# high-water marks ("unseen": its lowest seq above the highest stored, or its first ts after the
-# latest stored) cannot repeat a stored sample and is inserted as it is. The others are checked: one
-# stored before as it is (a redelivery: found by primary key) is skipped; one that meets no stored
-# block is inserted whole; one that does keeps only the samples whose (seq, ts) is not stored ("kept"),
-# re-aggregated into a block ("merged"). `ins` is what was actually inserted.
-_STORE_BLOCKS: Final = (
-    "WITH staged AS (SELECT s.*, s.seq_min > coalesce(v.max_sample_seq, -1)"
-    " OR s.ts_first > coalesce(v.max_sample_ts, '-infinity') AS unseen"
-    " FROM stage_blocks AS s JOIN vehicles AS v ON v.vehicle_id = s.vehicle_id),"
-    " checked AS (SELECT s.*, EXISTS (SELECT 1 " + _MEETING + ") AS meets FROM staged AS s"
-    " WHERE NOT s.unseen AND NOT EXISTS (SELECT 1 FROM sample_blocks AS e"
-    " WHERE e.vehicle_id = s.vehicle_id AND e.signal = s.signal AND e.minute = s.minute"
-    " AND e.ts_first = s.ts_first AND e.seq_first = s.seq_first"
-    " AND e.seq = s.seq AND e.ts = s.ts)),"
-    " fresh AS (INSERT INTO sample_blocks (" + _BLOCK_COLUMNS + ")"
-    " SELECT " + _BLOCK_COLUMNS + " FROM staged WHERE unseen"
-    " UNION ALL SELECT " + _BLOCK_COLUMNS + " FROM checked WHERE NOT meets"
-    " ON CONFLICT DO NOTHING RETURNING vehicle_id, signal, minute, n, total, min_value, max_value),"
-    " kept AS (SELECT s.block_no, s.vehicle_id, s.signal, s.minute, u.seq, u.ts, u.value"
-    " FROM checked AS s, unnest(s.seq, s.ts, s.value) AS u(seq, ts, value) WHERE s.meets AND NOT EXISTS"
-    " (SELECT 1 FROM (SELECT e.seq, e.ts " + _MEETING + ") AS m, unnest(m.seq, m.ts) AS x(seq, ts)"
-    " WHERE x.seq = u.seq AND x.ts = u.ts)),"
-    " merged AS (INSERT INTO sample_blocks (" + _BLOCK_COLUMNS + ")"
-    " SELECT vehicle_id, signal, minute, min(ts), max(ts), (array_agg(seq ORDER BY ts, seq))[1], count(*),"
-    " sum(value), min(value), max(value), array_agg(seq ORDER BY ts, seq), array_agg(ts ORDER BY ts, seq),"
-    " array_agg(value ORDER BY ts, seq) FROM kept GROUP BY block_no, vehicle_id, signal, minute"
-    " ON CONFLICT DO NOTHING RETURNING vehicle_id, signal, minute, n, total, min_value, max_value),"
-    " ins AS (SELECT * FROM fresh UNION ALL SELECT * FROM merged)"
-)
-_INSERT_SAMPLES_PLAIN: Final = sql.SQL(_STORE_BLOCKS + " SELECT coalesce(sum(n), 0) FROM ins")
 
 
 def _rollup_cte(name: str, width: str) -> str:
@@ -119,16 +68,6 @@ def _rollup_cte(name: str, width: str) -> str:
         " max_value = greatest(r.max_value, excluded.max_value))"
     )
 
-
-# Native flavour: insert, and log the minute aggregates of exactly the blocks inserted (duplicates
-# return nothing) for `refresh_rollups` to add into hours and days. Minutes need nothing more:
-# `samples_1m` is a view over the blocks (each lies within one minute).
-_INSERT_SAMPLES_WITH_ROLLUPS: Final = sql.SQL(
-    _STORE_BLOCKS
-    + ", logged AS (INSERT INTO rollup_log SELECT vehicle_id, signal, minute, sum(n), sum(total),"
-    " min(min_value), max(max_value) FROM ins GROUP BY 1, 2, 3)"
-    " SELECT coalesce(sum(n), 0) FROM ins"
-)
 
 # One refresh: take the logged minute aggregates out and add them into hours, then days.
 _REFRESH_ROLLUPS: Final = sql.SQL(
@@ -222,8 +161,12 @@ class Store:
         settings: DatabaseSettings,
         flavour: Flavour,
         kept: kpis.KeptDays | None = None,
+        quanta: Mapping[str, float] | None = None,
     ) -> None:
         self._conn = conn
+        self._signals = sample_store.SignalDictionary(
+            quanta if quanta is not None else sample_store.default_quanta()
+        )
         self._settings = settings
         self.flavour = flavour
         self.kept = kept or kpis.KeptDays()
@@ -435,18 +378,16 @@ class Store:
         stats = WriteStats(messages=len(items), statuses=len(statuses), dead_letters=[d.reason for d in dead])
         started = time.perf_counter()
         conn = self._conn
+        await self._signals.learn(conn, {name for m in batches for name in m.samples.signals})
         async with conn.transaction(), conn.cursor() as cur:
             # First: the vehicles' rows, locked until COMMIT, so no other replica stores samples of
             # these vehicles meanwhile and the de-duplication below sees everything committed.
             await _upsert_vehicles(cur, batches, statuses)
-            stats.samples_staged = await _stage_samples(cur, batches)
+            stats.samples_staged = await sample_store.stage_samples(cur, batches, self._signals)
             stats.predictions_staged = await _stage_predictions(cur, batches)
             stats.alerts_staged = await _stage_alerts(cur, batches)
             if stats.samples_staged:
-                rollups = self.flavour is Flavour.NATIVE  # TimescaleDB's continuous aggregates do it there
-                await cur.execute(_INSERT_SAMPLES_WITH_ROLLUPS if rollups else _INSERT_SAMPLES_PLAIN)
-                row = await cur.fetchone()
-                stats.samples_inserted = int(str(row[0])) if row else 0
+                stats.samples_inserted = await sample_store.store_samples(cur)
                 await _raise_high_water(cur, batches)
             if stats.predictions_staged:
                 await cur.execute(_INSERT_PREDICTIONS)
@@ -498,22 +439,6 @@ def _partitions_needed(items: Sequence[Ingested]) -> set[tuple[str, date]]:
             for day in np.unique(item.samples.ts_ms // _MS_PER_DAY).tolist():
                 wanted.add(("sample_blocks", _UNIX_EPOCH_DAY + timedelta(days=day)))
     return wanted
-
-
-async def _stage_samples(cur: psycopg.AsyncCursor[tuple[object, ...]], batches: list[BatchMessage]) -> int:
-    rows: list[bytes] = []
-    blocks = 0
-    for message, columns in zip(batches, unrepeated(batches), strict=True):
-        if len(columns):
-            data, count = block_rows(blocks, message.vehicle_id, columns)
-            rows.append(data)
-            blocks += count
-    if rows:
-        async with cur.copy(
-            "COPY stage_blocks (block_no, seq_min, " + _BLOCK_COLUMNS + ") FROM STDIN (FORMAT BINARY)"
-        ) as copy:
-            await copy.write(b"".join((COPY_SIGNATURE, *rows, COPY_TRAILER)))
-    return sum(len(m.samples) for m in batches)
 
 
 async def _raise_high_water(
