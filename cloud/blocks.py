@@ -64,9 +64,9 @@ def scaled_steps(
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         steps = np.rint(columns.value / q)
         ok = np.isfinite(steps) & (np.abs(steps) < STEP_LIMIT)
-        steps = np.where(ok, steps, 0.0)
-        back = steps * q
-    ok &= back.view(np.int64) == columns.value.view(np.int64)  # bit for bit: -0.0 stays -0.0
+        steps = np.where(ok, steps, 0.0) + 0.0  # + 0.0: a step of -0.0 is stored as 0
+        back = steps * q  # as the database computes it from the stored steps
+    ok &= back.view(np.int64) == columns.value.view(np.int64)  # bit for bit: -0.0 stays on the float path
     return np.where(ok, steps, 0.0).astype(np.int64), ok
 
 

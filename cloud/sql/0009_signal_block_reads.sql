@@ -53,29 +53,35 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
       AND e.ts >= p_from AND e.ts < p_to
 $$;
 
--- The last sample of one vehicle's signal at or before p_at (no row when there is none): from the
--- blocks of p_at's own minute (those samples up to p_at), else from the latest earlier minute
--- holding the signal (found walking the vehicle's blocks back by primary key).
+-- The last sample of one vehicle's signal at or before p_at (no row when there is none). It lies in
+-- the latest minute up to p_at whose blocks hold the signal (found walking the vehicle's blocks back
+-- by primary key) unless all that minute's samples of it are after p_at (p_at's own minute): then
+-- in the latest minute before, read only in that case (the outer LIMIT stops at the first branch).
 CREATE FUNCTION latest_sample(p_vehicle text, p_signal text, p_at timestamptz DEFAULT 'infinity')
 RETURNS TABLE (ts timestamptz, value double precision)
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    WITH ids AS (SELECT array_agg(id) AS ids FROM sample_signals WHERE name = p_signal),
-    blocks AS (
-        SELECT b.* FROM sample_blocks AS b, ids
-        WHERE b.vehicle_id = p_vehicle AND b.minute <= p_at AND b.minute > p_at - interval '1 minute'
-          AND b.ts_first <= p_at AND b.signal && ids.ids
+    SELECT x.ts, x.value FROM (
+        (SELECT e.ts, coalesce(e.exact, e.steps * d.quantum) AS value
+         FROM sample_blocks AS b,
+              block_entries(b.minute, b.seq_min, b.signal, b.seq, b.ts, b.step, b.exact) AS e
+              JOIN sample_signals AS d ON d.id = e.signal_id
+         WHERE b.vehicle_id = p_vehicle AND b.ts_first <= p_at AND b.minute = (SELECT m.minute FROM sample_blocks AS m
+                 WHERE m.vehicle_id = p_vehicle AND m.minute <= p_at AND m.ts_first <= p_at
+                   AND m.signal && (SELECT array_agg(id) FROM sample_signals WHERE name = p_signal)
+                 ORDER BY m.minute DESC LIMIT 1)
+           AND d.name = p_signal AND e.ts <= p_at
+         ORDER BY e.ts DESC, e.seq DESC LIMIT 1)
         UNION ALL
-        SELECT b.* FROM sample_blocks AS b, ids
-        WHERE b.vehicle_id = p_vehicle AND b.signal && ids.ids AND b.minute = (
-            SELECT m.minute FROM sample_blocks AS m
-            WHERE m.vehicle_id = p_vehicle AND m.minute <= p_at - interval '1 minute' AND m.signal && ids.ids
-            ORDER BY m.minute DESC LIMIT 1))
-    SELECT e.ts, coalesce(e.exact, e.steps * d.quantum)
-    FROM blocks AS b,
-         block_entries(b.minute, b.seq_min, b.signal, b.seq, b.ts, b.step, b.exact) AS e
-         JOIN sample_signals AS d ON d.id = e.signal_id
-    WHERE d.name = p_signal AND e.ts <= p_at
-    ORDER BY e.ts DESC, e.seq DESC
+        (SELECT e.ts, coalesce(e.exact, e.steps * d.quantum)
+         FROM sample_blocks AS b,
+              block_entries(b.minute, b.seq_min, b.signal, b.seq, b.ts, b.step, b.exact) AS e
+              JOIN sample_signals AS d ON d.id = e.signal_id
+         WHERE b.vehicle_id = p_vehicle AND b.minute = (SELECT m.minute FROM sample_blocks AS m
+                 WHERE m.vehicle_id = p_vehicle AND m.minute <= p_at - interval '1 minute'
+                   AND m.signal && (SELECT array_agg(id) FROM sample_signals WHERE name = p_signal)
+                 ORDER BY m.minute DESC LIMIT 1)
+           AND d.name = p_signal
+         ORDER BY e.ts DESC, e.seq DESC LIMIT 1)) AS x
     LIMIT 1
 $$;
 

@@ -61,6 +61,9 @@ async def test_migrations_are_idempotent_and_recorded(pg_schema: Database) -> No
             (4, "any"),
             (5, "any"),
             (6, "any"),
+            (7, "native"),
+            (8, "native"),
+            (9, "any"),
         ]
     finally:
         await store.close()
@@ -214,13 +217,22 @@ async def test_samples_re_sent_in_other_batches_are_stored_once_with_exact_rollu
     assert await count(store, "SELECT sum(total)::bigint FROM samples_1d") == sum(range(110))
     assert await count(store, "SELECT min(min_value)::bigint FROM samples_1h") == 0
     assert await count(store, "SELECT max(max_value)::bigint FROM samples_1h") == 109
-    # blocks stay within one UTC minute and in time order
+    # blocks stay within one UTC minute, each signal's samples in time order
     assert (
         await count(
             store,
             "SELECT count(*) FROM sample_blocks WHERE date_bin('1 minute', ts_first, 'epoch')"
-            " <> date_bin('1 minute', ts_last, 'epoch')"
-            " OR ts <> (SELECT array_agg(t ORDER BY t) FROM unnest(ts) t)",
+            " <> date_bin('1 minute', ts_last, 'epoch')",
+        )
+        == 0
+    )
+    assert (
+        await count(
+            store,
+            "SELECT count(*) FROM (SELECT e.ts, lag(e.ts) OVER (PARTITION BY b.vehicle_id, b.minute,"
+            " b.seq_min, e.signal_id ORDER BY e.i) AS prev FROM sample_blocks AS b,"
+            " block_entries(b.minute, b.seq_min, b.signal, b.seq, b.ts, b.step, b.exact) AS e) AS x"
+            " WHERE x.prev > x.ts",
         )
         == 0
     )
@@ -285,10 +297,11 @@ async def test_migration_3_turns_stored_sample_rows_into_blocks(pg_schema: Datab
         # WHEN it is migrated
         assert await store.migrate() == list(range(3, latest_version() + 1))
 
-        # THEN the same samples read back, now as blocks of one signal and one minute
+        # THEN the same samples read back (through version 3's blocks of one signal and one minute),
+        # now as blocks of one minute, all signals
         after = await (await store.connection.execute(b"SELECT * FROM samples ORDER BY seq")).fetchall()
         assert after == before
-        assert await count(store, "SELECT count(*) FROM sample_blocks") == 2 * 3  # 23:59, 00:00, 00:01
+        assert await count(store, "SELECT count(*) FROM sample_blocks") == 3  # 23:59, 00:00, 00:01
         assert await existing_partitions(store.connection, pg_schema.schema) == {
             ("sample_blocks", date(2024, 5, 14)),
             ("sample_blocks", date(2024, 5, 15)),
