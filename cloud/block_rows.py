@@ -3,8 +3,8 @@
 work per block or sample. `cloud.sample_store` stages them between `COPY_SIGNATURE` and `COPY_TRAILER`.
 
 A row is a sequence of fields, each a 4-byte length and its bytes. Each field here comes as one
-byte stream for all rows (row r's bytes contiguous, rows in order) and its length per row;
-`interleave` scatters the streams into rows.
+stream of equal-width units for all rows (row r's units contiguous, rows in order) and its count of
+units per row; `interleave` scatters the streams into rows, one fancy-indexed copy per field.
 """
 
 from __future__ import annotations
@@ -27,22 +27,31 @@ _PG_EPOCH_MS: Final = 946_684_800_000  # timestamptz counts microseconds from 20
 
 Bytes = npt.NDArray[np.uint8]
 Lengths = npt.NDArray[np.int64]
-Field = tuple[Bytes, Lengths]  # the rows' bytes one after the other, and each row's length
+Field = tuple[Bytes, Lengths]  # units (2-D: unit, byte), and how many units each row has
 
 
 def interleave(fields: Sequence[Field], rows: int) -> bytes:
-    """The rows: each row's bytes of every field, in field order."""
+    """The rows: each row's units of every field, in field order."""
     row_len = np.zeros(rows, dtype=np.int64)
-    for _, lengths in fields:
-        row_len += lengths
+    for units, counts in fields:
+        row_len += counts * units.shape[1]
     at = np.concatenate(([0], np.cumsum(row_len)[:-1])).astype(np.int64)
     out = np.empty(int(row_len.sum()), dtype=np.uint8)
-    for data, lengths in fields:
-        src = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
-        # byte j of row r's piece goes from src[r] + j to at[r] + j
-        out[np.repeat(at - src, lengths) + np.arange(len(data))] = data
-        at += lengths
+    for units, counts in fields:
+        width = units.shape[1]
+        if len(units) == rows and np.all(counts == 1):
+            out[at[:, None] + np.arange(width)] = units  # one unit per row
+        elif len(units):
+            first = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+            # unit k of row r goes to at[r] + (k - first[r]) * width
+            dst = np.repeat(at - first * width, counts) + np.arange(len(units)) * width
+            out[dst[:, None] + np.arange(width)] = units
+        at += counts * width
     return out.tobytes()
+
+
+def _records(array: npt.NDArray[np.void]) -> Bytes:
+    return array.view(np.uint8).reshape(len(array), array.dtype.itemsize)
 
 
 def fixed(values: npt.NDArray[np.generic], pg_dtype: str) -> Field:
@@ -50,67 +59,74 @@ def fixed(values: npt.NDArray[np.generic], pg_dtype: str) -> Field:
     rows = np.empty(len(values), dtype=[("length", ">i4"), ("value", pg_dtype)])
     rows["length"] = np.dtype(pg_dtype).itemsize
     rows["value"] = values
-    return rows.view(np.uint8), np.full(len(values), rows.itemsize, dtype=np.int64)
+    return _records(rows), np.ones(len(values), dtype=np.int64)
+
+
+def field_count(count: int, rows: int) -> Field:
+    return np.tile(np.frombuffer(struct.pack(">h", count), dtype=np.uint8), (rows, 1)), np.ones(
+        rows, np.int64
+    )
 
 
 def same_text(text: str, rows: int) -> Field:
-    one = struct.pack(">i", len(text.encode())) + text.encode()
-    return np.frombuffer(one * rows, dtype=np.uint8), np.full(rows, len(one), dtype=np.int64)
+    one = np.frombuffer(struct.pack(">i", len(text.encode())) + text.encode(), dtype=np.uint8)
+    return np.tile(one, (rows, 1)), np.ones(rows, dtype=np.int64)
 
 
 def texts(names: Sequence[str], index: npt.NDArray[np.int32]) -> Field:
-    """One text per row: names[index[r]]."""
+    """One text per row: names[index[r]] (units of one byte)."""
     encoded = [struct.pack(">i", len(b)) + b for b in (name.encode() for name in names)]
     pool = np.frombuffer(b"".join(encoded), dtype=np.uint8)
     length = np.array([len(e) for e in encoded], dtype=np.int64)
     pool_at = np.concatenate(([0], np.cumsum(length)[:-1])).astype(np.int64)
     lengths = length[index]
     within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return pool[np.repeat(pool_at[index], lengths) + within], lengths
+    return pool[np.repeat(pool_at[index], lengths) + within].reshape(-1, 1), lengths
 
 
-def _array_heads(n: Lengths, body: Lengths, oid: int, has_null: bool) -> Field:
+def _array_heads(n: Lengths, body: Lengths, oid: int, has_null: bool) -> npt.NDArray[np.void]:
     heads = np.zeros(len(n), dtype=[("length", ">i4"), ("ndim", ">i4"), ("has_null", ">i4"), ("oid", ">i4"),
                                     ("n", ">i4"), ("lower", ">i4")])  # fmt: skip
     heads["length"] = 20 + body
     heads["ndim"], heads["has_null"], heads["oid"], heads["n"], heads["lower"] = 1, int(has_null), oid, n, 1
-    return heads.view(np.uint8), np.full(len(n), heads.itemsize, dtype=np.int64)
+    return heads
 
 
 def int4_arrays(values: npt.NDArray[np.int32], n: Lengths) -> list[Field]:
     """One int4[] per row, row r holding the next n[r] values: its head, then its elements."""
     elements = np.empty(len(values), dtype=[("length", ">i4"), ("value", ">i4")])
     elements["length"], elements["value"] = 4, values
-    return [_array_heads(n, 8 * n, _OID_INT4, False), (elements.view(np.uint8), 8 * n)]
-
-
-def _prefixes(records: Bytes, sizes: Lengths) -> Bytes:
-    """The first sizes[i] bytes of each equal-width record i, one after the other."""
-    width = records.shape[1] if records.ndim == 2 else 0
-    within = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    picked: Bytes = records.reshape(-1)[np.repeat(np.arange(len(sizes)) * width, sizes) + within]
-    return picked
+    heads = _array_heads(n, 8 * n, _OID_INT4, False)
+    return [(_records(heads), np.ones(len(n), dtype=np.int64)), (_records(elements), n)]
 
 
 def float8_arrays_or_null(
     values: npt.NDArray[np.float64], present: npt.NDArray[np.bool_], n: Lengths
 ) -> list[Field]:
     """One float8[] per row, row r over the next n[r] values, its elements NULL where not `present`;
-    NULL instead of an array for a row with no value present."""
+    NULL instead of an array for a row with no value present. Units of 4 bytes: a head is 6 (a NULL
+    field 1), a value 3 (its length and 8 bytes), a NULL element 1 (its length, -1)."""
     row = np.repeat(np.arange(len(n)), n)
     has_array = np.bincount(row, weights=present, minlength=len(n)) > 0
     elements = np.empty(len(values), dtype=[("length", ">i4"), ("value", ">f8")])
     elements["length"], elements["value"] = np.where(present, 8, -1), values  # a NULL is its length -1
-    sizes = np.where(has_array[row], np.where(present, 12, 4), 0).astype(np.int64)
-    body = np.bincount(row, weights=sizes, minlength=len(n)).astype(np.int64)
-    heads, _ = _array_heads(n, body, _OID_FLOAT8, True)
-    heads_rows = heads.reshape(len(n), -1)
-    heads_rows[~has_array, :4] = np.frombuffer(struct.pack(">i", -1), dtype=np.uint8)  # a NULL field
-    head_sizes = np.where(has_array, heads_rows.shape[1], 4).astype(np.int64)
+    units_per_element = np.where(has_array[row], np.where(present, 3, 1), 0).astype(np.int64)
+    body_units = np.bincount(row, weights=units_per_element, minlength=len(n)).astype(np.int64)
+    heads = _array_heads(n, 4 * body_units, _OID_FLOAT8, True)
+    heads["length"] = np.where(has_array, heads["length"], -1)  # a NULL field: its length -1, no bytes
+    head_units = np.where(has_array, 6, 1).astype(np.int64)
     return [
-        (_prefixes(heads_rows, head_sizes), head_sizes),
-        (_prefixes(elements.view(np.uint8).reshape(len(values), -1), sizes), body),
+        (_units(_records(heads), head_units), head_units),
+        (_units(_records(elements), units_per_element), body_units),
     ]
+
+
+def _units(records: Bytes, counts: Lengths) -> Bytes:
+    """The first counts[i] 4-byte units of each record i, as rows of 4 bytes."""
+    quads = records.reshape(len(records), -1, 4)
+    keep = np.arange(quads.shape[1]) < counts[:, None]
+    picked: Bytes = quads[keep]
+    return picked
 
 
 def _micros(ms: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
@@ -124,10 +140,7 @@ def block_rows(first_block_no: int, vehicle_id: str, b: Blocks) -> bytes:
     n = b.stop - b.start
     return interleave(
         [
-            (
-                np.frombuffer(struct.pack(">h", 13) * blocks, dtype=np.uint8),
-                np.full(blocks, 2, dtype=np.int64),
-            ),
+            field_count(13, blocks),
             fixed(first_block_no + np.arange(blocks), ">i4"),
             same_text(vehicle_id, blocks),
             fixed(_micros(b.minute_ms), ">i8"),
@@ -152,7 +165,7 @@ def stats_rows(first_block_no: int, signals: Sequence[str], b: Blocks) -> bytes:
     rows = len(b.stat_block)
     return interleave(
         [
-            (np.frombuffer(struct.pack(">h", 6) * rows, dtype=np.uint8), np.full(rows, 2, dtype=np.int64)),
+            field_count(6, rows),
             fixed(first_block_no + b.stat_block, ">i4"),
             texts(signals, b.stat_signal),
             fixed(b.stat_n, ">i4"),

@@ -146,13 +146,25 @@ class SignalDictionary:
     def columns(
         self, names: Sequence[str]
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int32], npt.NDArray[np.int32]]:
-        """Per name: quantum (NaN: none), scaled-path id, float-path id (all learnt before)."""
-        ids = [self._ids[name] for name in names]
+        """Per name: quantum (NaN: none), scaled-path id, float-path id (learnt before, for every name
+        a sample uses)."""
+        ids = [self._ids.get(name, (-1, -1)) for name in names]  # -1: a name no sample uses
         return (
             np.array([self.quantum(name) for name in names], dtype=np.float64),
             np.array([i[0] for i in ids], dtype=np.int32),
             np.array([i[1] for i in ids], dtype=np.int32),
         )
+
+
+def used_signals(batches: Sequence[BatchMessage]) -> set[str]:
+    """The signal names the group's samples use (a message's name table may list more: the names of
+    records ingest refused)."""
+    return {
+        m.samples.signals[k]
+        for m in batches
+        if len(m.samples)
+        for k in np.unique(m.samples.signal_index).tolist()
+    }
 
 
 async def stage_samples(cur: Cursor, batches: list[BatchMessage], signals: SignalDictionary) -> int:

@@ -378,7 +378,7 @@ class Store:
         stats = WriteStats(messages=len(items), statuses=len(statuses), dead_letters=[d.reason for d in dead])
         started = time.perf_counter()
         conn = self._conn
-        await self._signals.learn(conn, {name for m in batches for name in m.samples.signals})
+        await self._signals.learn(conn, sample_store.used_signals(batches))
         async with conn.transaction(), conn.cursor() as cur:
             # First: the vehicles' rows, locked until COMMIT, so no other replica stores samples of
             # these vehicles meanwhile and the de-duplication below sees everything committed.
