@@ -170,16 +170,17 @@ async def measure(dsn: str, fleet: Fleet, label: str, *, late_phase: bool) -> No
         if not late_phase:
             hot_inserted += (await write_groups(store, fleet.late))[0]
         with psycopg.connect(dsn, autocommit=True, options=f"-c search_path={schema},public") as conn:
+            # per sample stored in each (the mix holds its late messages back until later)
             blocks = sizes(conn, "sample_blocks", timescale, "sample_signals")
             load_narrow(conn, fleet, timescale)
             narrow = sizes(conn, "narrow_samples", timescale)
             n = fleet.samples
-            line = f"{label:<22} {flavour:<12} {n:>9} {blocks / n:>10.2f} {narrow / n:>11.2f}"
+            line = f"{label:<22} {flavour:<12} {n:>9} {blocks / hot_inserted:>10.2f} {narrow / n:>11.2f}"
             if timescale:
                 compress_all(conn, "sample_blocks")
                 compress_all(conn, "narrow_samples")
                 line += (
-                    f" {sizes(conn, 'sample_blocks', True, 'sample_signals') / n:>14.2f}"
+                    f" {sizes(conn, 'sample_blocks', True, 'sample_signals') / hot_inserted:>14.2f}"
                     f" {sizes(conn, 'narrow_samples', True) / n:>15.2f}"
                 )
             print(line, flush=True)
