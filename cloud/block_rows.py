@@ -16,7 +16,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from cloud.blocks import Blocks
+from cloud.blocks import CODE_FIELDS, Blocks
 
 # PostgreSQL's binary COPY format (the "COPY" page of its manual) and binary array format (array_recv).
 COPY_SIGNATURE: Final = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)  # no flags, no extension
@@ -133,14 +133,21 @@ def _micros(ms: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     return (ms - _PG_EPOCH_MS) * 1000  # within the plausibility window: no overflow
 
 
+def byteas(data: Bytes, lengths: Lengths) -> list[Field]:
+    """One bytea per row, row r the next lengths[r] bytes of `data`."""
+    heads = np.empty(len(lengths), dtype=[("length", ">i4")])
+    heads["length"] = lengths
+    return [(_records(heads), np.ones(len(lengths), dtype=np.int64)), (data.reshape(-1, 1), lengths)]
+
+
 def block_rows(first_block_no: int, vehicle_id: str, b: Blocks) -> bytes:
     """COPY rows of stage_blocks (block_no, vehicle_id, minute, seq_min, seq_max, ts_first, ts_last,
-    n, signal, seq, ts, step, exact) for one message's blocks."""
+    n, signals, code, exact) for one message's blocks."""
     blocks = len(b)
     n = b.stop - b.start
     return interleave(
         [
-            field_count(13, blocks),
+            field_count(11, blocks),
             fixed(first_block_no + np.arange(blocks), ">i4"),
             same_text(vehicle_id, blocks),
             fixed(_micros(b.minute_ms), ">i8"),
@@ -149,10 +156,8 @@ def block_rows(first_block_no: int, vehicle_id: str, b: Blocks) -> bytes:
             fixed(_micros(b.ts_first_ms), ">i8"),
             fixed(_micros(b.ts_last_ms), ">i8"),
             fixed(n, ">i4"),
-            *int4_arrays(b.signal_id, n),
-            *int4_arrays(b.seq_delta, n),
-            *int4_arrays(b.ts_delta, n),
-            *int4_arrays(b.step_delta, n),
+            *int4_arrays(b.signal_list, b.signal_count),
+            *byteas(b.code, CODE_FIELDS * 4 * n),
             *float8_arrays_or_null(b.exact, ~b.scaled, n),
         ],
         blocks,

@@ -12,7 +12,7 @@ sample.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 import numpy as np
@@ -26,6 +26,9 @@ STEP_LIMIT: Final = 1 << 30  # steps at most this far from zero: their differenc
 SEQ_SPAN_BITS: Final = 30  # a block's seqs share seq >> 30: their differences fit int4
 
 
+CODE_FIELDS: Final = 4  # per sample in `code`: signal id, seq, ts, steps (each a difference, see below)
+
+
 @dataclass(frozen=True, slots=True)
 class Blocks:
     """One message's samples in block order; block b is positions start[b]:stop[b]."""
@@ -37,11 +40,10 @@ class Blocks:
     ts_last_ms: npt.NDArray[np.int64]
     start: npt.NDArray[np.int64]
     stop: npt.NDArray[np.int64]
-    signal_id: npt.NDArray[np.int32]  # per sample, block order: the stored columns
-    seq_delta: npt.NDArray[np.int32]
-    ts_delta: npt.NDArray[np.int32]
-    step_delta: npt.NDArray[np.int32]
-    exact: npt.NDArray[np.float64]  # meaningful where `scaled` is false
+    signal_list: npt.NDArray[np.int32]  # per block its distinct signal ids, ascending, one after the other
+    signal_count: npt.NDArray[np.int64]  # how many per block
+    code: npt.NDArray[np.uint8]  # per block CODE_FIELDS * 4 * n bytes, one after the other
+    exact: npt.NDArray[np.float64]  # per sample, block order; meaningful where `scaled` is false
     scaled: npt.NDArray[np.bool_]
     # rollup statistics, one entry per block and signal name (block order)
     stat_block: npt.NDArray[np.int64]
@@ -91,47 +93,118 @@ def blocks_of(
     stop = np.append(start[1:], len(order)).astype(np.int64)
     n = stop - start
     empty = not len(start)
+    block_of_sample = np.repeat(np.arange(len(start)), n)
     seq_min = seq[:0] if empty else np.minimum.reduceat(seq, start)
     block_minute_ms = minute[start] * MS_PER_MINUTE
-    seq_delta, ts_delta, step_delta = (
-        np.diff(seq, prepend=0),
-        np.diff(ts, prepend=0),
-        np.diff(steps, prepend=0),
-    )
-    seq_delta[start], ts_delta[start], step_delta[start] = (
-        seq[start] - seq_min,
-        ts[start] - block_minute_ms,
-        steps[start],
+    runs = first.copy()
+    runs[1:] |= signal_id[1:] != signal_id[:-1]
+    return _finish(
+        Blocks(
+            minute_ms=block_minute_ms,
+            seq_min=seq_min,
+            seq_max=seq[:0] if empty else np.maximum.reduceat(seq, start),
+            ts_first_ms=ts[:0] if empty else np.minimum.reduceat(ts, start),
+            ts_last_ms=ts[:0] if empty else np.maximum.reduceat(ts, start),
+            start=start,
+            stop=stop,
+            signal_list=signal_id[runs].astype(np.int32),
+            signal_count=np.bincount(block_of_sample[runs], minlength=len(start)).astype(np.int64),
+            code=block_code(
+                start,
+                n,
+                signal_id,
+                seq - seq_min[block_of_sample],
+                ts - block_minute_ms[block_of_sample],
+                steps,
+            ),
+            exact=columns.value[order],
+            scaled=scaled[order],
+            stat_block=block_of_sample,  # replaced below
+            stat_signal=signal_id,
+            stat_n=n,
+            stat_total=columns.value[:0],
+            stat_min=columns.value[:0],
+            stat_max=columns.value[:0],
+        ),
+        columns,
+        order,
+        block_of_sample,
     )
 
-    # rollups: per block and signal name (both paths of a signal are one name)
-    block_of_sample = np.repeat(np.arange(len(start)), n)
-    by_signal = np.lexsort((columns.signal_index[order], block_of_sample))
-    stat_key = np.stack((block_of_sample[by_signal], columns.signal_index[order][by_signal]))
+
+def block_code(
+    start: npt.NDArray[np.int64],
+    n: npt.NDArray[np.int64],
+    signal_id: npt.NDArray[np.int32],
+    seq_offset: npt.NDArray[np.int64],
+    ts_offset_ms: npt.NDArray[np.int64],
+    steps: npt.NDArray[np.int64],
+) -> npt.NDArray[np.uint8]:
+    """The `code` of every block (samples in block order; offsets from the block's seq_min and
+    minute). Four int32 fields per sample, each zigzag-coded (0, -1, 1, -2, ... -> 0, 1, 2, 3, ...)
+    and split into byte planes: per field its samples' lowest bytes, then their second bytes, ...:
+      signal  the id minus the previous sample's (the block's first: minus 0)
+      seq     the offset minus the sample's rank in (ts, position) order: 0 where seq follows time
+      ts      ms since the previous sample (the first: since the minute)
+      steps   steps minus the previous sample's (the first: minus 0; 0 on the float path)
+    Small, repeating numbers in long runs of equal bytes: what pglz compresses best."""
+    blocks = len(start)
+    block_of_sample = np.repeat(np.arange(blocks), n)
+    position = np.arange(len(signal_id)) - start[block_of_sample]
+    by_time = np.lexsort((position, ts_offset_ms, block_of_sample))
+    rank = np.empty(len(signal_id), dtype=np.int64)
+    rank[by_time] = np.arange(len(by_time)) - start[block_of_sample[by_time]]
+    fields = np.stack(
+        [_since_previous(signal_id.astype(np.int64), start), seq_offset - rank,
+         _since_previous(ts_offset_ms, start), _since_previous(steps, start)],
+        axis=1,
+    ).astype(np.int32)  # fmt: skip
+    zigzag = ((fields << 1) ^ (fields >> 31)).astype("<u4")  # sample, field
+    data = zigzag.view(np.uint8).reshape(len(signal_id), CODE_FIELDS, 4)  # sample, field, byte
+    code_at = np.concatenate(([0], np.cumsum(CODE_FIELDS * 4 * n)[:-1])).astype(np.int64)
+    base = code_at[block_of_sample] + position  # + (field * 4 + byte) * n of the sample's block
+    stride = n[block_of_sample]
+    dst = (
+        base[:, None, None]
+        + (np.arange(CODE_FIELDS)[None, :, None] * 4 + np.arange(4)[None, None, :]) * stride[:, None, None]
+    )
+    out = np.empty(int(CODE_FIELDS * 4 * n.sum()), dtype=np.uint8)
+    out[dst] = data
+    return out
+
+
+def _since_previous(values: npt.NDArray[np.int64], start: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Each value minus the one before it in its block (a block's first: minus 0)."""
+    out = values.copy()
+    out[1:] -= values[:-1]
+    out[start] = values[start]
+    return out
+
+
+def _finish(
+    blocks: Blocks,
+    columns: SampleColumns,
+    order: npt.NDArray[np.intp],
+    block_of_sample: npt.NDArray[np.int64],
+) -> Blocks:
+    """`blocks` with their rollup statistics: per block and signal name (both paths of a signal are
+    one name), n / total / min / max of the values."""
+    names = columns.signal_index[order]
+    by_signal = np.lexsort((names, block_of_sample))
+    key_block, key_signal = block_of_sample[by_signal], names[by_signal]
     stat_first = np.ones(len(order), dtype=bool)
-    stat_first[1:] = np.any(stat_key[:, 1:] != stat_key[:, :-1], axis=0)
+    stat_first[1:] = (key_block[1:] != key_block[:-1]) | (key_signal[1:] != key_signal[:-1])
     stat_start = np.flatnonzero(stat_first)
     value = columns.value[order][by_signal]
-    return Blocks(
-        minute_ms=block_minute_ms,
-        seq_min=seq_min,
-        seq_max=seq[:0] if empty else np.maximum.reduceat(seq, start),
-        ts_first_ms=ts[:0] if empty else np.minimum.reduceat(ts, start),
-        ts_last_ms=ts[:0] if empty else np.maximum.reduceat(ts, start),
-        start=start,
-        stop=stop,
-        signal_id=signal_id.astype(np.int32),
-        seq_delta=seq_delta.astype(np.int32),
-        ts_delta=ts_delta.astype(np.int32),
-        step_delta=step_delta.astype(np.int32),
-        exact=columns.value[order],
-        scaled=scaled[order],
-        stat_block=stat_key[0, stat_start],
-        stat_signal=stat_key[1, stat_start].astype(np.int32),
+    some = len(stat_start) > 0
+    return replace(
+        blocks,
+        stat_block=key_block[stat_start],
+        stat_signal=key_signal[stat_start].astype(np.int32),
         stat_n=np.diff(np.append(stat_start, len(order))),
-        stat_total=np.add.reduceat(value, stat_start) if len(stat_start) else value[:0],
-        stat_min=np.minimum.reduceat(value, stat_start) if len(stat_start) else value[:0],
-        stat_max=np.maximum.reduceat(value, stat_start) if len(stat_start) else value[:0],
+        stat_total=np.add.reduceat(value, stat_start) if some else value[:0],
+        stat_min=np.minimum.reduceat(value, stat_start) if some else value[:0],
+        stat_max=np.maximum.reduceat(value, stat_start) if some else value[:0],
     )
 
 

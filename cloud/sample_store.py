@@ -35,15 +35,15 @@ Cursor = psycopg.AsyncCursor[tuple[object, ...]]
 STAGING_DDL: Final = (
     "CREATE TEMP TABLE IF NOT EXISTS stage_blocks ("
     " block_no integer, vehicle_id text, minute timestamptz, seq_min bigint, seq_max bigint,"
-    " ts_first timestamptz, ts_last timestamptz, n integer, signal integer[], seq integer[],"
-    " ts integer[], step integer[], exact double precision[]) ON COMMIT DELETE ROWS",
+    " ts_first timestamptz, ts_last timestamptz, n integer, signals integer[], code bytea,"
+    " exact double precision[]) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS stage_block_stats ("
     " block_no integer, signal text, n integer, total double precision, min_value double precision,"
     " max_value double precision) ON COMMIT DELETE ROWS",
 )
 
-_COLUMNS: Final = "vehicle_id, minute, seq_min, seq_max, ts_first, ts_last, n, signal, seq, ts, step, exact"
-_DECODE: Final = "block_entries({0}.minute, {0}.seq_min, {0}.signal, {0}.seq, {0}.ts, {0}.step, {0}.exact)"
+_COLUMNS: Final = "vehicle_id, minute, seq_min, seq_max, ts_first, ts_last, n, signals, code, exact"
+_DECODE: Final = "block_entries({0}.minute, {0}.seq_min, {0}.n, {0}.code, {0}.exact)"
 
 _STORE_BLOCKS: Final = (
     "WITH staged AS (SELECT s.*, s.seq_min > coalesce(v.max_sample_seq, -1)"
@@ -57,7 +57,7 @@ _STORE_BLOCKS: Final = (
     " checked AS (SELECT s.*, EXISTS (SELECT 1 FROM meeting AS m WHERE m.block_no = s.block_no) AS meets"
     " FROM staged AS s WHERE NOT s.unseen AND NOT EXISTS (SELECT 1 FROM meeting AS m"
     " WHERE m.block_no = s.block_no AND m.seq_min = s.seq_min AND m.ts_first = s.ts_first"
-    " AND m.seq = s.seq AND m.ts = s.ts AND m.signal = s.signal)),"
+    " AND m.code = s.code)),"
     " fresh AS (INSERT INTO sample_blocks (" + _COLUMNS + ")"
     " SELECT " + _COLUMNS + " FROM staged WHERE unseen"
     " UNION ALL SELECT " + _COLUMNS + " FROM checked WHERE NOT meets"
@@ -68,17 +68,15 @@ _STORE_BLOCKS: Final = (
     + " AS e"
     " WHERE s.meets AND NOT EXISTS (SELECT 1 FROM stored AS t"
     " WHERE t.block_no = s.block_no AND t.seq = e.seq AND t.ts = e.ts)),"
-    " kept_ordered AS (SELECT k.*, lag(k.seq) OVER w AS prev_seq, lag(k.ts) OVER w AS prev_ts,"
-    " lag(k.steps) OVER w AS prev_steps, min(k.seq) OVER (PARTITION BY k.block_no) AS new_seq_min"
-    " FROM kept AS k WINDOW w AS (PARTITION BY k.block_no ORDER BY k.i)),"
+    " kept_from AS (SELECT k.*, min(k.seq) OVER (PARTITION BY k.block_no) AS new_seq_min FROM kept AS k),"
     " recoded AS (SELECT block_no, vehicle_id, minute, new_seq_min AS seq_min, max(seq) AS seq_max,"
     " min(ts) AS ts_first, max(ts) AS ts_last, count(*)::integer AS n,"
-    " array_agg(signal_id ORDER BY i) AS signal,"
-    " array_agg((seq - coalesce(prev_seq, new_seq_min))::integer ORDER BY i) AS seq,"
-    " array_agg(round(extract(epoch FROM ts - coalesce(prev_ts, minute)) * 1000)::integer ORDER BY i) AS ts,"
-    " array_agg((steps - coalesce(prev_steps, 0))::integer ORDER BY i) AS step,"
+    " array_agg(DISTINCT signal_id ORDER BY signal_id) AS signals,"
+    " block_code(array_agg(signal_id ORDER BY i), array_agg(seq - new_seq_min ORDER BY i),"
+    " array_agg(round(extract(epoch FROM ts - minute) * 1000)::integer ORDER BY i),"
+    " array_agg(steps ORDER BY i)) AS code,"
     " CASE WHEN count(exact) > 0 THEN array_agg(exact ORDER BY i) END AS exact"
-    " FROM kept_ordered GROUP BY block_no, vehicle_id, minute, new_seq_min),"
+    " FROM kept_from GROUP BY block_no, vehicle_id, minute, new_seq_min),"
     " merged AS (INSERT INTO sample_blocks (" + _COLUMNS + ") SELECT " + _COLUMNS + " FROM recoded"
     " ON CONFLICT DO NOTHING RETURNING vehicle_id, minute, seq_min, ts_first, n)"
 )

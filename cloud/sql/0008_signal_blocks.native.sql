@@ -7,23 +7,26 @@
 -- and its arrays are compressed in TOAST (pglz; toast_tuple_target 128, set on every partition since a
 -- partitioned table takes no storage parameters, sends every block there):
 -- bench/storage_layout.py measures it. The samples in a block are in (signal id, ts, seq) order, so
--- each signal's samples make a run, and each column holds the difference from the sample before:
--- within a run nearly constant (the sampling period; seq steps; value steps in the signal's quantum),
--- which LZ compresses to a few bits.
+-- each signal's samples make a run, and `code` holds per sample four int32 numbers, each the
+-- difference from what the sample before predicts (cloud/blocks.py, block_code):
 --
---   signal  integer[]  per sample, an id into sample_signals (a run repeats it)
---   seq     integer[]  seq minus the previous sample's (the first: minus seq_min)
---   ts      integer[]  ms since the previous sample (the first: since `minute`)
---   step    integer[]  the value in quanta of its signal minus the previous sample's (0 on the float path)
---   exact   double precision[]  the value itself on the float path, NULL elsewhere; the column is
---                               NULL when the block has no sample on the float path
+--   signal  its id in sample_signals minus the previous sample's (0 within a run)
+--   seq     seq - seq_min minus the sample's rank in (ts, position) order (0 where seq follows time)
+--   ts      ms since the previous sample (the first: since `minute`): the sampling period in a run
+--   steps   its value in quanta of its signal minus the previous sample's (0 on the float path)
+--
+-- each zigzag-coded (0, -1, 1, -2 ... -> 0, 1, 2, 3 ...) and split into byte planes (per field the
+-- samples' low bytes, then their second bytes, ...; as protocols/wire.py does on the wire): long runs
+-- of equal bytes, which pglz compresses to a few bits. `exact` holds the value itself for samples on
+-- the float path (NULL elsewhere; the column is NULL when the block has none). 0009's block_entries()
+-- decodes a block in plain SQL (get_byte, running sums).
 --
 -- A sample takes the scaled path when its signal has a quantum (protocols/catalog.toml, the same
 -- quanta the wire uses) and quantum * steps gives back exactly its value (compared bit for bit), else
 -- the float path: every value is stored exactly. A signal's two paths are two sample_signals rows
 -- (name, quantum) and (name, NULL). The receiver lays blocks out with numpy (cloud/blocks.py,
 -- cloud/block_rows.py) and keeps a block's seq span below 2^30 (it splits a block otherwise) and its
--- steps below 2^30 in size (else the float path), so the int4 differences never overflow.
+-- steps below 2^30 in size (else the float path), so the int32 differences never overflow.
 --
 -- De-duplication stays exact per sample on (vehicle, seq, ts) (cloud/sample_store.py): above the
 -- vehicle's high-water marks a block is new; else a block stored as it is is skipped, one whose seq
@@ -66,16 +69,13 @@ CREATE TABLE sample_blocks (
     ts_first    timestamptz NOT NULL,
     ts_last     timestamptz NOT NULL,
     n           integer NOT NULL CHECK (n > 0),
-    signal      integer[] NOT NULL,
-    seq         integer[] NOT NULL,
-    ts          integer[] NOT NULL,
-    step        integer[] NOT NULL,
+    signals     integer[] NOT NULL,       -- the ids of the signals it holds, ascending
+    code        bytea NOT NULL,           -- per sample: signal, seq, ts and steps, coded (see the header)
     exact       double precision[],
     PRIMARY KEY (vehicle_id, minute, seq_min, ts_first),
     CHECK (minute = date_bin(interval '1 minute', ts_first, timestamptz 'epoch')
            AND ts_last >= ts_first AND ts_last < minute + interval '1 minute' AND seq_max >= seq_min),
-    CHECK (cardinality(signal) = n AND cardinality(seq) = n AND cardinality(ts) = n
-           AND cardinality(step) = n AND (exact IS NULL OR cardinality(exact) = n))
+    CHECK (octet_length(code) = 16 * n AND (exact IS NULL OR cardinality(exact) = n))
 ) PARTITION BY RANGE (minute);
 CREATE INDEX sample_blocks_minute_brin ON sample_blocks USING brin (minute);
 

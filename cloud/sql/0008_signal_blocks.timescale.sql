@@ -34,16 +34,13 @@ CREATE TABLE sample_blocks (
     ts_first    timestamptz NOT NULL,
     ts_last     timestamptz NOT NULL,
     n           integer NOT NULL CHECK (n > 0),
-    signal      integer[] NOT NULL,
-    seq         integer[] NOT NULL,
-    ts          integer[] NOT NULL,
-    step        integer[] NOT NULL,
+    signals     integer[] NOT NULL,       -- the ids of the signals it holds, ascending
+    code        bytea NOT NULL,           -- per sample: signal, seq, ts and steps, coded (see the header)
     exact       double precision[],
     PRIMARY KEY (vehicle_id, minute, seq_min, ts_first),
     CHECK (minute = date_bin(interval '1 minute', ts_first, timestamptz 'epoch')
            AND ts_last >= ts_first AND ts_last < minute + interval '1 minute' AND seq_max >= seq_min),
-    CHECK (cardinality(signal) = n AND cardinality(seq) = n AND cardinality(ts) = n
-           AND cardinality(step) = n AND (exact IS NULL OR cardinality(exact) = n))
+    CHECK (octet_length(code) = 16 * n AND (exact IS NULL OR cardinality(exact) = n))
 ) WITH (toast_tuple_target = 128);
 SELECT create_hypertable('sample_blocks', 'minute', chunk_time_interval => INTERVAL '6 hours',
                          create_default_indexes => false);  -- reads by time alone prune by chunk

@@ -231,7 +231,7 @@ async def test_samples_re_sent_in_other_batches_are_stored_once_with_exact_rollu
             store,
             "SELECT count(*) FROM (SELECT e.ts, lag(e.ts) OVER (PARTITION BY b.vehicle_id, b.minute,"
             " b.seq_min, e.signal_id ORDER BY e.i) AS prev FROM sample_blocks AS b,"
-            " block_entries(b.minute, b.seq_min, b.signal, b.seq, b.ts, b.step, b.exact) AS e) AS x"
+            " block_entries(b.minute, b.seq_min, b.n, b.code, b.exact) AS e) AS x"
             " WHERE x.prev > x.ts",
         )
         == 0

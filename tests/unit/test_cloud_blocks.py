@@ -6,10 +6,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import numpy as np
+import numpy.typing as npt
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cloud.blocks import Blocks, blocks_of, unrepeated
+from cloud.blocks import CODE_FIELDS, Blocks, blocks_of, unrepeated
 from cloud.ingest import BatchMessage
 from protocols.topics import TopicKind, telemetry_topic
 from protocols.wire import Batch, SampleColumns, SampleRecord
@@ -35,16 +36,30 @@ def layout(columns: SampleColumns) -> tuple[Blocks, dict[int, tuple[str, float |
     return blocks_of(columns, quantum, 10 + k, 20 + k), ids
 
 
+def fields(blocks: Blocks, b: int) -> npt.NDArray[np.int64]:
+    """Block b's code as its four fields per sample (signal, seq, ts, steps: differences), decoded as
+    code_field() in 0009_signal_block_reads.sql does: byte planes, then zigzag."""
+    n = int(blocks.stop[b] - blocks.start[b])
+    at = int(CODE_FIELDS * 4 * blocks.start[b])
+    planes = blocks.code[at : at + CODE_FIELDS * 4 * n].reshape(CODE_FIELDS, 4, n).astype(np.int64)
+    zigzag = planes[:, 0] | planes[:, 1] << 8 | planes[:, 2] << 16 | planes[:, 3] << 24
+    out: npt.NDArray[np.int64] = (zigzag >> 1) ^ -(zigzag & 1)
+    return out
+
+
 def decoded(blocks: Blocks, ids: dict[int, tuple[str, float | None]]) -> list[tuple[int, int, str, float]]:
     """The samples back, as the database decodes them (0009_signal_block_reads.sql, block_entries)."""
     out = []
     for b in range(len(blocks)):
+        signal, seq_left, ts_delta, step_delta = fields(blocks, b)
+        n = len(signal)
+        ts = blocks.minute_ms[b] + np.cumsum(ts_delta)
+        rank = np.empty(n, dtype=np.int64)
+        rank[np.lexsort((np.arange(n), ts))] = np.arange(n)
+        seq = blocks.seq_min[b] + rank + seq_left
         part = slice(int(blocks.start[b]), int(blocks.stop[b]))
-        seq = blocks.seq_min[b] + np.cumsum(blocks.seq_delta[part].astype(np.int64))
-        ts = blocks.minute_ms[b] + np.cumsum(blocks.ts_delta[part].astype(np.int64))
-        steps = np.cumsum(blocks.step_delta[part].astype(np.int64))
         for s, t, k, sid, scaled, exact in zip(
-            seq.tolist(), ts.tolist(), steps.tolist(), blocks.signal_id[part].tolist(),
+            seq.tolist(), ts.tolist(), np.cumsum(step_delta).tolist(), np.cumsum(signal).tolist(),
             blocks.scaled[part].tolist(), blocks.exact[part].tolist(), strict=True,
         ):  # fmt: skip
             name, quantum = ids[sid]
@@ -68,11 +83,13 @@ def test_a_block_holds_every_signal_of_one_minute_coded_as_differences() -> None
     assert len(blocks) == 2
     assert (blocks.stop - blocks.start).tolist() == [6, 12]
     assert blocks.minute_ms.tolist() == [T0_MS - 30_000, T0_MS + 30_000]
-    first = blocks.signal_id[: blocks.stop[0]].tolist()
-    assert first == sorted(first)
-    # within a run the differences are the sampling period and the seq step
-    assert blocks.ts_delta[1:3].tolist() == [10_000, 10_000]
-    assert blocks.seq_delta[1:3].tolist() == [2, 2]
+    assert blocks.signal_count.tolist() == [2, 2] and blocks.signal_list[:2].tolist() == [10, 11]
+    signal, seq_left, ts_delta, _ = fields(blocks, 0)
+    assert signal.tolist() == [10, 0, 0, 1, 0, 0]  # the ids as differences: 10, 10, 10, 11, 11, 11
+    # within a run the differences are the sampling period; seq follows time (the two samples of
+    # one instant ranked by position: Soc's seq is 1 above Speed's, 1 below its rank)
+    assert ts_delta[1:3].tolist() == [10_000, 10_000]
+    assert set(seq_left.tolist()) <= {-1, 0, 1}
     assert sorted(decoded(blocks, ids)) == sorted(records)
     # and the rollup statistics per block and signal are exact
     speed = columns.signals.index("Vehicle.Speed")
@@ -95,10 +112,9 @@ def test_a_value_not_exactly_steps_of_its_quantum_takes_the_float_path() -> None
     blocks, ids = layout(message("bus-1", records).samples)
 
     by_seq = {r[0]: r for r in decoded(blocks, ids)}
-    scaled = dict(zip(
-        (blocks.seq_min[0] + np.cumsum(blocks.seq_delta)).tolist(), blocks.scaled.tolist(), strict=True
-    ))  # fmt: skip
-    assert scaled == {0: True, 1: False, 2: False, 3: False, 4: False}
+    order = np.lexsort((np.arange(len(records)), [r[1] for r in records], [r[0] for r in records]))
+    assert blocks.scaled.tolist() == [True, False, False, False, False]  # seq order here is block order
+    assert order.tolist() == [0, 1, 2, 3, 4]
     for seq, ts, name, value in records:
         assert by_seq[seq][:3] == (seq, ts, name)
         assert np.float64(by_seq[seq][3]).tobytes() == np.float64(value).tobytes()
@@ -135,8 +151,7 @@ def test_blocks_give_back_every_sample_exactly(records: list[tuple[int, int, str
         (r[:3], np.float64(r[3]).tobytes()) for r in sorted(records, key=key)
     ]
     for b in range(len(blocks)):
-        part = slice(int(blocks.start[b]), int(blocks.stop[b]))
-        assert len({int(t) // 60_000 for t in blocks.minute_ms[b] + np.cumsum(blocks.ts_delta[part])}) == 1
+        assert len({int(t) // 60_000 for t in blocks.minute_ms[b] + np.cumsum(fields(blocks, b)[2])}) == 1
 
 
 def test_blocks_of_no_samples_is_empty() -> None:
