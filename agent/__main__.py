@@ -3,6 +3,7 @@
     voltgate-agent run --config FILE
     voltgate-agent check-config --config FILE
     voltgate-agent decode --dbc FILE [--catalog FILE] [--no-policy] LOG
+    voltgate-agent catalog init --dbc FILE [--out FILE] [--force]
 
 Exit codes: 0 fine, 1 the agent failed at run time, 2 a user mistake (config, files, arguments) explained
 in one sentence per problem on stderr. This is the only module that calls `sys.exit`.
@@ -22,7 +23,8 @@ from typing import Final
 
 from agent.preflight import preflight
 from agent.settings import AgentSettings, ConfigError, load_settings
-from protocols.catalog import DEFAULT_CATALOG, load_catalog
+from protocols.catalog import DEFAULT_CATALOG, DEFAULT_DBC, Catalog, load_catalog
+from protocols.dbc import read_dbc
 from protocols.errors import CatalogError, DbcError
 
 EXIT_OK: Final = 0
@@ -117,22 +119,73 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _warn(warnings: tuple[str, ...]) -> None:
+    for warning in warnings:
+        print(f"voltgate-agent: warning: {warning}", file=sys.stderr)
+
+
+def _is_shipped_dbc(dbc: Path) -> bool:
+    return dbc.is_file() and DEFAULT_DBC.is_file() and dbc.samefile(DEFAULT_DBC)
+
+
+def _decode_catalog(args: argparse.Namespace) -> Catalog:
+    """`--catalog`; without it the shipped catalog for the shipped DBC, else every signal of the DBC
+    under the starter catalog `catalog init` would write."""
+    if args.catalog is not None:
+        return load_catalog(args.catalog, args.dbc)
+    if _is_shipped_dbc(args.dbc):
+        return load_catalog(DEFAULT_CATALOG, args.dbc)
+    from agent.catalog_init import starter_catalog
+
+    return starter_catalog(args.dbc)
+
+
 def cmd_decode(args: argparse.Namespace) -> int:
     from agent.decode import decode_log_to_csv
+    from agent.logfiles import LogFormatError
 
     if not args.log.is_file():
         return _explain([f"log file {args.log} does not exist"])
     try:
-        catalog = load_catalog(args.catalog, args.dbc)
+        catalog = _decode_catalog(args)
     except (CatalogError, DbcError) as err:
         return _explain([str(err)])
+    _warn(catalog.dbc_warnings)
     try:
         decode_log_to_csv(args.log, catalog, sys.stdout, apply_policy=not args.no_policy)
         sys.stdout.flush()
     except BrokenPipeError:  # `| head`: the reader has seen enough
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except LogFormatError as err:  # already one sentence naming the file, its format and what to do
+        return _explain([str(err)])
     except (OSError, ValueError) as err:
         return _explain([f"cannot decode {args.log}: {err}"])
+    return EXIT_OK
+
+
+def cmd_catalog_init(args: argparse.Namespace) -> int:
+    from agent.catalog_init import starter_catalog_toml
+
+    out: Path | None = args.out
+    if out is not None and out.exists() and not args.force:
+        return _explain([f"{out} exists; pass --force to overwrite it"])
+    try:
+        loaded = read_dbc(args.dbc)
+    except DbcError as err:
+        return _explain([str(err)])
+    _warn(loaded.warnings)
+    text = starter_catalog_toml(loaded.database, args.dbc, out.parent if out else Path.cwd())
+    if out is None:
+        sys.stdout.write(text)
+        return EXIT_OK
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as err:
+        return _explain([f"cannot write {out}: {err.strerror or err}"])
+    print(
+        f"{out}: {text.count('[[can]]')} signals of {args.dbc}; edit it, then --catalog {out}",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 
@@ -152,12 +205,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     decode = commands.add_parser("decode", help="decode a recorded CAN log to CSV on stdout")
     decode.add_argument("--dbc", type=Path, required=True, help="the bus DBC")
-    decode.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG, help="signal catalog (TOML)")
+    decode.add_argument(
+        "--catalog",
+        type=Path,
+        default=None,
+        help="signal catalog (TOML); default: the shipped one for the shipped DBC, else every signal "
+        "of the DBC as `catalog init` names them",
+    )
     decode.add_argument(
         "--no-policy", action="store_true", help="keep every decoded value (no sampling policy)"
     )
-    decode.add_argument("log", type=Path, help="recorded log: .log (candump -L), .asc, .blf, ...")
+    decode.add_argument(
+        "log",
+        type=Path,
+        help="recorded log: .log (candump -L), .csv (SavvyCAN/python-can), .asc, .trc, .blf, .mf4",
+    )
     decode.set_defaults(handler=cmd_decode)
+
+    catalog = commands.add_parser("catalog", help="signal catalogs")
+    catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)
+    init = catalog_commands.add_parser(
+        "init", help="write a starter catalog mapping every signal of a DBC, for an engineer to edit"
+    )
+    init.add_argument("--dbc", type=Path, required=True, help="the vehicle's DBC")
+    init.add_argument("--out", type=Path, default=None, help="catalog file to write (default: stdout)")
+    init.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    init.set_defaults(handler=cmd_catalog_init)
     return parser
 
 

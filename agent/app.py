@@ -45,10 +45,11 @@ from typing import Final, Protocol, TypeVar
 from prometheus_client import Counter
 
 from agent import metrics
-from agent.alerts import AlertStage
+from agent.alerts import AlertStage, log_alert
 from agent.buffer import BufferStats, BufferWorker, EvictionClass
 from agent.clock import SourceKind, TimestampGate
-from agent.decode import Decoder, DecodeStats
+from agent.decode import Decoder, DecodeStats, Dm1Hook
+from agent.diagnostics import DtcAlerts
 from agent.inference import InferenceStage
 from agent.preflight import load_catalogs
 from agent.records import SEVERITIES, Alert, Frame, Prediction, Sample
@@ -58,6 +59,7 @@ from agent.sources.gps import GpsSource
 from agent.sources.replay import ReplayFrameQueue, ReplaySource, TallyQueue, position_mark
 from agent.uplink import Uplink, filter_closed_socket_watchers
 from protocols.catalog import Catalog
+from protocols.j1939 import Dm1
 
 log = logging.getLogger(__name__)
 _Q = TypeVar("_Q")
@@ -141,6 +143,7 @@ class Agent:
         self.anchor_wall_s, self.anchor_mono_s = time.time(), time.monotonic()
         self.clock_gate: TimestampGate | None = None
         self.source_samples: dict[str, asyncio.Queue[Sample]] = {}
+        self.dtc_alerts: dict[str, DtcAlerts] = {}
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
@@ -170,7 +173,8 @@ class Agent:
             (bus.name, CanSource(bus, catalogs[bus.name])) for bus in settings.can
         ]
         names = [bus.name for bus in settings.can] + [log_.name for log_ in settings.replay]
-        decoders = {name: Decoder(catalogs[name], bus=name) for name in names}
+        self.dtc_alerts = {name: DtcAlerts() for name in names} if settings.alerts.enabled else {}
+        decoders = {name: Decoder(catalogs[name], bus=name, on_dm1=self._dm1_alerts(name)) for name in names}
         for log_ in settings.replay:  # a replay resumes after the frames whose samples are stored
             position = await self.buffer.get_mark(position_mark(log_.name)) or 0
             # The replay's samples pass its own counted queue, then its clock gate, then `self.samples`:
@@ -181,7 +185,7 @@ class Agent:
             self.replay_queues[log_.name] = ReplayFrameQueue(
                 FRAME_QUEUE_MAX, replay_samples, start_position=position
             )
-            warm_up = _policy_warm_up(decoders[log_.name])
+            warm_up = _policy_warm_up(decoders[log_.name], self.dtc_alerts.get(log_.name))
             replay = ReplaySource(log_, catalogs[log_.name], start_position=position, warm_up=warm_up)
             frame_sources.append((log_.name, replay))
         gps = GpsSource(settings.gps, catalogs["gps"]) if settings.gps.enabled else None
@@ -306,6 +310,19 @@ class Agent:
                 on_model_loaded=alerts.model_loaded if alerts is not None else None,
             )
         return alerts, inference
+
+    def _dm1_alerts(self, bus: str) -> Dm1Hook | None:
+        """A bus's DM1 → its DTC alerts (agent.diagnostics) → the driver log and `derived`."""
+        tracker = self.dtc_alerts.get(bus)
+        if tracker is None:
+            return None
+
+        def on_dm1(ts: float, source: int, dm1: Dm1) -> None:
+            for alert in tracker.observe(ts, source, dm1):
+                log_alert(alert)
+                self._offer(self.derived, alert, "derived")
+
+        return on_dm1
 
     def _offer(self, queue: asyncio.Queue[_Q], item: _Q, name: str) -> None:
         """Put without waiting; a full queue drops the item and counts it."""
@@ -520,18 +537,22 @@ class _StatsDecoder(Protocol):
     def stats(self) -> _DecodeStats: ...
 
 
-def _policy_warm_up(decoder: Decoder) -> Callable[[Sequence[Frame]], None]:
-    """For a resumed replay: the frames it skips go through the decoder's sampling policy so that its state
-    is the one an uninterrupted run would have; their samples were stored by an earlier run and are
-    dropped, and this run's decode counters do not count them."""
+def _policy_warm_up(
+    decoder: Decoder, dtc_alerts: DtcAlerts | None = None
+) -> Callable[[Sequence[Frame]], None]:
+    """For a resumed replay: the frames it skips go through the decoder's sampling policy (and the DTC
+    alerts' state) so that its state is the one an uninterrupted run would have; their samples and alerts
+    were stored by an earlier run and are dropped, and this run's decode counters do not count them."""
 
     def warm_up(frames: Sequence[Frame]) -> None:
         counted, decoder.stats = decoder.stats, DecodeStats()
+        hook = decoder.on_dm1
+        decoder.on_dm1 = dtc_alerts.observe if dtc_alerts is not None else None
         try:
             for frame in frames:
                 decoder.process(frame)
         finally:
-            decoder.stats = counted
+            decoder.stats, decoder.on_dm1 = counted, hook
 
     return warm_up
 

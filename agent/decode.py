@@ -11,12 +11,21 @@ Three layers, each usable alone:
   stage (`Decoder.run`) or synchronously (`Decoder.process`, used by `decode_log_to_csv`, so the
   CLI's `decode` and the agent's `run` share one code path).
 
+J1939 messages of the DBC (cantools' `protocol == "j1939"`) match by parameter group number, whatever
+the frame's priority, source address and (PDU1) destination; a catalog entry with `source_address` only
+takes that sender's frames. When the DBC has several messages of one PGN, each takes its own sender's
+frames. A matched identifier joins the exact-id table, so the hot path stays one dict lookup. What no
+plan matches but J1939 explains (transport sessions, DM1) goes to `agent.j1939`: reassembled groups are
+decoded like frames, DM1 becomes the catalog's `[[dm1]]` values and the `on_dm1` hook (driver alerts).
+
 Skips (counted, never raised): a frame whose id the catalog does not map ("unknown_id", also when
 its standard/extended flag differs from the DBC's), shorter than its DBC message ("short"), an
 error frame ("error_frame"), a remote frame ("remote_frame"), a multiplexed frame with a mux value
 the DBC does not define ("unknown_mux"), a frame cantools cannot unpack ("undecodable"); and, per
 value, a value outside the DBC's [minimum, maximum] or not finite ("out_of_range": J1939 sends
-0xFF… for "not available"). A frame longer than its message is decoded (padding is normal).
+0xFF… for "not available"). A frame longer than its message is decoded (padding is normal). J1939
+adds a DM1 payload off its layout ("dm1_malformed") and the transport problems of
+`agent.j1939.TransportProblem` ("tp_timeout", "tp_sequence", ...).
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ import asyncio
 import csv
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -34,9 +43,11 @@ from typing import TextIO
 from cantools.database.can import Signal
 from cantools.database.errors import DecodeError as CantoolsDecodeError
 
+from agent.j1939 import Group, J1939Layer, TransportProblem
 from agent.logfiles import FrameLog
 from agent.records import Frame, Sample
 from protocols.catalog import Catalog, FrameSpec, SignalSampler, SignalSpec
+from protocols.j1939 import PGN_DM1, Dm1, Dm1Error, parse_dm1, split_id
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +60,10 @@ class SkipKind(StrEnum):
     UNKNOWN_MUX = "unknown_mux"
     UNDECODABLE = "undecodable"
     OUT_OF_RANGE = "out_of_range"  # per value, not per frame
+    DM1_MALFORMED = "dm1_malformed"
+
+
+MAX_MATCHED_IDS = 4096  # J1939 identifiers kept in the exact-id table; beyond, matched per frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,11 +169,11 @@ def _frame_plan(spec: FrameSpec) -> _FramePlan:
         return replace(plan, fast=False)
     mux_signal = message.get_signal_by_name(next(iter(multiplexers)))
     mux = _bit_field(mux_signal, length)
-    values = frozenset(
+    values = frozenset(  # cantools' tree: a mux value may carry no signal but itself (is not unknown)
         value
-        for s in message.signals
-        if s.multiplexer_signal == mux_signal.name
-        for value in (s.multiplexer_ids or ())
+        for node in message.signal_tree
+        if isinstance(node, dict)
+        for value in node.get(mux_signal.name, {})
     )
     if mux is None or not values:
         return replace(plan, fast=False)
@@ -173,9 +188,18 @@ class FrameDecoder:
     cantools' `decode_simple`. Both give the same numbers (the round-trip and Kona tests compare them)."""
 
     def __init__(self, frames: Mapping[int, FrameSpec]) -> None:
-        self._plans: dict[int, _FramePlan] = {
-            frame_id: _frame_plan(spec) for frame_id, spec in frames.items()
-        }
+        self._plans: dict[int, _FramePlan] = {}  # exact ids, and J1939 ids once matched
+        self._by_pgn: dict[int, list[FrameSpec]] = {}
+        self._pgn_plans: dict[tuple[int, int], _FramePlan | None] = {}  # (PGN, sender) → plan
+        for frame_id, spec in frames.items():
+            if spec.message.protocol == "j1939" and spec.message.is_extended_frame:
+                self._by_pgn.setdefault(split_id(frame_id).pgn, []).append(spec)
+            else:
+                self._plans[frame_id] = _frame_plan(spec)
+
+    @property
+    def has_j1939(self) -> bool:
+        return bool(self._by_pgn)
 
     def decode(self, frame: Frame) -> Decoded:
         if frame.is_error:
@@ -184,8 +208,44 @@ class FrameDecoder:
             return _SKIPPED[SkipKind.REMOTE_FRAME]
         plan = self._plans.get(frame.arbitration_id)
         if plan is None or plan.is_extended != frame.is_extended:
-            return _SKIPPED[SkipKind.UNKNOWN_ID]
+            if not frame.is_extended or not self._by_pgn:
+                return _SKIPPED[SkipKind.UNKNOWN_ID]
+            j1939 = split_id(frame.arbitration_id)
+            plan = self._pgn_plan(j1939.pgn, j1939.source)
+            if plan is None:
+                return _SKIPPED[SkipKind.UNKNOWN_ID]
+            if len(self._plans) < MAX_MATCHED_IDS and frame.arbitration_id not in self._plans:
+                self._plans[frame.arbitration_id] = plan
         data = frame.data
+        if plan.fast and len(data) >= plan.length:  # the hot path: no further call
+            return _decode_fields(plan, data)
+        return self._decode_data(plan, data)
+
+    def decode_group(self, pgn: int, source: int, data: bytes) -> Decoded:
+        """A J1939 parameter group reassembled from a transport session, as a frame of that PGN."""
+        plan = self._pgn_plan(pgn, source)
+        return _SKIPPED[SkipKind.UNKNOWN_ID] if plan is None else self._decode_data(plan, data)
+
+    def _pgn_plan(self, pgn: int, source: int) -> _FramePlan | None:
+        """The plan of the DBC message of `pgn` for frames from `source`, with the catalog signals that
+        take that sender's frames; None when none does."""
+        specs = self._by_pgn.get(pgn)
+        if specs is None:
+            return None
+        key = (pgn, source)
+        if key in self._pgn_plans:
+            return self._pgn_plans[key]
+        if len(specs) > 1:  # the DBC tells the senders of this PGN apart: each message its own
+            specs = [spec for spec in specs if spec.message.frame_id & 0xFF == source]
+        plan: _FramePlan | None = None
+        if len(specs) == 1:
+            signals = tuple(s for s in specs[0].signals if s[1].source_address in (None, source))
+            if signals:
+                plan = _frame_plan(FrameSpec(specs[0].message, signals))
+        self._pgn_plans[key] = plan
+        return plan
+
+    def _decode_data(self, plan: _FramePlan, data: bytes) -> Decoded:
         if len(data) < plan.length:
             return _SKIPPED[SkipKind.SHORT]
         if plan.fast:
@@ -260,33 +320,82 @@ class DecodeStats:
 
     frames_in: int = 0
     frames_decoded: int = 0  # frames that yielded at least one in-range catalog value
-    skipped: dict[str, int] = field(default_factory=lambda: {kind.value: 0 for kind in SkipKind})
+    skipped: dict[str, int] = field(
+        default_factory=lambda: {kind.value: 0 for kind in (*SkipKind, *TransportProblem)}
+    )
     values_decoded: int = 0
     samples_kept: int = 0
     samples_suppressed: int = 0  # by the sampling policy
 
 
+Dm1Hook = Callable[[float, int, Dm1], object]
+"""Called with (frame time, sender address, its DM1) for every DM1 a bus carries."""
+
+
 class Decoder:
     """The decode stage of one bus: frames → samples, through the catalog and its policies."""
 
-    def __init__(self, catalog: Catalog, *, bus: str = "", apply_policy: bool = True) -> None:
+    def __init__(
+        self, catalog: Catalog, *, bus: str = "", apply_policy: bool = True, on_dm1: Dm1Hook | None = None
+    ) -> None:
         self.bus = bus
         self.stats = DecodeStats()
+        self.on_dm1 = on_dm1
         self._decoder = FrameDecoder(catalog.frames())
+        dm1_specs = catalog.dm1_signals()
+        self._j1939 = J1939Layer(dm1_specs) if self._decoder.has_j1939 or dm1_specs else None
         self._apply_policy = apply_policy
         self._samplers: dict[str, SignalSampler] = {
-            spec.name: SignalSampler(spec.policy) for spec in catalog if spec.source == "can"
+            spec.name: SignalSampler(spec.policy) for spec in catalog if spec.source != "gps"
         }
         self._logged: set[str] = set()
 
     def process(self, frame: Frame) -> list[Sample]:
         """Decode one frame and apply the sampling policy; never raises on bad input."""
-        stats = self.stats
-        stats.frames_in += 1
+        self.stats.frames_in += 1
         decoded = self._decoder.decode(frame)
         if decoded.skipped is not None:
+            if decoded.skipped is SkipKind.UNKNOWN_ID and self._j1939 is not None and frame.is_extended:
+                offered = self._j1939.offer(frame)
+                if offered is not None:
+                    return self._j1939_groups(frame, offered.groups, offered.problems)
             self._skip(decoded.skipped, frame, 1)
             return []
+        return self._keep(frame, decoded)
+
+    def _j1939_groups(
+        self, frame: Frame, groups: list[Group], problems: list[TransportProblem]
+    ) -> list[Sample]:
+        """Complete parameter groups (single DM1 frames, reassembled sessions) → samples; problems counted."""
+        for problem in problems:
+            self._skip(problem, frame, 1)
+        samples: list[Sample] = []
+        for group in groups:
+            if group.pgn == PGN_DM1:
+                decoded = self._dm1(frame, group)
+            else:
+                decoded = self._decoder.decode_group(group.pgn, group.source, group.data)
+            if decoded.skipped is not None:
+                self._skip(decoded.skipped, frame, 1)
+            else:
+                samples += self._keep(frame, decoded)
+        return samples
+
+    def _dm1(self, frame: Frame, group: Group) -> Decoded:
+        assert self._j1939 is not None
+        try:
+            dm1 = parse_dm1(group.data)
+        except Dm1Error:
+            return _SKIPPED[SkipKind.DM1_MALFORMED]
+        if self.on_dm1 is not None:
+            self.on_dm1(group.ts, group.source, dm1)
+        values = self._j1939.dm1_values(group.source, dm1)
+        kept = tuple((spec, value) for spec, value in values if not math.isnan(value))
+        return Decoded(values=kept, out_of_range=tuple(spec for spec, v in values if math.isnan(v)))
+
+    def _keep(self, frame: Frame, decoded: Decoded) -> list[Sample]:
+        """A decoded frame's values through the sampling policy."""
+        stats = self.stats
         if decoded.out_of_range:
             self._skip(SkipKind.OUT_OF_RANGE, frame, len(decoded.out_of_range))
         if not decoded.values:
@@ -327,7 +436,7 @@ class Decoder:
             log.exception("bus %s: decoding frame 0x%X failed", self.bus, frame.arbitration_id)
             return []
 
-    def _skip(self, kind: SkipKind, frame: Frame, count: int) -> None:
+    def _skip(self, kind: SkipKind | TransportProblem, frame: Frame, count: int) -> None:
         self.stats.skipped[kind] += count
         if kind not in self._logged:
             self._logged.add(kind)
@@ -350,17 +459,19 @@ def decode_log_to_csv(
 ) -> DecodeStats:
     """Decode a recorded log (any format python-can's `LogReader` reads: .log, .asc, .blf, .csv,
     .trc, ...) through the same `Decoder.process` as the agent, and write one CSV row per kept
-    sample: `ts,signal,value,message,dbc_signal` (floats in their shortest exact form)."""
+    sample: `ts,signal,value,message,dbc_signal` (floats in their shortest exact form; a DM1 value's
+    message is "DM1" and its dbc_signal the catalog's DM1 field)."""
     decoder = Decoder(catalog, bus=log_path.stem, apply_policy=apply_policy)
-    by_name = {spec.name: spec for spec in catalog}
+    by_name = {
+        spec.name: (spec.message or spec.source.upper(), spec.dbc_signal or spec.dm1_field)
+        for spec in catalog
+    }
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_HEADER)
     bus = log_path.stem
     with FrameLog(log_path, bus) as frames:
         for frame in frames:
             for sample in decoder.process(frame):
-                spec = by_name[sample.signal]
-                writer.writerow(
-                    (repr(sample.ts), sample.signal, repr(sample.value), spec.message, spec.dbc_signal)
-                )
+                message, dbc_signal = by_name[sample.signal]
+                writer.writerow((repr(sample.ts), sample.signal, repr(sample.value), message, dbc_signal))
     return decoder.stats

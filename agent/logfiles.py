@@ -1,87 +1,143 @@
-"""Recorded CAN logs → `Frame`s: what the replay source plays and what `voltgate-agent decode` decodes.
+"""Recorded CAN logs → `Frame`s: the one place the agent opens a recorded log, for the replay source and
+`voltgate-agent decode`.
 
-Every format python-can's `LogReader` reads (.asc, .blf, .csv, .trc, .mf4, ...) goes through it and
-`frame_from_message`. A `candump -L` log (.log) — what a fleet engineer pulls off a gateway, and what
-the simulator records — is read here directly, line by line into `Frame`s, without a python-can
-`Message` per line: a third of the agent's cost per frame when replaying. It yields the frames python-can's
-`CanutilsLogReader` would (same timestamps, ids, extended flag by id width, data, error and remote
-frames), and raises `ValueError` on a malformed line.
+`FrameLog` picks the format by the file's extension (and, for .csv, by its header line):
+
+| extension | format | read by |
+|---|---|---|
+| .log | `candump -L` (can-utils; what the simulator records) | `agent.logformats.candump` |
+| .csv | SavvyCAN/GVRET (`Time Stamp,ID,Extended,...`) | `agent.logformats.savvycan` |
+| .csv | python-can's CSV (`timestamp,arbitration_id,...`) | python-can |
+| .asc, .trc | Vector ASC, PEAK TRC | python-can |
+| .blf | Vector BLF | python-can |
+| .mf4 | ASAM MDF4 bus log (CSS Electronics CANedge, Vector) | python-can's MF4Reader + asammdf, extra `mf4` |
+
+A log that cannot be read raises `LogFormatError`: one sentence naming the file, the format and what to
+install or convert — an unknown extension, a CSV of another dialect, an MF4 without asammdf installed, a
+compressed or encrypted CANedge file, a truncated or corrupt file (after the frames before the damage). A
+malformed line of a text log costs that line only: it is skipped and counted (`malformed_lines`), the first
+one is logged when met and the total once at the end. A log that yields no frame at all is refused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import Final, TextIO
 
-import can
 from can.io.generic import MessageReader
 
-from agent.records import Frame, frame_from_message
+from agent.logformats import LogFormatError, MalformedLines, candump, pycan, savvycan
+from agent.records import Frame
 
-_CAN_ERR_FLAG = 0x20000000
-_CAN_ERR_BUSERROR = 0x00000080
-_ID_MASK = 0x1FFFFFFF
+__all__ = ["READABLE", "FrameLog", "LogFormatError"]
 
-
-def candump_frame(bus: str, line: str) -> Frame | None:
-    """One line of `candump -L` output, `(1700000000.123456) can0 18FEF100#0102030405060708 [R|T]`;
-    None for a blank line."""
-    fields = line.split()
-    if not fields:
-        return None
-    if len(fields) == 4 and fields[3] in ("R", "T", "r", "t"):
-        del fields[3]  # direction (python-can writes it; candump does not)
-    stamp, _interface, frame_text = fields  # ValueError on anything else, as python-can
-    if stamp[0] != "(" or stamp[-1] != ")":
-        raise ValueError(f"not a candump timestamp: {stamp!r}")
-    ts = float(stamp[1:-1])
-    id_text, _, payload = frame_text.partition("#")
-    if not _:
-        raise ValueError(f"no '#' in candump frame {frame_text!r}")
-    can_id = int(id_text, 16)
-    if can_id & _CAN_ERR_FLAG and can_id & _CAN_ERR_BUSERROR:
-        return Frame(bus, ts, 0, True, b"", is_error=True)  # as python-can: an error frame, nothing else
-    if payload[:1] == "#":
-        payload = payload[2:]  # CAN FD: "##<flags><data>"
-    if payload[:1] in ("R", "r"):
-        return Frame(bus, ts, can_id & _ID_MASK, len(id_text) > 3, b"", is_remote=True)
-    if len(payload) % 2:
-        raise ValueError(f"odd number of hex digits in candump data {payload!r}")
-    return Frame(bus, ts, can_id & _ID_MASK, len(id_text) > 3, bytes.fromhex(payload))
+READABLE: Final = (
+    ".log (candump -L), .csv (SavvyCAN/GVRET or python-can), .asc (Vector), .trc (PEAK), .blf (Vector) "
+    "and .mf4 (ASAM MDF4, e.g. CANedge)"
+)
+_CANEDGE_PACKED: Final = {".mfc": "compressed", ".mfe": "encrypted", ".mfm": "compressed and encrypted"}
 
 
 class FrameLog:
     """The frames of one recorded log, in file order; iterate once, then `close()` (or use `with`).
-    Raises `OSError`/`ValueError` (and whatever python-can raises for its formats) on unreadable input."""
+    Raises `LogFormatError` (a `ValueError`) for a log it cannot read, `OSError` for a file it cannot open."""
 
     def __init__(self, path: Path, bus: str) -> None:
         self.path = path
         self.bus = bus
-        self._text: TextIO | None = None
         self._reader: MessageReader | None = None
-        if path.suffix.lower() == ".log":
-            self._text = path.open(encoding="ascii", errors="strict")
+        self._malformed_lines: MalformedLines | None = None  # for a text log
+        self._text: TextIO | None = None
+        suffix = path.suffix.lower()
+        self._frames: Iterator[Frame]
+        if suffix == ".log":
+            self.format_name = candump.FORMAT_NAME
+            self._frames = self._candump()
+        elif suffix == ".csv":
+            self._frames = self._csv()
+        elif suffix in pycan.TEXT_FORMATS:
+            self.format_name = pycan.TEXT_FORMATS[suffix][0]
+            self._frames = pycan.text_frames(path, self._open_text(), bus, self._malformed())
+        elif suffix == ".blf":
+            self.format_name = "Vector BLF"
+            self._reader = pycan.open_blf(path)
+            self._frames = pycan.binary_frames(path, bus, self._reader, self.format_name)
+        elif suffix == ".mf4":
+            self.format_name = "MF4"
+            self._reader = pycan.open_mf4(path)
+            self._frames = pycan.binary_frames(path, bus, self._reader, self.format_name)
+        elif suffix in _CANEDGE_PACKED:
+            raise LogFormatError(
+                f"{path} is a {_CANEDGE_PACKED[suffix]} CANedge log: turn it into a plain .MF4 first with "
+                "CSS Electronics' MF4 converters (mdf2finalized), then read that"
+            )
         else:
-            # relative_timestamp=False: an .asc keeps the absolute times of its "date" header
-            self._reader = can.LogReader(path, relative_timestamp=False)
+            raise LogFormatError(
+                f"{path}: unknown log format {path.suffix or '(no extension)'!r}; voltgate reads {READABLE} "
+                "— convert the log to one of these (e.g. with SavvyCAN or python -m can.logconvert)"
+            )
+
+    @property
+    def malformed_lines(self) -> int:
+        """Lines of a text log skipped so far because they did not parse."""
+        return 0 if self._malformed_lines is None else self._malformed_lines.count
+
+    def _malformed(self) -> MalformedLines:
+        self._malformed_lines = MalformedLines(self.path, self.format_name)
+        return self._malformed_lines
+
+    def _open_text(self) -> TextIO:
+        """The log as text, open now (a missing file fails here); a byte that is not text spoils its line
+        alone (it parses as nothing), not the file."""
+        self._text = self.path.open(encoding="utf-8", errors="replace")
+        return self._text
+
+    def _candump(self) -> Iterator[Frame]:
+        return candump.candump_frames(self.bus, self._open_text(), self._malformed())
+
+    def _csv(self) -> Iterator[Frame]:
+        """Choose the dialect by the header line, now; read the rows when iterated."""
+        text = self._open_text()
+        header = text.readline().strip()
+        columns = savvycan.savvycan_columns(header)
+        if columns is not None:
+            self.format_name = savvycan.FORMAT_NAME
+            return savvycan.savvycan_frames(self.bus, columns, text, self._malformed())
+        if header.replace(" ", "").lower().startswith(pycan.PYCAN_CSV_HEADER):
+            self.format_name = pycan.TEXT_FORMATS[".csv"][0]
+            text.seek(0)  # python-can's reader skips the header itself
+            return pycan.text_frames(self.path, text, self.bus, self._malformed())
+        text.close()
+        shown = header if len(header) <= 80 else header[:77] + "..."
+        raise LogFormatError(
+            f"{self.path} is a CSV of an unknown dialect (header {shown!r}); voltgate reads SavvyCAN/GVRET's "
+            f"({savvycan.HEADER}) and python-can's ({pycan.PYCAN_CSV_HEADER}) — export or convert the log "
+            "to one of them"
+        )
 
     def __iter__(self) -> Iterator[Frame]:
-        bus = self.bus
-        if self._text is not None:
-            for line in self._text:
-                frame = candump_frame(bus, line)
-                if frame is not None:
-                    yield frame
-        elif self._reader is not None:
-            for message in self._reader:
-                yield frame_from_message(bus, message)
+        any_frame = False
+        for frame in self._frames:
+            any_frame = True
+            yield frame
+        malformed = self._malformed_lines
+        if not any_frame:
+            if malformed is not None and malformed.count:
+                raise malformed.none_readable()
+            raise LogFormatError(
+                f"{self.path} holds no CAN frames read as a {self.format_name} log: it is empty, or in "
+                f"another format under this extension (voltgate reads {READABLE})"
+            )
+        if malformed is not None:
+            malformed.report()
 
     def close(self) -> None:
         if self._text is not None:
             self._text.close()
         if self._reader is not None:
             self._reader.stop()
+            self._reader = None
 
     def __enter__(self) -> FrameLog:
         return self

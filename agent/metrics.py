@@ -41,9 +41,10 @@ SAMPLES_DECODED: Final = Counter(
 )
 GPS_SENTENCES: Final = Counter(
     "voltgate_gps_sentences",
-    "NMEA sentences read from the GPS port, per result: the type accepted (RMC, GGA, VTG, GSA) or why it "
-    "was skipped (checksum, garbage, framing, truncated, field, overlong, unsupported, proprietary, untimed, "
-    "orphan, duplicate, undated; see protocols.nmea.NmeaReader)",
+    "NMEA sentences read from the GPS port, per result: the type accepted (RMC, GGA, GNS, GLL, VTG, GSA, "
+    "ZDA; unchecked: accepted without a checksum) or why it was skipped (checksum, garbage, framing, "
+    "truncated, field, overlong, unsupported, proprietary, untimed, orphan, duplicate, undated; "
+    "see protocols.nmea.NmeaReader)",
     ["result"],
 )
 CAN_SERIAL_LINES_REJECTED: Final = Counter(

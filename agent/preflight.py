@@ -4,6 +4,7 @@ one sentence per problem. Imports no stage, so `check-config` stays quick."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import can
 from agent.settings import AgentSettings, ConfigError
 from protocols.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from protocols.errors import CatalogError, DbcError
+
+log = logging.getLogger(__name__)
 
 
 def load_catalogs(settings: AgentSettings) -> dict[str, Catalog]:
@@ -31,6 +34,8 @@ def load_catalogs(settings: AgentSettings) -> dict[str, Catalog]:
                 loaded[key] = load_catalog(catalog_path, dbc_path)
             except (CatalogError, DbcError) as err:
                 raise ConfigError(f"bus {name!r}: {err}") from err
+            for warning in loaded[key].dbc_warnings:  # a DBC defect repaired on load, once per file
+                log.warning("bus %r: %s", name, warning)
         catalogs[name] = loaded[key]
     return catalogs
 

@@ -71,6 +71,9 @@ class GpsSettings(_Section):
     enabled: bool = False
     port: str = "/dev/ttyUSB0"  # a serial device or a pty
     baudrate: int = 9600
+    # NMEA 0183 requires a checksum; accept sentences without one only for a receiver that never sends it
+    # (a cut-off line then passes when the cut falls inside its last field; see protocols.nmea_sentences)
+    accept_missing_checksum: bool = False
 
 
 class ClockSettings(_Section):

@@ -3,7 +3,8 @@ names, units and sampling policy.
 
 A catalog is a TOML file next to its DBC (see `catalog.toml` for the format). Loading checks every
 entry against the DBC, so a catalog that loads is one the agent can decode with. Every mistake in
-the DBC or the catalog is reported as one `DbcError` / `CatalogError` that names the file and line.
+the catalog is reported as one `CatalogError` that names the file and line; the DBC is loaded by
+`protocols.dbc` (known defects repaired, each kept in `Catalog.dbc_warnings`; others a `DbcError`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
-from typing import Literal, cast
+from typing import Literal
 
-import cantools
 from cantools.database.can import Database, Message
 
-from protocols.errors import CatalogError, DbcError
+from protocols.dbc import load_dbc, read_dbc
+from protocols.errors import CatalogError
+from protocols.j1939 import DM1_FIELDS, MAX_SENDER_ADDRESS
+
+__all__ = ["DEFAULT_CATALOG", "DEFAULT_DBC", "Catalog", "load_catalog", "load_dbc", "parse_catalog"]
 
 DEFAULT_CATALOG = Path(__file__).with_name("catalog.toml")
 DEFAULT_DBC = Path(__file__).with_name("bus.dbc")
@@ -83,10 +87,12 @@ class SignalSpec:
     priority: Priority
     policy: SamplingPolicy
     resolution: float  # the step a value travels in on the wire
-    source: Literal["can", "gps"]
+    source: Literal["can", "gps", "dm1"]
     message: str = ""  # CAN only: DBC message name
     dbc_signal: str = ""  # CAN only: DBC signal name
     gps_field: str = ""  # GPS only: a field of the decoded fix
+    dm1_field: str = ""  # DM1 only: one of `protocols.j1939.DM1_FIELDS`
+    source_address: int | None = None  # J1939 (CAN, DM1): only this sender; None: any sender
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +110,7 @@ class Catalog:
     version: str
     database: Database
     signals: tuple[SignalSpec, ...]
+    dbc_warnings: tuple[str, ...] = ()  # the DBC's defects, repaired on load (`protocols.dbc`)
     _by_name: Mapping[str, SignalSpec] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -133,57 +140,12 @@ class Catalog:
     def gps_signals(self) -> tuple[SignalSpec, ...]:
         return tuple(s for s in self.signals if s.source == "gps")
 
+    def dm1_signals(self) -> tuple[SignalSpec, ...]:
+        return tuple(s for s in self.signals if s.source == "dm1")
+
     def quanta(self) -> dict[str, float]:
         """Canonical name → wire resolution, for `protocols.wire.encode_batch`."""
         return {s.name: s.resolution for s in self.signals}
-
-
-# --------------------------------------------------------------------------- DBC
-
-
-def load_dbc(path: Path) -> Database:
-    """Load a DBC strictly; any problem becomes one `DbcError` naming the file and, where it can be
-    found, the line."""
-    try:
-        text = path.read_text(encoding="cp1252")
-    except OSError as err:
-        raise DbcError(f"{path}: cannot read the CAN database: {err.strerror or err}") from err
-    try:
-        db = cantools.database.load_string(text, database_format="dbc", strict=True)
-    except (cantools.database.errors.Error, ValueError, KeyError, IndexError) as err:
-        reason = _cantools_reason(err)
-        line = _locate_dbc_problem(text, reason)
-        where = f"{path}:{line}" if line else str(path)
-        raise DbcError(f"{where}: not a valid DBC: {reason}") from err
-    return cast(Database, db)
-
-
-def _cantools_reason(err: Exception) -> str:
-    # cantools wraps the DBC parser's error; prefer it, without the format prefix and quotes.
-    inner = getattr(err, "e_dbc", None) or err
-    reason = str(inner).strip()
-    if reason.startswith('DBC: "') and reason.endswith('"'):
-        reason = reason[6:-1]
-    return " ".join(reason.split())
-
-
-def _locate_dbc_problem(text: str, reason: str) -> int | None:
-    """Best effort: the 1-based line a cantools error refers to."""
-    if m := re.search(r"\bline (\d+)\b", reason):
-        return int(m.group(1))
-    lines = text.splitlines()
-    probes: list[re.Pattern[str]] = []
-    if m := re.search(r"\b(VAL_|BA_|CM_|SG_MUL_VAL_) (\d+) (\w+)", reason):
-        probes.append(re.compile(rf"^\s*{m.group(1)}\s+{m.group(2)}\s+{m.group(3)}\b"))
-    if m := re.search(r"in message (\w+)", reason):
-        probes.append(re.compile(rf"^\s*BO_\s+\d+\s+{m.group(1)}\s*:"))
-    if m := re.search(r"signals? (\w+)", reason):
-        probes.append(re.compile(rf"^\s*SG_\s+{m.group(1)}\b"))
-    for probe in probes:
-        for number, line in enumerate(lines, start=1):
-            if probe.search(line):
-                return number
-    return None
 
 
 # --------------------------------------------------------------------------- catalog
@@ -196,6 +158,14 @@ def load_catalog(path: Path = DEFAULT_CATALOG, dbc_path: Path | None = None) -> 
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise CatalogError(f"{path}: cannot read the signal catalog: {err}") from err
+    return parse_catalog(text, path, dbc_path)
+
+
+def parse_catalog(
+    text: str, path: Path, dbc_path: Path | None = None, *, database: Database | None = None
+) -> Catalog:
+    """Check a catalog's TOML `text` (`path` names it in errors and resolves its `dbc` key) against
+    `database`, or the DBC at `dbc_path` or at its `dbc` key."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -214,11 +184,14 @@ def load_catalog(path: Path = DEFAULT_CATALOG, dbc_path: Path | None = None) -> 
     version = _require_str(header, "version", entries.at("catalog", 0))
     if dbc_path is None:
         dbc_path = path.parent / _require_str(header, "dbc", entries.at("catalog", 0))
-    database = load_dbc(dbc_path)
+    dbc_warnings: tuple[str, ...] = ()
+    if database is None:
+        loaded = read_dbc(dbc_path)
+        database, dbc_warnings = loaded.database, loaded.warnings
 
     specs: list[SignalSpec] = []
     first_seen: dict[str, str] = {}
-    for kind in ("can", "gps"):
+    for kind in ("can", "gps", "dm1"):
         raw = doc.get(kind, [])
         if not isinstance(raw, list):
             raise CatalogError(f"{path}: `{kind}` must be an array of tables ([[{kind}]])")
@@ -226,7 +199,10 @@ def load_catalog(path: Path = DEFAULT_CATALOG, dbc_path: Path | None = None) -> 
             where = entries.at(kind, index)
             if not isinstance(entry, dict):
                 raise CatalogError(f"{where}: a [[{kind}]] entry must be a table")
-            spec = _can_spec(entry, where, database, dbc_path) if kind == "can" else _gps_spec(entry, where)
+            if kind == "can":
+                spec = _can_spec(entry, where, database, dbc_path)
+            else:
+                spec = _gps_spec(entry, where) if kind == "gps" else _dm1_spec(entry, where)
             if spec.name in first_seen:
                 raise CatalogError(
                     f"{where}: canonical name {spec.name!r} is already used at {first_seen[spec.name]}"
@@ -235,7 +211,14 @@ def load_catalog(path: Path = DEFAULT_CATALOG, dbc_path: Path | None = None) -> 
             specs.append(spec)
     if not specs:
         raise CatalogError(f"{path}: the catalog maps no signals")
-    return Catalog(path=path, name=name, version=version, database=database, signals=tuple(specs))
+    return Catalog(
+        path=path,
+        name=name,
+        version=version,
+        database=database,
+        signals=tuple(specs),
+        dbc_warnings=dbc_warnings,
+    )
 
 
 class _EntryLocator:
@@ -268,7 +251,10 @@ def _can_spec(entry: dict[str, object], where: str, database: Database, dbc_path
             f"{where}: signal {signal_name!r} is not in message {message_name!r} of {dbc_path}"
         ) from None
     scale = abs(float(signal.scale)) or 1.0
-    return _spec(entry, where, "can", default_resolution=scale, message=message_name, dbc_signal=signal_name)
+    spec = _spec(entry, where, "can", default_resolution=scale, message=message_name, dbc_signal=signal_name)
+    if spec.source_address is not None and message.protocol != "j1939":
+        raise CatalogError(f"{where}: `source_address` needs a J1939 message; {message_name!r} is not one")
+    return spec
 
 
 def _gps_spec(entry: dict[str, object], where: str) -> SignalSpec:
@@ -282,15 +268,34 @@ def _gps_spec(entry: dict[str, object], where: str) -> SignalSpec:
     return spec
 
 
+def _dm1_spec(entry: dict[str, object], where: str) -> SignalSpec:
+    dm1_field = _require_str(entry, "field", where)
+    if dm1_field not in DM1_FIELDS:
+        known = ", ".join(sorted(DM1_FIELDS))
+        raise CatalogError(f"{where}: unknown DM1 field {dm1_field!r} (one of {known})")
+    return _spec(entry, where, "dm1", default_resolution=1.0, dm1_field=dm1_field)
+
+
+def _source_address(entry: Mapping[str, object], where: str) -> int | None:
+    """A J1939 sender address, 0..253 (254 is the null address, 255 the global one: J1939-81)."""
+    value = entry.get("source_address")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SENDER_ADDRESS:
+        raise CatalogError(f"{where}: `source_address` must be a J1939 sender address, 0..253")
+    return value
+
+
 def _spec(
     entry: dict[str, object],
     where: str,
-    source: Literal["can", "gps"],
+    source: Literal["can", "gps", "dm1"],
     *,
     default_resolution: float,
     message: str = "",
     dbc_signal: str = "",
     gps_field: str = "",
+    dm1_field: str = "",
 ) -> SignalSpec:
     name = _require_str(entry, "name", where)
     if not _NAME_RE.match(name):
@@ -323,6 +328,8 @@ def _spec(
         message=message,
         dbc_signal=dbc_signal,
         gps_field=gps_field,
+        dm1_field=dm1_field,
+        source_address=_source_address(entry, where) if source != "gps" else None,
     )
 
 

@@ -1,43 +1,32 @@
-"""NMEA 0183 from the bus GPS receiver: sentences (RMC, GGA, VTG, GSA) and the fixes they make.
+"""NMEA 0183 from the bus GPS receiver: the fixes its sentences make.
 
-Two layers:
-
-* `parse_sentence(line)` is pure: one sentence in, one frozen dataclass out, or `NmeaError` with a
-  `kind` ("framing", "truncated", "checksum", "proprietary", "unsupported", "field").
-* `NmeaReader.feed(data)` takes the serial byte stream in chunks of any size, finds sentences in it
-  (CR, LF or CRLF endings; binary such as u-blox UBX frames and non-UTF-8 bytes in between), groups
-  the sentences of one epoch (same UTC time of day) into one `GpsFix`, and never raises: every
-  skipped line is counted by kind in `NmeaReader.counts`.
+Three modules, one concept each: `nmea_stream` cuts the serial byte stream into lines,
+`nmea_sentences` parses one line into a sentence (RMC, GGA, GNS, GLL, VTG, GSA, ZDA), and this module
+groups the sentences of one epoch into a `GpsFix`. `NmeaReader.feed(data)` takes the byte stream in
+chunks of any size and never raises: every skipped line is counted by kind in `NmeaReader.counts`,
+and the first of each kind is kept with its reason in `NmeaReader.first_skips` (to be reported once).
 
 Decisions (facts from NMEA 0183 where cited; the rest is ours):
 
-* Checksum. A sentence without `*hh` is rejected as "truncated". NMEA 0183 makes the checksum
-  mandatory for the sentences we read, real receivers always send it, and a line cut short by a
-  serial overrun or a reconnect looks exactly like a sentence without one; accepting it would
-  accept a half sentence whose cut fell on a field boundary.
-* Talkers: any two-letter talker (GP, GN, GL, GA, BD, GB, QZ, ...) is accepted and kept in `talker`.
-  Proprietary sentences (`$P` + maker) are "proprietary"; other types (GSV, GLL, ZDA, TXT...) and
-  `!` encapsulation sentences (AIS) are "unsupported".
-* Empty fields are `None`. Latitude/longitude are signed degrees (south and west negative);
-  minutes of 60 or more, or a value without its hemisphere, are "field" errors.
-* Two-digit years: NMEA RMC carries `yy`; GPS time starts in 1980, so 80-99 is 19yy, else 20yy.
-  Receivers with a GPS week-rollover bug report dates 1024 weeks early; we do not guess a
-  correction, we report what the receiver says.
-* Validity. A fix is valid when every validity indicator in its epoch says so: RMC status `A` with
-  a mode indicator (NMEA 2.3+) that is not N (no fix), S (simulator) or M (manual input), and GGA
-  quality 1-6 (not 0 invalid, 7 manual, 8 simulation). A status `V` RMC means no valid fix. The
-  RMC navigational status field of NMEA 4.1 (u-blox always sends `V`, "not supported") is ignored.
-  Position, altitude, speed and course are `None` in a fix that is not valid.
-* Epochs. RMC and GGA carry the UTC time; a sentence with a different time closes the open epoch
-  and emits its fix, so a fix comes out when the next epoch starts (one epoch of latency), or on
-  `flush()` at the end of a stream. VTG and GSA carry no time and join the epoch open when they
-  arrive. RMC is preferred for position, speed and course; GGA gives altitude, quality,
-  satellites and HDOP; VTG fills speed and course only where the epoch's RMC has none.
-* Fix time. `ts` is the GPS time: the date from the epoch's RMC plus its UTC time. An epoch without
-  an RMC date (GGA-only, or an RMC with an empty date) takes the date of the last RMC with status
-  `A`, moved to the next day when the time of day has gone back by more than 12 h (midnight), and
-  says so in `date_carried`. An epoch before any such date is dropped and counted as "undated":
-  the wall clock of the gateway is never used.
+* Validity. A fix is valid when every validity indicator in its epoch says so: RMC and GLL status
+  `A` with a mode indicator (NMEA 2.3+) that is not N (no fix), S (simulator) or M (manual input),
+  and GGA quality 1-6 (not 0 invalid, 7 manual, 8 simulation). The RMC navigational status field of
+  NMEA 4.1 (u-blox always sends `V`, "not supported") is ignored. Position, altitude, speed and
+  course are `None` in a fix that is not valid.
+* Epochs. RMC, GGA, GNS and GLL carry the UTC time; a sentence with a different time (beyond the
+  resolution of the coarser of the two time fields: 120824.758 and 120824.76 are one epoch) closes the open
+  epoch and emits its fix, so a fix comes out when the next epoch starts (one epoch of latency), or
+  on `flush()` at the end of a stream. VTG, GSA and a GLL without time (NMEA 1.5) join the epoch
+  open when they arrive. Position comes from RMC, else GGA, else GNS, else GLL; GGA (else GNS) gives
+  altitude, satellites and HDOP, GGA the quality; VTG fills speed and course only where the epoch's
+  RMC has none. A GNS says "valid" when any of its per-constellation modes is a fix mode.
+* Fix time. `ts` is the GPS time: the date of the epoch plus its UTC time. The date is the epoch's
+  RMC date, else that of a ZDA with the epoch's time (before or after the epoch's other sentences).
+  Otherwise it is carried from the last date known (an RMC with status `A`, or any ZDA), moved by a
+  day when the time of day differs from that date's by more than 12 h (midnight passed), and the
+  fix says so in `date_carried`. An epoch before any date is dropped and counted as "undated": the
+  wall clock of the gateway is never used. Receivers with a GPS week-rollover bug report dates 1024
+  weeks early; we do not guess a correction here, we report what the receiver says.
 * Bounded memory: a sentence longer than `MAX_SENTENCE_CHARS` is discarded ("overlong"); NMEA
   0183 allows 82 characters including `$` and CRLF, real receivers exceed it a little.
 """
@@ -45,13 +34,29 @@ Decisions (facts from NMEA 0183 where cited; the rest is ours):
 from __future__ import annotations
 
 import datetime as dt
-import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from protocols.errors import NmeaError
+from protocols.nmea_sentences import KMH_PER_KNOT, Gga, Gll, Gns, Gsa, Rmc, Sentence, Vtg, Zda, parse_sentence
+from protocols.nmea_stream import SentenceSplitter
 
-KMH_PER_KNOT = 1.852  # exact: 1 international knot = 1852 m/h
+__all__ = [
+    "KMH_PER_KNOT",
+    "MAX_GSA_PER_EPOCH",
+    "MAX_SENTENCE_CHARS",
+    "Gga",
+    "Gll",
+    "Gns",
+    "GpsFix",
+    "Gsa",
+    "NmeaReader",
+    "Rmc",
+    "Sentence",
+    "Vtg",
+    "Zda",
+    "parse_sentence",
+]
+
 MAX_SENTENCE_CHARS = 128  # from `$` to the character before CR/LF; NMEA's own limit is 80 + CRLF
 MAX_GSA_PER_EPOCH = 8  # one GSA per constellation; more is a broken receiver, not more data
 
@@ -59,80 +64,16 @@ _FIX_QUALITIES = frozenset({1, 2, 3, 4, 5, 6})  # GPS, DGPS, PPS, RTK fixed, RTK
 _NO_FIX_MODES = frozenset({"N", "S", "M"})  # mode indicator: not valid, simulator, manual input
 _SECONDS_PER_DAY = 86_400
 _HALF_DAY_MS = 43_200_000
-
-_ADDRESS = re.compile(r"[A-Z][A-Z0-9]{4}")
-_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)")
-_UNSIGNED_DECIMAL = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)")
-_INTEGER = re.compile(r"[0-9]+")
-_TIME = re.compile(r"([0-9]{2})([0-9]{2})([0-9]{2})(?:\.([0-9]*))?")
-_DATE = re.compile(r"([0-9]{2})([0-9]{2})([0-9]{2})")
-_HEX2 = re.compile(r"[0-9A-Fa-f]{2}")
-
-
-@dataclass(frozen=True, slots=True)
-class Rmc:
-    """Recommended minimum data: time, date, status, position, speed and course over ground."""
-
-    talker: str
-    utc_time_ms: int | None  # milliseconds since UTC midnight
-    status: str  # "A" data valid, "V" void (no valid fix)
-    lat_deg: float | None
-    lon_deg: float | None
-    speed_kmh: float | None  # sent in knots
-    course_deg: float | None  # true course over ground
-    date: dt.date | None
-    mag_var_deg: float | None  # magnetic variation, east positive
-    mode: str | None  # NMEA 2.3+ mode indicator: A, D, E, F, M, N, P, R, S
-
-
-@dataclass(frozen=True, slots=True)
-class Gga:
-    """Fix data: time, position, quality, satellites in use, HDOP, altitude."""
-
-    talker: str
-    utc_time_ms: int | None
-    lat_deg: float | None
-    lon_deg: float | None
-    quality: int | None  # 0 invalid, 1 GPS, 2 DGPS, 3 PPS, 4 RTK, 5 float RTK, 6 estimated, 7, 8
-    satellites: int | None  # in use
-    hdop: float | None
-    alt_m: float | None  # antenna altitude above mean sea level (geoid)
-    geoid_sep_m: float | None  # geoid above the WGS-84 ellipsoid
-
-
-@dataclass(frozen=True, slots=True)
-class Vtg:
-    """Course and speed over ground."""
-
-    talker: str
-    course_deg: float | None  # true
-    course_mag_deg: float | None
-    speed_kmh: float | None
-    mode: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Gsa:
-    """DOP and the satellites used in the solution (one GSA per constellation on GNSS receivers)."""
-
-    talker: str
-    selection: str | None  # "A" automatic 2D/3D, "M" manual
-    fix_mode: int | None  # 1 no fix, 2 2D, 3 3D
-    satellite_ids: tuple[int, ...]
-    pdop: float | None
-    hdop: float | None
-    vdop: float | None
-    system_id: int | None  # NMEA 4.11: 1 GPS, 2 GLONASS, 3 Galileo, 4 BeiDou, 5 QZSS, 6 NavIC
-
-
-Sentence = Rmc | Gga | Vtg | Gsa
+_ONE_DAY = dt.timedelta(days=1)
+_EPOCH_DAY = dt.date(1970, 1, 1)
+_DETAIL_CHARS = 82  # of a skipped sentence, shown in its report
 
 
 @dataclass(frozen=True, slots=True)
 class GpsFix:
     """One epoch of the receiver, from the sentences that share its UTC time."""
 
-    ts: float  # Unix epoch seconds UTC: RMC date + UTC time of the epoch (GPS time, not the wall clock)
+    ts: float  # Unix epoch seconds UTC: date + UTC time of the epoch (GPS time, not the wall clock)
     valid: bool
     lat_deg: float | None  # None unless valid
     lon_deg: float | None
@@ -146,262 +87,24 @@ class GpsFix:
     pdop: float | None
     vdop: float | None
     geoid_sep_m: float | None
-    date_carried: bool  # the date came from an earlier RMC, not from this epoch
-
-
-# --- one sentence -------------------------------------------------------------------------------
-
-
-def parse_sentence(line: str) -> Sentence:
-    """Parse one sentence (`$...*hh`, trailing CR/LF allowed). Raises `NmeaError` and nothing else."""
-    text = line.rstrip("\r\n")
-    if not text.startswith(("$", "!")):
-        raise NmeaError("a sentence starts with '$'", kind="framing")
-    if not text.isascii() or not text.isprintable():
-        raise NmeaError("non-printable character in sentence", kind="framing")
-    star = text.rfind("*")
-    if star < 0:
-        raise NmeaError("no checksum", kind="truncated")
-    given = text[star + 1 :]
-    if not _HEX2.fullmatch(given):
-        raise NmeaError(f"checksum field {given!r} is not two hex digits", kind="truncated")
-    body = text[1:star]
-    computed = 0
-    for char in body:
-        computed ^= ord(char)
-    if computed != int(given, 16):
-        raise NmeaError(f"checksum {given} != computed {computed:02X}", kind="checksum")
-    if text[0] == "!":
-        raise NmeaError("encapsulation sentence", kind="unsupported")
-    fields = body.split(",")
-    address = fields[0]
-    if address.startswith("P"):
-        raise NmeaError(f"proprietary sentence {address}", kind="proprietary")
-    if not _ADDRESS.fullmatch(address):
-        raise NmeaError(f"bad address field {address!r}", kind="framing")
-    talker, kind = address[:2], address[2:]
-    parser = _PARSERS.get(kind)
-    if parser is None:
-        raise NmeaError(f"sentence type {kind} is not parsed", kind="unsupported")
-    return parser(talker, fields[1:])
-
-
-def _parse_rmc(talker: str, f: list[str]) -> Rmc:
-    _require(f, 9, "RMC")
-    status = f[1]
-    if status not in ("A", "V"):
-        raise NmeaError(f"RMC status {status!r}", kind="field")
-    speed_kn = _unsigned(f[6], "speed")
-    mode = _optional(f, 11)
-    return Rmc(
-        talker=talker,
-        utc_time_ms=_time_ms(f[0]),
-        status=status,
-        lat_deg=_latitude(f[2], f[3]),
-        lon_deg=_longitude(f[4], f[5]),
-        speed_kmh=None if speed_kn is None else speed_kn * KMH_PER_KNOT,
-        course_deg=_course(f[7]),
-        date=_date(f[8]),
-        mag_var_deg=_mag_var(_optional(f, 9), _optional(f, 10)),
-        mode=_mode(mode),
-    )
-
-
-def _parse_gga(talker: str, f: list[str]) -> Gga:
-    _require(f, 9, "GGA")
-    quality = _integer(f[5], "quality")
-    if quality is not None and quality > 8:
-        raise NmeaError(f"GGA quality {quality}", kind="field")
-    alt_unit = _optional(f, 9)
-    if alt_unit not in (None, "M"):
-        raise NmeaError(f"altitude unit {alt_unit!r}", kind="field")
-    sep = _optional(f, 10)
-    return Gga(
-        talker=talker,
-        utc_time_ms=_time_ms(f[0]),
-        lat_deg=_latitude(f[1], f[2]),
-        lon_deg=_longitude(f[3], f[4]),
-        quality=quality,
-        satellites=_integer(f[6], "satellites"),
-        hdop=_unsigned(f[7], "HDOP"),
-        alt_m=_signed(f[8], "altitude"),
-        geoid_sep_m=None if sep is None else _signed(sep, "geoid separation"),
-    )
-
-
-def _parse_vtg(talker: str, f: list[str]) -> Vtg:
-    _require(f, 8, "VTG")
-    for unit, expected in zip((f[1], f[3], f[5], f[7]), "TMNK", strict=True):
-        if unit not in ("", expected):  # some receivers leave the letter empty with the value
-            raise NmeaError(f"VTG unit letter {unit!r} where {expected!r} belongs", kind="field")
-    speed_kmh = _unsigned(f[6], "speed")
-    if speed_kmh is None:
-        speed_kn = _unsigned(f[4], "speed")
-        speed_kmh = None if speed_kn is None else speed_kn * KMH_PER_KNOT
-    return Vtg(
-        talker=talker,
-        course_deg=_course(f[0]),
-        course_mag_deg=_course(f[2]),
-        speed_kmh=speed_kmh,
-        mode=_mode(_optional(f, 8)),
-    )
-
-
-def _parse_gsa(talker: str, f: list[str]) -> Gsa:
-    _require(f, 17, "GSA")
-    selection = f[0] or None
-    if selection not in (None, "A", "M"):
-        raise NmeaError(f"GSA selection mode {selection!r}", kind="field")
-    fix_mode = _integer(f[1], "fix mode")
-    if fix_mode is not None and fix_mode not in (1, 2, 3):
-        raise NmeaError(f"GSA fix mode {fix_mode}", kind="field")
-    ids = tuple(i for i in (_integer(s, "satellite id") for s in f[2:14]) if i is not None)
-    return Gsa(
-        talker=talker,
-        selection=selection,
-        fix_mode=fix_mode,
-        satellite_ids=ids,
-        pdop=_unsigned(f[14], "PDOP"),
-        hdop=_unsigned(f[15], "HDOP"),
-        vdop=_unsigned(f[16], "VDOP"),
-        system_id=_integer(f[17], "system id") if len(f) > 17 else None,
-    )
-
-
-_PARSERS: dict[str, Callable[[str, list[str]], Sentence]] = {
-    "RMC": _parse_rmc,
-    "GGA": _parse_gga,
-    "VTG": _parse_vtg,
-    "GSA": _parse_gsa,
-}
-
-
-def _require(f: list[str], n: int, kind: str) -> None:
-    if len(f) < n:
-        raise NmeaError(f"{kind} has {len(f)} fields, needs at least {n}", kind="field")
-
-
-def _optional(f: list[str], i: int) -> str | None:
-    return f[i] or None if i < len(f) else None
-
-
-def _signed(s: str, what: str) -> float | None:
-    if not s:
-        return None
-    if not _DECIMAL.fullmatch(s):
-        raise NmeaError(f"{what} {s!r} is not a number", kind="field")
-    return float(s)
-
-
-def _unsigned(s: str, what: str) -> float | None:
-    if not s:
-        return None
-    if not _UNSIGNED_DECIMAL.fullmatch(s):
-        raise NmeaError(f"{what} {s!r} is not a non-negative number", kind="field")
-    return float(s)
-
-
-def _integer(s: str, what: str) -> int | None:
-    if not s:
-        return None
-    if not _INTEGER.fullmatch(s):
-        raise NmeaError(f"{what} {s!r} is not an integer", kind="field")
-    return int(s)
-
-
-def _course(s: str) -> float | None:
-    value = _unsigned(s, "course")
-    if value is not None and value > 360.0:
-        raise NmeaError(f"course {s!r} > 360", kind="field")
-    return value
-
-
-def _mode(s: str | None) -> str | None:
-    if s is not None and (len(s) != 1 or not s.isalpha()):
-        raise NmeaError(f"mode indicator {s!r}", kind="field")
-    return s
-
-
-def _time_ms(s: str) -> int | None:
-    if not s:
-        return None
-    m = _TIME.fullmatch(s)
-    if m is None:
-        raise NmeaError(f"time {s!r} is not hhmmss.ss", kind="field")
-    hh, mm, ss = int(m[1]), int(m[2]), int(m[3])
-    if hh > 23 or mm > 59 or ss > 60:  # 60: a leap second
-        raise NmeaError(f"time {s!r} out of range", kind="field")
-    frac = m[4] or ""
-    ms = round(int(frac) * 10 ** (3 - len(frac))) if frac else 0
-    return ((hh * 60 + mm) * 60 + ss) * 1000 + ms
-
-
-def _date(s: str) -> dt.date | None:
-    if not s:
-        return None
-    m = _DATE.fullmatch(s)
-    if m is None:
-        raise NmeaError(f"date {s!r} is not ddmmyy", kind="field")
-    yy = int(m[3])
-    try:
-        return dt.date(1900 + yy if yy >= 80 else 2000 + yy, int(m[2]), int(m[1]))
-    except ValueError as err:
-        raise NmeaError(f"date {s!r} does not exist", kind="field") from err
-
-
-def _angle(value: str, hemisphere: str, positive: str, negative: str, degree_digits: int) -> float | None:
-    """`dddmm.mmmm` + hemisphere letter → signed degrees. Splits the string, not the float."""
-    if not value and not hemisphere:
-        return None
-    if hemisphere not in (positive, negative):
-        raise NmeaError(f"hemisphere {hemisphere!r} for {value!r}", kind="field")
-    if not _UNSIGNED_DECIMAL.fullmatch(value):
-        raise NmeaError(f"coordinate {value!r}", kind="field")
-    point = value.find(".")
-    whole = value if point < 0 else value[:point]
-    if len(whole) < 2 or len(whole) > degree_digits + 2:
-        raise NmeaError(f"coordinate {value!r} is not d..dmm.m", kind="field")
-    degrees = int(whole[:-2] or "0")
-    minutes = float(value[len(whole) - 2 :])
-    if minutes >= 60.0:
-        raise NmeaError(f"coordinate {value!r}: minutes >= 60", kind="field")
-    angle = degrees + minutes / 60.0
-    limit = 90.0 if degree_digits == 2 else 180.0
-    if angle > limit:
-        raise NmeaError(f"coordinate {value!r} beyond {limit}", kind="field")
-    return -angle if hemisphere == negative else angle
-
-
-def _latitude(value: str, hemisphere: str) -> float | None:
-    return _angle(value, hemisphere, "N", "S", 2)
-
-
-def _longitude(value: str, hemisphere: str) -> float | None:
-    return _angle(value, hemisphere, "E", "W", 3)
-
-
-def _mag_var(value: str | None, direction: str | None) -> float | None:
-    if value is None:
-        return None
-    magnitude = _unsigned(value, "magnetic variation")
-    if direction not in ("E", "W"):
-        raise NmeaError(f"magnetic variation direction {direction!r}", kind="field")
-    assert magnitude is not None
-    return -magnitude if direction == "W" else magnitude
-
-
-# --- the byte stream ----------------------------------------------------------------------------
-
-_START = re.compile(rb"[$!]")
-_BODY = re.compile(rb"[\x20\x22\x23\x25-\x7e]*")  # printable ASCII except the start characters $ and !
-_LINE_END = frozenset(b"\r\n")
+    date_carried: bool  # the date came from an earlier RMC/ZDA, not from one of this epoch
 
 
 @dataclass(slots=True)
 class _Epoch:
-    utc_time_ms: int
+    utc_time_ms: int  # of the sentence that opened it
+    utc_time_step_ms: int  # the coarsest resolution of the times of its sentences
     rmc: Rmc | None = None
     gga: Gga | None = None
+    gns: Gns | None = None
+    gll: Gll | None = None
+    zda_date: dt.date | None = None  # from a ZDA with this epoch's time
+
+    def same_time(self, utc_time_ms: int, step_ms: int) -> bool:
+        """Whether a time is this epoch's, as far as the coarser of the two resolutions can tell: a
+        receiver may send `hhmmss.sss` in one sentence and `hhmmss.ss` or `hhmmss` in another."""
+        return abs(utc_time_ms - self.utc_time_ms) < max(step_ms, self.utc_time_step_ms)
+
     vtg: Vtg | None = None
     gsas: list[Gsa] = field(default_factory=list)
 
@@ -409,72 +112,40 @@ class _Epoch:
 class NmeaReader:
     """Turns the receiver's byte stream into `GpsFix`es. Never raises on input; counts instead.
 
-    `counts` holds accepted sentences by type ("RMC", "GGA", "VTG", "GSA") and skips by kind:
-    the `NmeaError` kinds ("framing", "truncated", "checksum", "proprietary", "unsupported",
-    "field"), plus "garbage" (a stretch of bytes between sentences that is not one, counted once
-    per stretch), "overlong" (a line longer than `max_sentence_chars`), "untimed" (RMC/GGA with an
-    empty time), "orphan" (VTG/GSA before any epoch), "duplicate" (a second RMC/GGA/VTG in one
-    epoch, or GSAs beyond `MAX_GSA_PER_EPOCH`) and "undated" (an epoch dropped because no date
-    was known yet).
+    `counts` holds accepted sentences by type ("RMC", "GGA", "GNS", "GLL", "VTG", "GSA", "ZDA"), of those
+    "unchecked" (accepted without a checksum, only with `checksum_required=False`), and skips by
+    kind: the `NmeaError` kinds ("framing", "truncated", "checksum", "proprietary", "unsupported",
+    "field"), the stream's ("garbage", "overlong", see `nmea_stream`), plus "untimed" (RMC/GGA/GNS/GLL
+    with an empty time, ZDA with an empty time or date), "orphan" (VTG/GSA/untimed GLL before any
+    epoch), "duplicate" (a second RMC/GGA/GNS/GLL/VTG in one epoch, or GSAs beyond `MAX_GSA_PER_EPOCH`)
+    and "undated" (an epoch dropped because no date was known yet). `first_skips` maps each skip
+    kind to the reason and text of its first occurrence.
     """
 
-    def __init__(self, max_sentence_chars: int = MAX_SENTENCE_CHARS) -> None:
+    def __init__(
+        self, max_sentence_chars: int = MAX_SENTENCE_CHARS, *, checksum_required: bool = True
+    ) -> None:
         self.counts: dict[str, int] = {}
-        self._max_chars = max_sentence_chars
-        self._line: bytearray | None = None  # the sentence being assembled, from its `$`
-        self._garbage_counted = False  # the current stretch of garbage was counted already
+        self.first_skips: dict[str, str] = {}
+        self._checksum_required = checksum_required
+        self._splitter = SentenceSplitter(max_sentence_chars, self._skip)
         self._epoch: _Epoch | None = None
-        self._last_date: dt.date | None = None
-        self._last_date_time_ms = 0
+        self._date: dt.date | None = None  # the last date known...
+        self._date_time_ms = 0  # ...the UTC time of day it was known at...
+        self._date_step_ms = 1  # ...and that time's resolution
 
     def feed(self, data: bytes) -> list[GpsFix]:
         """Consume a chunk of any size; return the fixes of the epochs it completed."""
         fixes: list[GpsFix] = []
-        pos, end = 0, len(data)
-        while pos < end:
-            if self._line is None:
-                start = _START.search(data, pos)
-                stop = end if start is None else start.start()
-                if any(b not in _LINE_END for b in data[pos:stop]):
-                    self._garbage()
-                if start is None:
-                    break
-                self._line = bytearray(data[stop : stop + 1])
-                pos = stop + 1
-                continue
-            body = _BODY.match(data, pos)
-            assert body is not None  # the pattern matches the empty string
-            self._line += body.group()
-            pos = body.end()
-            if len(self._line) > self._max_chars:
-                self._count("overlong")
-                self._line = None
-                self._garbage_counted = True  # the rest of that line is part of the same fault
-                continue
-            if pos >= end:
-                break  # wait for the rest of the line
-            byte = data[pos]
-            if byte in _LINE_END:
-                line = self._line.decode("ascii")
-                self._line = None
-                self._garbage_counted = False
-                pos += 1
-                fixes.extend(self._sentence(line))
-            elif byte in b"$!":  # a new sentence started before this one ended
-                self._count("truncated" if b"," in self._line else "garbage")
-                self._line = bytearray(data[pos : pos + 1])
-                pos += 1
-            else:
-                self._line = None  # binary in the middle of a sentence: not a sentence
-                self._garbage()
-                pos += 1
+        for line in self._splitter.feed(data):
+            fix = self._sentence(line)
+            if fix is not None:
+                fixes.append(fix)
         return fixes
 
     def flush(self) -> list[GpsFix]:
         """End of stream: emit the open epoch. A partial line is dropped and counted "truncated"."""
-        if self._line is not None:
-            self._count("truncated")
-            self._line = None
+        self._splitter.flush()
         fix = self._close_epoch()
         return [] if fix is None else [fix]
 
@@ -483,74 +154,117 @@ class NmeaReader:
     def _count(self, key: str) -> None:
         self.counts[key] = self.counts.get(key, 0) + 1
 
-    def _garbage(self) -> None:
-        if not self._garbage_counted:
-            self._count("garbage")
-            self._garbage_counted = True
+    def _skip(self, kind: str, detail: str) -> None:
+        self._count(kind)
+        if kind not in self.first_skips:
+            self.first_skips[kind] = detail
 
-    def _sentence(self, line: str) -> list[GpsFix]:
-        if "," not in line:  # not even the shape of a sentence: a `$` byte inside binary data
-            self._garbage()
-            return []
+    def _sentence(self, line: str) -> GpsFix | None:
         try:
-            sentence = parse_sentence(line)
+            sentence = parse_sentence(line, checksum_required=self._checksum_required)
         except NmeaError as err:
-            self._count(err.kind)
-            return []
+            self._skip(err.kind, f"{err}: {line[:_DETAIL_CHARS]}")
+            return None
         self._count(type(sentence).__name__.upper())
-        return self._assemble(sentence)
+        if not self._checksum_required and "*" not in line:
+            self._count("unchecked")
+        return self._assemble(sentence, line)
 
-    def _assemble(self, sentence: Sentence) -> list[GpsFix]:
-        fixes: list[GpsFix] = []
-        if isinstance(sentence, Rmc | Gga):
+    def _assemble(self, sentence: Sentence, line: str) -> GpsFix | None:
+        if isinstance(sentence, Zda):
+            if sentence.utc_time_ms is None or sentence.date is None:
+                self._skip("untimed", f"ZDA without time or date: {line[:_DETAIL_CHARS]}")
+            else:
+                self._date, self._date_time_ms = sentence.date, sentence.utc_time_ms
+                self._date_step_ms = sentence.utc_time_step_ms
+                if self._epoch is not None and self._epoch.same_time(
+                    sentence.utc_time_ms, sentence.utc_time_step_ms
+                ):
+                    self._epoch.zda_date = sentence.date
+            return None
+        fix = None
+        if isinstance(sentence, Rmc | Gga | Gns) or (
+            isinstance(sentence, Gll) and sentence.utc_time_ms is not None
+        ):
             if sentence.utc_time_ms is None:
-                self._count("untimed")
-                return fixes
-            if self._epoch is not None and self._epoch.utc_time_ms != sentence.utc_time_ms:
+                self._skip("untimed", f"no UTC time: {line[:_DETAIL_CHARS]}")
+                return None
+            step = sentence.utc_time_step_ms
+            if self._epoch is not None and not self._epoch.same_time(sentence.utc_time_ms, step):
                 fix = self._close_epoch()
-                if fix is not None:
-                    fixes.append(fix)
             if self._epoch is None:
-                self._epoch = _Epoch(sentence.utc_time_ms)
+                self._epoch = _Epoch(sentence.utc_time_ms, step)
+                if self._date is not None and self._epoch.same_time(self._date_time_ms, self._date_step_ms):
+                    self._epoch.zda_date = self._date  # its ZDA came first
+            elif step > self._epoch.utc_time_step_ms:
+                self._epoch.utc_time_step_ms = step
         epoch = self._epoch
         if epoch is None:
-            self._count("orphan")
+            self._skip("orphan", f"before any epoch: {line[:_DETAIL_CHARS]}")
         elif isinstance(sentence, Rmc) and epoch.rmc is None:
             epoch.rmc = sentence
         elif isinstance(sentence, Gga) and epoch.gga is None:
             epoch.gga = sentence
+        elif isinstance(sentence, Gns) and epoch.gns is None:
+            epoch.gns = sentence
+        elif isinstance(sentence, Gll) and epoch.gll is None:
+            epoch.gll = sentence
         elif isinstance(sentence, Vtg) and epoch.vtg is None:
             epoch.vtg = sentence
         elif isinstance(sentence, Gsa) and len(epoch.gsas) < MAX_GSA_PER_EPOCH:
             epoch.gsas.append(sentence)
         else:
-            self._count("duplicate")
-        return fixes
+            self._skip("duplicate", f"second of its type in epoch: {line[:_DETAIL_CHARS]}")
+        return fix
+
+    def _epoch_date(self, epoch: _Epoch) -> tuple[dt.date, bool] | None:
+        """The epoch's date and whether it was carried from an earlier one; None if none is known."""
+        rmc = epoch.rmc
+        if rmc is not None and rmc.date is not None:
+            date: dt.date = rmc.date
+            if rmc.status == "A":
+                self._date, self._date_time_ms, self._date_step_ms = date, epoch.utc_time_ms, 1
+            return date, False
+        if epoch.zda_date is not None:
+            return epoch.zda_date, False
+        if self._date is None:
+            return None
+        date = self._date
+        shift_ms = epoch.utc_time_ms - self._date_time_ms
+        if shift_ms < -_HALF_DAY_MS:
+            date += _ONE_DAY  # crossed midnight since that date was known
+        elif shift_ms > _HALF_DAY_MS:
+            date -= _ONE_DAY  # the date was known just after a midnight this epoch preceded
+        if date > self._date or (date == self._date and shift_ms > 0):
+            self._date, self._date_time_ms, self._date_step_ms = (
+                date,
+                epoch.utc_time_ms,
+                1,
+            )  # to see the next midnight
+        return date, True
 
     def _close_epoch(self) -> GpsFix | None:
         epoch, self._epoch = self._epoch, None
         if epoch is None:
             return None
-        rmc, gga, vtg = epoch.rmc, epoch.gga, epoch.vtg
-        date = rmc.date if rmc is not None else None
-        carried = date is None
-        if date is None:
-            if self._last_date is None:
-                self._count("undated")
-                return None
-            date = self._last_date
-            if epoch.utc_time_ms < self._last_date_time_ms - _HALF_DAY_MS:
-                date += dt.timedelta(days=1)  # crossed midnight since that RMC
-        if (rmc is not None and rmc.status == "A") or (carried and self._last_date is not None):
-            self._last_date, self._last_date_time_ms = date, epoch.utc_time_ms
+        dated = self._epoch_date(epoch)
+        if dated is None:
+            self._skip("undated", f"epoch {epoch.utc_time_ms} ms after midnight before any date")
+            return None
+        date, carried = dated
+        rmc, gga, gns, gll, vtg = epoch.rmc, epoch.gga, epoch.gns, epoch.gll, epoch.vtg
 
         indicators: list[bool] = []
         if rmc is not None:
             indicators.append(rmc.status == "A" and rmc.mode not in _NO_FIX_MODES)
         if gga is not None and gga.quality is not None:
             indicators.append(gga.quality in _FIX_QUALITIES)
+        if gns is not None and gns.modes is not None:
+            indicators.append(any(mode not in _NO_FIX_MODES for mode in gns.modes))
+        if gll is not None and gll.status is not None:
+            indicators.append(gll.status == "A" and gll.mode not in _NO_FIX_MODES)
         lat, lon = None, None
-        for source in (rmc, gga):
+        for source in (rmc, gga, gns, gll):
             if source is not None and source.lat_deg is not None and source.lon_deg is not None:
                 lat, lon = source.lat_deg, source.lon_deg
                 break
@@ -559,21 +273,23 @@ class NmeaReader:
         speed = next((x.speed_kmh for x in (rmc, vtg) if x is not None and x.speed_kmh is not None), None)
         course = next((x.course_deg for x in (rmc, vtg) if x is not None and x.course_deg is not None), None)
         gsa = next((g for g in epoch.gsas if g.fix_mode is not None), None)
-        days = (date - dt.date(1970, 1, 1)).days
+        fix_data: Gga | Gns | None = gga if gga is not None else gns  # altitude, satellites, HDOP
         return GpsFix(
-            ts=days * _SECONDS_PER_DAY + epoch.utc_time_ms / 1000.0,
+            ts=(date - _EPOCH_DAY).days * _SECONDS_PER_DAY + epoch.utc_time_ms / 1000.0,
             valid=valid,
             lat_deg=lat if valid else None,
             lon_deg=lon if valid else None,
-            alt_m=gga.alt_m if valid and gga is not None else None,
+            alt_m=fix_data.alt_m if valid and fix_data is not None else None,
             speed_kmh=speed if valid else None,
             course_deg=course if valid else None,
             fix_quality=gga.quality if gga is not None else None,
             fix_mode=gsa.fix_mode if gsa is not None else None,
-            satellites=gga.satellites if gga is not None else None,
-            hdop=gga.hdop if gga is not None and gga.hdop is not None else (gsa.hdop if gsa else None),
+            satellites=fix_data.satellites if fix_data is not None else None,
+            hdop=fix_data.hdop
+            if fix_data is not None and fix_data.hdop is not None
+            else (gsa.hdop if gsa else None),
             pdop=gsa.pdop if gsa is not None else None,
             vdop=gsa.vdop if gsa is not None else None,
-            geoid_sep_m=gga.geoid_sep_m if gga is not None else None,
+            geoid_sep_m=fix_data.geoid_sep_m if fix_data is not None else None,
             date_carried=carried,
         )

@@ -184,8 +184,22 @@ CATALOG_1: Final = Codebook(
 )
 """`protocols/catalog.toml` version 1, in catalog order."""
 
-CODEBOOKS: Final[Mapping[int, Codebook]] = MappingProxyType(
-    {0: Codebook(id=0, names=(), quanta=()), 1: CATALOG_1}
+CATALOG_2: Final = Codebook(
+    id=2,
+    names=(
+        *CATALOG_1.names,
+        "Vehicle.Diagnostics.DM1.ActiveDtcCount",
+        "Vehicle.Diagnostics.DM1.RedStopLamp",
+        "Vehicle.Diagnostics.DM1.AmberWarningLamp",
+        "Vehicle.Diagnostics.DM1.MalfunctionIndicatorLamp",
+        "Vehicle.Diagnostics.DM1.ProtectLamp",
+    ),
+    quanta=CATALOG_1.quanta,
 )
-CURRENT: Final = 1
+"""Codebook 1 and the J1939 DM1 entries of `protocols/catalog.toml`, in catalog order."""
+
+CODEBOOKS: Final[Mapping[int, Codebook]] = MappingProxyType(
+    {0: Codebook(id=0, names=(), quanta=()), 1: CATALOG_1, 2: CATALOG_2}
+)
+CURRENT: Final = 2
 """The codebook the encoder uses."""

@@ -28,6 +28,7 @@ from agent.settings import CanBusSettings
 from agent.sources import Link, SourceError, SourceStats, SourceStoppedError, offer
 from agent.sources.slcan import SlcanLineStats, TolerantSlcanBus
 from protocols.catalog import Catalog
+from protocols.j1939 import PGN_DM1, PGN_TP_CM, PGN_TP_DT, pgn_filter, pgn_id
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +46,21 @@ EXTENDED_MASK = 0x1FFFFFFF
 
 
 def catalog_filters(catalog: Catalog) -> list[CanFilter]:
-    """python-can filters passing exactly the frame ids the catalog decodes."""
+    """python-can filters passing exactly the frame ids the catalog decodes: J1939 messages by PGN (any
+    priority, sender and destination), with the transport protocol and DM1 when the catalog has any."""
     filters: list[CanFilter] = []
+    j1939 = bool(catalog.dm1_signals())
     for frame_id, spec in sorted(catalog.frames().items()):
         extended = bool(spec.message.is_extended_frame)
         mask = EXTENDED_MASK if extended else STANDARD_MASK
+        if extended and spec.message.protocol == "j1939":
+            j1939 = True
+            frame_id, mask = pgn_filter(frame_id)
         filters.append(CanFilter(can_id=frame_id, can_mask=mask, extended=extended))
+    if j1939:
+        for pgn in (PGN_TP_CM, PGN_TP_DT, PGN_DM1):
+            can_id, mask = pgn_filter(pgn_id(pgn))
+            filters.append(CanFilter(can_id=can_id, can_mask=mask, extended=True))
     return filters
 
 

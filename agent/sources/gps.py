@@ -3,9 +3,12 @@
 Bytes are read with pyserial in a worker thread and fed to `protocols.nmea.NmeaReader`, which
 assembles fixes and counts what it skips (`nmea_counts`); after each read the new counts go to
 `voltgate_gps_sentences{result}` (sentence type accepted, or the reason a line was skipped), and the
-port's state to `voltgate_source_up{source="gps"}`. Each valid fix becomes samples through
-the catalog's GPS entries and their sampling policy, timestamped with the fix time (GPS time,
-never the gateway's clock). A port that fails or disappears is reopened with backoff.
+port's state to `voltgate_source_up{source="gps"}`. The first skip of each kind is logged once (a
+warning, or a note for well-formed sentences we do not use), with its reason and the start of the
+line; later ones are only counted. Sentences without a checksum are accepted only when the
+source's `accept_missing_checksum` says so. Each valid fix becomes samples through the catalog's
+GPS entries and their sampling policy, timestamped with the fix time (GPS time, never the
+gateway's clock). A port that fails or disappears is reopened with backoff.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ log = logging.getLogger(__name__)
 READ_TIMEOUT_S = 0.2  # a blocked read returns this often, so stop() is noticed
 MAX_READ_BYTES = 4096
 PORT_ERRORS: tuple[type[BaseException], ...] = (serial.SerialException, OSError)
+# well-formed sentences the gateway does not use (GSV, TXT, maker-specific $P...): a note, not a warning
+_EXPECTED_SKIPS = frozenset({"unsupported", "proprietary"})
 
 
 @dataclass(slots=True)
@@ -82,7 +87,8 @@ class GpsSource:
         self.settings = settings
         self.stats = SourceStats()  # `frames` counts samples handed on
         self.sampler = FixSampler(catalog)
-        self.reader = NmeaReader()
+        self.reader = NmeaReader(checksum_required=not settings.accept_missing_checksum)
+        self._reported: set[str] = set()  # skip kinds already logged
         self._exported: dict[str, int] = {}  # reader counts already added to voltgate_gps_sentences
         self._stopping = asyncio.Event()
         self._link = Link(
@@ -144,6 +150,17 @@ class GpsSource:
             if new:
                 metrics.GPS_SENTENCES.labels(result).inc(new)
                 self._exported[result] = count
+        for kind, detail in self.reader.first_skips.items():
+            if kind not in self._reported:
+                self._reported.add(kind)
+                log.log(
+                    logging.INFO if kind in _EXPECTED_SKIPS else logging.WARNING,
+                    "GPS %s: skipping %s lines (first: %s); further ones are only counted in %s",
+                    self.settings.port,
+                    kind,
+                    detail,
+                    "voltgate_gps_sentences",
+                )
 
     def _hand_on(self, fix: GpsFix, outbox: asyncio.Queue[Sample]) -> None:
         for sample in self.sampler.samples(fix):

@@ -170,9 +170,16 @@ async def test_full_outbox_drops_are_counted() -> None:
 
 def test_catalog_filters_have_the_extended_flag_right() -> None:
     filters = {f["can_id"]: f for f in catalog_filters(CATALOG)}
-    assert filters[0x18FEF100] == {"can_id": 0x18FEF100, "can_mask": 0x1FFFFFFF, "extended": True}
+    # J1939 by PGN: priority and source address masked (CCVS1, PGN 0xFEF1, PDU2)
+    assert filters[0x00FEF100] == {"can_id": 0x00FEF100, "can_mask": 0x03FFFF00, "extended": True}
+    # the transport protocol (PDU1: the destination masked too) and DM1, for the catalog's [[dm1]] entries
+    assert filters[0x00EC0000] == {"can_id": 0x00EC0000, "can_mask": 0x03FF0000, "extended": True}
+    assert filters[0x00EB0000] == {"can_id": 0x00EB0000, "can_mask": 0x03FF0000, "extended": True}
+    assert filters[0x00FECA00] == {"can_id": 0x00FECA00, "can_mask": 0x03FFFF00, "extended": True}
     assert filters[0x100] == {"can_id": 0x100, "can_mask": 0x7FF, "extended": False}
-    assert set(filters) == set(CATALOG.frames())
+    standard = {frame_id for frame_id, spec in CATALOG.frames().items() if not spec.message.is_extended_frame}
+    assert {f for f, spec in filters.items() if not spec["extended"]} == standard
+    assert len(filters) == len(CATALOG.frames()) + 3
 
 
 async def test_unknown_interface_is_one_clear_error() -> None:
@@ -336,7 +343,7 @@ def write_log(path: Path, count: int, step_s: float = 0.01) -> list[tuple[float,
     return records
 
 
-@pytest.mark.parametrize("suffix", [".log", ".asc", ".blf"])
+@pytest.mark.parametrize("suffix", [".log", ".asc", ".blf", ".mf4", ".csv"])
 async def test_replay_as_fast_as_possible_keeps_recorded_timestamps(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"day{suffix}"
     records = write_log(path, 3000)
@@ -370,6 +377,22 @@ async def test_replay_at_recorded_speed_paces_by_the_recorded_deltas(tmp_path: P
     assert frames.qsize() == len(records)
     # sleeping by the deltas can only take longer than the recording, never less
     assert elapsed >= (records[-1][0] - records[0][0]) - 0.01
+
+
+async def test_replay_skips_a_malformed_line_and_plays_every_good_frame(tmp_path: Path) -> None:
+    path = tmp_path / "day.log"
+    records = write_log(path, 300)
+    lines = path.read_text().splitlines(keepends=True)
+    lines.insert(100, "(1700000000.5) can0 18FEF100#0102ZZ\n")  # GIVEN one line that is no frame
+    path.write_text("".join(lines))
+    source = ReplaySource(ReplaySettings(name="day", path=path, speed="max"), CATALOG, chunk_frames=64)
+    frames: asyncio.Queue[Frame] = asyncio.Queue()
+    async with asyncio.timeout(WAIT_S):
+        await source.run(frames)
+    # THEN the replay goes on past it: every good frame, in order, and the end of the log
+    assert source.finished and frames.qsize() == len(records)
+    got = [frames.get_nowait() for _ in range(len(records))]
+    assert [(f.arbitration_id, f.is_extended, f.data) for f in got] == [r[1:] for r in records]
 
 
 async def test_replay_of_a_missing_log_says_so(tmp_path: Path) -> None:

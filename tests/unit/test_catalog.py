@@ -1,7 +1,5 @@
-"""The signal catalog and DBC loading: the shipped catalog resolves completely; every broken
-catalog or DBC gives one error naming the file and the line.
-
-Broken DBCs are real ones from opendbc (tests/data/opendbc/, see its README).
+"""The signal catalog: the shipped catalog resolves completely; every broken catalog gives one error
+naming the file and the line. (Broken DBCs: tests/unit/test_dbc.py.)
 """
 
 from __future__ import annotations
@@ -13,6 +11,7 @@ import pytest
 
 from protocols.catalog import DEFAULT_CATALOG, DEFAULT_DBC, GPS_FIELDS, load_catalog, load_dbc
 from protocols.errors import CatalogError, DbcError
+from protocols.j1939 import DM1_FIELDS
 
 OPENDBC = Path(__file__).parents[1] / "data" / "opendbc"
 
@@ -46,9 +45,12 @@ def test_shipped_catalog_loads_and_every_entry_resolves() -> None:
             assert (spec.dbc_signal, spec) in frames[message.frame_id].signals
             if signal.unit:
                 assert spec.unit in (signal.unit, "enum", "bool", "-"), (spec.name, signal.unit)
+        elif spec.source == "dm1":
+            assert spec.dm1_field in DM1_FIELDS
         else:
             assert spec.gps_field in GPS_FIELDS
     mapped = sum(len(f.signals) for f in frames.values()) + len(catalog.gps_signals())
+    mapped += len(catalog.dm1_signals())
     assert mapped == len(catalog)
     # ids are python-can's: without the extended flag, J1939 PGNs as 29-bit ids
     assert 0x18FEF100 in frames and all(fid <= 0x1FFFFFFF for fid in frames)
@@ -120,26 +122,6 @@ def test_unknown_gps_field_and_missing_dbc(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.dbc"
     with pytest.raises(DbcError, match=re.escape(f"{missing}: cannot read the CAN database")):
         _load(tmp_path, HEADER.replace(str(DEFAULT_DBC), str(missing)) + GOOD_ENTRY)
-
-
-@pytest.mark.parametrize(
-    ("file", "needle", "reason"),
-    [
-        # an unused VAL_ entry (value table for a signal the message does not have)
-        ("tesla_can.dbc", "VAL_ 568 UI_mapSpeedLimit", "unused VAL_ entries"),
-        # two signals sharing bits
-        ("vw_meb_common.dbc", "BO_ 258 ESC_50:", "overlapping"),
-    ],
-)
-def test_real_broken_dbc_gives_one_error_with_file_and_line(file: str, needle: str, reason: str) -> None:
-    path = OPENDBC / file
-    with pytest.raises(DbcError) as caught:
-        load_dbc(path)
-    line = _line_of(path.read_text(encoding="cp1252"), needle)
-    message = str(caught.value)
-    assert message.startswith(f"{path}:{line}: not a valid DBC: "), message
-    assert reason in message
-    assert "\n" not in message
 
 
 def test_real_dbc_that_loads() -> None:

@@ -171,6 +171,14 @@ def test_every_skip_kind_is_counted_and_nothing_raises() -> None:
         "unknown_mux": 1,
         "undecodable": 0,
         "out_of_range": 1,  # the speed only; the parking brake of that frame is kept
+        # J1939 kinds (tests/unit/test_j1939.py exercises them)
+        "dm1_malformed": 0,
+        "tp_timeout": 0,
+        "tp_sequence": 0,
+        "tp_bad_announce": 0,
+        "tp_aborted": 0,
+        "tp_orphan": 0,
+        "tp_overflow": 0,
     }
     assert stats.frames_decoded == 2
     names = [s.signal for s in samples]

@@ -188,8 +188,7 @@ def test_lowercase_checksum_is_accepted() -> None:
             "proprietary",
         ),
         ("$GPGSV,3,3,09,30,67,294,50*48", "unsupported"),
-        ("$GPGLL,4023.8600,N,00339.1630,W,214350,V,S*57", "unsupported"),
-        ("$GPZDA,081411.000,26,05,2014,,*5D", "unsupported"),
+        (nmea("GPTXT,01,01,02,ANTSTATUS=OK"), "unsupported"),
         ("!AIVDM,1,1,,A,13u?etPv2;0n:dDPwUM1U1Cb069D,0*24", "unsupported"),
         ("GPVTG,,T,,M,0.117,N,0.216,K,A*3F", "framing"),
         ("", "framing"),
@@ -210,7 +209,7 @@ def test_lowercase_checksum_is_accepted() -> None:
         (nmea("GPRMC,120000,A,4807.038,N,01131.000,E,1.0,361.0,230394,,"), "field"),  # course
         (nmea("GPRMC,120000,A,4807.038,N,01131.000,E,1_0,2.0,230394,,"), "field"),  # not NMEA
         (nmea("GPRMC,120000,A,4807.038,N,01131.000,E,nan,2.0,230394,,"), "field"),
-        (nmea("GPRMC,120000,A,4807.038,N,01131.000,E,1.0,2.0,230394,3.1,"), "field"),  # var dir
+        (nmea("GPRMC,120000,A,4807.038,N,01131.000,E,1.0,2.0,230394,3.1,W,a"), "field"),  # mode letter
         (nmea("GPRMC,120000,A,4807.038,N,01131.000,E,1.0,2.0"), "field"),  # too few fields
         (nmea("GPGGA,120000,4807.038,N,01131.000,E,9,08,0.9,545.4,M,46.9,M,,"), "field"),  # quality
         (nmea("GPGGA,120000,4807.038,N,01131.000,E,1,08,0.9,545.4,F,46.9,M,,"), "field"),  # feet

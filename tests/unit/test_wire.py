@@ -261,8 +261,8 @@ GOLDEN_BODY: list[Any] = [
 def test_header_is_magic_version_flags_codebook() -> None:
     payload = encode_batch(GOLDEN_BATCH, GOLDEN_QUANTA)
     assert WIRE_VERSION == 2
-    assert CURRENT == 1
-    assert payload[:5] == b"VG\x02\x01\x01" == MAGIC + bytes([WIRE_VERSION, FLAG_ZSTD, CURRENT]) == HEADER
+    assert CURRENT == 2
+    assert payload[:5] == b"VG\x02\x01\x02" == MAGIC + bytes([WIRE_VERSION, FLAG_ZSTD, CURRENT]) == HEADER
     params = zstandard.get_frame_parameters(payload[5:])
     assert params.has_checksum
     assert params.dict_id == 0  # a raw-content dictionary: the header byte says which one
@@ -287,7 +287,7 @@ def test_decoder_reads_a_hand_built_payload() -> None:
         b"vg\x02\x01\x01",
         b"VG\x02\x00\x01",
         b"VG\x02\x03\x01",
-        b"VG\x02\x01\x02",  # a codebook this decoder does not know
+        b"VG\x02\x01\x03",  # a codebook this decoder does not know
         b"VG\x02\x01\xff",
         b"VG\x02\x01",  # a version 1 header
     ],
@@ -306,6 +306,7 @@ def test_shipped_codebooks_never_change() -> None:
     assert {i: c.sha256 for i, c in CODEBOOKS.items()} == {
         0: "771657aa023f2b032eaa18f493adeab50fa8135edb5ec55aee4b1c644ef6aa71",
         1: "017bfca465e01780cc1af5c421d9a3a7ee3dcf86a64e7bb82ae664cfc413f5a5",
+        2: "cbe979485e449af2868a4fa722c4367698a83370fb163ff65ca01ffd3d208326",
     }
     assert all(c.id == i for i, c in CODEBOOKS.items())
     assert max(CODEBOOKS) == CURRENT
@@ -505,8 +506,8 @@ MALFORMED_BODIES: dict[str, object] = {
     "signal table not an array": body_with((1, 4), "Vehicle.Speed"),
     "signal table short": body_with((1, 4), GOLDEN_BODY[1][4][:4]),
     "codes not an array": body_with((1, 4, 0), 0),
-    "code past the codebook": body_with((1, 4, 0), [len(CATALOG_1.names)]),
-    "codes run past the codebook": body_with((1, 4, 0), [0, len(CATALOG_1.names) - 1]),
+    "code past the codebook": body_with((1, 4, 0), [len(CODEBOOKS[CURRENT].names)]),
+    "codes run past the codebook": body_with((1, 4, 0), [0, len(CODEBOOKS[CURRENT].names) - 1]),
     "code step negative": body_with((1, 4, 0), [-1]),
     "code step float": body_with((1, 4, 0), [0.0]),
     "names not an array": body_with((1, 4, 1), "Soc"),

@@ -1,0 +1,72 @@
+"""The SavvyCAN/GVRET and candump line parsers: what SavvyCAN's variants write is read, a malformed row
+says why, and a frame written the SavvyCAN way reads back as itself (hypothesis)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.logformats.candump import candump_frame
+from agent.logformats.savvycan import HEADER, savvycan_columns, savvycan_frame
+from agent.records import Frame
+
+V2 = savvycan_columns(HEADER)
+V1 = savvycan_columns("Time Stamp,ID,Extended,Bus,LEN,D1,D2,D3,D4,D5,D6,D7,D8")
+
+
+def test_headers_are_recognised_by_their_names() -> None:
+    assert V2 is not None and V2.first_data == 6
+    assert V1 is not None and V1.first_data == 5
+    assert savvycan_columns("time stamp, id, extended, dir, bus, len, d1") is not None
+    assert savvycan_columns("timestamp,arbitration_id,extended,remote,error,dlc,data") is None
+    assert savvycan_columns("Date,Time,Soc,Speed") is None
+
+
+def test_savvycans_own_row_and_its_variants() -> None:
+    assert V2 is not None and V1 is not None
+    # as SavvyCAN's saveNativeCSVFile writes it: 8 data columns, zero-padded past LEN, trailing comma
+    row = "39747828,000005EB,false,Rx,0,3,E8,45,85,00,00,00,00,00,"
+    assert savvycan_frame("b", V2, row) == Frame("b", 39.747828, 0x5EB, False, bytes.fromhex("E84585"))
+    assert savvycan_frame("b", V1, "39747828,18FEF100,true,0,2,01,02,00,00,00,00,00,00,") == Frame(
+        "b", 39.747828, 0x18FEF100, True, b"\x01\x02"
+    )
+    assert savvycan_frame("b", V2, "1,0x123,1,Tx,1,0,") == Frame("b", 1e-6, 0x123, True, b"")
+    assert savvycan_frame("b", V2, "\n") is None
+
+
+@pytest.mark.parametrize(
+    ("row", "why"),
+    [
+        ("abc,000005EB,false,Rx,0,1,E8,", "invalid literal"),
+        ("1,5EB", "fewer than the header"),
+        ("1,5EB,yes,Rx,0,1,E8,", "not true/false"),
+        ("1,5EB,false,Rx,0,8,E8,45,", "LEN 8 but 2 data columns"),
+        ("1,5EB,false,Rx,0,65,E8,", "out of 0..64"),
+        ("1,3FFFFFFF,true,Rx,0,1,E8,", "out of range"),
+        ("1,5EB,false,Rx,0,1,1FF,", "bytes must be in range"),
+        ("-5,5EB,false,Rx,0,1,E8,", "negative time stamp"),
+    ],
+)
+def test_malformed_rows_say_why(row: str, why: str) -> None:
+    assert V2 is not None
+    with pytest.raises(ValueError, match=why):
+        savvycan_frame("b", V2, row)
+
+
+@given(
+    time_us=st.integers(0, 2**53 // 1000),
+    arbitration_id=st.integers(0, 0x7FF),
+    data=st.binary(max_size=8),
+)
+def test_a_frame_written_both_ways_reads_back_the_same(
+    time_us: int, arbitration_id: int, data: bytes
+) -> None:
+    # GIVEN one instant written as SavvyCAN (integer µs) and as candump (seconds with 6 decimals)
+    assert V2 is not None
+    padded = data.ljust(8, b"\x00")
+    row = f"{time_us},{arbitration_id:08X},false,Rx,0,{len(data)}," + "".join(f"{b:02X}," for b in padded)
+    seconds, micros = divmod(time_us, 1_000_000)
+    line = f"({seconds}.{micros:06d}) can0 {arbitration_id:03X}#{data.hex()}"
+    # THEN both read to the same frame, the time to the same float
+    assert savvycan_frame("b", V2, row) == candump_frame("b", line)
