@@ -13,6 +13,8 @@ creates partitions ahead of time (and on demand for late data) and drops those p
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -24,6 +26,8 @@ import psycopg
 from psycopg import sql
 
 from cloud.errors import StoreError
+
+log = logging.getLogger(__name__)
 
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(native|timescale))?\.sql$")
 # Partitioned tables of the native flavour and their partition column.
@@ -122,24 +126,49 @@ async def migrate(
     for migration in available_migrations(flavour):
         if up_to is not None and migration.version > up_to:
             break
-        async with conn.transaction():
-            await conn.execute(sql.SQL("SELECT pg_advisory_xact_lock({})").format(_lock_key(schema)))
-            cur = await conn.execute(
-                sql.SQL("SELECT 1 FROM {}.schema_migrations WHERE version = %s").format(ident),
-                (migration.version,),
-            )
-            if await cur.fetchone():
-                continue
-            await conn.execute(migration.sql_text.encode())
-            variant = flavour.value if _has_variants(migration.version) else "any"
-            await conn.execute(
-                sql.SQL(
-                    "INSERT INTO {}.schema_migrations (version, name, flavour) VALUES (%s, %s, %s)"
-                ).format(ident),
-                (migration.version, migration.name, variant),
-            )
-            applied_now.append(migration.version)
+        for attempt in range(1, _CATALOG_RACE_ATTEMPTS + 1):
+            try:
+                if await _apply(conn, schema, migration, flavour):
+                    applied_now.append(migration.version)
+                break
+            except psycopg.errors.InternalError_ as err:
+                if attempt == _CATALOG_RACE_ATTEMPTS or not str(err).startswith("tuple concurrently"):
+                    raise
+                log.warning(
+                    "migration %d met a concurrent catalog update (%s); retrying", migration.version, err
+                )
+                await asyncio.sleep(0.5 * attempt)
     return applied_now
+
+
+# TimescaleDB's jobs (a continuous-aggregate refresh just launched) can update its catalog rows while a
+# migration drops what they belong to, failing the migration's transaction with "tuple concurrently
+# updated" (or deleted). Nothing of that version is applied then, and it is applied again.
+_CATALOG_RACE_ATTEMPTS: Final = 5
+
+
+async def _apply(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], schema: str, migration: Migration, flavour: Flavour
+) -> bool:
+    """Apply one migration in its own transaction unless recorded already; True when applied."""
+    ident = sql.Identifier(schema)
+    async with conn.transaction():
+        await conn.execute(sql.SQL("SELECT pg_advisory_xact_lock({})").format(_lock_key(schema)))
+        cur = await conn.execute(
+            sql.SQL("SELECT 1 FROM {}.schema_migrations WHERE version = %s").format(ident),
+            (migration.version,),
+        )
+        if await cur.fetchone():
+            return False
+        await conn.execute(migration.sql_text.encode())
+        variant = flavour.value if _has_variants(migration.version) else "any"
+        await conn.execute(
+            sql.SQL("INSERT INTO {}.schema_migrations (version, name, flavour) VALUES (%s, %s, %s)").format(
+                ident
+            ),
+            (migration.version, migration.name, variant),
+        )
+    return True
 
 
 def _has_variants(version: int) -> bool:

@@ -102,8 +102,9 @@ class DatabaseSettings(BaseModel):
     raw_retention_days: int = Field(default=90, ge=7)
     # Daily partitions the receiver keeps created ahead of today (native PostgreSQL path).
     partitions_ahead_days: int = Field(default=2, ge=1, le=30)
-    # Hour and day rollups are brought up to date this often (native path; samples_1m and the raw
-    # samples are current at every commit). Longer: less work per sample, later hourly charts.
+    # The hour and day rollup tables take in the minute aggregates logged by the writes this often
+    # (both flavours; reads of samples_1h / samples_1d add the log, so they are current at every
+    # commit). Longer: less work per sample, a longer log for each hour or day read to scan.
     rollup_refresh_s: float = Field(default=300.0, ge=1.0, le=3600.0)
     # Each refresh then keeps ended bus-days (daily KPIs, trips, charging sessions) for about this
     # long at most, one bus-day (~3 queries) per transaction; the rest wait for the next refresh.

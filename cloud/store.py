@@ -10,7 +10,10 @@ and a record never changes its ts. The vehicle locks make the check and the inse
 replica. Predictions and alerts are rows keyed on (vehicle_id, seq, ts). The ingest ledger, dead
 letters (whole messages, and one row per message for its records refused one by one:
 cloud/dead_letters.py), vehicles and status are written in the same transaction. Only after COMMIT
-returns may the caller acknowledge the messages. This module keeps the connection, the transaction
+returns may the caller acknowledge the messages. The minute aggregates of the samples actually
+inserted go to rollup_log in the same statement (both flavours), for `refresh_rollups` to add into
+the hour and day tables; until then the views `samples_1h` and `samples_1d` add the log to them
+(cloud/sql/0007_current_rollups.native.sql). This module keeps the connection, the transaction
 and the maintenance (partitions, retention, rollup refresh, kept KPIs, dead-letter pruning).
 
 Data of any age the receiver accepts lands (a bus back after weeks offline): on the native flavour
@@ -45,7 +48,7 @@ _STAGING_DDL: Final = (*sample_store.STAGING_DDL, *group_rows.STAGING_DDL)
 
 
 def _rollup_cte(name: str, width: str) -> str:
-    """Add minute aggregates `m` (taken from the rollup log) into one rollup (n, sum, min and max
+    """Add minute aggregates `m` (taken from the rollup log) into one rollup table (n, sum, min and max
     re-aggregate exactly; a minute never straddles an hour or a day)."""
     return (
         f"{name} AS (INSERT INTO {name} AS r (vehicle_id, signal, bucket, n, total, min_value, max_value)"
@@ -61,9 +64,9 @@ def _rollup_cte(name: str, width: str) -> str:
 # One refresh: take the logged minute aggregates out and add them into hours, then days.
 _REFRESH_ROLLUPS: Final = sql.SQL(
     "WITH m AS (DELETE FROM rollup_log RETURNING *), "
-    + _rollup_cte("samples_1h", "1 hour")
+    + _rollup_cte("rollup_1h", "1 hour")
     + ", "
-    + _rollup_cte("samples_1d", "1 day")
+    + _rollup_cte("rollup_1d", "1 day")
     + " SELECT count(*) FROM m"
 )
 _ROLLUP_LOCK: Final = "SELECT pg_try_advisory_xact_lock(hashtextextended('voltgate-cloud:rollups:' || %s, 0))"
@@ -226,8 +229,8 @@ class Store:
         return pruned
 
     async def refresh_rollups(self, *, keep_days: bool = True) -> int | None:
-        """Add the minute aggregates logged since the last refresh into `samples_1h` and `samples_1d`
-        (native flavour; TimescaleDB's continuous aggregates do it there), then keep the ended pending
+        """Add the minute aggregates logged since the last refresh into the tables under `samples_1h`
+        and `samples_1d` (`rollup_1h`, `rollup_1d`; both flavours), then keep the ended pending
         bus-days (`materialize_kpis`, both flavours; not with `keep_days` False: at shutdown). Returns
         the minute rows taken, or None when another replica is refreshing right now."""
         taken = await self._refresh_hours_and_days()
@@ -266,8 +269,6 @@ class Store:
         return done
 
     async def _refresh_hours_and_days(self) -> int | None:
-        if self.flavour is not Flavour.NATIVE:
-            return 0
         try:
             async with self._conn.transaction(), self._conn.cursor() as cur:
                 await cur.execute(_ROLLUP_LOCK, (self._settings.schema_name,))

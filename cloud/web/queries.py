@@ -1,8 +1,9 @@
 """Read-side queries of the fleet views: last state per bus, time series, alerts, predictions vs outcome.
 
-Everything here reads the tables the receiver writes (and the rollups `samples_1m/1h/1d`: on plain
-PostgreSQL a view over the sample blocks and two tables, on TimescaleDB continuous aggregates, with
-the same columns), so the same SQL serves both flavours. Samples are read through
+Everything here reads the tables the receiver writes (and the rollups `samples_1m/1h/1d`, on both
+flavours views current at every commit: minutes over the sample blocks, hours and days over the
+refreshed tables plus the rollup log, cloud/sql/0007_current_rollups.*.sql), so the same SQL serves
+both flavours. Samples are read through
 `samples_between()` and `latest_sample()`, which read only the blocks of a time range (and, given a
 bus and signal, only theirs), never through the `samples` view, which unnests every block. Inputs
 arrive validated by `cloud.api`; nothing here parses requests.

@@ -2,13 +2,21 @@
 
 Addresses come from the environment, with loopback defaults:
   VOLTGATE_TEST_PG_DSN          (postgresql://postgres@127.0.0.1:5432/test)
+  VOLTGATE_TEST_TIMESCALE_DSN   (none; e.g. postgresql://postgres@127.0.0.1:5433/test, a database
+                                 with the TimescaleDB extension: CI sets it, see .ci/run)
   VOLTGATE_TEST_MQTT_HOST/PORT  (127.0.0.1 / 1883)
 When a service is unreachable the test is skipped with the reason, or fails when CI=true (in CI a
 missing service is a broken machine, not a reason to go green).
+
+Every test that takes `pg_schema` (or `store`) runs once per database flavour, `native` (plain
+PostgreSQL) and `timescale`: the receiver behaves the same on both. A test of one flavour's mechanics
+(partition names, chunks, hypertables) says so with `@pytest.mark.flavour("native")` (or "timescale").
+The timescale runs skip, with the reason, when VOLTGATE_TEST_TIMESCALE_DSN is not set.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -24,10 +32,14 @@ import pytest
 from agent.buffer import BufferWorker
 
 if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+
     from cloud.kpis import KeptDays
     from cloud.store import Store
 
 PG_DSN = os.environ.get("VOLTGATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+TIMESCALE_DSN = os.environ.get("VOLTGATE_TEST_TIMESCALE_DSN")
+FLAVOURS = ("native", "timescale")
 MQTT_HOST = os.environ.get("VOLTGATE_TEST_MQTT_HOST", "127.0.0.1")
 MQTT_PORT = int(os.environ.get("VOLTGATE_TEST_MQTT_PORT", "1883"))
 
@@ -73,23 +85,68 @@ class Database:
 
     dsn: str
     schema: str
+    flavour: str = "native"  # "timescale": the database has the TimescaleDB extension
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "flavour(name): the test is about one database flavour's mechanics (native or timescale)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`pg_schema` (and every fixture built on it) once per flavour, or only the marked one."""
+    if "pg_schema" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("flavour")
+    flavours = marker.args if marker else FLAVOURS
+    unknown = set(flavours) - set(FLAVOURS)
+    if unknown:
+        raise pytest.UsageError(f"unknown database flavour {sorted(unknown)} on {metafunc.definition.nodeid}")
+    metafunc.parametrize("pg_schema", flavours, indirect=True)
+
+
+def flavour_dsn(flavour: str) -> str:
+    """The test database of `flavour`; skips the test when the TimescaleDB one is not configured."""
+    if flavour == "native":
+        return PG_DSN
+    if TIMESCALE_DSN is None:
+        pytest.skip("VOLTGATE_TEST_TIMESCALE_DSN not set: no database with TimescaleDB to test against")
+    return TIMESCALE_DSN
+
+
+@contextlib.contextmanager
+def fresh_schema(flavour: str) -> Iterator[Database]:
+    """A fresh, empty schema in the test database of `flavour`, dropped afterwards."""
+    psycopg = pytest.importorskip("psycopg")
+    dsn = flavour_dsn(flavour)
+    schema = unique_id("test_")
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=3)
+    except psycopg.Error as err:
+        service_unavailable(f"PostgreSQL not reachable at {dsn}: {str(err).strip().splitlines()[0]}")
+    with conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"'.encode())
+        try:
+            yield Database(dsn, schema, flavour)
+        finally:
+            if flavour == "timescale":
+                # The schema's background jobs (compression, retention) first: delete_job ends a
+                # running one, so none holds a chunk that DROP SCHEMA must drop (or errors on it).
+                conn.execute(
+                    b"SELECT delete_job(job_id) FROM timescaledb_information.jobs"
+                    b" WHERE hypertable_schema = %s",
+                    (schema,),
+                )
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE'.encode())
 
 
 @pytest.fixture
-def pg_schema() -> Iterator[Database]:
-    """A fresh, empty schema in the test database (VOLTGATE_TEST_PG_DSN), dropped afterwards."""
-    psycopg = pytest.importorskip("psycopg")
-    schema = unique_id("test_")
-    try:
-        conn = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=3)
-    except psycopg.Error as err:
-        service_unavailable(f"PostgreSQL not reachable at {PG_DSN}: {str(err).strip().splitlines()[0]}")
-    with conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-        try:
-            yield Database(PG_DSN, schema)
-        finally:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+def pg_schema(request: pytest.FixtureRequest) -> Iterator[Database]:
+    """A fresh, empty schema in the test database of the flavour the test runs on (native unless
+    parametrized: the fault suite registers this fixture and stays on plain PostgreSQL)."""
+    with fresh_schema(getattr(request, "param", "native")) as db:
+        yield db
 
 
 @pytest.fixture
@@ -110,9 +167,32 @@ async def migrated_store(db: Database, kept: KeptDays | None = None) -> Store:
     migrator = await Store.open(settings, require_schema=False)
     try:
         await migrator.migrate()
+        if db.flavour == "timescale":
+            await pause_background_jobs(migrator.connection, db.schema)
     finally:
         await migrator.close()
     return await Store.open(settings, kept=kept)
+
+
+async def pause_background_jobs(conn: AsyncConnection[tuple[object, ...]], schema: str) -> None:
+    """Unschedule the TimescaleDB jobs of `schema` (compression: they start as soon as created) and wait
+    for a run already started to end, so no job compresses the chunks a test is writing at some
+    moment of its own: a test of compressed chunks compresses them itself (`compress_chunk`)."""
+    await conn.execute(
+        b"SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs"
+        b" WHERE hypertable_schema = %s",
+        (schema,),
+    )
+    for _ in range(600):  # a job's run over a fresh schema takes milliseconds
+        cur = await conn.execute(
+            b"SELECT count(*) FROM timescaledb_information.job_stats"
+            b" WHERE hypertable_schema = %s AND job_status = 'Running'",
+            (schema,),
+        )
+        if await cur.fetchone() == (0,):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"a TimescaleDB job of {schema} still runs after 30 s")
 
 
 @pytest.fixture

@@ -230,6 +230,7 @@ class Api:
     url: str
     http: aiohttp.ClientSession
     truths: dict[str, BusTruth]
+    flavour: str  # of the database under it
 
     async def get(self, path: str, **params: str) -> tuple[int, dict[str, Any]]:
         async with self.http.get(self.url + path, params=params) as response:
@@ -255,7 +256,7 @@ async def api(pg_schema: Database) -> AsyncIterator[Api]:
     views = await FleetViews.start(WebSettings(port=0, max_range_days=60), database)
     try:
         async with aiohttp.ClientSession() as http:
-            yield Api(views.url, http, truths)
+            yield Api(views.url, http, truths, pg_schema.flavour)
     finally:
         await views.stop()
 
@@ -266,7 +267,7 @@ def iso(moment: datetime) -> str:
 
 async def test_health_reports_the_schema(api: Api) -> None:
     body = await api.ok("/api/health")
-    assert body == {"status": "ok", "schema_version": latest_version(), "flavour": "native"}
+    assert body == {"status": "ok", "schema_version": latest_version(), "flavour": api.flavour}
 
 
 async def test_bus_list_shows_each_bus_last_state(api: Api) -> None:
@@ -354,6 +355,48 @@ async def test_long_ranges_come_from_the_rollups(api: Api) -> None:
     assert len(minutes["points"]) == 121  # 2 h + the final reading's minute
     assert [p["n"] for p in hours["points"]] == [360, 360, 1]
     assert [p["n"] for p in days["points"]] == [721]
+
+
+async def test_every_resolution_is_current_right_after_a_write(pg_schema: Database) -> None:
+    # GIVEN half an hour of one bus ending a few minutes ago, written and committed, never refreshed
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=40)
+    truths, messages = fleet_messages(PLANS[:1], start, hours=0.5, step_s=10)
+    bus, truth = next(iter(truths.items()))
+    store = await migrated_store(pg_schema)
+    database = DatabaseSettings.model_validate({"dsn": pg_schema.dsn, "schema": pg_schema.schema})
+    views = await FleetViews.start(WebSettings(port=0), database)
+    try:
+        for first in range(0, len(messages), 50):
+            await store.write(messages[first : first + 50])
+
+        async def series() -> dict[str, list[tuple[float, int]]]:
+            found: dict[str, list[tuple[float, int]]] = {}
+            span = {"from": iso(start - timedelta(days=1)), "to": iso(start + timedelta(days=1))}
+            async with aiohttp.ClientSession() as http:
+                for resolution in ("1m", "1h", "1d"):
+                    params = {"signal": kpis.SPEED, "resolution": resolution, **span}
+                    async with http.get(f"{views.url}/api/buses/{bus}/series", params=params) as response:
+                        assert response.status == 200
+                        body = await response.json()
+                    found[resolution] = [(p["avg"], p["n"]) for p in body["points"]]
+            return found
+
+        # WHEN the minutes, hours and days are read at once, and again after the receiver's refresh
+        before = await series()
+        assert await store.refresh_rollups(keep_days=False)
+        after = await series()
+    finally:
+        await views.stop()
+        await store.close()
+
+    # THEN each holds every reading (today included), the same before the refresh as after
+    for resolution, points in before.items():
+        assert sum(n for _, n in points) == len(truth.speed), resolution
+        mean = sum(avg * n for avg, n in points) / len(truth.speed)
+        assert mean == pytest.approx(sum(truth.speed) / len(truth.speed)), resolution
+    for resolution, points in after.items():  # the same sums, added up in another order
+        assert [n for _, n in points] == [n for _, n in before[resolution]], resolution
+        assert [avg for avg, _ in points] == pytest.approx([avg for avg, _ in before[resolution]])
 
 
 async def test_pack_power_is_derived_from_voltage_and_current(api: Api) -> None:

@@ -1,19 +1,16 @@
 """Kept daily KPIs, trips and charging sessions: the tables the receiver fills for ended days.
 
 Written through the real store, kept by the real refresh, read back and compared with the on-demand
-queries of the same bus-days. Both flavours: TimescaleDB only with VOLTGATE_TEST_TIMESCALE_DSN set.
+queries of the same bus-days. On both flavours (conftest.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-import psycopg
 import pytest
 
 from cloud import kpis
@@ -23,11 +20,10 @@ from cloud.store import Store
 from protocols.topics import TopicKind, telemetry_topic
 from protocols.wire import AlertRecord, Batch, SampleRecord
 
-from .conftest import PG_DSN, Database, migrated_store, service_unavailable
+from .conftest import Database, migrated_store
 
 pytestmark = pytest.mark.asyncio
 
-TIMESCALE_DSN = os.environ.get("VOLTGATE_TEST_TIMESCALE_DSN")
 BUS = "bus-k"
 
 
@@ -46,28 +42,12 @@ TODAY = datetime.now(ZoneInfo(TZ)).date()
 DAYS = [TODAY - timedelta(days=k) for k in (3, 2, 1)]
 
 
-@pytest.fixture(params=[Flavour.NATIVE, Flavour.TIMESCALE])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    if request.param is Flavour.TIMESCALE and not TIMESCALE_DSN:
-        pytest.skip("VOLTGATE_TEST_TIMESCALE_DSN not set: no database with TimescaleDB to test against")
-    dsn = TIMESCALE_DSN if request.param is Flavour.TIMESCALE else PG_DSN
-    assert dsn is not None
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f'CREATE SCHEMA "{schema}"'.encode())
-    except psycopg.OperationalError as err:
-        service_unavailable(f"PostgreSQL not reachable at {dsn}: {str(err).strip().splitlines()[0]}")
-    try:
-        opened = await migrated_store(Database(dsn, schema), kpis.KeptDays(TZ))
-        assert opened.flavour is request.param
-        try:
-            yield opened
-        finally:
-            await opened.close()
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE'.encode())
+@pytest.fixture
+async def store(pg_schema: Database) -> AsyncIterator[Store]:
+    opened = await migrated_store(pg_schema, kpis.KeptDays(TZ))
+    assert opened.flavour is Flavour(pg_schema.flavour)
+    yield opened
+    await opened.close()
 
 
 def local_ms(day: date, hour: int, minute: int = 0, second: int = 0) -> int:

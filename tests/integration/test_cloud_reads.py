@@ -1,20 +1,22 @@
 """The read side prunes: the fleet views and KPIs read only the sample blocks of the time they ask for.
 
-Samples live in `sample_blocks`, range-partitioned by day; the `samples` view decodes every block of
-every day. The queries read through `samples_between()` / `latest_sample()` instead, whose time
-bounds reach the partition key and whose bus reaches the primary key. These tests run the
-public read functions on a schema holding four days and look at the plans of what they executed
-(EXPLAIN ANALYZE of each statement, run just before it on the same connection): a query that falls
-back to the view, or hides its range from the planner, reads every day's partition and fails here.
+Samples live in `sample_blocks`, range-partitioned by day (plain PostgreSQL) or a hypertable of
+six-hour chunks (TimescaleDB); the `samples` view decodes every block of every day. The queries read
+through `samples_between()` / `latest_sample()` instead, whose time bounds reach the partition key
+and whose bus reaches the primary key. These tests run the public read functions on a schema
+holding four days and look at the plans of what they executed (EXPLAIN ANALYZE of each statement, run
+just before it on the same connection): a query that falls back to the view, or hides its range from
+the planner, reads every day's partitions (chunks) and fails here. On both flavours: a query reads
+exactly the partitions (chunks) whose bounds meet the range it asks for.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, LiteralString, Self
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -31,12 +33,20 @@ pytestmark = pytest.mark.asyncio
 
 DAYS = [date(2024, 5, 11) + timedelta(days=k) for k in range(4)]
 BUS = PLANS[0].vehicle_id
-PARTITION = re.compile(r"^sample_blocks_p\d{8}$")
 EXPLAIN: LiteralString = "EXPLAIN (ANALYZE, FORMAT JSON) "
 
 
-def partition(day: date) -> str:
-    return f"sample_blocks_p{day:%Y%m%d}"
+def utc_day(day: date) -> tuple[datetime, datetime]:
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return start, start + timedelta(days=1)
+
+
+def local_day(day: date, tz: str) -> tuple[datetime, datetime]:
+    end = day + timedelta(days=1)
+    zone = ZoneInfo(tz)
+    return datetime(day.year, day.month, day.day, tzinfo=zone), datetime(
+        end.year, end.month, end.day, tzinfo=zone
+    )
 
 
 @dataclass
@@ -44,6 +54,8 @@ class Plans:
     """The plans of the statements run on one connection, as EXPLAIN (FORMAT JSON) gives them."""
 
     roots: list[dict[str, Any]] = field(default_factory=list)
+    # sample_blocks' partitions (native) or chunks (TimescaleDB), with their bounds [start, end)
+    bounds: dict[str, tuple[datetime, datetime]] = field(default_factory=dict)
 
     def clear(self) -> None:
         self.roots.clear()
@@ -58,13 +70,21 @@ class Plans:
             yield from walk(root)
 
     def block_scans(self) -> list[dict[str, Any]]:
-        """Scans of sample_blocks partitions that ran (pruned ones never run, or are not planned)."""
+        """Scans of sample_blocks partitions (chunks) that ran (pruned ones never run, or are not planned)."""
         return [
-            n for n in self.nodes() if PARTITION.match(n.get("Relation Name", "")) and n["Actual Loops"] > 0
+            n for n in self.nodes() if n.get("Relation Name", "") in self.bounds and n["Actual Loops"] > 0
         ]
 
     def partitions_read(self) -> set[str]:
         return {n["Relation Name"] for n in self.block_scans()}
+
+    def meeting(self, *ranges: tuple[datetime, datetime]) -> set[str]:
+        """The partitions (chunks) whose bounds meet one of `ranges`: all a query of them may read."""
+        return {
+            name
+            for name, (start, end) in self.bounds.items()
+            if any(start < t_to and end > t_from for t_from, t_to in ranges)
+        }
 
 
 def recording_cursor(plans: Plans) -> type[psycopg.AsyncCursor[Any]]:
@@ -93,7 +113,7 @@ def recording_cursor(plans: Plans) -> type[psycopg.AsyncCursor[Any]]:
 
 @pytest.fixture
 async def four_days(pg_schema: Database) -> AsyncIterator[tuple[psycopg.AsyncConnection[Any], Plans]]:
-    # GIVEN three buses driving half an hour each morning for four days: a partition per day
+    # GIVEN three buses driving half an hour each morning for four days: a partition (chunk) each
     store = await migrated_store(pg_schema)
     try:
         for day in DAYS:
@@ -109,11 +129,23 @@ async def four_days(pg_schema: Database) -> AsyncIterator[tuple[psycopg.AsyncCon
         options=f"-c search_path={pg_schema.schema},public",
         cursor_factory=recording_cursor(plans),
     ) as conn:
-        cur = await conn.execute(
-            b"SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-            b" WHERE i.inhparent = 'sample_blocks'::regclass"
-        )
-        assert {str(name) for (name,) in await cur.fetchall()} == {partition(d) for d in DAYS}
+        if pg_schema.flavour == "native":
+            cur = await conn.execute(
+                b"SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                b" WHERE i.inhparent = 'sample_blocks'::regclass"
+            )
+            names = {str(name) for (name,) in await cur.fetchall()}
+            assert names == {f"sample_blocks_p{d:%Y%m%d}" for d in DAYS}
+            plans.bounds = {f"sample_blocks_p{d:%Y%m%d}": utc_day(d) for d in DAYS}
+        else:
+            cur = await conn.execute(
+                b"SELECT chunk_name, range_start, range_end FROM timescaledb_information.chunks"
+                b" WHERE hypertable_schema = current_schema() AND hypertable_name = 'sample_blocks'"
+            )
+            plans.bounds = {str(name): (start, end) for name, start, end in await cur.fetchall()}
+            assert sorted(start for start, _ in plans.bounds.values()) == [  # six-hour chunks
+                datetime(d.year, d.month, d.day, 0, tzinfo=UTC) for d in DAYS
+            ]
         plans.clear()
         yield conn, plans
 
@@ -127,12 +159,12 @@ async def test_daily_kpis_read_only_the_days_asked_for(
     rows = await kpis.daily_kpis(conn, day, day)
 
     assert {(r.vehicle_id, r.day) for r in rows} == {(p.vehicle_id, day) for p in PLANS}
-    assert plans.partitions_read() == {partition(day)}
+    assert plans.partitions_read() == plans.meeting(utc_day(day))
 
-    # a local day in New York (UTC−4) spans two UTC days: both partitions, no others
+    # a local day in New York (UTC−4) spans two UTC days: the partitions (chunks) of both that it meets
     plans.clear()
     await kpis.charging_sessions(conn, day, day, tz="America/New_York")
-    assert plans.partitions_read() == {partition(day), partition(day + timedelta(days=1))}
+    assert plans.partitions_read() == plans.meeting(local_day(day, "America/New_York"))
 
 
 async def test_trips_read_only_the_days_asked_for(
@@ -145,11 +177,11 @@ async def test_trips_read_only_the_days_asked_for(
 
     assert {t.vehicle_id for t in found} == {p.vehicle_id for p in PLANS}
     assert all(t.started_at.astimezone(UTC).date() == day for t in found)
-    assert plans.partitions_read() == {partition(day)}
+    assert plans.partitions_read() == plans.meeting(utc_day(day))
 
     plans.clear()
     await kpis.trips(conn, day, day, tz="America/New_York", vehicle_id=BUS)
-    assert plans.partitions_read() == {partition(day), partition(day + timedelta(days=1))}
+    assert plans.partitions_read() == plans.meeting(local_day(day, "America/New_York"))
 
 
 async def test_bus_list_reads_only_the_last_day(
@@ -162,7 +194,7 @@ async def test_bus_list_reads_only_the_last_day(
     assert [s.vehicle_id for s in states] == sorted(p.vehicle_id for p in PLANS)
     assert all(s.soc_pct and s.soc_pct.ts.astimezone(UTC).date() == DAYS[-1] for s in states)
     assert all(s.latitude is not None and s.longitude is not None for s in states)
-    assert plans.partitions_read() == {partition(DAYS[-1])}
+    assert plans.partitions_read() == plans.meeting(utc_day(DAYS[-1]))
 
 
 async def test_series_and_outcomes_read_only_their_range(
@@ -179,7 +211,7 @@ async def test_series_and_outcomes_read_only_their_range(
 
     assert len(raw) == 61 and power and outcomes
     assert all(o.soc_at_prediction_pct is not None for o in outcomes)
-    assert plans.partitions_read() == {partition(day)}
+    assert plans.partitions_read() == plans.meeting(utc_day(day))
 
 
 async def test_one_bus_reads_go_through_the_block_key(

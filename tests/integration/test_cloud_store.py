@@ -1,4 +1,5 @@
-"""The store against the real PostgreSQL: migrations, idempotent writes, rollups, partitions."""
+"""The store against the real PostgreSQL, on both flavours (plain and with TimescaleDB): migrations,
+idempotent writes, rollups current at every commit, partitions (plain PostgreSQL's own)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import math
 from datetime import UTC, date, datetime, timedelta
 
+import psycopg
 import pytest
 
 from cloud.errors import RejectedDataError, StoreError
@@ -50,19 +52,19 @@ async def test_migrations_are_idempotent_and_recorded(pg_schema: Database) -> No
     try:
         assert await store.migrate() == list(range(1, latest_version() + 1))
         assert await store.migrate() == []
-        assert store.flavour is Flavour.NATIVE  # this machine's PostgreSQL has no TimescaleDB
+        assert store.flavour is Flavour(pg_schema.flavour)
         cur = await store.connection.execute(
             b"SELECT version, flavour FROM schema_migrations ORDER BY version"
         )
         assert await cur.fetchall() == [
             (1, "any"),
-            (2, "native"),
-            (3, "native"),
+            (2, pg_schema.flavour),
+            (3, pg_schema.flavour),
             (4, "any"),
             (5, "any"),
             (6, "any"),
-            (7, "native"),
-            (8, "native"),
+            (7, pg_schema.flavour),
+            (8, pg_schema.flavour),
             (9, "any"),
         ]
     finally:
@@ -103,14 +105,20 @@ async def test_a_batch_is_stored_once_and_its_redelivery_changes_nothing(store: 
     after = await store.connection.execute(b"SELECT * FROM samples WHERE seq < 120 ORDER BY seq")
     assert await after.fetchall() == rows_before
     assert rollup_before[0][3] == 60  # the 23:59 minute holds 60 samples
-    assert await count(store, "SELECT sum(n) FROM samples_1m") == 130
-    assert await count(store, "SELECT count(*) FROM samples_1h") == 0  # until the next refresh
-    assert await store.refresh_rollups() == await count(store, "SELECT count(*) FROM samples_1m")
-    assert await store.refresh_rollups() == 0  # everything logged was taken once
-    assert await count(store, "SELECT sum(n) FROM samples_1h") == 130
-    assert await count(store, "SELECT sum(n) FROM samples_1d") == 130
-    assert await count(store, "SELECT count(*) FROM samples_1d") == 2  # 14 and 15 May
-    assert await count(store, "SELECT sum(total)::bigint FROM samples_1d") == sum(range(120)) + sum(range(10))
+    # and every rollup is current at once (the hours and days still read the log), then the same
+    # after the refresh has moved the log into the tables
+    for refreshed in (False, True):
+        assert await count(store, "SELECT count(*) FROM rollup_log") == (0 if refreshed else 3)
+        assert await count(store, "SELECT sum(n) FROM samples_1m") == 130
+        assert await count(store, "SELECT sum(n) FROM samples_1h") == 130
+        assert await count(store, "SELECT sum(n) FROM samples_1d") == 130
+        assert await count(store, "SELECT count(*) FROM samples_1d") == 2  # 14 and 15 May
+        assert await count(store, "SELECT count(*) FROM samples_1h") == 2  # 23:00 and 00:00
+        total = sum(range(120)) + sum(range(10))
+        assert await count(store, "SELECT sum(total)::bigint FROM samples_1d") == total
+        if not refreshed:
+            assert await store.refresh_rollups() == 3  # the three minutes logged
+            assert await store.refresh_rollups() == 0  # everything logged was taken once
     assert await count(store, "SELECT count(*) FROM ingest_ledger") == 4  # every receipt is in the ledger
     assert await count(store, "SELECT count(*) FROM vehicles WHERE vehicle_id = 'bus-1'") == 1
 
@@ -145,6 +153,7 @@ async def test_predictions_alerts_status_and_dead_letters_in_one_transaction(sto
     assert await cur.fetchall() == [("malformed payload: x", b"\x00\xff")] * 2
 
 
+@pytest.mark.flavour("native")
 async def test_maintenance_creates_partitions_ahead_and_drops_expired_ones(store: Store) -> None:
     today = date(2024, 5, 14)
     await store.write([sample_batch("bus-3", 0, 1)])  # creates sample_blocks_p20240514 on demand
@@ -274,6 +283,7 @@ async def test_two_replicas_writing_overlapping_batches_at_once_store_each_sampl
         await other.close()
 
 
+@pytest.mark.flavour("native")
 async def test_migration_3_turns_stored_sample_rows_into_blocks(pg_schema: Database) -> None:
     # GIVEN a schema at version 2 holding sample rows over midnight UTC
     settings = db_settings(pg_schema)
@@ -308,3 +318,75 @@ async def test_migration_3_turns_stored_sample_rows_into_blocks(pg_schema: Datab
         }
     finally:
         await store.close()
+
+
+async def rollup_rows(store: Store, rollup: str) -> list[tuple[object, ...]]:
+    query = f"SELECT bucket, n, total, min_value, max_value FROM {rollup} ORDER BY bucket"
+    cur = await store.connection.execute(query.encode())
+    return await cur.fetchall()
+
+
+@pytest.mark.flavour("native")
+async def test_migration_7_keeps_the_refreshed_hours_and_days_and_adds_the_pending_log(
+    pg_schema: Database,
+) -> None:
+    # GIVEN a schema at version 6: an hour and a day refreshed, and a minute of that hour still logged
+    store = await Store.open(db_settings(pg_schema), require_schema=False)
+    hour, day = T0.replace(minute=0), T0.replace(hour=0, minute=0)
+    try:
+        assert await store.migrate(up_to=6) == [1, 2, 3, 4, 5, 6]
+        conn = store.connection
+        await conn.execute(
+            b"INSERT INTO samples_1h VALUES ('bus-8', 'Vehicle.Speed', %s, 10, 20, 1, 3)", (hour,)
+        )
+        await conn.execute(
+            b"INSERT INTO samples_1d VALUES ('bus-8', 'Vehicle.Speed', %s, 10, 20, 1, 3)", (day,)
+        )
+        minute = hour + timedelta(minutes=7)
+        await conn.execute(
+            b"INSERT INTO rollup_log VALUES ('bus-8', 'Vehicle.Speed', %s, 5, 5, 0, 4)", (minute,)
+        )
+
+        # WHEN it is migrated, and later refreshed
+        assert await store.migrate(up_to=7) == [7]
+        before = [await rollup_rows(store, "samples_1h"), await rollup_rows(store, "samples_1d")]
+        assert await store.refresh_rollups(keep_days=False) == 1
+        after = [await rollup_rows(store, "samples_1h"), await rollup_rows(store, "samples_1d")]
+    finally:
+        await store.close()
+
+    # THEN the hour and the day read the same before and after the refresh, the logged minute in them
+    assert before == after == [[(hour, 15, 25.0, 0.0, 4.0)], [(day, 15, 25.0, 0.0, 4.0)]]
+
+
+@pytest.mark.flavour("native")
+async def test_a_migration_that_meets_a_concurrent_catalog_update_is_applied_again(
+    pg_schema: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    # GIVEN a schema at version 6, and another session that has updated samples_1h's catalog row (as a
+    # TimescaleDB job updates its aggregates' rows) and not committed yet
+    store = await Store.open(db_settings(pg_schema), require_schema=False)
+    other = await psycopg.AsyncConnection.connect(pg_schema.dsn)
+    try:
+        assert await store.migrate(up_to=6) == [1, 2, 3, 4, 5, 6]
+        await other.execute(f'GRANT SELECT ON "{pg_schema.schema}".samples_1h TO PUBLIC'.encode())
+
+        # WHEN migration 7 (which renames samples_1h) waits for it, and the other session commits
+        migrating = asyncio.create_task(store.migrate(up_to=7))
+        waiting = b"SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s"
+        pid = store.connection.info.backend_pid
+        async with await psycopg.AsyncConnection.connect(pg_schema.dsn, autocommit=True) as watch:
+            for _ in range(600):
+                if await (await watch.execute(waiting, (pid,))).fetchone() == ("Lock",):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("migration 7 never waited for the other session")
+        await other.commit()
+
+        # THEN its first attempt failed on the concurrent update, and it was applied again
+        assert await migrating == [7]
+    finally:
+        await other.close()
+        await store.close()
+    assert "migration 7 met a concurrent catalog update (tuple concurrently updated); retrying" in caplog.text
