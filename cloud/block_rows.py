@@ -10,7 +10,7 @@ units per row; `interleave` scatters the streams into rows, one fancy-indexed co
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 import numpy as np
@@ -73,7 +73,7 @@ def same_text(text: str, rows: int) -> Field:
     return np.tile(one, (rows, 1)), np.ones(rows, dtype=np.int64)
 
 
-def texts(names: Sequence[str], index: npt.NDArray[np.int32]) -> Field:
+def texts(names: Sequence[str], index: npt.NDArray[np.int64]) -> Field:
     """One text per row: names[index[r]] (units of one byte)."""
     encoded = [struct.pack(">i", len(b)) + b for b in (name.encode() for name in names)]
     pool = np.frombuffer(b"".join(encoded), dtype=np.uint8)
@@ -140,16 +140,16 @@ def byteas(data: Bytes, lengths: Lengths) -> list[Field]:
     return [(_records(heads), np.ones(len(lengths), dtype=np.int64)), (data.reshape(-1, 1), lengths)]
 
 
-def block_rows(first_block_no: int, vehicle_id: str, b: Blocks) -> bytes:
+def block_rows(vehicles: Sequence[str], b: Blocks) -> bytes:
     """COPY rows of stage_blocks (block_no, vehicle_id, minute, seq_min, seq_max, ts_first, ts_last,
-    n, signals, code, exact) for one message's blocks."""
+    n, signals, code, exact) for a group's blocks; `vehicles`: each message's vehicle."""
     blocks = len(b)
     n = b.stop - b.start
     return interleave(
         [
             field_count(11, blocks),
-            fixed(first_block_no + np.arange(blocks), ">i4"),
-            same_text(vehicle_id, blocks),
+            fixed(np.arange(blocks), ">i4"),
+            texts(vehicles, b.message),
             fixed(_micros(b.minute_ms), ">i8"),
             fixed(b.seq_min, ">i8"),
             fixed(b.seq_max, ">i8"),
@@ -164,15 +164,16 @@ def block_rows(first_block_no: int, vehicle_id: str, b: Blocks) -> bytes:
     )
 
 
-def stats_rows(first_block_no: int, signals: Sequence[str], b: Blocks) -> bytes:
+def stats_rows(names: Mapping[int, str], b: Blocks) -> bytes:
     """COPY rows of stage_block_stats (block_no, signal, n, total, min_value, max_value): per block
-    and signal, what its samples add to the minute's rollup."""
+    and signal, what its samples add to the minute's rollup; `names`: float-path id -> signal name."""
     rows = len(b.stat_block)
+    ids, index = np.unique(b.stat_signal, return_inverse=True)
     return interleave(
         [
             field_count(6, rows),
-            fixed(first_block_no + b.stat_block, ">i4"),
-            texts(signals, b.stat_signal),
+            fixed(b.stat_block, ">i4"),
+            texts([names[int(i)] for i in ids], index.astype(np.int64)),
             fixed(b.stat_n, ">i4"),
             fixed(b.stat_total, ">f8"),
             fixed(b.stat_min, ">f8"),

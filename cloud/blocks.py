@@ -11,8 +11,8 @@ sample.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -31,9 +31,10 @@ CODE_FIELDS: Final = 4  # per sample in `code`: signal id, seq, ts, steps (each 
 
 @dataclass(frozen=True, slots=True)
 class Blocks:
-    """One message's samples in block order; block b is positions start[b]:stop[b]."""
+    """A group's samples in block order; block b is positions start[b]:stop[b]."""
 
-    minute_ms: npt.NDArray[np.int64]  # per block
+    message: npt.NDArray[np.int64]  # per block: index into the group
+    minute_ms: npt.NDArray[np.int64]
     seq_min: npt.NDArray[np.int64]
     seq_max: npt.NDArray[np.int64]
     ts_first_ms: npt.NDArray[np.int64]
@@ -47,7 +48,7 @@ class Blocks:
     scaled: npt.NDArray[np.bool_]
     # rollup statistics, one entry per block and signal name (block order)
     stat_block: npt.NDArray[np.int64]
-    stat_signal: npt.NDArray[np.int32]  # index into the message's signal names
+    stat_signal: npt.NDArray[np.int32]  # the signal's float-path id: stands for its name
     stat_n: npt.NDArray[np.int64]
     stat_total: npt.NDArray[np.float64]
     stat_min: npt.NDArray[np.float64]
@@ -57,38 +58,75 @@ class Blocks:
         return len(self.start)
 
 
+@dataclass(frozen=True, slots=True)
+class GroupSamples:
+    """A write group's samples as one set of columns: per sample its message (index into the group),
+    seq, ts, value, its signal's quantum (NaN: none) and its signal's two ids in `sample_signals`
+    (scaled path, float path; the float path's id stands for the signal's name)."""
+
+    message: npt.NDArray[np.int64]
+    seq: npt.NDArray[np.int64]
+    ts_ms: npt.NDArray[np.int64]
+    value: npt.NDArray[np.float64]
+    quantum: npt.NDArray[np.float64]
+    scaled_id: npt.NDArray[np.int32]
+    float_id: npt.NDArray[np.int32]
+
+    @classmethod
+    def of(
+        cls,
+        messages: Sequence[SampleColumns],
+        signal_table: Callable[
+            [Sequence[str]], tuple[npt.NDArray[np.float64], npt.NDArray[np.int32], npt.NDArray[np.int32]]
+        ],
+    ) -> GroupSamples:
+        """The samples of `messages`; `signal_table` gives per signal name its quantum and ids."""
+        names = [name for m in messages for name in m.signals]
+        quantum, scaled_id, float_id = signal_table(names)
+        offset = np.cumsum([0] + [len(m.signals) for m in messages])[:-1]
+        index = np.concatenate(
+            [m.signal_index + k for m, k in zip(messages, offset, strict=True)] or [np.zeros(0, np.int64)]
+        )
+        return cls(
+            message=np.repeat(np.arange(len(messages)), [len(m) for m in messages]).astype(np.int64),
+            seq=np.concatenate([m.seq for m in messages] or [np.zeros(0, np.int64)]),
+            ts_ms=np.concatenate([m.ts_ms for m in messages] or [np.zeros(0, np.int64)]),
+            value=np.concatenate([m.value for m in messages] or [np.zeros(0, np.float64)]),
+            quantum=quantum[index] if len(quantum) else np.zeros(0, np.float64),
+            scaled_id=scaled_id[index] if len(scaled_id) else np.zeros(0, np.int32),
+            float_id=float_id[index] if len(float_id) else np.zeros(0, np.int32),
+        )
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+
 def scaled_steps(
-    columns: SampleColumns, quantum: npt.NDArray[np.float64]
+    value: npt.NDArray[np.float64], quantum: npt.NDArray[np.float64]
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
-    """Per sample, its value in steps of its signal's quantum (`quantum` per signal index, NaN for
-    none) and whether those steps give the value back exactly; steps are 0 where they do not."""
-    q = quantum[columns.signal_index] if len(quantum) else np.full(len(columns), np.nan)
+    """Per sample, its value in steps of its quantum (NaN: none) and whether those steps give the
+    value back exactly; steps are 0 where they do not."""
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        steps = np.rint(columns.value / q)
+        steps = np.rint(value / quantum)
         ok = np.isfinite(steps) & (np.abs(steps) < STEP_LIMIT)
         steps = np.where(ok, steps, 0.0) + 0.0  # + 0.0: a step of -0.0 is stored as 0
-        back = steps * q  # as the database computes it from the stored steps
-    ok &= back.view(np.int64) == columns.value.view(np.int64)  # bit for bit: -0.0 stays on the float path
+        back = steps * quantum  # as the database computes it from the stored steps
+    ok &= back.view(np.int64) == value.view(np.int64)  # bit for bit: -0.0 stays on the float path
     return np.where(ok, steps, 0.0).astype(np.int64), ok
 
 
-def blocks_of(
-    columns: SampleColumns,
-    quantum: npt.NDArray[np.float64],
-    scaled_id: npt.NDArray[np.int32],
-    float_id: npt.NDArray[np.int32],
-) -> Blocks:
-    """Lay a message's samples out as blocks. Per signal index of `columns`: its quantum (NaN: none)
-    and its two ids in `sample_signals`, the scaled path's and the float path's."""
-    steps, scaled = scaled_steps(columns, quantum)
-    signal_id = np.where(scaled, scaled_id[columns.signal_index], float_id[columns.signal_index])
-    minute = columns.ts_ms // MS_PER_MINUTE  # timestamps are past 1970 (ingest's plausibility window)
-    span = columns.seq >> SEQ_SPAN_BITS
-    order = np.lexsort((columns.seq, columns.ts_ms, signal_id, span, minute))  # last key sorts first
-    minute, span = minute[order], span[order]
-    seq, ts, steps, signal_id = columns.seq[order], columns.ts_ms[order], steps[order], signal_id[order]
+def blocks_of(samples: GroupSamples) -> Blocks:
+    """Lay a group's samples out as blocks: one per message, UTC minute and seq >> 30."""
+    steps, scaled = scaled_steps(samples.value, samples.quantum)
+    signal_id = np.where(scaled, samples.scaled_id, samples.float_id)
+    minute = samples.ts_ms // MS_PER_MINUTE  # timestamps are past 1970 (ingest's plausibility window)
+    span = samples.seq >> SEQ_SPAN_BITS
+    # last key sorts first
+    order = np.lexsort((samples.seq, samples.ts_ms, signal_id, span, minute, samples.message))
+    message, minute, span = samples.message[order], minute[order], span[order]
+    seq, ts, steps, signal_id = samples.seq[order], samples.ts_ms[order], steps[order], signal_id[order]
     first = np.ones(len(order), dtype=bool)
-    first[1:] = (minute[1:] != minute[:-1]) | (span[1:] != span[:-1])
+    first[1:] = (message[1:] != message[:-1]) | (minute[1:] != minute[:-1]) | (span[1:] != span[:-1])
     start = np.flatnonzero(first).astype(np.int64)
     stop = np.append(start[1:], len(order)).astype(np.int64)
     n = stop - start
@@ -98,37 +136,30 @@ def blocks_of(
     block_minute_ms = minute[start] * MS_PER_MINUTE
     runs = first.copy()
     runs[1:] |= signal_id[1:] != signal_id[:-1]
-    return _finish(
-        Blocks(
-            minute_ms=block_minute_ms,
-            seq_min=seq_min,
-            seq_max=seq[:0] if empty else np.maximum.reduceat(seq, start),
-            ts_first_ms=ts[:0] if empty else np.minimum.reduceat(ts, start),
-            ts_last_ms=ts[:0] if empty else np.maximum.reduceat(ts, start),
-            start=start,
-            stop=stop,
-            signal_list=signal_id[runs].astype(np.int32),
-            signal_count=np.bincount(block_of_sample[runs], minlength=len(start)).astype(np.int64),
-            code=block_code(
-                start,
-                n,
-                signal_id,
-                seq - seq_min[block_of_sample],
-                ts - block_minute_ms[block_of_sample],
-                steps,
-            ),
-            exact=columns.value[order],
-            scaled=scaled[order],
-            stat_block=block_of_sample,  # replaced below
-            stat_signal=signal_id,
-            stat_n=n,
-            stat_total=columns.value[:0],
-            stat_min=columns.value[:0],
-            stat_max=columns.value[:0],
+    value = samples.value[order]
+    stats = _statistics(block_of_sample, samples.float_id[order], value)
+    return Blocks(
+        message=message[start],
+        minute_ms=block_minute_ms,
+        seq_min=seq_min,
+        seq_max=seq[:0] if empty else np.maximum.reduceat(seq, start),
+        ts_first_ms=ts[:0] if empty else np.minimum.reduceat(ts, start),
+        ts_last_ms=ts[:0] if empty else np.maximum.reduceat(ts, start),
+        start=start,
+        stop=stop,
+        signal_list=signal_id[runs].astype(np.int32),
+        signal_count=np.bincount(block_of_sample[runs], minlength=len(start)).astype(np.int64),
+        code=block_code(
+            start, n, signal_id, seq - seq_min[block_of_sample], ts - block_minute_ms[block_of_sample], steps
         ),
-        columns,
-        order,
-        block_of_sample,
+        exact=value,
+        scaled=scaled[order],
+        stat_block=stats[0],
+        stat_signal=stats[1],
+        stat_n=stats[2],
+        stat_total=stats[3],
+        stat_min=stats[4],
+        stat_max=stats[5],
     )
 
 
@@ -181,30 +212,32 @@ def _since_previous(values: npt.NDArray[np.int64], start: npt.NDArray[np.int64])
     return out
 
 
-def _finish(
-    blocks: Blocks,
-    columns: SampleColumns,
-    order: npt.NDArray[np.intp],
-    block_of_sample: npt.NDArray[np.int64],
-) -> Blocks:
-    """`blocks` with their rollup statistics: per block and signal name (both paths of a signal are
-    one name), n / total / min / max of the values."""
-    names = columns.signal_index[order]
-    by_signal = np.lexsort((names, block_of_sample))
-    key_block, key_signal = block_of_sample[by_signal], names[by_signal]
-    stat_first = np.ones(len(order), dtype=bool)
-    stat_first[1:] = (key_block[1:] != key_block[:-1]) | (key_signal[1:] != key_signal[:-1])
-    stat_start = np.flatnonzero(stat_first)
-    value = columns.value[order][by_signal]
-    some = len(stat_start) > 0
-    return replace(
-        blocks,
-        stat_block=key_block[stat_start],
-        stat_signal=key_signal[stat_start].astype(np.int32),
-        stat_n=np.diff(np.append(stat_start, len(order))),
-        stat_total=np.add.reduceat(value, stat_start) if some else value[:0],
-        stat_min=np.minimum.reduceat(value, stat_start) if some else value[:0],
-        stat_max=np.maximum.reduceat(value, stat_start) if some else value[:0],
+def _statistics(
+    block_of_sample: npt.NDArray[np.int64], name: npt.NDArray[np.int32], value: npt.NDArray[np.float64]
+) -> tuple[
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int32],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.float64],
+]:
+    """Per block and signal name (both paths of a signal are one name, keyed by its float-path id):
+    block, name, n, total, min and max of the values."""
+    by_signal = np.lexsort((name, block_of_sample))
+    key_block, key_name = block_of_sample[by_signal], name[by_signal]
+    first = np.ones(len(by_signal), dtype=bool)
+    first[1:] = (key_block[1:] != key_block[:-1]) | (key_name[1:] != key_name[:-1])
+    start = np.flatnonzero(first)
+    value = value[by_signal]
+    some = len(start) > 0
+    return (
+        key_block[start],
+        key_name[start].astype(np.int32),
+        np.diff(np.append(start, len(by_signal))),
+        np.add.reduceat(value, start) if some else value[:0],
+        np.minimum.reduceat(value, start) if some else value[:0],
+        np.maximum.reduceat(value, start) if some else value[:0],
     )
 
 

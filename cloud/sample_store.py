@@ -26,7 +26,7 @@ import numpy.typing as npt
 import psycopg
 
 from cloud.block_rows import COPY_SIGNATURE, COPY_TRAILER, block_rows, stats_rows
-from cloud.blocks import blocks_of, unrepeated
+from cloud.blocks import GroupSamples, blocks_of, unrepeated
 from cloud.ingest import BatchMessage
 from protocols.catalog import load_catalog
 
@@ -115,6 +115,7 @@ class SignalDictionary:
     def __init__(self, quanta: Mapping[str, float]) -> None:
         self._quanta = dict(quanta)
         self._ids: dict[str, tuple[int, int]] = {}
+        self.names: dict[int, str] = {}  # float-path id -> name
 
     def quantum(self, name: str) -> float:
         return self._quanta.get(name, float("nan"))
@@ -140,6 +141,7 @@ class SignalDictionary:
         for name, quantum in zip(missing, quanta, strict=True):
             float_id = found[(name, None)]
             self._ids[name] = (found[(name, quantum)] if quantum is not None else float_id, float_id)
+            self.names[float_id] = name
 
     def columns(
         self, names: Sequence[str]
@@ -167,26 +169,20 @@ def used_signals(batches: Sequence[BatchMessage]) -> set[str]:
 
 async def stage_samples(cur: Cursor, batches: list[BatchMessage], signals: SignalDictionary) -> int:
     """COPY the group's samples (those not repeated within the group) as blocks into stage_blocks and
-    their rollup statistics into stage_block_stats; return how many samples the group carried."""
-    blocks_data: list[bytes] = []
-    stats_data: list[bytes] = []
-    count = 0
-    for message, columns in zip(batches, unrepeated(batches), strict=True):
-        if len(columns):
-            blocks = blocks_of(columns, *signals.columns(columns.signals))
-            blocks_data.append(block_rows(count, message.vehicle_id, blocks))
-            stats_data.append(stats_rows(count, columns.signals, blocks))
-            count += len(blocks)
-    if blocks_data:
+    their rollup statistics into stage_block_stats; return how many samples the group carried. One
+    layout for the whole group (numpy's fixed cost per call is paid once, not per message)."""
+    blocks = blocks_of(GroupSamples.of(unrepeated(batches), signals.columns))
+    if len(blocks):
         async with cur.copy(
             "COPY stage_blocks (block_no, " + _COLUMNS + ") FROM STDIN (FORMAT BINARY)"
         ) as copy:
-            await copy.write(b"".join((COPY_SIGNATURE, *blocks_data, COPY_TRAILER)))
+            rows = block_rows([m.vehicle_id for m in batches], blocks)
+            await copy.write(b"".join((COPY_SIGNATURE, rows, COPY_TRAILER)))
         async with cur.copy(
             "COPY stage_block_stats (block_no, signal, n, total, min_value, max_value)"
             " FROM STDIN (FORMAT BINARY)"
         ) as copy:
-            await copy.write(b"".join((COPY_SIGNATURE, *stats_data, COPY_TRAILER)))
+            await copy.write(b"".join((COPY_SIGNATURE, stats_rows(signals.names, blocks), COPY_TRAILER)))
     return sum(len(m.samples) for m in batches)
 
 

@@ -3,6 +3,7 @@ scaled where exact), and de-duplication within a group."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import numpy as np
@@ -10,7 +11,7 @@ import numpy.typing as npt
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cloud.blocks import CODE_FIELDS, Blocks, blocks_of, unrepeated
+from cloud.blocks import CODE_FIELDS, Blocks, GroupSamples, blocks_of, unrepeated
 from cloud.ingest import BatchMessage
 from protocols.topics import TopicKind, telemetry_topic
 from protocols.wire import Batch, SampleColumns, SampleRecord
@@ -26,14 +27,21 @@ def message(vehicle: str, records: list[tuple[int, int, str, float]]) -> BatchMe
     )
 
 
-def layout(columns: SampleColumns) -> tuple[Blocks, dict[int, tuple[str, float | None]]]:
-    """Blocks with ids 10 + k (scaled path) and 20 + k (float path) for signal index k."""
-    names = columns.signals
-    quantum = np.array([QUANTA.get(name, np.nan) for name in names], dtype=np.float64)
-    k = np.arange(len(names), dtype=np.int32)
+def layout(*messages: SampleColumns) -> tuple[Blocks, dict[int, tuple[str, float | None]]]:
+    """Blocks of a group of messages, with ids 10 + k (scaled path) and 20 + k (float path) for the
+    k-th distinct signal name."""
+    names = sorted({name for m in messages for name in m.signals})
     ids = {10 + i: (name, QUANTA.get(name)) for i, name in enumerate(names)}
     ids |= {20 + i: (name, None) for i, name in enumerate(names)}
-    return blocks_of(columns, quantum, 10 + k, 20 + k), ids
+
+    def table(
+        wanted: Sequence[str],
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int32], npt.NDArray[np.int32]]:
+        k = np.array([names.index(name) for name in wanted], dtype=np.int32)
+        quantum = np.array([QUANTA.get(name, np.nan) for name in wanted], dtype=np.float64)
+        return quantum, 10 + k, 20 + k
+
+    return blocks_of(GroupSamples.of(messages, table)), ids
 
 
 def fields(blocks: Blocks, b: int) -> npt.NDArray[np.int64]:
@@ -86,14 +94,14 @@ def test_a_block_holds_every_signal_of_one_minute_coded_as_differences() -> None
     assert blocks.signal_count.tolist() == [2, 2] and blocks.signal_list[:2].tolist() == [10, 11]
     signal, seq_left, ts_delta, _ = fields(blocks, 0)
     assert signal.tolist() == [10, 0, 0, 1, 0, 0]  # the ids as differences: 10, 10, 10, 11, 11, 11
+    assert blocks.message.tolist() == [0, 0]
     # within a run the differences are the sampling period; seq follows time (the two samples of
     # one instant ranked by position: Soc's seq is 1 above Speed's, 1 below its rank)
     assert ts_delta[1:3].tolist() == [10_000, 10_000]
     assert set(seq_left.tolist()) <= {-1, 0, 1}
     assert sorted(decoded(blocks, ids)) == sorted(records)
     # and the rollup statistics per block and signal are exact
-    speed = columns.signals.index("Vehicle.Speed")
-    at = (blocks.stat_block == 1) & (blocks.stat_signal == speed)
+    at = (blocks.stat_block == 1) & (blocks.stat_signal == 20 + 1)  # Vehicle.Speed's float-path id
     values = [r[3] for r in records if r[2] == "Vehicle.Speed" and r[1] >= T0_MS + 30_000]
     assert (blocks.stat_n[at][0], blocks.stat_total[at][0]) == (6, sum(values))
     assert (blocks.stat_min[at][0], blocks.stat_max[at][0]) == (min(values), max(values))
@@ -152,6 +160,20 @@ def test_blocks_give_back_every_sample_exactly(records: list[tuple[int, int, str
     ]
     for b in range(len(blocks)):
         assert len({int(t) // 60_000 for t in blocks.minute_ms[b] + np.cumsum(fields(blocks, b)[2])}) == 1
+
+
+def test_a_group_is_laid_out_at_once_one_block_per_message_and_minute() -> None:
+    # GIVEN two buses' messages in one group, both within one minute, sharing seq numbers
+    one = message("bus-1", [(s, T0_MS + s, "Vehicle.Speed", s * 0.25) for s in range(5)]).samples
+    two = message("bus-2", [(s, T0_MS + s, "Vehicle.Soc", s * 1.5) for s in range(3)]).samples
+
+    blocks, ids = layout(one, two)
+
+    assert blocks.message.tolist() == [0, 1]
+    assert (blocks.stop - blocks.start).tolist() == [5, 3]
+    back = decoded(blocks, ids)
+    assert back[:5] == [(s, T0_MS + s, "Vehicle.Speed", s * 0.25) for s in range(5)]
+    assert back[5:] == [(s, T0_MS + s, "Vehicle.Soc", s * 1.5) for s in range(3)]
 
 
 def test_blocks_of_no_samples_is_empty() -> None:
