@@ -2,7 +2,7 @@
 fair baseline receiver in the same run; and bytes per stored sample of both.
 
     python bench/cloud_ingest.py [--buses 240] [--minutes 4] [--workload agent|synthetic]
-    python bench/cloud_ingest.py --dsn DSN --keep [--buses 300 --minutes 6]
+    python bench/cloud_ingest.py --dsn DSN --keep [--buses 500 --minutes 12]
 
 Everything runs on this machine: Mosquitto (127.0.0.1:1883), PostgreSQL (--dsn: plain PostgreSQL at
 127.0.0.1:5432 by default, or TimescaleDB at 127.0.0.1:5433), the publisher and the receivers. The
@@ -664,8 +664,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--buses", type=int, default=240)
-    parser.add_argument("--minutes", type=int, default=4, help="60 s batches per bus")
+    parser.add_argument("--buses", type=int, help="240 (--keep: 500)")
+    parser.add_argument("--minutes", type=int, help="60 s batches per bus: 4 (--keep: 12)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--workload",
@@ -683,8 +683,8 @@ def main() -> int:
     parser.add_argument(
         "--keep",
         action="store_true",
-        help="only ingest the workload (--buses x --minutes, e.g. 300 x 6 for over 1 M samples) through"
-        " one receiver into a schema of --dsn and leave it there",
+        help="only ingest the workload (by default 500 buses x 12 min, over 1 M samples) through one"
+        " receiver into a schema of --dsn and leave it there",
     )
     parser.add_argument("--mqtt-host", default="127.0.0.1")
     parser.add_argument("--mqtt-port", type=int, default=1883)
@@ -692,6 +692,8 @@ def main() -> int:
         "--skip", default="", help="comma-separated phases to skip: one,redelivery,two,baseline"
     )
     args = parser.parse_args()
+    args.buses = args.buses or (500 if args.keep else 240)
+    args.minutes = args.minutes or (12 if args.keep else 4)
     skip = set(filter(None, args.skip.split(",")))
     if args.buses * args.minutes > MAX_MESSAGES_PER_PHASE and not args.keep:
         parser.error(f"--buses × --minutes must be at most {MAX_MESSAGES_PER_PHASE} (broker queue limit)")
