@@ -1,5 +1,5 @@
-"""`voltgate-cloud`: migrate | run | serve | check-config | certs. The only place that exits or configures
-logging.
+"""`voltgate-cloud`: migrate | run | serve | check-config | import | certs. The only place that exits or
+configures logging.
 
 `certs` makes the fleet's CA and certificates (`cloud.certs`); it reads no settings and touches no service:
 
@@ -9,6 +9,9 @@ logging.
     voltgate-cloud certs bus      --dir DIR --fleet depot-3 --vehicle bus-0042 [--vehicle bus-0043 ...]
 
 each with [--days N] [--force]; one line per certificate says whether it was made or an existing one kept.
+
+`import FILE [--fleet F] [--column-map a=b,...] [--max-age-days N]` stores an operator's telematics export
+(CSV or xlsx) through the receiver's write path, exactly once (`cloud.history_import`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import ssl
 import sys
 from pathlib import Path
 
-from cloud import app, certs
+from cloud import app, certs, history_import
 from cloud.errors import CloudError, ConfigError
 from cloud.settings import CloudSettings, LogSettings, MqttSettings, load_settings
 from cloud.store import Store
@@ -122,8 +125,24 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--config", type=Path, help="TOML settings file (env VOLTGATE_CLOUD_* override it)"
         )
+    _import_parser(commands)
     _certs_parser(commands)
     return parser
+
+
+def _import_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "import", help="store an operator's telematics export (CSV or xlsx) as history, exactly once"
+    )
+    parser.add_argument("file", type=Path, help="timestamp, telematics_id, latitude, longitude, ...")
+    parser.add_argument("--config", type=Path, help="TOML settings file (env VOLTGATE_CLOUD_* override it)")
+    parser.add_argument("--fleet", help="the vehicles' fleet id (default: the fleet the database knows)")
+    parser.add_argument(
+        "--column-map", help="the file's own column names: FILE_COLUMN=LAYOUT_COLUMN,... (e.g. ts=timestamp)"
+    )
+    parser.add_argument(
+        "--max-age-days", type=int, help="accept samples this old (default: ingest.max_sample_age_days)"
+    )
 
 
 def _certs_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -199,6 +218,17 @@ def main(argv: list[str] | None = None) -> int:
             check_broker(settings.mqtt, settings.database.connect_timeout_s)
             tls = " over TLS, certificates accepted both ways" if settings.mqtt.tls else ""
             print(f"configuration valid; database schema current ({flavour}); broker reachable{tls}")
+        elif args.command == "import":
+            report = asyncio.run(
+                history_import.run_import(
+                    settings,
+                    args.file,
+                    fleet=args.fleet,
+                    column_map=args.column_map,
+                    max_age_days=args.max_age_days,
+                )
+            )
+            print("\n".join(report.lines()))
         elif args.command == "serve":
             asyncio.run(app.serve(settings))
         else:

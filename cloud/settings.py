@@ -37,6 +37,10 @@ _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _MQTT_MAX_SESSION_EXPIRY_S = 0xFFFFFFFE  # 0xFFFFFFFF means "never expires": not allowed here
 _MIN_TOKEN_CHARS = 16
 # RFC 6750's b64token: what a bearer token may hold and still be sent as is in an HTTP header.
+# scheme://host[:port]/path with {z}, {x}, {y} in the path; {s} may stand in the host.
+_TILE_URL = re.compile(
+    r"https?://(\{s\}\.)?[A-Za-z0-9.-]+(:\d{1,5})?/(?=[^\s\"']*\{z\})(?=[^\s\"']*\{x\})(?=[^\s\"']*\{y\})[^\s\"';]*"
+)
 _BEARER_TOKEN = re.compile(rf"[A-Za-z0-9\-._~+/]{{{_MIN_TOKEN_CHARS},}}=*")
 
 
@@ -156,6 +160,58 @@ class MetricsSettings(BaseModel):
     port: int = Field(default=9108, ge=0, le=65535)  # 0 = no metrics endpoint
 
 
+_LOCAL_TIME = re.compile(r"([01]\d|2[0-3]):[0-5]\d")
+
+
+class BusOperations(BaseModel):
+    """What the operator says about one bus (or, as `OperationsSettings`' fields, every bus by default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    block_km: float | None = Field(default=None, gt=0, le=2000)  # the block's scheduled kilometres
+    block_start: str | None = None  # local "HH:MM" (web.time_zone) the block leaves the depot
+    block_end: str | None = None  # local "HH:MM" it is due back
+    usable_energy_kwh: float | None = Field(default=None, gt=0, le=5000)  # else the status's capacity
+    nominal_capacity_ah: float | None = Field(default=None, gt=0, le=100_000)  # new pack: for SOH %
+
+    @field_validator("block_start", "block_end")
+    @classmethod
+    def _local_time(cls, value: str | None) -> str | None:
+        if value is not None and not _LOCAL_TIME.fullmatch(value):
+            raise ValueError("must be a local time HH:MM, e.g. '05:30'")
+        return value
+
+    @model_validator(mode="after")
+    def _start_and_end_together(self) -> Self:
+        if (self.block_start is None) != (self.block_end is None):
+            raise ValueError("block_start and block_end go together (the block's hours)")
+        return self
+
+
+class OperationsSettings(BusOperations):
+    """[web.operations]: fleet defaults, `buses` overrides per bus; read by block risk and battery health."""
+
+    reserve_soc_pct: float = Field(default=15.0, ge=0, lt=100)  # never plan to run below this SOC
+    lookback_days: int = Field(default=14, ge=1, le=90)  # recent days for kWh/km and typical distance
+    buses: dict[str, BusOperations] = Field(default_factory=dict)
+
+    @field_validator("buses")
+    @classmethod
+    def _bus_ids(cls, value: dict[str, BusOperations]) -> dict[str, BusOperations]:
+        for bus in value:
+            if not is_valid_id(bus):
+                raise ValueError(f"bus id {bus!r} is malformed: expected 1-64 of A-Z a-z 0-9 _ . -")
+        return value
+
+    def for_bus(self, vehicle_id: str) -> BusOperations:
+        """The bus's own settings, each unset field taken from the fleet default."""
+        own = self.buses.get(vehicle_id)
+        fleet = BusOperations.model_validate(self.model_dump(include=set(BusOperations.model_fields)))
+        if own is None:
+            return fleet
+        return fleet.model_copy(update=own.model_dump(exclude_unset=True))
+
+
 class WebSettings(BaseModel):
     """The fleet views (JSON API, web page, /metrics): `serve` always serves them; `run` serves them
     too when the configuration has a [web] section (or a VOLTGATE_CLOUD_WEB__* variable)."""
@@ -177,6 +233,24 @@ class WebSettings(BaseModel):
     # True: serve /api without tokens on a non-loopback host, on purpose (e.g. behind a proxy that
     # authenticates). The fleet's positions and data are then open to whoever reaches host:port.
     open_without_tokens: bool = False
+    # The fleet map's background: a slippy-map tile URL template ({z}/{x}/{y}, optionally {s} for
+    # a subdomain), e.g. "https://tile.openstreetmap.org/{z}/{x}/{y}.png". None (the default): no
+    # tiles, the page needs no internet; the buses and the selected bus's route show on a blank map.
+    map_tile_url: str | None = None
+    map_attribution: str = Field(default="", max_length=300)  # shown on the map, as the tile server asks
+    map_subdomains: str = Field(default="abc", pattern=r"^[a-z0-9]{1,10}$")  # what {s} takes
+    # What block risk and battery health need to know about the buses ([web.operations]).
+    operations: OperationsSettings = OperationsSettings()
+
+    @field_validator("map_tile_url")
+    @classmethod
+    def _tile_template(cls, value: str | None) -> str | None:
+        if value is not None and not _TILE_URL.fullmatch(value):
+            raise ValueError(
+                "must be an http(s) tile URL template with {z}, {x} and {y},"
+                " e.g. 'https://tile.openstreetmap.org/{z}/{x}/{y}.png'"
+            )
+        return value
 
     @field_validator("time_zone")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,28 @@ import numpy as np
 
 from models.evaluate import ReliabilityBin
 from models.features import FEATURE_VERSION, FEATURES, FloatArray
+from models.simulate import PHYSICAL_FAULT_KINDS, Fleet
 
 log = logging.getLogger("models.card")
+MODEL_VERSION = "4"
+TARGETS = {
+    "soc_drop": "reported SOC now minus reported SOC 60 minutes later, in percentage points "
+    "(x usable kWh / 100 for kWh); for windows where the bus moved in the last 15 minutes",
+    "large_drop": "probability that the reported SOC drops by at least {thr:g} pp in the next 60 minutes",
+    "fault_risk": "probability that a BMS fault flag or the derate flag goes from clear to set "
+    "within the next 30 minutes because of a developing fault (cooling failure, cell imbalance growth, "
+    "insulation degradation), not from plain physics such as a full or cold pack; for windows with no BMS "
+    "fault or derate active",
+}
+
+
+def fault_mix(fleet: Fleet) -> str:
+    """How a fleet draws its faults, for the cards: "6 Poisson faults a day, physical kinds drawn 3 in 4"."""
+    share = Fraction(sum(k in PHYSICAL_FAULT_KINDS for k in fleet.fault_kinds), len(fleet.fault_kinds))
+    return (
+        f"{fleet.faults_per_day:g} Poisson faults a day, physical kinds drawn "
+        f"{share.numerator} in {share.denominator}"
+    )
 
 
 def write_card(path: Path, title: str, sections: list[tuple[str, list[str]]]) -> None:

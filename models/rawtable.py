@@ -7,10 +7,14 @@ The raw schema is what a fleet's telematics export usually holds, one row per ve
               any canonical catalog name as a column (e.g. Vehicle.Powertrain.TractionBattery.CurrentCurrent),
               labels from a simulator: fault_within_30min, time_to_next_fault_s, injected_fault (0/1)
 
-An empty cell is "no value in this row". `read_table` accepts a CSV (optionally .gz), a directory of them, or
-a folder of the Renault Twizy dataset (NaitMalek et al., Sustainability 14(16) 9993, 2022, CC-BY-4.0;
-github.com/NaitMalekYoussef/RSK_Twizy_EV_Dataset), whose `Date,Time,Soc,Speed,...,LAT,LON,...` columns map
-onto the same schema. Every trace is cleaned of real glitches, counted in a `CleaningReport`.
+An empty cell is "no value in this row". `read_table` also reads an operator's telematics export
+(`timestamp, telematics_id, latitude, longitude, speed_km_h, odometer_reading_kms, state_of_charge`, CSV or
+xlsx; protocols/export_layout.py, with a column map for other header names): its bad rows are skipped and
+counted, each vehicle's rows sorted by time and split where the data stops. It accepts a CSV (optionally
+.gz), an xlsx, a directory of them, or a folder of the Renault Twizy dataset (NaitMalek et al.,
+Sustainability 14(16) 9993, 2022, CC-BY-4.0; github.com/NaitMalekYoussef/RSK_Twizy_EV_Dataset), whose
+`Date,Time,Soc,Speed,...,LAT,LON,...` columns map onto the same schema. Every trace is cleaned of real
+glitches, counted in a `CleaningReport`.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import csv
 import gzip
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -29,6 +33,8 @@ from typing import IO
 import numpy as np
 
 from models.features import FloatArray
+from protocols.errors import ProtocolError
+from protocols.export_layout import XLSX_SUFFIXES, BadRow, is_export, read_export, read_header
 from protocols.signals import AMBIENT, LATITUDE, LONGITUDE, ODOMETER, SOC, SPEED
 
 RAW_COLUMNS = {  # raw schema column → canonical signal
@@ -42,6 +48,7 @@ LABEL_COLUMNS = ("fault_within_30min", "time_to_next_fault_s", "injected_fault")
 SEGMENT_GAP_S = 600.0
 MAX_SPEED_KMH = 250.0
 SOC_SPIKE_PP = 5.0  # a lone SOC value this far from both neighbours (which agree) is a glitch
+TABLE_SUFFIXES = (".csv", ".csv.gz", *XLSX_SUFFIXES)
 
 
 class TableError(Exception):
@@ -52,6 +59,8 @@ class TableError(Exception):
 class CleaningReport:
     rows: int = 0
     bad_timestamps: int = 0  # unparseable or impossible dates: dropped
+    bad_vehicle_ids: int = 0  # an export's row whose telematics_id is no vehicle id: dropped
+    not_a_number: int = 0  # an export's row with a value that is not a number: dropped
     dates_repaired: int = 0  # Twizy: a corrupt Date beside a good Time, put back on the trip's date
     not_increasing: int = 0  # duplicate or backwards timestamps: dropped
     no_fix: int = 0  # latitude or longitude exactly 0: position blanked
@@ -119,21 +128,52 @@ def _open(path: Path) -> IO[str]:
     return path.open(newline="")
 
 
-def read_table(path: Path, report: CleaningReport | None = None) -> list[Trace]:
-    """Traces of a raw table file, a directory of them, or a Twizy folder; cleaned."""
+def read_table(
+    path: Path, report: CleaningReport | None = None, column_map: Mapping[str, str] | None = None
+) -> list[Trace]:
+    """Traces of a raw table file, an operator's export, a directory of them, or a Twizy folder; cleaned.
+    `column_map` (FILE_COLUMN → export layout column) names an export's own columns."""
     report = report if report is not None else CleaningReport()
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.name.endswith((".csv", ".csv.gz")))
+        files = sorted(p for p in path.iterdir() if p.name.lower().endswith(TABLE_SUFFIXES))
         if not files:
-            raise TableError(f"{path}: no .csv or .csv.gz files")
-        return [t for f in files for t in read_table(f, report)]
+            raise TableError(f"{path}: no {', '.join(TABLE_SUFFIXES)} files")
+        return [t for f in files for t in read_table(f, report, column_map)]
     if not path.exists():
         raise TableError(f"{path}: no such file")
-    with _open(path) as f:
-        header = next(csv.reader(f), [])
+    try:
+        header = read_header(path)
+        if path.suffix.lower() in XLSX_SUFFIXES or is_export(header, column_map):
+            return _read_export(path, report, column_map)
+    except ProtocolError as err:
+        raise TableError(str(err)) from err
     if header[:3] == ["Date", "Time", "Soc"]:
         return [load_twizy_trip(path, report)]
     return _read_raw(path, report)
+
+
+def _read_export(path: Path, report: CleaningReport, column_map: Mapping[str, str] | None) -> list[Trace]:
+    rows = read_export(path, column_map)
+    r = CleaningReport(rows=len(rows) + sum(rows.bad.values()))
+    r.bad_timestamps += rows.bad[BadRow.BAD_TIMESTAMP]
+    r.bad_vehicle_ids += rows.bad[BadRow.BAD_VEHICLE_ID]
+    r.not_a_number += rows.bad[BadRow.NOT_A_NUMBER]
+    vehicles = np.array(rows.vehicle, dtype=object)
+    traces: list[Trace] = []
+    for vehicle in sorted(set(rows.vehicle)):
+        idx = np.flatnonzero(vehicles == vehicle)
+        idx = idx[np.argsort(rows.ts_ms[idx], kind="stable")]  # an export need not be in time order
+        ts = rows.ts_ms[idx] / 1000.0
+        # an export spans days and trips: split at the gaps first, so the cleaning's "impossible date"
+        # (far from the trace's median) is judged within one recording
+        cuts = [0, *(np.flatnonzero(np.diff(ts) > SEGMENT_GAP_S) + 1).tolist(), len(ts)]
+        for k, (a, b) in enumerate(pairwise(cuts)):
+            part = idx[a:b]
+            cols = {name: values[part] for name, values in rows.values.items()}
+            segment = f"{path.name.split('.')[0]}#{k}"
+            traces.extend(clean_trace(vehicle, segment, ts[a:b], cols, {}, r))
+    report.add(r)
+    return traces
 
 
 def _read_raw(path: Path, report: CleaningReport) -> list[Trace]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -30,7 +30,7 @@ from models.fault_events import (
     fault_report,
     fault_scope,
 )
-from models.rawtable import CleaningReport, read_table
+from models.rawtable import CleaningReport, TableError, read_table
 
 log = logging.getLogger("models.train")
 
@@ -64,9 +64,11 @@ def trainable(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return x
 
 
-def _windows_of_file(path: Path, vehicle: VehicleType, stride_s: float) -> tuple[Windows, CleaningReport]:
+def _windows_of_file(
+    path: Path, vehicle: VehicleType, stride_s: float, column_map: Mapping[str, str] | None = None
+) -> tuple[Windows, CleaningReport]:
     report = CleaningReport()
-    traces = read_table(path, report)
+    traces = read_table(path, report, column_map)
     return Windows.concat(
         [trace_windows(t, vehicle, stride_s) for t in traces], vehicle.large_drop_pp
     ), report
@@ -78,11 +80,12 @@ def build_windows(
     stride_s: float = 60.0,
     jobs: int = 2,
     progress: Callable[[str], None] | None = None,
+    column_map: Mapping[str, str] | None = None,
 ) -> tuple[Windows, CleaningReport]:
     """Windows of every table file (in `jobs` processes)."""
     parts: list[Windows] = []
     total = CleaningReport()
-    work = partial(_windows_of_file, vehicle=vehicle, stride_s=stride_s)
+    work = partial(_windows_of_file, vehicle=vehicle, stride_s=stride_s, column_map=column_map)
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         for k, (w, rep) in enumerate(pool.map(work, files), 1):
             parts.append(w)
@@ -96,13 +99,40 @@ def vehicle_of(groups: npt.NDArray[np.str_]) -> npt.NDArray[np.str_]:
     return np.array([g.split("/")[0] for g in groups.tolist()])
 
 
-def split_by_vehicle(w: Windows, seed: int, test_share: float = TEST_SHARE) -> npt.NDArray[np.bool_]:
-    """True for windows of the held-out (test) vehicles."""
-    vehicles = sorted(set(vehicle_of(w.group).tolist()))
-    rng = np.random.default_rng(seed)
-    n_test = max(1, round(test_share * len(vehicles)))
-    test = set(rng.permutation(vehicles)[:n_test].tolist())
-    return np.array([v in test for v in vehicle_of(w.group).tolist()])
+@dataclass(frozen=True)
+class HeldOut:
+    """The held-out (test) windows and what was held out: whole vehicles, or with a single vehicle
+    whole recordings (its trips or days)."""
+
+    mask: npt.NDArray[np.bool_]
+    unit: str  # "vehicle" | "recording"
+    names: list[str]
+
+
+def split_held_out(w: Windows, seed: int, test_share: float = TEST_SHARE) -> HeldOut:
+    """Hold out `test_share` of the vehicles that have windows with a 60-minute target (seeded), or of
+    the recordings when only one vehicle has any. `TableError` when fewer than two recordings have one:
+    nothing could be trained and scored apart."""
+    scope = w.regression_scope()
+    vehicles = vehicle_of(w.group)
+    for unit, keys in (("vehicle", vehicles), ("recording", w.group)):
+        candidates = sorted(set(keys[scope].tolist()))
+        if len(candidates) >= 2:
+            rng = np.random.default_rng(seed)
+            n_test = max(1, round(test_share * len(candidates)))
+            test = sorted(rng.permutation(candidates)[:n_test].tolist())
+            return HeldOut(np.isin(keys, test), unit, test)
+    raise TableError(
+        f"{len(set(w.group[scope].tolist()))} recording(s) with a window that has a 60-minute target (the "
+        "vehicle moved in the 15 minutes before and its SOC is known an hour later); training and a held-out "
+        f"score need two or more (the longest recording: {longest_minutes(w):.0f} minutes)"
+    )
+
+
+def longest_minutes(w: Windows) -> float:
+    """The longest recording's span of windows, in minutes."""
+    spans = [np.ptp(w.ts[w.group == g]) for g in set(w.group.tolist())]
+    return float(max(spans, default=0.0)) / 60.0
 
 
 @dataclass
@@ -114,6 +144,7 @@ class Trained:
     fault_oof: FaultReport | None  # out-of-fold, at the chosen threshold: what the choice rests on
     train_mask: npt.NDArray[np.bool_]
     test_mask: npt.NDArray[np.bool_]
+    held_out: HeldOut
 
 
 def fit_soc_models(
@@ -155,8 +186,9 @@ def fit_fault_model(
 def fit_all(w: Windows, seed: int, fault_on_all: bool = True) -> Trained:
     """SOC models on the training split; the fault model on every bus when its evaluation is a fleet of its
     own (`fault_on_all`), else on the training split too."""
-    test = split_by_vehicle(w, seed)
+    held_out = split_held_out(w, seed)
+    test = held_out.mask
     train = w.select(~test)
     reg, clf = fit_soc_models(train, seed)
     fault, thr, oof = fit_fault_model(w if fault_on_all else train, seed)
-    return Trained(reg, clf, fault, thr, oof, ~test, test)
+    return Trained(reg, clf, fault, thr, oof, ~test, test, held_out)

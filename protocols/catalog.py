@@ -24,10 +24,23 @@ from protocols.dbc import load_dbc, read_dbc
 from protocols.errors import CatalogError
 from protocols.j1939 import DM1_FIELDS, MAX_SENDER_ADDRESS
 
-__all__ = ["DEFAULT_CATALOG", "DEFAULT_DBC", "Catalog", "load_catalog", "load_dbc", "parse_catalog"]
+__all__ = [
+    "DEFAULT_CATALOG",
+    "DEFAULT_DBC",
+    "Catalog",
+    "catalog_signal_names",
+    "load_catalog",
+    "load_dbc",
+    "parse_catalog",
+]
 
 DEFAULT_CATALOG = Path(__file__).with_name("catalog.toml")
 DEFAULT_DBC = Path(__file__).with_name("bus.dbc")
+ENTRY_KINDS = (
+    "can",
+    "gps",
+    "dm1",
+)  # the arrays of tables a catalog maps signals in: [[can]], [[gps]], [[dm1]]
 
 GPS_FIELDS = frozenset({"lat_deg", "lon_deg", "alt_m", "course_deg", "speed_kmh", "hdop", "satellites"})
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
@@ -191,7 +204,7 @@ def parse_catalog(
 
     specs: list[SignalSpec] = []
     first_seen: dict[str, str] = {}
-    for kind in ("can", "gps", "dm1"):
+    for kind in ENTRY_KINDS:
         raw = doc.get(kind, [])
         if not isinstance(raw, list):
             raise CatalogError(f"{path}: `{kind}` must be an array of tables ([[{kind}]])")
@@ -219,6 +232,17 @@ def parse_catalog(
         signals=tuple(specs),
         dbc_warnings=dbc_warnings,
     )
+
+
+def catalog_signal_names(path: Path = DEFAULT_CATALOG) -> tuple[str, ...]:
+    """The canonical names a catalog maps, read without its DBC: for a reader of stored samples (the
+    cloud), which needs the names but decodes nothing. `load_catalog` checks the same file in full."""
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise CatalogError(f"{path}: cannot read the signal catalog: {err}") from err
+    entries = [entry for kind in ENTRY_KINDS for entry in doc.get(kind, []) if isinstance(entry, dict)]
+    return tuple(name for entry in entries if isinstance(name := entry.get("name"), str))
 
 
 class _EntryLocator:

@@ -7,6 +7,7 @@ process and hand its pseudo-terminals to a `voltgate-agent run`.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
@@ -26,9 +27,10 @@ def start_live_bus(options: Sequence[str], *, program: Sequence[str] | None = No
 class SimWatcher(threading.Thread):
     """Reads the simulator's output: the pty paths on stdout, its status lines on stderr."""
 
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
+    def __init__(self, proc: subprocess.Popen[str], log: Path | None = None) -> None:
         super().__init__(name="sim-watcher", daemon=True)
         self.proc = proc
+        self.log = log  # where its stderr is kept, line by line (None: not kept)
         self.ptys: dict[str, str] = {}
         self.last_status = "starting"
         self.ready = threading.Event()
@@ -41,6 +43,10 @@ class SimWatcher(threading.Thread):
             if {"slcan-pty", "nmea-pty"} <= self.ptys.keys():
                 self.ready.set()
                 break
-        for line in self.proc.stderr:
-            if "simulator:" in line and "+" in line:
-                self.last_status = line.split("simulator:", 1)[1].strip()
+        with self.log.open("w") if self.log else contextlib.nullcontext() as kept:
+            for line in self.proc.stderr:
+                if kept is not None:
+                    kept.write(line)
+                    kept.flush()
+                if "simulator:" in line and "+" in line:
+                    self.last_status = line.split("simulator:", 1)[1].strip()

@@ -34,6 +34,10 @@ READING_TOLERANCE: Final = timedelta(minutes=5)
 # The latest predictions of a bus are looked for this far back from its last message.
 LAST_STATE_LOOKBACK: Final = timedelta(days=7)
 RAW_POWER_BUCKET: Final = timedelta(seconds=10)
+# A latitude and a longitude read at most this far apart make one position: the heartbeat
+# (`max_interval_s`) of both in protocols/catalog.toml. Within it, a coordinate not sent again has
+# not moved beyond its deadband (2e-5°, about 2 m), so a standing bus still has a position.
+LOCATION_PAIRING: Final = timedelta(seconds=30)
 
 
 class Resolution(StrEnum):
@@ -162,22 +166,52 @@ class PredictionOutcome:
 
 # --- last state ------------------------------------------------------------------------------------------
 
-_BUSES_SQL: Final = b"""
+# The agent samples latitude and longitude apart (`paired_position`): each coordinate's latest
+# reading, and the other's latest within the pairing tolerance of it. That is the other's latest
+# reading itself unless it is newer than the tolerance allows: only then is an earlier one looked
+# up (else the bound is NULL, which the index scans answer at once with no row). Joined to `vehicles v`.
+LOCATION_JOINS: Final = b"""
+LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(lat)s) lat ON true
+LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(lon)s) lon ON true
+LEFT JOIN LATERAL latest_sample(
+    v.vehicle_id, %(lon)s, CASE WHEN lon.ts > lat.ts + %(pairing)s THEN lat.ts + %(pairing)s END
+) lon_earlier ON lon_earlier.ts >= lat.ts - %(pairing)s
+LEFT JOIN LATERAL latest_sample(
+    v.vehicle_id, %(lat)s, CASE WHEN lat.ts > lon.ts + %(pairing)s THEN lon.ts + %(pairing)s END
+) lat_earlier ON lat_earlier.ts >= lon.ts - %(pairing)s
+"""
+LOCATION_COLUMNS: Final = b"""
+       lat.ts AS lat_ts, lat.value AS lat,
+       CASE WHEN lon.ts > lat.ts + %(pairing)s THEN lon_earlier.ts
+            WHEN lon.ts >= lat.ts - %(pairing)s THEN lon.ts END AS lon_near_ts,
+       CASE WHEN lon.ts > lat.ts + %(pairing)s THEN lon_earlier.value
+            WHEN lon.ts >= lat.ts - %(pairing)s THEN lon.value END AS lon_near,
+       lon.ts AS lon_ts, lon.value AS lon,
+       CASE WHEN lat.ts > lon.ts + %(pairing)s THEN lat_earlier.ts
+            WHEN lat.ts >= lon.ts - %(pairing)s THEN lat.ts END AS lat_near_ts,
+       CASE WHEN lat.ts > lon.ts + %(pairing)s THEN lat_earlier.value
+            WHEN lat.ts >= lon.ts - %(pairing)s THEN lat.value END AS lat_near
+"""
+
+_BUSES_SQL: Final = (
+    b"""
 SELECT v.vehicle_id, v.fleet, v.vin, v.battery_capacity_kwh, v.first_seen, v.last_seen, st.online,
        soc.ts AS soc_ts, soc.value AS soc, spd.ts AS speed_ts, spd.value AS speed,
-       volt.ts AS volt_ts, volt.value AS volt, curr.ts AS curr_ts, curr.value AS curr,
-       lat.ts AS location_at, lat.value AS latitude, lon.value AS longitude
+       volt.ts AS volt_ts, volt.value AS volt, curr.ts AS curr_ts, curr.value AS curr,"""
+    + LOCATION_COLUMNS
+    + b"""
 FROM vehicles v
 LEFT JOIN vehicle_status st USING (vehicle_id)
 LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(soc)s) soc ON true
 LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(speed)s) spd ON true
 LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(volt)s) volt ON true
-LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(curr)s) curr ON true
-LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(lat)s) lat ON true
-LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(lon)s, lat.ts) lon ON lon.ts = lat.ts  -- the same fix
+LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(curr)s) curr ON true"""
+    + LOCATION_JOINS
+    + b"""
 WHERE (%(vehicle)s::text IS NULL OR v.vehicle_id = %(vehicle)s::text)
 ORDER BY v.vehicle_id
 """
+)
 
 # The latest event of each (bus, rule) decides whether the rule is active now.
 _ACTIVE_ALERTS_SQL: Final = b"""
@@ -200,6 +234,34 @@ ORDER BY p.vehicle_id, p.model, p.output, p.ts DESC, p.seq DESC
 """
 
 
+@dataclass(frozen=True, slots=True)
+class Position:
+    latitude: float
+    longitude: float
+    at: datetime  # the newer of the two readings
+
+
+def paired_position(
+    lat: Reading | None, lon_near_lat: Reading | None, lon: Reading | None, lat_near_lon: Reading | None
+) -> Position | None:
+    """The newest position whose two coordinates were read within `LOCATION_PAIRING` of each other.
+
+    The agent samples latitude and longitude as two signals (protocols/catalog.toml), so their
+    timestamps differ by a few seconds, and at a standstill by up to their heartbeat. Given each
+    coordinate's latest reading and the other's latest within the tolerance of it (None: none
+    there), the pair whose older reading is newer wins; None when neither pair exists.
+    """
+    best: tuple[Reading, Reading] | None = None
+    for a, o in ((lat, lon_near_lat), (lat_near_lon, lon)):
+        if a is None or o is None:
+            continue
+        if best is None or min(a.ts, o.ts) > min(best[0].ts, best[1].ts):
+            best = (a, o)
+    if best is None:
+        return None
+    return Position(best[0].value, best[1].value, max(best[0].ts, best[1].ts))
+
+
 def _reading(ts: object, value: object) -> Reading | None:
     if isinstance(ts, datetime) and isinstance(value, float):
         return Reading(ts, value)
@@ -217,13 +279,16 @@ async def bus_states(conn: Connection, vehicle_id: str | None = None) -> list[Bu
         "curr": kpis.PACK_CURRENT,
         "lat": kpis.LATITUDE,
         "lon": kpis.LONGITUDE,
+        "pairing": LOCATION_PAIRING,
     }
     states: dict[str, BusState] = {}
     async with conn.cursor() as cur:
         await cur.execute(_BUSES_SQL, params)
         for row in await cur.fetchall():
             (vid, fleet, vin, capacity, first_seen, last_seen, online) = row[:7]
-            (soc_ts, soc, speed_ts, speed, volt_ts, volt, curr_ts, curr, loc_at, lat, lon) = row[7:]
+            (soc_ts, soc, speed_ts, speed, volt_ts, volt, curr_ts, curr) = row[7:15]
+            lat, lon_near, lon, lat_near = (_reading(*row[k : k + 2]) for k in range(15, 23, 2))
+            fix = paired_position(lat, lon_near, lon, lat_near)
             assert isinstance(first_seen, datetime) and isinstance(last_seen, datetime)
             power: Reading | None = None
             if isinstance(volt, float) and isinstance(curr, float):
@@ -240,9 +305,9 @@ async def bus_states(conn: Connection, vehicle_id: str | None = None) -> list[Bu
                 soc_pct=_reading(soc_ts, soc),
                 speed_kmh=_reading(speed_ts, speed),
                 pack_power_kw=power,
-                latitude=lat if isinstance(lat, float) else None,
-                longitude=lon if isinstance(lon, float) else None,
-                location_at=loc_at if isinstance(loc_at, datetime) and isinstance(lon, float) else None,
+                latitude=fix.latitude if fix else None,
+                longitude=fix.longitude if fix else None,
+                location_at=fix.at if fix else None,
             )
         await cur.execute(_ACTIVE_ALERTS_SQL, params)
         for vid, rule, severity, ts, value, message in await cur.fetchall():

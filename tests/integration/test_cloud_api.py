@@ -8,6 +8,7 @@ can be checked exactly. The builder is shared with the browser and Grafana tests
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import socket
@@ -244,21 +245,28 @@ class Api:
         return body
 
 
-@pytest.fixture
-async def api(pg_schema: Database) -> AsyncIterator[Api]:
-    store = await migrated_store(pg_schema)
+@contextlib.asynccontextmanager
+async def fleet_day_api(db: Database) -> AsyncIterator[Api]:
+    """The fleet views over `PLANS`' two hours written into `db` (shared with the OpenAPI tests)."""
+    store = await migrated_store(db)
     truths, messages = fleet_messages(PLANS, START, hours=2, step_s=10)
     try:
         await write_all(store, messages)
     finally:
         await store.close()
-    database = DatabaseSettings.model_validate({"dsn": pg_schema.dsn, "schema": pg_schema.schema})
+    database = DatabaseSettings.model_validate({"dsn": db.dsn, "schema": db.schema})
     views = await FleetViews.start(WebSettings(port=0, max_range_days=60), database)
     try:
         async with aiohttp.ClientSession() as http:
-            yield Api(views.url, http, truths, pg_schema.flavour)
+            yield Api(views.url, http, truths, db.flavour)
     finally:
         await views.stop()
+
+
+@pytest.fixture
+async def api(pg_schema: Database) -> AsyncIterator[Api]:
+    async with fleet_day_api(pg_schema) as served:
+        yield served
 
 
 def iso(moment: datetime) -> str:
@@ -575,10 +583,16 @@ async def test_the_page_is_served_without_outside_resources(api: Api) -> None:
     assert response.status == 200
     assert "default-src 'self'" in csp
     assert "http://" not in html and "https://" not in html
-    for asset in ("/app.js", "/style.css"):
+    for asset in ("/app.js", "/common.js", "/charts.js", "/fleet.js", "/map.js", "/style.css"):
         async with api.http.get(api.url + asset) as response:
             assert response.status == 200
             assert "https://" not in await response.text()
+    # the map library is served from its installed package, as scripts and stylesheets
+    for asset, kind in (("/lib/leaflet.js", "text/javascript"), ("/lib/MarkerCluster.css", "text/css")):
+        async with api.http.get(api.url + asset) as response:
+            assert response.status == 200 and response.content_type == kind, asset
+    async with api.http.get(api.url + "/page-config.json") as response:
+        assert (await response.json())["tile_url"] is None  # no tile server: a blank map, offline
 
 
 BAD_REQUESTS = [
@@ -794,7 +808,7 @@ async def test_with_tokens_either_token_opens_the_api(guarded: Guarded) -> None:
 
 async def test_with_tokens_health_page_and_metrics_stay_open(guarded: Guarded) -> None:
     # The page's files hold no data; its script sends the token to the API (`/#token=…`).
-    for path in ("/api/health", "/", "/app.js", "/style.css", "/metrics"):
+    for path in ("/api/health", "/", "/map.js", "/lib/leaflet.js", "/page-config.json", "/metrics"):
         response = await guarded.get(path)
         assert response.status == 200, path
     metrics = await (await guarded.get("/metrics")).text()
@@ -836,3 +850,13 @@ async def test_an_open_api_on_every_interface_is_warned_about(
         else:
             [warning] = warnings
             assert warning.startswith("fleet views on 0.0.0.0:") and "web.api_tokens" in warning
+
+
+async def test_with_tokens_the_description_says_so_and_needs_one(guarded: Guarded) -> None:
+    refused = await guarded.get("/api/openapi.json")
+    described = await guarded.get("/api/openapi.json", token=TOKENS[1])
+
+    assert refused.status == 401
+    body = await described.json()
+    assert body["security"] == [{"bearer": []}]
+    assert body["paths"]["/api/health"]["get"]["security"] == []  # as served: open without a token

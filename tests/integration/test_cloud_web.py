@@ -126,15 +126,17 @@ async def server(pg_schema: Database) -> AsyncIterator[str]:
 
 async def test_the_page_shows_the_fleet_and_a_bus(server: str, tmp_path: Path) -> None:
     binary = chromium()
-    url = f"{server}/#bus=KBZ-101A"
+    url = f"{server}/#/bus/KBZ-101A"
 
     # WHEN Chromium loads the page and its scripts have run
     dom = await run_chromium(binary, tmp_path / "profile-dom", "--dump-dom", url)
 
-    # THEN the fleet table lists every bus, the bus's four charts are drawn, the KPI table is filled
+    # THEN the fleet list shows every bus (the critical one first), the bus's four charts are drawn,
+    # the KPI table is filled
     assert 'data-state="ready"' in dom, dom[-3000:]
-    listed = re.findall(r'<tr data-bus="([^"]+)"', dom)
-    assert listed == [plan.vehicle_id for plan in FLEET_PLANS]
+    listed = re.findall(r'<li class="bus-row[^"]*" data-bus="([^"]+)"', dom)
+    assert sorted(listed) == sorted(plan.vehicle_id for plan in FLEET_PLANS)
+    assert listed[0] == "KBZ-101A"
     assert "cell overtemp" in dom and "offline" in dom
     for chart in ("chart-soc", "chart-speed", "chart-power", "chart-pred"):
         section = dom.split(f'id="{chart}"', 1)[1].split("</figure>", 1)[0]
