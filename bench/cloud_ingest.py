@@ -86,6 +86,7 @@ SIGNALS_PER_BUS = 50
 BATCH_S = 60
 PHASE_TIMEOUT_S = 90.0
 MAX_MESSAGES_PER_PHASE = 1000  # Mosquitto's default max_queued_messages per client
+AGENT_START = "2024-03-04T03:00:00Z"  # the simulated bus in service: ~600 samples a minute
 
 
 @dataclass(frozen=True)
@@ -230,22 +231,20 @@ def build_agent_workload(fleet: str, buses: int, minutes: int, seed: int) -> lis
     by age as the uplink cuts them. Every bus sends the same recording under its own id and sequence."""
     from wire_size import agent_samples, batches_by_age, simulate  # bench/wire_size.py, beside this file
 
+    catalog = load_catalog()
     with tempfile.TemporaryDirectory(prefix="voltgate-bench-") as tmp:
-        log, nmea = simulate(f"{minutes}m", seed, Path(tmp))
-        recorded = agent_samples(log, nmea)
+        log, nmea = simulate(AGENT_START, f"{minutes}m", seed, Path(tmp))
+        _, recorded = agent_samples(log, nmea, catalog)
     start_ms = (int(time.time()) - (minutes + 2) * 60) * 1000
-    shift_ms = start_ms - round(recorded[0][0] * 1000)
-    quanta = load_catalog().quanta()
+    shift_ms = start_ms - recorded[0].ts_ms
+    quanta = catalog.quanta()
     rng = random.Random(seed)
     messages: list[list[Message]] = []
     for bus in range(buses):
         vehicle = f"bench-bus-{bus:05d}"
         topic = telemetry_topic(fleet, vehicle)
         first_seq = rng.randrange(1, 1_000_000)
-        records = [
-            SampleRecord(first_seq + i, round(ts * 1000) + shift_ms, name, value)
-            for i, (ts, name, value, _) in enumerate(recorded)
-        ]
+        records = [SampleRecord(first_seq + r.seq, r.ts_ms + shift_ms, r.signal, r.value) for r in recorded]
         messages.append(
             [
                 Message(topic, encode_batch(Batch(vehicle, tuple(group)), quanta), len(group))

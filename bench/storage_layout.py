@@ -49,9 +49,8 @@ from protocols.topics import telemetry_topic
 from protocols.wire import Batch, SampleRecord, encode_batch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from wire_size import agent_samples, batches_by_age  # bench/wire_size.py, beside this file
+import wire_size  # bench/wire_size.py, beside this file
 
-Recorded = list[tuple[float, str, float, object]]
 STARTS = {"moving": "2024-03-04T03:00:00Z", "parked": "2024-03-03T22:00:00Z"}
 GROUP = 20  # messages per write group
 NARROW_DDL = (
@@ -60,17 +59,11 @@ NARROW_DDL = (
 )
 
 
-def simulate(kind: str, duration: str, seed: int, work: Path) -> Recorded:
-    import subprocess
-
-    log, nmea = work / f"{kind}.log", work / f"{kind}.nmea"
-    subprocess.run(
-        [sys.executable, "-m", "simulator", "record", "--duration", duration, "--seed", str(seed),
-         "--start", STARTS[kind], "--out", str(log), "--nmea", str(nmea)],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    return list(agent_samples(log, nmea))
+def simulate(kind: str, duration: str, seed: int, work: Path) -> list[SampleRecord]:
+    """The samples the agent keeps from one simulated bus (numbered from 0 in time order)."""
+    (work / kind).mkdir()
+    log, nmea = wire_size.simulate(STARTS[kind], duration, seed, work / kind)
+    return wire_size.agent_samples(log, nmea, load_catalog())[1]
 
 
 @dataclass(frozen=True)
@@ -80,23 +73,20 @@ class Fleet:
     samples: int
 
 
-def build_fleet(recorded: dict[str, Recorded], buses: dict[str, int], start: datetime) -> Fleet:
+def build_fleet(recorded: dict[str, list[SampleRecord]], buses: dict[str, int], start: datetime) -> Fleet:
     quanta = load_catalog().quanta()
     received_at = datetime.now(UTC)
     limits = IngestSettings()
     per_bus: list[list[BatchMessage]] = []
     for kind, count in buses.items():
         rows = recorded[kind]
-        shift_ms = round(start.timestamp() * 1000) - round(rows[0][0] * 1000)
+        shift_ms = round(start.timestamp() * 1000) - rows[0].ts_ms
         for bus in range(count):
             vehicle = f"{kind}-{bus:03d}"
-            records = [
-                SampleRecord(1000 + i, round(ts * 1000) + shift_ms, name, value)
-                for i, (ts, name, value, _) in enumerate(rows)
-            ]
+            records = [SampleRecord(1000 + r.seq, r.ts_ms + shift_ms, r.signal, r.value) for r in rows]
             topic = telemetry_topic("bench", vehicle)
             messages = []
-            for group in batches_by_age(records, 60):
+            for group in wire_size.batches_by_age(records, 60):
                 payload = encode_batch(Batch(vehicle, tuple(group)), quanta)
                 message = ingest_message(topic, payload, received_at, limits)
                 assert isinstance(message, BatchMessage) and not message.refused
