@@ -198,7 +198,9 @@ async def _open_pool(settings: WebSettings, database: DatabaseSettings) -> Pool:
             "autocommit": True,
             "connect_timeout": database.connect_timeout_s,
             "application_name": "voltgate-cloud-web",
-            "options": f"-c search_path={database.schema_name},public -c timezone=UTC"
+            # jit off: reads decode sample blocks in many small plan steps per block; compiling those
+            # (a bus list's six latest_sample() calls) took seconds, running them milliseconds.
+            "options": f"-c search_path={database.schema_name},public -c timezone=UTC -c jit=off"
             f" -c statement_timeout={timeout_ms} -c default_transaction_read_only=on",
         },
         min_size=1,

@@ -1,117 +1,183 @@
-"""The binary COPY rows of `stage_blocks`: one message's samples as sample blocks (cloud/blocks.py),
-laid out with numpy straight into PostgreSQL's binary COPY format, with no Python work per block or
-sample. `cloud.store` stages them with `COPY stage_blocks (block_no, seq_min, ...) FROM STDIN (FORMAT
-BINARY)` between `COPY_SIGNATURE` and `COPY_TRAILER`.
+"""The binary COPY rows of `stage_blocks` and `stage_block_stats`: one message's blocks
+(cloud/blocks.py) laid out with numpy straight into PostgreSQL's binary COPY format, with no Python
+work per block or sample. `cloud.sample_store` stages them between `COPY_SIGNATURE` and `COPY_TRAILER`.
+
+A row is a sequence of fields, each a 4-byte length and its bytes. Each field here comes as one
+stream of equal-width units for all rows (row r's units contiguous, rows in order) and its count of
+units per row; `interleave` scatters the streams into rows, one fancy-indexed copy per field.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
-from cloud.blocks import blocks_of
-from protocols.wire import SampleColumns
+from cloud.blocks import CODE_FIELDS, Blocks
 
 # PostgreSQL's binary COPY format (the "COPY" page of its manual) and binary array format (array_recv).
 COPY_SIGNATURE: Final = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)  # no flags, no extension
 COPY_TRAILER: Final = struct.pack(">h", -1)
-_OID_INT8: Final = 20
+_OID_INT4: Final = 23
 _OID_FLOAT8: Final = 701
-_OID_TIMESTAMPTZ: Final = 1184
-_MICROS_PER_MINUTE: Final = 60_000_000  # the PostgreSQL epoch (2000-01-01) is on a minute, as Unix's is
 _PG_EPOCH_MS: Final = 946_684_800_000  # timestamptz counts microseconds from 2000-01-01 00:00 UTC
 
-
-def _field(data: bytes) -> bytes:
-    return struct.pack(">i", len(data)) + data
-
-
-def _elements(values: npt.NDArray[np.generic], pg_dtype: str) -> npt.NDArray[np.uint8]:
-    """Fixed-width binary array elements, one row of bytes each: a 4-byte length, the big-endian value."""
-    elements = np.empty(len(values), dtype=[("length", ">i4"), ("value", pg_dtype)])
-    elements["length"] = np.dtype(pg_dtype).itemsize
-    elements["value"] = values
-    return elements.view(np.uint8).reshape(len(values), -1)
+Bytes = npt.NDArray[np.uint8]
+Lengths = npt.NDArray[np.int64]
+Field = tuple[Bytes, Lengths]  # units (2-D: unit, byte), and how many units each row has
 
 
-# A stage_blocks COPY row: a head (field count; block_no and seq_min, each after its length), the
-# vehicle and signal texts, the fixed-width fields (each after its length), and three arrays (each its
-# length, a 20-byte header and 12 bytes per element).
-_HEAD: Final = np.dtype(
-    [("fields", ">i2"), ("l0", ">i4"), ("block_no", ">i4"), ("l1", ">i4"), ("seq_min", ">i8")]
-)
-_SCALARS: Final = np.dtype(
-    [("l0", ">i4"), ("minute", ">i8"), ("l1", ">i4"), ("ts_first", ">i8"), ("l2", ">i4"), ("ts_last", ">i8"),
-     ("l3", ">i4"), ("seq_first", ">i8"), ("l4", ">i4"), ("n", ">i4"), ("l5", ">i4"), ("total", ">f8"),
-     ("l6", ">i4"), ("min_value", ">f8"), ("l7", ">i4"), ("max_value", ">f8")]
-)  # fmt: skip
-_ARRAY_HEAD: Final = np.dtype(
-    [("length", ">i4"), ("ndim", ">i4"), ("has_null", ">i4"), ("oid", ">i4"), ("n", ">i4"), ("lower", ">i4")]
-)
-_ELEMENT_BYTES: Final = 12
-
-
-def block_rows(first_block_no: int, vehicle_id: str, columns: SampleColumns) -> tuple[bytes, int]:
-    """The COPY rows of stage_blocks for one message's samples, one per block (cloud/blocks.py), laid
-    out with numpy into one buffer (no Python work per block or sample); returns them and their count."""
-    b = blocks_of(columns)
-    blocks = len(b)
-    if not blocks:
-        return b"", 0
-    n = b.stop - b.start
-    micros = (b.ts_ms - _PG_EPOCH_MS) * 1000  # ts is within the plausibility window: no overflow
-
-    head = np.zeros(blocks, dtype=_HEAD)
-    head["fields"], head["l0"], head["l1"] = 15, 4, 8
-    head["block_no"] = first_block_no + np.arange(blocks)
-    head["seq_min"] = np.minimum.reduceat(b.seq, b.start)
-    vehicle = np.frombuffer(_field(vehicle_id.encode()), dtype=np.uint8)
-    names = [_field(name.encode()) for name in b.signals]
-    name_bytes = np.frombuffer(b"".join(names), dtype=np.uint8)
-    name_len = np.array([len(x) for x in names], dtype=np.int64)
-    name_at = np.concatenate(([0], np.cumsum(name_len)[:-1]))
-    signal_len = name_len[b.signal_index]
-    scalars = np.zeros(blocks, dtype=_SCALARS)
-    for length_field in ("l0", "l1", "l2", "l3", "l5", "l6", "l7"):
-        scalars[length_field] = 8
-    scalars["l4"] = 4
-    scalars["minute"] = micros[b.start] // _MICROS_PER_MINUTE * _MICROS_PER_MINUTE
-    scalars["ts_first"], scalars["ts_last"] = micros[b.start], micros[b.stop - 1]
-    scalars["seq_first"], scalars["n"] = b.seq[b.start], n
-    scalars["total"], scalars["min_value"], scalars["max_value"] = b.total, b.min_value, b.max_value
-
-    array_bytes = _ARRAY_HEAD.itemsize + _ELEMENT_BYTES * n  # one array field, with its length
-    row_len = _HEAD.itemsize + len(vehicle) + signal_len + _SCALARS.itemsize + 3 * array_bytes
-    row_at = np.concatenate(([0], np.cumsum(row_len)[:-1]))
+def interleave(fields: Sequence[Field], rows: int) -> bytes:
+    """The rows: each row's units of every field, in field order."""
+    row_len = np.zeros(rows, dtype=np.int64)
+    for units, counts in fields:
+        row_len += counts * units.shape[1]
+    at = np.concatenate(([0], np.cumsum(row_len)[:-1])).astype(np.int64)
     out = np.empty(int(row_len.sum()), dtype=np.uint8)
+    for units, counts in fields:
+        width = units.shape[1]
+        if len(units) == rows and np.all(counts == 1):
+            out[at[:, None] + np.arange(width)] = units  # one unit per row
+        elif len(units):
+            first = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+            # unit k of row r goes to at[r] + (k - first[r]) * width
+            dst = np.repeat(at - first * width, counts) + np.arange(len(units)) * width
+            out[dst[:, None] + np.arange(width)] = units
+        at += counts * width
+    return out.tobytes()
 
-    def put(at: npt.NDArray[np.int64], rows: npt.NDArray[np.uint8]) -> None:  # equal-width rows
-        out[at[:, None] + np.arange(rows.shape[1])] = rows
 
-    put(row_at, head.view(np.uint8).reshape(blocks, -1))
-    at = row_at + _HEAD.itemsize
-    put(at, np.broadcast_to(vehicle, (blocks, len(vehicle))))
-    at = at + len(vehicle)
-    # the signal names, of unequal lengths: byte i of the run goes from its name to its block's row
-    within = np.arange(int(signal_len.sum())) - np.repeat(np.cumsum(signal_len) - signal_len, signal_len)
-    out[np.repeat(at, signal_len) + within] = name_bytes[
-        np.repeat(name_at[b.signal_index], signal_len) + within
+def _records(array: npt.NDArray[np.void]) -> Bytes:
+    return array.view(np.uint8).reshape(len(array), array.dtype.itemsize)
+
+
+def fixed(values: npt.NDArray[np.generic], pg_dtype: str) -> Field:
+    """A fixed-width column (one value per row): its length and big-endian value per row."""
+    rows = np.empty(len(values), dtype=[("length", ">i4"), ("value", pg_dtype)])
+    rows["length"] = np.dtype(pg_dtype).itemsize
+    rows["value"] = values
+    return _records(rows), np.ones(len(values), dtype=np.int64)
+
+
+def field_count(count: int, rows: int) -> Field:
+    return np.tile(np.frombuffer(struct.pack(">h", count), dtype=np.uint8), (rows, 1)), np.ones(
+        rows, np.int64
+    )
+
+
+def same_text(text: str, rows: int) -> Field:
+    one = np.frombuffer(struct.pack(">i", len(text.encode())) + text.encode(), dtype=np.uint8)
+    return np.tile(one, (rows, 1)), np.ones(rows, dtype=np.int64)
+
+
+def texts(names: Sequence[str], index: npt.NDArray[np.int64]) -> Field:
+    """One text per row: names[index[r]] (units of one byte)."""
+    encoded = [struct.pack(">i", len(b)) + b for b in (name.encode() for name in names)]
+    pool = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    length = np.array([len(e) for e in encoded], dtype=np.int64)
+    pool_at = np.concatenate(([0], np.cumsum(length)[:-1])).astype(np.int64)
+    lengths = length[index]
+    within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return pool[np.repeat(pool_at[index], lengths) + within].reshape(-1, 1), lengths
+
+
+def _array_heads(n: Lengths, body: Lengths, oid: int, has_null: bool) -> npt.NDArray[np.void]:
+    heads = np.zeros(len(n), dtype=[("length", ">i4"), ("ndim", ">i4"), ("has_null", ">i4"), ("oid", ">i4"),
+                                    ("n", ">i4"), ("lower", ">i4")])  # fmt: skip
+    heads["length"] = 20 + body
+    heads["ndim"], heads["has_null"], heads["oid"], heads["n"], heads["lower"] = 1, int(has_null), oid, n, 1
+    return heads
+
+
+def int4_arrays(values: npt.NDArray[np.int32], n: Lengths) -> list[Field]:
+    """One int4[] per row, row r holding the next n[r] values: its head, then its elements."""
+    elements = np.empty(len(values), dtype=[("length", ">i4"), ("value", ">i4")])
+    elements["length"], elements["value"] = 4, values
+    heads = _array_heads(n, 8 * n, _OID_INT4, False)
+    return [(_records(heads), np.ones(len(n), dtype=np.int64)), (_records(elements), n)]
+
+
+def float8_arrays_or_null(
+    values: npt.NDArray[np.float64], present: npt.NDArray[np.bool_], n: Lengths
+) -> list[Field]:
+    """One float8[] per row, row r over the next n[r] values, its elements NULL where not `present`;
+    NULL instead of an array for a row with no value present. Units of 4 bytes: a head is 6 (a NULL
+    field 1), a value 3 (its length and 8 bytes), a NULL element 1 (its length, -1)."""
+    row = np.repeat(np.arange(len(n)), n)
+    has_array = np.bincount(row, weights=present, minlength=len(n)) > 0
+    elements = np.empty(len(values), dtype=[("length", ">i4"), ("value", ">f8")])
+    elements["length"], elements["value"] = np.where(present, 8, -1), values  # a NULL is its length -1
+    units_per_element = np.where(has_array[row], np.where(present, 3, 1), 0).astype(np.int64)
+    body_units = np.bincount(row, weights=units_per_element, minlength=len(n)).astype(np.int64)
+    heads = _array_heads(n, 4 * body_units, _OID_FLOAT8, True)
+    heads["length"] = np.where(has_array, heads["length"], -1)  # a NULL field: its length -1, no bytes
+    head_units = np.where(has_array, 6, 1).astype(np.int64)
+    return [
+        (_units(_records(heads), head_units), head_units),
+        (_units(_records(elements), units_per_element), body_units),
     ]
-    at = at + signal_len
-    put(at, scalars.view(np.uint8).reshape(blocks, -1))
-    at = at + _SCALARS.itemsize
-    block_of_sample = np.repeat(np.arange(blocks), n)
-    for oid, values, pg_dtype in ((_OID_INT8, b.seq, ">i8"), (_OID_TIMESTAMPTZ, micros, ">i8"),
-                                  (_OID_FLOAT8, b.value, ">f8")):  # fmt: skip
-        array_head = np.zeros(blocks, dtype=_ARRAY_HEAD)
-        array_head["length"] = array_bytes - 4
-        array_head["ndim"], array_head["oid"], array_head["n"], array_head["lower"] = 1, oid, n, 1
-        put(at, array_head.view(np.uint8).reshape(blocks, -1))
-        # the elements, contiguous per block in sample order: sample i of block k lands after the header
-        first = at + _ARRAY_HEAD.itemsize - _ELEMENT_BYTES * b.start
-        put(first[block_of_sample] + _ELEMENT_BYTES * np.arange(len(values)), _elements(values, pg_dtype))
-        at = at + array_bytes
-    return out.tobytes(), blocks
+
+
+def _units(records: Bytes, counts: Lengths) -> Bytes:
+    """The first counts[i] 4-byte units of each record i, as rows of 4 bytes."""
+    quads = records.reshape(len(records), -1, 4)
+    keep = np.arange(quads.shape[1]) < counts[:, None]
+    picked: Bytes = quads[keep]
+    return picked
+
+
+def _micros(ms: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    return (ms - _PG_EPOCH_MS) * 1000  # within the plausibility window: no overflow
+
+
+def byteas(data: Bytes, lengths: Lengths) -> list[Field]:
+    """One bytea per row, row r the next lengths[r] bytes of `data`."""
+    heads = np.empty(len(lengths), dtype=[("length", ">i4")])
+    heads["length"] = lengths
+    return [(_records(heads), np.ones(len(lengths), dtype=np.int64)), (data.reshape(-1, 1), lengths)]
+
+
+def block_rows(vehicles: Sequence[str], b: Blocks) -> bytes:
+    """COPY rows of stage_blocks (block_no, vehicle_id, minute, seq_min, seq_max, ts_first, ts_last,
+    n, signals, code, exact) for a group's blocks; `vehicles`: each message's vehicle."""
+    blocks = len(b)
+    n = b.stop - b.start
+    return interleave(
+        [
+            field_count(11, blocks),
+            fixed(np.arange(blocks), ">i4"),
+            texts(vehicles, b.message),
+            fixed(_micros(b.minute_ms), ">i8"),
+            fixed(b.seq_min, ">i8"),
+            fixed(b.seq_max, ">i8"),
+            fixed(_micros(b.ts_first_ms), ">i8"),
+            fixed(_micros(b.ts_last_ms), ">i8"),
+            fixed(n, ">i4"),
+            *int4_arrays(b.signal_list, b.signal_count),
+            *byteas(b.code, CODE_FIELDS * 4 * n),
+            *float8_arrays_or_null(b.exact, ~b.scaled, n),
+        ],
+        blocks,
+    )
+
+
+def stats_rows(names: Mapping[int, str], b: Blocks) -> bytes:
+    """COPY rows of stage_block_stats (block_no, signal, n, total, min_value, max_value): per block
+    and signal, what its samples add to the minute's rollup; `names`: float-path id -> signal name."""
+    rows = len(b.stat_block)
+    ids, index = np.unique(b.stat_signal, return_inverse=True)
+    return interleave(
+        [
+            field_count(6, rows),
+            fixed(b.stat_block, ">i4"),
+            texts([names[int(i)] for i in ids], index.astype(np.int64)),
+            fixed(b.stat_n, ">i4"),
+            fixed(b.stat_total, ">f8"),
+            fixed(b.stat_min, ">f8"),
+            fixed(b.stat_max, ">f8"),
+        ],
+        rows,
+    )

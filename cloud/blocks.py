@@ -1,15 +1,19 @@
 """A message's samples laid out as `sample_blocks` rows, and de-duplication inside one write group.
 
-A block holds the samples of one signal in one UTC minute of one message, in (ts, seq) order, with
-their count, sum, minimum and maximum; the store COPYs blocks and PostgreSQL never sees a row per
-sample (cloud/sql/0003_sample_blocks.native.sql says why). Everything here is numpy over the
-message's `SampleColumns`: no Python object per sample.
+A block holds one vehicle's samples of one UTC minute from one message, all signals, in (signal id,
+ts, seq) order, each column coded as the difference from the sample before (cloud/sql/
+0008_signal_blocks.native.sql says why and how). A sample takes the scaled path (its value as
+integer steps of its signal's quantum) when quantum * steps gives its value back bit for bit, else the
+float path (the value as it is). Per block and signal the n / total / min / max of the samples go to
+the rollup log. Everything here is numpy over the message's `SampleColumns`: no Python object per
+sample.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -17,49 +21,223 @@ import numpy.typing as npt
 from cloud.ingest import BatchMessage
 from protocols.wire import SampleColumns
 
-MS_PER_MINUTE = 60_000
+MS_PER_MINUTE: Final = 60_000
+STEP_LIMIT: Final = 1 << 30  # steps at most this far from zero: their differences fit int4
+SEQ_SPAN_BITS: Final = 30  # a block's seqs share seq >> 30: their differences fit int4
+
+
+CODE_FIELDS: Final = 4  # per sample in `code`: signal id, seq, ts, steps (each a difference, see below)
 
 
 @dataclass(frozen=True, slots=True)
 class Blocks:
-    """One message's samples sorted by (signal, minute, ts, seq); block b is positions start[b]:stop[b]."""
+    """A group's samples in block order; block b is positions start[b]:stop[b]."""
 
-    signals: tuple[str, ...]
-    seq: npt.NDArray[np.int64]
-    ts_ms: npt.NDArray[np.int64]
-    value: npt.NDArray[np.float64]
-    signal_index: npt.NDArray[np.int32]  # per block, into `signals`
+    message: npt.NDArray[np.int64]  # per block: index into the group
+    minute_ms: npt.NDArray[np.int64]
+    seq_min: npt.NDArray[np.int64]
+    seq_max: npt.NDArray[np.int64]
+    ts_first_ms: npt.NDArray[np.int64]
+    ts_last_ms: npt.NDArray[np.int64]
     start: npt.NDArray[np.int64]
     stop: npt.NDArray[np.int64]
-    total: npt.NDArray[np.float64]
-    min_value: npt.NDArray[np.float64]
-    max_value: npt.NDArray[np.float64]
+    signal_list: npt.NDArray[np.int32]  # per block its distinct signal ids, ascending, one after the other
+    signal_count: npt.NDArray[np.int64]  # how many per block
+    code: npt.NDArray[np.uint8]  # per block CODE_FIELDS * 4 * n bytes, one after the other
+    exact: npt.NDArray[np.float64]  # per sample, block order; meaningful where `scaled` is false
+    scaled: npt.NDArray[np.bool_]
+    # rollup statistics, one entry per block and signal name (block order)
+    stat_block: npt.NDArray[np.int64]
+    stat_signal: npt.NDArray[np.int32]  # the signal's float-path id: stands for its name
+    stat_n: npt.NDArray[np.int64]
+    stat_total: npt.NDArray[np.float64]
+    stat_min: npt.NDArray[np.float64]
+    stat_max: npt.NDArray[np.float64]
 
     def __len__(self) -> int:
         return len(self.start)
 
 
-def blocks_of(columns: SampleColumns) -> Blocks:
-    """Split a message's samples into blocks of one signal and one UTC minute."""
-    minute = columns.ts_ms // MS_PER_MINUTE  # timestamps are past 1970 (ingest's plausibility window)
-    order = np.lexsort((columns.seq, columns.ts_ms, minute, columns.signal_index))  # last key sorts first
-    signal_index, minute = columns.signal_index[order], minute[order]
+@dataclass(frozen=True, slots=True)
+class GroupSamples:
+    """A write group's samples as one set of columns: per sample its message (index into the group),
+    seq, ts, value, its signal's quantum (NaN: none) and its signal's two ids in `sample_signals`
+    (scaled path, float path; the float path's id stands for the signal's name)."""
+
+    message: npt.NDArray[np.int64]
+    seq: npt.NDArray[np.int64]
+    ts_ms: npt.NDArray[np.int64]
+    value: npt.NDArray[np.float64]
+    quantum: npt.NDArray[np.float64]
+    scaled_id: npt.NDArray[np.int32]
+    float_id: npt.NDArray[np.int32]
+
+    @classmethod
+    def of(
+        cls,
+        messages: Sequence[SampleColumns],
+        signal_table: Callable[
+            [Sequence[str]], tuple[npt.NDArray[np.float64], npt.NDArray[np.int32], npt.NDArray[np.int32]]
+        ],
+    ) -> GroupSamples:
+        """The samples of `messages`; `signal_table` gives per signal name its quantum and ids."""
+        names = [name for m in messages for name in m.signals]
+        quantum, scaled_id, float_id = signal_table(names)
+        offset = np.cumsum([0] + [len(m.signals) for m in messages])[:-1]
+        index = np.concatenate(
+            [m.signal_index + k for m, k in zip(messages, offset, strict=True)] or [np.zeros(0, np.int64)]
+        )
+        return cls(
+            message=np.repeat(np.arange(len(messages)), [len(m) for m in messages]).astype(np.int64),
+            seq=np.concatenate([m.seq for m in messages] or [np.zeros(0, np.int64)]),
+            ts_ms=np.concatenate([m.ts_ms for m in messages] or [np.zeros(0, np.int64)]),
+            value=np.concatenate([m.value for m in messages] or [np.zeros(0, np.float64)]),
+            quantum=quantum[index] if len(quantum) else np.zeros(0, np.float64),
+            scaled_id=scaled_id[index] if len(scaled_id) else np.zeros(0, np.int32),
+            float_id=float_id[index] if len(float_id) else np.zeros(0, np.int32),
+        )
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+
+def scaled_steps(
+    value: npt.NDArray[np.float64], quantum: npt.NDArray[np.float64]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Per sample, its value in steps of its quantum (NaN: none) and whether those steps give the
+    value back exactly; steps are 0 where they do not."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        steps = np.rint(value / quantum)
+        ok = np.isfinite(steps) & (np.abs(steps) < STEP_LIMIT)
+        steps = np.where(ok, steps, 0.0) + 0.0  # + 0.0: a step of -0.0 is stored as 0
+        back = steps * quantum  # as the database computes it from the stored steps
+    ok &= back.view(np.int64) == value.view(np.int64)  # bit for bit: -0.0 stays on the float path
+    return np.where(ok, steps, 0.0).astype(np.int64), ok
+
+
+def blocks_of(samples: GroupSamples) -> Blocks:
+    """Lay a group's samples out as blocks: one per message, UTC minute and seq >> 30."""
+    steps, scaled = scaled_steps(samples.value, samples.quantum)
+    signal_id = np.where(scaled, samples.scaled_id, samples.float_id)
+    minute = samples.ts_ms // MS_PER_MINUTE  # timestamps are past 1970 (ingest's plausibility window)
+    span = samples.seq >> SEQ_SPAN_BITS
+    # last key sorts first
+    order = np.lexsort((samples.seq, samples.ts_ms, signal_id, span, minute, samples.message))
+    message, minute, span = samples.message[order], minute[order], span[order]
+    seq, ts, steps, signal_id = samples.seq[order], samples.ts_ms[order], steps[order], signal_id[order]
     first = np.ones(len(order), dtype=bool)
-    first[1:] = (signal_index[1:] != signal_index[:-1]) | (minute[1:] != minute[:-1])
+    first[1:] = (message[1:] != message[:-1]) | (minute[1:] != minute[:-1]) | (span[1:] != span[:-1])
     start = np.flatnonzero(first).astype(np.int64)
     stop = np.append(start[1:], len(order)).astype(np.int64)
-    value = columns.value[order]
+    n = stop - start
+    empty = not len(start)
+    block_of_sample = np.repeat(np.arange(len(start)), n)
+    seq_min = seq[:0] if empty else np.minimum.reduceat(seq, start)
+    block_minute_ms = minute[start] * MS_PER_MINUTE
+    runs = first.copy()
+    runs[1:] |= signal_id[1:] != signal_id[:-1]
+    value = samples.value[order]
+    stats = _statistics(block_of_sample, samples.float_id[order], value)
     return Blocks(
-        signals=columns.signals,
-        seq=columns.seq[order],
-        ts_ms=columns.ts_ms[order],
-        value=value,
-        signal_index=signal_index[start],
+        message=message[start],
+        minute_ms=block_minute_ms,
+        seq_min=seq_min,
+        seq_max=seq[:0] if empty else np.maximum.reduceat(seq, start),
+        ts_first_ms=ts[:0] if empty else np.minimum.reduceat(ts, start),
+        ts_last_ms=ts[:0] if empty else np.maximum.reduceat(ts, start),
         start=start,
         stop=stop,
-        total=np.add.reduceat(value, start) if len(start) else value[:0],
-        min_value=np.minimum.reduceat(value, start) if len(start) else value[:0],
-        max_value=np.maximum.reduceat(value, start) if len(start) else value[:0],
+        signal_list=signal_id[runs].astype(np.int32),
+        signal_count=np.bincount(block_of_sample[runs], minlength=len(start)).astype(np.int64),
+        code=block_code(
+            start, n, signal_id, seq - seq_min[block_of_sample], ts - block_minute_ms[block_of_sample], steps
+        ),
+        exact=value,
+        scaled=scaled[order],
+        stat_block=stats[0],
+        stat_signal=stats[1],
+        stat_n=stats[2],
+        stat_total=stats[3],
+        stat_min=stats[4],
+        stat_max=stats[5],
+    )
+
+
+def block_code(
+    start: npt.NDArray[np.int64],
+    n: npt.NDArray[np.int64],
+    signal_id: npt.NDArray[np.int32],
+    seq_offset: npt.NDArray[np.int64],
+    ts_offset_ms: npt.NDArray[np.int64],
+    steps: npt.NDArray[np.int64],
+) -> npt.NDArray[np.uint8]:
+    """The `code` of every block (samples in block order; offsets from the block's seq_min and
+    minute). Four int32 fields per sample, each zigzag-coded (0, -1, 1, -2, ... -> 0, 1, 2, 3, ...)
+    and split into byte planes: per field its samples' lowest bytes, then their second bytes, ...:
+      signal  the id minus the previous sample's (the block's first: minus 0)
+      seq     the offset minus the sample's rank in (ts, position) order: 0 where seq follows time
+      ts      ms since the previous sample (the first: since the minute)
+      steps   steps minus the previous sample's (the first: minus 0; 0 on the float path)
+    Small, repeating numbers in long runs of equal bytes: what pglz compresses best."""
+    blocks = len(start)
+    block_of_sample = np.repeat(np.arange(blocks), n)
+    position = np.arange(len(signal_id)) - start[block_of_sample]
+    by_time = np.lexsort((position, ts_offset_ms, block_of_sample))
+    rank = np.empty(len(signal_id), dtype=np.int64)
+    rank[by_time] = np.arange(len(by_time)) - start[block_of_sample[by_time]]
+    fields = np.stack(
+        [_since_previous(signal_id.astype(np.int64), start), seq_offset - rank,
+         _since_previous(ts_offset_ms, start), _since_previous(steps, start)],
+        axis=1,
+    ).astype(np.int32)  # fmt: skip
+    zigzag = ((fields << 1) ^ (fields >> 31)).astype("<u4")  # sample, field
+    data = zigzag.view(np.uint8).reshape(len(signal_id), CODE_FIELDS, 4)  # sample, field, byte
+    code_at = np.concatenate(([0], np.cumsum(CODE_FIELDS * 4 * n)[:-1])).astype(np.int64)
+    base = code_at[block_of_sample] + position  # + (field * 4 + byte) * n of the sample's block
+    stride = n[block_of_sample]
+    dst = (
+        base[:, None, None]
+        + (np.arange(CODE_FIELDS)[None, :, None] * 4 + np.arange(4)[None, None, :]) * stride[:, None, None]
+    )
+    out = np.empty(int(CODE_FIELDS * 4 * n.sum()), dtype=np.uint8)
+    out[dst] = data
+    return out
+
+
+def _since_previous(values: npt.NDArray[np.int64], start: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Each value minus the one before it in its block (a block's first: minus 0)."""
+    out = values.copy()
+    out[1:] -= values[:-1]
+    out[start] = values[start]
+    return out
+
+
+def _statistics(
+    block_of_sample: npt.NDArray[np.int64], name: npt.NDArray[np.int32], value: npt.NDArray[np.float64]
+) -> tuple[
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int32],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.float64],
+]:
+    """Per block and signal name (both paths of a signal are one name, keyed by its float-path id):
+    block, name, n, total, min and max of the values."""
+    by_signal = np.lexsort((name, block_of_sample))
+    key_block, key_name = block_of_sample[by_signal], name[by_signal]
+    first = np.ones(len(by_signal), dtype=bool)
+    first[1:] = (key_block[1:] != key_block[:-1]) | (key_name[1:] != key_name[:-1])
+    start = np.flatnonzero(first)
+    value = value[by_signal]
+    some = len(start) > 0
+    return (
+        key_block[start],
+        key_name[start].astype(np.int32),
+        np.diff(np.append(start, len(by_signal))),
+        np.add.reduceat(value, start) if some else value[:0],
+        np.minimum.reduceat(value, start) if some else value[:0],
+        np.maximum.reduceat(value, start) if some else value[:0],
     )
 
 

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(native|timescale))?\.sql$")
 # Partitioned tables of the native flavour and their partition column.
 PARTITIONED_TABLES: Final = {"sample_blocks": "minute", "ingest_ledger": "received_at"}
+# Every sample block's arrays to TOAST, where pglz compresses them (cloud/sql/0008_signal_blocks.native.sql).
+_PARTITION_OPTIONS: Final = {"sample_blocks": "WITH (toast_tuple_target = 128)"}
 _PARTITION_NAME = re.compile(r"^(sample_blocks|ingest_ledger)_p(\d{8})$")
 
 
@@ -217,7 +219,7 @@ async def create_partitions(
             start, end = utc_day_bounds(day)
             await conn.execute(
                 sql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {}.{} PARTITION OF {}.{} FOR VALUES FROM ({}) TO ({})"
+                    "CREATE TABLE IF NOT EXISTS {}.{} PARTITION OF {}.{} FOR VALUES FROM ({}) TO ({}) {}"
                 ).format(
                     sql.Identifier(schema),
                     sql.Identifier(partition_name(table, day)),
@@ -225,6 +227,7 @@ async def create_partitions(
                     sql.Identifier(table),
                     sql.Literal(start),
                     sql.Literal(end),
+                    sql.SQL(_PARTITION_OPTIONS.get(table, "")),
                 )
             )
             present.add((table, day))

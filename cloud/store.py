@@ -3,20 +3,18 @@
 Write path, per group: lock the group's vehicle rows (upserting them; every replica in the same
 order), COPY the group's samples, predictions and alerts into temporary staging tables (binary COPY,
 created once per connection, emptied at commit), then `INSERT … SELECT … ON CONFLICT DO NOTHING` into
-the real tables. Samples are stored as blocks, one row per vehicle, signal, UTC minute and message
-(cloud/blocks.py lays them out with numpy, cloud/block_rows.py as binary COPY rows;
-cloud/sql/0003_sample_blocks.native.sql says why): a block stored before as it is (a redelivered
-message) is skipped, one that shares no time with a stored block of its vehicle and signal (the usual
-case) is inserted whole, and only one that does (records the agent re-sent in another batch) is
-unnested and keeps the samples whose (seq, ts) is not stored yet. `seq` makes a record unique per
-vehicle; `ts` is in the key because an agent that lost its buffer numbers again from 0, and a record
-never changes its ts. The vehicle locks make the check and the insert one step for every replica.
-Predictions and alerts are rows keyed on (vehicle_id, seq, ts). The minute aggregates of the blocks
-actually inserted are logged for the hour and day rollups in the same statement (both flavours), so
-they stay exact too.
-The ingest ledger, dead letters (whole messages, and one row per message for its records refused one
-by one: cloud/dead_letters.py), vehicles and status are written in the same transaction. Only after
-COMMIT returns may the caller acknowledge the messages.
+the real tables. Samples are stored as blocks of one vehicle, UTC minute and message
+(cloud/sample_store.py: the layout, its de-duplication and its rollup log). `seq` makes a record
+unique per vehicle; `ts` is in the key because an agent that lost its buffer numbers again from 0,
+and a record never changes its ts. The vehicle locks make the check and the insert one step for every
+replica. Predictions and alerts are rows keyed on (vehicle_id, seq, ts). The ingest ledger, dead
+letters (whole messages, and one row per message for its records refused one by one:
+cloud/dead_letters.py), vehicles and status are written in the same transaction. Only after COMMIT
+returns may the caller acknowledge the messages. The minute aggregates of the samples actually
+inserted go to rollup_log in the same statement (both flavours), for `refresh_rollups` to add into
+the hour and day tables; until then the views `samples_1h` and `samples_1d` add the log to them
+(cloud/sql/0007_current_rollups.native.sql). This module keeps the connection, the transaction
+and the maintenance (partitions, retention, rollup refresh, kept KPIs, dead-letter pruning).
 
 Data of any age the receiver accepts lands (a bus back after weeks offline): on the native flavour
 each write first creates the daily partitions its samples need (`_partitions_needed`), past days
@@ -27,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Final, Self
@@ -35,11 +33,8 @@ from typing import Final, Self
 import numpy as np
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
-from cloud import dead_letters, kpis, metrics, schema
-from cloud.block_rows import COPY_SIGNATURE, COPY_TRAILER, block_rows
-from cloud.blocks import unrepeated
+from cloud import dead_letters, group_rows, kpis, metrics, sample_store, schema
 from cloud.errors import RejectedDataError, StoreError
 from cloud.ingest import BatchMessage, DeadLetter, Ingested, StatusMessage
 from cloud.schema import Flavour
@@ -49,61 +44,7 @@ log = logging.getLogger(__name__)
 
 Connection = psycopg.AsyncConnection[tuple[object, ...]]
 
-_STAGING_DDL: Final = (
-    "CREATE TEMP TABLE IF NOT EXISTS stage_blocks ("
-    " block_no integer, seq_min bigint, vehicle_id text, signal text, minute timestamptz,"
-    " ts_first timestamptz, ts_last timestamptz, seq_first bigint, n integer, total double precision,"
-    " min_value double precision, max_value double precision, seq bigint[], ts timestamptz[],"
-    " value double precision[])"
-    " ON COMMIT DELETE ROWS",
-    "CREATE TEMP TABLE IF NOT EXISTS stage_predictions ("
-    " vehicle_id text, seq bigint, ts_ms bigint, model text, model_version text, output text,"
-    " value double precision) ON COMMIT DELETE ROWS",
-    "CREATE TEMP TABLE IF NOT EXISTS stage_alerts ("
-    " vehicle_id text, seq bigint, ts_ms bigint, rule text, severity text, active boolean,"
-    " value double precision, message text) ON COMMIT DELETE ROWS",
-)
-
-_TS: Final = "timestamptz 'epoch' + ts_ms * interval '1 millisecond'"
-
-_BLOCK_COLUMNS: Final = (
-    "vehicle_id, signal, minute, ts_first, ts_last, seq_first, n, total, min_value, max_value, seq, ts, value"
-)
-# Stored blocks of the same vehicle, signal and minute whose time span meets staged block `s`.
-_MEETING: Final = (
-    "FROM sample_blocks AS e WHERE e.vehicle_id = s.vehicle_id AND e.signal = s.signal"
-    " AND e.minute = s.minute AND e.ts_first <= s.ts_last AND e.ts_last >= s.ts_first"
-)
-# Under the per-vehicle locks taken first in the transaction: a staged block above its vehicle's
-# high-water marks ("unseen": its lowest seq above the highest stored, or its first ts after the
-# latest stored) cannot repeat a stored sample and is inserted as it is. The others are checked: one
-# stored before as it is (a redelivery: found by primary key) is skipped; one that meets no stored
-# block is inserted whole; one that does keeps only the samples whose (seq, ts) is not stored ("kept"),
-# re-aggregated into a block ("merged"). `ins` is what was actually inserted.
-_STORE_BLOCKS: Final = (
-    "WITH staged AS (SELECT s.*, s.seq_min > coalesce(v.max_sample_seq, -1)"
-    " OR s.ts_first > coalesce(v.max_sample_ts, '-infinity') AS unseen"
-    " FROM stage_blocks AS s JOIN vehicles AS v ON v.vehicle_id = s.vehicle_id),"
-    " checked AS (SELECT s.*, EXISTS (SELECT 1 " + _MEETING + ") AS meets FROM staged AS s"
-    " WHERE NOT s.unseen AND NOT EXISTS (SELECT 1 FROM sample_blocks AS e"
-    " WHERE e.vehicle_id = s.vehicle_id AND e.signal = s.signal AND e.minute = s.minute"
-    " AND e.ts_first = s.ts_first AND e.seq_first = s.seq_first"
-    " AND e.seq = s.seq AND e.ts = s.ts)),"
-    " fresh AS (INSERT INTO sample_blocks (" + _BLOCK_COLUMNS + ")"
-    " SELECT " + _BLOCK_COLUMNS + " FROM staged WHERE unseen"
-    " UNION ALL SELECT " + _BLOCK_COLUMNS + " FROM checked WHERE NOT meets"
-    " ON CONFLICT DO NOTHING RETURNING vehicle_id, signal, minute, n, total, min_value, max_value),"
-    " kept AS (SELECT s.block_no, s.vehicle_id, s.signal, s.minute, u.seq, u.ts, u.value"
-    " FROM checked AS s, unnest(s.seq, s.ts, s.value) AS u(seq, ts, value) WHERE s.meets AND NOT EXISTS"
-    " (SELECT 1 FROM (SELECT e.seq, e.ts " + _MEETING + ") AS m, unnest(m.seq, m.ts) AS x(seq, ts)"
-    " WHERE x.seq = u.seq AND x.ts = u.ts)),"
-    " merged AS (INSERT INTO sample_blocks (" + _BLOCK_COLUMNS + ")"
-    " SELECT vehicle_id, signal, minute, min(ts), max(ts), (array_agg(seq ORDER BY ts, seq))[1], count(*),"
-    " sum(value), min(value), max(value), array_agg(seq ORDER BY ts, seq), array_agg(ts ORDER BY ts, seq),"
-    " array_agg(value ORDER BY ts, seq) FROM kept GROUP BY block_no, vehicle_id, signal, minute"
-    " ON CONFLICT DO NOTHING RETURNING vehicle_id, signal, minute, n, total, min_value, max_value),"
-    " ins AS (SELECT * FROM fresh UNION ALL SELECT * FROM merged)"
-)
+_STAGING_DDL: Final = (*sample_store.STAGING_DDL, *group_rows.STAGING_DDL)
 
 
 def _rollup_cte(name: str, width: str) -> str:
@@ -120,17 +61,6 @@ def _rollup_cte(name: str, width: str) -> str:
     )
 
 
-# Insert, and log the minute aggregates of exactly the blocks inserted (duplicates return nothing) for
-# `refresh_rollups` to add into hours and days; until then the views `samples_1h` and `samples_1d` add
-# the log to the tables (cloud/sql/0007_current_rollups.native.sql). Minutes need nothing more:
-# `samples_1m` is a view over the blocks (each lies within one minute). Both flavours.
-_INSERT_SAMPLES_WITH_ROLLUPS: Final = sql.SQL(
-    _STORE_BLOCKS
-    + ", logged AS (INSERT INTO rollup_log SELECT vehicle_id, signal, minute, sum(n), sum(total),"
-    " min(min_value), max(max_value) FROM ins GROUP BY 1, 2, 3)"
-    " SELECT coalesce(sum(n), 0) FROM ins"
-)
-
 # One refresh: take the logged minute aggregates out and add them into hours, then days.
 _REFRESH_ROLLUPS: Final = sql.SQL(
     "WITH m AS (DELETE FROM rollup_log RETURNING *), "
@@ -146,7 +76,7 @@ _ROLLUP_LOCK: Final = "SELECT pg_try_advisory_xact_lock(hashtextextended('voltga
 _MARK_KPI_DAYS: Final = (
     "INSERT INTO kpi_days_pending AS p (vehicle_id, day)"
     " SELECT vehicle_id, (minute AT TIME ZONE %(tz)s)::date FROM stage_blocks"
-    " UNION SELECT vehicle_id, ((" + _TS + ") AT TIME ZONE %(tz)s)::date FROM stage_alerts"
+    " UNION SELECT vehicle_id, ((" + group_rows.TS + ") AT TIME ZONE %(tz)s)::date FROM stage_alerts"
     " ORDER BY 1, 2 ON CONFLICT (vehicle_id, day) DO UPDATE SET marks = p.marks + 1"
     " WHERE (p.day + 1)::timestamp AT TIME ZONE %(tz)s <= now()"
 )
@@ -157,33 +87,6 @@ _ENDED_PENDING: Final = (
 )
 _DONE_PENDING: Final = "DELETE FROM kpi_days_pending WHERE vehicle_id = %s AND day = %s AND marks = %s"
 KPI_GRACE: Final = timedelta(minutes=5)
-
-_INSERT_PREDICTIONS: Final = sql.SQL(
-    "INSERT INTO predictions (vehicle_id, seq, ts, model, model_version, output, value)"
-    " SELECT vehicle_id, seq, " + _TS + ", model, model_version, output, value FROM stage_predictions"
-    " ON CONFLICT DO NOTHING"
-)
-_INSERT_ALERTS: Final = sql.SQL(
-    "INSERT INTO alerts (vehicle_id, seq, ts, rule, severity, active, value, message)"
-    " SELECT vehicle_id, seq, " + _TS + ", rule, severity, active, value, message FROM stage_alerts"
-    " ON CONFLICT DO NOTHING"
-)
-# last_seen is refreshed at most every 10 s per vehicle: fewer row versions, same answer for a human.
-_UPSERT_VEHICLE: Final = (
-    "INSERT INTO vehicles AS v (vehicle_id, fleet, first_seen, last_seen) VALUES (%s, %s, %s, %s)"
-    " ON CONFLICT (vehicle_id) DO UPDATE SET last_seen = excluded.last_seen, fleet = excluded.fleet"
-    " WHERE v.last_seen < excluded.last_seen - interval '10 seconds' OR v.fleet <> excluded.fleet"
-)
-_UPSERT_STATUS: Final = (
-    "INSERT INTO vehicle_status AS s (vehicle_id, fleet, online, document, updated_at)"
-    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (vehicle_id) DO UPDATE"
-    " SET fleet = excluded.fleet, online = excluded.online, document = excluded.document,"
-    " updated_at = excluded.updated_at WHERE s.updated_at <= excluded.updated_at"
-)
-_UPDATE_VEHICLE_FACTS: Final = (
-    "UPDATE vehicles SET vin = coalesce(%s, vin), battery_capacity_kwh = coalesce(%s, battery_capacity_kwh)"
-    " WHERE vehicle_id = %s"
-)
 
 
 @dataclass(slots=True)
@@ -223,8 +126,12 @@ class Store:
         settings: DatabaseSettings,
         flavour: Flavour,
         kept: kpis.KeptDays | None = None,
+        quanta: Mapping[str, float] | None = None,
     ) -> None:
         self._conn = conn
+        self._signals = sample_store.SignalDictionary(
+            quanta if quanta is not None else sample_store.default_quanta()
+        )
         self._settings = settings
         self.flavour = flavour
         self.kept = kept or kpis.KeptDays()
@@ -434,31 +341,30 @@ class Store:
         stats = WriteStats(messages=len(items), statuses=len(statuses), dead_letters=[d.reason for d in dead])
         started = time.perf_counter()
         conn = self._conn
+        await self._signals.learn(conn, sample_store.used_signals(batches))
         async with conn.transaction(), conn.cursor() as cur:
             # First: the vehicles' rows, locked until COMMIT, so no other replica stores samples of
             # these vehicles meanwhile and the de-duplication below sees everything committed.
-            await _upsert_vehicles(cur, batches, statuses)
-            stats.samples_staged = await _stage_samples(cur, batches)
-            stats.predictions_staged = await _stage_predictions(cur, batches)
-            stats.alerts_staged = await _stage_alerts(cur, batches)
+            await group_rows.upsert_vehicles(cur, batches, statuses)
+            stats.samples_staged = await sample_store.stage_samples(cur, batches, self._signals)
+            stats.predictions_staged = await group_rows.stage_predictions(cur, batches)
+            stats.alerts_staged = await group_rows.stage_alerts(cur, batches)
             if stats.samples_staged:
-                await cur.execute(_INSERT_SAMPLES_WITH_ROLLUPS)
-                row = await cur.fetchone()
-                stats.samples_inserted = int(str(row[0])) if row else 0
-                await _raise_high_water(cur, batches)
+                stats.samples_inserted = await sample_store.store_samples(cur)
+                await group_rows.raise_high_water(cur, batches)
             if stats.predictions_staged:
-                await cur.execute(_INSERT_PREDICTIONS)
+                await cur.execute(group_rows.INSERT_PREDICTIONS)
                 stats.predictions_inserted = max(cur.rowcount, 0)
             if stats.alerts_staged:
-                await cur.execute(_INSERT_ALERTS)
+                await cur.execute(group_rows.INSERT_ALERTS)
                 stats.alerts_inserted = max(cur.rowcount, 0)
             if stats.samples_staged or stats.alerts_staged:
                 await cur.execute(_MARK_KPI_DAYS.encode(), {"tz": self.kept.time_zone})
-            await _write_ledger(cur, batches)
+            await group_rows.write_ledger(cur, batches)
             dead_rows = dead_letters.dead_letter_rows(items, self._settings)
             await dead_letters.write(cur, dead_rows)
             stats.dead_letter_bytes = sum(map(dead_letters.row_bytes, dead_rows))
-            await _upsert_statuses(cur, statuses)
+            await group_rows.upsert_statuses(cur, statuses)
         stats.commit_seconds = time.perf_counter() - started
         return stats
 
@@ -496,160 +402,3 @@ def _partitions_needed(items: Sequence[Ingested]) -> set[tuple[str, date]]:
             for day in np.unique(item.samples.ts_ms // _MS_PER_DAY).tolist():
                 wanted.add(("sample_blocks", _UNIX_EPOCH_DAY + timedelta(days=day)))
     return wanted
-
-
-async def _stage_samples(cur: psycopg.AsyncCursor[tuple[object, ...]], batches: list[BatchMessage]) -> int:
-    rows: list[bytes] = []
-    blocks = 0
-    for message, columns in zip(batches, unrepeated(batches), strict=True):
-        if len(columns):
-            data, count = block_rows(blocks, message.vehicle_id, columns)
-            rows.append(data)
-            blocks += count
-    if rows:
-        async with cur.copy(
-            "COPY stage_blocks (block_no, seq_min, " + _BLOCK_COLUMNS + ") FROM STDIN (FORMAT BINARY)"
-        ) as copy:
-            await copy.write(b"".join((COPY_SIGNATURE, *rows, COPY_TRAILER)))
-    return sum(len(m.samples) for m in batches)
-
-
-async def _raise_high_water(
-    cur: psycopg.AsyncCursor[tuple[object, ...]], batches: list[BatchMessage]
-) -> None:
-    """Each vehicle's highest stored seq and latest stored ts, past this group's samples."""
-    marks: dict[str, tuple[int, int]] = {}
-    for m in batches:
-        if len(m.samples):
-            seq, ts = int(m.samples.seq.max()), int(m.samples.ts_ms.max())
-            prior = marks.get(m.vehicle_id, (seq, ts))
-            marks[m.vehicle_id] = (max(seq, prior[0]), max(ts, prior[1]))
-    if marks:
-        vehicles = sorted(marks)  # the rows are locked already; sorted all the same
-        await cur.execute(
-            "UPDATE vehicles AS v SET max_sample_seq = greatest(v.max_sample_seq, m.seq),"
-            " max_sample_ts = greatest(v.max_sample_ts, " + _TS + ")"
-            " FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) AS m(vehicle_id, seq, ts_ms)"
-            " WHERE v.vehicle_id = m.vehicle_id",
-            (vehicles, [marks[v][0] for v in vehicles], [marks[v][1] for v in vehicles]),
-        )
-
-
-async def _stage_predictions(
-    cur: psycopg.AsyncCursor[tuple[object, ...]], batches: list[BatchMessage]
-) -> int:
-    rows = [
-        (m.vehicle_id, p.seq, p.ts_ms, p.model, p.model_version, p.output, p.value)
-        for m in batches
-        for p in m.batch.predictions
-    ]
-    if rows:
-        async with cur.copy(
-            "COPY stage_predictions (vehicle_id, seq, ts_ms, model, model_version, output, value)"
-            " FROM STDIN (FORMAT BINARY)"
-        ) as copy:
-            copy.set_types(["text", "int8", "int8", "text", "text", "text", "float8"])
-            for row in rows:
-                await copy.write_row(row)
-    return len(rows)
-
-
-async def _stage_alerts(cur: psycopg.AsyncCursor[tuple[object, ...]], batches: list[BatchMessage]) -> int:
-    rows = [
-        (m.vehicle_id, a.seq, a.ts_ms, a.rule, a.severity, a.active, a.value, a.message)
-        for m in batches
-        for a in m.batch.alerts
-    ]
-    if rows:
-        async with cur.copy(
-            "COPY stage_alerts (vehicle_id, seq, ts_ms, rule, severity, active, value, message)"
-            " FROM STDIN (FORMAT BINARY)"
-        ) as copy:
-            copy.set_types(["text", "int8", "int8", "text", "text", "bool", "float8", "text"])
-            for row in rows:
-                await copy.write_row(row)
-    return len(rows)
-
-
-async def _write_ledger(cur: psycopg.AsyncCursor[tuple[object, ...]], batches: list[BatchMessage]) -> None:
-    if not batches:
-        return
-    async with cur.copy(
-        "COPY ingest_ledger (received_at, topic, vehicle_id, kind, seq_first, seq_last,"
-        " n_samples, n_predictions, n_alerts, payload_bytes) FROM STDIN (FORMAT BINARY)"
-    ) as copy:
-        copy.set_types(
-            ["timestamptz", "text", "text", "text", "int8", "int8", "int4", "int4", "int4", "int4"]
-        )
-        for m in batches:
-            seqs = m.seq_range()
-            first, last = seqs if seqs else (None, None)
-            await copy.write_row(
-                (
-                    m.received_at,
-                    m.topic,
-                    m.vehicle_id,
-                    m.kind.value,
-                    first,
-                    last,
-                    len(m.batch.samples),
-                    len(m.batch.predictions),
-                    len(m.batch.alerts),
-                    m.payload_bytes,
-                )
-            )
-
-
-async def _upsert_vehicles(
-    cur: psycopg.AsyncCursor[tuple[object, ...]], batches: list[BatchMessage], statuses: list[StatusMessage]
-) -> None:
-    seen: dict[str, tuple[str, datetime, datetime]] = {}
-    for fleet, vehicle, at in [(m.fleet, m.vehicle_id, m.received_at) for m in batches] + [
-        (s.fleet, s.vehicle_id, s.received_at) for s in statuses
-    ]:
-        prior = seen.get(vehicle)
-        seen[vehicle] = (fleet, min(at, prior[1]) if prior else at, max(at, prior[2]) if prior else at)
-    if seen:
-        # Sorted: every replica locks vehicle rows in the same order.
-        await cur.executemany(
-            _UPSERT_VEHICLE, [(v, f, first, last) for v, (f, first, last) in sorted(seen.items())]
-        )
-
-
-async def _upsert_statuses(
-    cur: psycopg.AsyncCursor[tuple[object, ...]], statuses: list[StatusMessage]
-) -> None:
-    latest: dict[str, StatusMessage] = {}
-    for s in statuses:
-        if s.vehicle_id not in latest or latest[s.vehicle_id].received_at <= s.received_at:
-            latest[s.vehicle_id] = s
-    if not latest:
-        return
-    rows = [
-        (
-            s.vehicle_id,
-            s.fleet,
-            s.online,
-            Jsonb(s.document) if s.document is not None else None,
-            s.received_at,
-        )
-        for _, s in sorted(latest.items())
-    ]
-    await cur.executemany(_UPSERT_STATUS, rows)
-    facts = [
-        (_str_or_none(s.document.get("vin")), _positive_or_none(s.document.get("battery_capacity_kwh")), v)
-        for v, s in sorted(latest.items())
-        if s.document is not None and ("vin" in s.document or "battery_capacity_kwh" in s.document)
-    ]
-    if facts:
-        await cur.executemany(_UPDATE_VEHICLE_FACTS, facts)
-
-
-def _str_or_none(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _positive_or_none(value: object) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    return None

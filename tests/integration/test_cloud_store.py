@@ -64,6 +64,8 @@ async def test_migrations_are_idempotent_and_recorded(pg_schema: Database) -> No
             (5, "any"),
             (6, "any"),
             (7, pg_schema.flavour),
+            (8, pg_schema.flavour),
+            (9, "any"),
         ]
     finally:
         await store.close()
@@ -224,13 +226,22 @@ async def test_samples_re_sent_in_other_batches_are_stored_once_with_exact_rollu
     assert await count(store, "SELECT sum(total)::bigint FROM samples_1d") == sum(range(110))
     assert await count(store, "SELECT min(min_value)::bigint FROM samples_1h") == 0
     assert await count(store, "SELECT max(max_value)::bigint FROM samples_1h") == 109
-    # blocks stay within one UTC minute and in time order
+    # blocks stay within one UTC minute, each signal's samples in time order
     assert (
         await count(
             store,
             "SELECT count(*) FROM sample_blocks WHERE date_bin('1 minute', ts_first, 'epoch')"
-            " <> date_bin('1 minute', ts_last, 'epoch')"
-            " OR ts <> (SELECT array_agg(t ORDER BY t) FROM unnest(ts) t)",
+            " <> date_bin('1 minute', ts_last, 'epoch')",
+        )
+        == 0
+    )
+    assert (
+        await count(
+            store,
+            "SELECT count(*) FROM (SELECT e.ts, lag(e.ts) OVER (PARTITION BY b.vehicle_id, b.minute,"
+            " b.seq_min, e.signal_id ORDER BY e.i) AS prev FROM sample_blocks AS b,"
+            " block_entries(b.minute, b.seq_min, b.n, b.code, b.exact) AS e) AS x"
+            " WHERE x.prev > x.ts",
         )
         == 0
     )
@@ -296,10 +307,11 @@ async def test_migration_3_turns_stored_sample_rows_into_blocks(pg_schema: Datab
         # WHEN it is migrated
         assert await store.migrate() == list(range(3, latest_version() + 1))
 
-        # THEN the same samples read back, now as blocks of one signal and one minute
+        # THEN the same samples read back (through version 3's blocks of one signal and one minute),
+        # now as blocks of one minute, all signals
         after = await (await store.connection.execute(b"SELECT * FROM samples ORDER BY seq")).fetchall()
         assert after == before
-        assert await count(store, "SELECT count(*) FROM sample_blocks") == 2 * 3  # 23:59, 00:00, 00:01
+        assert await count(store, "SELECT count(*) FROM sample_blocks") == 3  # 23:59, 00:00, 00:01
         assert await existing_partitions(store.connection, pg_schema.schema) == {
             ("sample_blocks", date(2024, 5, 14)),
             ("sample_blocks", date(2024, 5, 15)),
@@ -336,7 +348,7 @@ async def test_migration_7_keeps_the_refreshed_hours_and_days_and_adds_the_pendi
         )
 
         # WHEN it is migrated, and later refreshed
-        assert await store.migrate() == [7]
+        assert await store.migrate(up_to=7) == [7]
         before = [await rollup_rows(store, "samples_1h"), await rollup_rows(store, "samples_1d")]
         assert await store.refresh_rollups(keep_days=False) == 1
         after = [await rollup_rows(store, "samples_1h"), await rollup_rows(store, "samples_1d")]
@@ -360,7 +372,7 @@ async def test_a_migration_that_meets_a_concurrent_catalog_update_is_applied_aga
         await other.execute(f'GRANT SELECT ON "{pg_schema.schema}".samples_1h TO PUBLIC'.encode())
 
         # WHEN migration 7 (which renames samples_1h) waits for it, and the other session commits
-        migrating = asyncio.create_task(store.migrate())
+        migrating = asyncio.create_task(store.migrate(up_to=7))
         waiting = b"SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s"
         pid = store.connection.info.backend_pid
         async with await psycopg.AsyncConnection.connect(pg_schema.dsn, autocommit=True) as watch:

@@ -1,0 +1,187 @@
+"""The rows a write group stores besides its samples: predictions and alerts (staged by binary COPY,
+inserted keyed on (vehicle_id, seq, ts)), the ingest ledger, the vehicles (locked first: see
+cloud/store.py), their status and facts, and each vehicle's sample high-water marks."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Final
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from cloud.ingest import BatchMessage, StatusMessage
+
+Cursor = psycopg.AsyncCursor[tuple[object, ...]]
+
+STAGING_DDL: Final = (
+    "CREATE TEMP TABLE IF NOT EXISTS stage_predictions ("
+    " vehicle_id text, seq bigint, ts_ms bigint, model text, model_version text, output text,"
+    " value double precision) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS stage_alerts ("
+    " vehicle_id text, seq bigint, ts_ms bigint, rule text, severity text, active boolean,"
+    " value double precision, message text) ON COMMIT DELETE ROWS",
+)
+
+TS: Final = "timestamptz 'epoch' + ts_ms * interval '1 millisecond'"
+
+INSERT_PREDICTIONS: Final = sql.SQL(
+    "INSERT INTO predictions (vehicle_id, seq, ts, model, model_version, output, value)"
+    " SELECT vehicle_id, seq, " + TS + ", model, model_version, output, value FROM stage_predictions"
+    " ON CONFLICT DO NOTHING"
+)
+INSERT_ALERTS: Final = sql.SQL(
+    "INSERT INTO alerts (vehicle_id, seq, ts, rule, severity, active, value, message)"
+    " SELECT vehicle_id, seq, " + TS + ", rule, severity, active, value, message FROM stage_alerts"
+    " ON CONFLICT DO NOTHING"
+)
+# last_seen is refreshed at most every 10 s per vehicle: fewer row versions, same answer for a human.
+_UPSERT_VEHICLE: Final = (
+    "INSERT INTO vehicles AS v (vehicle_id, fleet, first_seen, last_seen) VALUES (%s, %s, %s, %s)"
+    " ON CONFLICT (vehicle_id) DO UPDATE SET last_seen = excluded.last_seen, fleet = excluded.fleet"
+    " WHERE v.last_seen < excluded.last_seen - interval '10 seconds' OR v.fleet <> excluded.fleet"
+)
+_UPSERT_STATUS: Final = (
+    "INSERT INTO vehicle_status AS s (vehicle_id, fleet, online, document, updated_at)"
+    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (vehicle_id) DO UPDATE"
+    " SET fleet = excluded.fleet, online = excluded.online, document = excluded.document,"
+    " updated_at = excluded.updated_at WHERE s.updated_at <= excluded.updated_at"
+)
+_UPDATE_VEHICLE_FACTS: Final = (
+    "UPDATE vehicles SET vin = coalesce(%s, vin), battery_capacity_kwh = coalesce(%s, battery_capacity_kwh)"
+    " WHERE vehicle_id = %s"
+)
+
+
+async def raise_high_water(cur: Cursor, batches: list[BatchMessage]) -> None:
+    """Each vehicle's highest stored seq and latest stored ts, past this group's samples."""
+    marks: dict[str, tuple[int, int]] = {}
+    for m in batches:
+        if len(m.samples):
+            seq, ts = int(m.samples.seq.max()), int(m.samples.ts_ms.max())
+            prior = marks.get(m.vehicle_id, (seq, ts))
+            marks[m.vehicle_id] = (max(seq, prior[0]), max(ts, prior[1]))
+    if marks:
+        vehicles = sorted(marks)  # the rows are locked already; sorted all the same
+        await cur.execute(
+            "UPDATE vehicles AS v SET max_sample_seq = greatest(v.max_sample_seq, m.seq),"
+            " max_sample_ts = greatest(v.max_sample_ts, " + TS + ")"
+            " FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) AS m(vehicle_id, seq, ts_ms)"
+            " WHERE v.vehicle_id = m.vehicle_id",
+            (vehicles, [marks[v][0] for v in vehicles], [marks[v][1] for v in vehicles]),
+        )
+
+
+async def stage_predictions(cur: Cursor, batches: list[BatchMessage]) -> int:
+    rows = [
+        (m.vehicle_id, p.seq, p.ts_ms, p.model, p.model_version, p.output, p.value)
+        for m in batches
+        for p in m.batch.predictions
+    ]
+    if rows:
+        async with cur.copy(
+            "COPY stage_predictions (vehicle_id, seq, ts_ms, model, model_version, output, value)"
+            " FROM STDIN (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(["text", "int8", "int8", "text", "text", "text", "float8"])
+            for row in rows:
+                await copy.write_row(row)
+    return len(rows)
+
+
+async def stage_alerts(cur: Cursor, batches: list[BatchMessage]) -> int:
+    rows = [
+        (m.vehicle_id, a.seq, a.ts_ms, a.rule, a.severity, a.active, a.value, a.message)
+        for m in batches
+        for a in m.batch.alerts
+    ]
+    if rows:
+        async with cur.copy(
+            "COPY stage_alerts (vehicle_id, seq, ts_ms, rule, severity, active, value, message)"
+            " FROM STDIN (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(["text", "int8", "int8", "text", "text", "bool", "float8", "text"])
+            for row in rows:
+                await copy.write_row(row)
+    return len(rows)
+
+
+async def write_ledger(cur: Cursor, batches: list[BatchMessage]) -> None:
+    if not batches:
+        return
+    async with cur.copy(
+        "COPY ingest_ledger (received_at, topic, vehicle_id, kind, seq_first, seq_last,"
+        " n_samples, n_predictions, n_alerts, payload_bytes) FROM STDIN (FORMAT BINARY)"
+    ) as copy:
+        copy.set_types(
+            ["timestamptz", "text", "text", "text", "int8", "int8", "int4", "int4", "int4", "int4"]
+        )
+        for m in batches:
+            seqs = m.seq_range()
+            first, last = seqs if seqs else (None, None)
+            await copy.write_row(
+                (
+                    m.received_at,
+                    m.topic,
+                    m.vehicle_id,
+                    m.kind.value,
+                    first,
+                    last,
+                    len(m.batch.samples),
+                    len(m.batch.predictions),
+                    len(m.batch.alerts),
+                    m.payload_bytes,
+                )
+            )
+
+
+async def upsert_vehicles(cur: Cursor, batches: list[BatchMessage], statuses: list[StatusMessage]) -> None:
+    seen: dict[str, tuple[str, datetime, datetime]] = {}
+    for fleet, vehicle, at in [(m.fleet, m.vehicle_id, m.received_at) for m in batches] + [
+        (s.fleet, s.vehicle_id, s.received_at) for s in statuses
+    ]:
+        prior = seen.get(vehicle)
+        seen[vehicle] = (fleet, min(at, prior[1]) if prior else at, max(at, prior[2]) if prior else at)
+    if seen:
+        # Sorted: every replica locks vehicle rows in the same order.
+        await cur.executemany(
+            _UPSERT_VEHICLE, [(v, f, first, last) for v, (f, first, last) in sorted(seen.items())]
+        )
+
+
+async def upsert_statuses(cur: Cursor, statuses: list[StatusMessage]) -> None:
+    latest: dict[str, StatusMessage] = {}
+    for s in statuses:
+        if s.vehicle_id not in latest or latest[s.vehicle_id].received_at <= s.received_at:
+            latest[s.vehicle_id] = s
+    if not latest:
+        return
+    rows = [
+        (
+            s.vehicle_id,
+            s.fleet,
+            s.online,
+            Jsonb(s.document) if s.document is not None else None,
+            s.received_at,
+        )
+        for _, s in sorted(latest.items())
+    ]
+    await cur.executemany(_UPSERT_STATUS, rows)
+    facts = [
+        (_str_or_none(s.document.get("vin")), _positive_or_none(s.document.get("battery_capacity_kwh")), v)
+        for v, s in sorted(latest.items())
+        if s.document is not None and ("vin" in s.document or "battery_capacity_kwh" in s.document)
+    ]
+    if facts:
+        await cur.executemany(_UPDATE_VEHICLE_FACTS, facts)
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _positive_or_none(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None

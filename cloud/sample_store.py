@@ -1,0 +1,194 @@
+"""The sample write path: a write group's samples laid out as blocks (cloud/blocks.py), staged by
+binary COPY (cloud/block_rows.py) and stored exactly once per (vehicle, seq, ts).
+
+Storage layout and why: cloud/sql/0008_signal_blocks.native.sql. Under the per-vehicle locks the
+store took first in the transaction, a staged block above its vehicle's high-water marks ("unseen":
+its lowest seq above the highest stored, or its first ts after the latest stored) cannot repeat a
+stored sample and is inserted as it is. The others are checked: one stored before as it is (a
+redelivery) is skipped; one whose seq and time ranges meet no stored block of its vehicle and minute
+is inserted whole; one that does is decoded with those blocks ("stored"), keeps only the samples whose
+(seq, ts) is not stored ("kept") and is coded again into a block in SQL ("merged"). The minute
+aggregates of exactly the samples inserted go to rollup_log: computed with numpy per staged block
+and signal (stage_block_stats) for blocks inserted whole, in SQL for merged ones.
+
+Signal names become ids in `sample_signals`, two per signal: its scaled path (its quantum from the
+catalog, the quanta the wire uses) and its float path. `SignalDictionary` caches them per connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cache
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+
+from cloud.block_rows import COPY_SIGNATURE, COPY_TRAILER, block_rows, stats_rows
+from cloud.blocks import GroupSamples, blocks_of, unrepeated
+from cloud.ingest import BatchMessage
+from protocols.catalog import load_catalog
+
+Cursor = psycopg.AsyncCursor[tuple[object, ...]]
+
+STAGING_DDL: Final = (
+    "CREATE TEMP TABLE IF NOT EXISTS stage_blocks ("
+    " block_no integer, vehicle_id text, minute timestamptz, seq_min bigint, seq_max bigint,"
+    " ts_first timestamptz, ts_last timestamptz, n integer, signals integer[], code bytea,"
+    " exact double precision[]) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS stage_block_stats ("
+    " block_no integer, signal text, n integer, total double precision, min_value double precision,"
+    " max_value double precision) ON COMMIT DELETE ROWS",
+)
+
+_COLUMNS: Final = "vehicle_id, minute, seq_min, seq_max, ts_first, ts_last, n, signals, code, exact"
+_DECODE: Final = "block_entries({0}.minute, {0}.seq_min, {0}.n, {0}.code, {0}.exact)"
+
+_STORE_BLOCKS: Final = (
+    "WITH staged AS (SELECT s.*, s.seq_min > coalesce(v.max_sample_seq, -1)"
+    " OR s.ts_first > coalesce(v.max_sample_ts, '-infinity') AS unseen"
+    " FROM stage_blocks AS s JOIN vehicles AS v ON v.vehicle_id = s.vehicle_id),"
+    # stored blocks that may hold one of the block's samples: same vehicle and minute, ranges meeting
+    " meeting AS (SELECT s.block_no, e.* FROM staged AS s JOIN sample_blocks AS e"
+    " ON e.vehicle_id = s.vehicle_id AND e.minute = s.minute AND e.seq_min <= s.seq_max"
+    " AND e.seq_max >= s.seq_min AND e.ts_first <= s.ts_last AND e.ts_last >= s.ts_first"
+    " WHERE NOT s.unseen),"
+    " checked AS (SELECT s.*, EXISTS (SELECT 1 FROM meeting AS m WHERE m.block_no = s.block_no) AS meets"
+    " FROM staged AS s WHERE NOT s.unseen AND NOT EXISTS (SELECT 1 FROM meeting AS m"
+    " WHERE m.block_no = s.block_no AND m.seq_min = s.seq_min AND m.ts_first = s.ts_first"
+    " AND m.code = s.code)),"
+    " fresh AS (INSERT INTO sample_blocks (" + _COLUMNS + ")"
+    " SELECT " + _COLUMNS + " FROM staged WHERE unseen"
+    " UNION ALL SELECT " + _COLUMNS + " FROM checked WHERE NOT meets"
+    " ON CONFLICT DO NOTHING RETURNING vehicle_id, minute, seq_min, ts_first, n),"
+    " stored AS (SELECT m.block_no, x.seq, x.ts FROM meeting AS m, " + _DECODE.format("m") + " AS x),"
+    " kept AS (SELECT s.block_no, s.vehicle_id, s.minute, e.* FROM checked AS s, "
+    + _DECODE.format("s")
+    + " AS e"
+    " WHERE s.meets AND NOT EXISTS (SELECT 1 FROM stored AS t"
+    " WHERE t.block_no = s.block_no AND t.seq = e.seq AND t.ts = e.ts)),"
+    " kept_from AS (SELECT k.*, min(k.seq) OVER (PARTITION BY k.block_no) AS new_seq_min FROM kept AS k),"
+    " recoded AS (SELECT block_no, vehicle_id, minute, new_seq_min AS seq_min, max(seq) AS seq_max,"
+    " min(ts) AS ts_first, max(ts) AS ts_last, count(*)::integer AS n,"
+    " array_agg(DISTINCT signal_id ORDER BY signal_id) AS signals,"
+    " block_code(array_agg(signal_id ORDER BY i), array_agg(seq - new_seq_min ORDER BY i),"
+    " array_agg(round(extract(epoch FROM ts - minute) * 1000)::integer ORDER BY i),"
+    " array_agg(steps ORDER BY i)) AS code,"
+    " CASE WHEN count(exact) > 0 THEN array_agg(exact ORDER BY i) END AS exact"
+    " FROM kept_from GROUP BY block_no, vehicle_id, minute, new_seq_min),"
+    " merged AS (INSERT INTO sample_blocks (" + _COLUMNS + ") SELECT " + _COLUMNS + " FROM recoded"
+    " ON CONFLICT DO NOTHING RETURNING vehicle_id, minute, seq_min, ts_first, n)"
+)
+_INSERTED_COUNT: Final = (
+    " SELECT (SELECT coalesce(sum(n), 0) FROM fresh) + (SELECT coalesce(sum(n), 0) FROM merged)"
+)
+# The minute aggregates of exactly what was inserted: whole blocks' from the staged statistics,
+# merged blocks' from their kept samples.
+STORE_SAMPLES: Final = (
+    _STORE_BLOCKS
+    + ", logged AS (INSERT INTO rollup_log (vehicle_id, signal, bucket, n, total, min_value, max_value)"
+    " SELECT s.vehicle_id, t.signal, s.minute, t.n, t.total, t.min_value, t.max_value"
+    " FROM fresh AS f JOIN staged AS s ON (s.vehicle_id, s.minute, s.seq_min, s.ts_first)"
+    " = (f.vehicle_id, f.minute, f.seq_min, f.ts_first)"
+    " JOIN stage_block_stats AS t ON t.block_no = s.block_no"
+    " UNION ALL SELECT k.vehicle_id, d.name, k.minute, count(*), sum(v.value), min(v.value), max(v.value)"
+    " FROM kept AS k JOIN sample_signals AS d ON d.id = k.signal_id"
+    " JOIN recoded AS r ON r.block_no = k.block_no JOIN merged AS g ON (g.vehicle_id, g.minute, g.seq_min,"
+    " g.ts_first) = (r.vehicle_id, r.minute, r.seq_min, r.ts_first),"
+    " LATERAL (SELECT coalesce(k.exact, k.steps * d.quantum) AS value) AS v"
+    " GROUP BY k.vehicle_id, d.name, k.minute)" + _INSERTED_COUNT
+)
+
+
+@cache
+def default_quanta() -> dict[str, float]:
+    """The catalog's quanta (protocols/catalog.toml): the steps the agents send values in."""
+    return load_catalog().quanta()
+
+
+class SignalDictionary:
+    """Signal name -> its ids in `sample_signals` (scaled path, float path), cached; new names are
+    added in their own short transaction (ids are never changed, so a rolled-back write loses
+    nothing)."""
+
+    def __init__(self, quanta: Mapping[str, float]) -> None:
+        self._quanta = dict(quanta)
+        self._ids: dict[str, tuple[int, int]] = {}
+        self.names: dict[int, str] = {}  # float-path id -> name
+
+    def quantum(self, name: str) -> float:
+        return self._quanta.get(name, float("nan"))
+
+    async def learn(self, conn: psycopg.AsyncConnection[tuple[object, ...]], names: set[str]) -> None:
+        missing = sorted(names - self._ids.keys())
+        if not missing:
+            return
+        quanta = [self._quanta.get(name) for name in missing]
+        async with conn.transaction(), conn.cursor() as cur:
+            await cur.execute(
+                "INSERT INTO sample_signals (name, quantum)"
+                " SELECT name, quantum FROM unnest(%s::text[], %s::float8[]) AS u(name, quantum)"
+                " UNION ALL SELECT name, NULL FROM unnest(%s::text[]) AS u(name)"
+                " ORDER BY 1, 2 ON CONFLICT DO NOTHING",
+                (missing, quanta, missing),
+            )
+            await cur.execute("SELECT name, quantum, id FROM sample_signals WHERE name = ANY(%s)", (missing,))
+            found: dict[tuple[str, float | None], int] = {}
+            for name, quantum, sid in await cur.fetchall():
+                assert isinstance(name, str) and isinstance(sid, int)
+                found[(name, quantum if isinstance(quantum, float) else None)] = sid
+        for name, quantum in zip(missing, quanta, strict=True):
+            float_id = found[(name, None)]
+            self._ids[name] = (found[(name, quantum)] if quantum is not None else float_id, float_id)
+            self.names[float_id] = name
+
+    def columns(
+        self, names: Sequence[str]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int32], npt.NDArray[np.int32]]:
+        """Per name: quantum (NaN: none), scaled-path id, float-path id (learnt before, for every name
+        a sample uses)."""
+        ids = [self._ids.get(name, (-1, -1)) for name in names]  # -1: a name no sample uses
+        return (
+            np.array([self.quantum(name) for name in names], dtype=np.float64),
+            np.array([i[0] for i in ids], dtype=np.int32),
+            np.array([i[1] for i in ids], dtype=np.int32),
+        )
+
+
+def used_signals(batches: Sequence[BatchMessage]) -> set[str]:
+    """The signal names the group's samples use (a message's name table may list more: the names of
+    records ingest refused)."""
+    return {
+        m.samples.signals[k]
+        for m in batches
+        if len(m.samples)
+        for k in np.unique(m.samples.signal_index).tolist()
+    }
+
+
+async def stage_samples(cur: Cursor, batches: list[BatchMessage], signals: SignalDictionary) -> int:
+    """COPY the group's samples (those not repeated within the group) as blocks into stage_blocks and
+    their rollup statistics into stage_block_stats; return how many samples the group carried. One
+    layout for the whole group (numpy's fixed cost per call is paid once, not per message)."""
+    blocks = blocks_of(GroupSamples.of(unrepeated(batches), signals.columns))
+    if len(blocks):
+        async with cur.copy(
+            "COPY stage_blocks (block_no, " + _COLUMNS + ") FROM STDIN (FORMAT BINARY)"
+        ) as copy:
+            rows = block_rows([m.vehicle_id for m in batches], blocks)
+            await copy.write(b"".join((COPY_SIGNATURE, rows, COPY_TRAILER)))
+        async with cur.copy(
+            "COPY stage_block_stats (block_no, signal, n, total, min_value, max_value)"
+            " FROM STDIN (FORMAT BINARY)"
+        ) as copy:
+            await copy.write(b"".join((COPY_SIGNATURE, stats_rows(signals.names, blocks), COPY_TRAILER)))
+    return sum(len(m.samples) for m in batches)
+
+
+async def store_samples(cur: Cursor) -> int:
+    """Insert the staged blocks (de-duplicated, see the module) and log their minute aggregates;
+    return how many samples were inserted."""
+    await cur.execute(STORE_SAMPLES.encode())
+    row = await cur.fetchone()
+    return int(str(row[0])) if row else 0
