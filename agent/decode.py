@@ -26,6 +26,13 @@ value, a value outside the DBC's [minimum, maximum] or not finite ("out_of_range
 0xFF… for "not available"). A frame longer than its message is decoded (padding is normal). J1939
 adds a DM1 payload off its layout ("dm1_malformed") and the transport problems of
 `agent.j1939.TransportProblem` ("tp_timeout", "tp_sequence", ...).
+
+Most frames repeat the payload their id carried last, with values the sampling policy refuses until a
+minimum interval or a heartbeat has passed. After decoding a frame, `Decoder` notes for how long the
+samplers would refuse every value of it again (`SignalSampler.refusal_window`); a frame of the same plan
+with the same payload inside that window is not decoded at all (`DecodeStats.frames_not_due`). A kept value
+of any of its signals ends the window. The samples kept are the same (tests/integration/test_due_skip.py
+compares recorded hours); the value counters (`values_decoded`, `out_of_range`, ...) count decoded frames.
 """
 
 from __future__ import annotations
@@ -73,6 +80,7 @@ class Decoded:
     values: tuple[tuple[SignalSpec, float], ...] = ()
     skipped: SkipKind | None = None
     out_of_range: tuple[SignalSpec, ...] = ()  # values dropped from an otherwise decoded frame
+    plan: object = None  # the decoder's plan of the frame (`FrameDecoder.remember`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +110,7 @@ class _SignalPlan:
     mux_ids: frozenset[int] | None  # the multiplexer values that carry it; None: every frame
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # hashed by identity: the key of its `DueSignals`
 class _FramePlan:
     spec: FrameSpec
     is_extended: bool
@@ -110,7 +118,8 @@ class _FramePlan:
     signals: tuple[_SignalPlan, ...]
     fast: bool  # every catalog signal has a bit field: no cantools call per frame
     mux: _BitField | None = None
-    mux_values: frozenset[int] = frozenset()
+    # A fast multiplexed frame: per multiplexer value the DBC defines, the plan of the signals it carries.
+    by_mux: Mapping[int, _FramePlan] | None = None
 
 
 def _bit_field(signal: Signal, length: int) -> _BitField | None:
@@ -177,7 +186,36 @@ def _frame_plan(spec: FrameSpec) -> _FramePlan:
     )
     if mux is None or not values:
         return replace(plan, fast=False)
-    return replace(plan, mux=mux, mux_values=values)
+    if not fast:
+        return replace(plan, mux=mux)  # cantools decodes it, mux and all
+    by_mux = {
+        value: replace(plan, signals=tuple(s for s in signals if s.mux_ids is None or value in s.mux_ids))
+        for value in values
+    }
+    return replace(plan, mux=mux, by_mux=by_mux)
+
+
+def _mux_plan(plan: _FramePlan, data: bytes) -> _FramePlan | None:
+    """The plan of a fast multiplexed frame's multiplexer value; None for a value the DBC does not define."""
+    mux, by_mux = plan.mux, plan.by_mux
+    assert mux is not None and by_mux is not None
+    whole = int.from_bytes(data[: plan.length], "big" if mux.big_endian else "little")
+    raw = (whole >> mux.shift) & mux.mask
+    if raw & mux.sign_bit:
+        raw -= mux.sign_bit << 1
+    return by_mux.get(int(raw * mux.scale + mux.offset))
+
+
+class _Repeat:
+    """A plan's last decoded payload and values, and (once a repeat asks) the window `[start, end)` in
+    which the samplers refuse all of those values."""
+
+    __slots__ = ("data", "end", "start", "values")
+
+    def __init__(self, data: bytes, values: tuple[tuple[SignalSpec, float], ...]) -> None:
+        self.data, self.values = data, values
+        self.start: float = math.inf
+        self.end: float | None = None
 
 
 class FrameDecoder:
@@ -187,8 +225,17 @@ class FrameDecoder:
     without a cantools call per frame; a frame with a float signal or nested multiplexing goes through
     cantools' `decode_simple`. Both give the same numbers (the round-trip and Kona tests compare them)."""
 
-    def __init__(self, frames: Mapping[int, FrameSpec]) -> None:
+    def __init__(
+        self, frames: Mapping[int, FrameSpec], samplers: Mapping[str, SignalSampler] | None = None
+    ) -> None:
+        """With `samplers` (canonical name → the sampler its values go to), `decode` returns `NOT_DUE` for a
+        frame that repeats the payload `remember`ed for its plan inside the window where those samplers
+        refuse all of its values; the caller reports each kept value through `kept`."""
         self._plans: dict[int, _FramePlan] = {}  # exact ids, and J1939 ids once matched
+        self._samplers = samplers
+        self._repeats: dict[_FramePlan, _Repeat] = {}
+        self._plans_of_signal: dict[str, list[_FramePlan]] = {}
+        self._registered: set[_FramePlan] = set()
         self._by_pgn: dict[int, list[FrameSpec]] = {}
         self._pgn_plans: dict[tuple[int, int], _FramePlan | None] = {}  # (PGN, sender) → plan
         for frame_id, spec in frames.items():
@@ -217,9 +264,49 @@ class FrameDecoder:
             if len(self._plans) < MAX_MATCHED_IDS and frame.arbitration_id not in self._plans:
                 self._plans[frame.arbitration_id] = plan
         data = frame.data
-        if plan.fast and len(data) >= plan.length:  # the hot path: no further call
+        if len(data) < plan.length:
+            return _SKIPPED[SkipKind.SHORT]
+        if plan.by_mux is not None:
+            selected = _mux_plan(plan, data)
+            if selected is None:
+                return _SKIPPED[SkipKind.UNKNOWN_MUX]
+            plan = selected
+        if (repeat := self._repeats.get(plan)) is not None and repeat.data == data:
+            if repeat.end is None:
+                self._window(repeat)
+            if repeat.start <= frame.ts < repeat.end:  # type: ignore[operator]  # every value refused again
+                return NOT_DUE
+        if plan.fast:  # the hot path: no further call
             return _decode_fields(plan, data)
         return self._decode_data(plan, data)
+
+    def kept(self, name: str) -> None:
+        """Signal `name`'s sampler kept a value: the windows of the frames carrying it end."""
+        for plan in self._plans_of_signal.get(name, ()):
+            self._repeats.pop(plan, None)
+
+    def remember(self, decoded: Decoded, data: bytes) -> None:
+        """After `decoded` (of a frame with payload `data`) went through the samplers: until when they
+        refuse all of its values again, so that a repeat of `data` in that window need not be decoded."""
+        plan = decoded.plan
+        if self._samplers is None or not isinstance(plan, _FramePlan):
+            return
+        self._repeats[plan] = _Repeat(data, decoded.values)  # its window: when a repeat comes
+        if plan not in self._registered:
+            self._registered.add(plan)
+            for signal in plan.signals:
+                self._plans_of_signal.setdefault(signal.spec.name, []).append(plan)
+
+    def _window(self, repeat: _Repeat) -> None:
+        assert self._samplers is not None
+        start, end = -math.inf, math.inf
+        for spec, value in repeat.values:
+            window = self._samplers[spec.name].refusal_window(value)
+            if window is None:  # not offered (cannot be after `remember`): decode it
+                start, end = math.inf, -math.inf
+                break
+            start, end = max(start, window[0]), min(end, window[1])
+        repeat.start, repeat.end = start, end
 
     def decode_group(self, pgn: int, source: int, data: bytes) -> Decoded:
         """A J1939 parameter group reassembled from a transport session, as a frame of that PGN."""
@@ -249,7 +336,8 @@ class FrameDecoder:
         if len(data) < plan.length:
             return _SKIPPED[SkipKind.SHORT]
         if plan.fast:
-            return _decode_fields(plan, data)
+            selected = plan if plan.by_mux is None else _mux_plan(plan, data)
+            return _SKIPPED[SkipKind.UNKNOWN_MUX] if selected is None else _decode_fields(selected, data)
         try:
             # decode_simple: decode() without the container dispatch; longer data is truncated to
             # the message length (allow_excess), shorter was refused above.
@@ -268,28 +356,19 @@ class FrameDecoder:
                 values.append((signal.spec, value))
             else:
                 out_of_range.append(signal.spec)
-        return Decoded(values=tuple(values), out_of_range=tuple(out_of_range))
+        return Decoded(values=tuple(values), out_of_range=tuple(out_of_range), plan=plan)
 
 
 def _decode_fields(plan: _FramePlan, data: bytes) -> Decoded:
-    """The bit-field path of `FrameDecoder.decode` (the hot loop of the agent: kept flat on purpose)."""
+    """The bit-field path of `FrameDecoder.decode` (the hot loop of the agent: kept flat on purpose). A
+    multiplexed frame comes here as the plan of its multiplexer value (`_mux_plan`)."""
     if len(data) > plan.length:
         data = data[: plan.length]
     little = int.from_bytes(data, "little")
     big = int.from_bytes(data, "big")
-    mux_value: int | None = None
-    if (mux := plan.mux) is not None:
-        raw = ((big if mux.big_endian else little) >> mux.shift) & mux.mask
-        if raw & mux.sign_bit:
-            raw -= mux.sign_bit << 1
-        mux_value = int(raw * mux.scale + mux.offset)
-        if mux_value not in plan.mux_values:
-            return _SKIPPED[SkipKind.UNKNOWN_MUX]
     values: list[tuple[SignalSpec, float]] = []
     out_of_range: list[SignalSpec] = []
     for signal in plan.signals:
-        if signal.mux_ids is not None and mux_value not in signal.mux_ids:
-            continue  # a multiplexed signal of another mux value
         field = signal.field
         assert field is not None  # plan.fast
         raw = ((big if field.big_endian else little) >> field.shift) & field.mask
@@ -300,10 +379,12 @@ def _decode_fields(plan: _FramePlan, data: bytes) -> Decoded:
             values.append((signal.spec, value))
         else:
             out_of_range.append(signal.spec)
-    return Decoded(values=tuple(values), out_of_range=tuple(out_of_range))
+    return Decoded(values=tuple(values), out_of_range=tuple(out_of_range), plan=plan)
 
 
 _SKIPPED = {kind: Decoded(skipped=kind) for kind in SkipKind}
+NOT_DUE = Decoded()
+"""What `FrameDecoder.decode` returns (this object) for a repeated frame whose values would all be refused."""
 
 
 def decode_frame(frame: Frame, frames: Mapping[int, FrameSpec]) -> Decoded:
@@ -320,6 +401,7 @@ class DecodeStats:
 
     frames_in: int = 0
     frames_decoded: int = 0  # frames that yielded at least one in-range catalog value
+    frames_not_due: int = 0  # repeated frames not decoded: the sampling policy would refuse all their values
     skipped: dict[str, int] = field(
         default_factory=lambda: {kind.value: 0 for kind in (*SkipKind, *TransportProblem)}
     )
@@ -336,24 +418,35 @@ class Decoder:
     """The decode stage of one bus: frames → samples, through the catalog and its policies."""
 
     def __init__(
-        self, catalog: Catalog, *, bus: str = "", apply_policy: bool = True, on_dm1: Dm1Hook | None = None
+        self,
+        catalog: Catalog,
+        *,
+        bus: str = "",
+        apply_policy: bool = True,
+        on_dm1: Dm1Hook | None = None,
+        skip_not_due: bool = True,
     ) -> None:
+        """`skip_not_due=False` decodes every frame (the same samples; for tests and benches)."""
         self.bus = bus
         self.stats = DecodeStats()
         self.on_dm1 = on_dm1
-        self._decoder = FrameDecoder(catalog.frames())
-        dm1_specs = catalog.dm1_signals()
-        self._j1939 = J1939Layer(dm1_specs) if self._decoder.has_j1939 or dm1_specs else None
         self._apply_policy = apply_policy
         self._samplers: dict[str, SignalSampler] = {
             spec.name: SignalSampler(spec.policy) for spec in catalog if spec.source != "gps"
         }
+        self._narrow = apply_policy and skip_not_due
+        self._decoder = FrameDecoder(catalog.frames(), self._samplers if self._narrow else None)
+        dm1_specs = catalog.dm1_signals()
+        self._j1939 = J1939Layer(dm1_specs) if self._decoder.has_j1939 or dm1_specs else None
         self._logged: set[str] = set()
 
     def process(self, frame: Frame) -> list[Sample]:
         """Decode one frame and apply the sampling policy; never raises on bad input."""
         self.stats.frames_in += 1
         decoded = self._decoder.decode(frame)
+        if decoded is NOT_DUE:
+            self.stats.frames_not_due += 1
+            return []
         if decoded.skipped is not None:
             if decoded.skipped is SkipKind.UNKNOWN_ID and self._j1939 is not None and frame.is_extended:
                 offered = self._j1939.offer(frame)
@@ -361,7 +454,10 @@ class Decoder:
                     return self._j1939_groups(frame, offered.groups, offered.problems)
             self._skip(decoded.skipped, frame, 1)
             return []
-        return self._keep(frame, decoded)
+        samples = self._keep(frame, decoded)
+        if decoded.values and self._narrow:
+            self._decoder.remember(decoded, frame.data)
+        return samples
 
     def _j1939_groups(
         self, frame: Frame, groups: list[Group], problems: list[TransportProblem]
@@ -405,9 +501,11 @@ class Decoder:
         ts = frame.ts
         samples: list[Sample] = []
         for spec, value in decoded.values:
-            if self._apply_policy and not self._samplers[spec.name].offer(ts, value):
-                stats.samples_suppressed += 1
-                continue
+            if self._apply_policy:
+                if not self._samplers[spec.name].offer(ts, value):
+                    stats.samples_suppressed += 1
+                    continue
+                self._decoder.kept(spec.name)
             samples.append(Sample(ts, spec.name, value, spec.priority))
         stats.samples_kept += len(samples)
         return samples
