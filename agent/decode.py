@@ -70,6 +70,7 @@ class SkipKind(StrEnum):
     DM1_MALFORMED = "dm1_malformed"
 
 
+RUN_BATCH = 256  # frames `Decoder.run` takes from its inbox at once
 MAX_MATCHED_IDS = 4096  # J1939 identifiers kept in the exact-id table; beyond, matched per frame
 
 
@@ -515,16 +516,24 @@ class Decoder:
         slow consumer slows the decoder, and the sources' bounded queues count the drops).
         `inbox.task_done()` follows each frame, so `await inbox.join()` drains the stage."""
         while True:
-            frame = await inbox.get()
+            batch = [await inbox.get()]  # then what is already there: one await per batch, not per frame
+            while len(batch) < RUN_BATCH and not inbox.empty():
+                batch.append(inbox.get_nowait())
+            done = 0
             try:
-                samples = self._process_guarded(frame)
-                for sample in samples:
-                    if outbox.full():
-                        await outbox.put(sample)
-                    else:
-                        outbox.put_nowait(sample)
-            finally:
-                inbox.task_done()
+                for frame in batch:
+                    try:
+                        for sample in self._process_guarded(frame):
+                            if outbox.full():
+                                await outbox.put(sample)
+                            else:
+                                outbox.put_nowait(sample)
+                    finally:
+                        done += 1
+                        inbox.task_done()
+            finally:  # cancelled mid-batch: the frames not processed are done too (a replay has halted)
+                for _ in range(len(batch) - done):
+                    inbox.task_done()
 
     def _process_guarded(self, frame: Frame) -> list[Sample]:
         try:
