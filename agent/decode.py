@@ -514,7 +514,9 @@ class Decoder:
     async def run(self, inbox: asyncio.Queue[Frame], outbox: asyncio.Queue[Sample]) -> None:
         """Until cancelled: frames from `inbox` → samples to `outbox` (waits when it is full, so a
         slow consumer slows the decoder, and the sources' bounded queues count the drops).
-        `inbox.task_done()` follows each frame, so `await inbox.join()` drains the stage."""
+        `inbox.task_done()` follows each frame, so `await inbox.join()` drains the stage; an inbox with
+        a `halt()` method (`ReplayFrameQueue`) hears of a frame cut short before its samples were all put."""
+        halt: Callable[[], object] | None = getattr(inbox, "halt", None)
         while True:
             batch = [await inbox.get()]  # then what is already there: one await per batch, not per frame
             while len(batch) < RUN_BATCH and not inbox.empty():
@@ -528,10 +530,14 @@ class Decoder:
                                 await outbox.put(sample)
                             else:
                                 outbox.put_nowait(sample)
+                    except BaseException:  # cancelled while waiting to put: the frame is cut short
+                        if halt is not None:
+                            halt()
+                        raise
                     finally:
                         done += 1
                         inbox.task_done()
-            finally:  # cancelled mid-batch: the frames not processed are done too (a replay has halted)
+            finally:  # cut short mid-batch: the frames not processed are done too (a replay has halted)
                 for _ in range(len(batch) - done):
                     inbox.task_done()
 
