@@ -42,14 +42,14 @@ import csv
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TextIO
 
-from cantools.database.can import Signal
 from cantools.database.errors import DecodeError as CantoolsDecodeError
 
+from agent.decode_plans import FramePlan, frame_plan, mux_plan
 from agent.j1939 import Group, J1939Layer, TransportProblem
 from agent.logfiles import FrameLog
 from agent.records import Frame, Sample
@@ -84,129 +84,6 @@ class Decoded:
     plan: object = None  # the decoder's plan of the frame (`FrameDecoder.remember`)
 
 
-@dataclass(frozen=True, slots=True)
-class _BitField:
-    """Where an integer signal sits in a payload read as one integer, and its linear conversion.
-
-    Little-endian (Intel) signals are contiguous bits of the payload read little-endian, big-endian
-    (Motorola) ones of the payload read big-endian; `shift` is the position of the signal's least
-    significant bit in that integer. The value is cantools' own arithmetic, `raw * scale + offset`,
-    with cantools' own `scale` and `offset` objects, so the result is the same number."""
-
-    big_endian: bool
-    shift: int
-    mask: int
-    sign_bit: int  # 0 for an unsigned signal
-    scale: int | float
-    offset: int | float
-
-
-@dataclass(frozen=True, slots=True)
-class _SignalPlan:
-    dbc_signal: str
-    spec: SignalSpec
-    low: float  # -inf when the DBC gives no range
-    high: float
-    field: _BitField | None  # None: this frame goes through cantools
-    mux_ids: frozenset[int] | None  # the multiplexer values that carry it; None: every frame
-
-
-@dataclass(frozen=True, slots=True, eq=False)  # hashed by identity: the key of its `DueSignals`
-class _FramePlan:
-    spec: FrameSpec
-    is_extended: bool
-    length: int
-    signals: tuple[_SignalPlan, ...]
-    fast: bool  # every catalog signal has a bit field: no cantools call per frame
-    mux: _BitField | None = None
-    # A fast multiplexed frame: per multiplexer value the DBC defines, the plan of the signals it carries.
-    by_mux: Mapping[int, _FramePlan] | None = None
-
-
-def _bit_field(signal: Signal, length: int) -> _BitField | None:
-    """The signal as a bit field, or None when only cantools should decode it (floats, odd layouts)."""
-    conversion = signal.conversion
-    scale, offset = getattr(conversion, "scale", None), getattr(conversion, "offset", None)
-    if signal.is_float or not isinstance(scale, int | float) or not isinstance(offset, int | float):
-        return None
-    if signal.byte_order == "little_endian":
-        shift = signal.start
-    else:  # sawtooth start bit of the most significant bit → its position in the big-endian integer
-        msb = (length - 1 - signal.start // 8) * 8 + signal.start % 8
-        shift = msb - (signal.length - 1)
-    if shift < 0 or shift + signal.length > 8 * length:
-        return None
-    return _BitField(
-        big_endian=signal.byte_order != "little_endian",
-        shift=shift,
-        mask=(1 << signal.length) - 1,
-        sign_bit=1 << (signal.length - 1) if signal.is_signed else 0,
-        scale=scale,
-        offset=offset,
-    )
-
-
-def _signal_plan(spec: FrameSpec, dbc_signal: str, signal_spec: SignalSpec) -> _SignalPlan:
-    signal = spec.message.get_signal_by_name(dbc_signal)
-    low, high = signal.minimum, signal.maximum
-    if low == 0 and high == 0:
-        low = high = None  # [0|0] is how many DBC writers say "no range given"
-    # Raw values are whole steps of `scale`: half a step of slack absorbs float rounding only.
-    slack = abs(float(signal.scale)) / 2 if signal.scale else 1e-9
-    mux_ids = signal.multiplexer_ids
-    return _SignalPlan(
-        dbc_signal=dbc_signal,
-        spec=signal_spec,
-        low=-math.inf if low is None else float(low) - slack,
-        high=math.inf if high is None else float(high) + slack,
-        field=_bit_field(signal, int(spec.message.length)),
-        mux_ids=frozenset(mux_ids) if signal.multiplexer_signal is not None and mux_ids else None,
-    )
-
-
-def _frame_plan(spec: FrameSpec) -> _FramePlan:
-    message = spec.message
-    length = int(message.length)
-    signals = tuple(_signal_plan(spec, name, s) for name, s in spec.signals)
-    fast = all(signal.field is not None for signal in signals)
-    plan = _FramePlan(spec, bool(message.is_extended_frame), length, signals, fast)
-    if not message.is_multiplexed():
-        return plan
-    # One level of multiplexing, one multiplexer: decoded here; anything else goes through cantools.
-    multiplexers = {s.name for s in message.signals if s.is_multiplexer}
-    nested = any(s.multiplexer_signal is not None for s in message.signals if s.is_multiplexer)
-    if len(multiplexers) != 1 or nested:
-        return replace(plan, fast=False)
-    mux_signal = message.get_signal_by_name(next(iter(multiplexers)))
-    mux = _bit_field(mux_signal, length)
-    values = frozenset(  # cantools' tree: a mux value may carry no signal but itself (is not unknown)
-        value
-        for node in message.signal_tree
-        if isinstance(node, dict)
-        for value in node.get(mux_signal.name, {})
-    )
-    if mux is None or not values:
-        return replace(plan, fast=False)
-    if not fast:
-        return replace(plan, mux=mux)  # cantools decodes it, mux and all
-    by_mux = {
-        value: replace(plan, signals=tuple(s for s in signals if s.mux_ids is None or value in s.mux_ids))
-        for value in values
-    }
-    return replace(plan, mux=mux, by_mux=by_mux)
-
-
-def _mux_plan(plan: _FramePlan, data: bytes) -> _FramePlan | None:
-    """The plan of a fast multiplexed frame's multiplexer value; None for a value the DBC does not define."""
-    mux, by_mux = plan.mux, plan.by_mux
-    assert mux is not None and by_mux is not None
-    whole = int.from_bytes(data[: plan.length], "big" if mux.big_endian else "little")
-    raw = (whole >> mux.shift) & mux.mask
-    if raw & mux.sign_bit:
-        raw -= mux.sign_bit << 1
-    return by_mux.get(int(raw * mux.scale + mux.offset))
-
-
 class _Repeat:
     """A plan's last decoded payload and values, and (once a repeat asks) the window `[start, end)` in
     which the samplers refuse all of those values."""
@@ -232,18 +109,18 @@ class FrameDecoder:
         """With `samplers` (canonical name → the sampler its values go to), `decode` returns `NOT_DUE` for a
         frame that repeats the payload `remember`ed for its plan inside the window where those samplers
         refuse all of its values; the caller reports each kept value through `kept`."""
-        self._plans: dict[int, _FramePlan] = {}  # exact ids, and J1939 ids once matched
+        self._plans: dict[int, FramePlan] = {}  # exact ids, and J1939 ids once matched
         self._samplers = samplers
-        self._repeats: dict[_FramePlan, _Repeat] = {}
-        self._plans_of_signal: dict[str, list[_FramePlan]] = {}
-        self._registered: set[_FramePlan] = set()
+        self._repeats: dict[FramePlan, _Repeat] = {}
+        self._plans_of_signal: dict[str, list[FramePlan]] = {}
+        self._registered: set[FramePlan] = set()
         self._by_pgn: dict[int, list[FrameSpec]] = {}
-        self._pgn_plans: dict[tuple[int, int], _FramePlan | None] = {}  # (PGN, sender) → plan
+        self._pgn_plans: dict[tuple[int, int], FramePlan | None] = {}  # (PGN, sender) → plan
         for frame_id, spec in frames.items():
             if spec.message.protocol == "j1939" and spec.message.is_extended_frame:
                 self._by_pgn.setdefault(split_id(frame_id).pgn, []).append(spec)
             else:
-                self._plans[frame_id] = _frame_plan(spec)
+                self._plans[frame_id] = frame_plan(spec)
 
     @property
     def has_j1939(self) -> bool:
@@ -268,7 +145,7 @@ class FrameDecoder:
         if len(data) < plan.length:
             return _SKIPPED[SkipKind.SHORT]
         if plan.by_mux is not None:
-            selected = _mux_plan(plan, data)
+            selected = mux_plan(plan, data)
             if selected is None:
                 return _SKIPPED[SkipKind.UNKNOWN_MUX]
             plan = selected
@@ -290,7 +167,7 @@ class FrameDecoder:
         """After `decoded` (of a frame with payload `data`) went through the samplers: until when they
         refuse all of its values again, so that a repeat of `data` in that window need not be decoded."""
         plan = decoded.plan
-        if self._samplers is None or not isinstance(plan, _FramePlan):
+        if self._samplers is None or not isinstance(plan, FramePlan):
             return
         self._repeats[plan] = _Repeat(data, decoded.values)  # its window: when a repeat comes
         if plan not in self._registered:
@@ -314,7 +191,7 @@ class FrameDecoder:
         plan = self._pgn_plan(pgn, source)
         return _SKIPPED[SkipKind.UNKNOWN_ID] if plan is None else self._decode_data(plan, data)
 
-    def _pgn_plan(self, pgn: int, source: int) -> _FramePlan | None:
+    def _pgn_plan(self, pgn: int, source: int) -> FramePlan | None:
         """The plan of the DBC message of `pgn` for frames from `source`, with the catalog signals that
         take that sender's frames; None when none does."""
         specs = self._by_pgn.get(pgn)
@@ -325,19 +202,19 @@ class FrameDecoder:
             return self._pgn_plans[key]
         if len(specs) > 1:  # the DBC tells the senders of this PGN apart: each message its own
             specs = [spec for spec in specs if spec.message.frame_id & 0xFF == source]
-        plan: _FramePlan | None = None
+        plan: FramePlan | None = None
         if len(specs) == 1:
             signals = tuple(s for s in specs[0].signals if s[1].source_address in (None, source))
             if signals:
-                plan = _frame_plan(FrameSpec(specs[0].message, signals))
+                plan = frame_plan(FrameSpec(specs[0].message, signals))
         self._pgn_plans[key] = plan
         return plan
 
-    def _decode_data(self, plan: _FramePlan, data: bytes) -> Decoded:
+    def _decode_data(self, plan: FramePlan, data: bytes) -> Decoded:
         if len(data) < plan.length:
             return _SKIPPED[SkipKind.SHORT]
         if plan.fast:
-            selected = plan if plan.by_mux is None else _mux_plan(plan, data)
+            selected = plan if plan.by_mux is None else mux_plan(plan, data)
             return _SKIPPED[SkipKind.UNKNOWN_MUX] if selected is None else _decode_fields(selected, data)
         try:
             # decode_simple: decode() without the container dispatch; longer data is truncated to
@@ -360,7 +237,7 @@ class FrameDecoder:
         return Decoded(values=tuple(values), out_of_range=tuple(out_of_range), plan=plan)
 
 
-def _decode_fields(plan: _FramePlan, data: bytes) -> Decoded:
+def _decode_fields(plan: FramePlan, data: bytes) -> Decoded:
     """The bit-field path of `FrameDecoder.decode` (the hot loop of the agent: kept flat on purpose). A
     multiplexed frame comes here as the plan of its multiplexer value (`_mux_plan`)."""
     if len(data) > plan.length:
