@@ -26,6 +26,13 @@ value, a value outside the DBC's [minimum, maximum] or not finite ("out_of_range
 0xFF… for "not available"). A frame longer than its message is decoded (padding is normal). J1939
 adds a DM1 payload off its layout ("dm1_malformed") and the transport problems of
 `agent.j1939.TransportProblem` ("tp_timeout", "tp_sequence", ...).
+
+Most frames repeat the payload their id carried last, with values the sampling policy refuses until a
+minimum interval or a heartbeat has passed. After decoding a frame, `Decoder` notes for how long the
+samplers would refuse every value of it again (`SignalSampler.refusal_window`); a frame of the same plan
+with the same payload inside that window is not decoded at all (`DecodeStats.frames_not_due`). A kept value
+of any of its signals ends the window. The samples kept are the same (tests/integration/test_due_skip.py
+compares recorded hours); the value counters (`values_decoded`, `out_of_range`, ...) count decoded frames.
 """
 
 from __future__ import annotations
@@ -35,14 +42,14 @@ import csv
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TextIO
 
-from cantools.database.can import Signal
 from cantools.database.errors import DecodeError as CantoolsDecodeError
 
+from agent.decode_plans import FramePlan, frame_plan, mux_plan
 from agent.j1939 import Group, J1939Layer, TransportProblem
 from agent.logfiles import FrameLog
 from agent.records import Frame, Sample
@@ -63,6 +70,7 @@ class SkipKind(StrEnum):
     DM1_MALFORMED = "dm1_malformed"
 
 
+RUN_BATCH = 256  # frames `Decoder.run` takes from its inbox at once
 MAX_MATCHED_IDS = 4096  # J1939 identifiers kept in the exact-id table; beyond, matched per frame
 
 
@@ -73,111 +81,19 @@ class Decoded:
     values: tuple[tuple[SignalSpec, float], ...] = ()
     skipped: SkipKind | None = None
     out_of_range: tuple[SignalSpec, ...] = ()  # values dropped from an otherwise decoded frame
+    plan: object = None  # the decoder's plan of the frame (`FrameDecoder.remember`)
 
 
-@dataclass(frozen=True, slots=True)
-class _BitField:
-    """Where an integer signal sits in a payload read as one integer, and its linear conversion.
+class _Repeat:
+    """A plan's last decoded payload and values, and (once a repeat asks) the window `[start, end)` in
+    which the samplers refuse all of those values."""
 
-    Little-endian (Intel) signals are contiguous bits of the payload read little-endian, big-endian
-    (Motorola) ones of the payload read big-endian; `shift` is the position of the signal's least
-    significant bit in that integer. The value is cantools' own arithmetic, `raw * scale + offset`,
-    with cantools' own `scale` and `offset` objects, so the result is the same number."""
+    __slots__ = ("data", "end", "start", "values")
 
-    big_endian: bool
-    shift: int
-    mask: int
-    sign_bit: int  # 0 for an unsigned signal
-    scale: int | float
-    offset: int | float
-
-
-@dataclass(frozen=True, slots=True)
-class _SignalPlan:
-    dbc_signal: str
-    spec: SignalSpec
-    low: float  # -inf when the DBC gives no range
-    high: float
-    field: _BitField | None  # None: this frame goes through cantools
-    mux_ids: frozenset[int] | None  # the multiplexer values that carry it; None: every frame
-
-
-@dataclass(frozen=True, slots=True)
-class _FramePlan:
-    spec: FrameSpec
-    is_extended: bool
-    length: int
-    signals: tuple[_SignalPlan, ...]
-    fast: bool  # every catalog signal has a bit field: no cantools call per frame
-    mux: _BitField | None = None
-    mux_values: frozenset[int] = frozenset()
-
-
-def _bit_field(signal: Signal, length: int) -> _BitField | None:
-    """The signal as a bit field, or None when only cantools should decode it (floats, odd layouts)."""
-    conversion = signal.conversion
-    scale, offset = getattr(conversion, "scale", None), getattr(conversion, "offset", None)
-    if signal.is_float or not isinstance(scale, int | float) or not isinstance(offset, int | float):
-        return None
-    if signal.byte_order == "little_endian":
-        shift = signal.start
-    else:  # sawtooth start bit of the most significant bit → its position in the big-endian integer
-        msb = (length - 1 - signal.start // 8) * 8 + signal.start % 8
-        shift = msb - (signal.length - 1)
-    if shift < 0 or shift + signal.length > 8 * length:
-        return None
-    return _BitField(
-        big_endian=signal.byte_order != "little_endian",
-        shift=shift,
-        mask=(1 << signal.length) - 1,
-        sign_bit=1 << (signal.length - 1) if signal.is_signed else 0,
-        scale=scale,
-        offset=offset,
-    )
-
-
-def _signal_plan(spec: FrameSpec, dbc_signal: str, signal_spec: SignalSpec) -> _SignalPlan:
-    signal = spec.message.get_signal_by_name(dbc_signal)
-    low, high = signal.minimum, signal.maximum
-    if low == 0 and high == 0:
-        low = high = None  # [0|0] is how many DBC writers say "no range given"
-    # Raw values are whole steps of `scale`: half a step of slack absorbs float rounding only.
-    slack = abs(float(signal.scale)) / 2 if signal.scale else 1e-9
-    mux_ids = signal.multiplexer_ids
-    return _SignalPlan(
-        dbc_signal=dbc_signal,
-        spec=signal_spec,
-        low=-math.inf if low is None else float(low) - slack,
-        high=math.inf if high is None else float(high) + slack,
-        field=_bit_field(signal, int(spec.message.length)),
-        mux_ids=frozenset(mux_ids) if signal.multiplexer_signal is not None and mux_ids else None,
-    )
-
-
-def _frame_plan(spec: FrameSpec) -> _FramePlan:
-    message = spec.message
-    length = int(message.length)
-    signals = tuple(_signal_plan(spec, name, s) for name, s in spec.signals)
-    fast = all(signal.field is not None for signal in signals)
-    plan = _FramePlan(spec, bool(message.is_extended_frame), length, signals, fast)
-    if not message.is_multiplexed():
-        return plan
-    # One level of multiplexing, one multiplexer: decoded here; anything else goes through cantools.
-    multiplexers = {s.name for s in message.signals if s.is_multiplexer}
-    nested = any(s.multiplexer_signal is not None for s in message.signals if s.is_multiplexer)
-    if len(multiplexers) != 1 or nested:
-        return replace(plan, fast=False)
-    mux_signal = message.get_signal_by_name(next(iter(multiplexers)))
-    mux = _bit_field(mux_signal, length)
-    values = frozenset(  # cantools' tree: a mux value may carry no signal but itself (is not unknown)
-        value
-        for node in message.signal_tree
-        if isinstance(node, dict)
-        for value in node.get(mux_signal.name, {})
-    )
-    if mux is None or not values:
-        return replace(plan, fast=False)
-    return replace(plan, mux=mux, mux_values=values)
+    def __init__(self, data: bytes, values: tuple[tuple[SignalSpec, float], ...]) -> None:
+        self.data, self.values = data, values
+        self.start: float = math.inf
+        self.end: float | None = None
 
 
 class FrameDecoder:
@@ -187,15 +103,24 @@ class FrameDecoder:
     without a cantools call per frame; a frame with a float signal or nested multiplexing goes through
     cantools' `decode_simple`. Both give the same numbers (the round-trip and Kona tests compare them)."""
 
-    def __init__(self, frames: Mapping[int, FrameSpec]) -> None:
-        self._plans: dict[int, _FramePlan] = {}  # exact ids, and J1939 ids once matched
+    def __init__(
+        self, frames: Mapping[int, FrameSpec], samplers: Mapping[str, SignalSampler] | None = None
+    ) -> None:
+        """With `samplers` (canonical name → the sampler its values go to), `decode` returns `NOT_DUE` for a
+        frame that repeats the payload `remember`ed for its plan inside the window where those samplers
+        refuse all of its values; the caller reports each kept value through `kept`."""
+        self._plans: dict[int, FramePlan] = {}  # exact ids, and J1939 ids once matched
+        self._samplers = samplers
+        self._repeats: dict[FramePlan, _Repeat] = {}
+        self._plans_of_signal: dict[str, list[FramePlan]] = {}
+        self._registered: set[FramePlan] = set()
         self._by_pgn: dict[int, list[FrameSpec]] = {}
-        self._pgn_plans: dict[tuple[int, int], _FramePlan | None] = {}  # (PGN, sender) → plan
+        self._pgn_plans: dict[tuple[int, int], FramePlan | None] = {}  # (PGN, sender) → plan
         for frame_id, spec in frames.items():
             if spec.message.protocol == "j1939" and spec.message.is_extended_frame:
                 self._by_pgn.setdefault(split_id(frame_id).pgn, []).append(spec)
             else:
-                self._plans[frame_id] = _frame_plan(spec)
+                self._plans[frame_id] = frame_plan(spec)
 
     @property
     def has_j1939(self) -> bool:
@@ -217,16 +142,56 @@ class FrameDecoder:
             if len(self._plans) < MAX_MATCHED_IDS and frame.arbitration_id not in self._plans:
                 self._plans[frame.arbitration_id] = plan
         data = frame.data
-        if plan.fast and len(data) >= plan.length:  # the hot path: no further call
+        if len(data) < plan.length:
+            return _SKIPPED[SkipKind.SHORT]
+        if plan.by_mux is not None:
+            selected = mux_plan(plan, data)
+            if selected is None:
+                return _SKIPPED[SkipKind.UNKNOWN_MUX]
+            plan = selected
+        if (repeat := self._repeats.get(plan)) is not None and repeat.data == data:
+            if repeat.end is None:
+                self._window(repeat)
+            if repeat.start <= frame.ts < repeat.end:  # type: ignore[operator]  # every value refused again
+                return NOT_DUE
+        if plan.fast:  # the hot path: no further call
             return _decode_fields(plan, data)
         return self._decode_data(plan, data)
+
+    def kept(self, name: str) -> None:
+        """Signal `name`'s sampler kept a value: the windows of the frames carrying it end."""
+        for plan in self._plans_of_signal.get(name, ()):
+            self._repeats.pop(plan, None)
+
+    def remember(self, decoded: Decoded, data: bytes) -> None:
+        """After `decoded` (of a frame with payload `data`) went through the samplers: until when they
+        refuse all of its values again, so that a repeat of `data` in that window need not be decoded."""
+        plan = decoded.plan
+        if self._samplers is None or not isinstance(plan, FramePlan):
+            return
+        self._repeats[plan] = _Repeat(data, decoded.values)  # its window: when a repeat comes
+        if plan not in self._registered:
+            self._registered.add(plan)
+            for signal in plan.signals:
+                self._plans_of_signal.setdefault(signal.spec.name, []).append(plan)
+
+    def _window(self, repeat: _Repeat) -> None:
+        assert self._samplers is not None
+        start, end = -math.inf, math.inf
+        for spec, value in repeat.values:
+            window = self._samplers[spec.name].refusal_window(value)
+            if window is None:  # not offered (cannot be after `remember`): decode it
+                start, end = math.inf, -math.inf
+                break
+            start, end = max(start, window[0]), min(end, window[1])
+        repeat.start, repeat.end = start, end
 
     def decode_group(self, pgn: int, source: int, data: bytes) -> Decoded:
         """A J1939 parameter group reassembled from a transport session, as a frame of that PGN."""
         plan = self._pgn_plan(pgn, source)
         return _SKIPPED[SkipKind.UNKNOWN_ID] if plan is None else self._decode_data(plan, data)
 
-    def _pgn_plan(self, pgn: int, source: int) -> _FramePlan | None:
+    def _pgn_plan(self, pgn: int, source: int) -> FramePlan | None:
         """The plan of the DBC message of `pgn` for frames from `source`, with the catalog signals that
         take that sender's frames; None when none does."""
         specs = self._by_pgn.get(pgn)
@@ -237,19 +202,20 @@ class FrameDecoder:
             return self._pgn_plans[key]
         if len(specs) > 1:  # the DBC tells the senders of this PGN apart: each message its own
             specs = [spec for spec in specs if spec.message.frame_id & 0xFF == source]
-        plan: _FramePlan | None = None
+        plan: FramePlan | None = None
         if len(specs) == 1:
             signals = tuple(s for s in specs[0].signals if s[1].source_address in (None, source))
             if signals:
-                plan = _frame_plan(FrameSpec(specs[0].message, signals))
+                plan = frame_plan(FrameSpec(specs[0].message, signals))
         self._pgn_plans[key] = plan
         return plan
 
-    def _decode_data(self, plan: _FramePlan, data: bytes) -> Decoded:
+    def _decode_data(self, plan: FramePlan, data: bytes) -> Decoded:
         if len(data) < plan.length:
             return _SKIPPED[SkipKind.SHORT]
         if plan.fast:
-            return _decode_fields(plan, data)
+            selected = plan if plan.by_mux is None else mux_plan(plan, data)
+            return _SKIPPED[SkipKind.UNKNOWN_MUX] if selected is None else _decode_fields(selected, data)
         try:
             # decode_simple: decode() without the container dispatch; longer data is truncated to
             # the message length (allow_excess), shorter was refused above.
@@ -268,28 +234,19 @@ class FrameDecoder:
                 values.append((signal.spec, value))
             else:
                 out_of_range.append(signal.spec)
-        return Decoded(values=tuple(values), out_of_range=tuple(out_of_range))
+        return Decoded(values=tuple(values), out_of_range=tuple(out_of_range), plan=plan)
 
 
-def _decode_fields(plan: _FramePlan, data: bytes) -> Decoded:
-    """The bit-field path of `FrameDecoder.decode` (the hot loop of the agent: kept flat on purpose)."""
+def _decode_fields(plan: FramePlan, data: bytes) -> Decoded:
+    """The bit-field path of `FrameDecoder.decode` (the hot loop of the agent: kept flat on purpose). A
+    multiplexed frame comes here as the plan of its multiplexer value (`_mux_plan`)."""
     if len(data) > plan.length:
         data = data[: plan.length]
     little = int.from_bytes(data, "little")
     big = int.from_bytes(data, "big")
-    mux_value: int | None = None
-    if (mux := plan.mux) is not None:
-        raw = ((big if mux.big_endian else little) >> mux.shift) & mux.mask
-        if raw & mux.sign_bit:
-            raw -= mux.sign_bit << 1
-        mux_value = int(raw * mux.scale + mux.offset)
-        if mux_value not in plan.mux_values:
-            return _SKIPPED[SkipKind.UNKNOWN_MUX]
     values: list[tuple[SignalSpec, float]] = []
     out_of_range: list[SignalSpec] = []
     for signal in plan.signals:
-        if signal.mux_ids is not None and mux_value not in signal.mux_ids:
-            continue  # a multiplexed signal of another mux value
         field = signal.field
         assert field is not None  # plan.fast
         raw = ((big if field.big_endian else little) >> field.shift) & field.mask
@@ -300,10 +257,12 @@ def _decode_fields(plan: _FramePlan, data: bytes) -> Decoded:
             values.append((signal.spec, value))
         else:
             out_of_range.append(signal.spec)
-    return Decoded(values=tuple(values), out_of_range=tuple(out_of_range))
+    return Decoded(values=tuple(values), out_of_range=tuple(out_of_range), plan=plan)
 
 
 _SKIPPED = {kind: Decoded(skipped=kind) for kind in SkipKind}
+NOT_DUE = Decoded()
+"""What `FrameDecoder.decode` returns (this object) for a repeated frame whose values would all be refused."""
 
 
 def decode_frame(frame: Frame, frames: Mapping[int, FrameSpec]) -> Decoded:
@@ -320,6 +279,7 @@ class DecodeStats:
 
     frames_in: int = 0
     frames_decoded: int = 0  # frames that yielded at least one in-range catalog value
+    frames_not_due: int = 0  # repeated frames not decoded: the sampling policy would refuse all their values
     skipped: dict[str, int] = field(
         default_factory=lambda: {kind.value: 0 for kind in (*SkipKind, *TransportProblem)}
     )
@@ -336,24 +296,35 @@ class Decoder:
     """The decode stage of one bus: frames → samples, through the catalog and its policies."""
 
     def __init__(
-        self, catalog: Catalog, *, bus: str = "", apply_policy: bool = True, on_dm1: Dm1Hook | None = None
+        self,
+        catalog: Catalog,
+        *,
+        bus: str = "",
+        apply_policy: bool = True,
+        on_dm1: Dm1Hook | None = None,
+        skip_not_due: bool = True,
     ) -> None:
+        """`skip_not_due=False` decodes every frame (the same samples; for tests and benches)."""
         self.bus = bus
         self.stats = DecodeStats()
         self.on_dm1 = on_dm1
-        self._decoder = FrameDecoder(catalog.frames())
-        dm1_specs = catalog.dm1_signals()
-        self._j1939 = J1939Layer(dm1_specs) if self._decoder.has_j1939 or dm1_specs else None
         self._apply_policy = apply_policy
         self._samplers: dict[str, SignalSampler] = {
             spec.name: SignalSampler(spec.policy) for spec in catalog if spec.source != "gps"
         }
+        self._narrow = apply_policy and skip_not_due
+        self._decoder = FrameDecoder(catalog.frames(), self._samplers if self._narrow else None)
+        dm1_specs = catalog.dm1_signals()
+        self._j1939 = J1939Layer(dm1_specs) if self._decoder.has_j1939 or dm1_specs else None
         self._logged: set[str] = set()
 
     def process(self, frame: Frame) -> list[Sample]:
         """Decode one frame and apply the sampling policy; never raises on bad input."""
         self.stats.frames_in += 1
         decoded = self._decoder.decode(frame)
+        if decoded is NOT_DUE:
+            self.stats.frames_not_due += 1
+            return []
         if decoded.skipped is not None:
             if decoded.skipped is SkipKind.UNKNOWN_ID and self._j1939 is not None and frame.is_extended:
                 offered = self._j1939.offer(frame)
@@ -361,7 +332,10 @@ class Decoder:
                     return self._j1939_groups(frame, offered.groups, offered.problems)
             self._skip(decoded.skipped, frame, 1)
             return []
-        return self._keep(frame, decoded)
+        samples = self._keep(frame, decoded)
+        if decoded.values and self._narrow:
+            self._decoder.remember(decoded, frame.data)
+        return samples
 
     def _j1939_groups(
         self, frame: Frame, groups: list[Group], problems: list[TransportProblem]
@@ -405,9 +379,11 @@ class Decoder:
         ts = frame.ts
         samples: list[Sample] = []
         for spec, value in decoded.values:
-            if self._apply_policy and not self._samplers[spec.name].offer(ts, value):
-                stats.samples_suppressed += 1
-                continue
+            if self._apply_policy:
+                if not self._samplers[spec.name].offer(ts, value):
+                    stats.samples_suppressed += 1
+                    continue
+                self._decoder.kept(spec.name)
             samples.append(Sample(ts, spec.name, value, spec.priority))
         stats.samples_kept += len(samples)
         return samples
@@ -415,18 +391,32 @@ class Decoder:
     async def run(self, inbox: asyncio.Queue[Frame], outbox: asyncio.Queue[Sample]) -> None:
         """Until cancelled: frames from `inbox` → samples to `outbox` (waits when it is full, so a
         slow consumer slows the decoder, and the sources' bounded queues count the drops).
-        `inbox.task_done()` follows each frame, so `await inbox.join()` drains the stage."""
+        `inbox.task_done()` follows each frame, so `await inbox.join()` drains the stage; an inbox with
+        a `halt()` method (`ReplayFrameQueue`) hears of a frame cut short before its samples were all put."""
+        halt: Callable[[], object] | None = getattr(inbox, "halt", None)
         while True:
-            frame = await inbox.get()
+            batch = [await inbox.get()]  # then what is already there: one await per batch, not per frame
+            while len(batch) < RUN_BATCH and not inbox.empty():
+                batch.append(inbox.get_nowait())
+            done = 0
             try:
-                samples = self._process_guarded(frame)
-                for sample in samples:
-                    if outbox.full():
-                        await outbox.put(sample)
-                    else:
-                        outbox.put_nowait(sample)
-            finally:
-                inbox.task_done()
+                for frame in batch:
+                    try:
+                        for sample in self._process_guarded(frame):
+                            if outbox.full():
+                                await outbox.put(sample)
+                            else:
+                                outbox.put_nowait(sample)
+                    except BaseException:  # cancelled while waiting to put: the frame is cut short
+                        if halt is not None:
+                            halt()
+                        raise
+                    finally:
+                        done += 1
+                        inbox.task_done()
+            finally:  # cut short mid-batch: the frames not processed are done too (a replay has halted)
+                for _ in range(len(batch) - done):
+                    inbox.task_done()
 
     def _process_guarded(self, frame: Frame) -> list[Sample]:
         try:

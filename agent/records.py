@@ -7,16 +7,16 @@ GPS fixes cross as `protocols.nmea.GpsFix`; what leaves the buffer crosses as th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 from can import Message
 
 from protocols.catalog import Priority
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One CAN frame as the interface delivered it."""
+class Frame(NamedTuple):
+    """One CAN frame as the interface delivered it. A named tuple, immutable like the records below: one is
+    built per frame on the bus, ~4× faster than a frozen dataclass."""
 
     bus: str  # configured bus name, e.g. "traction"
     ts: float  # interface timestamp, Unix epoch seconds (not the moment we decoded it)

@@ -91,6 +91,28 @@ class SignalSampler:
         self._last_value = value
         return True
 
+    def refusal_window(self, value: float) -> tuple[float, float] | None:
+        """`(start, end)`: `offer(ts, value)` with this same value refuses it for every `ts` in `[start, end)`
+        (until another value is kept); None before the first kept value. Within the deadband of the last
+        kept value that lasts until the heartbeat (`max_interval_s`), otherwise until `min_interval_s` has
+        passed. A decoder may skip a frame repeating one it has seen inside this window (`agent.decode`)."""
+        last_ts = self._last_ts
+        if last_ts is None:
+            return None
+        policy = self.policy
+        if abs(value - self._last_value) < policy.deadband:
+            span = policy.max_interval_s
+        else:
+            span = min(policy.min_interval_s, policy.max_interval_s)
+        # `offer` tests `ts - last_ts < span`; the end is the first float where that turns false (the
+        # rounded sum may be off by an ulp either way).
+        end = last_ts + span
+        while end > last_ts and end - last_ts >= span:
+            end = math.nextafter(end, -math.inf)
+        while end - last_ts < span:
+            end = math.nextafter(end, math.inf)
+        return last_ts, end
+
 
 @dataclass(frozen=True, slots=True)
 class SignalSpec:

@@ -25,9 +25,9 @@ is by counting, on the event loop, where every step is synchronous between await
   largest noted position whose samples were all among the items taken. The queues are FIFO, so those
   samples are in this batch or an earlier commit; a frame half-way through the decoder is not counted.
 
-A decoder cancelled mid-frame (a shutdown that ran out of time) calls `task_done()` from its `finally`;
-the queue sees the cancellation and stops advancing the position for the rest of the run, so the next
-run re-reads that frame rather than skipping samples that were never stored.
+A decoder cancelled mid-frame (a shutdown that ran out of time) calls `halt()` before `task_done()`: the
+queue stops advancing the position for the rest of the run, so the next run re-reads that frame rather
+than skipping samples that were never stored.
 
 The sampling policy keeps per-signal state (last kept value and time). So that a resumed run keeps
 exactly the samples an uninterrupted run would, the skipped frames are not just skipped: they are handed
@@ -102,14 +102,15 @@ class ReplayFrameQueue(asyncio.Queue[Frame]):
         self._noted: deque[tuple[int, int]] = deque()  # (position, samples put by then), increasing
         self._halted = False
 
+    def halt(self) -> None:
+        """The consumer was cut short in the middle of a frame (cancelled): the position stays where it is."""
+        if not self._halted:
+            self._halted = True
+            log.warning("replay position frozen at %d: a frame was cut short at shutdown", self._position)
+
     def task_done(self) -> None:
         super().task_done()
         if self._halted:
-            return
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():  # the decoder was cancelled mid-frame
-            self._halted = True
-            log.warning("replay position frozen at %d: a frame was cut short at shutdown", self._position)
             return
         self._position += 1
         entry = (self._position, self._samples.put_total)
@@ -182,7 +183,10 @@ class ReplaySource:
                         delay = start + (frame.ts - first_ts) - loop.time()
                         if delay > 0 and await self._stopped_within(delay):
                             return
-                    await outbox.put(frame)
+                    if outbox.full():
+                        await outbox.put(frame)
+                    else:
+                        outbox.put_nowait(frame)
                     self.stats.frames += 1
                 await asyncio.sleep(0)  # let the loop breathe between chunks, even with room to spare
         finally:
