@@ -10,6 +10,8 @@ Between two computations the process adds samples, as the agent does, so caches 
 Printed: median and p99 over the ticks, of thread CPU time and of wall time, beside the same figures in the
 same run for the plain formulation of the step-function primitives (numpy's functions, `np.unique` grids:
 `PLAIN` below), and the ratio. On a shared machine wall p99 counts time the scheduler gave other processes.
+Then where the agent computes them: on the event loop's thread (as it does) against a worker thread while
+the loop's thread decodes frames (as it did): the worker waits for the GIL, up to the 5 ms switch interval.
 
 Models: load time and p50 / p99 per prediction. No assertions: the numbers go into the model cards and the
 report.
@@ -18,12 +20,15 @@ report.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
+import itertools
 import math
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from agent.decode import Decoder  # noqa: E402
 from agent.logfiles import FrameLog  # noqa: E402
+from agent.records import Frame  # noqa: E402
 from models import features  # noqa: E402
 from models.features import Series  # noqa: E402
 from models.runtime import load_model  # noqa: E402
@@ -119,6 +125,34 @@ def paced_feature_ms(
     return wall, cpu, window.sample_count()
 
 
+def decode_busy(frames: list[Frame], stop: threading.Event) -> None:
+    """The event loop's work while a worker computes features: decoding frames, until `stop`."""
+    decoder = Decoder(load_catalog(DEFAULT_CATALOG), bus="busy")
+    while not stop.is_set():
+        for frame in frames:
+            decoder.process(frame)
+
+
+def threaded_feature_ms(window: features.FeatureWindow, t: float, frames: list[Frame], n: int) -> list[float]:
+    """Wall ms of `features_at` run in a worker thread (as `asyncio.to_thread` would) while this process's
+    other thread decodes frames."""
+    stop = threading.Event()
+    busy = threading.Thread(target=decode_busy, args=(frames, stop), daemon=True)
+    busy.start()
+    out: list[float] = []
+    try:
+        for _ in range(n):
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                a = time.perf_counter()
+                pool.submit(window.features_at, t).result()
+                out.append((time.perf_counter() - a) * 1e3)
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        busy.join()
+    return out
+
+
 def p99(values: list[float]) -> float:
     return float(np.percentile(values, 99))
 
@@ -137,6 +171,8 @@ def main() -> None:
             command = [sys.executable, "-m", "simulator", "record", "--duration", "1h", "--out", str(log)]
             subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
         samples = recorded_samples(log)
+        with FrameLog(log, "busy") as reader:
+            frames = list(itertools.islice(reader, 2000))
     span_min = (samples[-1][0] - samples[0][0]) / 60.0 if samples else 0.0
     print(
         f"log: {log.name}, {len(samples)} kept samples over {span_min:.0f} min; "
@@ -162,8 +198,20 @@ def main() -> None:
         "scheduler gave other processes)"
     )
     x = features.FeatureWindow(utc_offset_h=3.0)
-    x.add_many(samples[-20_000:])
-    row = x.features_at(samples[-1][0])
+    x.add_many(samples)
+    t_end = samples[-1][0]
+    inline = []
+    for _ in range(200):
+        a = time.perf_counter()
+        x.features_at(t_end)
+        inline.append((time.perf_counter() - a) * 1e3)
+    threaded = threaded_feature_ms(x, t_end, frames, 200)
+    print(
+        f"on the loop's thread: wall median {statistics.median(inline):.3f} ms, p99 {p99(inline):.3f} ms | "
+        f"worker thread, loop decoding: median {statistics.median(threaded):.3f} ms, "
+        f"p99 {p99(threaded):.3f} ms"
+    )
+    row = x.features_at(t_end)
     for path in sorted(MODELS.glob("*.onnx")):
         a = time.perf_counter()
         model = load_model(path)
