@@ -4,21 +4,22 @@ baseline (bench/baseline_agent.py) in the same run.
     python bench/agent_footprint.py [--runs 5] [--duration 10m] [--python PYTHON] [--broker HOST:PORT]
 
 Workload: one recording of `voltgate-sim record` (default 10 minutes of simulated bus) replayed as four buses
-(four `[[replay]]` sources of the same log, `speed = "max"`, so the frame and sample queues fill up to their
-bounds: the worst case a stalled stage would reach on live buses), the shipped catalog and models, uplink to
-the local Mosquitto. Three processes per run, one after the other (the order rotates between runs):
+(four `[[replay]]` sources of the same log at `speed = "max"`: the sources read as fast as the bounded queues
+take frames, more than live buses deliver), the shipped catalog and models, uplink to the local Mosquitto.
+Three processes per run, one after the other (the order rotates between runs):
 
 * ours, models on: the shipped models (`[inference]` defaults), four buses;
 * ours, no models: `[inference] models = []`, four buses (what the agent costs without onnxruntime);
 * baseline: the straightforward agent of bench/agent_throughput.py (python-can LogReader → cantools →
   the same sampling policy → SQLite executemany → JSON over MQTT), one bus (it reads one log), no models.
 
-Figures: peak RSS (VmHWM of /proc, read once every replay has reached its end and two seconds more, so the
-models have run) and start-up (process start → ready for its first frame: the agent's "running" log line,
-the baseline's "first frame" line), median and range over `--runs`, and ours ÷ baseline. It also prints
-which optional packages the interpreter can import: where python-can finds asammdf (this repository's `mf4`
-extra), `import can` loads asammdf and pandas too; a gateway's `.[edge]` install has neither, so measure
-with `--python` of a venv holding only `.[edge]`.
+Figures: peak RSS (VmHWM of /proc, read two seconds after every replay has reached its end and, models on,
+every model has logged its load) and start-up (process start → ready for its first frame: the agent's
+"running" log line, the baseline's "first frame" line), median and range over `--runs`, and ours ÷ baseline.
+It also prints which optional packages the interpreter can import, and the peak RSS each heavy import adds
+to a bare interpreter on its own (and onnxruntime with the shipped models' sessions). Where python-can
+finds asammdf (this repository's `mf4` extra), `import can` loads asammdf and pandas too; a gateway's
+`.[edge]` install has neither, so measure with `--python` of a venv holding only `.[edge]`.
 """
 
 from __future__ import annotations
@@ -40,7 +41,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BUSES = 4
+MODEL_LOADS = tuple(f"model {p.stem} version" for p in sorted((REPO / "models").glob("*.onnx")))
 OPTIONAL = ("onnxruntime", "numpy", "cantools", "can", "asammdf", "pandas", "sklearn")
+HEAVY = ("numpy", "onnxruntime", "cantools", "can", "pydantic_settings", "aiomqtt", "prometheus_client")
+SESSIONS = (
+    "import onnxruntime as o, pathlib; "
+    "[o.InferenceSession(str(p), providers=['CPUExecutionProvider'])"
+    " for p in pathlib.Path('models').glob('*.onnx')]"
+)
 
 
 @dataclass(frozen=True)
@@ -66,9 +74,33 @@ def importable(python: str) -> dict[str, bool]:
     return found
 
 
-def measure(command: list[str], ready: str, done: str, count: int, stdin_open: bool) -> Figures:
+def import_rss_mb(python: str, statement: str) -> float:
+    """Peak RSS (MB) of `python -c statement`."""
+    probe = f"{statement}\nimport resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    out = subprocess.run([python, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    return int(out.split()[-1]) / 1024
+
+
+def import_costs(python: str, found: dict[str, bool]) -> str:
+    bare = import_rss_mb(python, "pass")
+    costs = [
+        f"{name} +{import_rss_mb(python, f'import {name}') - bare:.0f}"
+        for name in HEAVY
+        if found.get(name, True)
+    ]
+    if found.get("onnxruntime"):
+        costs.append(
+            f"onnxruntime with the shipped models' sessions +{import_rss_mb(python, SESSIONS) - bare:.0f}"
+        )
+    return f"peak RSS of a bare interpreter {bare:.0f} MB; alone, each import adds (MB): " + ", ".join(costs)
+
+
+def measure(
+    command: list[str], ready: str, done: str, count: int, stdin_open: bool, needs: tuple[str, ...] = ()
+) -> Figures:
     """Start `command`; start-up is the time to the first stderr line holding `ready`; peak RSS is read
-    two seconds after `count` lines holding `done`. The process is then stopped (SIGTERM, or stdin closed)."""
+    two seconds after `count` lines holding `done` and a line holding each of `needs`. The process is then
+    stopped (SIGTERM, or stdin closed)."""
     started = time.perf_counter()
     process = subprocess.Popen(
         command,
@@ -90,10 +122,9 @@ def measure(command: list[str], ready: str, done: str, count: int, stdin_open: b
             lines.append(line)
             if "ready" not in marks and ready in line:
                 marks["ready"] = time.perf_counter()
-            if done in line:
-                ends += 1
-                if ends >= count:
-                    finished.set()
+            ends += done in line
+            if ends >= count and all(any(n in x for x in lines) for n in needs):
+                finished.set()
 
     threading.Thread(target=watch, daemon=True).start()
     try:
@@ -139,6 +170,7 @@ def main() -> None:
     found = importable(args.python)
     print(f"interpreter: {args.python}")
     print("importable: " + ", ".join(f"{m} {'yes' if ok else 'no'}" for m, ok in found.items()))
+    print(import_costs(args.python, found))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         log = work / "bus.log"
@@ -159,7 +191,8 @@ def main() -> None:
                 else:
                     config = agent_config(work, log, args.broker, models=kind == "models on")
                     command = [args.python, "-m", "agent", "run", "--config", str(config)]
-                    figures = measure(command, " running: ", ": end of ", BUSES, False)
+                    loads = MODEL_LOADS if kind == "models on" else ()
+                    figures = measure(command, " running: ", ": end of ", BUSES, False, loads)
                 results[kind].append(figures)
     print(f"log: {args.duration} of simulated bus, replayed as {BUSES} buses by ours, 1 by the baseline")
     base = results["baseline"]
