@@ -78,12 +78,12 @@ def _explain(problems: list[str]) -> int:
     return EXIT_USAGE
 
 
-def _load(config: Path) -> AgentSettings | list[str]:
+def _load(config: Path, catalogs: dict[str, Catalog] | None = None) -> AgentSettings | list[str]:
     try:
         settings = load_settings(config)
     except ConfigError as err:
         return [str(err)]
-    problems = preflight(settings)
+    problems = preflight(settings, catalogs)
     return problems or settings
 
 
@@ -101,14 +101,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     configure_logging()
-    loaded = _load(args.config)
+    catalogs: dict[str, Catalog] = {}  # loaded once, by the checks
+    loaded = _load(args.config, catalogs)
     if isinstance(loaded, list):
         return _explain(loaded)
     configure_logging(loaded.log_format)
     from agent.app import run
 
     try:
-        asyncio.run(run(loaded))
+        asyncio.run(run(loaded, catalogs))
     except ConfigError as err:
         return _explain([str(err)])
     except KeyboardInterrupt:

@@ -117,8 +117,15 @@ class _CounterSync:
 class Agent:
     """The whole agent for one `AgentSettings`; `await Agent(settings).run()` until `request_stop()`."""
 
-    def __init__(self, settings: AgentSettings, *, stop_timeouts: StopTimeouts = STOP_TIMEOUTS) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        stop_timeouts: StopTimeouts = STOP_TIMEOUTS,
+        catalogs: Mapping[str, Catalog] | None = None,
+    ) -> None:
         self.settings = settings
+        self._catalogs = catalogs  # already loaded by the checks; else `run` loads them
         self.stop_timeouts = stop_timeouts
         self.samples: TallyQueue[Sample] = TallyQueue(SAMPLE_QUEUE_MAX)  # counts: see agent.sources.replay
         self.replay_queues: dict[str, ReplayFrameQueue] = {}
@@ -153,7 +160,7 @@ class Agent:
 
     async def run(self) -> None:
         settings = self.settings
-        catalogs = load_catalogs(settings)
+        catalogs = self._catalogs or load_catalogs(settings)
         quanta: dict[str, float] = {}
         for catalog in catalogs.values():
             quanta.update(catalog.quanta())
@@ -614,6 +621,6 @@ async def _finish(stage: str, tasks: list[asyncio.Task[None]], timeout_s: float)
         await asyncio.wait(pending)
 
 
-async def run(settings: AgentSettings) -> None:
-    """Run the agent until SIGTERM/SIGINT, then shut down in stages."""
-    await Agent(settings).run()
+async def run(settings: AgentSettings, catalogs: Mapping[str, Catalog] | None = None) -> None:
+    """Run the agent until SIGTERM/SIGINT, then shut down in stages; `catalogs` as `preflight` loads them."""
+    await Agent(settings, catalogs=catalogs).run()

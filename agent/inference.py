@@ -1,7 +1,7 @@
 """On-device inference: the sample stream → features → each configured ONNX model, every `interval_s`.
 
     samples (a tap of the committer) ─► FeatureWindow ─► every interval_s of source time:
-        features_at(t) ─► soc_drop, large_drop, fault_risk (onnxruntime, 1 thread, off the loop) ─► Prediction
+        features_at(t) ─► soc_drop, large_drop, fault_risk (onnxruntime, 1 thread, on the loop) ─► Prediction
 
 Ticks fall on whole multiples of `interval_s` of source time (as training's windows do, `models.dataset`) and
 fire when a sample at or after the tick arrives; a gap in the stream (a replay jump, a parked bus coming back)
@@ -229,7 +229,8 @@ class InferenceStage:
         return tick
 
     def predict_at(self, t: float) -> list[Prediction]:
-        """Features at `t` and every model in scope (blocking: a worker thread)."""
+        """Features at `t` and every model in scope (blocking, well under a millisecond: `run` calls it on the
+        loop)."""
         self.stats.ticks += 1
         x = self.window.features_at(t)
         if math.isnan(x[_SOC]):
@@ -278,8 +279,10 @@ class InferenceStage:
             for sample in batch:
                 tick = self.add(sample)
                 if tick is not None:
-                    # The window is only touched by this coroutine, which waits for the thread.
-                    for prediction in await asyncio.to_thread(self.predict_at, tick):
+                    # On the loop, not in a worker thread: features and model runs take well under a
+                    # millisecond once a minute, while a worker thread waits for the GIL behind the decoders
+                    # (up to the 5 ms switch interval, again and again: p99 of several ms at a moment's load).
+                    for prediction in self.predict_at(tick):
                         await derived.put(prediction)
                         if self._on_prediction is not None:
                             self._on_prediction(prediction)

@@ -55,8 +55,9 @@ def _writable_problem(path: Path, what: str) -> str | None:
     return None
 
 
-def preflight(settings: AgentSettings) -> list[str]:
-    """Everything `check-config` explains beyond the settings schema, one sentence per problem."""
+def preflight(settings: AgentSettings, catalogs: dict[str, Catalog] | None = None) -> list[str]:
+    """Everything `check-config` explains beyond the settings schema, one sentence per problem. The catalogs
+    it loaded go into `catalogs` when given (`run` starts with them instead of parsing the DBCs again)."""
     problems: list[str] = []
     for bus in settings.can:
         if bus.interface not in can.interfaces.VALID_INTERFACES:
@@ -68,7 +69,9 @@ def preflight(settings: AgentSettings) -> list[str]:
         if not replay.path.is_file():
             problems.append(f"replay {replay.name!r}: log file {replay.path} does not exist")
     try:
-        load_catalogs(settings)
+        loaded = load_catalogs(settings)
+        if catalogs is not None:
+            catalogs.update(loaded)
     except ConfigError as err:
         problems.append(str(err))
     if problem := _writable_problem(settings.buffer.path, "buffer path"):

@@ -177,14 +177,20 @@ _EMPTY = Series.empty()
 
 
 # -- step-function primitives ------------------------------------------------------------------------------
+# Arrays here are short (a window of one signal), so the cost is numpy's per-call overhead: the primitives use
+# array methods (not the `np.` wrappers) and skip work whose result is known (a sorted grid needs no sort, a
+# grid past a series' first sample needs no NaN fill). The numbers are those of the plain formulation.
 def held_at(s: Series, t: float) -> float:
     """The value holding at `t`: the last sample at or before it (NaN before the first)."""
-    i = int(np.searchsorted(s.ts, t, side="right")) - 1
+    i = int(s.ts.searchsorted(t, side="right")) - 1
     return float(s.values[i]) if i >= 0 else NAN
 
 
 def _held_many(s: Series, taus: FloatArray) -> FloatArray:
-    idx = np.searchsorted(s.ts, taus, side="right") - 1
+    """The values holding at ascending times `taus`."""
+    idx = s.ts.searchsorted(taus, side="right") - 1
+    if len(idx) and idx[0] >= 0:  # ascending: every tau is at or after the first sample
+        return s.values[idx]
     out = np.full(taus.shape, NAN)
     ok = idx >= 0
     out[ok] = s.values[idx[ok]]
@@ -193,16 +199,30 @@ def _held_many(s: Series, taus: FloatArray) -> FloatArray:
 
 def _grid(t0: float, t1: float, *series: Series) -> FloatArray:
     """`t0` and every sample time in (t0, t1] of the given series, ascending and unique."""
-    parts = [np.array([t0])]
-    for s in series:
-        lo = int(np.searchsorted(s.ts, t0, side="right"))
-        hi = int(np.searchsorted(s.ts, t1, side="right"))
-        parts.append(s.ts[lo:hi])
-    return np.unique(np.concatenate(parts))
+    if len(series) == 1:  # one series: its times after t0 are ascending already
+        ts = series[0].ts
+        lo, hi = ts.searchsorted((t0, t1), side="right")
+        grid = np.empty(hi - lo + 1)
+        grid[0] = t0
+        grid[1:] = ts[lo:hi]
+    else:
+        parts = [np.array([t0])]
+        for s in series:
+            lo, hi = s.ts.searchsorted((t0, t1), side="right")
+            parts.append(s.ts[lo:hi])
+        grid = np.concatenate(parts)
+        grid.sort()
+    if len(grid) < 2:
+        return grid
+    new = grid[1:] != grid[:-1]
+    return grid if new.all() else grid[np.concatenate(([True], new))]
 
 
 def _durations(grid: FloatArray, t1: float) -> FloatArray:
-    return np.diff(np.append(grid, t1))
+    d = np.empty(len(grid))
+    d[:-1] = grid[1:] - grid[:-1]
+    d[-1] = t1 - grid[-1]
+    return d
 
 
 def _time_mean(grid: FloatArray, values: FloatArray, t1: float) -> float:

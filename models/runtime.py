@@ -2,7 +2,8 @@
 
 `load_model` refuses a model whose metadata does not match this code's features (names, order, version) with
 a `ModelMismatchError` that says what differs, so the agent can keep running the previous model. Needs only
-numpy and onnxruntime (the `edge` extra).
+numpy and onnxruntime (the `edge` extra); onnxruntime (~20 MB resident) is imported by the first `load_model`,
+so an agent with no models configured never loads it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from models.features import FEATURE_NAMES, FEATURE_VERSION, N_FEATURES, FloatArray
 
@@ -57,6 +57,8 @@ def load_model(
     feature_names: tuple[str, ...] = FEATURE_NAMES,
     feature_version: str = FEATURE_VERSION,
 ) -> LoadedModel:
+    import onnxruntime as ort  # here, not at the top: only an agent with models pays for it
+
     try:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1

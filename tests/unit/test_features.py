@@ -250,3 +250,41 @@ def test_out_of_order_samples_are_dropped_and_counted() -> None:
     w.add(T0 + 5, SPEED, 99.0)
     assert w.out_of_order == 1
     assert feat(w.features_at(T0 + 10), "speed_max_1min_kmh") == 20.0
+
+
+def _reference_grid(t0: float, t1: float, *series: Series) -> np.ndarray:
+    """The plain definition of a window's grid: t0 and the sample times in (t0, t1], sorted and unique."""
+    parts = [np.array([t0])] + [s.ts[(s.ts > t0) & (s.ts <= t1)] for s in series]
+    return np.unique(np.concatenate(parts))
+
+
+def _reference_held(s: Series, taus: np.ndarray) -> np.ndarray:
+    """The plain definition of held values: the last sample at or before each time, NaN before the first."""
+    out = np.full(taus.shape, math.nan)
+    for k, tau in enumerate(taus):
+        at_or_before = np.nonzero(s.ts <= tau)[0]
+        if len(at_or_before):
+            out[k] = s.values[at_or_before[-1]]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_window_primitives_equal_their_plain_definitions(seed: int) -> None:
+    """The fast paths of `_grid` and `_held_many` (a sorted single series, no NaN fill past a series' first
+    sample) give the plain definitions' arrays, with repeated timestamps, windows that start before a series'
+    first sample, and empty windows."""
+    from models.features import _grid, _held_many
+
+    rng = np.random.default_rng(seed)
+    series = []
+    for _ in range(3):
+        ts = np.sort(np.round(rng.uniform(100.0, 200.0, rng.integers(0, 40)), 0))  # rounding repeats times
+        series.append(Series(ts, rng.normal(size=len(ts))))
+    for _ in range(20):
+        t0 = float(rng.uniform(50.0, 210.0))
+        t1 = t0 + float(rng.choice([0.0, 1.0, 30.0, 200.0]))
+        for chosen in ([series[0]], [series[1]], series[:2], series):
+            grid = _grid(t0, t1, *chosen)
+            np.testing.assert_array_equal(grid, _reference_grid(t0, t1, *chosen))
+            for s in chosen:
+                np.testing.assert_array_equal(_held_many(s, grid), _reference_held(s, grid))

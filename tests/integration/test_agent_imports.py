@@ -1,0 +1,94 @@
+"""What `voltgate-agent run` loads into its process: onnxruntime only when models are configured, scikit-learn
+never. The agent runs as a subprocess (a replayed log, the real Mosquitto) whose exit hook lists the heavy
+modules of its `sys.modules`."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from agent.app import STOP_TIMEOUTS
+from tests.integration.conftest import Broker
+from tests.integration.test_agent_run import _write_log
+
+REPO = Path(__file__).resolve().parents[2]
+WATCHED = ("onnxruntime", "sklearn", "asammdf", "pandas")
+# Runs the agent's CLI; at exit (sys.exit runs atexit hooks) one stderr line lists the watched modules loaded.
+PROBE = f"""
+import atexit, sys
+def report():
+    loaded = sorted({{m.split(".")[0] for m in sys.modules}} & set({WATCHED!r}))
+    sys.stderr.write("LOADED " + ",".join(loaded) + "\\n")
+atexit.register(report)
+from agent.__main__ import main
+main(["run", "--config", sys.argv[1]])
+"""
+
+
+def _run_agent(broker: Broker, tmp_path: Path, inference: str, wait_for: tuple[str, ...]) -> set[str]:
+    """Replay a short log until every line of `wait_for` is in the log, stop; the watched modules loaded."""
+    log_path = tmp_path / "day.log"
+    _write_log(log_path, 50)
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f"""
+vehicle_id = "bus-imports"
+log_format = "text"
+[[replay]]
+name = "day"
+path = "{log_path}"
+speed = "max"
+[buffer]
+path = "{tmp_path / "buffer.sqlite3"}"
+[uplink]
+broker_url = "mqtt://{broker.host}:{broker.port}"
+fleet_id = "{broker.namespace}"
+client_id = "{broker.client_id("agent")}"
+[metrics]
+enabled = false
+{inference}
+"""
+    )
+    agent = subprocess.Popen(
+        [sys.executable, "-c", PROBE, str(config)], cwd=REPO, stderr=subprocess.PIPE, text=True
+    )
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def watch() -> None:
+        assert agent.stderr is not None
+        for line in agent.stderr:
+            lines.append(line)
+            if all(any(w in x for x in lines) for w in wait_for):
+                seen.set()
+
+    reader = threading.Thread(target=watch, daemon=True)
+    reader.start()
+    try:
+        assert seen.wait(60), "".join(lines[-20:])
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(STOP_TIMEOUTS.total_s + 10) == 0, "".join(lines[-20:])
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+    reader.join(10)
+    reports = [line.split(" ", 1)[1].strip() for line in lines if line.startswith("LOADED ")]
+    assert len(reports) == 1, "".join(lines[-20:])
+    return set(filter(None, reports[0].split(",")))
+
+
+def test_no_models_configured_never_imports_onnxruntime(mqtt_broker: Broker, tmp_path: Path) -> None:
+    loaded = _run_agent(mqtt_broker, tmp_path, "[inference]\nmodels = []", ("replay day: end of",))
+    assert "onnxruntime" not in loaded
+    assert "sklearn" not in loaded
+
+
+def test_configured_models_import_onnxruntime_and_never_sklearn(mqtt_broker: Broker, tmp_path: Path) -> None:
+    """The counterpart: the probe sees onnxruntime when the shipped models are loaded."""
+    loaded = _run_agent(mqtt_broker, tmp_path, "", ("replay day: end of", "model soc_drop version"))
+    assert "onnxruntime" in loaded
+    assert "sklearn" not in loaded
