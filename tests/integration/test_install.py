@@ -287,3 +287,15 @@ def test_installed_sysusers_file_makes_the_agent_user(
     assert groups["voltgate"] == gid
     assert (home, shell) == ("/var/lib/voltgate", "/usr/sbin/nologin")
     assert int(uid) < 1000  # a system user
+
+
+def test_install_module_runs_on_the_system_python_before_the_virtualenv() -> None:
+    # GIVEN no site-packages at all (-S), as Debian's python3 has no pydantic: the install must still start
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", "import agent.install, sys; print('pydantic' in sys.modules)"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr
