@@ -270,7 +270,11 @@ def install(
             raise InstallError(f"cannot read the config {example}: {err.strerror or err}") from err
         _write(target, CONFIG, text, 0o640, created_dirs)
         report.did(f"{CONFIG} from {example}: edit it (vehicle, buses, broker) before starting the agent")
-    settings = read_settings(config, target)
+    try:
+        settings = read_settings(config, target)
+    except _NeedsVenvPython:
+        print("\n".join(report.lines), flush=True)  # what this process did; the rest from the virtualenv
+        raise
 
     try:
         files = desired_files(settings, target, source)
