@@ -364,10 +364,14 @@ def uninstall(target: Target, *, purge: bool = False) -> Report:
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`install` and `uninstall`, for `voltgate-agent` and for `python3 -m agent.install`."""
     install_parser = commands.add_parser("install", help="install the agent on this gateway (idempotent)")
-    install_parser.add_argument("--root", type=Path, default=Path("/"), help="lay out files under DIR only")
-    install_parser.add_argument("--config", type=Path, default=None, help="config to install if none is")
     install_parser.add_argument(
-        "--venv", default=DEFAULT_VENV, help=f"virtualenv path (default {DEFAULT_VENV})"
+        "--root", type=Path, default=Path("/"), metavar="DIR", help="lay out files under DIR only"
+    )
+    install_parser.add_argument(
+        "--config", type=Path, default=None, metavar="SRC", help="config to install if none is"
+    )
+    install_parser.add_argument(
+        "--venv", default=DEFAULT_VENV, metavar="PATH", help=f"virtualenv path (default {DEFAULT_VENV})"
     )
     install_parser.add_argument(
         "--skip-venv", action="store_true", help="the agent is already installed in --venv by other means"
@@ -375,7 +379,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     install_parser.add_argument("--upgrade", action="store_true", help="pip-install the checkout again")
     install_parser.set_defaults(handler=cmd_install)
     uninstall_parser = commands.add_parser("uninstall", help="remove what install added")
-    uninstall_parser.add_argument("--root", type=Path, default=Path("/"), help="the root install used")
+    uninstall_parser.add_argument(
+        "--root", type=Path, default=Path("/"), metavar="DIR", help="the root install used"
+    )
     uninstall_parser.add_argument("--purge", action="store_true", help="also the config, buffer and user")
     uninstall_parser.set_defaults(handler=cmd_uninstall)
 
