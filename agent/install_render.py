@@ -92,8 +92,8 @@ def can_network(link: CanLink) -> str:
 
 def udev_rules(led_names: Sequence[str], group: str = AGENT_GROUP) -> str:
     """The LED class attributes the agent writes (`agent.leds`): brightness and trigger always, delay_on and
-    delay_off once the timer trigger exists (the kernel creates them then and announces the trigger with a
-    change event, hence `change`)."""
+    delay_off once the timer trigger exists (the kernel creates them then and announces every trigger change
+    with a change uevent carrying TRIGGER=, Linux drivers/leds/led-triggers.c, hence `change`)."""
     out = [HEADER]
     if led_names:
         out.append(
