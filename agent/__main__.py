@@ -4,6 +4,8 @@
     voltgate-agent check-config --config FILE
     voltgate-agent decode --dbc FILE [--catalog FILE] [--no-policy] LOG
     voltgate-agent catalog init --dbc FILE [--out FILE] [--force]
+    voltgate-agent install [--root DIR] [--config SRC] [--venv PATH] [--skip-venv] [--upgrade]
+    voltgate-agent uninstall [--root DIR] [--purge]
 
 Exit codes: 0 fine, 1 the agent failed at run time, 2 a user mistake (config, files, arguments) explained
 in one sentence per problem on stderr. This is the only module that calls `sys.exit`.
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Final
 
+from agent.install import add_commands as add_install_commands
 from agent.preflight import preflight
 from agent.settings import AgentSettings, ConfigError, load_settings
 from protocols.catalog import DEFAULT_CATALOG, DEFAULT_DBC, Catalog, load_catalog
@@ -232,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--out", type=Path, default=None, help="catalog file to write (default: stdout)")
     init.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     init.set_defaults(handler=cmd_catalog_init)
+
+    add_install_commands(commands)
     return parser
 
 

@@ -44,7 +44,7 @@ def test_unit_exposure_is_low(tmp_path: Path) -> None:
     )
     match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout)
     assert match, result.stdout + result.stderr
-    assert float(match.group(1)) <= 3.0, result.stdout
+    assert float(match.group(1)) <= 2.0, result.stdout
 
 
 def test_unit_is_a_notify_service_with_watchdog() -> None:
