@@ -8,11 +8,8 @@ route does; nothing here imports `cloud.api`, which imports these modules to reg
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Mapping
-from dataclasses import asdict, is_dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -89,27 +86,3 @@ def bus_id(text: str) -> str:
 async def known_bus(conn: Connection, bus: str) -> None:
     if not await queries.bus_exists(conn, bus):
         raise web.HTTPNotFound(reason=f"unknown bus {bus!r}")
-
-
-def plain(value: object) -> object:
-    """Dataclasses, dates and floats as JSON carries them: a non-finite float becomes null."""
-    if is_dataclass(value) and not isinstance(value, type):
-        return {k: plain(v) for k, v in asdict(value).items()}
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    if isinstance(value, date):
-        return value.isoformat()
-    return value
-
-
-def json_response(body: object) -> web.Response:
-    """JSON as the other /api routes answer: instants in UTC with 'Z', compact, no NaN."""
-    return web.Response(
-        text=json.dumps(plain(body), allow_nan=False, separators=(",", ":")), content_type="application/json"
-    )

@@ -47,11 +47,10 @@ from cloud.analytics_http import (
     bad_request,
     bus_id,
     day_range,
-    json_response,
     known_bus,
-    plain,
     time_zone,
 )
+from cloud.api_params import json_response, jsonable
 from cloud.settings import WebSettings
 from protocols.signals import ODOMETER
 
@@ -267,7 +266,7 @@ def to_csv(rows: list[BillingRow]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(COLUMNS)
     for row in rows:
-        record = plain(row)
+        record = jsonable(row)
         assert isinstance(record, dict)
         cells = [record[name] for name in COLUMNS]
         writer.writerow(";".join(c) if isinstance(c, list) else "" if c is None else c for c in cells)

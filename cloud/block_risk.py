@@ -44,7 +44,8 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from cloud import kpis
-from cloud.analytics_http import Connection, Pool, json_response, parse_instant
+from cloud.analytics_http import Connection, Pool, parse_instant
+from cloud.api_params import json_response
 from cloud.settings import BusOperations, OperationsSettings, WebSettings
 from protocols.predictions import SOC_DROP_HORIZON_MIN, SOC_DROP_PP
 from protocols.signals import ODOMETER, SOC
