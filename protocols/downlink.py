@@ -13,6 +13,8 @@ Layout (version 1)::
 `ts_ms` is when the cloud produced the message (Unix epoch milliseconds, UTC). Types:
 
     1  commit acknowledgement   fields = [first_0, last_0, first_1, last_1, ...]
+    2  desired configuration    (`protocols.fleet_control`)
+    3  model release            (`protocols.fleet_control`)
 
 A commit acknowledgement names sequence numbers of the topic's vehicle that the cloud has stored (or
 refused for good, e.g. a record outside the plausibility window: re-sending it would change nothing)
@@ -42,7 +44,8 @@ from protocols.errors import WireError
 DOWNLINK_VERSION: Final = 1
 MAGIC: Final = b"VD"
 HEADER: Final = MAGIC + bytes((DOWNLINK_VERSION,))
-MAX_DOWNLINK_BYTES: Final = 256 * 1024
+MAX_DOWNLINK_BYTES: Final = 5 * 1024 * 1024  # a signed model release (fleet_control.MAX_MODEL_BYTES) fits
+MAX_ACK_BYTES: Final = 256 * 1024
 MAX_ACK_RANGES: Final = 8_192
 MAX_SEQ: Final = 2**53 - 1  # as the uplink format's
 MAX_TS_MS: Final = 2**53 - 1
@@ -60,6 +63,8 @@ class UnknownDownlinkTypeError(DownlinkError):
 
 class DownlinkType(IntEnum):
     COMMIT_ACK = 1
+    DESIRED_CONFIG = 2
+    MODEL_RELEASE = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +118,7 @@ def _check_ranges(ranges: Sequence[SeqRange]) -> None:
         previous_last = last
 
 
-def _check_int(value: object, low: int, high: int, what: str) -> int:
+def check_int(value: object, low: int, high: int, what: str) -> int:
     if type(value) is not int:  # bool is not an int here
         raise DownlinkError(f"{what} must be an integer, not {type(value).__name__}")
     if not low <= value <= high:
@@ -121,23 +126,20 @@ def _check_int(value: object, low: int, high: int, what: str) -> int:
     return value
 
 
-def encode_downlink(message: DownlinkMessage) -> bytes:
-    """The payload of `message`; `DownlinkError` for anything the decoder would refuse."""
-    ts_ms = _check_int(message.ts_ms, 0, MAX_TS_MS, "ts_ms")
-    for pair in message.ranges:
-        if len(pair) != 2 or not all(type(v) is int for v in pair):
-            raise DownlinkError(f"a range is a pair of integers, not {pair!r}")
-    _check_ranges(message.ranges)
-    fields = [seq for pair in message.ranges for seq in pair]
-    body: bytes = msgpack.packb([int(DownlinkType.COMMIT_ACK), ts_ms, fields], use_bin_type=True)
+def encode_envelope(kind: DownlinkType, ts_ms: int, fields: object) -> bytes:
+    """`HEADER` + msgpack `[kind, ts_ms, fields]`; `DownlinkError` when too large or out of bounds."""
+    body: bytes = msgpack.packb(
+        [int(kind), check_int(ts_ms, 0, MAX_TS_MS, "ts_ms"), fields], use_bin_type=True
+    )
     payload = HEADER + body
     if len(payload) > MAX_DOWNLINK_BYTES:
         raise DownlinkError(f"payload of {len(payload)} bytes > {MAX_DOWNLINK_BYTES}")
     return payload
 
 
-def decode_downlink(payload: bytes) -> DownlinkMessage:
-    """Parse a downlink payload; `DownlinkError` (or `UnknownDownlinkTypeError`) on anything else."""
+def decode_envelope(payload: bytes, kinds: tuple[DownlinkType, ...]) -> tuple[DownlinkType, int, object]:
+    """Check the envelope and return (type, ts_ms, fields) for one of `kinds`; `UnknownDownlinkTypeError` for
+    a well-formed message of another type, `DownlinkError` for anything malformed."""
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise DownlinkError(f"payload must be bytes, not {type(payload).__name__}")
     data = bytes(payload)
@@ -161,16 +163,44 @@ def decode_downlink(payload: bytes) -> DownlinkMessage:
         raise DownlinkError(f"malformed body: {type(err).__name__}: {err}") from err
     if not isinstance(body, list) or len(body) != 3:
         raise DownlinkError("body must be [type, ts_ms, fields]")
-    kind = _check_int(body[0], 0, 255, "type")
-    ts_ms = _check_int(body[1], 0, MAX_TS_MS, "ts_ms")
-    if kind != DownlinkType.COMMIT_ACK:
-        raise UnknownDownlinkTypeError(f"unknown downlink message type {kind}")
-    fields = body[2]
+    kind = check_int(body[0], 0, 255, "type")
+    ts_ms = check_int(body[1], 0, MAX_TS_MS, "ts_ms")
+    if kind not in kinds:
+        raise UnknownDownlinkTypeError(
+            f"downlink message type {kind} is not one of {[int(k) for k in kinds]}"
+        )
+    return DownlinkType(kind), ts_ms, body[2]
+
+
+def message_type(payload: bytes) -> int | None:
+    """The type byte of a well-formed envelope's body, without decoding the rest (None: not an envelope)."""
+    data = bytes(payload[:8])
+    if len(data) < len(HEADER) + 2 or data[:2] != MAGIC or data[2] != DOWNLINK_VERSION or data[3] != 0x93:
+        return None  # 0x93: a msgpack array of three
+    kind = data[4]
+    return kind if kind < 0x80 else None  # a positive fixint
+
+
+def encode_downlink(message: DownlinkMessage) -> bytes:
+    """The payload of `message`; `DownlinkError` for anything the decoder would refuse."""
+    for pair in message.ranges:
+        if len(pair) != 2 or not all(type(v) is int for v in pair):
+            raise DownlinkError(f"a range is a pair of integers, not {pair!r}")
+    _check_ranges(message.ranges)
+    fields = [seq for pair in message.ranges for seq in pair]
+    return encode_envelope(DownlinkType.COMMIT_ACK, message.ts_ms, fields)
+
+
+def decode_downlink(payload: bytes) -> DownlinkMessage:
+    """Parse a commit acknowledgement; `DownlinkError` (or `UnknownDownlinkTypeError`) on anything else."""
+    if len(payload) > MAX_ACK_BYTES:
+        raise DownlinkError(f"payload of {len(payload)} bytes > {MAX_ACK_BYTES}")
+    _, ts_ms, fields = decode_envelope(payload, (DownlinkType.COMMIT_ACK,))
     if not isinstance(fields, list) or len(fields) % 2:
         raise DownlinkError("commit acknowledgement fields must be a list of first/last pairs")
     if len(fields) // 2 > MAX_ACK_RANGES:
         raise DownlinkError(f"too many ranges: {len(fields) // 2} > {MAX_ACK_RANGES}")
-    seqs = [_check_int(v, 0, MAX_SEQ, "seq") for v in fields]
+    seqs = [check_int(v, 0, MAX_SEQ, "seq") for v in fields]
     ranges = tuple(zip(seqs[0::2], seqs[1::2], strict=True))
     _check_ranges(ranges)
     return CommitAck(ts_ms, ranges)

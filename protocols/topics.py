@@ -3,9 +3,12 @@
     voltgate/v1/{fleet}/{vehicle}/telemetry        bus → cloud, wire batches (QoS 1)
     voltgate/v1/{fleet}/{vehicle}/alerts           bus → cloud, alert-only wire batches, published at once
     voltgate/v1/{fleet}/{vehicle}/status           bus → cloud, retained status; the last will says "offline"
+    voltgate/v1/{fleet}/{vehicle}/applied          bus → cloud, retained: the desired state it has applied
     voltgate/v1/{fleet}/{vehicle}/downlink/ack     cloud → bus, retained: what the cloud has stored (QoS 1)
-    voltgate/v1/{fleet}/{vehicle}/downlink/config  cloud → bus
-    voltgate/v1/{fleet}/{vehicle}/downlink/model   cloud → bus
+    voltgate/v1/{fleet}/{vehicle}/downlink/config  cloud → bus, retained: the desired configuration
+    voltgate/v1/{fleet}/{vehicle}/downlink/model/{name}  cloud → bus, retained: a signed model release
+
+Payloads of `applied`, `downlink/config` and `downlink/model/{name}` are in `protocols.fleet_control`.
 
 Only the cloud publishes under `downlink/` (the broker's ACL enforces it); a bus subscribes to its own
 `downlink_filter(fleet, vehicle)`.
@@ -35,9 +38,10 @@ class TopicKind(StrEnum):
     TELEMETRY = "telemetry"
     ALERTS = "alerts"
     STATUS = "status"
+    APPLIED = "applied"
     DOWNLINK_ACK = "downlink/ack"
     DOWNLINK_CONFIG = "downlink/config"
-    DOWNLINK_MODEL = "downlink/model"
+    DOWNLINK_MODEL = "downlink/model"  # followed by /{model name}
 
 
 class TopicParts(NamedTuple):
@@ -96,8 +100,13 @@ def downlink_config_topic(fleet: str, vehicle: str) -> str:
     return vehicle_topic(fleet, vehicle, TopicKind.DOWNLINK_CONFIG)
 
 
-def downlink_model_topic(fleet: str, vehicle: str) -> str:
-    return vehicle_topic(fleet, vehicle, TopicKind.DOWNLINK_MODEL)
+def downlink_model_topic(fleet: str, vehicle: str, model: str) -> str:
+    """`voltgate/v1/{fleet}/{vehicle}/downlink/model/{model}`: one retained release per model name."""
+    return f"{vehicle_topic(fleet, vehicle, TopicKind.DOWNLINK_MODEL)}/{_checked_id('model', model)}"
+
+
+def applied_topic(fleet: str, vehicle: str) -> str:
+    return vehicle_topic(fleet, vehicle, TopicKind.APPLIED)
 
 
 def subscription_filter(kind: TopicKind | str, *, fleet: str | None = None) -> str:
@@ -113,8 +122,9 @@ def shared_subscription(group: str, kind: TopicKind | str) -> str:
 
 _ROOT_LEVELS = tuple(TOPIC_ROOT.split("/"))
 _KIND_BY_TAIL = {tuple(kind.value.split("/")): kind for kind in TopicKind}
-_MAX_LEVELS = len(_ROOT_LEVELS) + 2 + max(len(tail) for tail in _KIND_BY_TAIL)
-_MAX_TOPIC_LEN = len(TOPIC_ROOT) + 2 * (ID_MAX_LEN + 1) + 1 + max(len(kind.value) for kind in TopicKind)
+_MODEL_TAIL = tuple(TopicKind.DOWNLINK_MODEL.value.split("/"))
+_MAX_LEVELS = len(_ROOT_LEVELS) + 2 + max(len(tail) for tail in _KIND_BY_TAIL) + 1  # + a model name
+_MAX_TOPIC_LEN = len(TOPIC_ROOT) + 3 * (ID_MAX_LEN + 1) + 1 + max(len(kind.value) for kind in TopicKind)
 
 
 def parse_topic(topic: str) -> TopicParts:
@@ -130,6 +140,8 @@ def parse_topic(topic: str) -> TopicParts:
     if len(rest) < 3:
         raise TopicError(f"voltgate topic without fleet, vehicle and kind: {topic!r}")
     fleet, vehicle, tail = rest[0], rest[1], tuple(rest[2:])
+    if tail[:-1] == _MODEL_TAIL and is_valid_id(tail[-1]):  # downlink/model/{name}
+        tail = tail[:-1]
     kind = _KIND_BY_TAIL.get(tail)
     if kind is None:
         raise TopicError(f"unknown kind {'/'.join(tail)!r} in topic {topic!r}")

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from protocols.downlink import (
     HEADER,
+    MAX_ACK_BYTES,
     MAX_ACK_RANGES,
-    MAX_DOWNLINK_BYTES,
     MAX_SEQ,
     CommitAck,
     DownlinkError,
@@ -56,7 +56,7 @@ def test_consecutive_seqs_are_one_range() -> None:
 def test_many_ranges_split_into_several_acks() -> None:
     acks = commit_acks(range(0, 2 * (MAX_ACK_RANGES + 5), 2), 7)
     assert [len(a.ranges) for a in acks] == [MAX_ACK_RANGES, 5]
-    assert all(len(encode_downlink(a)) <= MAX_DOWNLINK_BYTES for a in acks)
+    assert all(len(encode_downlink(a)) <= MAX_ACK_BYTES for a in acks)
 
 
 def _raw(body: object, header: bytes = HEADER) -> bytes:
@@ -85,7 +85,7 @@ def _raw(body: object, header: bytes = HEADER) -> bytes:
         (_raw([1, 0, [s for i in range(MAX_ACK_RANGES + 1) for s in (3 * i, 3 * i + 1)]]), "too many ranges"),
         (HEADER + b"\xc1", "invalid msgpack"),
         (_raw([1, 0, []]) + b"\x00", "trailing bytes"),
-        (HEADER + b"\x00" * (MAX_DOWNLINK_BYTES + 1), "oversized"),
+        (HEADER + b"\x00" * (MAX_ACK_BYTES + 1), "oversized"),
     ],
 )
 def test_malformed_payloads_are_refused(payload: bytes, why: str) -> None:

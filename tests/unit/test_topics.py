@@ -12,6 +12,7 @@ from protocols.topics import (
     TopicKind,
     TopicParts,
     alerts_topic,
+    applied_topic,
     downlink_config_topic,
     downlink_model_topic,
     is_valid_id,
@@ -32,7 +33,9 @@ def test_builders_follow_the_scheme() -> None:
     assert alerts_topic("depot-3", "bus-0042") == "voltgate/v1/depot-3/bus-0042/alerts"
     assert status_topic("depot-3", "bus-0042") == "voltgate/v1/depot-3/bus-0042/status"
     assert downlink_config_topic("d", "b") == "voltgate/v1/d/b/downlink/config"
-    assert downlink_model_topic("d", "b") == "voltgate/v1/d/b/downlink/model"
+    assert downlink_model_topic("d", "b", "soc_drop") == "voltgate/v1/d/b/downlink/model/soc_drop"
+    assert parse_topic("voltgate/v1/d/b/downlink/model/soc_drop").kind == TopicKind.DOWNLINK_MODEL
+    assert applied_topic("d", "b") == "voltgate/v1/d/b/applied"
     assert vehicle_topic("d", "b", "alerts") == alerts_topic("d", "b")
 
 
