@@ -50,6 +50,8 @@ from agent.buffer import BufferStats, BufferWorker, EvictionClass
 from agent.clock import SourceKind, TimestampGate
 from agent.decode import Decoder, DecodeStats, Dm1Hook
 from agent.diagnostics import DtcAlerts
+from agent.fleet_control import FleetControl
+from agent.fleet_control_stages import RunningStages
 from agent.inference import InferenceStage
 from agent.preflight import load_catalogs
 from agent.records import SEVERITIES, Alert, Frame, Prediction, Sample
@@ -137,6 +139,7 @@ class Agent:
         self.buffer = BufferWorker(settings.buffer.path, settings.buffer.max_bytes)
         self.metrics_server: metrics.MetricsServer | None = None
         self.uplink: Uplink | None = None
+        self.fleet: FleetControl | None = None
         self._stop = asyncio.Event()
         self._committer_stop = asyncio.Event()
         self._sync = _CounterSync()
@@ -164,6 +167,10 @@ class Agent:
         quanta: dict[str, float] = {}
         for catalog in catalogs.values():
             quanta.update(catalog.quanta())
+        # Remote configuration and models (agent.fleet_control): the applied desired state runs at once.
+        policies = {s.name: s.policy for c in catalogs.values() for s in c if s.source != "gps"}
+        self.fleet = FleetControl(settings.fleet_control, settings, policies)
+        self.settings = await asyncio.to_thread(self.fleet.open)
         await self.buffer.open()
         try:
             await self._run_stages(catalogs, quanta)
@@ -175,7 +182,11 @@ class Agent:
         settings = self.settings
         loop = asyncio.get_running_loop()
         filter_closed_socket_watchers(loop)
-        self.uplink = uplink = Uplink(settings.uplink, settings.vehicle_id, self.buffer, quanta)
+        fleet = self.fleet
+        assert fleet is not None
+        self.uplink = uplink = Uplink(
+            settings.uplink, settings.vehicle_id, self.buffer, quanta, on_desired=fleet.offer
+        )
         frame_sources: list[tuple[str, CanSource | ReplaySource]] = [
             (bus.name, CanSource(bus, catalogs[bus.name])) for bus in settings.can
         ]
@@ -213,6 +224,7 @@ class Agent:
         sources: list[_Source] = [source for _, source in frame_sources] + ([gps] if gps else [])
         alerts, inference = self._build_analysis()
         self.alert_stage, self.inference_stage = alerts, inference
+        fleet.attach(RunningStages(uplink, decoders, alerts, inference))
 
         if settings.metrics.enabled:
             self.metrics_server = metrics.MetricsServer(
@@ -256,6 +268,7 @@ class Agent:
                     analysis.append((alerts, self.stop_timeouts.alerts_s, task))
                 helpers = [
                     group.create_task(metrics.measure_loop_lag(), name="loop-lag"),
+                    group.create_task(_contained("fleet-control", fleet.run()), name="fleet-control"),
                     group.create_task(
                         self._export_stats(frame_sources, decoders, gps, frame_queues), name="stats-export"
                     ),
