@@ -59,6 +59,7 @@ from models.features import FEATURE_VERSION, N_FEATURES
 from models.runtime import LoadedModel, ModelError, load_model
 from protocols.catalog import SamplingPolicy
 from protocols.downlink import DownlinkError
+from protocols.errors import TopicError
 from protocols.fleet_control import (
     AppliedReport,
     DesiredConfig,
@@ -150,6 +151,8 @@ class FleetControl:
     def open(self) -> AgentSettings:
         """Read the persisted state (blocking) → the settings to run: the installed ones with the applied
         desired config and the received models (each checked again; what fails is logged, not run)."""
+        if not self.settings.enabled:
+            return self.installed
         self.state = self.store.load()
         if self.state.config_revision:
             try:
@@ -218,10 +221,19 @@ class FleetControl:
             while self._pending:
                 topic = next(iter(self._pending))
                 payload = self._pending.pop(topic)
-                await self.handle(topic, payload)
+                try:
+                    await self.handle(topic, payload)
+                except Exception:  # a bug here must not end fleet control for the rest of the run
+                    metrics.FLEET_REFUSED.labels("internal").inc()
+                    log.exception("fleet control failed on a message of %s (skipped)", topic)
 
     async def handle(self, topic: str, payload: bytes) -> None:
-        kind = parse_topic(topic).kind
+        try:
+            kind = parse_topic(topic).kind
+        except TopicError as err:  # e.g. a model topic whose last level is not an id
+            metrics.FLEET_REFUSED.labels("malformed").inc()
+            self._log_once("topic", "downlink message on an unusable topic skipped: %s", err)
+            return
         if not payload:  # the cloud cleared its retained message: nothing to apply
             metrics.FLEET_SKIPPED.labels("cleared").inc()
             return

@@ -155,7 +155,7 @@ FLEET_OUTCOMES: Final = Counter(
 FLEET_REFUSED: Final = Counter(
     "voltgate_fleet_control_refused",
     "Desired configs and model releases refused, per reason (malformed, invalid_config, unknown_model, "
-    "features, signature, no_inference, storage)",
+    "features, signature, no_inference, storage, internal), or rolled back (load)",
     ["reason"],
 )
 FLEET_SKIPPED: Final = Counter(

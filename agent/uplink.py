@@ -20,6 +20,11 @@ restarted agent has an empty window and re-sends everything still in its buffer;
 harmless (the receiver stores by (vehicle, seq, ts)). Rows the wire encoder refuses can never be sent
 and are deleted at once, counted.
 
+The other downlink messages, desired config and model releases (`protocols.fleet_control`), go to the
+`on_desired` callback (fleet control), which only queues them: ack handling never waits on a model load.
+Fleet control's applied report (`report_applied`) is published retained on `applied` at once, and again on
+every connect.
+
 PUBACKs are still awaited: aiomqtt 2.x `Client.publish(..., qos=1)` awaits the event paho sets in
 `_handle_pubackcomp`, i.e. when the PUBACK arrives (aiomqtt 2.5.1 `publish`/`_on_publish`, paho-mqtt
 2.2). aiomqtt drops the MQTT 5 PUBACK reason code, so `agent.mqtt_link.PubackWatch` wraps paho's

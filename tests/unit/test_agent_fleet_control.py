@@ -331,3 +331,22 @@ def test_an_unreadable_public_key_is_one_sentence(tmp_path: Path) -> None:
     )  # type: ignore[call-arg]
     with pytest.raises(ConfigError, match="is not a PEM public key"):
         FleetControl(settings.fleet_control, settings, POLICIES)
+
+
+def test_a_model_topic_that_is_not_an_id_is_counted_and_skipped(tmp_path: Path) -> None:
+    bus = start(tmp_path)
+    before = refusals("malformed")
+    bus.handle("voltgate/v1/f/bus-1/downlink/model/no such", encode_model_release(release(3, FAULT_RISK)))
+    assert refusals("malformed") == before + 1 and bus.stages.reports == []
+
+
+def test_a_disabled_fleet_control_ignores_the_downlink_and_its_state(tmp_path: Path) -> None:
+    bus = start(tmp_path)
+    bus.handle(CONFIG_TOPIC, config(3, {"alerts": {"soc_low_warning_pct": 30.0}}))
+    settings = bus.settings.model_copy(
+        update={"fleet_control": bus.settings.fleet_control.model_copy(update={"enabled": False})}
+    )
+    off = FleetControl(settings.fleet_control, settings, POLICIES)
+    assert off.open().alerts.soc_low_warning_pct == 20.0  # the installed file alone
+    off.offer(CONFIG_TOPIC, config(4, {"alerts": {"soc_low_warning_pct": 35.0}}))
+    assert not off._pending
