@@ -105,6 +105,8 @@ class _RefusedError(Exception):
 
 def load_public_keys(paths: list[Path]) -> dict[str, Ed25519PublicKey]:
     """The fleet's Ed25519 public keys (PEM) by key id; `ConfigError` with one sentence otherwise."""
+    if not paths:
+        return {}  # and `cryptography` stays unloaded
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
