@@ -162,17 +162,31 @@ class FleetControl:
                     self.state.config_revision, self.state.config_settings, self.installed, self.policies
                 )
             except ConfigRefusedError as err:  # the installed file changed under it
+                revision = self.state.config_revision
                 log.error(
                     "desired config revision %d no longer validates (%s); running the installed config",
-                    self.state.config_revision,
+                    revision,
                     err,
                 )
+                detail = f"it no longer validates over the installed config, which runs instead: {err}"
+                self.state.config_outcome = Outcome(revision, OutcomeState.ROLLED_BACK, detail, "0")
         metrics.FLEET_CONFIG_REVISION.set(self.config.revision)
         models = list(self.installed.inference.models)
         for name, entry in sorted(self.state.models.items()):
             path = self._stored_model(name, entry)
             if path is not None:
                 models = [p for p in models if Path(p).stem != name] + [path]
+            if path is None or path.stem != entry.sha256:
+                installed = next((Path(p) for p in models if Path(p).stem == name), None)
+                running = path.stem if path is not None else _file_sha(installed)
+                detail = "its stored file is missing or damaged; the model before it runs again"
+                self.state.model_outcomes[name] = Outcome(
+                    entry.revision, OutcomeState.ROLLED_BACK, detail, running
+                )
+                if path is None:  # the installed file runs
+                    del self.state.models[name]
+                else:
+                    self.state.models[name] = ModelEntry(entry.revision, path.stem)
         return self.installed.model_copy(
             update={
                 "uplink": self.config.uplink,
@@ -440,6 +454,13 @@ def _decode(payload: bytes) -> DesiredConfig | ModelRelease:
         return decode_desired(payload)
     except DownlinkError as err:
         raise _RefusedError("malformed", f"malformed downlink message: {err}") from None
+
+
+def _file_sha(path: Path | None) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path is not None else ""
+    except OSError:
+        return ""
 
 
 def _load_checked(path: Path, name: str) -> LoadedModel:

@@ -114,13 +114,14 @@ class Bus:
         return self.stages.inference.models[FAULT_RISK_MODEL].path
 
 
-def start(tmp_path: Path) -> Bus:
-    """A fresh agent's stages over the state in `tmp_path` (a restart when it is there already)."""
+def start(tmp_path: Path, **alerts: float) -> Bus:
+    """A fresh agent's stages over the state in `tmp_path` (a restart when it is there already); `alerts`
+    in its installed file."""
     settings = AgentSettings(
         vehicle_id="bus-1",
         buffer=BufferSettings(path=tmp_path / "buffer.sqlite3"),
         inference=InferenceSettings(models=[MODELS / "fault_risk.onnx"]),
-        alerts=AlertSettings(led_root=tmp_path / "leds", led_warning=None, led_critical=None),
+        alerts=AlertSettings(led_root=tmp_path / "leds", led_warning=None, led_critical=None, **alerts),
         fleet_control=FleetControlSettings(
             public_keys=[write_public_key(tmp_path / "fleet.pub", FLEET_KEY)], state_dir=tmp_path / "fleet"
         ),
@@ -350,3 +351,37 @@ def test_a_disabled_fleet_control_ignores_the_downlink_and_its_state(tmp_path: P
     assert off.open().alerts.soc_low_warning_pct == 20.0  # the installed file alone
     off.offer(CONFIG_TOPIC, config(4, {"alerts": {"soc_low_warning_pct": 35.0}}))
     assert not off._pending
+
+
+def test_an_applied_config_the_installed_file_no_longer_allows_gives_way_to_the_file(tmp_path: Path) -> None:
+    start(tmp_path).handle(CONFIG_TOPIC, config(3, {"alerts": {"soc_low_warning_pct": 12.0}}))
+    # WHEN the gateway's own file raises the critical level above that warning level and the agent restarts
+    restarted = start(tmp_path, soc_low_critical_pct=15.0)
+    # THEN the installed file runs, and the report says so
+    assert restarted.settings.alerts.soc_low_warning_pct == 20.0
+    outcome = restarted.last.config
+    assert outcome is not None and (outcome.revision, outcome.state, outcome.running) == (
+        3,
+        "rolled_back",
+        "0",
+    )
+
+
+def test_a_damaged_stored_model_falls_back_to_the_one_before(tmp_path: Path) -> None:
+    bus = start(tmp_path)
+    topic = downlink_model_topic("f", "bus-1", FAULT_RISK_MODEL)
+    first, second = variant(FAULT_RISK, b"one"), variant(FAULT_RISK, b"two")
+    bus.handle(topic, encode_model_release(release(5, first)))
+    bus.handle(topic, encode_model_release(release(6, second)))
+    # WHEN the running model's file is damaged on disk while the agent is stopped
+    damaged = bus.running_fault_risk()
+    damaged.write_bytes(second[:1000])
+    # THEN the restarted agent runs the model before it; with that gone too, the installed file
+    restarted = start(tmp_path)
+    assert restarted.running_fault_risk().stem == hashlib.sha256(first).hexdigest()
+    outcome = restarted.last.models[FAULT_RISK_MODEL]
+    assert (outcome.state, outcome.running) == ("rolled_back", hashlib.sha256(first).hexdigest())
+    (damaged.parent / f"{hashlib.sha256(first).hexdigest()}.onnx").unlink()
+    restarted = start(tmp_path)
+    assert restarted.running_fault_risk() == MODELS / "fault_risk.onnx"
+    assert restarted.last.models[FAULT_RISK_MODEL].running == hashlib.sha256(FAULT_RISK).hexdigest()
