@@ -1,28 +1,21 @@
-"""What the integration tests of `voltgate-agent run` share: a configuration that replays a log to the test
-broker, the agent as a subprocess stopped by SIGTERM, bounded waits that say what they waited for, alerts
-as the collector received them and as the driver log wrote them, and LED class devices in a temporary
-directory laid out like /sys/class/leds."""
+"""What the integration tests of `voltgate-agent run` share, beside the fault harness's `AgentProcess` and
+`wait_until`: the agent replaying a log to the test broker with a collector listening, stopped by SIGTERM,
+alerts as the collector received them and as the driver log wrote them, and LED class devices in a
+temporary directory laid out like /sys/class/leds."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import IO
-
-import pytest
 
 from agent.app import STOP_TIMEOUTS
+from tests.faults.harness import AgentProcess
 from tests.integration.conftest import Broker
-from tests.integration.test_uplink import Collector
+from tests.integration.test_uplink import Collector, collecting
 
 REPO = Path(__file__).resolve().parents[2]
-WAIT_S = 30.0
 
 
 def sysfs_led(root: Path, name: str) -> Path:
@@ -33,19 +26,6 @@ def sysfs_led(root: Path, name: str) -> Path:
     (led / "max_brightness").write_text("1\n")
     (led / "trigger").write_text("[none] timer heartbeat default-on\n")
     return led
-
-
-async def until(what: str, condition: Callable[[], bool], wait_s: float = WAIT_S) -> None:
-    """Poll `condition` (files and counters offer no event to wait on) for at most `wait_s`."""
-
-    async def poll() -> None:
-        while not condition():  # noqa: ASYNC110  # LED files, log files and counters offer no event
-            await asyncio.sleep(0.05)
-
-    try:
-        await asyncio.wait_for(poll(), wait_s)
-    except TimeoutError:
-        pytest.fail(f"gave up after {wait_s:g} s waiting for {what}", pytrace=False)
 
 
 def replay_config(
@@ -75,35 +55,34 @@ batch_max_age_s = 0.2
 
 
 @asynccontextmanager
-async def agent_process(
-    config: Path, stderr: int | IO[str] = subprocess.PIPE
-) -> AsyncIterator[subprocess.Popen[str]]:
-    """`voltgate-agent run --config CONFIG` as a subprocess; killed on the way out if it is still running."""
-    agent = subprocess.Popen(  # noqa: ASYNC220  # started once; waits are bounded and off the loop
-        [sys.executable, "-m", "agent", "run", "--config", str(config)],
-        cwd=REPO,
-        stderr=stderr,
-        text=True,
+async def replaying(
+    broker: Broker, directory: Path, *, vehicle_id: str, log: Path, replay: str, more: str = ""
+) -> AsyncIterator[tuple[Collector, AgentProcess]]:
+    """A collector subscribed to the fleet's topics, then `voltgate-agent run` replaying `log` to `broker`
+    (`replay_config`; its config, buffer and log in `directory`); the agent is killed on the way out if it
+    is still running."""
+    config = replay_config(
+        directory / "agent.toml",
+        broker,
+        vehicle_id=vehicle_id,
+        log=log,
+        replay=replay,
+        state=directory / "state",
+        more=more,
     )
-    try:
-        yield agent
-    finally:
-        if agent.poll() is None:
-            agent.kill()
-            agent.wait()
+    async with collecting(broker.host, broker.port, broker.namespace) as collector:
+        agent = AgentProcess(config, directory / "agent.log")
+        try:
+            yield collector, agent
+        finally:
+            agent.ensure_dead()
 
 
-async def stop_agent(agent: subprocess.Popen[str]) -> str:
-    """SIGTERM, then the staged shutdown must end with exit 0 within its budget; returns what it wrote to
-    stderr (when that is a pipe)."""
-    agent.send_signal(signal.SIGTERM)
-    try:
-        code = await asyncio.to_thread(agent.wait, STOP_TIMEOUTS.total_s + 10)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the agent did not exit after SIGTERM", pytrace=False)
-    stderr = agent.stderr.read() if agent.stderr is not None else ""
-    assert code == 0, stderr[-4000:]
-    return stderr
+async def stop_agent(agent: AgentProcess) -> str:
+    """SIGTERM; the staged shutdown must end with exit 0 within its budget. Returns the agent's log."""
+    code = await agent.terminate_async(STOP_TIMEOUTS.total_s + 10)
+    assert code == 0, agent.log_text()[-4000:]
+    return agent.log_text()
 
 
 def received_alerts(collector: Collector, fleet: str, vehicle_id: str) -> list[tuple[str, str, bool]]:
@@ -116,6 +95,6 @@ def received_alerts(collector: Collector, fleet: str, vehicle_id: str) -> list[t
     ]
 
 
-def driver_alerts(stderr: str) -> list[dict[str, object]]:
+def driver_alerts(log: str) -> list[dict[str, object]]:
     """The driver log's JSON lines (one per alert change, its details as fields)."""
-    return [json.loads(line) for line in stderr.splitlines() if '"logger": "agent.alerts.driver"' in line]
+    return [json.loads(line) for line in log.splitlines() if '"logger": "agent.alerts.driver"' in line]

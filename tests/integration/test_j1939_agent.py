@@ -19,7 +19,6 @@ import asyncio
 import csv
 import io
 import logging
-import socket
 import subprocess
 import sys
 import time
@@ -40,18 +39,16 @@ from agent.settings import (
     UplinkSettings,
 )
 from protocols.j1939 import PGN_DM1, pgn_id
+from tests.faults.harness import free_port, wait_until
 from tests.integration.agent_run import (
     REPO,
-    agent_process,
     driver_alerts,
     received_alerts,
-    replay_config,
+    replaying,
     stop_agent,
     sysfs_led,
-    until,
 )
 from tests.integration.conftest import Broker
-from tests.integration.test_uplink import collecting
 from tests.unit.test_j1939 import (
     THREE_DTCS,
     bam_frames,
@@ -153,8 +150,8 @@ def test_decode_cli_decodes_a_truck_bus(tmp_path: Path) -> None:
 
 
 async def test_agent_raises_and_clears_a_dm1_alert(mqtt_broker: Broker, tmp_path: Path) -> None:
-    log = tmp_path / "truck.log"
-    _truck_log(log)
+    truck_log = tmp_path / "truck.log"
+    _truck_log(truck_log)
     fleet = mqtt_broker.namespace
     more = f"""[metrics]
 enabled = false
@@ -163,19 +160,9 @@ enabled = false
 [alerts]
 led_root = "{tmp_path / "leds"}"
 """
-    config = replay_config(
-        tmp_path / "agent.toml",
-        mqtt_broker,
-        vehicle_id="truck-1",
-        log=log,
-        replay="chassis",
-        state=tmp_path,
-        more=more,
-    )
-    async with (
-        collecting(mqtt_broker.host, mqtt_broker.port, fleet) as collector,
-        agent_process(config) as agent,
-    ):
+    async with replaying(
+        mqtt_broker, tmp_path, vehicle_id="truck-1", log=truck_log, replay="chassis", more=more
+    ) as (collector, agent):
 
         def alerts() -> list[tuple[str, str, bool]]:
             return received_alerts(collector, fleet, "truck-1")
@@ -194,22 +181,16 @@ led_root = "{tmp_path / "leds"}"
         # AND the DM1 samples and the re-addressed chassis signals travel with the telemetry
         await collector.wait_for("the DM1 count", lambda: samples(DM1 + "ActiveDtcCount")[-1:] == [4.0])
         assert samples("Vehicle.Speed") and samples("Vehicle.Exterior.AirTemperature") == [12.5]
-        stderr = await stop_agent(agent)
+        agent_log = await stop_agent(agent)
 
     # the driver log: one structured line per alert change
-    driver = driver_alerts(stderr)
+    driver = driver_alerts(agent_log)
     raised = [d for d in driver if d.get("alert_rule") == RULE and d.get("alert_active") is True]
     assert len(raised) == 1 and raised[0]["alert_severity"] == "critical", driver
     cleared = {d["alert_rule"]: str(d["msg"]) for d in driver if d.get("alert_active") is False}
     assert cleared[RULE].endswith("no longer active")  # by ECU 0x00's all-clear DM1
     assert "no DM1 from this ECU" in cleared["dm1:sa3:spn5919:fmi4"]  # by the timeout
-    assert "Traceback" not in stderr
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    assert "Traceback" not in agent_log
 
 
 async def test_dm1_alerts_pass_the_clock_gate_light_the_leds_and_expire(
@@ -239,7 +220,7 @@ async def test_dm1_alerts_pass_the_clock_gate_light_the_leds_and_expire(
         replay=[ReplaySettings(name="chassis", path=log)],
         buffer=BufferSettings(path=tmp_path / "buffer.sqlite3", commit_interval_s=0.1),
         # no broker: this test is about the agent's own alerts (the MQTT path is the test above)
-        uplink=UplinkSettings(broker_url=f"mqtt://127.0.0.1:{_closed_port()}", backoff_max_s=1.0),
+        uplink=UplinkSettings(broker_url=f"mqtt://127.0.0.1:{free_port()}", backoff_max_s=1.0),
         metrics=MetricsSettings(enabled=False),
         inference=InferenceSettings(enabled=False),
         alerts=AlertSettings(led_root=leds, led_warning="bus:amber:alert", led_critical="bus:red:alert"),
@@ -248,16 +229,18 @@ async def test_dm1_alerts_pass_the_clock_gate_light_the_leds_and_expire(
     with caplog.at_level(logging.INFO, logger="agent.alerts.driver"):
         running = asyncio.create_task(agent.run())
         try:
-            await until("the alert stage", lambda: agent.alert_stage is not None)
+            await wait_until("the alert stage", lambda: agent.alert_stage is not None)
             stage = agent.alert_stage
             assert stage is not None
             # THEN ECU 0x03's DTC expires once its DM1 stops
             dtcs = stage.dtcs
-            await until("ECU 0x03's DTC expired", lambda: "chassis" in dtcs and dtcs["chassis"].expired == 1)
+            await wait_until(
+                "ECU 0x03's DTC expired", lambda: "chassis" in dtcs and dtcs["chassis"].expired == 1
+            )
             # AND ECU 0x00's DTCs, broadcast to the end, are the active alerts: the red LED blinks (the
             # kernel's timer trigger), the amber one is off
             assert set(stage.active().values()) == {"critical"} and len(stage.active()) == 3
-            await until("the red LED blinking", lambda: (red / "trigger").read_text() == "timer")
+            await wait_until("the red LED blinking", lambda: (red / "trigger").read_text() == "timer")
             assert (amber / "brightness").read_text() == "0"
             # AND the DM1 stamped a year ahead was judged by the clock gate and kept out of the alerts
             gate = agent.clock_gate
