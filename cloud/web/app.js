@@ -9,6 +9,7 @@ import {
 } from "./common.js";
 import { FleetList } from "./fleet.js";
 import { FleetMap } from "./map.js";
+import { loadBilling, loadBlockRisk, wireBilling } from "./reports.js";
 
 // A bus online whose data is at most this old is live: its charts open on the last LIVE_HOURS.
 const LIVE_WITHIN_MS = 2 * HOUR_MS;
@@ -279,6 +280,21 @@ async function loadKpis() {
   }
 }
 
+// ---- block risk and the pay-per-km report, as of the fleet's latest data -------------------------
+// (block risk at another instant: open the page as /?at=2024-05-14T06:00:00Z)
+
+let billingWired = false;
+
+async function loadReports() {
+  const latest = Math.max(...state.buses.map((b) => Date.parse(b.data_until || b.last_seen)));
+  if (!Number.isFinite(latest)) return;
+  if (!billingWired) {
+    wireBilling(localDay(latest - 6 * DAY_MS), localDay(latest));
+    billingWired = true;
+  }
+  const at = new URLSearchParams(window.location.search).get("at") || new Date(latest).toISOString();
+  await Promise.all([loadBlockRisk(at, navigate), loadBilling()]);
+}
 
 // ---- wiring --------------------------------------------------------------------------------------
 
@@ -317,7 +333,7 @@ async function loadAll() {
   await loadFleet();
   state.selected = null; // followRoute opens the bus of the address, if any: none is chosen for the user
   followRoute();
-  await loadKpis();
+  await Promise.all([loadKpis(), loadReports()]);
 }
 
 async function main() {
