@@ -285,6 +285,17 @@ async function loadKpis() {
 
 let billingWired = false;
 
+// The tables sit below the fold: they are asked for when one of them first comes into view, so that a
+// large fleet's page does not wait on (or share the database with) them while it opens.
+function loadReportsWhenSeen() {
+  const observer = new IntersectionObserver((entries) => {
+    if (!entries.some((e) => e.isIntersecting)) return;
+    observer.disconnect();
+    loadReports().catch(showError);
+  });
+  for (const id of ["block-risk-panel", "billing-panel"]) observer.observe(document.getElementById(id));
+}
+
 async function loadReports() {
   const latest = Math.max(...state.buses.map((b) => Date.parse(b.data_until || b.last_seen)));
   if (!Number.isFinite(latest)) return;
@@ -321,7 +332,7 @@ function wireControls() {
       if (takeToken()) {
         // a token pasted into the address bar: load everything again with it
         document.getElementById("banner").hidden = true;
-        loadAll().catch(showError);
+        loadAll().then(loadReportsWhenSeen).catch(showError);
         return;
       }
       followRoute();
@@ -333,7 +344,7 @@ async function loadAll() {
   await loadFleet();
   state.selected = null; // followRoute opens the bus of the address, if any: none is chosen for the user
   followRoute();
-  await Promise.all([loadKpis(), loadReports()]);
+  await loadKpis();
 }
 
 async function main() {
@@ -345,6 +356,7 @@ async function main() {
     fleetList.onChange = (shown) => fleetMap.show(shown);
     wireControls();
     await loadAll();
+    loadReportsWhenSeen();
     document.body.dataset.state = "ready";
   } catch (error) {
     showError(error);

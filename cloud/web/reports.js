@@ -4,6 +4,13 @@
 
 import { api, dateTime, el, num, state } from "./common.js";
 
+// A table shows at most this many rows (a large fleet's rest: the API, the CSV); the note says so.
+const MAX_ROWS = 200;
+
+function shownOf(rows, what) {
+  return rows.length > MAX_ROWS ? ` · showing ${MAX_ROWS.toLocaleString("en-GB")} of ${rows.length.toLocaleString("en-GB")} ${what}` : "";
+}
+
 // ---- will it finish its block? -------------------------------------------------------------------
 
 function verdict(risk) {
@@ -35,11 +42,11 @@ export async function loadBlockRisk(at, open) {
   table.dataset.at = body.at;
   const diverting = body.buses.filter((r) => r.divert === true).length;
   document.getElementById("block-risk-note").textContent =
-    `${dateTime(body.at)} · reserve ${num(body.reserve_soc_pct, 0)} % SOC · ${diverting} to divert`;
+    `${dateTime(body.at)} · reserve ${num(body.reserve_soc_pct, 0)} % SOC · ${diverting} to divert${shownOf(body.buses, "buses, highest risk first")}`;
   const tbody = table.querySelector("tbody");
   tbody.replaceChildren();
   if (body.buses.length === 0) tbody.append(el("tr", {}, el("td", { colspan: "11", class: "muted", text: "No buses" })));
-  for (const r of body.buses) {
+  for (const r of body.buses.slice(0, MAX_ROWS)) {
     const link = el("a", { href: `#/bus/${encodeURIComponent(r.vehicle_id)}`, class: "bus-id", text: r.vehicle_id });
     link.addEventListener("click", (event) => {
       event.preventDefault();
@@ -125,13 +132,13 @@ export async function loadBilling() {
   note.classList.remove("error");
   const flagged = body.rows.filter((r) => r.flags.length > 0).length;
   const km = body.rows.reduce((n, r) => n + r.odometer_km, 0);
-  note.textContent = `${body.from} – ${body.to} · ${body.tz} · ${num(km, 1)} km · ${flagged} row${flagged === 1 ? "" : "s"} flagged`;
+  note.textContent = `${body.from} – ${body.to} · ${body.tz} · ${num(km, 1)} km · ${flagged} row${flagged === 1 ? "" : "s"} flagged${shownOf(body.rows, "rows (the CSV has all)")}`;
   link.hidden = false;
   link.setAttribute("href", csvUrl(params));
   link.setAttribute("download", `billing_${body.from}_${body.to}_${body.period}.csv`);
   tbody.replaceChildren();
   if (body.rows.length === 0) tbody.append(el("tr", {}, el("td", { colspan: "11", class: "muted", text: "No data in this range" })));
-  for (const r of body.rows) {
+  for (const r of body.rows.slice(0, MAX_ROWS)) {
     const period = r.period_start === r.period_end ? r.period_start : `${r.period_start} – ${r.period_end}`;
     tbody.append(
       el(

@@ -57,8 +57,9 @@ async def test_block_risk_and_billing_tables(api: Api) -> None:  # noqa: F811
 
     def scenario() -> None:
         with chromium(1440, 1000) as driver:
-            # WHEN the page opens
+            # WHEN the page opens and its tables are scrolled to (they load when first seen)
             open_page(driver, f"{api.url}/")
+            driver.execute_script("document.getElementById('block-risk-panel').scrollIntoView()")
             wait_for(driver, lambda d: keys(d, "block-risk-table", "bus"), "the block-risk table")
 
             # THEN the block-risk table ranks the buses as the API does at the fleet's latest data
@@ -120,6 +121,7 @@ async def test_block_risk_and_billing_tables(api: Api) -> None:  # noqa: F811
             morning = iso(DEPARTURE + timedelta(minutes=26))
             driver.get("about:blank")
             open_page(driver, f"{api.url}/?at={morning}")
+            driver.execute_script("document.getElementById('block-risk-panel').scrollIntoView()")
             wait_for(driver, lambda d: keys(d, "block-risk-table", "bus"), "the block-risk table")
             _, then = answer("/api/fleet/block-risk", at=morning)
             low = next(b for b in then["buses"] if b["vehicle_id"] == "SIM-LOW")
