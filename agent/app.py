@@ -11,6 +11,9 @@ TaskGroup, and shuts them down in stages.
          └─────────────────────tap:alerts─────────────────┴─► AlertStage ─alerts─► derived, log, LEDs
     Decoder ─DM1 (on_dm1)─► clock gate ({bus}:dm1) ─tap:alerts─┘
 
+    Uplink ─downlink config/model─► FleetControl ─► hot: Uplink batching, Decoder policies, AlertStage
+                                                    thresholds, InferenceStage models (agent.fleet_control)
+
 The clock gate (one task per source, `agent.clock.TimestampGate`) judges every sample's source timestamp
 against that source's clock: every sample goes on to the committer and the buffer (a GPS fix past its
 week rollover with its corrected stamp, anything else as stamped), but only plausible ones reach the

@@ -398,7 +398,7 @@ class FleetControl:
         if revision:  # a message without a readable revision can be refused again; its revision is unknown
             if name is None:
                 self.state.handled_config = max(self.state.handled_config, revision)
-            else:
+            elif name in MODEL_NAMES or len(self.state.handled_models) < MAX_REPORTED_MODELS:
                 self.state.handled_models[name] = max(self.state.handled_models.get(name, 0), revision)
         await self._conclude(kind, name, Outcome(revision, OutcomeState.REFUSED, str(err), running))
 
