@@ -8,12 +8,14 @@ import math
 import struct
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 
 from cloud.ingest import BatchMessage
 from cloud.store import Store
 from protocols.topics import TopicKind, telemetry_topic
 from protocols.wire import Batch, SampleRecord
+from tests.integration.conftest import Database
 
 pytestmark = pytest.mark.asyncio
 
@@ -81,7 +83,35 @@ async def test_the_database_codes_a_block_as_the_receiver_does(store: Store) -> 
         b" array_agg(e.seq - b.seq_min ORDER BY e.i),"
         b" array_agg((extract(epoch FROM e.ts - b.minute) * 1000)::integer ORDER BY e.i),"
         b" array_agg(e.steps ORDER BY e.i))"
-        b" FROM block_entries(b.minute, b.seq_min, b.n, b.code, b.exact) AS e)) FROM sample_blocks AS b"
+        b" FROM block_entries(b.minute, b.seq_min, b.n, b.signals, b.code, b.exact) AS e))"
+        b" FROM sample_blocks AS b"
     )
     row = await cur.fetchone()
     assert row is not None and int(str(row[0])) >= 2 and row[0] == row[1]
+
+
+async def test_a_reader_reads_the_samples_whatever_its_search_path(store: Store, pg_schema: Database) -> None:
+    # GIVEN stored samples, whole and merged
+    await store.write([message("bus-3", tricky_records(0, 40))])
+    await store.write([message("bus-3", tricky_records(20, 40))])
+    s = pg_schema.schema
+    # WHEN a reader connects with the default search_path (as Grafana's role or psql may) and names
+    # the schema only in its query, THEN every read decodes the blocks (the helper functions are
+    # bound when the migration creates the reads, not looked up on the reader's search_path)
+    with psycopg.connect(pg_schema.dsn, autocommit=True, options="-c search_path=public") as conn:
+        rows = conn.execute(
+            f'SELECT seq, (extract(epoch FROM ts) * 1000)::bigint, signal, value FROM "{s}".samples'
+            " WHERE vehicle_id = 'bus-3' ORDER BY seq"
+        ).fetchall()
+        between = conn.execute(
+            f'SELECT count(*) FROM "{s}".samples_between(%s, %s) WHERE vehicle_id = %s',
+            (datetime.fromtimestamp(T0_MS / 1000, UTC), datetime(2100, 1, 1, tzinfo=UTC), "bus-3"),
+        ).fetchone()
+        latest = conn.execute(f'SELECT value FROM "{s}".latest_sample(%s, %s)', ("bus-3", SOC)).fetchone()
+        minutes = conn.execute(
+            f'SELECT sum(n) FROM "{s}".samples_1m WHERE vehicle_id = %s', ("bus-3",)
+        ).fetchone()
+    want = expected(tricky_records(0, 60))
+    assert [(int(a), int(b), str(c), bits(float(d))) for a, b, c, d in rows] == sorted(want)
+    assert between == (len(want),) and minutes == (len(want),)
+    assert latest is not None and bits(float(str(latest[0]))) == bits([-0.0, 0.1 * 59, 1e300, 55.5][59 % 4])
