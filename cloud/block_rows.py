@@ -16,7 +16,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from cloud.blocks import CODE_FIELDS, Blocks
+from cloud.blocks import Blocks
 
 # PostgreSQL's binary COPY format (the "COPY" page of its manual) and binary array format (array_recv).
 COPY_SIGNATURE: Final = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)  # no flags, no extension
@@ -157,7 +157,7 @@ def block_rows(vehicles: Sequence[str], b: Blocks) -> bytes:
             fixed(_micros(b.ts_last_ms), ">i8"),
             fixed(n, ">i4"),
             *int4_arrays(b.signal_list, b.signal_count),
-            *byteas(b.code, CODE_FIELDS * 4 * n),
+            *byteas(b.code, b.code_size),
             *float8_arrays_or_null(b.exact, ~b.scaled, n),
         ],
         blocks,

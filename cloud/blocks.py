@@ -2,11 +2,11 @@
 
 A block holds one vehicle's samples of one UTC minute from one message, all signals, in (signal id,
 ts, seq) order, each column coded as the difference from the sample before (cloud/sql/
-0008_signal_blocks.native.sql says why and how). A sample takes the scaled path (its value as
-integer steps of its signal's quantum) when quantum * steps gives its value back bit for bit, else the
-float path (the value as it is). Per block and signal the n / total / min / max of the samples go to
-the rollup log. Everything here is numpy over the message's `SampleColumns`: no Python object per
-sample.
+0008_signal_blocks.native.sql says why, 0010_narrow_code.sql how). A sample takes the scaled path (its
+value as integer steps of its signal's quantum) when quantum * steps gives its value back bit for bit,
+else the float path (the value as it is). Per block and signal the n / total / min / max of the
+samples go to the rollup log. Everything here is numpy over the message's `SampleColumns`: no Python
+object per sample.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ SEQ_SPAN_BITS: Final = 30  # a block's seqs share seq >> 30: their differences f
 
 
 CODE_FIELDS: Final = 4  # per sample in `code`: signal id, seq, ts, steps (each a difference, see below)
+HEAD_BYTES: Final = 6  # a block's code starts with its fields' widths and its tick (block_code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +44,8 @@ class Blocks:
     stop: npt.NDArray[np.int64]
     signal_list: npt.NDArray[np.int32]  # per block its distinct signal ids, ascending, one after the other
     signal_count: npt.NDArray[np.int64]  # how many per block
-    code: npt.NDArray[np.uint8]  # per block CODE_FIELDS * 4 * n bytes, one after the other
+    code: npt.NDArray[np.uint8]  # per block code_size bytes, one after the other
+    code_size: npt.NDArray[np.int64]
     exact: npt.NDArray[np.float64]  # per sample, block order; meaningful where `scaled` is false
     scaled: npt.NDArray[np.bool_]
     # rollup statistics, one entry per block and signal name (block order)
@@ -137,6 +139,9 @@ def blocks_of(samples: GroupSamples) -> Blocks:
     runs = first.copy()
     runs[1:] |= signal_id[1:] != signal_id[:-1]
     value = samples.value[order]
+    code, code_size = block_code(
+        start, n, signal_id, seq - seq_min[block_of_sample], ts - block_minute_ms[block_of_sample], steps
+    )
     stats = _statistics(block_of_sample, samples.float_id[order], value)
     return Blocks(
         message=message[start],
@@ -149,9 +154,8 @@ def blocks_of(samples: GroupSamples) -> Blocks:
         stop=stop,
         signal_list=signal_id[runs].astype(np.int32),
         signal_count=np.bincount(block_of_sample[runs], minlength=len(start)).astype(np.int64),
-        code=block_code(
-            start, n, signal_id, seq - seq_min[block_of_sample], ts - block_minute_ms[block_of_sample], steps
-        ),
+        code=code,
+        code_size=code_size,
         exact=value,
         scaled=scaled[order],
         stat_block=stats[0],
@@ -170,38 +174,56 @@ def block_code(
     seq_offset: npt.NDArray[np.int64],
     ts_offset_ms: npt.NDArray[np.int64],
     steps: npt.NDArray[np.int64],
-) -> npt.NDArray[np.uint8]:
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
     """The `code` of every block (samples in block order; offsets from the block's seq_min and
-    minute). Four int32 fields per sample, each zigzag-coded (0, -1, 1, -2, ... -> 0, 1, 2, 3, ...)
-    and split into byte planes: per field its samples' lowest bytes, then their second bytes, ...:
-      signal  the id minus the previous sample's (the block's first: minus 0)
+    minute), one after the other, and each block's length in bytes (cloud/sql/0010_narrow_code.sql).
+    Four int32 fields per sample, each zigzag-coded (0, -1, 1, -2, ... -> 0, 1, 2, 3, ...):
+      signal  the id minus the previous sample's (the block's first: minus itself, 0)
       seq     the offset minus the sample's rank in (ts, position) order: 0 where seq follows time
-      ts      ms since the previous sample (the first: since the minute)
+      ts      ticks since the previous sample (the first: since the minute); a tick is the block's
+              greatest common divisor of its samples' ms since the minute (1 when all are 0)
       steps   steps minus the previous sample's (the first: minus 0; 0 on the float path)
-    Small, repeating numbers in long runs of equal bytes: what pglz compresses best."""
+    A field's zigzag codes take `width` bytes (0 to 4: as many as its largest needs), split into byte
+    planes: the samples' lowest bytes, then their second bytes, ... A block's code is a 6-byte head
+    (the four widths, the tick as uint16 little-endian), then the planes of each field in order."""
     blocks = len(start)
     block_of_sample = np.repeat(np.arange(blocks), n)
     position = np.arange(len(signal_id)) - start[block_of_sample]
     by_time = np.lexsort((position, ts_offset_ms, block_of_sample))
     rank = np.empty(len(signal_id), dtype=np.int64)
     rank[by_time] = np.arange(len(by_time)) - start[block_of_sample[by_time]]
+    tick = np.gcd.reduceat(ts_offset_ms, start) if blocks else np.zeros(0, np.int64)
+    tick[tick == 0] = 1
+    signal = _since_previous(signal_id.astype(np.int64), start)
+    signal[start] = 0
     fields = np.stack(
-        [_since_previous(signal_id.astype(np.int64), start), seq_offset - rank,
-         _since_previous(ts_offset_ms, start), _since_previous(steps, start)],
+        [signal, seq_offset - rank, _since_previous(ts_offset_ms // tick[block_of_sample], start),
+         _since_previous(steps, start)],
         axis=1,
     ).astype(np.int32)  # fmt: skip
     zigzag = ((fields << 1) ^ (fields >> 31)).astype("<u4")  # sample, field
-    data = zigzag.view(np.uint8).reshape(len(signal_id), CODE_FIELDS, 4)  # sample, field, byte
-    code_at = np.concatenate(([0], np.cumsum(CODE_FIELDS * 4 * n)[:-1])).astype(np.int64)
-    base = code_at[block_of_sample] + position  # + (field * 4 + byte) * n of the sample's block
-    stride = n[block_of_sample]
+    largest = np.maximum.reduceat(zigzag, start, axis=0) if blocks else zigzag[:0]  # block, field
+    width = (
+        (largest > 0).astype(np.int64) + (largest > 0xFF) + (largest > 0xFFFF) + (largest > 0xFFFFFF)
+    )  # block, field
+    size = HEAD_BYTES + n * width.sum(axis=1)
+    code_at = (np.cumsum(size) - size).astype(np.int64)
+    out = np.empty(int(size.sum()), dtype=np.uint8)
+    head = np.concatenate([width, tick[:, None] & 0xFF, tick[:, None] >> 8], axis=1)
+    out[code_at[:, None] + np.arange(HEAD_BYTES)] = head
+    # plane (field f, byte k) of block b starts at code_at + HEAD_BYTES + (widths before f + k) * n
+    plane_at = np.concatenate([np.zeros((blocks, 1), np.int64), np.cumsum(width, axis=1)[:, :-1]], axis=1)
+    byte = np.arange(4)
+    kept = byte[None, None, :] < width[block_of_sample][:, :, None]  # sample, field, byte
+    stride = n[block_of_sample][:, None, None]
     dst = (
-        base[:, None, None]
-        + (np.arange(CODE_FIELDS)[None, :, None] * 4 + np.arange(4)[None, None, :]) * stride[:, None, None]
+        (code_at + HEAD_BYTES)[block_of_sample][:, None, None]
+        + (plane_at[block_of_sample][:, :, None] + byte[None, None, :]) * stride
+        + position[:, None, None]
     )
-    out = np.empty(int(CODE_FIELDS * 4 * n.sum()), dtype=np.uint8)
-    out[dst] = data
-    return out
+    data = zigzag.view(np.uint8).reshape(len(signal_id), CODE_FIELDS, 4)  # sample, field, byte
+    out[dst[kept]] = data[kept]
+    return out, size.astype(np.int64)
 
 
 def _since_previous(values: npt.NDArray[np.int64], start: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:

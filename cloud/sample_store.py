@@ -43,7 +43,7 @@ STAGING_DDL: Final = (
 )
 
 _COLUMNS: Final = "vehicle_id, minute, seq_min, seq_max, ts_first, ts_last, n, signals, code, exact"
-_DECODE: Final = "block_entries({0}.minute, {0}.seq_min, {0}.n, {0}.code, {0}.exact)"
+_DECODE: Final = "block_entries({0}.minute, {0}.seq_min, {0}.n, {0}.signals, {0}.code, {0}.exact)"
 
 _STORE_BLOCKS: Final = (
     "WITH staged AS (SELECT s.*, s.seq_min > coalesce(v.max_sample_seq, -1)"
@@ -114,6 +114,7 @@ class SignalDictionary:
 
     def __init__(self, quanta: Mapping[str, float]) -> None:
         self._quanta = dict(quanta)
+        self._rank = {name: k for k, name in enumerate(self._quanta)}  # the catalog's order
         self._ids: dict[str, tuple[int, int]] = {}
         self.names: dict[int, str] = {}  # float-path id -> name
 
@@ -121,16 +122,22 @@ class SignalDictionary:
         return self._quanta.get(name, float("nan"))
 
     async def learn(self, conn: psycopg.AsyncConnection[tuple[object, ...]], names: set[str]) -> None:
-        missing = sorted(names - self._ids.keys())
+        # in the catalog's order (then by name): the ids of a block's signals then rank the samples of
+        # one instant mostly as the agent numbered them, and the code's seq field is mostly 0
+        missing = sorted(
+            names - self._ids.keys(), key=lambda name: (self._rank.get(name, len(self._rank)), name)
+        )
         if not missing:
             return
         quanta = [self._quanta.get(name) for name in missing]
         async with conn.transaction(), conn.cursor() as cur:
             await cur.execute(
                 "INSERT INTO sample_signals (name, quantum)"
-                " SELECT name, quantum FROM unnest(%s::text[], %s::float8[]) AS u(name, quantum)"
-                " UNION ALL SELECT name, NULL FROM unnest(%s::text[]) AS u(name)"
-                " ORDER BY 1, 2 ON CONFLICT DO NOTHING",
+                " SELECT name, quantum FROM (SELECT u.name, u.quantum, u.k, 0 AS path"
+                " FROM unnest(%s::text[], %s::float8[]) WITH ORDINALITY AS u(name, quantum, k)"
+                " UNION ALL SELECT u.name, NULL, u.k, 1"
+                " FROM unnest(%s::text[]) WITH ORDINALITY AS u(name, k)) AS x"
+                " ORDER BY k, path ON CONFLICT DO NOTHING",
                 (missing, quanta, missing),
             )
             await cur.execute("SELECT name, quantum, id FROM sample_signals WHERE name = ANY(%s)", (missing,))

@@ -115,11 +115,8 @@ class Database:
     vehicle: str
 
     def _connect(self) -> psycopg.Connection[tuple[object, ...]]:
-        # As every reader of the schema (the receiver, the API, Grafana's role): the schema first on the
-        # search_path, so the `samples` view's block decoding finds its helper functions.
-        return psycopg.connect(
-            self.dsn, autocommit=True, connect_timeout=5, options=f"-c search_path={self.schema},public"
-        )
+        # the default search_path: every query names the schema (the reads need nothing else)
+        return psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
 
     def stored_copies(self) -> Counter[int]:
         """seq → how many rows of this vehicle carry it (samples, predictions and alerts together)."""

@@ -242,8 +242,7 @@ async def test_hostile_mqtt_payloads(rig_factory: Callable[..., Rig], recorded_b
     rig.receiver.alive()
     # THEN the receiver kept going and stored the good data before and after
     result = await rig.audit()
-    schema_first = f"-c search_path={rig.db.schema},public"  # the samples view decodes with helper functions
-    with psycopg.connect(rig.db.dsn, autocommit=True, options=schema_first) as conn:
+    with psycopg.connect(rig.db.dsn, autocommit=True) as conn:
         not_finite_stored = conn.execute(
             f'SELECT count(*) FROM "{rig.db.schema}".samples WHERE vehicle_id = %s '
             "AND value IN ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8)",

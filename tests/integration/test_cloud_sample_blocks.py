@@ -8,12 +8,15 @@ import math
 import struct
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 
 from cloud.ingest import BatchMessage
+from cloud.settings import DatabaseSettings
 from cloud.store import Store
 from protocols.topics import TopicKind, telemetry_topic
 from protocols.wire import Batch, SampleRecord
+from tests.integration.conftest import Database
 
 pytestmark = pytest.mark.asyncio
 
@@ -81,7 +84,105 @@ async def test_the_database_codes_a_block_as_the_receiver_does(store: Store) -> 
         b" array_agg(e.seq - b.seq_min ORDER BY e.i),"
         b" array_agg((extract(epoch FROM e.ts - b.minute) * 1000)::integer ORDER BY e.i),"
         b" array_agg(e.steps ORDER BY e.i))"
-        b" FROM block_entries(b.minute, b.seq_min, b.n, b.code, b.exact) AS e)) FROM sample_blocks AS b"
+        b" FROM block_entries(b.minute, b.seq_min, b.n, b.signals, b.code, b.exact) AS e))"
+        b" FROM sample_blocks AS b"
     )
     row = await cur.fetchone()
     assert row is not None and int(str(row[0])) >= 2 and row[0] == row[1]
+
+
+async def test_a_reader_reads_the_samples_whatever_its_search_path(store: Store, pg_schema: Database) -> None:
+    # GIVEN stored samples, whole and merged
+    await store.write([message("bus-3", tricky_records(0, 40))])
+    await store.write([message("bus-3", tricky_records(20, 40))])
+    s = pg_schema.schema
+    # WHEN a reader connects with the default search_path (as Grafana's role or psql may) and names
+    # the schema only in its query, THEN every read decodes the blocks (the helper functions are
+    # bound when the migration creates the reads, not looked up on the reader's search_path)
+    with psycopg.connect(pg_schema.dsn, autocommit=True, options="-c search_path=public") as conn:
+        rows = conn.execute(
+            f'SELECT seq, (extract(epoch FROM ts) * 1000)::bigint, signal, value FROM "{s}".samples'
+            " WHERE vehicle_id = 'bus-3' ORDER BY seq"
+        ).fetchall()
+        between = conn.execute(
+            f'SELECT count(*) FROM "{s}".samples_between(%s, %s) WHERE vehicle_id = %s',
+            (datetime.fromtimestamp(T0_MS / 1000, UTC), datetime(2100, 1, 1, tzinfo=UTC), "bus-3"),
+        ).fetchone()
+        latest = conn.execute(f'SELECT value FROM "{s}".latest_sample(%s, %s)', ("bus-3", SOC)).fetchone()
+        minutes = conn.execute(
+            f'SELECT sum(n) FROM "{s}".samples_1m WHERE vehicle_id = %s', ("bus-3",)
+        ).fetchone()
+    want = expected(tricky_records(0, 60))
+    assert [(int(a), int(b), str(c), bits(float(d))) for a, b, c, d in rows] == sorted(want)
+    assert between == (len(want),) and minutes == (len(want),)
+    assert latest is not None and bits(float(str(latest[0]))) == bits([-0.0, 0.1 * 59, 1e300, 55.5][59 % 4])
+
+
+async def test_latest_sample_looks_back_30_days_from_the_bus_latest_block(store: Store) -> None:
+    # GIVEN a bus that sent Soc 29 days and Speed 31 days before its latest block (Speed only then)
+    day_ms = 86_400_000
+    latest = [SampleRecord(10, T0_MS, SPEED, 1.0)]
+    recent = [SampleRecord(2, T0_MS - 29 * day_ms, SOC, 55.5)]
+    old = [SampleRecord(1, T0_MS - 31 * day_ms, "Vehicle.Cabin.HVAC.Power", 7.0)]
+    for records in (old, recent, latest):
+        await store.write([message("bus-4", records)])
+
+    async def latest_value(signal: str) -> list[tuple[object, ...]]:
+        cur = await store.connection.execute(b"SELECT value FROM latest_sample('bus-4', %s)", (signal,))
+        return await cur.fetchall()
+
+    # THEN the one within 30 days is found, the older one is not (nor a signal never sent)
+    assert await latest_value(SOC) == [(55.5,)]
+    assert await latest_value(SPEED) == [(1.0,)]
+    assert await latest_value("Vehicle.Cabin.HVAC.Power") == []
+    assert await latest_value("Vehicle.Never.Sent") == []
+
+
+async def test_migration_10_codes_the_stored_blocks_again(pg_schema: Database) -> None:
+    # GIVEN a schema at version 9 holding a block (compressed on TimescaleDB) coded as 0009 coded it
+    # (two signals, one scaled, one on the float path, seq out of time order), written with that
+    # version's own block_code
+    settings = DatabaseSettings.model_validate({"dsn": pg_schema.dsn, "schema": pg_schema.schema})
+    old = await Store.open(settings, require_schema=False)
+    try:
+        assert await old.migrate(up_to=9) == list(range(1, 10))
+        if pg_schema.flavour == "native":
+            await old.connection.execute(
+                b"CREATE TABLE sample_blocks_p20240514 PARTITION OF sample_blocks"
+                b" FOR VALUES FROM ('2024-05-14 00:00Z') TO ('2024-05-15 00:00Z')"
+            )
+        await old.connection.execute(
+            b"INSERT INTO sample_signals (name, quantum)"
+            b" VALUES ('Vehicle.Speed', 0.25), ('Vehicle.Soc', NULL)"
+        )
+        await old.connection.execute(
+            b"INSERT INTO sample_blocks (vehicle_id, minute, seq_min, seq_max, ts_first, ts_last, n, signals,"
+            b" code, exact)"
+            b" SELECT 'bus-5', timestamptz '2024-05-14 12:00Z', 100, 105, timestamptz '2024-05-14 12:00:01Z',"
+            b" timestamptz '2024-05-14 12:00:31Z', 6, ARRAY[1, 2],"
+            b" block_code(ARRAY[1, 1, 1, 2, 2, 2], ARRAY[0, 2, 4, 1, 3, 5]::bigint[],"
+            b" ARRAY[1000, 11000, 21100, 1000, 11000, 31000], ARRAY[4, 5, -3, 0, 0, 0]::bigint[]),"
+            b" ARRAY[NULL, NULL, NULL, 0.5, '-0'::float8, 1e300]::float8[]"
+        )
+        if pg_schema.flavour == "timescale":  # an old chunk: compressed by then
+            await old.connection.execute(b"SELECT compress_chunk(c) FROM show_chunks('sample_blocks') AS c")
+        # WHEN it is migrated to version 10
+        assert await old.migrate() == [10]
+        cur = await old.connection.execute(
+            b"SELECT seq, extract(epoch FROM ts - timestamptz '2024-05-14 12:00Z')::float8, signal, value"
+            b" FROM samples ORDER BY seq"
+        )
+        rows = await cur.fetchall()
+        cur = await old.connection.execute(
+            b"SELECT get_byte(code, 4) | (get_byte(code, 5) << 8) FROM sample_blocks"
+        )
+        tick = await cur.fetchone()
+    finally:
+        await old.close()
+    # THEN every sample reads back as stored, and the block is in 0010's code (a 100 ms tick)
+    speed, soc = "Vehicle.Speed", "Vehicle.Soc"
+    assert [(int(str(s)), float(str(t)), n, bits(float(str(v)))) for s, t, n, v in rows] == [
+        (100, 1.0, speed, bits(1.0)), (101, 1.0, soc, bits(0.5)), (102, 11.0, speed, bits(1.25)),
+        (103, 11.0, soc, bits(-0.0)), (104, 21.1, speed, bits(-0.75)), (105, 31.0, soc, bits(1e300)),
+    ]  # fmt: skip
+    assert tick == (100,)

@@ -66,6 +66,7 @@ async def test_migrations_are_idempotent_and_recorded(pg_schema: Database) -> No
             (7, pg_schema.flavour),
             (8, pg_schema.flavour),
             (9, "any"),
+            (10, "any"),
         ]
     finally:
         await store.close()
@@ -240,7 +241,7 @@ async def test_samples_re_sent_in_other_batches_are_stored_once_with_exact_rollu
             store,
             "SELECT count(*) FROM (SELECT e.ts, lag(e.ts) OVER (PARTITION BY b.vehicle_id, b.minute,"
             " b.seq_min, e.signal_id ORDER BY e.i) AS prev FROM sample_blocks AS b,"
-            " block_entries(b.minute, b.seq_min, b.n, b.code, b.exact) AS e) AS x"
+            " block_entries(b.minute, b.seq_min, b.n, b.signals, b.code, b.exact) AS e) AS x"
             " WHERE x.prev > x.ts",
         )
         == 0

@@ -11,7 +11,7 @@ import numpy.typing as npt
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cloud.blocks import CODE_FIELDS, Blocks, GroupSamples, blocks_of, unrepeated
+from cloud.blocks import CODE_FIELDS, HEAD_BYTES, Blocks, GroupSamples, blocks_of, unrepeated
 from cloud.ingest import BatchMessage
 from protocols.topics import TopicKind, telemetry_topic
 from protocols.wire import Batch, SampleColumns, SampleRecord
@@ -45,13 +45,23 @@ def layout(*messages: SampleColumns) -> tuple[Blocks, dict[int, tuple[str, float
 
 
 def fields(blocks: Blocks, b: int) -> npt.NDArray[np.int64]:
-    """Block b's code as its four fields per sample (signal, seq, ts, steps: differences), decoded as
-    code_field() in 0009_signal_block_reads.sql does: byte planes, then zigzag."""
+    """Block b's code as its four fields per sample (signal, seq, ts, steps: differences; ts in ms),
+    decoded as block_entries() in 0010_narrow_code.sql does: the head's widths and tick, each field's
+    byte planes, then zigzag."""
     n = int(blocks.stop[b] - blocks.start[b])
-    at = int(CODE_FIELDS * 4 * blocks.start[b])
-    planes = blocks.code[at : at + CODE_FIELDS * 4 * n].reshape(CODE_FIELDS, 4, n).astype(np.int64)
-    zigzag = planes[:, 0] | planes[:, 1] << 8 | planes[:, 2] << 16 | planes[:, 3] << 24
-    out: npt.NDArray[np.int64] = (zigzag >> 1) ^ -(zigzag & 1)
+    at = int(blocks.code_size[:b].sum())
+    code = blocks.code[at : at + int(blocks.code_size[b])].astype(np.int64)
+    width, tick = code[:4].tolist(), int(code[4] | code[5] << 8)
+    assert len(code) == HEAD_BYTES + n * sum(width)
+    out = np.zeros((CODE_FIELDS, n), dtype=np.int64)
+    plane = HEAD_BYTES
+    for f in range(CODE_FIELDS):
+        for k in range(width[f]):
+            out[f] |= code[plane : plane + n] << (8 * k)
+            plane += n
+    out = (out >> 1) ^ -(out & 1)
+    out[2] *= tick
+    out[0, 0] = blocks.signal_list[int(blocks.signal_count[:b].sum())]  # the first: the block's lowest id
     return out
 
 
