@@ -80,8 +80,12 @@ def readdressed(frames: Sequence[Frame]) -> list[Frame]:
         if frame.is_extended:
             turn += 1
             priority, source = PRIORITIES[turn % len(PRIORITIES)], SOURCES[turn % len(SOURCES)]
-            frame = replace(
-                frame, arbitration_id=(frame.arbitration_id & 0x03FFFF00) | (priority << 26) | source
+            new_id = (frame.arbitration_id & 0x03FFFF00) | (priority << 26) | source
+            # `Frame` is a named tuple; older checkouts (run through PYTHONPATH) have it as a dataclass
+            frame = (
+                frame._replace(arbitration_id=new_id)
+                if hasattr(frame, "_replace")
+                else replace(frame, arbitration_id=new_id)
             )
         out.append(frame)
     return out

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg
 
@@ -31,6 +33,9 @@ from cloud import kpis
 from cloud.settings import DatabaseSettings
 from cloud.store import Store
 from cloud.web import queries
+
+# `python bench/fleet_position.py` puts bench/ first on sys.path; the fleet builder is the tests' own
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 from tests.integration.large_fleet import plan_fleet, write_fleet
 
 DSN = "postgresql://postgres@127.0.0.1:5432/test"

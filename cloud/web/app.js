@@ -9,7 +9,7 @@ import {
 } from "./common.js";
 import { FleetList } from "./fleet.js";
 import { FleetMap } from "./map.js";
-import { loadBilling, loadBlockRisk, wireBilling } from "./reports.js";
+import { loadBatteryHealth, loadBilling, loadBlockRisk, wireBilling } from "./reports.js";
 
 // A bus online whose data is at most this old is live: its charts open on the last LIVE_HOURS.
 const LIVE_WITHIN_MS = 2 * HOUR_MS;
@@ -155,6 +155,7 @@ async function loadBus() {
     button.classList.toggle("active", Number(button.dataset.hours) === state.hours);
   }
   renderBusFacts(bus);
+  loadBatteryHealth(bus, () => bus.id === state.selected).catch(showError);
   const end = Date.parse(bus.data_until || bus.last_seen) + 1000;
   const start = end - state.hours * HOUR_MS;
   const range = { from: isoUtc(start), to: isoUtc(end) };
@@ -351,6 +352,7 @@ async function main() {
   loadToken();
   try {
     const config = await api("/page-config.json");
+    state.maxRangeDays = config.max_range_days;
     fleetMap = new FleetMap(document.getElementById("map"), config, navigate);
     fleetList = new FleetList(document.getElementById("bus-list"), document.getElementById("fleet-count"), navigate);
     fleetList.onChange = (shown) => fleetMap.show(shown);

@@ -44,11 +44,13 @@ PAGE_PATHS: Final = (*PAGE_FILES, PAGE_CONFIG)
 
 
 def page_config(settings: WebSettings) -> dict[str, object]:
-    """What the page needs to know of the settings: the map's tiles (None: a blank map)."""
+    """What the page needs to know of the settings: the map's tiles (None: a blank map), and the longest
+    date range the API answers (the battery-health lookback is cut to it)."""
     return {
         "tile_url": settings.map_tile_url,
         "attribution": settings.map_attribution,
         "subdomains": settings.map_subdomains,
+        "max_range_days": settings.max_range_days,
     }
 
 

@@ -12,7 +12,7 @@ export const DAY_MS = 24 * HOUR_MS;
 export const LOW_SOC_PCT = 20;
 const SVG_NS = "http://www.w3.org/2000/svg";
 
-export const state = { buses: [], byId: new Map(), timeZone: "UTC", selected: null, hours: null, token: null };
+export const state = { buses: [], byId: new Map(), timeZone: "UTC", selected: null, hours: null, token: null, maxRangeDays: null };
 
 // ---- access token --------------------------------------------------------------------------------
 // A server with web.api_tokens wants `Authorization: Bearer <token>` on its API calls. The page is

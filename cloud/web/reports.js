@@ -1,8 +1,9 @@
 // voltgate fleet page, below the map: "will it finish its block?" (the buses ranked by the risk of
 // running out before their block ends, the on-device forecast beside each) and the pay-per-km report
-// (a date range, per bus per day/week/month, the flags a bill needs, and its CSV).
+// (a date range, per bus per day/week/month, the flags a bill needs, and its CSV); in the selected
+// bus's panel, its battery health (/api/buses/{bus}/health).
 
-import { api, dateTime, el, num, state } from "./common.js";
+import { DAY_MS, api, dateTime, el, localDay, num, state } from "./common.js";
 
 // A table shows at most this many rows (a large fleet's rest: the API, the CSV); the note says so.
 const MAX_ROWS = 200;
@@ -171,4 +172,37 @@ export function wireBilling(from, to) {
   document.getElementById("billing-csv").addEventListener("click", (event) => {
     downloadWithToken(event).catch(() => {});
   });
+}
+
+// ---- battery health of the selected bus ------------------------------------------------------------
+
+// The 12 weeks up to the bus's latest data (the route's own default ends today, which says nothing of
+// a bus that has not reported lately or of imported history), or the longest range the API answers.
+const HEALTH_DAYS = 7 * 12;
+
+function healthText(h) {
+  if (h.capacity_ah === null) {
+    return `Battery health: no capacity estimate (${h.sessions_seen} charging session(s) since ${h.day_from}, none with a usable SOC window)`;
+  }
+  const parts = [`Battery health: ${num(h.capacity_ah, 0)} Ah (week of ${h.weeks[h.weeks.length - 1].week_start}, ${h.estimates.length} charge(s) estimated)`];
+  if (h.soh_pct !== null) parts.push(`SoH ${num(h.soh_pct, 0)} % of ${num(h.nominal_capacity_ah, 0)} Ah`);
+  if (h.trend_pct_per_30d !== null) parts.push(`trend ${h.trend_pct_per_30d > 0 ? "+" : ""}${num(h.trend_pct_per_30d, 1)} % per 30 days`);
+  if (h.weeks.length > 1) parts.push(`weekly: ${h.weeks.map((w) => num(w.capacity_ah, 0)).join(" → ")} Ah`);
+  return parts.join(" · ");
+}
+
+// `stillSelected()`: false once another bus was chosen meanwhile.
+export async function loadBatteryHealth(bus, stillSelected) {
+  const box = document.getElementById("bus-health");
+  box.hidden = true;
+  const end = Date.parse(bus.data_until || bus.last_seen);
+  const days = Math.min(HEALTH_DAYS, state.maxRangeDays || HEALTH_DAYS);
+  const params = { from: localDay(end - (days - 1) * DAY_MS), to: localDay(end), tz: state.timeZone };
+  const health = await api(`/api/buses/${encodeURIComponent(bus.id)}/health`, params);
+  if (!stillSelected()) return;
+  box.textContent = healthText(health);
+  box.dataset.capacityAh = health.capacity_ah === null ? "" : String(health.capacity_ah);
+  box.dataset.sohPct = health.soh_pct === null ? "" : String(health.soh_pct);
+  Object.assign(box.dataset, { from: params.from, to: params.to });
+  box.hidden = false;
 }

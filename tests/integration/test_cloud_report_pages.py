@@ -137,4 +137,20 @@ async def test_block_risk_and_billing_tables(api: Api) -> None:  # noqa: F811
             wait_for(driver, lambda d: d.find_element(By.ID, "bus-title").text == "SIM-LOW", "bus opens")
             assert driver.execute_script("return window.location.hash") == "#/bus/SIM-LOW"
 
+            # AND its panel says it has no capacity estimate (it never charged); SIM-AGED's panel gives the
+            # API's capacity and state of health from its depot charge, over the weeks up to its data
+            health = driver.find_element(By.ID, "bus-health")
+            wait_for(driver, lambda d: health.is_displayed(), "SIM-LOW's battery health")
+            assert "no capacity estimate" in health.text
+            driver.execute_script("window.location.hash = '#/bus/SIM-AGED'")
+            wait_for(driver, lambda d: health.get_attribute("data-capacity-ah"), "SIM-AGED's battery health")
+            span = {"from": health.get_attribute("data-from"), "to": health.get_attribute("data-to")}
+            status, aged = answer("/api/buses/SIM-AGED/health", **span)
+            assert status == 200 and aged["capacity_ah"] is not None and aged["soh_pct"] is not None
+            assert float(health.get_attribute("data-capacity-ah")) == aged["capacity_ah"]
+            assert f"{aged['capacity_ah']:,.0f} Ah" in health.text
+            assert f"SoH {aged['soh_pct']:,.0f} %" in health.text
+            # (the backwards billing range above logged its 400, as intended)
+            assert [e for e in severe_console_errors(driver) if "/reports/billing" not in e] == []
+
     await asyncio.to_thread(scenario)

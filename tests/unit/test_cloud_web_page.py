@@ -115,4 +115,9 @@ def test_with_a_tile_server_its_images_are_allowed() -> None:
     settings = WebSettings(map_tile_url=template, map_attribution="© X")
     assert "img-src 'self' data: https://*.tiles.example.net;" in assets.content_security_policy(settings)
     config = json.loads(assets.page_files(settings)[assets.PAGE_CONFIG][0])
-    assert config == {"tile_url": settings.map_tile_url, "attribution": "© X", "subdomains": "abc"}
+    assert config == {
+        "tile_url": settings.map_tile_url,
+        "attribution": "© X",
+        "subdomains": "abc",
+        "max_range_days": settings.max_range_days,
+    }
