@@ -73,7 +73,8 @@ async def main(args: argparse.Namespace) -> None:
             await write_fleet(store, plan_fleet(args.buses), datetime.now(UTC).replace(microsecond=0))
         finally:
             await store.close()
-        options = f"-c search_path={schema},public -c timezone=UTC"
+        # as the API connects (cloud/api.py): with JIT on, compiling the bus list's plan alone takes seconds
+        options = f"-c search_path={schema},public -c timezone=UTC -c jit=off"
         async with await psycopg.AsyncConnection.connect(DSN, autocommit=True, options=options) as conn:
             await report(conn, args)
     finally:

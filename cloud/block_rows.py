@@ -165,19 +165,23 @@ def block_rows(vehicles: Sequence[str], b: Blocks) -> bytes:
 
 
 def stats_rows(names: Mapping[int, str], b: Blocks) -> bytes:
-    """COPY rows of stage_block_stats (block_no, signal, n, total, min_value, max_value): per block
-    and signal, what its samples add to the minute's rollup; `names`: float-path id -> signal name."""
+    """COPY rows of stage_block_stats (block_no, signal, n, total, min_value, max_value, last_ts, last_seq,
+    last_value): per block and signal, what its samples add to the minute's rollup and its latest sample;
+    `names`: float-path id -> signal name."""
     rows = len(b.stat_block)
     ids, index = np.unique(b.stat_signal, return_inverse=True)
     return interleave(
         [
-            field_count(6, rows),
+            field_count(9, rows),
             fixed(b.stat_block, ">i4"),
             texts([names[int(i)] for i in ids], index.astype(np.int64)),
             fixed(b.stat_n, ">i4"),
             fixed(b.stat_total, ">f8"),
             fixed(b.stat_min, ">f8"),
             fixed(b.stat_max, ">f8"),
+            fixed(_micros(b.stat_last_ts_ms), ">i8"),
+            fixed(b.stat_last_seq, ">i8"),
+            fixed(b.stat_last_value, ">f8"),
         ],
         rows,
     )

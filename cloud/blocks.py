@@ -55,6 +55,9 @@ class Blocks:
     stat_total: npt.NDArray[np.float64]
     stat_min: npt.NDArray[np.float64]
     stat_max: npt.NDArray[np.float64]
+    stat_last_ts_ms: npt.NDArray[np.int64]  # the block's latest sample of the signal (by ts, then seq)
+    stat_last_seq: npt.NDArray[np.int64]
+    stat_last_value: npt.NDArray[np.float64]
 
     def __len__(self) -> int:
         return len(self.start)
@@ -142,7 +145,7 @@ def blocks_of(samples: GroupSamples) -> Blocks:
     code, code_size = block_code(
         start, n, signal_id, seq - seq_min[block_of_sample], ts - block_minute_ms[block_of_sample], steps
     )
-    stats = _statistics(block_of_sample, samples.float_id[order], value)
+    stats = _statistics(block_of_sample, samples.float_id[order], value, ts, seq)
     return Blocks(
         message=message[start],
         minute_ms=block_minute_ms,
@@ -164,6 +167,9 @@ def blocks_of(samples: GroupSamples) -> Blocks:
         stat_total=stats[3],
         stat_min=stats[4],
         stat_max=stats[5],
+        stat_last_ts_ms=stats[6],
+        stat_last_seq=stats[7],
+        stat_last_value=stats[8],
     )
 
 
@@ -235,7 +241,11 @@ def _since_previous(values: npt.NDArray[np.int64], start: npt.NDArray[np.int64])
 
 
 def _statistics(
-    block_of_sample: npt.NDArray[np.int64], name: npt.NDArray[np.int32], value: npt.NDArray[np.float64]
+    block_of_sample: npt.NDArray[np.int64],
+    name: npt.NDArray[np.int32],
+    value: npt.NDArray[np.float64],
+    ts_ms: npt.NDArray[np.int64],
+    seq: npt.NDArray[np.int64],
 ) -> tuple[
     npt.NDArray[np.int64],
     npt.NDArray[np.int32],
@@ -243,9 +253,14 @@ def _statistics(
     npt.NDArray[np.float64],
     npt.NDArray[np.float64],
     npt.NDArray[np.float64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.float64],
 ]:
     """Per block and signal name (both paths of a signal are one name, keyed by its float-path id):
-    block, name, n, total, min and max of the values."""
+    block, name, n, total, min and max of the values, and the ts, seq and value of its latest sample
+    (the receiver's latest-value table, cloud/sql/0012_latest_samples.sql)."""
+    latest = np.lexsort((seq, ts_ms, name, block_of_sample))  # the same groups, each by time last
     by_signal = np.lexsort((name, block_of_sample))
     key_block, key_name = block_of_sample[by_signal], name[by_signal]
     first = np.ones(len(by_signal), dtype=bool)
@@ -253,6 +268,7 @@ def _statistics(
     start = np.flatnonzero(first)
     value = value[by_signal]
     some = len(start) > 0
+    last = latest[np.append(start[1:], len(by_signal)) - 1] if some else latest[:0]
     return (
         key_block[start],
         key_name[start].astype(np.int32),
@@ -260,6 +276,9 @@ def _statistics(
         np.add.reduceat(value, start) if some else value[:0],
         np.minimum.reduceat(value, start) if some else value[:0],
         np.maximum.reduceat(value, start) if some else value[:0],
+        ts_ms[last],
+        seq[last],
+        value[last],
     )
 
 

@@ -39,7 +39,8 @@ STAGING_DDL: Final = (
     " exact double precision[]) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS stage_block_stats ("
     " block_no integer, signal text, n integer, total double precision, min_value double precision,"
-    " max_value double precision) ON COMMIT DELETE ROWS",
+    " max_value double precision, last_ts timestamptz, last_seq bigint, last_value double precision)"
+    " ON COMMIT DELETE ROWS",
 )
 
 _COLUMNS: Final = "vehicle_id, minute, seq_min, seq_max, ts_first, ts_last, n, signals, code, exact"
@@ -97,7 +98,16 @@ STORE_SAMPLES: Final = (
     " JOIN recoded AS r ON r.block_no = k.block_no JOIN merged AS g ON (g.vehicle_id, g.minute, g.seq_min,"
     " g.ts_first) = (r.vehicle_id, r.minute, r.seq_min, r.ts_first),"
     " LATERAL (SELECT coalesce(k.exact, k.steps * d.quantum) AS value) AS v"
-    " GROUP BY k.vehicle_id, d.name, k.minute)" + _INSERTED_COUNT
+    " GROUP BY k.vehicle_id, d.name, k.minute),"
+    # each signal's latest sample per vehicle (cloud/sql/0012_latest_samples.sql): a staged sample that
+    # repeats a stored one is still a sample the bus sent, so every staged block counts
+    " latest AS (INSERT INTO latest_samples (vehicle_id, signal, ts, seq, value)"
+    " SELECT DISTINCT ON (s.vehicle_id, t.signal) s.vehicle_id, t.signal, t.last_ts, t.last_seq, t.last_value"
+    " FROM stage_block_stats AS t JOIN stage_blocks AS s ON s.block_no = t.block_no"
+    " ORDER BY s.vehicle_id, t.signal, t.last_ts DESC, t.last_seq DESC"
+    " ON CONFLICT (vehicle_id, signal)"
+    " DO UPDATE SET ts = excluded.ts, seq = excluded.seq, value = excluded.value"
+    " WHERE (excluded.ts, excluded.seq) > (latest_samples.ts, latest_samples.seq))" + _INSERTED_COUNT
 )
 
 
@@ -186,8 +196,8 @@ async def stage_samples(cur: Cursor, batches: list[BatchMessage], signals: Signa
             rows = block_rows([m.vehicle_id for m in batches], blocks)
             await copy.write(b"".join((COPY_SIGNATURE, rows, COPY_TRAILER)))
         async with cur.copy(
-            "COPY stage_block_stats (block_no, signal, n, total, min_value, max_value)"
-            " FROM STDIN (FORMAT BINARY)"
+            "COPY stage_block_stats (block_no, signal, n, total, min_value, max_value, last_ts, last_seq,"
+            " last_value) FROM STDIN (FORMAT BINARY)"
         ) as copy:
             await copy.write(b"".join((COPY_SIGNATURE, stats_rows(signals.names, blocks), COPY_TRAILER)))
     return sum(len(m.samples) for m in batches)

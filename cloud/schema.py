@@ -65,6 +65,11 @@ def available_migrations(flavour: Flavour) -> list[Migration]:
     return [by_version[v] for v in sorted(by_version)]
 
 
+def shipped_versions(from_version: int = 1) -> list[int]:
+    """The versions shipped in `cloud/sql/` from `from_version` on, ascending (numbers may skip)."""
+    return [m.version for m in available_migrations(Flavour.NATIVE) if m.version >= from_version]
+
+
 def latest_version() -> int:
     return max(m.version for m in available_migrations(Flavour.NATIVE))
 

@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY
 
 from cloud.dead_letters import ROW_OVERHEAD_BYTES, dead_letter_bytes
 from cloud.ingest import BatchMessage, DeadLetter, Ingested, ingest_message
-from cloud.schema import Flavour, existing_partitions, latest_version
+from cloud.schema import Flavour, existing_partitions, shipped_versions
 from cloud.settings import DatabaseSettings, IngestSettings
 from cloud.store import Store
 from protocols.topics import telemetry_topic
@@ -266,7 +266,7 @@ async def test_migration_6_keeps_length_and_sha256_of_old_rows_then_maintenance_
             (NOW, big),
         )
         # WHEN it is migrated and the maintenance runs
-        assert await store.migrate() == list(range(6, latest_version() + 1))
+        assert await store.migrate() == shipped_versions(from_version=6)
         await store.maintain()
 
         # THEN the payload is cut, its original length and hash kept

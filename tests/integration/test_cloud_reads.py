@@ -184,17 +184,18 @@ async def test_trips_read_only_the_days_asked_for(
     assert plans.partitions_read() == plans.meeting(local_day(day, "America/New_York"))
 
 
-async def test_bus_list_reads_only_the_last_day(
+async def test_bus_list_reads_no_sample_block(
     four_days: tuple[psycopg.AsyncConnection[Any], Plans],
 ) -> None:
     conn, plans = four_days
 
     states = await queries.bus_states(conn)
 
+    # the latest samples are kept as the receiver writes (cloud/sql/0012_latest_samples.sql)
     assert [s.vehicle_id for s in states] == sorted(p.vehicle_id for p in PLANS)
     assert all(s.soc_pct and s.soc_pct.ts.astimezone(UTC).date() == DAYS[-1] for s in states)
     assert all(s.latitude is not None and s.longitude is not None for s in states)
-    assert plans.partitions_read() == plans.meeting(utc_day(DAYS[-1]))
+    assert plans.partitions_read() == set()
 
 
 async def test_series_and_outcomes_read_only_their_range(

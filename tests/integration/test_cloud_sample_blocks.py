@@ -118,24 +118,37 @@ async def test_a_reader_reads_the_samples_whatever_its_search_path(store: Store,
     assert latest is not None and bits(float(str(latest[0]))) == bits([-0.0, 0.1 * 59, 1e300, 55.5][59 % 4])
 
 
-async def test_latest_sample_looks_back_30_days_from_the_bus_latest_block(store: Store) -> None:
-    # GIVEN a bus that sent Soc 29 days and Speed 31 days before its latest block (Speed only then)
+async def test_latest_sample_is_kept_and_an_earlier_instant_walks_back_30_days(store: Store) -> None:
+    # GIVEN a bus whose latest block holds Speed, that sent Soc 29 and 50 days before it, Cabin power
+    # 31 days before it and an earlier Speed 70 days before it
     day_ms = 86_400_000
+    old = [
+        SampleRecord(0, T0_MS - 70 * day_ms, SPEED, 2.0),
+        SampleRecord(1, T0_MS - 50 * day_ms, SOC, 45.0),
+        SampleRecord(2, T0_MS - 31 * day_ms, "Vehicle.Cabin.HVAC.Power", 7.0),
+    ]
+    recent = [SampleRecord(3, T0_MS - 29 * day_ms, SOC, 55.5)]
     latest = [SampleRecord(10, T0_MS, SPEED, 1.0)]
-    recent = [SampleRecord(2, T0_MS - 29 * day_ms, SOC, 55.5)]
-    old = [SampleRecord(1, T0_MS - 31 * day_ms, "Vehicle.Cabin.HVAC.Power", 7.0)]
     for records in (old, recent, latest):
         await store.write([message("bus-4", records)])
 
-    async def latest_value(signal: str) -> list[tuple[object, ...]]:
-        cur = await store.connection.execute(b"SELECT value FROM latest_sample('bus-4', %s)", (signal,))
+    async def latest_value(signal: str, at_ms: int | None = None) -> list[tuple[object, ...]]:
+        at = "infinity" if at_ms is None else datetime.fromtimestamp(at_ms / 1000, UTC)
+        query = b"SELECT value FROM latest_sample('bus-4', %s, %s)"
+        cur = await store.connection.execute(query, (signal, at))
         return await cur.fetchall()
 
-    # THEN the one within 30 days is found, the older one is not (nor a signal never sent)
+    # THEN each signal's latest sample is the kept one, whatever its age (nothing for one never sent)
     assert await latest_value(SOC) == [(55.5,)]
     assert await latest_value(SPEED) == [(1.0,)]
-    assert await latest_value("Vehicle.Cabin.HVAC.Power") == []
+    assert await latest_value("Vehicle.Cabin.HVAC.Power") == [(7.0,)]
     assert await latest_value("Vehicle.Never.Sent") == []
+    # AND at an instant before the kept one the blocks are walked, 30 days back from the bus's latest
+    # block at that instant: Soc 20 days before it is found, Speed 39 days before it is not
+    at = T0_MS - 30 * day_ms
+    assert await latest_value(SOC, at) == [(45.0,)]
+    assert await latest_value(SPEED, at) == []
+    assert await latest_value("Vehicle.Cabin.HVAC.Power", at) == [(7.0,)]
 
 
 async def test_migration_10_codes_the_stored_blocks_again(pg_schema: Database) -> None:
@@ -166,8 +179,8 @@ async def test_migration_10_codes_the_stored_blocks_again(pg_schema: Database) -
         )
         if pg_schema.flavour == "timescale":  # an old chunk: compressed by then
             await old.connection.execute(b"SELECT compress_chunk(c) FROM show_chunks('sample_blocks') AS c")
-        # WHEN it is migrated to version 10
-        assert await old.migrate() == [10]
+        # WHEN it is migrated to version 10 (and then on: 0012 keeps each signal's latest sample)
+        assert await old.migrate(up_to=10) == [10]
         cur = await old.connection.execute(
             b"SELECT seq, extract(epoch FROM ts - timestamptz '2024-05-14 12:00Z')::float8, signal, value"
             b" FROM samples ORDER BY seq"
@@ -177,6 +190,11 @@ async def test_migration_10_codes_the_stored_blocks_again(pg_schema: Database) -
             b"SELECT get_byte(code, 4) | (get_byte(code, 5) << 8) FROM sample_blocks"
         )
         tick = await cur.fetchone()
+        await old.migrate()
+        cur = await old.connection.execute(
+            b"SELECT signal, seq, value FROM latest_samples WHERE vehicle_id = 'bus-5' ORDER BY signal"
+        )
+        kept = await cur.fetchall()
     finally:
         await old.close()
     # THEN every sample reads back as stored, and the block is in 0010's code (a 100 ms tick)
@@ -186,3 +204,5 @@ async def test_migration_10_codes_the_stored_blocks_again(pg_schema: Database) -
         (103, 11.0, soc, bits(-0.0)), (104, 21.1, speed, bits(-0.75)), (105, 31.0, soc, bits(1e300)),
     ]  # fmt: skip
     assert tick == (100,)
+    # AND 0012 found each signal's latest sample in the stored blocks
+    assert kept == [(soc, 105, 1e300), (speed, 104, -0.75)]
