@@ -1,0 +1,187 @@
+"""`voltgate-agent doctor` as a technician runs it (a subprocess) beside a real agent replaying a log to
+the real Mosquitto: its lines and exit code when all is well, when the broker port has nothing listening,
+when the agent's metrics port is taken by another program, and with old unsent samples in the buffer."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import can
+
+from agent import doctor_probes as probes
+from agent.buffer import SampleBuffer
+from agent.records import Priority, Sample
+from protocols.catalog import DEFAULT_CATALOG, load_catalog
+from tests.faults.harness import AgentProcess, free_port, wait_until
+from tests.integration.agent_run import REPO, replay_config, replaying, stop_agent
+from tests.integration.conftest import Broker
+
+QUICK = "[inference]\nenabled = false\n"  # the ONNX models cost start-up time; the models line says so
+
+
+def _speed_log(path: Path, frames: int) -> Path:
+    """A candump -L log of CCVS1 frames (vehicle speed), 1.1 s apart."""
+    message = load_catalog(DEFAULT_CATALOG).database.get_message_by_name("CCVS1")
+    with can.Logger(str(path)) as writer:
+        for i in range(frames):
+            data = message.encode(
+                {"WheelBasedVehicleSpeed": float(i % 80), "ParkingBrakeSwitch": 0, "BrakeSwitch": 0},
+                strict=False,
+            )
+            writer.on_message_received(
+                can.Message(
+                    timestamp=1_700_000_000.0 + i * 1.1,
+                    arbitration_id=message.frame_id,
+                    is_extended_id=True,
+                    data=data,
+                )
+            )
+    return path
+
+
+def _doctor(config: Path) -> tuple[int, dict[str, tuple[str, str]], str]:
+    """Run `voltgate-agent doctor`; returns its exit code, check → (status, message), and the screen."""
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "doctor", "--config", str(config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    lines: dict[str, tuple[str, str]] = {}
+    for line in done.stdout.splitlines()[2:]:
+        status, rest = line.split(maxsplit=1)
+        check, message = rest.split("  ", 1)
+        lines[check.strip()] = (status, message.strip())
+    return done.returncode, lines, done.stdout
+
+
+def _rows(buffer: Path) -> int:
+    return probes.read_buffer(buffer).rows or 0
+
+
+async def test_all_well_every_line_ok_and_exit_0(mqtt_broker: Broker, tmp_path: Path) -> None:
+    # GIVEN an agent replaying a log to the broker, a collector playing the cloud and acknowledging
+    log = _speed_log(tmp_path / "day.log", 200)
+    more = f"[metrics]\nport = {free_port()}\n"
+    async with replaying(mqtt_broker, tmp_path, vehicle_id="bus-ok", log=log, replay="day", more=more) as (
+        collector,
+        agent,
+    ):
+        buffer = tmp_path / "state" / "buffer.sqlite3"
+        await collector.wait_for("the first acknowledgement", lambda: collector.acks_sent > 0)
+        await wait_until("an empty buffer", lambda: buffer.exists() and _rows(buffer) == 0, agent=agent)
+        # WHEN the technician runs doctor
+        code, lines, screen = await asyncio.to_thread(_doctor, tmp_path / "agent.toml")
+        await stop_agent(agent)
+    # THEN every line is OK, from the live agent, and the exit code is 0
+    assert code == 0, screen
+    assert "facts: live" in screen
+    assert {check: status for check, (status, _) in lines.items()} == {
+        "agent": "OK",
+        "replay day": "OK",
+        "broker": "OK",
+        "cloud ack": "OK",
+        "buffer": "OK",
+        "models": "OK",
+        "disk": "OK",
+    }, screen
+    assert lines["replay day"][1] == "replay: 200 frames read"
+    assert "last commit acknowledgement" in lines["cloud ack"][1]
+    assert lines["models"][1] == "fault_risk 4, large_drop 4, soc_drop 4"  # the shipped models, loaded
+
+
+async def test_a_broker_port_with_nothing_listening_fails_with_exit_2(
+    mqtt_broker: Broker, tmp_path: Path
+) -> None:
+    # GIVEN an agent whose broker URL points at a port nobody listens on
+    dead = Broker(mqtt_broker.host, free_port(), mqtt_broker.namespace)
+    log = _speed_log(tmp_path / "day.log", 50)
+    metrics_port = free_port()
+    config = replay_config(
+        tmp_path / "agent.toml",
+        dead,
+        vehicle_id="bus-nobroker",
+        log=log,
+        replay="day",
+        state=tmp_path / "state",
+        more=f"[metrics]\nport = {metrics_port}\n{QUICK}",
+    )
+    agent = AgentProcess(config, tmp_path / "agent.log")
+    try:
+        health = f"http://127.0.0.1:{metrics_port}/health.json"
+        answering = lambda: probes.fetch_health(health).document is not None  # noqa: E731
+        await wait_until("the agent's health document", answering, agent=agent)
+        # WHEN doctor runs
+        code, lines, screen = await asyncio.to_thread(_doctor, config)
+        await stop_agent(agent)
+    finally:
+        agent.ensure_dead()
+    # THEN the broker line says what to do, and the exit code is 2
+    assert code == 2, screen
+    status, message = lines["broker"]
+    assert status == "FAIL"
+    assert f"cannot connect to 127.0.0.1:{dead.port}" in message and "check broker_url in [uplink]" in message
+    assert lines["agent"][0] == "OK" and lines["models"] == ("OK", "inference disabled in the config")
+
+
+async def test_a_taken_metrics_port_the_agent_keeps_buffering_doctor_says_so(
+    mqtt_broker: Broker, tmp_path: Path
+) -> None:
+    # GIVEN another program listening on the agent's metrics port (it accepts, never answers)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        log = _speed_log(tmp_path / "day.log", 50)
+        more = f"[metrics]\nport = {port}\n{QUICK}"
+        async with replaying(
+            mqtt_broker, tmp_path, vehicle_id="bus-busy", log=log, replay="day", more=more
+        ) as (collector, agent):
+            # WHEN the agent starts: it runs, buffers and sends without its endpoint
+            await collector.wait_for("the agent's samples", lambda: len(collector.sample_seqs()) > 0)
+            code, lines, screen = await asyncio.to_thread(_doctor, tmp_path / "agent.toml")
+            agent_log = await stop_agent(agent)
+    # THEN one clear error line in its log, no traceback; doctor names the running agent and the port
+    assert "Traceback" not in agent_log
+    assert agent_log.count("metrics/health endpoint") == 1, agent_log
+    status, message = lines["agent"]
+    assert status == "WARN" and "running (pid" in message
+    assert f":{port}/health.json does not answer" in message
+    assert "facts: offline" in screen
+    assert lines["broker"][0] == "OK" and code == 1, screen  # warnings, no failure
+
+
+def test_old_unsent_samples_warn(mqtt_broker: Broker, tmp_path: Path) -> None:
+    # GIVEN a stopped agent's buffer holding samples from two hours ago, never acknowledged
+    buffer_path = tmp_path / "state" / "buffer.sqlite3"
+    buffer = SampleBuffer(buffer_path, 8 * 1024 * 1024)
+    start = time.time() - 7200
+    buffer.append_samples(Sample(start + i, "Vehicle.Speed", 10.0, Priority.NORMAL) for i in range(100))
+    buffer.commit()
+    buffer.close()
+    log = _speed_log(tmp_path / "day.log", 5)
+    config = replay_config(
+        tmp_path / "agent.toml",
+        mqtt_broker,
+        vehicle_id="bus-old",
+        log=log,
+        replay="day",
+        state=tmp_path / "state",
+        more=f"[metrics]\nport = {free_port()}\n{QUICK}",
+    )
+    # WHEN doctor runs with no agent running
+    code, lines, screen = _doctor(config)
+    # THEN the buffer warns about the old samples; the agent line fails (not running): exit code 2
+    status, message = lines["buffer"]
+    assert status == "WARN" and "100 records waiting, oldest unsent 2.0 h old" in message, screen
+    assert lines["agent"][0] == "FAIL" and "not running" in lines["agent"][1]
+    assert lines["cloud ack"][0] == "WARN"  # the broker holds no acknowledgement for this vehicle
+    assert "facts: offline" in screen and code == 2
