@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from agent import doctor_probes as probes
-from agent.settings import AgentSettings, CanBusSettings
+from agent.settings import AgentSettings, CanBusSettings, UplinkSettings
 
 LISTEN_S: Final = 1.5  # offline: how long to listen on each bus and on the GPS port
 FRAMES_STALE_S: Final = 5.0  # a live bus silent this long is worth a look
@@ -430,8 +430,7 @@ def diagnose(settings: AgentSettings, config: Path, *, listen_s: float = LISTEN_
             report.add("clock", check_clock(offset, settings.clock.max_skew_s))
 
         probe = broker.result()
-        identity = _identity(settings)
-        report.add("broker", check_broker(probe, identity))
+        report.add("broker", check_broker(probe, identity(settings.uplink)))
 
         facts = buffer.result()
         uplink: Mapping[str, Any] = (document or {}).get("uplink") or {}
@@ -469,8 +468,8 @@ def diagnose(settings: AgentSettings, config: Path, *, listen_s: float = LISTEN_
     return report
 
 
-def _identity(settings: AgentSettings) -> str:
-    uplink = settings.uplink
+def identity(uplink: UplinkSettings) -> str:
+    """The identity the broker line names: the client certificate, the username, or anonymous."""
     if uplink.cert_file is not None:
         return f"client certificate {uplink.cert_file.name}"
     if uplink.username:

@@ -337,7 +337,37 @@ def probe_broker(
         return BrokerProbe(host, port, tls, "timeout", f"no answer within {timeout_s:g} s")
     except OSError as err:
         return BrokerProbe(host, port, tls, "tcp", err.strerror or str(err))
+    if tls and (problem := _tls_problem(settings, timeout_s)) is not None:
+        return BrokerProbe(host, port, tls, "tls", problem)
     return asyncio.run(_mqtt_connect(settings, vehicle_id, timeout_s, ack_wait_s))
+
+
+def _tls_problem(settings: UplinkSettings, timeout_s: float, alert_wait_s: float = 0.5) -> str | None:
+    """A TLS handshake with the configured files, then a short read: with TLS 1.3 a broker refuses a
+    client certificate (or its absence) only after the handshake, with an alert (an MQTT broker sends
+    nothing else before CONNECT); the MQTT client would only see a timeout."""
+    import ssl
+
+    from agent.mqtt_link import tls_context
+
+    host, port, _ = settings.address
+    try:
+        context = tls_context(settings)
+    except (OSError, ssl.SSLError) as err:
+        return f"cannot load the TLS files: {err}"
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout_s) as raw,
+            context.wrap_socket(raw, server_hostname=host) as conn,
+        ):
+            conn.settimeout(alert_wait_s)
+            with contextlib.suppress(TimeoutError):
+                conn.recv(1)
+    except ssl.SSLError as err:
+        return getattr(err, "reason", None) or str(err)
+    except OSError:
+        return None  # not a TLS verdict; the MQTT connect reports it
+    return None
 
 
 async def _mqtt_connect(

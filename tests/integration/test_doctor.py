@@ -12,14 +12,22 @@ import time
 from pathlib import Path
 
 import can
+import pytest
 
 from agent import doctor_probes as probes
 from agent.buffer import SampleBuffer
+from agent.doctor import check_broker, identity
 from agent.records import Priority, Sample
+from agent.settings import UplinkSettings
 from protocols.catalog import DEFAULT_CATALOG, load_catalog
 from tests.faults.harness import AgentProcess, free_port, wait_until
+from tests.integration import test_uplink_tls
 from tests.integration.agent_run import REPO, replay_config, replaying, stop_agent
-from tests.integration.conftest import Broker
+from tests.integration.conftest import Broker, unique_id
+from tests.integration.test_uplink_tls import Pki, TlsBroker
+
+pki = test_uplink_tls.pki  # its fixtures: the test CA and certificates, a TLS-only Mosquitto
+tls_broker = test_uplink_tls.tls_broker
 
 QUICK = "[inference]\nenabled = false\n"  # the ONNX models cost start-up time; the models line says so
 
@@ -185,3 +193,28 @@ def test_old_unsent_samples_warn(mqtt_broker: Broker, tmp_path: Path) -> None:
     assert lines["agent"][0] == "FAIL" and "not running" in lines["agent"][1]
     assert lines["cloud ack"][0] == "WARN"  # the broker holds no acknowledgement for this vehicle
     assert "facts: offline" in screen and code == 2
+
+
+@pytest.mark.parametrize(
+    ("who", "status", "words"),
+    [
+        ("the bus's certificate", "OK", "accepted client certificate bus.crt (CONNACK)"),
+        ("no client certificate", "FAIL", "check ca_file, cert_file and key_file in [uplink]"),
+        ("a certificate from an unknown CA", "FAIL", "check ca_file, cert_file and key_file in [uplink]"),
+    ],
+)
+def test_the_broker_line_uses_the_configured_tls_identity(
+    tls_broker: TlsBroker, pki: Pki, who: str, status: str, words: str
+) -> None:
+    # GIVEN a broker whose only listener is TLS and requires a client certificate from its CA
+    credentials = {
+        "the bus's certificate": {"cert_file": pki.bus_cert, "key_file": pki.bus_key},
+        "no client certificate": {},
+        "a certificate from an unknown CA": {"cert_file": pki.stranger_cert, "key_file": pki.stranger_key},
+    }[who]
+    url = f"mqtts://127.0.0.1:{tls_broker.port}"
+    settings = UplinkSettings(broker_url=url, fleet_id=unique_id("f"), ca_file=pki.ca, **credentials)
+    # WHEN doctor connects with that identity
+    result = check_broker(probes.probe_broker(settings, "bus-9"), identity(settings))
+    # THEN a real CONNACK, or one sentence saying which files to check
+    assert result[0].name == status and words in result[1], result
