@@ -5,10 +5,15 @@ when the agent's metrics port is taken by another program, and with old unsent s
 from __future__ import annotations
 
 import asyncio
-import socket
+import contextlib
+import http.server
+import os
+import select
 import subprocess
 import sys
+import threading
 import time
+import tty
 from pathlib import Path
 
 import can
@@ -22,7 +27,7 @@ from agent.settings import UplinkSettings
 from protocols.catalog import DEFAULT_CATALOG, load_catalog
 from tests.faults.harness import AgentProcess, free_port, wait_until
 from tests.integration import test_uplink_tls
-from tests.integration.agent_run import REPO, replay_config, replaying, stop_agent
+from tests.integration.agent_run import REPO, replay_config, replaying
 from tests.integration.conftest import Broker, unique_id
 from tests.integration.test_uplink_tls import Pki, TlsBroker
 
@@ -88,7 +93,6 @@ async def test_all_well_every_line_ok_and_exit_0(mqtt_broker: Broker, tmp_path: 
         await wait_until("an empty buffer", lambda: buffer.exists() and _rows(buffer) == 0, agent=agent)
         # WHEN the technician runs doctor
         code, lines, screen = await asyncio.to_thread(_doctor, tmp_path / "agent.toml")
-        await stop_agent(agent)
     # THEN every line is OK, from the live agent, and the exit code is 0
     assert code == 0, screen
     assert "facts: live" in screen
@@ -129,9 +133,8 @@ async def test_a_broker_port_with_nothing_listening_fails_with_exit_2(
         await wait_until("the agent's health document", answering, agent=agent)
         # WHEN doctor runs
         code, lines, screen = await asyncio.to_thread(_doctor, config)
-        await stop_agent(agent)
     finally:
-        agent.ensure_dead()
+        agent.ensure_dead()  # SIGKILL: a clean stop would wait for the unreachable broker
     # THEN the broker line says what to do, and the exit code is 2
     assert code == 2, screen
     status, message = lines["broker"]
@@ -143,26 +146,29 @@ async def test_a_broker_port_with_nothing_listening_fails_with_exit_2(
 async def test_a_taken_metrics_port_the_agent_keeps_buffering_doctor_says_so(
     mqtt_broker: Broker, tmp_path: Path
 ) -> None:
-    # GIVEN another program listening on the agent's metrics port (it accepts, never answers)
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
-        squatter.listen()
-        port = squatter.getsockname()[1]
-        log = _speed_log(tmp_path / "day.log", 50)
-        more = f"[metrics]\nport = {port}\n{QUICK}"
+    # GIVEN another program serving HTTP on the agent's metrics port (a 404 for /health.json)
+    squatter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=squatter.serve_forever, name="squatter", daemon=True).start()
+    port = squatter.server_address[1]
+    log = _speed_log(tmp_path / "day.log", 50)
+    more = f"[metrics]\nport = {port}\n{QUICK}"
+    try:
         async with replaying(
             mqtt_broker, tmp_path, vehicle_id="bus-busy", log=log, replay="day", more=more
         ) as (collector, agent):
             # WHEN the agent starts: it runs, buffers and sends without its endpoint
             await collector.wait_for("the agent's samples", lambda: len(collector.sample_seqs()) > 0)
             code, lines, screen = await asyncio.to_thread(_doctor, tmp_path / "agent.toml")
-            agent_log = await stop_agent(agent)
+            agent_log = agent.log_text()
+    finally:
+        squatter.shutdown()
+        squatter.server_close()
     # THEN one clear error line in its log, no traceback; doctor names the running agent and the port
     assert "Traceback" not in agent_log
     assert agent_log.count("metrics/health endpoint") == 1, agent_log
     status, message = lines["agent"]
     assert status == "WARN" and "running (pid" in message
-    assert f":{port}/health.json does not answer" in message
+    assert f":{port}/health.json does not answer (HTTP 501)" in message
     assert "facts: offline" in screen
     assert lines["broker"][0] == "OK" and code == 1, screen  # warnings, no failure
 
@@ -218,3 +224,82 @@ def test_the_broker_line_uses_the_configured_tls_identity(
     result = check_broker(probes.probe_broker(settings, "bus-9"), identity(settings))
     # THEN a real CONNACK, or one sentence saying which files to check
     assert result[0].name == status and words in result[1], result
+
+
+class SlcanAdapter:
+    """A USB-CAN adapter speaking SLCAN on a pseudo-terminal: writes CCVS1 frames every 5 ms from a
+    thread, and swallows the host's commands (open, bitrate)."""
+
+    def __init__(self) -> None:
+        self.master, slave = os.openpty()
+        tty.setraw(self.master)
+        tty.setraw(slave)
+        self.path = os.ttyname(slave)
+        self._slave = slave
+        message = load_catalog(DEFAULT_CATALOG).database.get_message_by_name("CCVS1")
+        data = message.encode({"WheelBasedVehicleSpeed": 42.0, "ParkingBrakeSwitch": 0, "BrakeSwitch": 0})
+        self._line = f"T{message.frame_id:08X}{len(data)}{data.hex().upper()}\r".encode()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="slcan-adapter", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            with contextlib.suppress(OSError):
+                readable, _, _ = select.select([self.master], [], [], 0)
+                if readable:
+                    os.read(self.master, 4096)  # the host's commands
+                os.write(self.master, self._line)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        os.close(self.master)
+        os.close(self._slave)
+
+
+async def test_frames_per_can_bus_live_and_offline(mqtt_broker: Broker, tmp_path: Path) -> None:
+    # GIVEN an SLCAN adapter sending frames and an agent configured for it (not yet running)
+    adapter = SlcanAdapter()
+    metrics_port = free_port()
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f"""vehicle_id = "bus-can"
+log_format = "json"
+[[can]]
+name = "traction"
+interface = "slcan"
+channel = "{adapter.path}"
+options = {{ sleep_after_open = 0.0 }}
+[buffer]
+path = "{tmp_path / "state" / "buffer.sqlite3"}"
+[uplink]
+broker_url = "mqtt://{mqtt_broker.host}:{mqtt_broker.port}"
+fleet_id = "{mqtt_broker.namespace}"
+[metrics]
+port = {metrics_port}
+{QUICK}"""
+    )
+    try:
+        # WHEN doctor runs with no agent: it listens on the bus itself
+        _, offline, screen = await asyncio.to_thread(_doctor, config)
+        assert offline["can traction frames"][0] == "OK", screen
+        assert "frames/s (listened 1.5 s)" in offline["can traction frames"][1]
+        # WHEN the agent runs: doctor reads the agent's per-bus counts
+        agent = AgentProcess(config, tmp_path / "agent.log")
+        try:
+            health = f"http://127.0.0.1:{metrics_port}/health.json"
+
+            def counting() -> bool:
+                document = probes.fetch_health(health).document or {}
+                return (document.get("sources", {}).get("traction") or {}).get("per_s") is not None
+
+            await wait_until("the agent counting frames on the bus", counting, agent=agent)
+            _, live, screen = await asyncio.to_thread(_doctor, config)
+        finally:
+            agent.ensure_dead()  # SIGKILL: nothing acknowledges here, a clean stop would wait for acks
+    finally:
+        adapter.close()
+    status, message = live["can traction frames"]
+    assert "facts: live" in screen and status == "OK" and "frames/s" in message, screen
+    assert "can traction link" not in live  # not SocketCAN: the frames line is the link's check
