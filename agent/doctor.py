@@ -81,7 +81,9 @@ def _bytes(n: float) -> str:
 # --- the checks: facts in, (status, message) out --------------------------------------------------------
 
 
-def check_agent(endpoint: probes.Endpoint, pid: int | None, url: str, vehicle_id: str) -> Result:
+def check_agent(
+    endpoint: probes.Endpoint, pid: int | None, url: str, vehicle_id: str, metrics_enabled: bool = True
+) -> Result:
     document = endpoint.document
     if document is not None and document.get("vehicle_id") == vehicle_id:
         if not document.get("healthy", False):
@@ -96,6 +98,11 @@ def check_agent(endpoint: probes.Endpoint, pid: int | None, url: str, vehicle_id
         return Status.FAIL, (
             f"{url} answers for vehicle {document.get('vehicle_id')!r}, not {vehicle_id!r}: another "
             "agent owns this port; give each agent its own [metrics] port"
+        )
+    if pid is not None and not metrics_enabled:
+        return (
+            Status.OK,
+            f"running (pid {pid}); [metrics] is disabled in the config, so facts are read offline",
         )
     if pid is not None:
         return Status.WARN, (
@@ -359,7 +366,7 @@ def diagnose(settings: AgentSettings, config: Path, *, listen_s: float = LISTEN_
         f"voltgate doctor: vehicle {settings.vehicle_id}, config {config}",
         "facts: live, from the running agent" if live else "facts: offline (agent not answering)",
     ]
-    report.add("agent", check_agent(endpoint, pid, url, settings.vehicle_id))
+    report.add("agent", check_agent(endpoint, pid, url, settings.vehicle_id, settings.metrics.enabled))
     listen_offline = pid is None and not live  # a running agent owns serial ports: never listen beside it
 
     with ThreadPoolExecutor(max_workers=8) as pool:

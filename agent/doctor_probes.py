@@ -75,7 +75,6 @@ def agent_pid(config: Path, proc: Path = Path("/proc")) -> int | None:
             continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
-            cwd = (entry / "cwd").resolve()
         except OSError:
             continue
         args = [a.decode(errors="replace") for a in argv if a]
@@ -85,9 +84,19 @@ def agent_pid(config: Path, proc: Path = Path("/proc")) -> int | None:
             value = args[i + 1] if arg == "--config" and i + 1 < len(args) else None
             if arg.startswith("--config="):
                 value = arg.split("=", 1)[1]
-            if value is not None and (cwd / value).resolve() == wanted:
+            if value is not None and _same_file(entry, value, wanted):
                 return int(entry.name)
     return None
+
+
+def _same_file(process: Path, value: str, wanted: Path) -> bool:
+    path = Path(value)
+    if not path.is_absolute():
+        try:
+            path = (process / "cwd").resolve() / path  # another user's process: only root can see its cwd
+        except OSError:
+            return False
+    return path.resolve() == wanted
 
 
 # --- CAN links --------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from agent.buffer import SampleBuffer
 from agent.doctor import (
     Line,
     Status,
+    check_agent,
     check_buffer,
     check_can_link,
     check_clock,
@@ -75,6 +76,23 @@ def test_exit_code_is_the_worst_status() -> None:
     assert exit_code([]) == 0
     screen = render([ok, fail], ["header"])
     assert screen.splitlines() == ["header", "OK    x  m", "FAIL  x  m"]
+
+
+def test_the_agent_line() -> None:
+    url = "http://127.0.0.1:9108/health.json"
+    document = {"vehicle_id": "bus-1", "pid": 42, "healthy": True, "uptime_s": 7200.0}
+    assert check_agent(probes.Endpoint(document, None), None, url, "bus-1") == (
+        Status.OK,
+        f"running (pid 42, up 2.0 h); facts from {url}",
+    )
+    stuck = document | {"healthy": False, "committer_age_s": 30.0}
+    assert check_agent(probes.Endpoint(stuck, None), None, url, "bus-1")[0] == Status.FAIL
+    assert check_agent(probes.Endpoint(document, None), None, url, "bus-2")[0] == Status.FAIL  # not ours
+    silent = probes.Endpoint(None, "HTTP 404")
+    status, message = check_agent(silent, 812, url, "bus-1")
+    assert status == Status.WARN and "running (pid 812)" in message and "(HTTP 404)" in message
+    assert check_agent(silent, 812, url, "bus-1", metrics_enabled=False)[0] == Status.OK
+    assert check_agent(silent, None, url, "bus-1")[1].startswith("not running: start it")
 
 
 def test_ip_json_of_a_can_link_is_parsed() -> None:
