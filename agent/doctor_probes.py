@@ -374,8 +374,10 @@ def _tls_problem(settings: UplinkSettings, timeout_s: float, alert_wait_s: float
                 conn.recv(1)
     except ssl.SSLError as err:
         return getattr(err, "reason", None) or str(err)
-    except OSError:
-        return None  # not a TLS verdict; the MQTT connect reports it
+    except TimeoutError:
+        return None  # the MQTT connect reports it
+    except OSError as err:  # TCP was accepted a moment ago: the handshake itself failed
+        return f"{err.strerror or err} in the handshake; is the port a TLS listener (mqtts://)?"
     return None
 
 

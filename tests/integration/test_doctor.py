@@ -303,3 +303,9 @@ port = {metrics_port}
     status, message = live["can traction frames"]
     assert "facts: live" in screen and status == "OK" and "frames/s" in message, screen
     assert "can traction link" not in live  # not SocketCAN: the frames line is the link's check
+
+
+def test_mqtts_to_a_plain_listener_is_a_tls_failure(mqtt_broker: Broker) -> None:
+    settings = UplinkSettings(broker_url=f"mqtts://{mqtt_broker.host}:{mqtt_broker.port}")
+    status, message = check_broker(probes.probe_broker(settings, "bus-9"), identity(settings))
+    assert status.name == "FAIL" and "is the port a TLS listener (mqtts://)?" in message, message
