@@ -6,9 +6,11 @@
     voltgate-agent catalog init --dbc FILE [--out FILE] [--force]
     voltgate-agent install [--root DIR] [--config SRC] [--venv PATH] [--skip-venv] [--upgrade]
     voltgate-agent uninstall [--root DIR] [--purge]
+    voltgate-agent doctor --config FILE
 
 Exit codes: 0 fine, 1 the agent failed at run time, 2 a user mistake (config, files, arguments) explained
-in one sentence per problem on stderr. This is the only module that calls `sys.exit`.
+in one sentence per problem on stderr. `doctor` has its own: 0 every check OK, 1 warnings only, 2 a
+failure (`agent.doctor`). This is the only module that calls `sys.exit`.
 """
 
 from __future__ import annotations
@@ -123,6 +125,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from agent.doctor import Status, diagnose, exit_code, render
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as err:
+        print(f"FAIL  config  {err}: fix it (voltgate-agent check-config --config {args.config})")
+        return int(Status.FAIL)
+    report = diagnose(settings, args.config)
+    sys.stdout.write(render(report.lines, report.header))
+    return exit_code(report.lines)
+
+
 def _warn(warnings: tuple[str, ...]) -> None:
     for warning in warnings:
         print(f"voltgate-agent: warning: {warning}", file=sys.stderr)
@@ -235,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--out", type=Path, default=None, help="catalog file to write (default: stdout)")
     init.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     init.set_defaults(handler=cmd_catalog_init)
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="check this gateway (CAN, GPS, clock, broker, buffer, models, disk); "
+        "exit 0 all OK, 1 warnings, 2 a failure",
+    )
+    doctor.add_argument("--config", type=Path, required=True, help="agent TOML config")
+    doctor.set_defaults(handler=cmd_doctor)
 
     add_install_commands(commands)
     return parser

@@ -143,7 +143,9 @@ class Agent:
         # per replay: (its samples the gate has taken, `self.samples.put_total` once they were all put)
         self._relayed: dict[str, deque[tuple[int, int]]] = {}
         self.derived: asyncio.Queue[Prediction | Alert] = asyncio.Queue(DERIVED_QUEUE_MAX)
-        self.health = metrics.Health(stale_after_s=max(10.0, 10 * settings.buffer.commit_interval_s))
+        self.health = metrics.Health(
+            stale_after_s=max(10.0, 10 * settings.buffer.commit_interval_s), vehicle_id=settings.vehicle_id
+        )
         self.buffer = BufferWorker(settings.buffer.path, settings.buffer.max_bytes)
         self.metrics_server: metrics.MetricsServer | None = None
         self.uplink: Uplink | None = None
@@ -461,6 +463,7 @@ class Agent:
             for name, source in frame_sources:
                 stats = source.stats
                 sync.set(metrics.FRAMES_RECEIVED, (name,), stats.frames + stats.dropped)
+                self.health.note_source(name, stats.frames + stats.dropped)
                 sync.set(metrics.QUEUE_DROPS, (f"frames:{name}",), stats.dropped)
                 sync.set(metrics.SOURCE_RECONNECTS, (name,), stats.reconnects)
                 metrics.QUEUE_DEPTH.labels(f"frames:{name}").set(frame_queues[name].qsize())
@@ -476,6 +479,7 @@ class Agent:
             if gps is not None:
                 sync.set(metrics.QUEUE_DROPS, ("samples:gps",), gps.stats.dropped)
                 sync.set(metrics.SOURCE_RECONNECTS, ("gps",), gps.stats.reconnects)
+                self.health.note_source("gps", gps.stats.frames + gps.stats.dropped)
             metrics.QUEUE_DEPTH.labels("samples").set(self.samples.qsize())
             metrics.QUEUE_DEPTH.labels("derived").set(self.derived.qsize())
             for tap_name, tap in (("tap:inference", self.inference_tap), ("tap:alerts", self.alerts_inbox)):
@@ -498,6 +502,8 @@ class Agent:
             sync.set(metrics.INFERENCE_SKIPS, ("out_of_scope",), istats.out_of_scope)
             sync.set(metrics.INFERENCE_SKIPS, ("run_failure",), istats.run_failures)
             sync.set(metrics.INFERENCE_SKIPS, ("refused",), istats.refused)
+            models = self.inference_stage.models
+            self.health.models = {name: model.version for name, model in models.items()}
         if self.alert_stage is not None:
             for rule, count in self.alert_stage.stats.by_rule.items():
                 sync.set(metrics.ALERT_CHANGES, (rule,), count)

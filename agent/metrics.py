@@ -1,4 +1,5 @@
-"""Prometheus metrics, the /metrics + /healthz endpoint, event-loop lag, and systemd notifications.
+"""Prometheus metrics, the /metrics + /healthz + /health.json endpoint, event-loop lag, and systemd
+notifications.
 
 Every metric of the agent is defined here, once, in the default registry; stages import the objects they
 update. Labels are bounded: `bus` is a configured bus name (≤ 4 CAN buses plus replays), `kind` a fixed
@@ -9,14 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import math
 import os
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +148,10 @@ UPLINK_RESENT_RECORDS: Final = Counter(
     "voltgate_uplink_resent_records", "Records re-sent because no commit ack came within the deadline"
 )
 UPLINK_ACKS_RECEIVED: Final = Counter("voltgate_uplink_acks_received", "Commit acknowledgements received")
+UPLINK_LAST_ACK: Final = Gauge(
+    "voltgate_uplink_last_ack_timestamp_seconds",
+    "Host wall clock (Unix seconds) when the latest commit acknowledgement arrived (0: none yet)",
+)
 UPLINK_ACKED_ROWS: Final = Counter(
     "voltgate_uplink_acked_rows", "Buffer rows deleted because the cloud acknowledged them stored"
 )
@@ -208,15 +223,46 @@ async def measure_loop_lag(interval_s: float = 0.5) -> None:
 # --- health -----------------------------------------------------------------------------------------------
 
 
+HEALTH_DOCUMENT_VERSION: Final = 1
+_RATE_WINDOW: Final = 10  # activity notes kept per source: ~10 s at the export loop's 1 Hz
+
+
+@dataclass
+class Activity:
+    """How much one source (a CAN bus, a replay, the GPS) has delivered, noted about once a second: the
+    running count, when it last grew, and a rate over the last few notes (monotonic clock)."""
+
+    count: int = 0
+    last_change: float | None = None  # monotonic time the count last grew
+    notes: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=_RATE_WINDOW))
+
+    def note(self, count: int, now: float) -> None:
+        if count > self.count:
+            self.last_change = now
+        self.count = count
+        self.notes.append((now, count))
+
+    def per_s(self) -> float | None:
+        if len(self.notes) < 2:
+            return None
+        (t0, c0), (t1, c1) = self.notes[0], self.notes[-1]
+        return (c1 - c0) / (t1 - t0) if t1 > t0 else None
+
+
 @dataclass
 class Health:
-    """What /healthz and the systemd watchdog look at. The committer beats; a silent committer (stuck
-    thread, full event loop) is unhealthy. A missing broker is *not* unhealthy: buses drive through
-    tunnels."""
+    """What /healthz, /health.json and the systemd watchdog look at. The committer beats; a silent committer
+    (stuck thread, full event loop) is unhealthy. A missing broker is *not* unhealthy: buses drive through
+    tunnels. The app notes each source's delivered count (`note_source`) and the models running
+    (`models`), for `voltgate-agent doctor`."""
 
     stale_after_s: float = 10.0
     last_beat: float = field(default_factory=time.monotonic)
     details: dict[str, str] = field(default_factory=dict)
+    vehicle_id: str = ""
+    sources: dict[str, Activity] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)  # name -> version, of the models running
+    started_wall_s: float = field(default_factory=time.time)
 
     def beat(self) -> None:
         self.last_beat = time.monotonic()
@@ -224,15 +270,71 @@ class Health:
     def healthy(self) -> bool:
         return time.monotonic() - self.last_beat < self.stale_after_s
 
+    def note_source(self, name: str, count: int) -> None:
+        self.sources.setdefault(name, Activity()).note(count, time.monotonic())
+
+    def document(self) -> dict[str, object]:
+        """The JSON health document (GET /health.json): facts, not judgements; `voltgate-agent doctor`
+        judges them. Ages are in seconds, measured here (monotonic) or against this host's wall clock."""
+        now, wall = time.monotonic(), time.time()
+        sources: dict[str, object] = {}
+        for name, activity in sorted(self.sources.items()):
+            up = _sample("voltgate_source_up", {"source": name})
+            sources[name] = {
+                "up": None if up is None else bool(up),
+                "count": activity.count,
+                "per_s": activity.per_s(),
+                "last_age_s": None if activity.last_change is None else now - activity.last_change,
+            }
+        last_ack = _sample("voltgate_uplink_last_ack_timestamp_seconds") or 0.0
+        return {
+            "version": HEALTH_DOCUMENT_VERSION,
+            "pid": os.getpid(),
+            "vehicle_id": self.vehicle_id,
+            "uptime_s": wall - self.started_wall_s,
+            "healthy": self.healthy(),
+            "committer_age_s": now - self.last_beat,
+            "sources": sources,
+            "host_clock_minus_gps_s": _finite(_sample("voltgate_host_clock_offset_seconds")),
+            "buffer": {
+                "rows": _sample("voltgate_buffer_rows"),
+                "used_bytes": _sample("voltgate_buffer_bytes"),
+                "oldest_unsent_age_s": _sample("voltgate_buffer_oldest_unsent_age_seconds"),
+                "dropped": _sample("voltgate_buffer_dropped_total"),
+            },
+            "uplink": {
+                "connected": bool(_sample("voltgate_uplink_connected")),
+                "acks_received": _sample("voltgate_uplink_acks_received_total") or 0.0,
+                "last_ack_age_s": wall - last_ack if last_ack > 0 else None,
+                "inflight_rows": _sample("voltgate_uplink_inflight_rows"),
+            },
+            "models": dict(sorted(self.models.items())),
+        }
+
+
+def _sample(name: str, labels: dict[str, str] | None = None) -> float | None:
+    return REGISTRY.get_sample_value(name, labels or {})
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
 
 class MetricsServer:
-    """A tiny HTTP/1.0 server on the event loop: GET /metrics (Prometheus text) and GET /healthz."""
+    """A tiny HTTP/1.0 server on the event loop: GET /metrics (Prometheus text), GET /healthz and
+    GET /health.json (`Health.document`).
 
-    def __init__(self, host: str, port: int, health: Health) -> None:
+    A port already in use (another agent, a leftover process) must not stop a gateway from buffering:
+    `serve` logs one error line, runs without the endpoint and tries again every `retry_s`; one line when
+    it is up after all. `voltgate-agent doctor` tells a technician when a running agent does not answer."""
+
+    def __init__(self, host: str, port: int, health: Health, *, retry_s: float = 30.0) -> None:
         self._host = host
         self._port = port
         self._health = health
+        self._retry_s = retry_s
         self._server: asyncio.Server | None = None
+        self.bind_failures = 0
 
     @property
     def port(self) -> int:
@@ -241,13 +343,36 @@ class MetricsServer:
             return self._port
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self._host, self._port)
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
+
+    async def start(self) -> bool:
+        """Bind and listen; False (logged once, counted) when the address cannot be bound."""
+        try:
+            self._server = await asyncio.start_server(self._handle, self._host, self._port)
+        except OSError as err:
+            self.bind_failures += 1
+            if self.bind_failures == 1:
+                log.error(
+                    "metrics/health endpoint %s:%d not available (%s); running without it, retrying "
+                    "every %.0f s (set [metrics] port to a free port, or enabled = false)",
+                    self._host,
+                    self._port,
+                    err.strerror or err,
+                    self._retry_s,
+                )
+            return False
+        if self.bind_failures:
+            log.info("metrics/health endpoint listening on %s:%d after all", self._host, self.port)
+        return True
 
     async def serve(self) -> None:
-        """Start (if needed) and serve until cancelled."""
-        if self._server is None:
-            await self.start()
+        """Start (if needed, retrying while the address is taken) and serve until cancelled."""
+        while self._server is None:
+            if await self.start():
+                break
+            await asyncio.sleep(self._retry_s)  # a port is freed by whoever holds it: nothing to wait on
         assert self._server is not None
         async with self._server:
             await self._server.serve_forever()
@@ -268,8 +393,15 @@ class MetricsServer:
                 ]
                 status = "200 OK" if ok else "503 Service Unavailable"
                 ctype, body = "text/plain; charset=utf-8", ("\n".join(lines) + "\n").encode()
+            elif path == b"/health.json":
+                status, ctype = "200 OK", "application/json"
+                body = json.dumps(self._health.document()).encode()
             else:
-                status, ctype, body = "404 Not Found", "text/plain", b"try /metrics or /healthz\n"
+                status, ctype, body = (
+                    "404 Not Found",
+                    "text/plain",
+                    b"try /metrics, /healthz or /health.json\n",
+                )
             head = f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
             writer.write(head.encode() + body)
             await writer.drain()

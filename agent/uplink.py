@@ -420,6 +420,7 @@ class Uplink:
         hits = self._window.acknowledge(ack.ranges)
         deleted = await self._buffer.acknowledge(hits) if hits else 0
         metrics.UPLINK_ACKS_RECEIVED.inc()
+        metrics.UPLINK_LAST_ACK.set_to_current_time()
         metrics.UPLINK_ACKED_ROWS.inc(deleted)
         metrics.UPLINK_INFLIGHT_ROWS.set(self._window.rows)
         self._wake.set()
