@@ -27,10 +27,10 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from cloud import kpis
 from cloud.settings import DatabaseSettings
 from cloud.store import Store
 from cloud.web import queries
+from protocols import signals
 from tests.integration.large_fleet import plan_fleet, write_fleet
 
 DSN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -40,7 +40,7 @@ LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(lat)s) lat ON true
 LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(lon)s) lon ON true
 """
 PAIRED_SQL = b"SELECT v.vehicle_id," + queries.LOCATION_COLUMNS + b"FROM vehicles v" + queries.LOCATION_JOINS
-PARAMS = {"lat": kpis.LATITUDE, "lon": kpis.LONGITUDE, "pairing": queries.LOCATION_PAIRING}
+PARAMS = {"lat": signals.LATITUDE, "lon": signals.LONGITUDE, "pairing": queries.LOCATION_PAIRING}
 Connection = psycopg.AsyncConnection[tuple[object, ...]]
 
 
