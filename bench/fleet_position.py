@@ -29,10 +29,10 @@ from pathlib import Path
 
 import psycopg
 
-from cloud import kpis
 from cloud.settings import DatabaseSettings
 from cloud.store import Store
 from cloud.web import queries
+from protocols import signals
 
 # `python bench/fleet_position.py` puts bench/ first on sys.path; the fleet builder is the tests' own
 sys.path.append(str(Path(__file__).resolve().parents[1]))
@@ -45,7 +45,7 @@ LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(lat)s) lat ON true
 LEFT JOIN LATERAL latest_sample(v.vehicle_id, %(lon)s) lon ON true
 """
 PAIRED_SQL = b"SELECT v.vehicle_id," + queries.LOCATION_COLUMNS + b"FROM vehicles v" + queries.LOCATION_JOINS
-PARAMS = {"lat": kpis.LATITUDE, "lon": kpis.LONGITUDE, "pairing": queries.LOCATION_PAIRING}
+PARAMS = {"lat": signals.LATITUDE, "lon": signals.LONGITUDE, "pairing": queries.LOCATION_PAIRING}
 Connection = psycopg.AsyncConnection[tuple[object, ...]]
 
 

@@ -1,9 +1,10 @@
 """The fleet API's read routes: each validates its parameters (`cloud.api_params`) before it touches the
-database, reads through `cloud.web.queries` or `cloud.kpis`, and answers JSON.
+database, reads through `cloud.web.queries` or the KPI modules (`cloud.kept_kpis`, `cloud.daily_kpis`,
+`cloud.trips`, `cloud.charging`, `cloud.fleet_energy`), and answers JSON.
 
 Daily KPIs in `web.time_zone` (the default `tz`) come from the table the receiver keeps for ended
 days, each bus-day computed on its own; a bus-day not kept yet (today, late data) is computed on
-demand the same way (`cloud.kpis`). Trips and charging sessions of one day in that time zone come
+demand the same way (`cloud.kept_kpis`). Trips and charging sessions of one day in that time zone come
 from their kept tables too (cut at midnight, as any range's ends cut them); over several days they
 are computed on demand, so one that runs over midnight stays whole. Another `tz` is computed on demand.
 """
@@ -17,7 +18,7 @@ import psycopg
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
-from cloud import kpis, schema
+from cloud import charging, fleet_energy, kept_kpis, schema, trips
 from cloud.api_params import (
     MAX_POINTS,
     RequestError,
@@ -94,7 +95,7 @@ class FleetReads:
         self._settings = settings
         self._schema_name = schema_name
         # The kept daily tables hold days of web.time_zone with trips ended by web.trip_gap_s (`run`).
-        self._kept = kpis.KeptDays(settings.time_zone, settings.trip_gap_s)
+        self._kept = kept_kpis.KeptDays.of(settings)
         self._description = openapi_document(KNOWN_SIGNALS, needs_token=bool(settings.api_tokens))
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
@@ -185,9 +186,9 @@ class FleetReads:
         async with self._pool.connection() as conn:
             await self._known(conn, bus)
             if tz == self._kept.time_zone and d_from == d_to:
-                sessions = await kpis.kept_charging_sessions(conn, d_from, d_to, self._kept, bus)
+                sessions = await kept_kpis.kept_charging_sessions(conn, d_from, d_to, self._kept, bus)
             else:
-                sessions = await kpis.charging_sessions(conn, d_from, d_to, tz=tz, vehicle_id=bus)
+                sessions = await charging.charging_sessions(conn, d_from, d_to, tz=tz, vehicle_id=bus)
         return json_response({"bus": bus, "from": d_from, "to": d_to, "tz": tz, "sessions": sessions})
 
     async def trips(self, request: web.Request) -> web.Response:
@@ -198,9 +199,9 @@ class FleetReads:
         async with self._pool.connection() as conn:
             await self._known(conn, bus)
             if tz == self._kept.time_zone and d_from == d_to:
-                found = await kpis.kept_trips(conn, d_from, d_to, self._kept, bus)
+                found = await kept_kpis.kept_trips(conn, d_from, d_to, self._kept, bus)
             else:
-                found = await kpis.trips(conn, d_from, d_to, tz=tz, vehicle_id=bus, trip_gap_s=gap_s)
+                found = await trips.trips(conn, d_from, d_to, tz=tz, vehicle_id=bus, trip_gap_s=gap_s)
         return json_response(
             {"bus": bus, "from": d_from, "to": d_to, "tz": tz, "trip_gap_s": gap_s, "trips": found}
         )
@@ -227,19 +228,14 @@ class FleetReads:
         async with self._pool.connection() as conn:
             if bus is not None:
                 await self._known(conn, bus)
-            if tz == self._kept.time_zone:
-                rows = await kpis.kept_daily_kpis(conn, d_from, d_to, self._kept, vehicle_id=bus)
-            else:
-                rows = await kpis.daily_kpis(
-                    conn, d_from, d_to, tz=tz, vehicle_id=bus, trip_gap_s=self._settings.trip_gap_s
-                )
+            rows = await kept_kpis.daily_kpis_in(conn, d_from, d_to, self._kept, tz=tz, vehicle_id=bus)
         return json_response({"from": d_from, "to": d_to, "tz": tz, "rows": rows})
 
     async def fleet_kpis(self, request: web.Request) -> web.Response:
         d_from, d_to = day_range(request.query, self._settings.max_range_days)
         tz = time_zone(request.query, self._settings.time_zone)
         async with self._pool.connection() as conn:
-            energy = await kpis.fleet_energy(conn, d_from, d_to, tz=tz)
+            energy = await fleet_energy.fleet_energy(conn, d_from, d_to, tz=tz)
         body = jsonable(energy)
         assert isinstance(body, dict)
         return json_response({**body, "tz": tz})

@@ -33,7 +33,7 @@ from cloud import metrics
 from cloud.api import FleetViews
 from cloud.errors import RejectedDataError, StoreError
 from cloud.ingest import BatchMessage, DeadLetter, Ingested, ingest_message
-from cloud.kpis import KeptDays
+from cloud.kept_kpis import KeptDays
 from cloud.mqtt import InboundMessage, Inbox, MqttReceiver
 from cloud.settings import CloudSettings, IngestSettings, WebSettings
 from cloud.store import Store, WriteStats
@@ -260,7 +260,7 @@ async def run(settings: CloudSettings, stop: asyncio.Event | None = None) -> Non
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     fleet_web = settings.web or WebSettings()  # its time zone and trip gap: those of the kept daily tables
-    kept = KeptDays(fleet_web.time_zone, fleet_web.trip_gap_s)
+    kept = KeptDays.of(fleet_web)
     writer_store = await Store.open(settings.database, kept=kept)
     maintenance_store = await Store.open(settings.database, kept=kept)
     rollup_store = await Store.open(settings.database, kept=kept)

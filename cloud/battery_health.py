@@ -14,8 +14,8 @@ SOC(t_b) − SOC(t_a). Both ends are readings, so the integral covers exactly th
 rose over; the end of the charge is left out because a BMS re-anchors its SOC there (a jump to
 100 % that no current carried). A session gives no estimate when its window is below
 `MIN_WINDOW_PCT` (SOC's resolution would dominate) or when the readings inside it have a gap
-longer than `kpis.MAX_HOLD_S` (the Ah would be unknown). Sessions are the daily KPIs' charging
-sessions (`kpis.charging_sessions`: P < 0 at standstill for at least `kpis.MIN_CHARGING_S`); in
+longer than `kpi_intervals.MAX_HOLD_S` (the Ah would be unknown). Sessions are the daily KPIs' charging
+sessions (`charging.charging_sessions`: P < 0 at standstill for at least `charging.MIN_CHARGING_S`); in
 `web.time_zone` the kept ones, a session cut at midnight joined again (`joined`).
 
 State of health: capacity / the pack's nominal Ah (`[web.operations] nominal_capacity_ah`, per bus
@@ -35,7 +35,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from cloud import kpis
+from cloud import charging, kept_kpis, kpi_intervals
 from cloud.analytics_http import Connection, Pool, known_bus
 from cloud.api_params import bus_id, day_range, json_response, time_zone
 from cloud.settings import WebSettings
@@ -111,7 +111,7 @@ def estimate_capacity(
         if held is not None and held_since is not None:
             lo, hi = max(held_since, t_a), min(ts, t_b)
             if hi > lo:
-                if (ts - held_since).total_seconds() > kpis.MAX_HOLD_S:
+                if (ts - held_since).total_seconds() > kpi_intervals.MAX_HOLD_S:
                     return None  # a gap inside the window: the charge in it is unknown
                 ah += -held * (hi - lo).total_seconds() / 3600.0
         if ts >= t_b:
@@ -166,15 +166,15 @@ def summarize(
     )
 
 
-def joined(sessions: Sequence[kpis.ChargingSession]) -> list[kpis.ChargingSession]:
-    """Kept sessions joined again where one begins at most `kpis.MAX_HOLD_S` after the one before
+def joined(sessions: Sequence[charging.ChargingSession]) -> list[charging.ChargingSession]:
+    """Kept sessions joined again where one begins at most `kpi_intervals.MAX_HOLD_S` after the one before
     ends: a session cut at local midnight ends at its last reading before it and goes on from the
     first after it (a pause that short is one charge for the capacity too)."""
-    out: list[kpis.ChargingSession] = []
+    out: list[charging.ChargingSession] = []
     for s in sorted(sessions, key=lambda s: s.started_at):
-        if out and (s.started_at - out[-1].ended_at).total_seconds() <= kpis.MAX_HOLD_S:
+        if out and (s.started_at - out[-1].ended_at).total_seconds() <= kpi_intervals.MAX_HOLD_S:
             last = out[-1]
-            out[-1] = kpis.ChargingSession(
+            out[-1] = charging.ChargingSession(
                 last.vehicle_id,
                 last.started_at,
                 max(last.ended_at, s.ended_at),
@@ -205,13 +205,13 @@ async def battery_health(
     *,
     tz: str,
     nominal_ah: float | None,
-    kept: kpis.KeptDays | None = None,
+    kept: kept_kpis.KeptDays | None = None,
 ) -> BatteryHealth:
     """The bus's capacity estimates from its charging sessions of `day_from`..`day_to` and their trend."""
     if kept is not None and kept.time_zone == tz:
-        sessions = joined(await kpis.kept_charging_sessions(conn, day_from, day_to, kept, vehicle_id))
+        sessions = joined(await kept_kpis.kept_charging_sessions(conn, day_from, day_to, kept, vehicle_id))
     else:
-        sessions = await kpis.charging_sessions(conn, day_from, day_to, tz=tz, vehicle_id=vehicle_id)
+        sessions = await charging.charging_sessions(conn, day_from, day_to, tz=tz, vehicle_id=vehicle_id)
     params = {
         "starts": [s.started_at for s in sessions],
         "ends": [s.ended_at + timedelta(seconds=1) for s in sessions],
@@ -234,7 +234,7 @@ async def battery_health(
 def add_routes(app: web.Application, pool: Pool, settings: WebSettings) -> None:
     """GET /api/buses/{bus}/health on the fleet views' app."""
 
-    kept = kpis.KeptDays(settings.time_zone, settings.trip_gap_s)
+    kept = kept_kpis.KeptDays.of(settings)
 
     async def health(request: web.Request) -> web.Response:
         bus = bus_id(request.match_info["bus"])

@@ -40,7 +40,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from cloud import kpis
+from cloud import charging, daily_kpis, kept_kpis
 from cloud.analytics_http import Connection, Pool, known_bus
 from cloud.api_params import RequestError, bus_id, day_range, json_response, jsonable, time_zone
 from cloud.settings import WebSettings
@@ -169,7 +169,7 @@ async def odometer_days(
 
 
 def charging_hours_by_day(
-    sessions: Iterable[kpis.ChargingSession], zone: ZoneInfo
+    sessions: Iterable[charging.ChargingSession], zone: ZoneInfo
 ) -> dict[tuple[str, date], float]:
     """Hours of charging per (bus, local day), a session over midnight split there."""
     hours: dict[tuple[str, date], float] = {}
@@ -190,13 +190,13 @@ def billing_rows(
     day_from: date,
     day_to: date,
     odometer: list[OdometerDay],
-    daily: list[kpis.DailyKpi],
-    charging: dict[tuple[str, date], float],
+    daily: list[daily_kpis.DailyKpi],
+    charging_hours: dict[tuple[str, date], float],
 ) -> list[BillingRow]:
     """Pure: the per-day figures summed per bus and period (cut to the range), with their flags."""
     odo = {(o.vehicle_id, o.day): o for o in odometer}
     kpi = {(k.vehicle_id, k.day): k for k in daily}
-    buses = sorted({bus for bus, _ in (*odo, *kpi, *charging)})
+    buses = sorted({bus for bus, _ in (*odo, *kpi, *charging_hours)})
     days = [day_from + timedelta(days=k) for k in range((day_to - day_from).days + 1)]
     rows = []
     for bus in buses:
@@ -222,7 +222,7 @@ def billing_rows(
                 gps_km=gps,
                 gps_odometer_diff_pct=diff,
                 energy_used_kwh=sum(energy_days) if energy_days else None,
-                charging_hours=sum(charging.get((bus, d), 0.0) for d in its_days),
+                charging_hours=sum(charging_hours.get((bus, d), 0.0) for d in its_days),
                 odometer_readings=sum(o.readings for o in odos),
                 odometer_rollbacks=sum(o.rollbacks for o in odos),
                 odometer_jumps=sum(o.jumps for o in odos),
@@ -276,12 +276,9 @@ async def billing_report(
     vehicle_id: str | None,
 ) -> list[BillingRow]:
     odometer = await odometer_days(conn, day_from, day_to, tz=tz, vehicle_id=vehicle_id)
-    if tz == settings.time_zone:
-        kept = kpis.KeptDays(settings.time_zone, settings.trip_gap_s)
-        daily = await kpis.kept_daily_kpis(conn, day_from, day_to, kept, vehicle_id=vehicle_id)
-    else:
-        daily = await kpis.daily_kpis(conn, day_from, day_to, tz=tz, vehicle_id=vehicle_id)
-    sessions = await kpis.charging_sessions(conn, day_from, day_to, tz=tz, vehicle_id=vehicle_id)
+    kept = kept_kpis.KeptDays.of(settings)
+    daily = await kept_kpis.daily_kpis_in(conn, day_from, day_to, kept, tz=tz, vehicle_id=vehicle_id)
+    sessions = await charging.charging_sessions(conn, day_from, day_to, tz=tz, vehicle_id=vehicle_id)
     return billing_rows(
         period, day_from, day_to, odometer, daily, charging_hours_by_day(sessions, ZoneInfo(tz))
     )

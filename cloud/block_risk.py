@@ -14,7 +14,7 @@ Per bus, at the instant `at` (days are local days of `web.time_zone`; settings f
                       = typical_day_km − driven_today_km                         (neither)
                         never below 0, and 0 once `at` is past block_end
     kwh_per_km        = Σ energy used / Σ odometer km over the last `lookback_days` days, today
-                        included (the daily KPIs of `cloud.kpis`)
+                        included (the daily KPIs of `cloud.daily_kpis`)
     rated_kwh         = usable_energy_kwh, else the pack capacity the bus reports in its status
     usable_kwh        = rated_kwh × soh_pct / 100 where the bus has a state of health, else rated_kwh
                         (`capacity_source`: settings | status, `+soh` when scaled)
@@ -50,7 +50,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from cloud import battery_health, kpis
+from cloud import battery_health, daily_kpis, kept_kpis, kpi_intervals
 from cloud.analytics_http import Connection, Pool
 from cloud.api_params import json_response, parse_instant
 from cloud.settings import BusOperations, OperationsSettings, WebSettings
@@ -286,17 +286,21 @@ async def _driven_today(conn: Connection, day_start: datetime, at: datetime) -> 
         return {str(bus): max(0.0, float(km)) for bus, km in await cur.fetchall() if isinstance(km, float)}
 
 
-def _recent(rows: list[kpis.DailyKpi], today: date) -> tuple[float | None, float | None]:
+def _recent(rows: list[daily_kpis.DailyKpi], today: date) -> tuple[float | None, float | None]:
     """(typical day km over the ended days, kWh/km over all) from one bus's daily KPIs."""
     ended = [r.distance_km for r in rows if r.day < today and r.distance_km and r.distance_km >= MIN_DAY_KM]
     rated = [r for r in rows if r.distance_km and r.energy_used_kwh is not None]
     km = sum(r.distance_km or 0.0 for r in rated)
-    rate = sum(r.energy_used_kwh or 0.0 for r in rated) / km if km >= kpis.MIN_DISTANCE_FOR_RATE_KM else None
+    rate = (
+        sum(r.energy_used_kwh or 0.0 for r in rated) / km
+        if km >= kpi_intervals.MIN_DISTANCE_FOR_RATE_KM
+        else None
+    )
     return (statistics.median(ended) if ended else None), rate
 
 
 async def state_of_health(
-    conn: Connection, settings: WebSettings, vehicle_id: str, at: datetime, kept: kpis.KeptDays
+    conn: Connection, settings: WebSettings, vehicle_id: str, at: datetime, kept: kept_kpis.KeptDays
 ) -> float | None:
     """The bus's latest state of health from charges ended by `at` within `lookback_days` (None
     without `nominal_capacity_ah` or an estimate)."""
@@ -323,9 +327,9 @@ async def block_risks(conn: Connection, settings: WebSettings, at: datetime) -> 
     ops = settings.operations
     states = await _states(conn, at)
     driven = await _driven_today(conn, day_start, at)
-    kept = kpis.KeptDays(settings.time_zone, settings.trip_gap_s)
-    days = await kpis.kept_daily_kpis(conn, today - timedelta(days=ops.lookback_days), today, kept)
-    by_bus: dict[str, list[kpis.DailyKpi]] = {}
+    kept = kept_kpis.KeptDays.of(settings)
+    days = await kept_kpis.kept_daily_kpis(conn, today - timedelta(days=ops.lookback_days), today, kept)
+    by_bus: dict[str, list[daily_kpis.DailyKpi]] = {}
     for row in days:
         by_bus.setdefault(row.vehicle_id, []).append(row)
     risks = []

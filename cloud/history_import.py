@@ -36,7 +36,7 @@ import numpy as np
 
 from cloud.errors import CloudError, RejectedDataError
 from cloud.ingest import BatchMessage, DeadLetter, Ingested, ingest_message
-from cloud.kpis import KeptDays
+from cloud.kept_kpis import KeptDays
 from cloud.settings import CloudSettings, IngestSettings
 from cloud.store import Store, WriteStats
 from protocols.errors import ProtocolError
@@ -199,7 +199,7 @@ def _kept_of(settings: CloudSettings) -> KeptDays:
     """The kept days' time zone and trip gap, as the receiver's (`web.time_zone`, `web.trip_gap_s`)."""
     if settings.web is None:
         return KeptDays()
-    return KeptDays(settings.web.time_zone, settings.web.trip_gap_s)
+    return KeptDays.of(settings.web)
 
 
 async def _fleets(store: Store, vehicles: Sequence[str], fleet: str | None) -> dict[str, str]:

@@ -2,7 +2,7 @@
 
 Served at `GET /api/openapi.json` (`cloud.api_reads`). The shapes of the rows the API passes through
 as they are (readings, alerts, trips, KPIs) are derived from their dataclasses in `cloud.web.queries`
-and `cloud.kpis`, so a field added there is described here; the envelopes each route wraps them in are
+and the KPI modules, so a field added there is described here; the envelopes each route wraps them in are
 written below. `tests/integration/test_cloud_openapi.py` checks the description against the router and
 every GET route's real answer against its schema.
 """
@@ -16,7 +16,7 @@ from collections.abc import Collection
 from datetime import date, datetime
 from typing import Final
 
-from cloud import battery_health, billing, block_risk, kpis
+from cloud import battery_health, billing, block_risk, charging, daily_kpis, fleet_energy, trips
 from cloud.api_params import MAX_POINTS, RESOLUTIONS, SEVERITIES
 from cloud.web import queries
 from protocols.topics import ID_PATTERN
@@ -32,11 +32,11 @@ _ROWS: Final = (
     queries.LatestPrediction,
     queries.SeriesPoint,
     queries.AlertEvent,
-    kpis.ChargingSession,
-    kpis.Trip,
-    kpis.DailyKpi,
-    kpis.FleetEnergyDay,
-    kpis.FleetEnergy,
+    charging.ChargingSession,
+    trips.Trip,
+    daily_kpis.DailyKpi,
+    fleet_energy.FleetEnergyDay,
+    fleet_energy.FleetEnergy,
     block_risk.BlockRisk,
     billing.BillingRow,
     battery_health.CapacityEstimate,
@@ -138,7 +138,7 @@ def _envelopes() -> dict[str, JsonSchema]:
             "actual_soc_pct": _nullable(_NUMBER),
         }
     )
-    fleet = row_schema(kpis.FleetEnergy)
+    fleet = row_schema(fleet_energy.FleetEnergy)
     fleet_properties = typing.cast(dict[str, JsonSchema], fleet["properties"])
     return {
         "Error": _object({"error": _TEXT}),

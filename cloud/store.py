@@ -34,7 +34,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from cloud import dead_letters, group_rows, kpis, metrics, sample_store, schema
+from cloud import dead_letters, group_rows, kept_kpis, metrics, sample_store, schema
 from cloud.errors import RejectedDataError, StoreError
 from cloud.ingest import BatchMessage, DeadLetter, Ingested, StatusMessage
 from cloud.schema import Flavour
@@ -125,7 +125,7 @@ class Store:
         conn: Connection,
         settings: DatabaseSettings,
         flavour: Flavour,
-        kept: kpis.KeptDays | None = None,
+        kept: kept_kpis.KeptDays | None = None,
         quanta: Mapping[str, float] | None = None,
     ) -> None:
         self._conn = conn
@@ -134,14 +134,18 @@ class Store:
         )
         self._settings = settings
         self.flavour = flavour
-        self.kept = kept or kpis.KeptDays()
+        self.kept = kept or kept_kpis.KeptDays()
         self._partitions: set[tuple[str, date]] = set()
         self._dead_letter_bytes_written = 0  # since the last prune this store triggered
         self._cap_reached_logged = False
 
     @classmethod
     async def open(
-        cls, settings: DatabaseSettings, *, require_schema: bool = True, kept: kpis.KeptDays | None = None
+        cls,
+        settings: DatabaseSettings,
+        *,
+        require_schema: bool = True,
+        kept: kept_kpis.KeptDays | None = None,
     ) -> Self:
         """Connect; check the schema is migrated (unless `require_schema` is False). `kept`: the time
         zone and trip gap of the kept daily tables (`web.time_zone`, `web.trip_gap_s`)."""
@@ -259,7 +263,7 @@ class Store:
                         break
                     vehicle_id, day, marks = row
                     assert isinstance(vehicle_id, str) and isinstance(day, date)
-                    await kpis.keep_day(self._conn, vehicle_id, day, self.kept)
+                    await kept_kpis.keep_day(self._conn, vehicle_id, day, self.kept)
                     await cur.execute(_DONE_PENDING, (vehicle_id, day, marks))
                     done += 1
         except psycopg.Error as err:

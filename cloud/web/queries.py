@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import class_row
 
-from cloud import kpis
+from protocols import signals
 from protocols.predictions import SOC_DROP_HORIZON_MIN, SOC_DROP_PP
 
 Connection = psycopg.AsyncConnection[tuple[object, ...]]
@@ -273,12 +273,12 @@ async def bus_states(conn: Connection, vehicle_id: str | None = None) -> list[Bu
     params = {
         "vehicle": vehicle_id,
         "lookback": LAST_STATE_LOOKBACK,
-        "soc": kpis.SOC,
-        "speed": kpis.SPEED,
-        "volt": kpis.PACK_VOLTAGE,
-        "curr": kpis.PACK_CURRENT,
-        "lat": kpis.LATITUDE,
-        "lon": kpis.LONGITUDE,
+        "soc": signals.SOC,
+        "speed": signals.SPEED,
+        "volt": signals.PACK_VOLTAGE,
+        "curr": signals.PACK_CURRENT,
+        "lat": signals.LATITUDE,
+        "lon": signals.LONGITUDE,
         "pairing": LOCATION_PAIRING,
     }
     states: dict[str, BusState] = {}
@@ -387,8 +387,8 @@ async def series(
         "t_from": t_from,
         "t_to": t_to,
         "limit": limit,
-        "volt": kpis.PACK_VOLTAGE,
-        "curr": kpis.PACK_CURRENT,
+        "volt": signals.PACK_VOLTAGE,
+        "curr": signals.PACK_CURRENT,
         "bucket": RAW_POWER_BUCKET,
     }
     query: bytes | sql.Composed
@@ -451,7 +451,7 @@ async def prediction_outcomes(
         "t_from": t_from,
         "t_to": t_to,
         "limit": limit,
-        "soc": kpis.SOC,
+        "soc": signals.SOC,
         "output": SOC_DROP_OUTPUT,
         "horizon": PREDICTION_HORIZON,
         "tolerance": READING_TOLERANCE,

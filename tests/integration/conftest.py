@@ -34,7 +34,7 @@ from agent.buffer import BufferWorker
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
 
-    from cloud.kpis import KeptDays
+    from cloud.kept_kpis import KeptDays
     from cloud.store import Store
 
 PG_DSN = os.environ.get("VOLTGATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")

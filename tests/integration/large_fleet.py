@@ -13,10 +13,10 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from cloud import kpis
 from cloud.ingest import Ingested, ingest_message
 from cloud.settings import IngestSettings
 from cloud.store import Store
+from protocols import signals
 from protocols.topics import status_topic, telemetry_topic
 from protocols.wire import AlertRecord, Batch, PredictionRecord, SampleRecord, encode_batch, encode_status
 
@@ -76,12 +76,12 @@ def _batch(bus: FleetBus, end: datetime) -> Batch:
         lon = bus.last_lon - back * math.cos(heading)
         soc = bus.soc_pct + (minute - 1) * 0.1
         for name, value, lag in (
-            (kpis.SOC, round(soc, 2), 0),
-            (kpis.SPEED, 24.0 if bus.online else 0.0, 0),
-            (kpis.PACK_VOLTAGE, 640.0, 0),
-            (kpis.PACK_CURRENT, 40.0, 0),
-            (kpis.LATITUDE, round(lat, 7), 0),
-            (kpis.LONGITUDE, round(lon, 7), int(LON_LAG.total_seconds() * 1000)),
+            (signals.SOC, round(soc, 2), 0),
+            (signals.SPEED, 24.0 if bus.online else 0.0, 0),
+            (signals.PACK_VOLTAGE, 640.0, 0),
+            (signals.PACK_CURRENT, 40.0, 0),
+            (signals.LATITUDE, round(lat, 7), 0),
+            (signals.LONGITUDE, round(lon, 7), int(LON_LAG.total_seconds() * 1000)),
         ):
             samples.append(SampleRecord(seq, ms + lag, name, value))
             seq += 1

@@ -22,7 +22,7 @@ import pytest
 
 from cloud.api import FleetViews
 from cloud.ingest import BatchMessage
-from cloud.kpis import KeptDays
+from cloud.kept_kpis import KeptDays
 from cloud.settings import BusOperations, DatabaseSettings, OperationsSettings, WebSettings
 from protocols.predictions import SOC_DROP_MODEL, SOC_DROP_PP
 from protocols.signals import ODOMETER, SOC

@@ -21,13 +21,14 @@ import aiohttp
 import psycopg
 import pytest
 
-from cloud import app, kpis
+from cloud import app, gps_distance, kpi_intervals, trips
 from cloud.api import FleetViews, is_loopback
 from cloud.errors import StoreError
 from cloud.ingest import BatchMessage, Ingested, StatusMessage, ingest_message
 from cloud.schema import latest_version
 from cloud.settings import CloudSettings, DatabaseSettings, IngestSettings, WebSettings
 from cloud.store import Store
+from protocols import signals
 from protocols.topics import status_topic, telemetry_topic
 from protocols.wire import AlertRecord, Batch, PredictionRecord, SampleRecord, encode_batch, encode_status
 
@@ -41,7 +42,7 @@ PREDICTION_EVERY_S = 300
 DEPOT = (-1.2921, 36.8219)
 BATTERY_TEMP_MAX = "Vehicle.Powertrain.TractionBattery.Temperature.Max"  # °C, hottest module
 LOOP_KM = 17.0  # the route: a circle of this length starting at the depot
-LOOP_RADIUS_DEG = math.degrees(LOOP_KM / (2 * math.pi) / kpis.EARTH_RADIUS_KM)
+LOOP_RADIUS_DEG = math.degrees(LOOP_KM / (2 * math.pi) / gps_distance.EARTH_RADIUS_KM)
 
 
 @dataclass(frozen=True)
@@ -135,14 +136,14 @@ def _batches(plan: BusPlan, truth: BusTruth, step_s: int) -> list[Batch]:
     per_message = MESSAGE_SPAN_S // step_s
     seq = 0
     batches: list[Batch] = []
-    signals = (
-        (kpis.SOC, truth.soc),
-        (kpis.SPEED, truth.speed),
-        (kpis.PACK_VOLTAGE, truth.volt),
-        (kpis.PACK_CURRENT, truth.curr),
-        (kpis.TRAVELED_DISTANCE, truth.odo),
-        (kpis.LATITUDE, truth.lat),
-        (kpis.LONGITUDE, truth.lon),
+    readings = (
+        (signals.SOC, truth.soc),
+        (signals.SPEED, truth.speed),
+        (signals.PACK_VOLTAGE, truth.volt),
+        (signals.PACK_CURRENT, truth.curr),
+        (signals.ODOMETER, truth.odo),
+        (signals.LATITUDE, truth.lat),
+        (signals.LONGITUDE, truth.lon),
         (BATTERY_TEMP_MAX, truth.temp),
     )
     predicted = dict(truth.predictions)
@@ -153,7 +154,7 @@ def _batches(plan: BusPlan, truth: BusTruth, step_s: int) -> list[Batch]:
         alerts: list[AlertRecord] = []
         for k in range(first, min(first + per_message, len(truth.ts))):
             ts_ms = int(truth.ts[k].timestamp() * 1000)
-            for name, values in signals:
+            for name, values in readings:
                 samples.append(SampleRecord(seq, ts_ms, name, values[k]))
                 seq += 1
             if (drop := predicted.get(truth.ts[k])) is not None:
@@ -322,7 +323,7 @@ async def test_raw_series_returns_every_reading_in_the_range(api: Api) -> None:
     t_from, t_to = truth.ts[0], truth.ts[0] + timedelta(minutes=30)
 
     body = await api.ok(
-        "/api/buses/KBZ-101A/series", signal=kpis.SOC, **{"from": iso(t_from), "to": iso(t_to)}
+        "/api/buses/KBZ-101A/series", signal=signals.SOC, **{"from": iso(t_from), "to": iso(t_to)}
     )
 
     assert body["resolution"] == "raw"
@@ -339,18 +340,18 @@ async def test_long_ranges_come_from_the_rollups(api: Api) -> None:
 
     minutes = await api.ok(
         "/api/buses/KBZ-102B/series",
-        signal=kpis.SPEED,
+        signal=signals.SPEED,
         **{"from": iso(t_from), "to": iso(t_from + timedelta(hours=6))},
     )
     hours = await api.ok(
         "/api/buses/KBZ-102B/series",
-        signal=kpis.SPEED,
+        signal=signals.SPEED,
         resolution="1h",
         **{"from": iso(t_from), "to": iso(t_from + timedelta(days=3))},
     )
     days = await api.ok(
         "/api/buses/KBZ-102B/series",
-        signal=kpis.SPEED,
+        signal=signals.SPEED,
         resolution="1d",
         **{"from": iso(t_from - timedelta(days=10)), "to": iso(t_from + timedelta(days=50))},
     )
@@ -382,7 +383,7 @@ async def test_every_resolution_is_current_right_after_a_write(pg_schema: Databa
             span = {"from": iso(start - timedelta(days=1)), "to": iso(start + timedelta(days=1))}
             async with aiohttp.ClientSession() as http:
                 for resolution in ("1m", "1h", "1d"):
-                    params = {"signal": kpis.SPEED, "resolution": resolution, **span}
+                    params = {"signal": signals.SPEED, "resolution": resolution, **span}
                     async with http.get(f"{views.url}/api/buses/{bus}/series", params=params) as response:
                         assert response.status == 200
                         body = await response.json()
@@ -540,14 +541,14 @@ async def test_charging_sessions_of_a_bus(api: Api) -> None:
 async def test_trips_of_a_bus(api: Api) -> None:
     # GIVEN KBZ-103C's stop-and-go service (25 s at each stop), then the depot charger from 06:30
     truth = api.truths["KBZ-103C"]
-    moving = [k for k in range(len(truth.ts) - 1) if truth.speed[k] > kpis.MOVING_SPEED_KMH]
+    moving = [k for k in range(len(truth.ts) - 1) if truth.speed[k] > kpi_intervals.MOVING_SPEED_KMH]
     first, last = moving[0], moving[-1] + 1  # the trip's first reading and the one ending its last interval
 
     body = await api.ok("/api/buses/KBZ-103C/trips", **{"from": "2024-05-14", "to": "2024-05-14"})
     daily = await api.ok("/api/kpis/daily", **{"from": "2024-05-14", "to": "2024-05-14"})
 
     # THEN the stops stay inside one trip, which ends when the bus stops for the charger
-    assert (body["bus"], body["trip_gap_s"]) == ("KBZ-103C", kpis.TRIP_GAP_S)
+    assert (body["bus"], body["trip_gap_s"]) == ("KBZ-103C", trips.TRIP_GAP_S)
     [trip] = body["trips"]
     assert (trip["started_at"], trip["ended_at"]) == (iso(truth.ts[first]), iso(truth.ts[last]))
     assert truth.ts[last] <= START + timedelta(hours=1.5)
@@ -600,7 +601,7 @@ BAD_REQUESTS = [
     ("/api/buses/bad%20id", {}, 400, "malformed"),
     (
         "/api/buses/NOPE/series",
-        {"signal": kpis.SOC, "from": "2024-05-14", "to": "2024-05-15"},
+        {"signal": signals.SOC, "from": "2024-05-14", "to": "2024-05-15"},
         404,
         "unknown bus",
     ),
@@ -611,52 +612,52 @@ BAD_REQUESTS = [
         400,
         "signal",
     ),
-    ("/api/buses/KBZ-101A/series", {"signal": kpis.SOC, "to": "2024-05-15"}, 400, "'from' is required"),
+    ("/api/buses/KBZ-101A/series", {"signal": signals.SOC, "to": "2024-05-15"}, 400, "'from' is required"),
     (
         "/api/buses/KBZ-101A/series",
-        {"signal": kpis.SOC, "from": "yesterday", "to": "2024-05-15"},
+        {"signal": signals.SOC, "from": "yesterday", "to": "2024-05-15"},
         400,
         "ISO 8601",
     ),
     (
         "/api/buses/KBZ-101A/series",
-        {"signal": kpis.SOC, "from": "2024-13-40", "to": "2024-05-15"},
+        {"signal": signals.SOC, "from": "2024-13-40", "to": "2024-05-15"},
         400,
         "ISO 8601",
     ),
     (
         "/api/buses/KBZ-101A/series",
-        {"signal": kpis.SOC, "from": "2024-05-14T05:00:00", "to": "2024-05-15"},
+        {"signal": signals.SOC, "from": "2024-05-14T05:00:00", "to": "2024-05-15"},
         400,
         "no UTC offset",
     ),
     (
         "/api/buses/KBZ-101A/series",
-        {"signal": kpis.SOC, "from": "2024-05-15", "to": "2024-05-14"},
+        {"signal": signals.SOC, "from": "2024-05-15", "to": "2024-05-14"},
         400,
         "must be after",
     ),
     (
         "/api/buses/KBZ-101A/series",
-        {"signal": kpis.SOC, "from": "2024-05-14", "to": "2024-05-14"},
+        {"signal": signals.SOC, "from": "2024-05-14", "to": "2024-05-14"},
         400,
         "must be after",
     ),
     (
         "/api/buses/KBZ-101A/series",
-        {"signal": kpis.SOC, "from": "2023-01-01", "to": "2024-05-14"},
+        {"signal": signals.SOC, "from": "2023-01-01", "to": "2024-05-14"},
         400,
         "at most 60 days",
     ),
     (
         "/api/buses/KBZ-101A/series",
-        {"signal": kpis.SOC, "from": "2024-05-14", "to": "2024-05-15", "resolution": "5m"},
+        {"signal": signals.SOC, "from": "2024-05-14", "to": "2024-05-15", "resolution": "5m"},
         400,
         "not one of auto, raw, 1m, 1h, 1d",
     ),
     (
         "/api/buses/KBZ-101A/series",
-        {"signal": kpis.SOC, "from": "2024-05-01", "to": "2024-05-14", "resolution": "raw"},
+        {"signal": signals.SOC, "from": "2024-05-01", "to": "2024-05-14", "resolution": "raw"},
         400,
         "coarser resolution",
     ),

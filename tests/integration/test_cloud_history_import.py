@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cloud import billing, kpis
+from cloud import billing, daily_kpis, kept_kpis
 from cloud.settings import DatabaseSettings
 from cloud.store import Store
 from tests.integration.conftest import Database
@@ -43,20 +43,20 @@ def scalar(db: Database, query: str) -> int:
     return int(row[0] or 0)
 
 
-def kept_and_computed(db: Database, day_from: date, day_to: date) -> tuple[list[kpis.DailyKpi], ...]:
-    async def read() -> tuple[list[kpis.DailyKpi], ...]:
+def kept_and_computed(db: Database, day_from: date, day_to: date) -> tuple[list[daily_kpis.DailyKpi], ...]:
+    async def read() -> tuple[list[daily_kpis.DailyKpi], ...]:
         store = await Store.open(DatabaseSettings.model_validate({"dsn": db.dsn, "schema": db.schema}))
         try:
             conn = store.connection
-            kept = await kpis.kept_daily_kpis(conn, day_from, day_to, store.kept)
-            return kept, await kpis.daily_kpis(conn, day_from, day_to)
+            kept = await kept_kpis.kept_daily_kpis(conn, day_from, day_to, store.kept)
+            return kept, await daily_kpis.daily_kpis(conn, day_from, day_to)
         finally:
             await store.close()
 
     return asyncio.run(read())
 
 
-def distances(rows: list[kpis.DailyKpi]) -> dict[tuple[str, str], float]:
+def distances(rows: list[daily_kpis.DailyKpi]) -> dict[tuple[str, str], float]:
     return {(k.vehicle_id, k.day.isoformat()): k.distance_km or 0.0 for k in rows}
 
 

@@ -13,10 +13,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from cloud import kpis
+from cloud import charging, daily_kpis, kept_kpis, trips
 from cloud.ingest import BatchMessage
 from cloud.schema import Flavour
 from cloud.store import Store
+from protocols import signals
 from protocols.topics import TopicKind, telemetry_topic
 from protocols.wire import AlertRecord, Batch, SampleRecord
 
@@ -44,7 +45,7 @@ DAYS = [TODAY - timedelta(days=k) for k in (3, 2, 1)]
 
 @pytest.fixture
 async def store(pg_schema: Database) -> AsyncIterator[Store]:
-    opened = await migrated_store(pg_schema, kpis.KeptDays(TZ))
+    opened = await migrated_store(pg_schema, kept_kpis.KeptDays(TZ))
     assert opened.flavour is Flavour(pg_schema.flavour)
     yield opened
     await opened.close()
@@ -69,21 +70,21 @@ class Recorder:
         """Every 10 s: 36 km/h, 100 A at 600 V, 0.1 km and 1/18 % SOC a step, a GPS fix moving north."""
         for k in range(steps):
             t = start_ms + k * 10_000
-            self.add(t, kpis.SPEED, 36.0)
-            self.add(t, kpis.PACK_CURRENT, 100.0)
-            self.add(t, kpis.PACK_VOLTAGE, 600.0)
-            self.add(t, kpis.TRAVELED_DISTANCE, odometer_km + 0.1 * k)
-            self.add(t, kpis.SOC, soc_pct - k / 18)
-            self.add(t, kpis.LATITUDE, -1.28 + 0.0009 * k)
-            self.add(t, kpis.LONGITUDE, 36.82)
+            self.add(t, signals.SPEED, 36.0)
+            self.add(t, signals.PACK_CURRENT, 100.0)
+            self.add(t, signals.PACK_VOLTAGE, 600.0)
+            self.add(t, signals.ODOMETER, odometer_km + 0.1 * k)
+            self.add(t, signals.SOC, soc_pct - k / 18)
+            self.add(t, signals.LATITUDE, -1.28 + 0.0009 * k)
+            self.add(t, signals.LONGITUDE, 36.82)
 
     def charge(self, start_ms: int, steps: int, soc_pct: float) -> None:
         for k in range(steps):
             t = start_ms + k * 10_000
-            self.add(t, kpis.SPEED, 0.0)
-            self.add(t, kpis.PACK_CURRENT, -200.0)
-            self.add(t, kpis.PACK_VOLTAGE, 620.0)
-            self.add(t, kpis.SOC, soc_pct + k / 36)
+            self.add(t, signals.SPEED, 0.0)
+            self.add(t, signals.PACK_CURRENT, -200.0)
+            self.add(t, signals.PACK_VOLTAGE, 620.0)
+            self.add(t, signals.SOC, soc_pct + k / 36)
 
 
 def three_days() -> Batch:
@@ -123,20 +124,20 @@ async def kept_rows(store: Store, table: str, day: date) -> list[tuple[object, .
 async def assert_kept_as_on_demand(store: Store, day: date) -> None:
     conn = store.connection
     # Compare as the API returns them: the tables' rows through the `kept_*` readers, the day alone.
-    daily = await kpis.daily_kpis(conn, day, day, tz=TZ, vehicle_id=BUS)
-    trips = await kpis.trips(conn, day, day, tz=TZ, vehicle_id=BUS)
-    sessions = await kpis.charging_sessions(conn, day, day, tz=TZ, vehicle_id=BUS)
-    assert daily and trips and sessions
-    kept = kpis.KeptDays(TZ)
-    assert await kpis.kept_daily_kpis(conn, day, day, kept, vehicle_id=BUS) == daily
-    assert await kpis.kept_trips(conn, day, day, kept, BUS) == trips
-    assert await kpis.kept_charging_sessions(conn, day, day, kept, BUS) == sessions
+    daily = await daily_kpis.daily_kpis(conn, day, day, tz=TZ, vehicle_id=BUS)
+    found_trips = await trips.trips(conn, day, day, tz=TZ, vehicle_id=BUS)
+    sessions = await charging.charging_sessions(conn, day, day, tz=TZ, vehicle_id=BUS)
+    assert daily and found_trips and sessions
+    kept = kept_kpis.KeptDays(TZ)
+    assert await kept_kpis.kept_daily_kpis(conn, day, day, kept, vehicle_id=BUS) == daily
+    assert await kept_kpis.kept_trips(conn, day, day, kept, BUS) == found_trips
+    assert await kept_kpis.kept_charging_sessions(conn, day, day, kept, BUS) == sessions
     # … and the tables hold exactly those rows (not an on-demand fallback).
     assert [r[2:] for r in await kept_rows(store, "daily_kpis", day)] == [
         dataclasses.astuple(k)[2:] for k in daily
     ]
     assert [r[0:1] + r[2:] for r in await kept_rows(store, "trips", day)] == [
-        dataclasses.astuple(t) for t in trips
+        dataclasses.astuple(t) for t in found_trips
     ]
     assert [r[0:1] + r[2:] for r in await kept_rows(store, "charging_sessions", day)] == [
         dataclasses.astuple(s) for s in sessions
@@ -155,8 +156,12 @@ async def test_ended_days_are_kept_as_computed_on_demand_and_today_is_not(store:
     assert await kept_rows(store, "daily_kpis", TODAY) == []
     # The whole range: kept days from the tables, today on demand, as each day asked for alone.
     conn = store.connection
-    rows = await kpis.kept_daily_kpis(conn, DAYS[0], TODAY, kpis.KeptDays(TZ), vehicle_id=BUS)
-    each = [k for day in [*DAYS, TODAY] for k in await kpis.daily_kpis(conn, day, day, tz=TZ, vehicle_id=BUS)]
+    rows = await kept_kpis.kept_daily_kpis(conn, DAYS[0], TODAY, kept_kpis.KeptDays(TZ), vehicle_id=BUS)
+    each = [
+        k
+        for day in [*DAYS, TODAY]
+        for k in await daily_kpis.daily_kpis(conn, day, day, tz=TZ, vehicle_id=BUS)
+    ]
     assert rows == each
     assert [k.day for k in rows] == [*DAYS, TODAY]
     # The charging over midnight counts on both days: each day is cut at its ends.
@@ -168,7 +173,7 @@ async def test_late_data_for_a_kept_day_is_kept_again_after_the_next_refresh(sto
     await write(store, three_days())
     await store.refresh_rollups()
     late_day = DAYS[1]
-    before = await kpis.kept_daily_kpis(store.connection, late_day, late_day, kpis.KeptDays(TZ))
+    before = await kept_kpis.kept_daily_kpis(store.connection, late_day, late_day, kept_kpis.KeptDays(TZ))
     assert before[0].trip_count == 2
 
     # GIVEN a kept day, WHEN a third drive of that day arrives late
@@ -178,7 +183,7 @@ async def test_late_data_for_a_kept_day_is_kept_again_after_the_next_refresh(sto
 
     # THEN the day is pending again and answered on demand until the next refresh keeps it anew
     assert await pending(store) == {late_day, TODAY}
-    on_demand = await kpis.kept_daily_kpis(store.connection, late_day, late_day, kpis.KeptDays(TZ))
+    on_demand = await kept_kpis.kept_daily_kpis(store.connection, late_day, late_day, kept_kpis.KeptDays(TZ))
     assert on_demand[0].trip_count == 3
     assert (await kept_rows(store, "daily_kpis", late_day))[0][-1] == 2  # stale until then
     assert await store.materialize_kpis() == 1
@@ -199,7 +204,7 @@ async def test_a_write_during_a_recomputation_leaves_the_day_pending(store: Stor
     )
     marks = (await cur.fetchone() or (None,))[0]
     # GIVEN a recomputation that read the day's marks before another late write bumped them
-    await write(store, Batch(BUS, samples=(SampleRecord(30_000_100, local_ms(day, 20), kpis.SOC, 50.0),)))
+    await write(store, Batch(BUS, samples=(SampleRecord(30_000_100, local_ms(day, 20), signals.SOC, 50.0),)))
     await store.connection.execute(
         b"DELETE FROM kpi_days_pending WHERE vehicle_id = %s AND day = %s AND marks = %s", (BUS, day, marks)
     )

@@ -7,9 +7,10 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from cloud import kpis
+from cloud import charging, daily_kpis, fleet_energy, gps_distance, trips
 from cloud.ingest import BatchMessage
 from cloud.store import Store
+from protocols import signals
 from protocols.topics import TopicKind, telemetry_topic
 from protocols.wire import AlertRecord, Batch, SampleRecord
 
@@ -40,20 +41,20 @@ def synthetic_day(vehicle: str) -> Batch:
 
     for k in range(361):
         t = ms(6) + k * 10_000
-        add(t, kpis.SPEED, 36.0)
-        add(t, kpis.PACK_CURRENT, 100.0)
+        add(t, signals.SPEED, 36.0)
+        add(t, signals.PACK_CURRENT, 100.0)
         if k % 3 == 0:
-            add(t, kpis.PACK_VOLTAGE, 600.0)
-        add(t, kpis.TRAVELED_DISTANCE, 1000.0 + 0.1 * k)
-        add(t, kpis.SOC, 80.0 - k / 18)
+            add(t, signals.PACK_VOLTAGE, 600.0)
+        add(t, signals.ODOMETER, 1000.0 + 0.1 * k)
+        add(t, signals.SOC, 80.0 - k / 18)
     for j in range(181):
         t = ms(8) + j * 10_000
-        add(t, kpis.SPEED, 0.0)
-        add(t, kpis.PACK_CURRENT, -200.0)
-        add(t, kpis.PACK_VOLTAGE, 620.0)
-        add(t, kpis.TRAVELED_DISTANCE, 1036.0)
-        add(t, kpis.SOC, 60.0 + j / 18)
-    add(ms(0, 30, day=date(2024, 5, 15)), kpis.SOC, 95.0)  # next day: not part of the 14th
+        add(t, signals.SPEED, 0.0)
+        add(t, signals.PACK_CURRENT, -200.0)
+        add(t, signals.PACK_VOLTAGE, 620.0)
+        add(t, signals.ODOMETER, 1036.0)
+        add(t, signals.SOC, 60.0 + j / 18)
+    add(ms(0, 30, day=date(2024, 5, 15)), signals.SOC, 95.0)  # next day: not part of the 14th
     alerts = (
         AlertRecord(seq, ms(6, 30), "low_soc", "warning", True, 65.0, "SOC low"),
         AlertRecord(seq + 1, ms(6, 45), "cell_overtemp", "critical", True, 58.0, "cell hot"),
@@ -69,7 +70,7 @@ async def test_daily_kpis_on_a_known_day(store: Store) -> None:
         [BatchMessage.of(telemetry_topic("f", "bus-k"), "f", TopicKind.TELEMETRY, batch, received, 1)]
     )
 
-    [kpi] = await kpis.daily_kpis(store.connection, DAY, DAY)
+    [kpi] = await daily_kpis.daily_kpis(store.connection, DAY, DAY)
 
     assert (kpi.vehicle_id, kpi.day) == ("bus-k", DAY)
     assert kpi.distance_km == pytest.approx(36.0)
@@ -92,7 +93,7 @@ async def test_days_follow_the_fleet_time_zone(store: Store) -> None:
         [BatchMessage.of(telemetry_topic("f", "bus-z"), "f", TopicKind.TELEMETRY, batch, received, 1)]
     )
 
-    rows = await kpis.daily_kpis(store.connection, DAY, date(2024, 5, 15), tz="America/New_York")
+    rows = await daily_kpis.daily_kpis(store.connection, DAY, date(2024, 5, 15), tz="America/New_York")
 
     assert [(r.day, r.soc_end_pct) for r in rows] == [(DAY, pytest.approx(95.0))]
 
@@ -104,8 +105,8 @@ async def test_utilization_and_charging_events_on_the_known_day(store: Store) ->
         [BatchMessage.of(telemetry_topic("f", "bus-u"), "f", TopicKind.TELEMETRY, batch, received, 1)]
     )
 
-    [kpi] = await kpis.daily_kpis(store.connection, DAY, DAY)
-    sessions = await kpis.charging_sessions(store.connection, DAY, DAY)
+    [kpi] = await daily_kpis.daily_kpis(store.connection, DAY, DAY)
+    sessions = await charging.charging_sessions(store.connection, DAY, DAY)
 
     assert kpi.utilization_pct == pytest.approx(100.0 / 24)  # 1 h moving in a 24 h day
     assert kpi.charging_events == 1
@@ -122,14 +123,14 @@ async def test_utilization_and_charging_events_on_the_known_day(store: Store) ->
 async def test_utilization_uses_the_local_day_length_on_dst_days(store: Store) -> None:
     # GIVEN the synthetic hour of driving moved to 2024-03-10, when New York springs forward (23 h day)
     day = date(2024, 3, 10)
-    samples = tuple(SampleRecord(k, ms(15, day=day) + k * 10_000, kpis.SPEED, 36.0) for k in range(361))
+    samples = tuple(SampleRecord(k, ms(15, day=day) + k * 10_000, signals.SPEED, 36.0) for k in range(361))
     batch = Batch("bus-dst", samples=samples)
     received = datetime(2024, 3, 11, tzinfo=UTC)
     await store.write(
         [BatchMessage.of(telemetry_topic("f", "bus-dst"), "f", TopicKind.TELEMETRY, batch, received, 1)]
     )
 
-    [kpi] = await kpis.daily_kpis(store.connection, day, day, tz="America/New_York")
+    [kpi] = await daily_kpis.daily_kpis(store.connection, day, day, tz="America/New_York")
 
     assert kpi.utilization_pct == pytest.approx(100.0 / 23)
 
@@ -137,22 +138,22 @@ async def test_utilization_uses_the_local_day_length_on_dst_days(store: Store) -
 async def test_gps_distance_is_haversine_without_glitches(store: Store) -> None:
     # GIVEN 101 fixes 0.001° apart going due north (one leg = R·0.001·π/180 km), a glitch fix 1° away
     # between fixes 50 and 51, a (0, 0) "no fix" and a NaN fix
-    step_km = kpis.EARTH_RADIUS_KM * math.radians(0.001)
+    step_km = gps_distance.EARTH_RADIUS_KM * math.radians(0.001)
     samples: list[SampleRecord] = []
     for k in range(101):
         t = ms(9) + k * 10_000
         samples += [
-            SampleRecord(2 * k, t, kpis.LATITUDE, -1.3 + 0.001 * k),
-            SampleRecord(2 * k + 1, t, kpis.LONGITUDE, 36.8),
+            SampleRecord(2 * k, t, signals.LATITUDE, -1.3 + 0.001 * k),
+            SampleRecord(2 * k + 1, t, signals.LONGITUDE, 36.8),
         ]
     glitch_t = ms(9) + 50 * 10_000 + 5_000
     samples += [
-        SampleRecord(1000, glitch_t, kpis.LATITUDE, -0.3),
-        SampleRecord(1001, glitch_t, kpis.LONGITUDE, 36.8),
-        SampleRecord(1002, ms(9) + 20 * 10_000 + 5_000, kpis.LATITUDE, 0.0),
-        SampleRecord(1003, ms(9) + 20 * 10_000 + 5_000, kpis.LONGITUDE, 0.0),
-        SampleRecord(1004, ms(9) + 30 * 10_000 + 5_000, kpis.LATITUDE, math.nan),
-        SampleRecord(1005, ms(9) + 30 * 10_000 + 5_000, kpis.LONGITUDE, 36.8),
+        SampleRecord(1000, glitch_t, signals.LATITUDE, -0.3),
+        SampleRecord(1001, glitch_t, signals.LONGITUDE, 36.8),
+        SampleRecord(1002, ms(9) + 20 * 10_000 + 5_000, signals.LATITUDE, 0.0),
+        SampleRecord(1003, ms(9) + 20 * 10_000 + 5_000, signals.LONGITUDE, 0.0),
+        SampleRecord(1004, ms(9) + 30 * 10_000 + 5_000, signals.LATITUDE, math.nan),
+        SampleRecord(1005, ms(9) + 30 * 10_000 + 5_000, signals.LONGITUDE, 36.8),
     ]
     batch = Batch("bus-g", samples=tuple(samples))
     await store.write(
@@ -168,7 +169,7 @@ async def test_gps_distance_is_haversine_without_glitches(store: Store) -> None:
         ]
     )
 
-    [kpi] = await kpis.daily_kpis(store.connection, DAY, DAY)
+    [kpi] = await daily_kpis.daily_kpis(store.connection, DAY, DAY)
 
     # THEN the two legs through the glitch are left out, which loses the leg 50 → 51 only
     assert kpi.gps_distance_km == pytest.approx(99 * step_km, rel=1e-6)
@@ -185,12 +186,12 @@ async def write_samples(store: Store, vehicle: str, samples: list[SampleRecord])
 async def test_gps_distance_pairs_coordinates_the_agent_keeps_apart(store: Store) -> None:
     # GIVEN a bus driving due north as the agent keeps it: a latitude every 10 s (it moves past the
     # deadband), the longitude (unchanged) only as its 30 s heartbeat, 3 s after a latitude
-    step_km = kpis.EARTH_RADIUS_KM * math.radians(0.001)
-    samples = [SampleRecord(k, ms(9) + k * 10_000, kpis.LATITUDE, -1.3 + 0.001 * k) for k in range(61)]
-    samples += [SampleRecord(100 + j, ms(9) + j * 30_000 + 3_000, kpis.LONGITUDE, 36.8) for j in range(20)]
+    step_km = gps_distance.EARTH_RADIUS_KM * math.radians(0.001)
+    samples = [SampleRecord(k, ms(9) + k * 10_000, signals.LATITUDE, -1.3 + 0.001 * k) for k in range(61)]
+    samples += [SampleRecord(100 + j, ms(9) + j * 30_000 + 3_000, signals.LONGITUDE, 36.8) for j in range(20)]
     await write_samples(store, "bus-apart", samples)
 
-    [kpi] = await kpis.daily_kpis(store.connection, DAY, DAY)
+    [kpi] = await daily_kpis.daily_kpis(store.connection, DAY, DAY)
 
     # THEN each reading of either is a fix with the other held (the first longitude with the first
     # latitude): every one of the 60 legs north counts, none twice
@@ -201,19 +202,19 @@ async def test_gps_distance_counts_a_fix_repeated_until_the_next_one(store: Stor
     # GIVEN a logger writing its last fix every second, its receiver giving a new one every 10 s, 0.001°
     # further north (40 km/h; as a 1 s leg, 400 km/h); then the bus stands 2 min and one fix jumps
     # 0.02° (2.2 km) away for a second
-    step_km = kpis.EARTH_RADIUS_KM * math.radians(0.001)
+    step_km = gps_distance.EARTH_RADIUS_KM * math.radians(0.001)
     samples: list[SampleRecord] = []
     for second in range(422):
         lat = -1.3 + 0.001 * min(second // 10, 29)  # driving for 300 s, then standing
         if second == 420:
             lat += 0.02
         samples += [
-            SampleRecord(2 * second, ms(10) + second * 1000, kpis.LATITUDE, lat),
-            SampleRecord(2 * second + 1, ms(10) + second * 1000, kpis.LONGITUDE, 36.8),
+            SampleRecord(2 * second, ms(10) + second * 1000, signals.LATITUDE, lat),
+            SampleRecord(2 * second + 1, ms(10) + second * 1000, signals.LONGITUDE, 36.8),
         ]
     await write_samples(store, "bus-repeat", samples)
 
-    [kpi] = await kpis.daily_kpis(store.connection, DAY, DAY)
+    [kpi] = await daily_kpis.daily_kpis(store.connection, DAY, DAY)
 
     # THEN each new position counts once (29 legs); the glitch of the standing bus, judged over at most
     # MAX_STALE_FIX_S, is still one, both ways
@@ -229,7 +230,7 @@ async def test_fleet_energy_totals_rolling_mean_and_peaks(store: Store) -> None:
         ]
     )
 
-    energy = await kpis.fleet_energy(store.connection, date(2024, 5, 13), DAY)
+    energy = await fleet_energy.fleet_energy(store.connection, date(2024, 5, 13), DAY)
 
     # two buses, each 60 kWh used 06:00–07:00 and 62 kWh charged 08:00–08:30 on the 14th
     assert [(d.day, d.used_kwh, d.charged_kwh) for d in energy.days] == [
@@ -252,7 +253,7 @@ async def test_fleet_energy_totals_rolling_mean_and_peaks(store: Store) -> None:
 
 
 async def test_fleet_energy_summary_of_nothing_has_no_peaks() -> None:
-    energy = kpis.summarize_fleet_energy([], DAY, DAY)
+    energy = fleet_energy.summarize_fleet_energy([], DAY, DAY)
 
     assert (energy.total_used_kwh, energy.peak_day, energy.peak_hour, energy.peak_charging_hour) == (
         0.0,
@@ -274,7 +275,7 @@ TRIP_PHASES = (  # (from, to, driving)
     ((6, 50), (7, 20), True),
     ((7, 20), (7, 30), False),
 )
-LEG_DEG = math.degrees(0.1 / kpis.EARTH_RADIUS_KM)  # 0.1 km due north: one driving interval
+LEG_DEG = math.degrees(0.1 / gps_distance.EARTH_RADIUS_KM)  # 0.1 km due north: one driving interval
 
 
 def at(hour: int, minute: int, second: int = 0) -> datetime:
@@ -290,18 +291,21 @@ def service_with_trips(vehicle: str) -> Batch:
         assert t == ms(h0, m0)
         while t < ms(h1, m1):
             for signal, value in (
-                (kpis.SPEED, 36.0 if driving else 0.0),
-                (kpis.PACK_CURRENT, 100.0 if driving else 10.0),
-                (kpis.PACK_VOLTAGE, 600.0),
-                (kpis.TRAVELED_DISTANCE, 1000.0 + 0.1 * driven),
-                (kpis.SOC, 80.0 - 0.01 * driven),
-                (kpis.LATITUDE, -1.3 + LEG_DEG * driven),
-                (kpis.LONGITUDE, 36.8),
+                (signals.SPEED, 36.0 if driving else 0.0),
+                (signals.PACK_CURRENT, 100.0 if driving else 10.0),
+                (signals.PACK_VOLTAGE, 600.0),
+                (signals.ODOMETER, 1000.0 + 0.1 * driven),
+                (signals.SOC, 80.0 - 0.01 * driven),
+                (signals.LATITUDE, -1.3 + LEG_DEG * driven),
+                (signals.LONGITUDE, 36.8),
             ):
                 samples.append(SampleRecord(len(samples), t, signal, value))
             driven += driving
             t += 10_000
-    for signal, value in ((kpis.SPEED, 0.0), (kpis.SOC, 80.0 - 0.01 * driven)):  # the last reading, 07:30
+    for signal, value in (
+        (signals.SPEED, 0.0),
+        (signals.SOC, 80.0 - 0.01 * driven),
+    ):  # the last reading, 07:30
         samples.append(SampleRecord(len(samples), t, signal, value))
     return Batch(vehicle, samples=tuple(samples))
 
@@ -315,8 +319,8 @@ async def write_batch(store: Store, batch: Batch) -> None:
 async def test_trips_on_a_known_day(store: Store) -> None:
     await write_batch(store, service_with_trips("bus-t"))
 
-    first, second = await kpis.trips(store.connection, DAY, DAY)
-    [kpi] = await kpis.daily_kpis(store.connection, DAY, DAY)
+    first, second = await trips.trips(store.connection, DAY, DAY)
+    [kpi] = await daily_kpis.daily_kpis(store.connection, DAY, DAY)
 
     # THEN the 2-minute stop stays inside the first trip and the layover ends it; the dwell before
     # and after driving belongs to no trip
@@ -349,9 +353,9 @@ async def test_trips_on_a_known_day(store: Store) -> None:
 async def test_a_stop_as_long_as_the_trip_gap_ends_a_trip(store: Store) -> None:
     await write_batch(store, service_with_trips("bus-g"))
 
-    found = await kpis.trips(store.connection, DAY, DAY, trip_gap_s=120.0)
-    [kpi] = await kpis.daily_kpis(store.connection, DAY, DAY, trip_gap_s=120.0)
-    kept = await kpis.trips(store.connection, DAY, DAY, trip_gap_s=121.0)
+    found = await trips.trips(store.connection, DAY, DAY, trip_gap_s=120.0)
+    [kpi] = await daily_kpis.daily_kpis(store.connection, DAY, DAY, trip_gap_s=120.0)
+    kept = await trips.trips(store.connection, DAY, DAY, trip_gap_s=121.0)
 
     assert [(t.started_at, t.ended_at) for t in found] == [
         (at(6, 0), at(6, 10)),
@@ -367,11 +371,11 @@ async def test_trips_are_cut_at_the_ends_of_the_local_day(store: Store) -> None:
     # GIVEN Los Angeles time (UTC−7 in May): its 13 May ends at 07:00 UTC on the 14th, in the second trip
     await write_batch(store, service_with_trips("bus-c"))
 
-    earlier = await kpis.trips(
+    earlier = await trips.trips(
         store.connection, date(2024, 5, 13), date(2024, 5, 13), tz="America/Los_Angeles"
     )
-    [later] = await kpis.trips(store.connection, DAY, DAY, tz="America/Los_Angeles", vehicle_id="bus-c")
-    [kpi_13, kpi_14] = await kpis.daily_kpis(
+    [later] = await trips.trips(store.connection, DAY, DAY, tz="America/Los_Angeles", vehicle_id="bus-c")
+    [kpi_13, kpi_14] = await daily_kpis.daily_kpis(
         store.connection, date(2024, 5, 13), DAY, tz="America/Los_Angeles"
     )
 
@@ -394,8 +398,8 @@ async def test_trips_are_cut_at_the_ends_of_the_local_day(store: Store) -> None:
 async def test_trips_without_gps_and_where_there_is_no_data(store: Store) -> None:
     await write_batch(store, synthetic_day("bus-n"))
 
-    assert await kpis.trips(store.connection, date(2024, 5, 13), date(2024, 5, 13)) == []
-    [drive] = await kpis.trips(store.connection, DAY, DAY)
+    assert await trips.trips(store.connection, date(2024, 5, 13), date(2024, 5, 13)) == []
+    [drive] = await trips.trips(store.connection, DAY, DAY)
     assert (drive.started_at, drive.ended_at) == (at(6, 0), at(7, 0))
     assert drive.gps_distance_km is None and drive.start_lat is None  # no GPS in this batch
     assert drive.energy_used_kwh == pytest.approx(60.0)

@@ -13,11 +13,11 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from cloud import kpis
 from cloud.ingest import ingest_message
 from cloud.settings import IngestSettings
 from cloud.store import Store
 from cloud.web import queries
+from protocols import signals
 from protocols.topics import telemetry_topic
 from protocols.wire import Batch, SampleRecord, encode_batch
 
@@ -54,7 +54,7 @@ async def positions(conn: Connection) -> dict[str, tuple[object, ...]]:
 
 
 async def test_a_standing_bus_has_a_position(store: Store, conn: Connection) -> None:
-    lat, lon = kpis.LATITUDE, kpis.LONGITUDE
+    lat, lon = signals.LATITUDE, signals.LONGITUDE
     # GIVEN a bus driving (coordinates a second apart), then standing: each coordinate only on its
     # heartbeat, latitude at 04:03:19 and longitude at 04:03:21 (then a heartbeat later, 25 s apart)
     await write(

@@ -16,11 +16,11 @@ import pytest
 from openapi_spec_validator import validate as validate_openapi
 from psycopg_pool import AsyncConnectionPool
 
-from cloud import kpis
 from cloud.api import create_app
 from cloud.api_reads import KNOWN_SIGNALS
 from cloud.openapi import OPENAPI_PATH, openapi_document
 from cloud.settings import WebSettings
+from protocols import signals
 from protocols.catalog import load_catalog
 
 from .conftest import Database
@@ -89,10 +89,10 @@ def query_for(path: str, parameters: list[dict[str, Any]]) -> list[dict[str, str
     if path.endswith("/series"):
         span = {"from": iso(START), "to": iso(START + timedelta(hours=2))}
         return [
-            {"signal": kpis.SOC, **span},
+            {"signal": signals.SOC, **span},
             {"signal": "pack_power_kw", **span, "resolution": "1m"},
-            {"signal": kpis.SPEED, **span, "resolution": "1h"},
-            {"signal": kpis.SPEED, **span, "resolution": "1d"},
+            {"signal": signals.SPEED, **span, "resolution": "1h"},
+            {"signal": signals.SPEED, **span, "resolution": "1d"},
         ]
     if path == "/api/fleet/block-risk":
         return [{}, {"at": iso(START + timedelta(hours=2))}]

@@ -23,8 +23,9 @@ import pytest
 from psycopg import sql
 from psycopg.abc import Params, Query
 
-from cloud import kpis
+from cloud import charging, daily_kpis, trips
 from cloud.web import queries
+from protocols import signals
 
 from .conftest import Database, migrated_store
 from .test_cloud_api import PLANS, fleet_messages, write_all
@@ -156,14 +157,14 @@ async def test_daily_kpis_read_only_the_days_asked_for(
     conn, plans = four_days
     day = DAYS[1]
 
-    rows = await kpis.daily_kpis(conn, day, day)
+    rows = await daily_kpis.daily_kpis(conn, day, day)
 
     assert {(r.vehicle_id, r.day) for r in rows} == {(p.vehicle_id, day) for p in PLANS}
     assert plans.partitions_read() == plans.meeting(utc_day(day))
 
     # a local day in New York (UTC−4) spans two UTC days: the partitions (chunks) of both that it meets
     plans.clear()
-    await kpis.charging_sessions(conn, day, day, tz="America/New_York")
+    await charging.charging_sessions(conn, day, day, tz="America/New_York")
     assert plans.partitions_read() == plans.meeting(local_day(day, "America/New_York"))
 
 
@@ -173,14 +174,14 @@ async def test_trips_read_only_the_days_asked_for(
     conn, plans = four_days
     day = DAYS[2]
 
-    found = await kpis.trips(conn, day, day)
+    found = await trips.trips(conn, day, day)
 
     assert {t.vehicle_id for t in found} == {p.vehicle_id for p in PLANS}
     assert all(t.started_at.astimezone(UTC).date() == day for t in found)
     assert plans.partitions_read() == plans.meeting(utc_day(day))
 
     plans.clear()
-    await kpis.trips(conn, day, day, tz="America/New_York", vehicle_id=BUS)
+    await trips.trips(conn, day, day, tz="America/New_York", vehicle_id=BUS)
     assert plans.partitions_read() == plans.meeting(local_day(day, "America/New_York"))
 
 
@@ -206,7 +207,7 @@ async def test_series_and_outcomes_read_only_their_range(
     t_from = datetime(day.year, day.month, day.day, 5, tzinfo=UTC)
     t_to = t_from + timedelta(hours=1)
 
-    raw = await queries.series(conn, BUS, kpis.SOC, t_from, t_to, queries.Resolution.RAW, 10_000)
+    raw = await queries.series(conn, BUS, signals.SOC, t_from, t_to, queries.Resolution.RAW, 10_000)
     power = await queries.series(conn, BUS, queries.PACK_POWER, t_from, t_to, queries.Resolution.RAW, 10_000)
     outcomes = await queries.prediction_outcomes(conn, BUS, t_from, t_to, 1_000)
 
@@ -229,11 +230,11 @@ async def test_one_bus_reads_go_through_the_block_key(
     t_from = datetime(day.year, day.month, day.day, 5, tzinfo=UTC)
     plans.clear()
 
-    await kpis.daily_kpis(conn, day, day, vehicle_id=BUS)
-    await kpis.trips(conn, day, day, vehicle_id=BUS)
+    await daily_kpis.daily_kpis(conn, day, day, vehicle_id=BUS)
+    await trips.trips(conn, day, day, vehicle_id=BUS)
     await queries.bus_states(conn, BUS)
     await queries.series(
-        conn, BUS, kpis.SOC, t_from, t_from + timedelta(hours=1), queries.Resolution.RAW, 100
+        conn, BUS, signals.SOC, t_from, t_from + timedelta(hours=1), queries.Resolution.RAW, 100
     )
     await queries.prediction_outcomes(conn, BUS, t_from, t_from + timedelta(hours=1), 100)
 

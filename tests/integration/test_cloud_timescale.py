@@ -13,11 +13,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cloud import kpis
+from cloud import daily_kpis
 from cloud.ingest import BatchMessage
 from cloud.schema import Flavour
 from cloud.settings import DatabaseSettings
 from cloud.store import Store
+from protocols import signals
 from protocols.topics import TopicKind, telemetry_topic
 from protocols.wire import Batch, SampleRecord
 
@@ -66,7 +67,7 @@ async def test_hypertables_and_their_policies_exist_and_no_continuous_aggregate(
 async def test_writes_are_idempotent_and_rollups_and_kpis_current_at_once(store: Store) -> None:
     now = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
     t0 = int(now.timestamp() * 1000)
-    samples = tuple(SampleRecord(i, t0 + i * 1000, kpis.SOC, 80.0 - i / 100) for i in range(300))
+    samples = tuple(SampleRecord(i, t0 + i * 1000, signals.SOC, 80.0 - i / 100) for i in range(300))
     message = BatchMessage.of(
         telemetry_topic("f", "bus-t"), "f", TopicKind.TELEMETRY, Batch("bus-t", samples=samples), now, 1
     )
@@ -79,7 +80,7 @@ async def test_writes_are_idempotent_and_rollups_and_kpis_current_at_once(store:
         cur = await conn.execute(f"SELECT sum(n) FROM {view} WHERE vehicle_id = 'bus-t'".encode())
         assert await cur.fetchone() == (300,), view
 
-    rows = await kpis.daily_kpis(conn, now.date(), (now + timedelta(minutes=10)).date())
+    rows = await daily_kpis.daily_kpis(conn, now.date(), (now + timedelta(minutes=10)).date())
     assert min(r.soc_min_pct or 100.0 for r in rows) == pytest.approx(80.0 - 299 / 100)
 
 

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import ValidationError
 
-from cloud import kpis
+from cloud import charging, daily_kpis
 from cloud.battery_health import estimate_capacity, joined, summarize
 from cloud.billing import OdometerDay, Period, billing_rows, charging_hours_by_day
 from cloud.block_risk import BusFigures, assess, ranked
@@ -193,7 +193,7 @@ def test_periods_are_cut_to_the_range() -> None:
 
 
 def test_charging_hours_split_at_local_midnight() -> None:
-    session = kpis.ChargingSession(
+    session = charging.ChargingSession(
         "bus-1",
         datetime(2024, 5, 14, 20, tzinfo=UTC),
         datetime(2024, 5, 14, 23, 30, tzinfo=UTC),
@@ -219,16 +219,16 @@ def test_an_old_soc_reading_is_said_so() -> None:
 def test_sessions_cut_at_midnight_are_joined_again() -> None:
     midnight = datetime(2024, 5, 15, tzinfo=UTC)
     # the kept session before midnight ends at its last reading, 10 s before
-    before = kpis.ChargingSession(
+    before = charging.ChargingSession(
         "bus-1", midnight - timedelta(hours=1), midnight - timedelta(seconds=10), 100.0, 150.0
     )
-    after = kpis.ChargingSession("bus-1", midnight, midnight + timedelta(hours=2), 180.0, 140.0)
-    later = kpis.ChargingSession(
+    after = charging.ChargingSession("bus-1", midnight, midnight + timedelta(hours=2), 180.0, 140.0)
+    later = charging.ChargingSession(
         "bus-1", midnight + timedelta(hours=9), midnight + timedelta(hours=10), 20.0, 60.0
     )
 
     assert joined([later, after, before]) == [
-        kpis.ChargingSession("bus-1", before.started_at, after.ended_at, 280.0, 150.0),
+        charging.ChargingSession("bus-1", before.started_at, after.ended_at, 280.0, 150.0),
         later,
     ]
 
@@ -248,7 +248,7 @@ def test_a_block_over_midnight_is_yesterdays_until_it_ends() -> None:
 def test_gps_and_odometer_disagreeing_is_flagged() -> None:
     odo = OdometerDay("bus-1", date(2024, 5, 14), 100.0, 1000, 0, 0, 0, 0.0, 0.0)
     close, far = (
-        kpis.DailyKpi(
+        daily_kpis.DailyKpi(
             "bus-1", date(2024, 5, 14), 100.0, None, None, None, 50.0, None, None, None, 0, 0, gps_km
         )
         for gps_km in (108.0, 115.0)
