@@ -102,6 +102,7 @@ function renderBusFacts(bus) {
   const facts = [
     ["Status", bus.online === null ? "unknown" : bus.online ? "online" : "offline"],
     ["Last seen", `${dateTime(bus.last_seen)} · ${ago(bus.last_seen)}`],
+    ["Latest data", bus.data_until ? `${dateTime(bus.data_until)} · ${ago(bus.data_until)}` : "–"],
     ["SOC", bus.soc_pct ? `${num(bus.soc_pct.value, 1)} %` : "–"],
     ["Speed", bus.speed_kmh ? `${num(bus.speed_kmh.value, 0)} km/h` : "–"],
     ["Pack power", bus.pack_power_kw ? `${num(bus.pack_power_kw.value, 0)} kW` : "–"],

@@ -80,7 +80,7 @@ function busRow(bus) {
     "li",
     { class: `bus-row tone-${busTone(bus)}`, "data-bus": bus.id, tabindex: "0", role: "option" },
     el("span", { class: `status status-${statusLabel(bus)}`, title: statusLabel(bus) }, el("i")),
-    el("span", { class: "row-id" }, el("strong", { text: bus.id }), el("small", { text: `${bus.fleet} · ${ago(bus.last_seen)}` })),
+    el("span", { class: "row-id" }, el("strong", { text: bus.id }), el("small", { text: `${bus.fleet} · ${ago(bus.data_until || bus.last_seen)}` })),
     socBlock(bus.soc_pct),
     el("span", { class: `risk risk-${risk.level}`, title: `risk: ${risk.text}`, text: risk.label }),
     alertChips(bus.active_alerts),

@@ -229,6 +229,8 @@ def offline_scenario(url: str, buses: list[FleetBus]) -> None:
         wait_for(driver, lambda d: d.find_element(By.ID, "bus-panel").is_displayed(), "bus panel")
         assert driver.execute_script("return window.location.hash") == f"#/bus/{chosen}"
         assert driver.find_element(By.ID, "bus-title").text == chosen
+        # (the time of its latest data beside the time the receiver last heard it: imported history)
+        assert "Latest data" in driver.find_element(By.ID, "bus-facts").text
         wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-soc path"), "SOC chart")
         assert driver.find_element(By.CSS_SELECTOR, "#range-buttons button.active").text == "2 h"
         assert "insulation fault" in driver.find_element(By.ID, "bus-alerts").text.lower()
