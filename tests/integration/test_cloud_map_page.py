@@ -230,7 +230,7 @@ def offline_scenario(url: str, buses: list[FleetBus]) -> None:
         assert driver.execute_script("return window.location.hash") == f"#/bus/{chosen}"
         assert driver.find_element(By.ID, "bus-title").text == chosen
         # (the time of its latest data beside the time the receiver last heard it: imported history)
-        assert "Latest data" in driver.find_element(By.ID, "bus-facts").text
+        assert "latest data" in driver.find_element(By.ID, "bus-facts").text.lower()
         wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-soc path"), "SOC chart")
         assert driver.find_element(By.CSS_SELECTOR, "#range-buttons button.active").text == "2 h"
         assert "insulation fault" in driver.find_element(By.ID, "bus-alerts").text.lower()
