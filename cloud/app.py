@@ -32,6 +32,7 @@ from prometheus_client import start_http_server
 from cloud import metrics
 from cloud.api import FleetViews
 from cloud.errors import RejectedDataError, StoreError
+from cloud.fleet_control import FleetControl, FleetLink
 from cloud.ingest import BatchMessage, DeadLetter, Ingested, ingest_message
 from cloud.kpis import KeptDays
 from cloud.mqtt import InboundMessage, Inbox, MqttReceiver
@@ -264,6 +265,7 @@ async def run(settings: CloudSettings, stop: asyncio.Event | None = None) -> Non
     writer_store = await Store.open(settings.database, kept=kept)
     maintenance_store = await Store.open(settings.database, kept=kept)
     rollup_store = await Store.open(settings.database, kept=kept)
+    fleet_control_store = await Store.open(settings.database, kept=kept)
     metrics_server = None
     receiver: MqttReceiver | None = None
     views: FleetViews | None = None
@@ -294,6 +296,12 @@ async def run(settings: CloudSettings, stop: asyncio.Event | None = None) -> Non
             refresh = every(rollups_every, rollup_store.refresh_rollups, rollup_store, stop, "rollup refresh")
             tasks.create_task(maintain, name="maintenance")
             tasks.create_task(refresh, name="rollups")
+            if (
+                settings.fleet_control.enabled
+            ):  # desired state on the downlink, rollouts (cloud.fleet_control)
+                link = FleetLink(settings.mqtt, loop)
+                control = FleetControl(fleet_control_store, link, settings.fleet_control)
+                tasks.create_task(control.run(stop), name="fleet-control")
         with contextlib.suppress(StoreError):
             await rollup_store.refresh_rollups(keep_days=False)  # quick: ended days wait for the next run
         log.info("receiver stopped: last group committed and acknowledged")
@@ -307,6 +315,7 @@ async def run(settings: CloudSettings, stop: asyncio.Event | None = None) -> Non
         await writer_store.close()
         await maintenance_store.close()
         await rollup_store.close()
+        await fleet_control_store.close()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
 

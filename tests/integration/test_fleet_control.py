@@ -1,0 +1,359 @@
+"""Fleet control on the cloud side: `voltgate-cloud fleet` → database → the receiver's fleet-control task →
+the real Mosquitto under the shipped ACL with TLS identities → a bus, and its applied reports back.
+
+A bus here is an MQTT client with the bus's certificate: it reads its own downlink, checks a model's
+signature with the fleet's public key as an agent would, and publishes its applied report (retained), the
+way `protocols.fleet_control` says. The broker is the isolation tests' (one per module); each test has its
+own fleet id and database schema (on both flavours).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from cloud import fleet_cli, fleet_store
+from cloud.__main__ import main as cloud_main
+from cloud.fleet_control import FleetControl, FleetLink
+from cloud.rollouts import RolloutState
+from cloud.settings import CloudSettings, DatabaseSettings, FleetControlSettings, MqttSettings
+from cloud.store import Store
+from protocols.fleet_control import (
+    AppliedReport,
+    DesiredConfig,
+    ModelRelease,
+    Outcome,
+    OutcomeState,
+    decode_desired,
+    encode_applied,
+    key_id_of,
+    verify_model,
+)
+from protocols.topics import applied_topic, downlink_filter
+from tests.integration.conftest import Database, migrated_store, unique_id
+from tests.integration.test_fleet_isolation import (  # the broker under the shipped ACL, and its clients
+    ACCEPTED,
+    WAIT_S,
+    Client,
+    FleetBroker,
+    _bus,
+    fleet_broker,  # noqa: F401  (a module-scoped fixture: one broker for this module)
+)
+
+MODEL = Path(__file__).parents[2] / "models" / "soc_drop.onnx"
+POLL_S = 0.05
+
+
+class Bus:
+    """A bus's MQTT identity reading its downlink and reporting what it applied (the agent's part)."""
+
+    def __init__(self, broker: FleetBroker, fleet: str, vehicle: str, public_key: Ed25519PublicKey) -> None:
+        self.fleet, self.vehicle = fleet, vehicle
+        self.client: Client = _bus(broker, fleet, vehicle)
+        self.keys = {key_id_of(public_key): public_key}
+        self.seen: list[DesiredConfig | ModelRelease] = []
+
+    def connect(self) -> Bus:
+        self.client.connect()
+        self.client.subscribe(downlink_filter(self.fleet, self.vehicle))
+        return self
+
+    def close(self) -> None:
+        self.client.close()
+
+    def next_desired(self) -> DesiredConfig | ModelRelease:
+        """The next config or model message on its downlink (commit acknowledgements are not sent here)."""
+        message = self.client.messages.get(timeout=WAIT_S)
+        desired = decode_desired(bytes(message.payload))
+        if isinstance(desired, ModelRelease):
+            verify_model(desired, self.keys)  # what an agent does before it swaps a model in
+        self.seen.append(desired)
+        return desired
+
+    def drain(self) -> list[DesiredConfig | ModelRelease]:
+        got = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                got.append(decode_desired(bytes(self.client.messages.get_nowait().payload)))
+        self.seen += got
+        return got
+
+    def report(self, config: Outcome | None, models: dict[str, Outcome]) -> None:
+        payload = encode_applied(AppliedReport(int(time.time() * 1000), config, models))
+        assert self.client.publish(applied_topic(self.fleet, self.vehicle), payload, retain=True) in ACCEPTED
+
+
+@dataclass
+class Harness:
+    db: Database
+    store: Store
+    fleet: str
+    key: Path
+    public_key: Ed25519PublicKey
+    env: dict[str, str]
+    settings: CloudSettings
+
+    def cli(self, *argv: str) -> int:
+        """`voltgate-cloud ARGV` against the test's schema (in a thread: it runs its own event loop)."""
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in self.env.items():
+                patch.setenv(name, value)
+            return cloud_main(list(argv))
+
+    async def run_cli(self, *argv: str) -> int:
+        return await asyncio.to_thread(self.cli, *argv)
+
+    async def rollout_state(self) -> tuple[RolloutState, str | None]:
+        [*_, newest] = await fleet_store.rollouts(self.store.connection, self.fleet)
+        return newest.state, newest.reason
+
+    async def until(self, condition: Callable[[], object], what: str) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while not await _call(condition):
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what}: not within {WAIT_S} s", pytrace=False)
+            await asyncio.sleep(POLL_S)
+
+
+async def _call(condition: Callable[[], object]) -> object:
+    result = condition()
+    return await result if asyncio.iscoroutine(result) else result
+
+
+@pytest.fixture
+async def harness(
+    pg_schema: Database,
+    fleet_broker: FleetBroker,  # noqa: F811  (the fixture imported above)
+    tmp_path: Path,
+) -> AsyncIterator[Harness]:
+    """A migrated schema with a fleet of four known buses, the fleet's key pair, and the fleet-control task
+    running against the broker with the receiver's identity."""
+    store = await migrated_store(pg_schema)
+    fleet = unique_id("f")
+    await store.connection.execute(
+        b"INSERT INTO vehicles (vehicle_id, fleet) SELECT v, %s FROM unnest(%s::text[]) v",
+        (fleet, ["bus-a", "bus-b", "bus-c", "bus-d"]),
+    )
+    env = {
+        "VOLTGATE_CLOUD_DATABASE__DSN": pg_schema.dsn,
+        "VOLTGATE_CLOUD_DATABASE__SCHEMA": pg_schema.schema,
+    }
+    database = DatabaseSettings.model_validate({"dsn": pg_schema.dsn, "schema": pg_schema.schema})
+    assert fleet_cli.keygen(fleet, tmp_path) != []
+    public = serialization.load_pem_public_key((tmp_path / f"{fleet}.ed25519.pub").read_bytes())
+    assert isinstance(public, Ed25519PublicKey)
+    harness_ = Harness(
+        pg_schema,
+        store,
+        fleet,
+        tmp_path / f"{fleet}.ed25519.key",
+        public,
+        env,
+        CloudSettings(database=database),
+    )
+    mqtt = MqttSettings(
+        host="127.0.0.1", port=fleet_broker.receiver_port, tls=True, ca_file=fleet_broker.pki.ca_cert_path,
+        cert_file=fleet_broker.receiver.cert_path, key_file=fleet_broker.receiver.key_path,
+        client_id=unique_id("voltgate-cloud-"),
+    )  # fmt: skip
+    control_store = await Store.open(database)  # its own connection, as in the receiver
+    control = FleetControl(
+        control_store, FleetLink(mqtt, asyncio.get_running_loop()), FleetControlSettings(poll_s=POLL_S)
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(control.run(stop), name="fleet-control")
+    try:
+        yield harness_
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, WAIT_S)
+        await control_store.close()
+        await store.close()
+
+
+def _applied(revision: int, running: str = "") -> Outcome:
+    return Outcome(revision, OutcomeState.APPLIED, "", running)
+
+
+async def test_config_reaches_each_bus_with_its_own_settings_over_the_fleets(
+    harness: Harness,
+    fleet_broker: FleetBroker,  # noqa: F811
+) -> None:
+    h = harness
+    bus_a = Bus(fleet_broker, h.fleet, "bus-a", h.public_key).connect()
+    bus_b = Bus(fleet_broker, h.fleet, "bus-b", h.public_key).connect()
+    try:
+        # WHEN the fleet gets a setting and bus B one of its own over it
+        assert await h.run_cli("fleet", "config", "set", "--fleet", h.fleet, "uplink.batch_max_age_s=5",
+                               'sampling.soc_pct={"min_interval_s": 10}') == 0  # fmt: skip
+        assert (
+            await h.run_cli(
+                "fleet",
+                "config",
+                "set",
+                "--fleet",
+                h.fleet,
+                "--vehicle",
+                "bus-b",
+                "uplink.batch_max_age_s=1.5",
+            )
+            == 0
+        )
+        # THEN each gets the merged settings, retained; the revision of B's is the newer one
+        got_a = await asyncio.to_thread(bus_a.next_desired)
+        got_b = await asyncio.to_thread(bus_b.next_desired)
+        if got_b.settings["uplink"]["batch_max_age_s"] == 5:  # type: ignore[union-attr]
+            got_b = await asyncio.to_thread(bus_b.next_desired)  # published before B's own setting landed
+        assert isinstance(got_a, DesiredConfig) and isinstance(got_b, DesiredConfig)
+        assert got_a.settings == {
+            "uplink": {"batch_max_age_s": 5},
+            "sampling": {"soc_pct": {"min_interval_s": 10}},
+        }
+        assert got_b.settings == {
+            "uplink": {"batch_max_age_s": 1.5},
+            "sampling": {"soc_pct": {"min_interval_s": 10}},
+        }
+        assert got_b.revision > got_a.revision
+        # WHEN B reports it applied, THEN the database keeps it and status shows it
+        bus_b.report(_applied(got_b.revision, str(got_b.revision)), {})
+
+        async def b_reported() -> bool:
+            view = await fleet_store.fleet_view(h.store.connection, h.fleet)
+            bus = next(b for b in view.buses if b.vehicle == "bus-b")
+            return bus.applied_config is not None and bus.applied_config.revision == got_b.revision
+
+        await h.until(b_reported, "bus B's applied report stored")
+    finally:
+        bus_a.close()
+        bus_b.close()
+
+
+async def test_config_that_does_not_validate_is_refused_with_a_reason(
+    harness: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    h = harness
+    for argv, reason in (
+        (["broker.host=evil"], "'broker' cannot be set remotely"),
+        (["uplink"], "is not section.key=value"),
+        (["uplink.batch_max_age_s=NaN"], "not a finite number"),
+        (["--vehicle", "bus-zz", "uplink.batch_max_age_s=1"], "knows no bus 'bus-zz'"),
+        ([], "nothing to set"),
+    ):
+        assert await h.run_cli("fleet", "config", "set", "--fleet", h.fleet, *argv) == 2
+        err = capsys.readouterr().err
+        assert reason in err and "Traceback" not in err, err
+    # nothing was stored
+    assert await fleet_store.desired_configs(h.store.connection, h.fleet, ["bus-a"]) == {}
+
+
+async def test_canaries_first_then_the_fleet_and_an_offline_bus_catches_up(
+    harness: Harness,
+    fleet_broker: FleetBroker,  # noqa: F811
+) -> None:
+    h = harness
+    buses = {v: Bus(fleet_broker, h.fleet, v, h.public_key) for v in ("bus-a", "bus-b", "bus-c")}
+    for bus in buses.values():
+        bus.connect()  # bus-d stays offline throughout the rollout
+    try:
+        # WHEN a model is pushed with bus A as the canary
+        assert await h.run_cli("fleet", "model", "push", str(MODEL), "--name", "soc_drop", "--fleet", h.fleet,
+                               "--key", str(h.key), "--canary", "bus-a") == 0  # fmt: skip
+        # THEN only bus A gets it, signed by the fleet key, with the feature version of its metadata
+        release = await asyncio.to_thread(buses["bus-a"].next_desired)
+        assert isinstance(release, ModelRelease) and release.name == "soc_drop"
+        assert release.model == MODEL.read_bytes() and release.feature_version
+        assert await h.rollout_state() == (RolloutState.CANARY, None)
+        # a marker config for B: published after the model would have been, so B's queue is complete
+        assert await h.run_cli("fleet", "config", "set", "--fleet", h.fleet, "--vehicle", "bus-b",
+                               "alerts.low_soc_pct=15") == 0  # fmt: skip
+        assert isinstance(await asyncio.to_thread(buses["bus-b"].next_desired), DesiredConfig)
+        assert buses["bus-b"].drain() == []
+        # WHEN the canary applies it, THEN the rollout rolls to the whole fleet ...
+        buses["bus-a"].report(None, {"soc_drop": _applied(release.revision, release.sha256.hex())})
+        for vehicle in ("bus-b", "bus-c"):
+            got = await asyncio.to_thread(buses[vehicle].next_desired)
+            assert isinstance(got, ModelRelease) and got.revision == release.revision
+        assert (await h.rollout_state())[0] is RolloutState.ROLLING
+        # ... and it is done once every bus has applied it, the offline bus D included when it returns
+        for vehicle in ("bus-b", "bus-c"):
+            buses[vehicle].report(None, {"soc_drop": _applied(release.revision)})
+
+        async def three_reported() -> bool:
+            return len(await fleet_store.applied_reports(h.store.connection, h.fleet)) == 3
+
+        await h.until(three_reported, "the reports of buses A, B and C stored")
+        assert (await h.rollout_state())[0] is RolloutState.ROLLING  # bus D has not applied it
+        # (and the fleet's config changes twice while bus D is away)
+        for value in ("20", "25"):
+            assert (
+                await h.run_cli("fleet", "config", "set", "--fleet", h.fleet, f"alerts.low_soc_pct={value}")
+                == 0
+            )
+        wanted = (await fleet_store.desired_configs(h.store.connection, h.fleet, ["bus-d"]))["bus-d"]
+        bus_d = Bus(fleet_broker, h.fleet, "bus-d", h.public_key).connect()
+        try:
+            # on connect: the retained release and the latest config (or the one before it, then the latest
+            # live, should the receiver not have published it yet)
+            arrived: list[DesiredConfig | ModelRelease] = []
+            while wanted not in arrived or not any(isinstance(m, ModelRelease) for m in arrived):
+                arrived.append(await asyncio.to_thread(bus_d.next_desired))
+            assert [m.revision for m in arrived if isinstance(m, ModelRelease)] == [release.revision]
+            assert wanted.settings == {"alerts": {"low_soc_pct": 25}}
+            bus_d.report(None, {"soc_drop": _applied(release.revision)})
+
+            async def done() -> bool:
+                return (await h.rollout_state())[0] is RolloutState.DONE
+
+            await h.until(done, "the rollout done")
+        finally:
+            bus_d.close()
+    finally:
+        for bus in buses.values():
+            bus.close()
+
+
+async def test_a_canary_rolling_back_halts_the_rollout_and_the_rest_never_get_it(
+    harness: Harness,
+    fleet_broker: FleetBroker,  # noqa: F811
+) -> None:
+    h = harness
+    canary = Bus(fleet_broker, h.fleet, "bus-a", h.public_key).connect()
+    other = Bus(fleet_broker, h.fleet, "bus-b", h.public_key).connect()
+    try:
+        assert await h.run_cli("fleet", "model", "push", str(MODEL), "--name", "soc_drop", "--fleet", h.fleet,
+                               "--key", str(h.key), "--canary", "bus-a") == 0  # fmt: skip
+        release = await asyncio.to_thread(canary.next_desired)
+        assert isinstance(release, ModelRelease)
+        # WHEN the canary reports it rolled back
+        failed = Outcome(release.revision, OutcomeState.ROLLED_BACK, "model failed to load", "00" * 32)
+        canary.report(None, {"soc_drop": failed})
+
+        async def halted() -> bool:
+            return (await h.rollout_state())[0] is RolloutState.HALTED
+
+        await h.until(halted, "the rollout halted")
+        # THEN it halted by itself with the canary's reason ...
+        assert await h.rollout_state() == (
+            RolloutState.HALTED,
+            "canary bus-a reported rolled_back: model failed to load",
+        )
+        # ... and bus B never got the model: only the marker config published after it
+        assert await h.run_cli("fleet", "config", "set", "--fleet", h.fleet, "alerts.low_soc_pct=15") == 0
+        marker = await asyncio.to_thread(other.next_desired)
+        assert isinstance(marker, DesiredConfig)
+        assert other.drain() == []
+        # status says so, per bus and for the rollout
+        lines = await fleet_cli.status(h.settings, h.fleet)
+        assert any("halted" in line and "rolled_back: model failed to load" in line for line in lines), lines
+    finally:
+        canary.close()
+        other.close()
