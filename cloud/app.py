@@ -5,8 +5,10 @@ transaction; after the commit it publishes one commit acknowledgement per vehicl
 vehicle's downlink, then PUBACKs the messages — see `cloud.mqtt`; it decodes the next group in a worker
 thread while the database commits the current one), `maintenance` (partitions ahead, retention) and
 `rollups` (hour and day rollups every `database.rollup_refresh_s`, and once more after the last commit;
-then the kept daily KPIs, trips and charging sessions of ended days in `web.time_zone`), each with its
-own database connection. SIGTERM/SIGINT set the stop event: the writer stops taking messages, commits and
+then the kept daily KPIs, trips and charging sessions of ended days in `web.time_zone`), and, unless
+`fleet_control.enabled` is off, `fleet-control` (`cloud.fleet_control`: desired state out on the downlink,
+applied reports in, rollouts on, over its own broker connection), each with its own database connection.
+SIGTERM/SIGINT set the stop event: the writer stops taking messages, commits and
 acknowledges the group it holds, and returns; then the broker connection is closed cleanly (the
 persistent session keeps everything not yet acknowledged) and `run` returns.
 

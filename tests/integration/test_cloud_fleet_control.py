@@ -357,3 +357,34 @@ async def test_a_canary_rolling_back_halts_the_rollout_and_the_rest_never_get_it
     finally:
         canary.close()
         other.close()
+
+
+async def test_a_push_that_cannot_be_signed_or_rolled_out_is_refused_with_a_reason(
+    harness: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    h = harness
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(MODEL.read_bytes()[:1000])
+    common = ["--fleet", h.fleet, "--key", str(h.key)]
+    for argv, reason in (
+        ([str(truncated), "--name", "soc_drop", *common, "--canary", "bus-a"], "not a readable ONNX model"),
+        ([str(MODEL.with_name("large_drop.onnx")), "--name", "soc_drop", *common, "--canary", "bus-a"],
+         "is model 'large_drop' by its metadata"),
+        ([str(MODEL), "--name", "soc_drop", *common, "--canary", "bus-zz"], "does not have: ['bus-zz']"),
+        ([str(MODEL), "--name", "soc_drop", *common, "--percent", "0"], "not in (0, 100]"),
+        ([str(MODEL), "--name", "soc_drop", "--fleet", h.fleet, "--key", str(MODEL), "--percent", "50"],
+         "cannot load the fleet key"),
+    ):  # fmt: skip
+        assert await h.run_cli("fleet", "model", "push", *argv) == 2
+        err = capsys.readouterr().err
+        assert reason in err and "Traceback" not in err, err
+    assert await fleet_store.rollouts(h.store.connection, h.fleet) == []
+    # a percentage picks that share of the fleet's buses as canaries
+    assert (
+        await h.run_cli(
+            "fleet", "model", "push", str(MODEL), "--name", "soc_drop", *common, "--percent", "50"
+        )
+        == 0
+    )
+    [rollout] = await fleet_store.rollouts(h.store.connection, h.fleet)
+    assert len(rollout.canaries) == 2 and rollout.percent == 50
