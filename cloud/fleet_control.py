@@ -66,6 +66,9 @@ REPORTS = Counter(
 DOWNLINK_PUBLISHED = Counter(
     "voltgate_cloud_fleet_downlink_published_total", "Desired-state messages published, by kind", ["kind"]
 )  # config | model
+PUBLISH_REFUSED = Counter(
+    "voltgate_cloud_fleet_downlink_unpublishable_total", "Desired-state messages that could not be encoded"
+)
 ROLLOUT_MOVES = Counter("voltgate_cloud_rollout_moves_total", "Rollouts moved on, by new state", ["state"])
 
 
@@ -155,6 +158,7 @@ class FleetControl:
         self._published: dict[str, int] = {}  # topic → revision this process published there
         self._releases: collections.OrderedDict[int, ModelRelease] = collections.OrderedDict()
         self._bad_logged: set[str] = set()
+        self._unpublishable: set[str] = set()  # buses logged once already
 
     async def run(self, stop: asyncio.Event) -> None:
         self._link.start()
@@ -247,19 +251,32 @@ class FleetControl:
 
     async def _publish(self, fleet: str, view: fleet_store.FleetView, rollouts: list[Rollout]) -> None:
         for bus in view.buses:
-            config = bus.desired_config
-            if config is not None:
-                topic = downlink_config_topic(fleet, bus.vehicle)
-                if self._published.get(topic, 0) < config.revision:
-                    self._send(topic, config.revision, encode_desired_config(config), "config")
-            for name in sorted({r.name for r in rollouts}):
-                wanted = desired_rollout([r for r in rollouts if r.name == name], bus.vehicle, view.vehicles)
-                if wanted is None:
-                    continue
-                topic = downlink_model_topic(fleet, bus.vehicle, name)
-                if self._published.get(topic, 0) != wanted.revision:
-                    release = await self._release(wanted)
-                    self._send(topic, wanted.revision, encode_model_release(release), "model")
+            try:
+                await self._publish_bus(fleet, bus, view, rollouts)
+            except (DownlinkError, TopicError) as err:  # e.g. fleet and bus settings merged too large
+                PUBLISH_REFUSED.inc()
+                if bus.vehicle not in self._unpublishable:
+                    self._unpublishable.add(bus.vehicle)
+                    log.error(
+                        "fleet control: cannot publish to bus %s of fleet %s: %s", bus.vehicle, fleet, err
+                    )
+
+    async def _publish_bus(
+        self, fleet: str, bus: fleet_store.BusControl, view: fleet_store.FleetView, rollouts: list[Rollout]
+    ) -> None:
+        config = bus.desired_config
+        if config is not None:
+            topic = downlink_config_topic(fleet, bus.vehicle)
+            if self._published.get(topic, 0) < config.revision:
+                self._send(topic, config.revision, encode_desired_config(config), "config")
+        for name in sorted({r.name for r in rollouts}):
+            wanted = desired_rollout([r for r in rollouts if r.name == name], bus.vehicle, view.vehicles)
+            if wanted is None:
+                continue
+            topic = downlink_model_topic(fleet, bus.vehicle, name)
+            if self._published.get(topic, 0) != wanted.revision:
+                release = await self._release(wanted)
+                self._send(topic, wanted.revision, encode_model_release(release), "model")
 
     def _send(self, topic: str, revision: int, payload: bytes, kind: str) -> None:
         if self._link.publish_retained(topic, payload):

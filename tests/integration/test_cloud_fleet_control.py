@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cloud import fleet_cli, fleet_store
 from cloud.__main__ import main as cloud_main
-from cloud.fleet_control import FleetControl, FleetLink
+from cloud.fleet_control import REPORTS, FleetControl, FleetLink
 from cloud.rollouts import RolloutState
 from cloud.settings import CloudSettings, DatabaseSettings, FleetControlSettings, MqttSettings
 from cloud.store import Store
@@ -223,7 +223,11 @@ async def test_config_reaches_each_bus_with_its_own_settings_over_the_fleets(
             "sampling": {"soc_pct": {"min_interval_s": 10}},
         }
         assert got_b.revision > got_a.revision
-        # WHEN B reports it applied, THEN the database keeps it and status shows it
+        # WHEN B sends a malformed report, then reports it applied, THEN the bad one is counted and skipped,
+        # and the database keeps the good one
+        bad_before = REPORTS.labels("bad")._value.get()
+        topic = applied_topic(h.fleet, "bus-b")
+        assert bus_b.client.publish(topic, b'{"v": 1, "config": "applied"}') in ACCEPTED
         bus_b.report(_applied(got_b.revision, str(got_b.revision)), {})
 
         async def b_reported() -> bool:
@@ -232,6 +236,7 @@ async def test_config_reaches_each_bus_with_its_own_settings_over_the_fleets(
             return bus.applied_config is not None and bus.applied_config.revision == got_b.revision
 
         await h.until(b_reported, "bus B's applied report stored")
+        assert REPORTS.labels("bad")._value.get() == bad_before + 1
     finally:
         bus_a.close()
         bus_b.close()
