@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import queue
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -23,9 +26,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cloud import fleet_cli, fleet_store
 from cloud.__main__ import main as cloud_main
+from cloud.api import FleetViews
 from cloud.fleet_control import REPORTS, FleetControl, FleetLink
 from cloud.rollouts import RolloutState
-from cloud.settings import CloudSettings, DatabaseSettings, FleetControlSettings, MqttSettings
+from cloud.settings import CloudSettings, DatabaseSettings, FleetControlSettings, MqttSettings, WebSettings
 from cloud.store import Store
 from protocols.fleet_control import (
     AppliedReport,
@@ -40,6 +44,7 @@ from protocols.fleet_control import (
 )
 from protocols.topics import applied_topic, downlink_filter
 from tests.integration.conftest import Database, migrated_store, unique_id
+from tests.integration.test_cloud_web import chromium, run_chromium
 from tests.integration.test_fleet_isolation import (  # the broker under the shipped ACL, and its clients
     ACCEPTED,
     WAIT_S,
@@ -393,3 +398,69 @@ async def test_a_push_that_cannot_be_signed_or_rolled_out_is_refused_with_a_reas
     )
     [rollout] = await fleet_store.rollouts(h.store.connection, h.fleet)
     assert len(rollout.canaries) == 2 and rollout.percent == 50
+
+
+async def test_the_api_and_the_bus_view_show_desired_against_applied(
+    harness: Harness,
+    fleet_broker: FleetBroker,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    h = harness
+    binary = chromium()  # skips (or fails under CI=true) without Chromium
+    bus = Bus(fleet_broker, h.fleet, "bus-a", h.public_key).connect()
+    try:
+        # GIVEN bus A applied its config and refused a model release
+        assert await h.run_cli("fleet", "config", "set", "--fleet", h.fleet, "uplink.batch_max_age_s=2") == 0
+        assert await h.run_cli("fleet", "model", "push", str(MODEL), "--name", "soc_drop", "--fleet", h.fleet,
+                               "--key", str(h.key), "--canary", "bus-a") == 0  # fmt: skip
+        got = {type(m): m for m in [await asyncio.to_thread(bus.next_desired) for _ in range(2)]}
+        config, release = got[DesiredConfig], got[ModelRelease]
+        refused = Outcome(release.revision, OutcomeState.REFUSED, "feature version mismatch", "ab" * 32)
+        bus.report(_applied(config.revision, str(config.revision)), {"soc_drop": refused})
+        await h.until(halted_by(h), "the rollout halted")
+    finally:
+        bus.close()
+    database = DatabaseSettings.model_validate({"dsn": h.db.dsn, "schema": h.db.schema})
+    views = await FleetViews.start(WebSettings(port=0), database)
+    try:
+        # WHEN the API is asked about bus A, THEN it answers desired against applied
+        body = await asyncio.to_thread(_get_json, f"{views.url}/api/buses/bus-a/control")
+        assert body["config"] == {
+            "desired_revision": config.revision,
+            "applied": {
+                "revision": config.revision,
+                "state": "applied",
+                "detail": "",
+                "running": str(config.revision),
+            },
+        }
+        assert body["models"] == [
+            {
+                "name": "soc_drop",
+                "desired_revision": None,  # halted: no release is wanted for it any more
+                "rollout": None,
+                "rollout_state": None,
+                "applied": {"revision": release.revision, "state": "refused",
+                            "detail": "feature version mismatch", "running": "ab" * 32},
+            }
+        ]  # fmt: skip
+        # AND the fleet page's bus view says it on one line
+        dom = await run_chromium(binary, tmp_path / "profile", "--dump-dom", f"{views.url}/#/bus/bus-a")
+        line = dom.split('id="bus-control"', 1)[1].split("</div>", 1)[0]
+        assert f"config r{config.revision} applied" in line
+        assert f"soc_drop r{release.revision} refused" in line
+    finally:
+        await views.stop()
+
+
+def halted_by(h: Harness) -> Callable[[], object]:
+    async def halted() -> bool:
+        return (await h.rollout_state())[0] is RolloutState.HALTED
+
+    return halted
+
+
+def _get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=WAIT_S) as response:
+        body: dict[str, Any] = json.loads(response.read())
+        return body
