@@ -14,8 +14,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from cloud import fleet_store
-from cloud.analytics_http import Pool, bus_id, known_bus
-from cloud.api_params import json_response
+from cloud.analytics_http import Pool, known_bus
+from cloud.api_params import bus_id, json_response
 from cloud.settings import WebSettings
 from protocols.fleet_control import Outcome
 
