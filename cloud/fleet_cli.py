@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Final
 
 from cloud import fleet_store
 from cloud.errors import CloudError
+from cloud.rollouts import packet_bytes, pick_canaries
 from cloud.settings import CloudSettings
 from cloud.store import Store
 from protocols.downlink import DownlinkError
@@ -35,6 +36,7 @@ from protocols.fleet_control import (
     DESIRED_SECTIONS,
     MAX_MODEL_BYTES,
     DesiredConfig,
+    ModelRelease,
     Outcome,
     encode_desired_config,
     key_id_of,
@@ -262,13 +264,12 @@ async def model_push(
                 raise FleetCommandError(f"--canary names buses the fleet {fleet!r} does not have: {unknown}")
             chosen = tuple(sorted(set(canaries)))
         else:
-            from cloud.rollouts import pick_canaries
-
             chosen = pick_canaries(vehicles, percent or 0.0, rollout_id)
         release = sign_model(
             key, revision=revision, rollout=rollout_id, name=name, feature_version=feature_version,
             model=model, ts_ms=int(datetime.now(UTC).timestamp() * 1000),
         )  # fmt: skip
+        check_fits(release, fleet, settings.fleet_control.max_packet_bytes)
         await fleet_store.add_release(conn, fleet, release, chosen, percent)
     finally:
         await store.close()
@@ -276,6 +277,16 @@ async def model_push(
         f"rollout {rollout_id}: {name} (features {feature_version}, sha256 {release.sha256.hex()[:16]}…,"
         f" key {release.key_id}) to fleet {fleet}: canaries {', '.join(chosen)} first"
     ]
+
+
+def check_fits(release: ModelRelease, fleet: str, max_packet_bytes: int) -> None:
+    """`FleetCommandError` unless the release, as published, fits in one broker packet."""
+    size = packet_bytes(release, fleet)
+    if size > max_packet_bytes:
+        raise FleetCommandError(
+            f"the signed release would be a {size}-byte MQTT packet, above the broker's limit of"
+            f" {max_packet_bytes} (fleet_control.max_packet_bytes; Mosquitto's max_packet_size)"
+        )
 
 
 async def status(settings: CloudSettings, fleet: str | None) -> list[str]:

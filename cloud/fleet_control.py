@@ -41,7 +41,7 @@ from prometheus_client import Counter
 
 from cloud import fleet_store
 from cloud.errors import ConfigError, StoreError
-from cloud.rollouts import ACTIVE_STATES, Rollout, advance, desired_rollout
+from cloud.rollouts import ACTIVE_STATES, Rollout, advance, desired_rollout, packet_bytes
 from cloud.settings import FleetControlSettings, MqttSettings
 from cloud.store import Store
 from protocols.downlink import DownlinkError
@@ -253,7 +253,7 @@ class FleetControl:
         for bus in view.buses:
             try:
                 await self._publish_bus(fleet, bus, view, rollouts)
-            except (DownlinkError, TopicError) as err:  # e.g. fleet and bus settings merged too large
+            except (DownlinkError, TopicError) as err:  # e.g. a message too large
                 PUBLISH_REFUSED.inc()
                 if bus.vehicle not in self._unpublishable:
                     self._unpublishable.add(bus.vehicle)
@@ -276,6 +276,10 @@ class FleetControl:
             topic = downlink_model_topic(fleet, bus.vehicle, name)
             if self._published.get(topic, 0) != wanted.revision:
                 release = await self._release(wanted)
+                if packet_bytes(release, fleet) > self._settings.max_packet_bytes:
+                    raise DownlinkError(
+                        f"release {wanted.rollout_id} is above fleet_control.max_packet_bytes"
+                    )
                 self._send(topic, wanted.revision, encode_model_release(release), "model")
 
     def _send(self, topic: str, revision: int, payload: bytes, kind: str) -> None:

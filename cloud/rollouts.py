@@ -23,7 +23,8 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from protocols.fleet_control import Outcome, OutcomeState
+from protocols.fleet_control import ModelRelease, Outcome, OutcomeState, encode_model_release
+from protocols.topics import ID_MAX_LEN, downlink_model_topic
 
 
 class RolloutState(StrEnum):
@@ -113,3 +114,9 @@ def advance(
 def _applied(rollout: Rollout, outcome: Outcome | None) -> bool:
     found = _outcome_of(rollout, outcome)
     return found is not None and found.state is OutcomeState.APPLIED
+
+
+def packet_bytes(release: ModelRelease, fleet: str) -> int:
+    """An upper bound of a release's PUBLISH packet: payload, topic (for the longest vehicle id), headers."""
+    topic = downlink_model_topic(fleet, "v" * ID_MAX_LEN, release.name)
+    return len(encode_model_release(release)) + len(topic.encode()) + 64

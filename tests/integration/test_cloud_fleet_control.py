@@ -388,6 +388,16 @@ async def test_a_push_that_cannot_be_signed_or_rolled_out_is_refused_with_a_reas
         assert await h.run_cli("fleet", "model", "push", *argv) == 2
         err = capsys.readouterr().err
         assert reason in err and "Traceback" not in err, err
+    # a release larger than the broker's packet limit (here set to 64 KiB) would never reach a bus
+    h.env["VOLTGATE_CLOUD_FLEET_CONTROL__MAX_PACKET_BYTES"] = str(64 * 1024)
+    assert (
+        await h.run_cli(
+            "fleet", "model", "push", str(MODEL), "--name", "soc_drop", *common, "--percent", "50"
+        )
+        == 2
+    )
+    assert "above the broker's limit of 65536" in capsys.readouterr().err
+    del h.env["VOLTGATE_CLOUD_FLEET_CONTROL__MAX_PACKET_BYTES"]
     assert await fleet_store.rollouts(h.store.connection, h.fleet) == []
     # a percentage picks that share of the fleet's buses as canaries
     assert (
