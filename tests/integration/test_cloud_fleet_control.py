@@ -408,6 +408,16 @@ async def test_a_push_that_cannot_be_signed_or_rolled_out_is_refused_with_a_reas
     )
     [rollout] = await fleet_store.rollouts(h.store.connection, h.fleet)
     assert len(rollout.canaries) == 2 and rollout.percent == 50
+    # a newer push of the same model halts the unfinished rollout: superseded
+    assert (
+        await h.run_cli(
+            "fleet", "model", "push", str(MODEL), "--name", "soc_drop", *common, "--canary", "bus-c"
+        )
+        == 0
+    )
+    first, second = await fleet_store.rollouts(h.store.connection, h.fleet)
+    assert (first.state, first.reason) == (RolloutState.HALTED, f"superseded by rollout {second.rollout_id}")
+    assert second.state is RolloutState.CANARY and second.revision > first.revision
 
 
 async def test_the_api_and_the_bus_view_show_desired_against_applied(
