@@ -1,25 +1,31 @@
-"""Driver alerts, the stage: samples and predictions in, alert changes out to the buffer, log and LEDs.
+"""Driver alerts, the stage: samples, predictions and DM1 reports in, alert changes out to the buffer, log
+and LEDs.
 
-    samples + predictions ─► AlertEngine (pure, source time) ─► Alert on every change
+    samples + predictions ─► AlertEngine (pure, source time) ──┐
+    DM1 reports (per bus) ─► DtcAlerts (agent.diagnostics) ────┴─► Alert on every change
                                                                ├─► `derived` (buffered, published at once)
                                                                ├─► one structured driver log line
                                                                └─► LED class devices (agent/leds.py)
 
 What a rule reads, which readings belong together and how long a condition must persist before it is
 raised are in `agent.alert_rules`; levels, hysteresis, persistence and hold times in `agent.alert_engine`.
+DTC alerts (one per active diagnostic trouble code of each ECU, cleared when the ECU no longer reports
+it or stops sending DM1) are in `agent.diagnostics`; the stage expires them on its own source time.
 
-LEDs: steady for warning and info, blinking for critical (see `agent.leds`).
+LEDs: one place (`AlertStage.active`) decides them from every active alert, whatever its source: steady for
+warning and info, blinking for critical (see `agent.leds`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from agent.alert_engine import AlertEngine, Evidence, Level, Readings, Rule
+from agent.alert_engine import SWEEP_EVERY_S, AlertEngine, Evidence, Level, Readings, Rule
 from agent.alert_rules import (
     FAULT_RISK_OUTPUT,
     LARGE_DROP_OUTPUT,
@@ -27,6 +33,7 @@ from agent.alert_rules import (
     build_rules,
     fault_risk_levels,
 )
+from agent.diagnostics import Dm1Report, DtcAlerts
 from agent.leds import Leds, led_patterns
 from agent.records import Alert, Prediction, Sample, Severity
 from agent.settings import AlertSettings
@@ -37,6 +44,7 @@ __all__ = [  # what this module offered before the engine and the rules had thei
     "LARGE_DROP_OUTPUT",
     "SOC_DROP_OUTPUT",
     "AlertEngine",
+    "AlertInput",
     "AlertStage",
     "AlertStats",
     "Evidence",
@@ -52,6 +60,7 @@ log = logging.getLogger(__name__)
 driver_log = logging.getLogger("agent.alerts.driver")
 
 
+AlertInput = Sample | Prediction | Dm1Report
 FAULT_RISK_THRESHOLD_KEY: Final = "alarm_probability"
 CONSUME_BATCH: Final = 2_000  # inputs judged between two yields to the event loop
 
@@ -107,6 +116,8 @@ class AlertStage:
             settings.led_root, blink_on_ms=settings.blink_on_ms, blink_off_ms=settings.blink_off_ms
         )
         self.stats = AlertStats()
+        self.dtcs: dict[str, DtcAlerts] = {}  # bus → its DTC alerts
+        self._dtcs_swept = -math.inf  # stream time of the last DTC expiry sweep
         self._stop = asyncio.Event()
         self._leds_changed = asyncio.Event()
 
@@ -125,16 +136,39 @@ class AlertStage:
     def stop(self) -> None:
         self._stop.set()
 
-    def observe(self, item: Sample | Prediction) -> list[Alert]:
-        """One input through the rules (pure apart from counting)."""
-        self.stats.inputs += 1
-        if isinstance(item, Prediction):
-            return self.engine.update(item.ts, item.output, item.value)
-        return self.engine.update(item.ts, item.signal, item.value)
+    def dtc_alerts(self, bus: str) -> DtcAlerts:
+        """The DTC alerts of `bus` (a resumed replay warms them up with the DM1s it skips)."""
+        tracker = self.dtcs.get(bus)
+        if tracker is None:
+            tracker = self.dtcs[bus] = DtcAlerts()
+        return tracker
 
-    async def run(
-        self, inbox: asyncio.Queue[Sample | Prediction], derived: asyncio.Queue[Prediction | Alert]
-    ) -> None:
+    def active(self) -> dict[str, Severity]:
+        """Rule → severity of every raised alert: the rules' and every bus's DTCs."""
+        active = self.engine.active()
+        for tracker in self.dtcs.values():
+            active.update(tracker.active())
+        return active
+
+    def observe(self, item: AlertInput) -> list[Alert]:
+        """One input through the rules, or a DM1 through its bus's DTC alerts (pure apart from counting)."""
+        self.stats.inputs += 1
+        if isinstance(item, Dm1Report):
+            tracker = self.dtc_alerts(item.bus)
+            changes = tracker.observe(item.ts, item.source, item.dm1)
+            return changes + tracker.expire(self.engine.readings.now)  # the bus's other ECUs
+        if isinstance(item, Prediction):
+            changes = self.engine.update(item.ts, item.output, item.value)
+        else:
+            changes = self.engine.update(item.ts, item.signal, item.value)
+        now = self.engine.readings.now
+        if self.dtcs and abs(now - self._dtcs_swept) >= SWEEP_EVERY_S:  # abs: a clock stepped back
+            self._dtcs_swept = now
+            for tracker in self.dtcs.values():
+                changes += tracker.expire(now)
+        return changes
+
+    async def run(self, inbox: asyncio.Queue[AlertInput], derived: asyncio.Queue[Prediction | Alert]) -> None:
         await asyncio.to_thread(self.leds.show, led_patterns((), self.led_names))
         try:
             async with asyncio.TaskGroup() as group:
@@ -145,7 +179,7 @@ class AlertStage:
             self.leds.all_off()  # a stopped agent cannot keep an LED truthful
 
     async def _consume(
-        self, inbox: asyncio.Queue[Sample | Prediction], derived: asyncio.Queue[Prediction | Alert]
+        self, inbox: asyncio.Queue[AlertInput], derived: asyncio.Queue[Prediction | Alert]
     ) -> None:
         while True:
             if self._stop.is_set() and inbox.empty():
@@ -171,7 +205,7 @@ class AlertStage:
                 self.stats.cleared += 1
             self.stats.by_rule[alert.rule] = self.stats.by_rule.get(alert.rule, 0) + 1
             await derived.put(alert)
-        patterns = led_patterns(self.engine.active().values(), self.led_names)
+        patterns = led_patterns(self.active().values(), self.led_names)
         await asyncio.to_thread(self.leds.show, patterns)
         if self.leds.soft_blink:
             self._leds_changed.set()

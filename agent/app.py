@@ -9,6 +9,10 @@ TaskGroup, and shuts them down in stages.
     clock gate ─tap:inference─► InferenceStage ─predictions─► derived
          │ (plausible stamps only)           └─tap:alerts─┐
          └─────────────────────tap:alerts─────────────────┴─► AlertStage ─alerts─► derived, log, LEDs
+    Decoder ─DM1 (on_dm1)─► clock gate ({bus}:dm1) ─tap:alerts─┘
+
+    Uplink ─downlink config/model─► FleetControl ─► hot: Uplink batching, Decoder policies, AlertStage
+                                                    thresholds, InferenceStage models (agent.fleet_control)
 
 The clock gate (one task per source, `agent.clock.TimestampGate`) judges every sample's source timestamp
 against that source's clock: every sample goes on to the committer and the buffer (a GPS fix past its
@@ -16,6 +20,10 @@ week rollover with its corrected stamp, anything else as stamped), but only plau
 inference and alert taps, so an outlier is counted (`voltgate_timestamps_implausible{source,reason}`),
 buffered for the cloud to judge, and changes nothing on the bus. Live CAN buses and the GPS are judged
 against the monotonic clock anchored when the agent starts; replayed logs by their own time base.
+A bus's DM1 reports (for the DTC alerts, `agent.diagnostics`) pass the same gate as a source of their own,
+`{bus}:dm1`, of the bus's kind: the decoder hands them on before its samples reach the bus's gate, and one
+clock judging two places of one stream would misjudge a fast replay. Implausible ones are counted like
+samples and never reach the alerts (the ECU repeats its DM1 every second).
 
 Queues are bounded. Sources never wait: a full `frames:{bus}` queue drops the frame and the source counts
 it (`voltgate_queue_drops{queue="frames:…"}`); the decoder and the committer apply backpressure upstream.
@@ -45,11 +53,13 @@ from typing import Final, Protocol, TypeVar
 from prometheus_client import Counter
 
 from agent import metrics
-from agent.alerts import AlertStage, log_alert
+from agent.alerts import AlertInput, AlertStage
 from agent.buffer import BufferStats, BufferWorker, EvictionClass
 from agent.clock import SourceKind, TimestampGate
 from agent.decode import Decoder, DecodeStats, Dm1Hook
-from agent.diagnostics import DtcAlerts
+from agent.diagnostics import Dm1Report, DtcAlerts
+from agent.fleet_control import FleetControl
+from agent.fleet_control_stages import RunningStages
 from agent.inference import InferenceStage
 from agent.preflight import load_catalogs
 from agent.records import SEVERITIES, Alert, Frame, Prediction, Sample
@@ -137,6 +147,7 @@ class Agent:
         self.buffer = BufferWorker(settings.buffer.path, settings.buffer.max_bytes)
         self.metrics_server: metrics.MetricsServer | None = None
         self.uplink: Uplink | None = None
+        self.fleet: FleetControl | None = None
         self._stop = asyncio.Event()
         self._committer_stop = asyncio.Event()
         self._sync = _CounterSync()
@@ -144,13 +155,12 @@ class Agent:
         self.inference_tap: asyncio.Queue[Sample] | None = None
         self.alert_stage: AlertStage | None = None
         self.inference_stage: InferenceStage | None = None
-        self.alerts_inbox: asyncio.Queue[Sample | Prediction] | None = None
+        self.alerts_inbox: asyncio.Queue[AlertInput] | None = None
         self.tap_drops: dict[str, int] = {}
         # The clocks' anchor: the host wall clock and the monotonic clock when the agent starts.
         self.anchor_wall_s, self.anchor_mono_s = time.time(), time.monotonic()
         self.clock_gate: TimestampGate | None = None
         self.source_samples: dict[str, asyncio.Queue[Sample]] = {}
-        self.dtc_alerts: dict[str, DtcAlerts] = {}
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
@@ -164,6 +174,10 @@ class Agent:
         quanta: dict[str, float] = {}
         for catalog in catalogs.values():
             quanta.update(catalog.quanta())
+        # Remote configuration and models (agent.fleet_control): the applied desired state runs at once.
+        policies = {s.name: s.policy for c in catalogs.values() for s in c if s.source != "gps"}
+        self.fleet = FleetControl(settings.fleet_control, settings, policies)
+        self.settings = await asyncio.to_thread(self.fleet.open)
         await self.buffer.open()
         try:
             await self._run_stages(catalogs, quanta)
@@ -175,12 +189,17 @@ class Agent:
         settings = self.settings
         loop = asyncio.get_running_loop()
         filter_closed_socket_watchers(loop)
-        self.uplink = uplink = Uplink(settings.uplink, settings.vehicle_id, self.buffer, quanta)
+        fleet = self.fleet
+        assert fleet is not None
+        self.uplink = uplink = Uplink(
+            settings.uplink, settings.vehicle_id, self.buffer, quanta, on_desired=fleet.offer
+        )
         frame_sources: list[tuple[str, CanSource | ReplaySource]] = [
             (bus.name, CanSource(bus, catalogs[bus.name])) for bus in settings.can
         ]
         names = [bus.name for bus in settings.can] + [log_.name for log_ in settings.replay]
-        self.dtc_alerts = {name: DtcAlerts() for name in names} if settings.alerts.enabled else {}
+        alerts, inference = self._build_analysis()
+        self.alert_stage, self.inference_stage = alerts, inference
         decoders = {name: Decoder(catalogs[name], bus=name, on_dm1=self._dm1_alerts(name)) for name in names}
         for log_ in settings.replay:  # a replay resumes after the frames whose samples are stored
             position = await self.buffer.get_mark(position_mark(log_.name)) or 0
@@ -192,7 +211,8 @@ class Agent:
             self.replay_queues[log_.name] = ReplayFrameQueue(
                 FRAME_QUEUE_MAX, replay_samples, start_position=position
             )
-            warm_up = _policy_warm_up(decoders[log_.name], self.dtc_alerts.get(log_.name))
+            dtcs = alerts.dtc_alerts(log_.name) if alerts is not None else None
+            warm_up = _policy_warm_up(decoders[log_.name], dtcs)
             replay = ReplaySource(log_, catalogs[log_.name], start_position=position, warm_up=warm_up)
             frame_sources.append((log_.name, replay))
         gps = GpsSource(settings.gps, catalogs["gps"]) if settings.gps.enabled else None
@@ -203,16 +223,19 @@ class Agent:
         kinds.update({log_.name: "replay" for log_ in settings.replay})
         if gps is not None:
             kinds["gps"] = "gps"
+        dm1_kinds = {dm1_clock(name): kinds[name] for name in names}
         self.clock_gate = TimestampGate(
-            kinds, anchor_wall_s=self.anchor_wall_s, anchor_mono_s=self.anchor_mono_s, limits=settings.clock
+            kinds | dm1_kinds,
+            anchor_wall_s=self.anchor_wall_s,
+            anchor_mono_s=self.anchor_mono_s,
+            limits=settings.clock,
         )
         source_samples: dict[str, asyncio.Queue[Sample]] = {
             name: self.replay_samples.get(name) or asyncio.Queue(SOURCE_SAMPLES_MAX) for name in kinds
         }
         self.source_samples = source_samples
         sources: list[_Source] = [source for _, source in frame_sources] + ([gps] if gps else [])
-        alerts, inference = self._build_analysis()
-        self.alert_stage, self.inference_stage = alerts, inference
+        fleet.attach(RunningStages(uplink, decoders, alerts, inference))
 
         if settings.metrics.enabled:
             self.metrics_server = metrics.MetricsServer(
@@ -256,6 +279,7 @@ class Agent:
                     analysis.append((alerts, self.stop_timeouts.alerts_s, task))
                 helpers = [
                     group.create_task(metrics.measure_loop_lag(), name="loop-lag"),
+                    group.create_task(_contained("fleet-control", fleet.run()), name="fleet-control"),
                     group.create_task(
                         self._export_stats(frame_sources, decoders, gps, frame_queues), name="stats-export"
                     ),
@@ -303,7 +327,7 @@ class Agent:
         on_prediction: Callable[[Prediction], None] | None = None
         if settings.alerts.enabled:
             alerts = AlertStage(settings.alerts)
-            alerts_inbox: asyncio.Queue[Sample | Prediction] = asyncio.Queue(TAP_QUEUE_MAX)
+            alerts_inbox: asyncio.Queue[AlertInput] = asyncio.Queue(TAP_QUEUE_MAX)
             self.alerts_inbox = alerts_inbox
 
             def on_prediction(prediction: Prediction) -> None:
@@ -319,15 +343,19 @@ class Agent:
         return alerts, inference
 
     def _dm1_alerts(self, bus: str) -> Dm1Hook | None:
-        """A bus's DM1 → its DTC alerts (agent.diagnostics) → the driver log and `derived`."""
-        tracker = self.dtc_alerts.get(bus)
-        if tracker is None:
+        """A bus's DM1 → the clock gate (`{bus}:dm1`) → if plausible, the alert stage's DTC alerts."""
+        inbox = self.alerts_inbox
+        if inbox is None:
             return None
+        clock = dm1_clock(bus)
 
         def on_dm1(ts: float, source: int, dm1: Dm1) -> None:
-            for alert in tracker.observe(ts, source, dm1):
-                log_alert(alert)
-                self._offer(self.derived, alert, "derived")
+            gate = self.clock_gate
+            if gate is None:  # not running yet
+                return
+            verdict = gate.judge(clock, ts, mono_s=time.monotonic(), wall_s=time.time())
+            if verdict.plausible:
+                self._offer(inbox, Dm1Report(verdict.ts, bus, source, dm1), "tap:alerts")
 
         return on_dm1
 
@@ -473,7 +501,7 @@ class Agent:
         if self.alert_stage is not None:
             for rule, count in self.alert_stage.stats.by_rule.items():
                 sync.set(metrics.ALERT_CHANGES, (rule,), count)
-            active = list(self.alert_stage.engine.active().values())
+            active = list(self.alert_stage.active().values())
             for severity in SEVERITIES:
                 metrics.ALERTS_ACTIVE.labels(severity).set(active.count(severity))
 
@@ -544,6 +572,11 @@ class _StatsDecoder(Protocol):
     def stats(self) -> _DecodeStats: ...
 
 
+def dm1_clock(bus: str) -> str:
+    """The clock gate's source of the DM1 reports of `bus` (`voltgate_timestamps_implausible{source}`)."""
+    return f"{bus}:dm1"
+
+
 def _policy_warm_up(
     decoder: Decoder, dtc_alerts: DtcAlerts | None = None
 ) -> Callable[[Sequence[Frame]], None]:
@@ -558,6 +591,8 @@ def _policy_warm_up(
         try:
             for frame in frames:
                 decoder.process(frame)
+                if dtc_alerts is not None:  # an ECU gone silent in the skipped part expired then too
+                    dtc_alerts.expire(frame.ts)
         finally:
             decoder.stats, decoder.on_dm1 = counted, hook
 

@@ -53,7 +53,7 @@ from agent.decode_plans import FramePlan, frame_plan, mux_plan
 from agent.j1939 import Group, J1939Layer, TransportProblem
 from agent.logfiles import FrameLog
 from agent.records import Frame, Sample
-from protocols.catalog import Catalog, FrameSpec, SignalSampler, SignalSpec
+from protocols.catalog import Catalog, FrameSpec, SamplingPolicy, SignalSampler, SignalSpec
 from protocols.j1939 import PGN_DM1, Dm1, Dm1Error, parse_dm1, split_id
 
 log = logging.getLogger(__name__)
@@ -317,6 +317,15 @@ class Decoder:
         dm1_specs = catalog.dm1_signals()
         self._j1939 = J1939Layer(dm1_specs) if self._decoder.has_j1939 or dm1_specs else None
         self._logged: set[str] = set()
+
+    def set_policy(self, signal: str, policy: SamplingPolicy) -> bool:
+        """Run `signal` with `policy` from now on (a remote config); False: this bus has no such signal."""
+        sampler = self._samplers.get(signal)
+        if sampler is None:
+            return False
+        sampler.policy = policy
+        self._decoder.kept(signal)  # frames skipped as not due under the old policy are decoded again
+        return True
 
     def process(self, frame: Frame) -> list[Sample]:
         """Decode one frame and apply the sampling policy; never raises on bad input."""

@@ -197,6 +197,19 @@ class InferenceStage:
             loaded.append(model)
         return loaded
 
+    def swap_model(self, model: LoadedModel) -> LoadedModel | None:
+        """Run `model` (loaded and checked by the caller, e.g. a model update over the downlink) in place
+        of the one of its name, from its own file on; returns the model it replaces."""
+        slot = next((s for s in self.slots if s.model is not None and s.model.name == model.name), None)
+        slot = slot or next((s for s in self.slots if s.model is None and s.path.stem == model.name), None)
+        if slot is None:
+            slot = _Slot(model.path)
+            self.slots.append(slot)
+        previous, slot.model, slot.run_failed_logged = slot.model, model, False
+        slot.path, slot.tried = model.path, _signature(model.path)
+        self.stats.loads += 1
+        return previous
+
     def _refuse(self, slot: _Slot, reason: str) -> None:
         self.stats.refused += 1
         kept = (

@@ -144,6 +144,31 @@ UPLINK_DOWNLINK_REFUSED: Final = Counter(
     "voltgate_uplink_downlink_refused", "Downlink messages skipped", ["reason"]
 )  # reason: malformed | unknown_type | subscribe
 
+# --- fleet control (agent/fleet_control.py) ---------------------------------------------------------------
+
+FLEET_OUTCOMES: Final = Counter(
+    "voltgate_fleet_control_outcomes",
+    "Desired configs and model releases handled, per kind (config, model) and outcome (applied, refused, "
+    "rolled_back)",
+    ["kind", "state"],
+)
+FLEET_REFUSED: Final = Counter(
+    "voltgate_fleet_control_refused",
+    "Desired configs and model releases refused, per reason (malformed, invalid_config, unknown_model, "
+    "features, signature, no_inference, storage, internal), or rolled back (load)",
+    ["reason"],
+)
+FLEET_SKIPPED: Final = Counter(
+    "voltgate_fleet_control_skipped",
+    "Desired messages not handled: revision already handled (handled), replaced by a newer one on the same "
+    "topic before it was handled (superseded), too many topics waiting (dropped), an empty retained "
+    "message (cleared)",
+    ["reason"],
+)
+FLEET_CONFIG_REVISION: Final = Gauge(
+    "voltgate_fleet_config_revision", "The desired config revision running (0: the installed file alone)"
+)
+
 # --- inference and alerts ---------------------------------------------------------------------------------
 
 MODEL_RUNS: Final = Counter(

@@ -225,6 +225,16 @@ class AlertSettings(_Section):
         return self
 
 
+class FleetControlSettings(_Section):
+    """Remote configuration and model updates over the downlink (see `agent.fleet_control`)."""
+
+    enabled: bool = True  # off: desired config and model releases are ignored (not reported)
+    # The fleet's Ed25519 public keys (PEM) that may sign a model; none: every model release is refused.
+    public_keys: list[Path] = Field(default_factory=list, max_length=8)
+    # The applied desired state and the received models; None: a "fleet" folder beside the buffer.
+    state_dir: Path | None = None
+
+
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("voltgate_config_file", default=None)
 
 
@@ -247,6 +257,7 @@ class AgentSettings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     inference: InferenceSettings = InferenceSettings()
     alerts: AlertSettings = AlertSettings()
+    fleet_control: FleetControlSettings = FleetControlSettings()
     log_format: Literal["auto", "text", "json"] = "auto"  # auto: JSON lines under systemd
 
     @model_validator(mode="after")

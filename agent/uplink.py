@@ -20,6 +20,11 @@ restarted agent has an empty window and re-sends everything still in its buffer;
 harmless (the receiver stores by (vehicle, seq, ts)). Rows the wire encoder refuses can never be sent
 and are deleted at once, counted.
 
+The other downlink messages, desired config and model releases (`protocols.fleet_control`), go to the
+`on_desired` callback (fleet control), which only queues them: ack handling never waits on a model load.
+Fleet control's applied report (`report_applied`) is published retained on `applied` at once, and again on
+every connect.
+
 PUBACKs are still awaited: aiomqtt 2.x `Client.publish(..., qos=1)` awaits the event paho sets in
 `_handle_pubackcomp`, i.e. when the PUBACK arrives (aiomqtt 2.5.1 `publish`/`_on_publish`, paho-mqtt
 2.2). aiomqtt drops the MQTT 5 PUBACK reason code, so `agent.mqtt_link.PubackWatch` wraps paho's
@@ -55,7 +60,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -69,7 +74,17 @@ from agent.mqtt_link import PubackWatch, abandon, filter_closed_socket_watchers,
 from agent.settings import UplinkSettings
 from protocols.downlink import CommitAck, DownlinkError, UnknownDownlinkTypeError, decode_downlink
 from protocols.errors import WireError
-from protocols.topics import alerts_topic, downlink_ack_topic, downlink_filter, status_topic, telemetry_topic
+from protocols.topics import (
+    TopicKind,
+    alerts_topic,
+    applied_topic,
+    downlink_ack_topic,
+    downlink_config_topic,
+    downlink_filter,
+    status_topic,
+    telemetry_topic,
+    vehicle_topic,
+)
 from protocols.wire import AlertRecord, Batch, PredictionRecord, SampleRecord, encode_batch, encode_status
 
 log = logging.getLogger(__name__)
@@ -157,7 +172,10 @@ class Uplink:
         vehicle_id: str,
         buffer: BufferWorker,
         quanta: Mapping[str, float],
+        *,
+        on_desired: Callable[[str, bytes], None] | None = None,
     ) -> None:
+        """`on_desired(topic, payload)` takes desired-config and model-release messages; it must not block."""
         self._settings = settings
         self._vehicle_id = vehicle_id
         self._buffer = buffer
@@ -170,6 +188,12 @@ class Uplink:
         self._status_topic = status_topic(fleet, vehicle_id)
         self._downlink_filter = downlink_filter(fleet, vehicle_id)
         self._ack_topic = downlink_ack_topic(fleet, vehicle_id)
+        self._config_topic = downlink_config_topic(fleet, vehicle_id)
+        self._model_filter = f"{vehicle_topic(fleet, vehicle_id, TopicKind.DOWNLINK_MODEL)}/+"
+        self._applied_topic = applied_topic(fleet, vehicle_id)
+        self._on_desired = on_desired
+        self._applied: bytes | None = None  # the latest applied report: published on connect and on change
+        self._applied_due = False
         self._window = InFlightWindow(settings.ack_timeout_s, settings.ack_timeout_max_s)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -201,6 +225,16 @@ class Uplink:
 
     def notify(self) -> None:
         """New rows were committed (called by the committer)."""
+        self._wake.set()
+
+    def report_applied(self, payload: bytes) -> None:
+        """Publish this applied report (retained) now and on every connect (fleet control calls it)."""
+        self._applied, self._applied_due = payload, True
+        self._wake.set()
+
+    def set_batching(self, settings: UplinkSettings) -> None:
+        """Batch with `settings` from now on (a remote config: `batch_max_records`, `batch_max_age_s`)."""
+        self._settings = settings
         self._wake.set()
 
     def stop(self, flush_s: float) -> None:
@@ -305,6 +339,7 @@ class Uplink:
         await self._subscribe_downlink(client)
         online = encode_status("online", _now_ms(), agent_version=AGENT_VERSION)
         await self._publish(client, watch, self._status_topic, online, retain=True)
+        await self._publish_applied(client, watch)
         sender = asyncio.create_task(self._send_loop(client, watch), name="uplink-send")
         reader = asyncio.create_task(self._read_downlink(client), name="uplink-downlink")
         try:
@@ -340,7 +375,8 @@ class Uplink:
         async for message in client.messages:
             payload = message.payload
             if not message.topic.matches(self._ack_topic):
-                continue  # config and model downlinks are not handled yet (retained: seen again later)
+                self._dispatch_desired(message)
+                continue
             try:
                 if not isinstance(payload, bytes | bytearray):
                     raise DownlinkError(f"payload of type {type(payload).__name__}")
@@ -356,6 +392,26 @@ class Uplink:
             if not message.retain:  # a live ack: the receiver is there now
                 self._window.receiver_alive(asyncio.get_running_loop().time())
             await self._apply_ack(ack)
+
+    def _dispatch_desired(self, message: aiomqtt.Message) -> None:
+        """Desired config and model releases go to fleet control, which takes them without waiting."""
+        topic = message.topic
+        if self._on_desired is None or not (
+            topic.matches(self._config_topic) or topic.matches(self._model_filter)
+        ):
+            return
+        payload = message.payload
+        self._on_desired(topic.value, bytes(payload) if isinstance(payload, bytes | bytearray) else b"")
+
+    async def _publish_applied(self, client: aiomqtt.Client, watch: PubackWatch) -> None:
+        if self._applied is None:
+            return
+        self._applied_due = False
+        try:
+            await self._publish(client, watch, self._applied_topic, self._applied, retain=True)
+        except BaseException:
+            self._applied_due = True
+            raise
 
     async def _apply_ack(self, ack: CommitAck) -> None:
         """Delete exactly the acknowledged rows that this process has in flight. Others are left alone:
@@ -378,6 +434,10 @@ class Uplink:
             if stopping and self._flush_deadline is not None and loop_time >= self._flush_deadline:
                 return
             self._wake.clear()
+            settings = self._settings  # a remote config may change the batching
+            if self._applied_due:
+                await self._publish_applied(client, watch)
+                continue
             if self._window.rows < settings.max_inflight_records + ALERT_BATCH_MAX:  # alerts' reserve
                 alerts = await self._unsent(self._alerts, ALERT_BATCH_MAX, 0, None)
                 if alerts:

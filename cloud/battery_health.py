@@ -36,8 +36,8 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from cloud import kpis
-from cloud.analytics_http import Connection, Pool, bus_id, day_range, known_bus, time_zone
-from cloud.api_params import json_response
+from cloud.analytics_http import Connection, Pool, known_bus
+from cloud.api_params import bus_id, day_range, json_response, time_zone
 from cloud.settings import WebSettings
 from protocols.signals import PACK_CURRENT, SOC
 

@@ -41,16 +41,8 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from cloud import kpis
-from cloud.analytics_http import (
-    Connection,
-    Pool,
-    bad_request,
-    bus_id,
-    day_range,
-    known_bus,
-    time_zone,
-)
-from cloud.api_params import json_response, jsonable
+from cloud.analytics_http import Connection, Pool, known_bus
+from cloud.api_params import RequestError, bus_id, day_range, json_response, jsonable, time_zone
 from cloud.settings import WebSettings
 from protocols.signals import ODOMETER
 
@@ -305,10 +297,10 @@ def add_routes(app: web.Application, pool: Pool, settings: WebSettings) -> None:
         try:
             period = Period(query.get("period", "day"))
         except ValueError:
-            raise bad_request(f"period={query['period']!r} is not one of day, week, month") from None
+            raise RequestError(f"period={query['period']!r} is not one of day, week, month") from None
         output = query.get("format", "json")
         if output not in ("json", "csv"):
-            raise bad_request(f"format={output!r} is not one of json, csv")
+            raise RequestError(f"format={output!r} is not one of json, csv")
         bus = bus_id(query["bus"]) if "bus" in query else None
         async with pool.connection() as conn:
             if bus is not None:

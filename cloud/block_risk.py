@@ -15,13 +15,20 @@ Per bus, at the instant `at` (days are local days of `web.time_zone`; settings f
                         never below 0, and 0 once `at` is past block_end
     kwh_per_km        = Σ energy used / Σ odometer km over the last `lookback_days` days, today
                         included (the daily KPIs of `cloud.kpis`)
-    usable_kwh        = usable_energy_kwh, else the pack capacity the bus reports in its status
+    rated_kwh         = usable_energy_kwh, else the pack capacity the bus reports in its status
+    usable_kwh        = rated_kwh × soh_pct / 100 where the bus has a state of health, else rated_kwh
+                        (`capacity_source`: settings | status, `+soh` when scaled)
     energy_left_kwh   = max(0, SOC − reserve_soc_pct) / 100 × usable_kwh
     range_km          = energy_left_kwh / kwh_per_km
     soc_needed_pct    = reserve_soc_pct + 100 × remaining_km × kwh_per_km / usable_kwh
     margin_km         = range_km − remaining_km
     divert            = margin_km < 0    (equivalently SOC < soc_needed_pct)
     risk              = remaining_km / range_km   (∞ with no energy left above the reserve)
+
+The state of health is battery health's (`cloud.battery_health`): the median capacity of the
+charging sessions of the bus's latest week with an estimate, within the `lookback_days` to `at`,
+over its `nominal_capacity_ah` (so only buses with that configured have one; a pack whose estimate
+exceeds nominal is taken at 100 %). A worn pack's range is that much shorter than its rating says.
 
 Buses are ranked by risk, highest first (an infinite risk, no energy above the reserve, is null in
 the JSON and ranks first); a bus whose risk cannot be computed (no SOC, no kWh/km yet, no pack
@@ -43,9 +50,9 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from cloud import kpis
-from cloud.analytics_http import Connection, Pool, parse_instant
-from cloud.api_params import json_response
+from cloud import battery_health, kpis
+from cloud.analytics_http import Connection, Pool
+from cloud.api_params import json_response, parse_instant
 from cloud.settings import BusOperations, OperationsSettings, WebSettings
 from protocols.predictions import SOC_DROP_HORIZON_MIN, SOC_DROP_PP
 from protocols.signals import ODOMETER, SOC
@@ -69,6 +76,7 @@ class BusFigures:
     kwh_per_km: float | None
     predicted_drop_pp: float | None  # the latest SOC-drop forecast, if recent
     predicted_at: datetime | None
+    soh_pct: float | None = None  # battery health's latest estimate (needs nominal_capacity_ah)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +91,8 @@ class BlockRisk:
     reserve_soc_pct: float
     soc_needed_pct: float | None
     usable_kwh: float | None
+    capacity_source: str | None  # settings | status, "+soh" when scaled by the state of health
+    soh_pct: float | None
     energy_left_kwh: float | None
     kwh_per_km: float | None
     range_km: float | None
@@ -131,11 +141,31 @@ def remaining_km(
     return max(0.0, left), source, end
 
 
+def usable_energy(ops: BusOperations, figures: BusFigures) -> tuple[float | None, str | None]:
+    """(usable kWh, where it came from): the rated energy, scaled by the state of health if known."""
+    if ops.usable_energy_kwh is not None:
+        rated, source = ops.usable_energy_kwh, "settings"
+    elif figures.battery_capacity_kwh is not None:
+        rated, source = figures.battery_capacity_kwh, "status"
+    else:
+        return None, None
+    if figures.soh_pct is None:
+        return rated, source
+    return rated * min(figures.soh_pct, 100.0) / 100.0, f"{source}+soh"
+
+
+def _capacity_said(usable: float, source: str | None, soh_pct: float | None) -> str:
+    rated = "usable_energy_kwh" if source and source.startswith("settings") else "the reported pack capacity"
+    if soh_pct is None:
+        return f"usable {usable:.0f} kWh ({rated}; no state-of-health estimate)"
+    return f"usable {usable:.0f} kWh ({rated} at a state of health of {min(soh_pct, 100.0):.0f} %)"
+
+
 def assess(figures: BusFigures, settings: OperationsSettings, at: datetime, zone: ZoneInfo) -> BlockRisk:
     """Pure: the block-risk figures and the divert answer for one bus (formula in the docstring)."""
     ops = settings.for_bus(figures.vehicle_id)
     reserve = settings.reserve_soc_pct
-    usable = ops.usable_energy_kwh or figures.battery_capacity_kwh
+    usable, capacity_source = usable_energy(ops, figures)
     left, source, end = remaining_km(ops, figures, at, zone)
     soc, rate = figures.soc_pct, figures.kwh_per_km
     energy = range_km = needed = margin = risk = None
@@ -158,7 +188,8 @@ def assess(figures: BusFigures, settings: OperationsSettings, at: datetime, zone
         verdict = "divert to charge" if divert else "can finish"
         reason = (
             f"{verdict}: {left:.1f} km left ({source}) against {range_km:.1f} km of range above the"
-            f" {reserve:g} % reserve; needs {needed:.1f} % SOC, has {soc:.1f} %"
+            f" {reserve:g} % reserve; needs {needed:.1f} % SOC, has {soc:.1f} %;"
+            f" {_capacity_said(usable, capacity_source, figures.soh_pct)}"
         )
     age_min = (at - figures.soc_at) / timedelta(minutes=1) if figures.soc_at else None
     if age_min is not None and age_min > STALE_SOC_MIN:
@@ -181,6 +212,8 @@ def assess(figures: BusFigures, settings: OperationsSettings, at: datetime, zone
         reserve_soc_pct=reserve,
         soc_needed_pct=needed,
         usable_kwh=usable,
+        capacity_source=capacity_source,
+        soh_pct=figures.soh_pct,
         energy_left_kwh=energy,
         kwh_per_km=rate,
         range_km=range_km,
@@ -262,6 +295,26 @@ def _recent(rows: list[kpis.DailyKpi], today: date) -> tuple[float | None, float
     return (statistics.median(ended) if ended else None), rate
 
 
+async def state_of_health(
+    conn: Connection, settings: WebSettings, vehicle_id: str, at: datetime, kept: kpis.KeptDays
+) -> float | None:
+    """The bus's latest state of health from charges ended by `at` within `lookback_days` (None
+    without `nominal_capacity_ah` or an estimate)."""
+    nominal = settings.operations.for_bus(vehicle_id).nominal_capacity_ah
+    if nominal is None:
+        return None
+    today = at.astimezone(ZoneInfo(settings.time_zone)).date()
+    day_from = today - timedelta(days=settings.operations.lookback_days)
+    health = await battery_health.battery_health(
+        conn, vehicle_id, day_from, today, tz=settings.time_zone, nominal_ah=nominal, kept=kept
+    )
+    before = [e for e in health.estimates if e.ended_at <= at]
+    summary = battery_health.summarize(
+        vehicle_id, day_from, today, settings.time_zone, before, health.sessions_seen, nominal
+    )
+    return summary.soh_pct
+
+
 async def block_risks(conn: Connection, settings: WebSettings, at: datetime) -> list[BlockRisk]:
     """Every bus's block risk at `at`, ranked."""
     zone = ZoneInfo(settings.time_zone)
@@ -291,6 +344,7 @@ async def block_risks(conn: Connection, settings: WebSettings, at: datetime) -> 
             kwh_per_km=rate,
             predicted_drop_pp=forecast[1] if forecast else None,
             predicted_at=forecast[0] if forecast else None,
+            soh_pct=await state_of_health(conn, settings, bus, at, kept),
         )
         risks.append(assess(figures, ops, at, zone))
     return ranked(risks)
@@ -301,7 +355,7 @@ def add_routes(app: web.Application, pool: Pool, settings: WebSettings) -> None:
 
     async def block_risk(request: web.Request) -> web.Response:
         text = request.query.get("at")
-        at = parse_instant("at", text).astimezone(UTC) if text else datetime.now(UTC)
+        at = parse_instant("at", text) if text else datetime.now(UTC)
         async with pool.connection() as conn:
             risks = await block_risks(conn, settings, at)
         return json_response(

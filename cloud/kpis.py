@@ -3,7 +3,13 @@
 Definitions (first version):
 - distance_km: odometer (`TRAVELED_DISTANCE`) at the day's last reading minus its first.
 - gps_distance_km: sum of great-circle (haversine) distances between consecutive GPS fixes; a leg
-  whose implied speed exceeds `MAX_GPS_SPEED_KMH` is a GPS glitch and is left out.
+  whose implied speed exceeds `MAX_GPS_SPEED_KMH` is a GPS glitch and is left out. A fix is every
+  instant with a latitude or a longitude reading, the other coordinate held from its last reading
+  (at most `MAX_HOLD_S` old): the agent keeps each coordinate by its own deadband, so a bus driving
+  north sends latitudes and only a heartbeat longitude. The implied speed is taken over the time
+  since the leg's starting position was first reported (at most `MAX_STALE_FIX_S`), not since its
+  last repeat: a logger that repeats its last fix every second until the receiver has a new one
+  (the Twizy logs: a new position every ~10 s) would otherwise show every real leg as a 1 s jump.
 - soc_start_pct / soc_end_pct / soc_min_pct: first, last and lowest SOC reading of the day.
 - Pack power P = V·I (I positive = discharge), each signal's last reading held until its next one;
   each interval between consecutive readings of any of V, I, speed counts for its duration when
@@ -61,6 +67,9 @@ MOVING_SPEED_KMH: Final = 2.0
 MAX_HOLD_S: Final = 60.0
 MIN_DISTANCE_FOR_RATE_KM: Final = 0.1
 MAX_GPS_SPEED_KMH: Final = 150.0
+# A position repeated unchanged is one fix reported again; a repeat this long is a bus standing still,
+# whose next leg is judged over this much time at most (a glitch of a standing bus stays a glitch).
+MAX_STALE_FIX_S: Final = 30.0
 MIN_CHARGING_S: Final = 120.0
 TRIP_GAP_S: Final = 300.0  # a stop (or a stretch without data) at least this long ends a trip
 EARTH_RADIUS_KM: Final = 6371.0088  # mean radius (IUGG)
@@ -218,26 +227,51 @@ trip_marks AS (     -- a moving interval starts a trip unless a moving one ended
                            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
     ) marked
 ),
-fixes AS (      -- one row per GPS fix with a plausible position
-    SELECT * FROM (
+coordinates AS ( -- one row per instant with a latitude or a longitude reading
+    SELECT vehicle_id, day, ts,
+           max(value) FILTER (WHERE signal = %(lat)s) AS lat,
+           max(value) FILTER (WHERE signal = %(lon)s) AS lon
+    FROM s WHERE signal IN (%(lat)s, %(lon)s) GROUP BY vehicle_id, day, ts
+),
+coordinate_runs AS (
+    SELECT *, count(lat) OVER w AS run_lat, count(lon) OVER w AS run_lon
+    FROM coordinates WINDOW w AS (PARTITION BY vehicle_id ORDER BY ts)
+),
+fixes AS (      -- one row per GPS fix with a plausible position: each coordinate held, as V and I are
+    SELECT vehicle_id, day, ts, lat, lon FROM (
         SELECT vehicle_id, day, ts,
-               max(value) FILTER (WHERE signal = %(lat)s) AS lat,
-               max(value) FILTER (WHERE signal = %(lon)s) AS lon
-        FROM s WHERE signal IN (%(lat)s, %(lon)s) GROUP BY vehicle_id, day, ts
+               max(lat) OVER (PARTITION BY vehicle_id, run_lat) AS lat,
+               min(ts) OVER (PARTITION BY vehicle_id, run_lat) AS lat_ts,
+               max(lon) OVER (PARTITION BY vehicle_id, run_lon) AS lon,
+               min(ts) OVER (PARTITION BY vehicle_id, run_lon) AS lon_ts
+        FROM coordinate_runs
     ) f
     WHERE lat BETWEEN -90 AND 90 AND lon BETWEEN -180 AND 180 AND NOT (lat = 0 AND lon = 0)
+      AND extract(epoch FROM ts - lat_ts) <= %(max_hold)s AND extract(epoch FROM ts - lon_ts) <= %(max_hold)s
+),
+fix_positions AS ( -- each fix with the time its position was first reported (a repeat is the same fix)
+    SELECT *, min(ts) OVER (PARTITION BY vehicle_id, position_run) AS position_since
+    FROM (
+        SELECT *, sum(moved::int) OVER (PARTITION BY vehicle_id ORDER BY ts) AS position_run
+        FROM (
+            SELECT *, (lat, lon) IS DISTINCT FROM (lag(lat) OVER w, lag(lon) OVER w) AS moved
+            FROM fixes WINDOW w AS (PARTITION BY vehicle_id ORDER BY ts)
+        ) m
+    ) r
 ),
 gps_legs AS (   -- great-circle legs between consecutive fixes, less those a GPS glitch implies
     SELECT * FROM (
         SELECT vehicle_id, lag(ts) OVER w AS from_ts, lag(day) OVER w AS from_day, ts, day,
                extract(epoch FROM ts - lag(ts) OVER w)::float8 AS dt_s,
+               extract(epoch FROM ts - lag(position_since) OVER w)::float8 AS since_s,
                2 * %(earth_km)s * asin(least(1.0, sqrt(
                    sin(radians(lat - lag(lat) OVER w) / 2) ^ 2
                    + cos(radians(lag(lat) OVER w)) * cos(radians(lat))
                      * sin(radians(lon - lag(lon) OVER w) / 2) ^ 2))) AS km
-        FROM fixes WINDOW w AS (PARTITION BY vehicle_id ORDER BY ts)
+        FROM fix_positions WINDOW w AS (PARTITION BY vehicle_id ORDER BY ts)
     ) l
-    WHERE km IS NOT NULL AND km * 3600 <= %(max_gps_kmh)s * greatest(dt_s, 1e-3)
+    WHERE km IS NOT NULL
+      AND km * 3600 <= %(max_gps_kmh)s * greatest(dt_s, least(since_s, %(max_stale_fix)s), 1e-3)
 )
 """
 
@@ -402,6 +436,7 @@ def _params(
         "max_hold": MAX_HOLD_S,
         "min_km": MIN_DISTANCE_FOR_RATE_KM,
         "max_gps_kmh": MAX_GPS_SPEED_KMH,
+        "max_stale_fix": MAX_STALE_FIX_S,
         "min_charging": MIN_CHARGING_S,
         "earth_km": EARTH_RADIUS_KM,
         "trip_gap": trip_gap_s,

@@ -14,7 +14,10 @@ on its next connect:
 applies a message only when its revision is above the last one it handled for that config or model name:
 a retained message seen again after a reconnect is applied once. `settings` is a map of section → map of
 setting → value (`DESIRED_SECTIONS`); this module checks its shape and bounds, the agent checks its meaning
-(its own settings models) and refuses the whole message if any part does not validate.
+(its own settings models) and refuses the whole message if any part does not validate. What the agent
+accepts (`agent.fleet_control_config`): `uplink` {batch_max_records, batch_max_age_s}; `alerts` {the
+thresholds, hysteresis and hold time of its alert settings}; `sampling` {canonical signal name:
+{min_interval_s, max_interval_s, deadband}}, e.g. {"sampling": {"Vehicle.Speed": {"deadband": 0.5}}}.
 
 A model travels signed: Ed25519 (RFC 8032) over `model_signed_bytes(name, feature_version, sha256)` by the
 fleet's key; `key_id` names that key (`key_id_of`). The agent checks the signature against the public keys it

@@ -9,6 +9,7 @@ import {
 } from "./common.js";
 import { FleetList } from "./fleet.js";
 import { FleetMap } from "./map.js";
+import { loadBilling, loadBlockRisk, wireBilling } from "./reports.js";
 
 // A bus online whose data is at most this old is live: its charts open on the last LIVE_HOURS.
 const LIVE_WITHIN_MS = 2 * HOUR_MS;
@@ -296,6 +297,32 @@ async function loadKpis() {
   }
 }
 
+// ---- block risk and the pay-per-km report, as of the fleet's latest data -------------------------
+// (block risk at another instant: open the page as /?at=2024-05-14T06:00:00Z)
+
+let billingWired = false;
+
+// The tables sit below the fold: they are asked for when one of them first comes into view, so that a
+// large fleet's page does not wait on (or share the database with) them while it opens.
+function loadReportsWhenSeen() {
+  const observer = new IntersectionObserver((entries) => {
+    if (!entries.some((e) => e.isIntersecting)) return;
+    observer.disconnect();
+    loadReports().catch(showError);
+  });
+  for (const id of ["block-risk-panel", "billing-panel"]) observer.observe(document.getElementById(id));
+}
+
+async function loadReports() {
+  const latest = Math.max(...state.buses.map((b) => Date.parse(b.data_until || b.last_seen)));
+  if (!Number.isFinite(latest)) return;
+  if (!billingWired) {
+    wireBilling(localDay(latest - 6 * DAY_MS), localDay(latest));
+    billingWired = true;
+  }
+  const at = new URLSearchParams(window.location.search).get("at") || new Date(latest).toISOString();
+  await Promise.all([loadBlockRisk(at, navigate), loadBilling()]);
+}
 
 // ---- wiring --------------------------------------------------------------------------------------
 
@@ -322,7 +349,7 @@ function wireControls() {
       if (takeToken()) {
         // a token pasted into the address bar: load everything again with it
         document.getElementById("banner").hidden = true;
-        loadAll().catch(showError);
+        loadAll().then(loadReportsWhenSeen).catch(showError);
         return;
       }
       followRoute();
@@ -346,6 +373,7 @@ async function main() {
     fleetList.onChange = (shown) => fleetMap.show(shown);
     wireControls();
     await loadAll();
+    loadReportsWhenSeen();
     document.body.dataset.state = "ready";
   } catch (error) {
     showError(error);

@@ -31,6 +31,7 @@ PAGE_FILES: Final = {
     "/charts.js": (_OWN, "charts.js", _JS),
     "/fleet.js": (_OWN, "fleet.js", _JS),
     "/map.js": (_OWN, "map.js", _JS),
+    "/reports.js": (_OWN, "reports.js", _JS),
     "/style.css": (_OWN, "style.css", _CSS),
     "/lib/leaflet.js": (_LEAFLET, "data/leaflet.js", _JS),
     "/lib/leaflet.css": (_LEAFLET, "data/leaflet.css", _CSS),

@@ -19,11 +19,16 @@ from pathlib import Path
 import pytest
 
 from agent.app import STOP_TIMEOUTS
+from tests.faults.harness import wait_until
+from tests.integration.agent_run import (
+    REPO,
+    driver_alerts,
+    received_alerts,
+    replaying,
+    stop_agent,
+    sysfs_led,
+)
 from tests.integration.conftest import Broker
-from tests.integration.test_uplink import collecting
-
-REPO = Path(__file__).resolve().parents[2]
-WAIT_S = 30.0
 
 
 def _record(tmp_path: Path) -> Path:
@@ -41,51 +46,14 @@ def _record(tmp_path: Path) -> Path:
     return log
 
 
-def _sysfs_led(root: Path, name: str) -> Path:
-    led = root / name
-    led.mkdir(parents=True)
-    (led / "brightness").write_text("0\n")
-    (led / "max_brightness").write_text("1\n")
-    (led / "trigger").write_text("[none] timer heartbeat default-on\n")
-    return led
-
-
-async def _until(what: str, condition: Callable[[], bool]) -> None:
-    async def poll() -> None:
-        while not condition():  # noqa: ASYNC110  # LED files offer no event to wait on
-            await asyncio.sleep(0.05)
-
-    try:
-        await asyncio.wait_for(poll(), WAIT_S)
-    except TimeoutError:
-        pytest.fail(f"gave up after {WAIT_S:g} s waiting for {what}", pytrace=False)
-
-
 async def test_an_insulation_fault_raises_alerts_predictions_and_leds(
     mqtt_broker: Broker, tmp_path: Path
 ) -> None:
     log_path = _record(tmp_path)
     leds = tmp_path / "leds"
-    amber, red = _sysfs_led(leds, "bus:amber:alert"), _sysfs_led(leds, "bus:red:alert")
+    amber, red = sysfs_led(leds, "bus:amber:alert"), sysfs_led(leds, "bus:red:alert")
     fleet = mqtt_broker.namespace
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        f"""
-vehicle_id = "bus-7"
-log_format = "json"
-[[replay]]
-name = "sim"
-path = "{log_path}"
-speed = "max"
-[buffer]
-path = "{tmp_path / "state" / "buffer.sqlite3"}"
-commit_interval_s = 0.2
-[uplink]
-broker_url = "mqtt://{mqtt_broker.host}:{mqtt_broker.port}"
-fleet_id = "{fleet}"
-client_id = "{mqtt_broker.client_id("agent")}"
-batch_max_age_s = 0.2
-[metrics]
+    more = f"""[metrics]
 enabled = false
 [inference]
 utc_offset_h = 3.0
@@ -96,83 +64,62 @@ led_critical = "bus:red:alert"
 blink_on_ms = 100
 blink_off_ms = 400
 """
-    )
-    async with collecting(mqtt_broker.host, mqtt_broker.port, fleet) as collector:
-        agent = subprocess.Popen(  # noqa: ASYNC220  # started once; waits below are bounded and off the loop
-            [sys.executable, "-m", "agent", "run", "--config", str(config)],
-            cwd=REPO,
-            stderr=subprocess.PIPE,
-            text=True,
+    async with replaying(
+        mqtt_broker, tmp_path, vehicle_id="bus-7", log=log_path, replay="sim", more=more
+    ) as (collector, agent):
+
+        def alerts() -> list[tuple[str, str, bool]]:
+            return received_alerts(collector, fleet, "bus-7")
+
+        def predictions() -> list[tuple[str, str, str]]:
+            return [
+                (p.model, p.model_version, p.output)
+                for topic, batch in collector.batches
+                if topic == f"voltgate/v1/{fleet}/bus-7/telemetry"
+                for p in batch.predictions
+            ]
+
+        # THEN the agent's own rule and the BMS flag both reach the alerts topic
+        await collector.wait_for(
+            "a critical insulation alert on the alerts topic",
+            lambda: ("insulation_low", "critical", True) in alerts(),
         )
-        try:
-
-            def alerts() -> list[tuple[str, str, bool]]:
-                return [
-                    (a.rule, a.severity, a.active)
-                    for topic, batch in collector.batches
-                    if topic == f"voltgate/v1/{fleet}/bus-7/alerts"
-                    for a in batch.alerts
-                ]
-
-            def predictions() -> list[tuple[str, str, str]]:
-                return [
-                    (p.model, p.model_version, p.output)
-                    for topic, batch in collector.batches
-                    if topic == f"voltgate/v1/{fleet}/bus-7/telemetry"
-                    for p in batch.predictions
-                ]
-
-            # THEN the agent's own rule and the BMS flag both reach the alerts topic
-            await collector.wait_for(
-                "a critical insulation alert on the alerts topic",
-                lambda: ("insulation_low", "critical", True) in alerts(),
-            )
-            await collector.wait_for(
-                "the BMS insulation flag as an alert",
-                lambda: ("bms_fault:InsulationLow", "critical", True) in alerts(),
-            )
-            assert ("insulation_low", "warning", True) in alerts(), "warning first, then critical"
-            raised = {
-                a.seq
-                for _, batch in collector.batches
-                for a in batch.alerts
-                if (a.rule, a.severity, a.active) == ("insulation_low", "critical", True)
-            }
-            assert len(raised) == 1, "raised once, not per sample (QoS 1 redelivery aside)"
-            # AND the fault-risk model's predictions travel with the telemetry
-            await collector.wait_for(
-                "a fault-risk prediction in a telemetry batch",
-                lambda: ("fault_risk", "4", "p_fault_30min") in predictions(),
-            )
-            # AND the critical LED blinks by the kernel's timer trigger, the warning LED is steady on
-            await _until("the critical LED blinking", lambda: (red / "trigger").read_text() == "timer")
-            assert (red / "delay_on").read_text() == "100" and (red / "delay_off").read_text() == "400"
-            await _until("the warning LED on", lambda: (amber / "brightness").read_text() == "1")
-            assert (amber / "trigger").read_text() == "none"
-
-            agent.send_signal(signal.SIGTERM)
-            try:
-                code = await asyncio.to_thread(agent.wait, STOP_TIMEOUTS.total_s + 10)
-            except subprocess.TimeoutExpired:
-                pytest.fail("the agent did not exit after SIGTERM", pytrace=False)
-            assert agent.stderr is not None
-            stderr = agent.stderr.read()
-            assert code == 0, stderr
-        finally:
-            if agent.poll() is None:
-                agent.kill()
-                agent.wait()
+        await collector.wait_for(
+            "the BMS insulation flag as an alert",
+            lambda: ("bms_fault:InsulationLow", "critical", True) in alerts(),
+        )
+        assert ("insulation_low", "warning", True) in alerts(), "warning first, then critical"
+        raised = {
+            a.seq
+            for _, batch in collector.batches
+            for a in batch.alerts
+            if (a.rule, a.severity, a.active) == ("insulation_low", "critical", True)
+        }
+        assert len(raised) == 1, "raised once, not per sample (QoS 1 redelivery aside)"
+        # AND the fault-risk model's predictions travel with the telemetry
+        await collector.wait_for(
+            "a fault-risk prediction in a telemetry batch",
+            lambda: ("fault_risk", "4", "p_fault_30min") in predictions(),
+        )
+        # AND the critical LED blinks by the kernel's timer trigger, the warning LED is steady on
+        await wait_until(
+            "the critical LED blinking", lambda: (red / "trigger").read_text() == "timer", agent=agent
+        )
+        assert (red / "delay_on").read_text() == "100" and (red / "delay_off").read_text() == "400"
+        await wait_until("the warning LED on", lambda: (amber / "brightness").read_text() == "1", agent=agent)
+        assert (amber / "trigger").read_text() == "none"
+        agent_log = await stop_agent(agent)
 
     # the driver log: one structured line per alert change
-    driver_lines = [line for line in stderr.splitlines() if '"logger": "agent.alerts.driver"' in line]
+    driver_lines = [line for line in agent_log.splitlines() if '"logger": "agent.alerts.driver"' in line]
     assert any("driver alert insulation_low critical raised" in line for line in driver_lines), driver_lines
     assert sum("driver alert insulation_low critical raised" in line for line in driver_lines) == 1
     # ... whose details are fields of the JSON object too (journald / log shippers filter on them)
-    documents = [json.loads(line) for line in driver_lines]
+    documents = driver_alerts(agent_log)
     wanted = {"alert_rule": "insulation_low", "alert_severity": "critical", "alert_active": True}
     assert any(wanted.items() <= d.items() for d in documents), documents
-    assert "model fault_risk version 4 loaded" in stderr
-    assert "Traceback" not in stderr
+    assert "model fault_risk version 4 loaded" in agent_log
+    assert "Traceback" not in agent_log
     # a stopped agent leaves its LEDs off
     assert (red / "trigger").read_text() == "none" and (red / "brightness").read_text() == "0"
     assert (amber / "brightness").read_text() == "0"

@@ -186,6 +186,12 @@ async def test_a_low_bus_with_a_long_block_left_is_told_to_divert(api: Api) -> N
     assert full["forecast_drop_pp"] is None
     # a bus that has not driven has no kWh/km: no answer, and the reason
     assert aged["divert"] is None and "kWh/km" in aged["reason"]
+    # its usable energy is its reported capacity at the state of health its charge measured
+    health = await api.ok("/api/buses/SIM-AGED/health", **{"from": DAY.isoformat(), "to": DAY.isoformat()})
+    assert aged["soh_pct"] == pytest.approx(health["soh_pct"]) and aged["soh_pct"] < 95
+    assert aged["capacity_source"] == "status+soh"
+    assert aged["usable_kwh"] == pytest.approx(full["usable_kwh"] * aged["soh_pct"] / 100)
+    assert (full["capacity_source"], full["soh_pct"]) == ("status", None)
 
 
 async def test_block_risk_at_an_earlier_instant_reads_the_data_of_then(api: Api) -> None:
@@ -281,7 +287,10 @@ async def test_billing_ranges_add_up_across_their_boundary(api: Api) -> None:
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"from": "2024-03-06", "to": "2024-03-04"}, "'from' (2024-03-06) is after 'to' (2024-03-04)"),
+        (
+            {"from": "2024-03-06", "to": "2024-03-04"},
+            "'to' (2024-03-04) must not be before 'from' (2024-03-06)",
+        ),
         (
             {"from": "2024-01-01", "to": "2024-03-04"},
             "the range is 64 days; at most 60 days may be asked for",
@@ -300,6 +309,24 @@ async def test_bad_billing_ranges_are_400_with_the_reason(
     status, body = await api.get("/api/reports/billing", **params)
 
     assert (status, body) == (400, {"error": message})
+
+
+async def test_analytics_routes_refuse_a_parameter_as_every_api_route_does(api: Api) -> None:
+    # GIVEN the same bad parameters to an analytics route and to a core one
+    cases = [
+        {"from": "2024-03-06", "to": "2024-03-04"},
+        {"from": "2024-03-04", "to": "2024-03-04", "tz": "Mars/Olympus"},
+        {"from": "2024-03-04"},
+    ]
+    for params in cases:
+        billing = await api.get("/api/reports/billing", **params)
+        health = await api.get("/api/buses/SIM-AGED/health", **params)
+        daily = await api.get("/api/kpis/daily", **params)
+        # THEN each is the same 400 with the same reason
+        assert billing == health == daily and billing[0] == 400, params
+    at_core = await api.get("/api/buses/SIM-LOW/series", signal=SOC, **{"from": "soon", "to": "2024-03-05"})
+    at_risk = await api.get("/api/fleet/block-risk", at="soon")
+    assert at_risk == (400, {"error": at_core[1]["error"].replace("from=", "at=")})
 
 
 async def test_battery_health_recovers_the_simulated_pack_capacity(api: Api) -> None:

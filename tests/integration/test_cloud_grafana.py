@@ -16,9 +16,13 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import AsyncConnection
 
+from cloud.billing import Period, billing_report
+from cloud.block_risk import block_risks
 from cloud.ingest import ingest_message
-from cloud.settings import IngestSettings
+from cloud.settings import IngestSettings, OperationsSettings, WebSettings
+from cloud.web.queries import bus_states
 from protocols import predictions
 from protocols.topics import telemetry_topic
 
@@ -28,7 +32,8 @@ from .test_cloud_api import FLEET, PLANS, START, fleet_messages
 GRAFANA = Path(__file__).parents[2] / "cloud" / "grafana"
 DASHBOARDS = sorted(GRAFANA.glob("*.json"))
 RANGE = ("2024-05-14T00:00:00Z", "2024-05-15T00:00:00Z")
-VARIABLES = {"bus": "KBZ-101A"}
+# The operations dashboard's variables hold the receiver's defaults (checked below).
+VARIABLES = {"bus": "KBZ-101A", "tz": "UTC", "reserve": "15", "lookback": "14"}
 
 
 def provisioned_uid() -> str:
@@ -46,9 +51,9 @@ def panels(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
             yield from panels(nested)
 
 
-def expand(raw_sql: str) -> str:
-    """What Grafana's PostgreSQL datasource sends for RANGE and VARIABLES."""
-    t_from, t_to = (f"'{t}'::timestamptz" for t in RANGE)
+def expand(raw_sql: str, time_range: tuple[str, str] = RANGE) -> str:
+    """What Grafana's PostgreSQL datasource sends for `time_range` and VARIABLES."""
+    t_from, t_to = (f"'{t}'::timestamptz" for t in time_range)
     text = re.sub(r"\$__timeFilter\(([^()]+)\)", rf"\1 BETWEEN {t_from} AND {t_to}", raw_sql)
     text = text.replace("$__timeFrom()", t_from).replace("$__timeTo()", t_to)
     for name, value in VARIABLES.items():
@@ -110,6 +115,7 @@ async def fleet_db(pg_schema: Database) -> AsyncIterator[Database]:
         written = [*messages, garbage]
         for first in range(0, len(written), 50):
             await store.write(written[first : first + 50])
+        await store.materialize_kpis()  # the ended day's KPIs kept, as the receiver keeps them
     finally:
         await store.close()
     yield pg_schema
@@ -137,3 +143,86 @@ async def test_every_panel_query_runs_and_returns_rows(fleet_db: Database) -> No
             if form == "time_series" and columns[:1] != ["time"]:
                 failures.append(f"{board} / {title}: a time series needs 'time' first, got {columns}")
     assert failures == []
+
+
+OPERATIONS = GRAFANA / "operations.json"
+
+
+def panel_sql(title: str) -> str:
+    board = json.loads(OPERATIONS.read_text())
+    [panel] = [p for p in panels(board["panels"]) if p["title"].startswith(title)]
+    [target] = panel["targets"]
+    return str(target["rawSql"])
+
+
+def test_the_operations_variables_hold_the_receivers_defaults() -> None:
+    board = json.loads(OPERATIONS.read_text())
+    defaults = {v["name"]: v["query"] for v in board["templating"]["list"]}
+    ops = OperationsSettings()
+    assert defaults == {
+        "tz": WebSettings().time_zone,
+        "reserve": f"{ops.reserve_soc_pct:g}",
+        "lookback": str(ops.lookback_days),
+    }
+    assert {name: VARIABLES[name] for name in defaults} == defaults
+    assert any(p["type"] == "geomap" for p in panels(board["panels"]))
+
+
+async def panel_rows(
+    conn: AsyncConnection[Any], raw_sql: str, time_range: tuple[str, str] = RANGE
+) -> list[dict[str, Any]]:
+    async with conn.transaction(), conn.cursor() as cur:
+        await cur.execute(b"SET TRANSACTION READ ONLY")
+        await cur.execute(expand(raw_sql, time_range).encode())
+        names = [c.name for c in cur.description or []]
+        return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
+
+
+def same(a: object, b: object) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return a == pytest.approx(b, rel=1e-9, abs=1e-9)
+    return a == b
+
+
+async def test_the_operations_panels_answer_as_the_api_does(fleet_db: Database) -> None:
+    async with await psycopg.AsyncConnection.connect(
+        fleet_db.dsn, autocommit=True, options=f"-c search_path={fleet_db.schema},public -c timezone=UTC"
+    ) as conn:
+        settings = WebSettings(time_zone=VARIABLES["tz"])
+        # the map: each bus at the latest position the fleet page and the API give it
+        mapped = await panel_rows(conn, panel_sql("Bus positions"))
+        states = await bus_states(conn)
+        assert [(r["bus"], r["latitude"], r["longitude"]) for r in mapped] == [
+            (s.vehicle_id, s.latitude, s.longitude) for s in states
+        ]
+        assert len(mapped) == len(PLANS)
+
+        # block risk: the next day (a typical day known, SOC from the evening before) and mid-morning
+        # (today's kilometres, the on-device forecast), each as cloud.block_risk ranks the buses
+        risk_sql = panel_sql("Will it finish its block?")
+        compared = ("divert", "risk", "soc_pct", "soc_needed_pct", "range_km", "remaining_km", "margin_km")
+        compared += ("driven_today_km", "typical_day_km", "kwh_per_km", "usable_kwh", "forecast_soc_pct")
+        compared += ("forecast_hours_to_reserve",)
+        answered: dict[str, set[str]] = {}
+        for at in (RANGE[1], "2024-05-14T06:30:00Z"):
+            rows = await panel_rows(conn, risk_sql, (RANGE[0], at))
+            expected = await block_risks(conn, settings, datetime.fromisoformat(at))
+            assert [r["bus"] for r in rows] == [e.vehicle_id for e in expected], at
+            for row, risk in zip(rows, expected, strict=True):
+                for name in compared:
+                    assert same(row[name], getattr(risk, name)), (at, risk.vehicle_id, name, row[name])
+                    if row[name] is not None:
+                        answered.setdefault(name, set()).add(at)
+        assert set(answered) == set(compared)  # every figure was compared with a value, not only nulls
+
+        # pay-per-km: each bus's days as cloud.billing bills them
+        bill_rows = await panel_rows(conn, panel_sql("Pay-per-km"))
+        day = datetime.fromisoformat(RANGE[0]).date()
+        bill = await billing_report(conn, settings, Period.DAY, day, day, tz="UTC", vehicle_id=None)
+        assert [(r["bus"], r["day"]) for r in bill_rows] == [(b.vehicle_id, b.period_start) for b in bill]
+        for row, billed in zip(bill_rows, bill, strict=True):
+            for name in row.keys() - {"bus", "day", "flags"}:
+                assert same(row[name], getattr(billed, name)), (billed.vehicle_id, name, row[name])
+            assert (row["flags"].split(";") if row["flags"] else []) == list(billed.flags)
+        assert all(b.odometer_km > 1 and b.gps_km and b.energy_used_kwh for b in bill)
+        assert any(b.charging_hours > 0 for b in bill)

@@ -174,6 +174,52 @@ async def test_gps_distance_is_haversine_without_glitches(store: Store) -> None:
     assert kpi.gps_distance_km == pytest.approx(99 * step_km, rel=1e-6)
 
 
+async def write_samples(store: Store, vehicle: str, samples: list[SampleRecord]) -> None:
+    batch = Batch(vehicle, samples=tuple(samples))
+    received = datetime(2024, 5, 15, tzinfo=UTC)
+    await store.write(
+        [BatchMessage.of(telemetry_topic("f", vehicle), "f", TopicKind.TELEMETRY, batch, received, 1)]
+    )
+
+
+async def test_gps_distance_pairs_coordinates_the_agent_keeps_apart(store: Store) -> None:
+    # GIVEN a bus driving due north as the agent keeps it: a latitude every 10 s (it moves past the
+    # deadband), the longitude (unchanged) only as its 30 s heartbeat, 3 s after a latitude
+    step_km = kpis.EARTH_RADIUS_KM * math.radians(0.001)
+    samples = [SampleRecord(k, ms(9) + k * 10_000, kpis.LATITUDE, -1.3 + 0.001 * k) for k in range(61)]
+    samples += [SampleRecord(100 + j, ms(9) + j * 30_000 + 3_000, kpis.LONGITUDE, 36.8) for j in range(20)]
+    await write_samples(store, "bus-apart", samples)
+
+    [kpi] = await kpis.daily_kpis(store.connection, DAY, DAY)
+
+    # THEN each reading of either is a fix with the other held (the first longitude with the first
+    # latitude): every one of the 60 legs north counts, none twice
+    assert kpi.gps_distance_km == pytest.approx(60 * step_km, rel=1e-6)
+
+
+async def test_gps_distance_counts_a_fix_repeated_until_the_next_one(store: Store) -> None:
+    # GIVEN a logger writing its last fix every second, its receiver giving a new one every 10 s, 0.001°
+    # further north (40 km/h; as a 1 s leg, 400 km/h); then the bus stands 2 min and one fix jumps
+    # 0.02° (2.2 km) away for a second
+    step_km = kpis.EARTH_RADIUS_KM * math.radians(0.001)
+    samples: list[SampleRecord] = []
+    for second in range(422):
+        lat = -1.3 + 0.001 * min(second // 10, 29)  # driving for 300 s, then standing
+        if second == 420:
+            lat += 0.02
+        samples += [
+            SampleRecord(2 * second, ms(10) + second * 1000, kpis.LATITUDE, lat),
+            SampleRecord(2 * second + 1, ms(10) + second * 1000, kpis.LONGITUDE, 36.8),
+        ]
+    await write_samples(store, "bus-repeat", samples)
+
+    [kpi] = await kpis.daily_kpis(store.connection, DAY, DAY)
+
+    # THEN each new position counts once (29 legs); the glitch of the standing bus, judged over at most
+    # MAX_STALE_FIX_S, is still one, both ways
+    assert kpi.gps_distance_km == pytest.approx(29 * step_km, rel=1e-6)
+
+
 async def test_fleet_energy_totals_rolling_mean_and_peaks(store: Store) -> None:
     received = datetime(2024, 5, 15, 1, tzinfo=UTC)
     await store.write(

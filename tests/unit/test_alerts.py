@@ -22,11 +22,14 @@ from agent.alert_rules import (
     STALE_AFTER_S,
     build_rules,
 )
-from agent.alerts import AlertStage
+from agent.alerts import AlertInput, AlertStage
+from agent.decode import Decoder
+from agent.diagnostics import Dm1Report
 from agent.leds import LedPattern, Leds, led_patterns
 from agent.records import Alert, Prediction, Sample, Severity
 from agent.settings import AlertSettings
 from protocols.catalog import Priority, load_catalog
+from protocols.j1939 import PGN_DM1, pgn_id
 from protocols.signals import (
     CELL_TEMP_MAX,
     CELL_V_MAX,
@@ -38,6 +41,9 @@ from protocols.signals import (
     PACK_VOLTAGE,
     SOC,
 )
+from tests.unit.test_j1939 import CATALOG as J1939_CATALOG
+from tests.unit.test_j1939 import dm1_payload, dtc_bytes
+from tests.unit.test_j1939 import frame as j1939_frame
 
 T0 = 1_700_000_000.0
 HOLD_S = 30.0
@@ -505,6 +511,61 @@ async def test_stage_publishes_changes_logs_them_and_drives_the_leds(
     assert lines[1].alert_active is True and lines[1].alert_value == 5.0  # type: ignore[attr-defined]
     # a stopped agent leaves no LED lit
     assert (red / "brightness").read_text() == "0" and (amber / "brightness").read_text() == "0"
+
+
+async def test_dm1_alerts_light_the_leds_beside_the_rules_and_go_out_when_the_ecu_falls_silent(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    amber, red = _sysfs_led(tmp_path, "amber"), _sysfs_led(tmp_path, "red")
+    settings = AlertSettings(led_root=tmp_path, led_warning="amber", led_critical="red", min_hold_s=0.0)
+    stage = AlertStage(settings)
+    inbox: asyncio.Queue[AlertInput] = asyncio.Queue()
+    derived: asyncio.Queue[Prediction | Alert] = asyncio.Queue()
+    # DM1s of engine ECU 0x00 (red stop lamp, SPN 168 FMI 1), real frames through the real decoder
+    decoder = Decoder(
+        J1939_CATALOG,
+        bus="chassis",
+        on_dm1=lambda ts, sa, dm1: inbox.put_nowait(Dm1Report(ts, "chassis", sa, dm1)),
+    )
+    dm1_frame = pgn_id(PGN_DM1, 6, 0x00)
+    with caplog.at_level(logging.INFO, logger="agent.alerts.driver"):
+        task = asyncio.create_task(stage.run(inbox, derived))
+        # GIVEN a low SOC (the rules' warning: amber) and the ECU's DM1 every second (critical: red blinks)
+        for i in range(4):
+            inbox.put_nowait(Sample(T0 + 10 * i, SOC, 30.0 if i < 2 else 19.0, Priority.NORMAL))
+        for i in range(3):
+            decoder.process(
+                j1939_frame(dm1_frame, dm1_payload(red=1, dtcs=[dtc_bytes(168, 1, 3)]), T0 + 30 + i)
+            )
+        await _until(lambda: (red / "trigger").read_text() == "timer")
+        await _until(lambda: (amber / "brightness").read_text() == "255")
+        assert stage.active() == {"low_soc": "warning", "dm1:sa0:spn168:fmi1": "critical"}
+        # WHEN the ECU falls silent while the SOC readings go on, past the DM1 timeout (source time)
+        for i in range(1, 6):
+            inbox.put_nowait(Sample(T0 + 32 + i, SOC, 19.0, Priority.NORMAL))
+        # THEN its alert is cleared and the red LED goes out; the amber one stays for the SOC warning
+        await _until(lambda: (red / "trigger").read_text() == "none")
+        assert (red / "brightness").read_text() == "0" and (amber / "brightness").read_text() == "255"
+        assert stage.active() == {"low_soc": "warning"}
+        stage.stop()
+        await asyncio.wait_for(task, 5)
+    published = [(a.rule, a.severity, a.active) for a in _drain(derived) if isinstance(a, Alert)]
+    assert published == [
+        ("low_soc", "warning", True),
+        ("dm1:sa0:spn168:fmi1", "critical", True),
+        ("dm1:sa0:spn168:fmi1", "critical", False),
+    ]
+    lines = [r.getMessage() for r in caplog.records if r.name == "agent.alerts.driver"]
+    assert lines[1].startswith("driver alert dm1:sa0:spn168:fmi1 critical raised: ECU 0x00")
+    assert "no DM1 from this ECU for 4.0 s" in lines[2]
+    assert stage.stats.raised == 2 and stage.stats.cleared == 1
+
+
+def _drain(queue: asyncio.Queue[Prediction | Alert]) -> list[Prediction | Alert]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
 
 
 async def _until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:

@@ -48,6 +48,25 @@ def test_block_risk_arithmetic_with_the_typical_day() -> None:
     assert risk.divert is True
 
 
+def test_a_worn_pack_has_its_usable_energy_scaled_by_its_state_of_health() -> None:
+    # GIVEN the same bus as above with a state of health of 80 %: 240 of its 300 kWh
+    worn = assess(figures(soh_pct=80.0), OperationsSettings(), AT, UTC_ZONE)
+    new = assess(figures(), OperationsSettings(), AT, UTC_ZONE)
+    fresher = assess(figures(soh_pct=104.0), OperationsSettings(), AT, UTC_ZONE)
+
+    # THEN its range above the reserve shrinks with it, and the answer says which capacity it used
+    assert (worn.usable_kwh, worn.capacity_source, worn.soh_pct) == (pytest.approx(240.0), "status+soh", 80.0)
+    assert worn.range_km == pytest.approx(0.35 * 240.0 / 1.2)
+    assert "state of health of 80 %" in worn.reason
+    assert (new.usable_kwh, new.capacity_source) == (300.0, "status")
+    assert "no state-of-health estimate" in new.reason
+    # an estimate above nominal (a new pack's spread) never rates the pack above its rating
+    assert fresher.usable_kwh == pytest.approx(300.0)
+    ops = OperationsSettings(usable_energy_kwh=280.0)
+    assert assess(figures(soh_pct=90.0), ops, AT, UTC_ZONE).capacity_source == "settings+soh"
+    assert assess(figures(soh_pct=90.0), ops, AT, UTC_ZONE).usable_kwh == pytest.approx(252.0)
+
+
 def test_block_km_and_usable_energy_from_the_settings_per_bus() -> None:
     ops = OperationsSettings(block_km=100.0, buses={"bus-1": BusOperations(usable_energy_kwh=400.0)})
 

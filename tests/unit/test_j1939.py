@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 from agent.app import _policy_warm_up
 from agent.decode import Decoder, FrameDecoder
-from agent.diagnostics import DtcAlerts, dm1_severity
+from agent.diagnostics import DM1_TIMEOUT_S, DtcAlerts, dm1_severity
 from agent.j1939 import MAX_SESSIONS, T1_S, Offered, TransportProblem, TransportReassembler
-from agent.records import Frame
+from agent.records import Alert, Frame
 from protocols.catalog import DEFAULT_CATALOG, load_catalog
 from protocols.errors import CatalogError
 from protocols.j1939 import (
@@ -30,6 +30,7 @@ from protocols.j1939 import (
     PGN_DM1,
     PGN_TP_CM,
     PGN_TP_DT,
+    Dm1,
     Dm1Error,
     Dtc,
     parse_dm1,
@@ -516,3 +517,100 @@ def test_a_resumed_replay_warms_the_dtc_state_without_raising_again() -> None:
     decoder.process(frame(pgn_id(PGN_DM1, 6, 0x00), dm1_payload(dtcs=[]), T0 + 1))
     assert [(a.rule, a.active) for a in raised] == [("dm1:sa0:spn168:fmi1", False)]
     assert decoder.stats.frames_in == 1  # the warm-up is not counted
+
+
+def _tracked(alerts: DtcAlerts) -> tuple[Decoder, list[Alert]]:
+    """A decoder whose DM1s feed `alerts` (as the alert stage does), and the alert changes they made."""
+    changes: list[Alert] = []
+
+    def on_dm1(ts: float, source: int, dm1: Dm1) -> None:
+        changes.extend(alerts.observe(ts, source, dm1))
+        changes.extend(alerts.expire(-math.inf))  # the bus's own DM1 time only
+
+    return Decoder(CATALOG, bus="chassis", on_dm1=on_dm1), changes
+
+
+def test_an_ecu_whose_dm1_stops_has_its_dtcs_expired_and_raised_again_when_it_returns() -> None:
+    # GIVEN ECU 0x00 (red stop lamp, 3 DTCs over BAM) and ECU 0x03 (amber, one DTC) broadcasting every
+    # second (J1939-73), then ECU 0x00 falls silent after T0 + 2
+    alerts = DtcAlerts()
+    decoder, changes = _tracked(alerts)
+    for i in range(9):
+        if i <= 2 or i == 8:
+            for f in bam_frames(PGN_DM1, dm1_payload(red=1, dtcs=THREE_DTCS), source=0x00, ts=T0 + i):
+                decoder.process(f)
+        decoder.process(
+            frame(pgn_id(PGN_DM1, 6, 0x03), dm1_payload(amber=1, dtcs=[dtc_bytes(5919, 4, 2)]), T0 + i + 0.5)
+        )
+        if i == 5:  # ECU 0x00's last DM1 completed at T0 + 2.1: 3.4 s ago, within the timeout
+            assert len(alerts.active()) == 4 and alerts.expired == 0
+    # THEN its DTCs were cleared once, at the severity they had, after the timeout and not before
+    gone = [a for a in changes if not a.active]
+    assert [(a.rule, a.severity) for a in gone] == [
+        ("dm1:sa0:spn168:fmi1", "critical"),
+        ("dm1:sa0:spn100:fmi1", "critical"),
+        ("dm1:sa0:spn524000:fmi31", "critical"),
+    ]
+    assert all(a.ts == T0 + 6.5 and "no DM1 from this ECU for 4.4 s" in a.message for a in gone)
+    assert DM1_TIMEOUT_S == 3.5 and alerts.expired == 1
+    # AND ECU 0x03, still broadcasting, kept its one alert, raised once
+    assert [(a.rule, a.active) for a in changes].count(("dm1:sa3:spn5919:fmi4", True)) == 1
+    # AND ECU 0x00's return at T0 + 8 raises its DTCs again
+    assert [(a.rule, a.ts) for a in changes if a.active][-3:] == [
+        ("dm1:sa0:spn168:fmi1", T0 + 8.1),
+        ("dm1:sa0:spn100:fmi1", T0 + 8.1),
+        ("dm1:sa0:spn524000:fmi31", T0 + 8.1),
+    ]
+
+
+def test_the_only_dm1_sender_expires_on_the_stream_time_of_the_other_signals() -> None:
+    # GIVEN the bus's only DM1 sender reports a DTC, then falls silent while the other signals go on
+    alerts = DtcAlerts()
+    alerts.observe(T0, 0x00, parse_dm1(dm1_payload(amber=1, dtcs=[dtc_bytes(168, 1, 3)])))
+    # THEN the alert stage's now expires it once past the timeout ...
+    assert alerts.expire(T0 + DM1_TIMEOUT_S) == []
+    # ... but not a now on another time base (a second log replayed beside this one, hours later)
+    assert alerts.expire(T0 + 3 * 3600) == []
+    cleared = alerts.expire(T0 + DM1_TIMEOUT_S + 0.1)
+    assert [(a.rule, a.severity, a.active) for a in cleared] == [("dm1:sa0:spn168:fmi1", "warning", False)]
+    assert alerts.active() == {}
+
+
+def test_a_clock_stepped_back_restarts_the_timeout_instead_of_freezing_it() -> None:
+    alerts = DtcAlerts()
+    dm1 = parse_dm1(dm1_payload(amber=1, dtcs=[dtc_bytes(168, 1, 3)]))
+    alerts.observe(T0, 0x00, dm1)
+    alerts.observe(T0, 0x03, dm1)
+    # WHEN the host clock steps back an hour (NTP) and ECU 0x00 falls silent at that moment
+    back = T0 - 3600
+    alerts.observe(back, 0x03, dm1)
+    assert alerts.expire(back) == []  # ECU 0x00's last DM1 is "an hour ahead": its timeout starts here
+    alerts.observe(back + 3, 0x03, dm1)
+    assert alerts.expire(back + 3) == []
+    alerts.observe(back + 4, 0x03, dm1)
+    # THEN it expires a timeout after the step, not an hour later
+    assert [a.rule for a in alerts.expire(back + 4)] == ["dm1:sa0:spn168:fmi1"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        dm1_payload(dtcs=[]),  # the single DTC all zeros: SPN 0, FMI 0 (J1939-73 §5.7.1)
+        bytes([0x00, 0xFF]) + b"\xff" * 6,  # lamps off, the DTC field the all-ones filler
+        bytes([0x00, 0xFF, 0x00, 0x00, 0x00, 0x00]),  # a 6-byte DM1 (lamps and one DTC), no padding
+    ],
+    ids=["spn0-fmi0", "all-ones", "six-bytes"],
+)
+def test_a_dm1_without_an_active_dtc_clears_the_ecus_alerts(payload: bytes) -> None:
+    alerts = DtcAlerts()
+    decoder, changes = _tracked(alerts)
+    decoder.process(frame(pgn_id(PGN_DM1, 6, 0x00), dm1_payload(red=1, dtcs=THREE_DTCS[:2]), T0))
+    decoder.process(frame(pgn_id(PGN_DM1, 6, 0x00), payload, T0 + 1))
+    assert [(a.rule, a.active, a.ts) for a in changes] == [
+        ("dm1:sa0:spn168:fmi1", True, T0),
+        ("dm1:sa0:spn100:fmi1", True, T0),
+        ("dm1:sa0:spn168:fmi1", False, T0 + 1),
+        ("dm1:sa0:spn100:fmi1", False, T0 + 1),
+    ]
+    assert alerts.active() == {} and alerts.expired == 0
+    assert decoder.stats.skipped["dm1_malformed"] == 0
