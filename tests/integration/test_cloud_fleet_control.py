@@ -4,13 +4,16 @@ the real Mosquitto under the shipped ACL with TLS identities → a bus, and its 
 A bus here is an MQTT client with the bus's certificate: it reads its own downlink, checks a model's
 signature with the fleet's public key as an agent would, and publishes its applied report (retained), the
 way `protocols.fleet_control` says. The broker is the isolation tests' (one per module); each test has its
-own fleet id and database schema (on both flavours).
+own fleet id and database schema (on both flavours). The last test runs it all with a real
+`voltgate-agent run` process and the receiver's `run`: CLI → database → receiver → broker → agent →
+report → database → API.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import queue
 import time
@@ -24,12 +27,19 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from cloud import fleet_cli, fleet_store
+from cloud import app, fleet_cli, fleet_store
 from cloud.__main__ import main as cloud_main
 from cloud.api import FleetViews
 from cloud.fleet_control import REPORTS, FleetControl, FleetLink
 from cloud.rollouts import RolloutState
-from cloud.settings import CloudSettings, DatabaseSettings, FleetControlSettings, MqttSettings, WebSettings
+from cloud.settings import (
+    CloudSettings,
+    DatabaseSettings,
+    FleetControlSettings,
+    MetricsSettings,
+    MqttSettings,
+    WebSettings,
+)
 from cloud.store import Store
 from protocols.fleet_control import (
     AppliedReport,
@@ -43,6 +53,7 @@ from protocols.fleet_control import (
     verify_model,
 )
 from protocols.topics import applied_topic, downlink_filter
+from tests.faults.harness import AgentProcess, free_port
 from tests.integration.conftest import Database, migrated_store, unique_id
 from tests.integration.test_cloud_web import chromium, run_chromium
 from tests.integration.test_fleet_isolation import (  # the broker under the shipped ACL, and its clients
@@ -484,3 +495,146 @@ def _get_json(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=WAIT_S) as response:
         body: dict[str, Any] = json.loads(response.read())
         return body
+
+
+@pytest.mark.flavour("native")  # the storage runs on both flavours above; this is about the processes
+async def test_end_to_end_a_real_agent_applies_what_the_cli_set_and_the_api_shows_it(
+    pg_schema: Database,
+    fleet_broker: FleetBroker,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    # GIVEN the receiver (`run`: ingest, fleet control, API) on the receivers' port with its identity, and a
+    # real `voltgate-agent run` process with its bus certificate and the fleet's public key
+    store = await migrated_store(pg_schema)
+    fleet, vehicle = unique_id("f"), "bus-e2e"
+    fleet_cli.keygen(fleet, tmp_path)
+    database = DatabaseSettings.model_validate({"dsn": pg_schema.dsn, "schema": pg_schema.schema})
+    web_port = free_port()
+    settings = CloudSettings(
+        mqtt=MqttSettings(
+            host="127.0.0.1", port=fleet_broker.receiver_port, tls=True,
+            ca_file=fleet_broker.pki.ca_cert_path, cert_file=fleet_broker.receiver.cert_path,
+            key_file=fleet_broker.receiver.key_path,
+            client_id=unique_id("voltgate-cloud-"), shared_group=unique_id("g"), session_expiry_s=60,
+        ),
+        database=database,
+        metrics=MetricsSettings(port=0),
+        web=WebSettings(port=web_port),
+        fleet_control=FleetControlSettings(poll_s=0.1),
+    )  # fmt: skip
+    env = {"VOLTGATE_CLOUD_DATABASE__DSN": pg_schema.dsn, "VOLTGATE_CLOUD_DATABASE__SCHEMA": pg_schema.schema}
+    issued = fleet_broker.pki.issue_bus(fleet, vehicle)
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f"""
+vehicle_id = "{vehicle}"
+log_format = "json"
+[[can]]
+name = "traction"
+interface = "virtual"
+channel = "{unique_id("vcan-")}"
+[buffer]
+path = "{tmp_path / "buffer.sqlite3"}"
+commit_interval_s = 0.2
+[uplink]
+broker_url = "mqtts://127.0.0.1:{fleet_broker.bus_port}"
+fleet_id = "{fleet}"
+ca_file = "{fleet_broker.pki.ca_cert_path}"
+cert_file = "{issued.cert_path}"
+key_file = "{issued.key_path}"
+batch_max_age_s = 0.2
+[metrics]
+enabled = false
+[fleet_control]
+public_keys = ["{tmp_path / f"{fleet}.ed25519.pub"}"]
+state_dir = "{tmp_path / "fleet"}"
+"""
+    )
+    model = _variant_of(MODEL, tmp_path / "soc_drop-2.onnx")
+    stop = asyncio.Event()
+    receiver = asyncio.create_task(app.run(settings, stop), name="receiver")
+    agent = AgentProcess(config, tmp_path / "agent.log")
+    conn = store.connection
+    try:
+
+        async def known() -> bool:
+            return vehicle in await fleet_store.fleet_vehicles(conn, fleet)
+
+        await _until(known, "the receiver stored the agent's status (the database knows the bus)", agent)
+
+        # WHEN the operator sets the bus's config and pushes a model with it as the canary
+        def cli(*argv: str) -> int:
+            with pytest.MonkeyPatch.context() as patch:
+                for name, value in env.items():
+                    patch.setenv(name, value)
+                return cloud_main(list(argv))
+
+        assert await asyncio.to_thread(cli, "fleet", "config", "set", "--fleet", fleet, "--vehicle", vehicle,
+                                       "uplink.batch_max_age_s=0.5", "alerts.min_hold_s=3") == 0  # fmt: skip
+        assert await asyncio.to_thread(cli, "fleet", "model", "push", str(model), "--name", "soc_drop",
+                                       "--fleet", fleet, "--key", str(tmp_path / f"{fleet}.ed25519.key"),
+                                       "--canary", vehicle) == 0  # fmt: skip
+
+        # THEN the agent applies both and reports it; the receiver stores it, and the rollout is done
+        async def done() -> bool:
+            [rollout] = await fleet_store.rollouts(conn, fleet)
+            return rollout.state is RolloutState.DONE
+
+        await _until(done, "the rollout done (the agent applied the model and reported it)", agent)
+        view = await fleet_store.fleet_view(conn, fleet)
+        [bus] = view.buses
+        assert bus.desired_config is not None and bus.applied_config is not None
+        assert bus.applied_config.state is OutcomeState.APPLIED, bus.applied_config
+        assert bus.applied_config.revision == bus.desired_config.revision
+        # AND the API shows what runs: the config's revision, the model's SHA-256
+        body = await asyncio.to_thread(_get_json, f"http://127.0.0.1:{web_port}/api/buses/{vehicle}/control")
+        assert body["config"]["applied"]["state"] == "applied"
+        assert body["config"]["applied"]["revision"] == body["config"]["desired_revision"]
+        [soc_drop] = body["models"]
+        assert soc_drop["rollout_state"] == "done" and soc_drop["applied"]["state"] == "applied"
+        assert soc_drop["applied"]["running"] == hashlib.sha256(model.read_bytes()).hexdigest()
+        assert soc_drop["applied"]["revision"] == soc_drop["desired_revision"]
+
+        # WHEN a setting has the right shape but means nothing to the agent (no such signal)
+        assert await asyncio.to_thread(cli, "fleet", "config", "set", "--fleet", fleet, "--vehicle", vehicle,
+                                       'sampling.No.Such.Signal={"deadband": 1.0}') == 0  # fmt: skip
+        applied_before = bus.applied_config.revision
+
+        async def config_answered() -> bool:
+            [bus] = (await fleet_store.fleet_view(conn, fleet)).buses
+            return bus.applied_config is not None and bus.applied_config.revision > applied_before
+
+        await _until(config_answered, "the agent's answer to the second config", agent)
+        # THEN the agent refuses it, keeps running the config before it, and the API says so
+        body = await asyncio.to_thread(_get_json, f"http://127.0.0.1:{web_port}/api/buses/{vehicle}/control")
+        refused = body["config"]["applied"]
+        assert refused["state"] == "refused" and refused["revision"] == body["config"]["desired_revision"]
+        assert "No.Such.Signal" in refused["detail"] and refused["running"] == str(applied_before)
+        assert await agent.terminate_async() == 0
+        assert "Traceback" not in agent.log_text()
+    finally:
+        agent.ensure_dead()
+        stop.set()
+        await asyncio.wait_for(receiver, 30)
+        await store.close()
+
+
+def _variant_of(model: Path, out: Path) -> Path:
+    """The shipped model with another `voltgate.model_version`: the same graph, other bytes and SHA-256."""
+    import onnx
+
+    proto = onnx.load_model_from_string(model.read_bytes())
+    for prop in proto.metadata_props:
+        if prop.key == "voltgate.model_version":
+            prop.value = f"{prop.value}+e2e"
+    out.write_bytes(proto.SerializeToString())
+    return out
+
+
+async def _until(condition: Callable[[], object], what: str, agent: AgentProcess) -> None:
+    deadline = time.monotonic() + 30
+    while not await _call(condition):
+        agent.alive()
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within 30 s\n{agent.log_text()[-3000:]}", pytrace=False)
+        await asyncio.sleep(0.1)
