@@ -1,5 +1,5 @@
-"""`voltgate-cloud`: migrate | run | serve | check-config | import | certs. The only place that exits or
-configures logging.
+"""`voltgate-cloud`: migrate | run | serve | check-config | import | certs | fleet. The only place that exits
+or configures logging.
 
 `certs` makes the fleet's CA and certificates (`cloud.certs`); it reads no settings and touches no service:
 
@@ -12,6 +12,9 @@ each with [--days N] [--force]; one line per certificate says whether it was mad
 
 `import FILE [--fleet F] [--column-map a=b,...] [--max-age-days N]` stores an operator's telematics export
 (CSV or xlsx) through the receiver's write path, exactly once (`cloud.history_import`).
+
+`fleet keygen | config set | model push | status`: remote configuration and model rollouts
+(`cloud.fleet_cli`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import ssl
 import sys
 from pathlib import Path
 
-from cloud import app, certs, history_import
+from cloud import app, certs, fleet_cli, history_import
 from cloud.errors import CloudError, ConfigError
 from cloud.settings import CloudSettings, LogSettings, MqttSettings, load_settings
 from cloud.store import Store
@@ -127,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
         )
     _import_parser(commands)
     _certs_parser(commands)
+    fleet_cli.add_parser(commands)
     return parser
 
 
@@ -203,6 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "certs":
         try:
             _certs(args)
+        except CloudError as err:
+            print(f"voltgate-cloud: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        return 0
+    if args.command == "fleet":
+        try:
+            fleet_settings = load_settings(args.config) if fleet_cli.needs_settings(args) else None
+            print("\n".join(asyncio.run(fleet_cli.run(args, fleet_settings))))
         except CloudError as err:
             print(f"voltgate-cloud: {err}", file=sys.stderr)
             return EXIT_USAGE

@@ -9,6 +9,7 @@
     GET /api/buses/{bus}/predictions        ?from=&to=    predicted SOC drop vs the SOC 60 min later
     GET /api/buses/{bus}/charging           ?from=&to=[&tz=]    charging sessions (dates)
     GET /api/buses/{bus}/trips              ?from=&to=[&tz=]    trips (dates; gap: web.trip_gap_s)
+    GET /api/buses/{bus}/control            desired config and models vs applied (cloud.fleet_http)
     GET /api/alerts                         [?from=&to=&bus=&severity=&limit=]
     GET /api/kpis/daily                     ?from=&to=[&tz=&bus=]   per bus per day (dates, inclusive)
     GET /api/kpis/fleet                     ?from=&to=[&tz=]        fleet energy KPIs (dates, inclusive)
@@ -42,7 +43,7 @@ from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from cloud import battery_health, billing, block_risk, schema
+from cloud import battery_health, billing, block_risk, fleet_http, schema
 from cloud.api_access import Handler, bearer_auth, token_digests
 from cloud.api_params import RequestError, json_response
 from cloud.api_reads import FleetReads, Pool
@@ -144,7 +145,7 @@ def create_app(pool: Pool, settings: WebSettings, schema_name: str) -> web.Appli
         app.router.add_get(path, api.page)
     app.router.add_get("/metrics", api.metrics)
     api.reads.add_routes(app.router)
-    for analytics in (block_risk, billing, battery_health):  # fleet analytics: each adds its routes
+    for analytics in (block_risk, billing, battery_health, fleet_http):  # each adds its routes
         analytics.add_routes(app, pool, settings)
     return app
 

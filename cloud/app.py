@@ -5,8 +5,10 @@ transaction; after the commit it publishes one commit acknowledgement per vehicl
 vehicle's downlink, then PUBACKs the messages — see `cloud.mqtt`; it decodes the next group in a worker
 thread while the database commits the current one), `maintenance` (partitions ahead, retention) and
 `rollups` (hour and day rollups every `database.rollup_refresh_s`, and once more after the last commit;
-then the kept daily KPIs, trips and charging sessions of ended days in `web.time_zone`), each with its
-own database connection. SIGTERM/SIGINT set the stop event: the writer stops taking messages, commits and
+then the kept daily KPIs, trips and charging sessions of ended days in `web.time_zone`), and, unless
+`fleet_control.enabled` is off, `fleet-control` (`cloud.fleet_control`: desired state out on the downlink,
+applied reports in, rollouts on, over its own broker connection), each with its own database connection.
+SIGTERM/SIGINT set the stop event: the writer stops taking messages, commits and
 acknowledges the group it holds, and returns; then the broker connection is closed cleanly (the
 persistent session keeps everything not yet acknowledged) and `run` returns.
 
@@ -32,6 +34,7 @@ from prometheus_client import start_http_server
 from cloud import metrics
 from cloud.api import FleetViews
 from cloud.errors import RejectedDataError, StoreError
+from cloud.fleet_control import FleetControl, FleetLink
 from cloud.ingest import BatchMessage, DeadLetter, Ingested, ingest_message
 from cloud.kept_kpis import KeptDays
 from cloud.mqtt import InboundMessage, Inbox, MqttReceiver
@@ -264,6 +267,7 @@ async def run(settings: CloudSettings, stop: asyncio.Event | None = None) -> Non
     writer_store = await Store.open(settings.database, kept=kept)
     maintenance_store = await Store.open(settings.database, kept=kept)
     rollup_store = await Store.open(settings.database, kept=kept)
+    fleet_control_store = await Store.open(settings.database, kept=kept)
     metrics_server = None
     receiver: MqttReceiver | None = None
     views: FleetViews | None = None
@@ -294,6 +298,12 @@ async def run(settings: CloudSettings, stop: asyncio.Event | None = None) -> Non
             refresh = every(rollups_every, rollup_store.refresh_rollups, rollup_store, stop, "rollup refresh")
             tasks.create_task(maintain, name="maintenance")
             tasks.create_task(refresh, name="rollups")
+            if (
+                settings.fleet_control.enabled
+            ):  # desired state on the downlink, rollouts (cloud.fleet_control)
+                link = FleetLink(settings.mqtt, loop)
+                control = FleetControl(fleet_control_store, link, settings.fleet_control)
+                tasks.create_task(control.run(stop), name="fleet-control")
         with contextlib.suppress(StoreError):
             await rollup_store.refresh_rollups(keep_days=False)  # quick: ended days wait for the next run
         log.info("receiver stopped: last group committed and acknowledged")
@@ -307,6 +317,7 @@ async def run(settings: CloudSettings, stop: asyncio.Event | None = None) -> Non
         await writer_store.close()
         await maintenance_store.close()
         await rollup_store.close()
+        await fleet_control_store.close()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
 

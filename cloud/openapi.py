@@ -18,7 +18,9 @@ from typing import Final
 
 from cloud import battery_health, billing, block_risk, charging, daily_kpis, fleet_energy, trips
 from cloud.api_params import MAX_POINTS, RESOLUTIONS, SEVERITIES
+from cloud.rollouts import RolloutState
 from cloud.web import queries
+from protocols.fleet_control import OutcomeState
 from protocols.topics import ID_PATTERN
 
 OPENAPI_PATH: Final = "/api/openapi.json"
@@ -216,11 +218,48 @@ def _envelopes() -> dict[str, JsonSchema]:
                 "rows": {"type": "array", "items": _ref("BillingRow")},
             }
         ),
+        **_control_envelopes(),
         "FleetKpis": {
             **fleet,
             "properties": {**fleet_properties, "tz": _TEXT},
             "required": [*fleet_properties, "tz"],
         },
+    }
+
+
+def _control_envelopes() -> dict[str, JsonSchema]:
+    """/api/buses/{bus}/control (`cloud.fleet_http`): desired against applied; outcomes as the bus reports."""
+    revision = _nullable({"type": "integer", "minimum": 1})
+    applied = _nullable(_ref("AppliedOutcome"))
+    return {
+        "AppliedOutcome": _object(
+            {
+                "revision": {"type": "integer", "minimum": 0},
+                "state": {"enum": [s.value for s in OutcomeState]},
+                "detail": _TEXT,
+                "running": _TEXT,
+            }
+        ),
+        "BusControl": _object(
+            {
+                "bus": _TEXT,
+                "fleet": _TEXT,
+                "reported_at": _nullable(_INSTANT),
+                "config": _object({"desired_revision": revision, "applied": applied}),
+                "models": {
+                    "type": "array",
+                    "items": _object(
+                        {
+                            "name": _TEXT,
+                            "desired_revision": revision,
+                            "rollout": _nullable(_TEXT),
+                            "rollout_state": _nullable({"enum": [s.value for s in RolloutState]}),
+                            "applied": applied,
+                        }
+                    ),
+                },
+            }
+        ),
     }
 
 
@@ -376,6 +415,12 @@ def _paths(signals: Collection[str]) -> dict[str, JsonSchema]:
                 _param("to", "query", _DAY, "the last day, inclusive (default: today)"),
                 _TZ,
             ],
+            bus=True,
+        ),
+        "/api/buses/{bus}/control": _get(
+            "the bus's desired configuration and models beside what it reports applied (fleet control)",
+            "BusControl",
+            [_BUS_PATH],
             bus=True,
         ),
         OPENAPI_PATH: _get("this description", "OpenApi", []),

@@ -290,6 +290,20 @@ class LogSettings(BaseModel):
     json_lines: bool = False  # one JSON object per line, for journald / log shippers
 
 
+class FleetControlSettings(BaseModel):
+    """The receiver's fleet-control task (cloud/fleet_control.py): downlink of desired state, rollouts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    # How often it looks for changes `voltgate-cloud fleet` made (a bus's report wakes it at once).
+    poll_s: float = Field(default=5.0, ge=0.05, le=3600.0)
+    # The broker's largest packet (deploy/mosquitto/voltgate.conf: max_packet_size 2097152): `fleet model
+    # push` refuses a release that would not fit, and the task does not publish one (a broker disconnects a
+    # client that sends a larger packet).
+    max_packet_bytes: int = Field(default=2_097_152, ge=64 * 1024, le=268_435_455)
+
+
 class CloudSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="VOLTGATE_CLOUD_",
@@ -304,6 +318,7 @@ class CloudSettings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     web: WebSettings | None = None  # None: `run` does not serve the fleet views
     log: LogSettings = LogSettings()
+    fleet_control: FleetControlSettings = FleetControlSettings()
 
     @model_validator(mode="after")
     def _group_fits_in_flight(self) -> Self:

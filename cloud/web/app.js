@@ -124,6 +124,23 @@ function renderBusFacts(bus) {
   alerts.hidden = bus.active_alerts.length === 0;
 }
 
+// One line on what the bus runs against what the fleet wants (voltgate-cloud fleet; /api/buses/{bus}/control).
+function controlPart(what, desired, applied) {
+  if (!applied) return desired ? `${what} r${desired} sent, nothing reported` : null;
+  const got = `${what} r${applied.revision} ${applied.state.replaceAll("_", " ")}`;
+  return desired && desired !== applied.revision ? `${got} (wants r${desired})` : got;
+}
+
+async function loadControl(bus) {
+  const body = await api(`/api/buses/${encodeURIComponent(bus.id)}/control`);
+  if (bus.id !== state.selected) return;
+  const parts = [controlPart("config", body.config.desired_revision, body.config.applied)];
+  for (const m of body.models) parts.push(controlPart(m.name, m.desired_revision, m.applied));
+  const text = parts.filter(Boolean).join(" · ") || "installed settings and models";
+  const box = document.getElementById("bus-facts");
+  box.append(el("div", { id: "bus-control" }, el("dt", { text: "Remote" }), el("dd", { text })));
+}
+
 // Latitude and longitude arrive as two series: a point joins each latitude with the nearest
 // longitude read within ROUTE_PAIRING_MS.
 function routePoints(lat, lon) {
@@ -188,7 +205,7 @@ async function loadBus() {
     ? `MAE ${num(predictions.mae_pct, 2)} pp · bias ${num(predictions.bias_pct, 2)} pp · ${predictions.evaluated} evaluated`
     : "no outcome yet";
   document.getElementById("pred-summary").textContent = summary;
-  await loadTrips(bus, start, end);
+  await Promise.all([loadTrips(bus, start, end), loadControl(bus)]);
 }
 
 // The bus's trips that overlap the charts' window, newest first (the API takes local days).
