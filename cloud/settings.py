@@ -298,10 +298,10 @@ class FleetControlSettings(BaseModel):
     enabled: bool = True
     # How often it looks for changes `voltgate-cloud fleet` made (a bus's report wakes it at once).
     poll_s: float = Field(default=5.0, ge=0.05, le=3600.0)
-    # The broker's largest packet (deploy/mosquitto/voltgate.conf: max_packet_size 2097152): `fleet model
+    # The broker's largest packet (deploy/mosquitto/voltgate.conf: max_packet_size 6291456): `fleet model
     # push` refuses a release that would not fit, and the task does not publish one (a broker disconnects a
     # client that sends a larger packet).
-    max_packet_bytes: int = Field(default=2_097_152, ge=64 * 1024, le=268_435_455)
+    max_packet_bytes: int = Field(default=6_291_456, ge=64 * 1024, le=268_435_455)
 
 
 class CloudSettings(BaseSettings):

@@ -67,6 +67,7 @@ async def test_migrations_are_idempotent_and_recorded(pg_schema: Database) -> No
             (8, pg_schema.flavour),
             (9, "any"),
             (10, "any"),
+            (11, "any"),
             (12, "any"),
         ]
     finally:
