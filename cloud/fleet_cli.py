@@ -42,7 +42,13 @@ from protocols.fleet_control import (
     key_id_of,
     sign_model,
 )
-from protocols.predictions import FAULT_RISK_MODEL, LARGE_DROP_MODEL, SOC_DROP_MODEL
+from protocols.predictions import (
+    FAULT_RISK_MODEL,
+    FEATURE_VERSION_KEY,
+    LARGE_DROP_MODEL,
+    MODEL_NAME_KEY,
+    SOC_DROP_MODEL,
+)
 from protocols.topics import is_valid_id
 
 if TYPE_CHECKING:  # imported where a key is used
@@ -50,8 +56,6 @@ if TYPE_CHECKING:  # imported where a key is used
 
 MODEL_NAMES: Final = (SOC_DROP_MODEL, LARGE_DROP_MODEL, FAULT_RISK_MODEL)
 # The ONNX metadata keys `models/export.py` writes and `models/runtime.py` checks (cloud/ imports no models/).
-FEATURE_VERSION_KEY: Final = "voltgate.feature_version"
-MODEL_NAME_KEY: Final = "voltgate.model"
 
 
 class FleetCommandError(CloudError):

@@ -27,6 +27,7 @@ from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
 
 from models.features import FEATURE_NAMES, FEATURE_UNITS, FEATURE_VERSION, N_FEATURES, FloatArray
+from protocols.predictions import FEATURE_VERSION_KEY, MODEL_NAME_KEY
 
 INPUT_NAME = "features"
 
@@ -54,14 +55,14 @@ def export_model(
         target_opset={"": 17, "ai.onnx.ml": 3},
     )
     meta = {
-        "voltgate.model": name,
+        MODEL_NAME_KEY: name,
         "voltgate.model_version": version,
         "voltgate.kind": kind,
         "voltgate.output_unit": "pp" if kind == "regression" else "1",
         "voltgate.target": target,
         "voltgate.feature_names": json.dumps(list(FEATURE_NAMES)),
         "voltgate.feature_units": json.dumps(FEATURE_UNITS),
-        "voltgate.feature_version": FEATURE_VERSION,
+        FEATURE_VERSION_KEY: FEATURE_VERSION,
         "voltgate.thresholds": json.dumps(thresholds),
         "voltgate.trained_on": trained_on,
     }

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from models.features import FEATURE_NAMES, FEATURE_VERSION, N_FEATURES, FloatArray
+from protocols.predictions import FEATURE_VERSION_KEY, MODEL_NAME_KEY
 
 
 class ModelError(Exception):
@@ -70,7 +71,7 @@ def load_model(
     meta = dict(session.get_modelmeta().custom_metadata_map)
     try:
         names = tuple(json.loads(meta["voltgate.feature_names"]))
-        version = meta["voltgate.feature_version"]
+        version = meta[FEATURE_VERSION_KEY]
         kind = meta["voltgate.kind"]
     except (KeyError, ValueError) as err:
         raise ModelMismatchError(
@@ -96,7 +97,7 @@ def load_model(
         raise ModelMismatchError(f"{path}: expects input {[(i.name, i.shape) for i in inputs]}")
     return LoadedModel(
         path=path,
-        name=meta.get("voltgate.model", path.stem),
+        name=meta.get(MODEL_NAME_KEY, path.stem),
         version=meta.get("voltgate.model_version", ""),
         kind=kind,
         output_unit=meta.get("voltgate.output_unit", ""),

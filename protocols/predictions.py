@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from typing import Final
 
+# ONNX metadata keys read across processes: the trainer writes them (`models.export`), the agent's loader
+# and `voltgate-cloud fleet model push` read them.
+MODEL_NAME_KEY: Final = "voltgate.model"
+FEATURE_VERSION_KEY: Final = "voltgate.feature_version"
+
 # Models (the `voltgate.model` entry of each shipped ONNX file's metadata).
 SOC_DROP_MODEL: Final = "soc_drop"
 LARGE_DROP_MODEL: Final = "large_drop"
