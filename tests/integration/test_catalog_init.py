@@ -22,8 +22,10 @@ decoded by cantools one by one.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import logging
 import math
 import random
 import re
@@ -36,6 +38,7 @@ import cantools
 import pytest
 from cantools.database.can import Database, Message, Signal
 
+from agent.__main__ import main as agent_cli
 from agent.catalog_init import starter_catalog
 from agent.decode import decode_log_to_csv
 from protocols.catalog import load_catalog
@@ -51,7 +54,8 @@ FD_LENGTHS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 20, 24, 32, 48, 64)
 Row = tuple[float, float, str, str]  # ts, value, message, dbc signal
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+def _process(*args: str) -> subprocess.CompletedProcess[str]:
+    """`voltgate-agent ARGS` as a user runs it: its own process."""
     return subprocess.run(
         [sys.executable, "-m", "agent", *args],
         cwd=REPO,
@@ -60,6 +64,24 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=300,
         check=False,
     )
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`voltgate-agent ARGS` through its entry point, in this process (a new interpreter per call cost
+    ~1 s each, three per DBC); the root logger the command configures is put back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            agent_cli([*args])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    return subprocess.CompletedProcess(["voltgate-agent", *args], code, out.getvalue(), err.getvalue())
 
 
 def _cantools_database(path: Path) -> Database:
@@ -285,7 +307,7 @@ def test_check_config_accepts_a_defective_dbc_with_its_warnings(tmp_path: Path) 
         f'[[can]]\nname = "chassis"\ninterface = "virtual"\nchannel = "vc"\ncatalog = "{catalog}"\n'
     )
     # WHEN check-config reads it THEN it passes, and says the defect once
-    result = _cli("check-config", "--config", str(config))
+    result = _process("check-config", "--config", str(config))
     assert result.returncode == 0, result.stderr
     (warning,) = read_dbc(dbc).warnings
     assert result.stderr.splitlines() == [f"bus 'chassis': {warning}"]
