@@ -136,8 +136,11 @@ async def migrate(
                 if await _apply(conn, schema, migration, flavour):
                     applied_now.append(migration.version)
                 break
-            except psycopg.errors.InternalError_ as err:
-                if attempt == _CATALOG_RACE_ATTEMPTS or not str(err).startswith("tuple concurrently"):
+            except (psycopg.errors.InternalError_, psycopg.errors.DeadlockDetected) as err:
+                catalog_race = isinstance(err, psycopg.errors.DeadlockDetected) or str(err).startswith(
+                    "tuple concurrently"
+                )
+                if attempt == _CATALOG_RACE_ATTEMPTS or not catalog_race:
                     raise
                 log.warning(
                     "migration %d met a concurrent catalog update (%s); retrying", migration.version, err
@@ -148,7 +151,9 @@ async def migrate(
 
 # TimescaleDB's jobs (a continuous-aggregate refresh just launched) can update its catalog rows while a
 # migration drops what they belong to, failing the migration's transaction with "tuple concurrently
-# updated" (or deleted). Nothing of that version is applied then, and it is applied again.
+# updated" (or deleted), or with a deadlock on its shared invalidation log (PostgreSQL aborts one side;
+# seen in CI when 0007 dropped the continuous aggregates while another schema's refresh ran). Nothing of
+# that version is applied then, and it is applied again.
 _CATALOG_RACE_ATTEMPTS: Final = 5
 
 
