@@ -30,6 +30,7 @@ from protocols.fleet_control import (
     SettingValue,
     decode_desired,
     encode_desired_config,
+    outcome_json,
 )
 from protocols.topics import is_valid_id
 
@@ -138,17 +139,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
 # --- JSON -----------------------------------------------------------------------------------------------
 
 
-def _outcome_json(outcome: Outcome | None) -> dict[str, object] | None:
-    if outcome is None:
-        return None
-    return {
-        "revision": outcome.revision,
-        "state": outcome.state.value,
-        "detail": outcome.detail,
-        "running": outcome.running,
-    }
-
-
 def _outcome(value: object) -> Outcome | None:
     if value is None:
         return None
@@ -178,8 +168,8 @@ def _encode_state(state: FleetState) -> dict[str, object]:
             for name, e in state.models.items()
         },
         "outcomes": {
-            "config": _outcome_json(state.config_outcome),
-            "models": {name: _outcome_json(o) for name, o in state.model_outcomes.items()},
+            "config": None if state.config_outcome is None else outcome_json(state.config_outcome),
+            "models": {name: outcome_json(o) for name, o in state.model_outcomes.items()},
         },
     }
 

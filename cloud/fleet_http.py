@@ -17,18 +17,11 @@ from cloud import fleet_store
 from cloud.analytics_http import Pool, known_bus
 from cloud.api_params import bus_id, json_response
 from cloud.settings import WebSettings
-from protocols.fleet_control import Outcome
+from protocols.fleet_control import Outcome, outcome_json
 
 
-def outcome_json(outcome: Outcome | None) -> dict[str, object] | None:
-    if outcome is None:
-        return None
-    return {
-        "revision": outcome.revision,
-        "state": outcome.state.value,
-        "detail": outcome.detail,
-        "running": outcome.running,
-    }
+def outcome_or_none(outcome: Outcome | None) -> dict[str, object] | None:
+    return None if outcome is None else outcome_json(outcome)
 
 
 def control_json(bus: str, fleet: str, view: fleet_store.FleetView) -> dict[str, object]:
@@ -40,7 +33,7 @@ def control_json(bus: str, fleet: str, view: fleet_store.FleetView) -> dict[str,
         "reported_at": found.reported_at if found else None,
         "config": {
             "desired_revision": desired.revision if desired else None,
-            "applied": outcome_json(found.applied_config if found else None),
+            "applied": outcome_or_none(found.applied_config if found else None),
         },
         "models": [
             {
@@ -48,7 +41,7 @@ def control_json(bus: str, fleet: str, view: fleet_store.FleetView) -> dict[str,
                 "desired_revision": m.desired_revision,
                 "rollout": m.rollout,
                 "rollout_state": m.rollout_state,
-                "applied": outcome_json(m.applied),
+                "applied": outcome_or_none(m.applied),
             }
             for m in (found.models if found else [])
         ],

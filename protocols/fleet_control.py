@@ -307,7 +307,8 @@ def decode_desired(payload: bytes) -> DesiredConfig | ModelRelease:
 MAX_REPORT_BYTES: Final = 16 * 1024
 
 
-def _outcome_json(outcome: Outcome) -> dict[str, object]:
+def outcome_json(outcome: Outcome) -> dict[str, object]:
+    """An outcome as the applied report carries it (the agent's state file and the API show it so too)."""
     return {
         "revision": outcome.revision,
         "state": outcome.state.value,
@@ -320,9 +321,9 @@ def encode_applied(report: AppliedReport) -> bytes:
     body = {
         "v": 1,
         "ts_ms": check_int(report.ts_ms, 0, MAX_TS_MS, "ts_ms"),
-        "config": None if report.config is None else _outcome_json(report.config),
+        "config": None if report.config is None else outcome_json(report.config),
         "models": {
-            _check_id(name, "model name"): _outcome_json(o) for name, o in sorted(report.models.items())
+            _check_id(name, "model name"): outcome_json(o) for name, o in sorted(report.models.items())
         },
     }
     return json.dumps(body, separators=(",", ":")).encode()
