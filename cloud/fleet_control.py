@@ -28,19 +28,18 @@ import collections
 import contextlib
 import dataclasses
 import logging
-import ssl
 from dataclasses import dataclass
 from typing import Final
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client import Counter
 
 from cloud import fleet_store
-from cloud.errors import ConfigError, StoreError
+from cloud.errors import StoreError
+from cloud.mqtt import new_client
 from cloud.rollouts import ACTIVE_STATES, Rollout, advance, desired_rollout, packet_bytes
 from cloud.settings import FleetControlSettings, MqttSettings
 from cloud.store import Store
@@ -86,26 +85,7 @@ class FleetLink:
         self._loop = loop
         self.reports: collections.deque[Report] = collections.deque()
         self.arrived = asyncio.Event()
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"{settings.client_id}-fleet", protocol=paho.MQTTv5
-        )
-        if settings.tls:
-            try:
-                client.tls_set(
-                    ca_certs=str(settings.ca_file) if settings.ca_file else None,
-                    certfile=str(settings.cert_file) if settings.cert_file else None,
-                    keyfile=str(settings.key_file) if settings.key_file else None,
-                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
-                )
-            except (OSError, ssl.SSLError, ValueError) as err:
-                raise ConfigError(f"cannot load the MQTT TLS files for fleet control: {err}") from err
-        if settings.username is not None:
-            password = settings.password.get_secret_value() if settings.password else None
-            client.username_pw_set(settings.username, password)
-        client.reconnect_delay_set(
-            min_delay=max(1, round(settings.reconnect_min_s)),
-            max_delay=max(1, round(settings.reconnect_max_s)),
-        )
+        client = new_client(settings, f"{settings.client_id}-fleet")
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         self._client = client

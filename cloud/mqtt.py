@@ -65,6 +65,35 @@ _RETAIN_ONLY_IF_NEW_SUBSCRIPTION = 1  # MQTT 5 Retain Handling: no retained floo
 MAX_QUEUED_ACKS: Final = 10_000  # paho's outgoing queue (acks not yet PUBACKed by the broker)
 
 
+def new_client(settings: MqttSettings, client_id: str, *, manual_ack: bool = False) -> paho.Client:
+    """A paho MQTT 5 client with the receiver's identity: TLS files (its client certificate, when set, is
+    what a broker that requires one, deploy/mosquitto/, knows it by; read here, so a bad one fails at
+    start), username and reconnect back-off from `settings`."""
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5, manual_ack=manual_ack
+    )
+    if settings.tls:
+        try:
+            client.tls_set(
+                ca_certs=str(settings.ca_file) if settings.ca_file else None,
+                certfile=str(settings.cert_file) if settings.cert_file else None,
+                keyfile=str(settings.key_file) if settings.key_file else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        except (OSError, ssl.SSLError, ValueError) as err:
+            raise ConfigError(
+                f"cannot load the MQTT TLS files (mqtt.ca_file, cert_file, key_file): {err}"
+            ) from err
+    if settings.username is not None:
+        password = settings.password.get_secret_value() if settings.password else None
+        client.username_pw_set(settings.username, password)
+    client.reconnect_delay_set(
+        min_delay=max(1, round(settings.reconnect_min_s)),
+        max_delay=max(1, round(settings.reconnect_max_s)),
+    )
+    return client
+
+
 @dataclass(frozen=True, slots=True)
 class InboundMessage:
     topic: str
@@ -128,33 +157,7 @@ class MqttReceiver:
         self._lock = threading.Lock()
         self.connected = threading.Event()
         self._was_connected = False
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=settings.client_id,
-            protocol=paho.MQTTv5,
-            manual_ack=True,
-        )
-        if settings.tls:
-            # The receiver's client certificate, when set, is what a broker that requires one
-            # (deploy/mosquitto/) knows it by; the files are read here, so a bad one fails at start.
-            try:
-                client.tls_set(
-                    ca_certs=str(settings.ca_file) if settings.ca_file else None,
-                    certfile=str(settings.cert_file) if settings.cert_file else None,
-                    keyfile=str(settings.key_file) if settings.key_file else None,
-                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
-                )
-            except (OSError, ssl.SSLError, ValueError) as err:
-                raise ConfigError(
-                    f"cannot load the MQTT TLS files (mqtt.ca_file, cert_file, key_file): {err}"
-                ) from err
-        if settings.username is not None:
-            password = settings.password.get_secret_value() if settings.password else None
-            client.username_pw_set(settings.username, password)
-        client.reconnect_delay_set(
-            min_delay=max(1, round(settings.reconnect_min_s)),
-            max_delay=max(1, round(settings.reconnect_max_s)),
-        )
+        client = new_client(settings, settings.client_id, manual_ack=True)
         client.max_queued_messages_set(MAX_QUEUED_ACKS)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
