@@ -265,8 +265,13 @@ async def drop_expired_partitions(
 async def apply_timescale_retention(
     conn: psycopg.AsyncConnection[tuple[object, ...]], keep_days: int
 ) -> None:
-    """Set the raw-data retention policies (TimescaleDB flavour) to `keep_days`."""
+    """Set the raw-data retention policies (TimescaleDB flavour) to `keep_days`. Receivers starting at once
+    take turns (a transaction-scoped advisory lock per schema): two replicas removing and adding the same
+    policy together failed one of them with "retention policy already exists" (CI, two replicas)."""
     async with conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('voltgate retention ' || current_schema()))"
+        )
         for table in PARTITIONED_TABLES:
             await conn.execute("SELECT remove_retention_policy(%s::regclass, if_exists => true)", (table,))
             await conn.execute(

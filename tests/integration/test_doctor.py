@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.server
+import json
 import os
 import select
 import subprocess
@@ -14,6 +15,7 @@ import sys
 import threading
 import time
 import tty
+import urllib.request
 from pathlib import Path
 
 import can
@@ -57,6 +59,17 @@ def _speed_log(path: Path, frames: int) -> Path:
     return path
 
 
+def _settled(metrics_port: int, frames: int, models: int) -> bool:
+    """The agent's health document says it has read `frames` frames of its replay and loaded `models`."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/health.json", timeout=2) as reply:
+            health = json.load(reply)
+    except (OSError, ValueError):
+        return False
+    counts = [source.get("count") for source in health.get("sources", {}).values()]
+    return frames in counts and len(health.get("models", {})) == models
+
+
 def _doctor(config: Path) -> tuple[int, dict[str, tuple[str, str]], str]:
     """Run `voltgate-agent doctor`; returns its exit code, check → (status, message), and the screen."""
     done = subprocess.run(
@@ -83,7 +96,8 @@ def _rows(buffer: Path) -> int:
 async def test_all_well_every_line_ok_and_exit_0(mqtt_broker: Broker, tmp_path: Path) -> None:
     # GIVEN an agent replaying a log to the broker, a collector playing the cloud and acknowledging
     log = _speed_log(tmp_path / "day.log", 200)
-    more = f"[metrics]\nport = {free_port()}\n"
+    metrics_port = free_port()
+    more = f"[metrics]\nport = {metrics_port}\n"
     async with replaying(mqtt_broker, tmp_path, vehicle_id="bus-ok", log=log, replay="day", more=more) as (
         collector,
         agent,
@@ -91,6 +105,10 @@ async def test_all_well_every_line_ok_and_exit_0(mqtt_broker: Broker, tmp_path: 
         buffer = tmp_path / "state" / "buffer.sqlite3"
         await collector.wait_for("the first acknowledgement", lambda: collector.acks_sent > 0)
         await wait_until("an empty buffer", lambda: buffer.exists() and _rows(buffer) == 0, agent=agent)
+        # (and the agent has read the whole log and loaded its models: both take their time on a busy machine)
+        await wait_until(
+            "the log read, the models loaded", lambda: _settled(metrics_port, 200, 3), agent=agent
+        )
         # WHEN the technician runs doctor
         code, lines, screen = await asyncio.to_thread(_doctor, tmp_path / "agent.toml")
     # THEN every line is OK, from the live agent, and the exit code is 0
