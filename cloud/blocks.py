@@ -1,12 +1,12 @@
 """A message's samples laid out as `sample_blocks` rows, and de-duplication inside one write group.
 
 A block holds one vehicle's samples of one UTC minute from one message, all signals, in (signal id,
-ts, seq) order, each column coded as the difference from the sample before (cloud/sql/
-0008_signal_blocks.native.sql says why, 0010_narrow_code.sql how). A sample takes the scaled path (its
-value as integer steps of its signal's quantum) when quantum * steps gives its value back bit for bit,
-else the float path (the value as it is). Per block and signal the n / total / min / max of the
-samples go to the rollup log. Everything here is numpy over the message's `SampleColumns`: no Python
-object per sample.
+ts, seq) order: a run per signal, coded as its first sample and the differences from the sample
+before (cloud/sql/0008_signal_blocks.native.sql says why, 0013_run_code.sql how). A sample takes the
+scaled path (its value as integer steps of its signal's quantum) when quantum * steps gives its value
+back bit for bit, else the float path (the value as it is). Per block and signal the n / total / min /
+max of the samples go to the rollup log. Everything here is numpy over the message's `SampleColumns`:
+no Python object per sample.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ STEP_LIMIT: Final = 1 << 30  # steps at most this far from zero: their differenc
 SEQ_SPAN_BITS: Final = 30  # a block's seqs share seq >> 30: their differences fit int4
 
 
-CODE_FIELDS: Final = 4  # per sample in `code`: signal id, seq, ts, steps (each a difference, see below)
-HEAD_BYTES: Final = 6  # a block's code starts with its fields' widths and its tick (block_code)
+CODE_FIELDS: Final = 6  # in `code`: per run 3 (count, first ts, base steps), per sample 3 (block_code)
+HEAD_BYTES: Final = 8  # a block's code starts with its fields' widths and its tick (block_code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,61 +182,94 @@ def block_code(
     steps: npt.NDArray[np.int64],
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
     """The `code` of every block (samples in block order; offsets from the block's seq_min and
-    minute), one after the other, and each block's length in bytes (cloud/sql/0010_narrow_code.sql).
-    Four int32 fields per sample, each zigzag-coded (0, -1, 1, -2, ... -> 0, 1, 2, 3, ...):
-      signal  the id minus the previous sample's (the block's first: minus itself, 0)
-      seq     the offset minus the sample's rank in (ts, position) order: 0 where seq follows time
-      ts      ticks since the previous sample (the first: since the minute); a tick is the block's
-              greatest common divisor of its samples' ms since the minute (1 when all are 0)
-      steps   steps minus the previous sample's (the first: minus 0; 0 on the float path)
-    A field's zigzag codes take `width` bytes (0 to 4: as many as its largest needs), split into byte
-    planes: the samples' lowest bytes, then their second bytes, ... A block's code is a 6-byte head
-    (the four widths, the tick as uint16 little-endian), then the planes of each field in order."""
+    minute), one after the other, and each block's length in bytes (cloud/sql/0013_run_code.sql).
+
+    A block's samples are runs, one per signal (ids ascending: the block's `signals`). Six int32
+    fields, each zigzag-coded (0, -1, 1, -2, ... -> 0, 1, 2, 3, ...); the first three have one entry
+    per run, the fourth one per sample, the last two one per sample after its run's first:
+      count   the run's samples
+      first   the ticks of the run's first sample since the minute; a tick is the block's greatest
+              common divisor of its samples' ms since the minute (1 when all are 0)
+      base    the run's first steps (0 on the float path)
+      seq     the sample's offset minus its rank in (ts, position) order: 0 where seq follows time
+      ts      ticks since the sample before it in its run
+      steps   steps minus the sample before it in its run
+    A field's codes take `width` bytes (0 to 4: as many as its largest needs), split into byte planes:
+    the entries' lowest bytes, then their second bytes, ... A block's code is an 8-byte head (the six
+    widths, the tick as uint16 little-endian), then the planes of each field in order. The run heads
+    apart from the per-sample differences keep those narrow: a run's first value is far from the
+    previous run's last (bench/storage_layout.py measures the bytes)."""
     blocks = len(start)
+    total = len(signal_id)
     block_of_sample = np.repeat(np.arange(blocks), n)
-    position = np.arange(len(signal_id)) - start[block_of_sample]
+    position = np.arange(total) - start[block_of_sample]
     by_time = np.lexsort((position, ts_offset_ms, block_of_sample))
-    rank = np.empty(len(signal_id), dtype=np.int64)
-    rank[by_time] = np.arange(len(by_time)) - start[block_of_sample[by_time]]
+    rank = np.empty(total, dtype=np.int64)
+    rank[by_time] = np.arange(total) - start[block_of_sample[by_time]]
     tick = np.gcd.reduceat(ts_offset_ms, start) if blocks else np.zeros(0, np.int64)
     tick[tick == 0] = 1
-    signal = _since_previous(signal_id.astype(np.int64), start)
-    signal[start] = 0
-    fields = np.stack(
-        [signal, seq_offset - rank, _since_previous(ts_offset_ms // tick[block_of_sample], start),
-         _since_previous(steps, start)],
-        axis=1,
-    ).astype(np.int32)  # fmt: skip
-    zigzag = ((fields << 1) ^ (fields >> 31)).astype("<u4")  # sample, field
-    largest = np.maximum.reduceat(zigzag, start, axis=0) if blocks else zigzag[:0]  # block, field
-    width = (
-        (largest > 0).astype(np.int64) + (largest > 0xFF) + (largest > 0xFFFF) + (largest > 0xFFFFFF)
-    )  # block, field
-    size = HEAD_BYTES + n * width.sum(axis=1)
+    ticks = ts_offset_ms // tick[block_of_sample]
+    first = np.ones(total, dtype=bool)
+    first[1:] = signal_id[1:] != signal_id[:-1]
+    first[start] = True
+    run_start = np.flatnonzero(first)
+    runs = np.bincount(block_of_sample[run_start], minlength=blocks).astype(np.int64)
+    later = ~first
+    run_block, later_block = block_of_sample[run_start], block_of_sample[later]
+    fields = (  # (values, block of each entry, entries per block)
+        (np.diff(np.append(run_start, total)), run_block, runs),
+        (ticks[run_start], run_block, runs),
+        (steps[run_start], run_block, runs),
+        (seq_offset - rank, block_of_sample, n),
+        (_since_previous(ticks)[later], later_block, n - runs),
+        (_since_previous(steps)[later], later_block, n - runs),
+    )
+    zigzags, widths = [], []
+    for values, _, count in fields:
+        as_int = values.astype(np.int32)
+        zigzag = ((as_int << 1) ^ (as_int >> 31)).astype("<u4")
+        largest = _largest(zigzag, count)
+        zigzags.append(zigzag)
+        widths.append(
+            (largest > 0).astype(np.int64) + (largest > 0xFF) + (largest > 0xFFFF) + (largest > 0xFFFFFF)
+        )
+    width = np.stack(widths, axis=1)  # block, field
+    entries = np.stack([count for _, _, count in fields], axis=1)
+    plane_bytes = width * entries
+    size = HEAD_BYTES + plane_bytes.sum(axis=1)
     code_at = (np.cumsum(size) - size).astype(np.int64)
     out = np.empty(int(size.sum()), dtype=np.uint8)
     head = np.concatenate([width, tick[:, None] & 0xFF, tick[:, None] >> 8], axis=1)
     out[code_at[:, None] + np.arange(HEAD_BYTES)] = head
-    # plane (field f, byte k) of block b starts at code_at + HEAD_BYTES + (widths before f + k) * n
-    plane_at = np.concatenate([np.zeros((blocks, 1), np.int64), np.cumsum(width, axis=1)[:, :-1]], axis=1)
-    byte = np.arange(4)
-    kept = byte[None, None, :] < width[block_of_sample][:, :, None]  # sample, field, byte
-    stride = n[block_of_sample][:, None, None]
-    dst = (
-        (code_at + HEAD_BYTES)[block_of_sample][:, None, None]
-        + (plane_at[block_of_sample][:, :, None] + byte[None, None, :]) * stride
-        + position[:, None, None]
-    )
-    data = zigzag.view(np.uint8).reshape(len(signal_id), CODE_FIELDS, 4)  # sample, field, byte
-    out[dst[kept]] = data[kept]
+    field_at = code_at + HEAD_BYTES  # the field's planes of each block start here
+    for (_, entry_block, count), zigzag, w, planes in zip(
+        fields, zigzags, width.T, plane_bytes.T, strict=True
+    ):
+        entry_start = np.cumsum(count) - count
+        entry_position = np.arange(len(entry_block)) - entry_start[entry_block]
+        data = zigzag.view(np.uint8).reshape(len(zigzag), 4)
+        for k in range(4):
+            kept = k < w[entry_block]
+            dst = field_at[entry_block] + k * count[entry_block] + entry_position
+            out[dst[kept]] = data[kept, k]
+        field_at = field_at + planes
     return out, size.astype(np.int64)
 
 
-def _since_previous(values: npt.NDArray[np.int64], start: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """Each value minus the one before it in its block (a block's first: minus 0)."""
+def _largest(zigzag: npt.NDArray[np.uint32], count: npt.NDArray[np.int64]) -> npt.NDArray[np.uint32]:
+    """The largest of each block's `count` entries (entries block after block); 0 for none."""
+    at = np.cumsum(count) - count
+    if not len(at):
+        return np.zeros(0, dtype=np.uint32)
+    largest = np.maximum.reduceat(np.append(zigzag, np.uint32(0)), at)  # the 0: a last block of none
+    largest[count == 0] = 0
+    return largest
+
+
+def _since_previous(values: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Each value minus the one before it (the first: minus 0)."""
     out = values.copy()
     out[1:] -= values[:-1]
-    out[start] = values[start]
     return out
 
 

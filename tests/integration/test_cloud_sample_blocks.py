@@ -179,7 +179,7 @@ async def test_migration_10_codes_the_stored_blocks_again(pg_schema: Database) -
         )
         if pg_schema.flavour == "timescale":  # an old chunk: compressed by then
             await old.connection.execute(b"SELECT compress_chunk(c) FROM show_chunks('sample_blocks') AS c")
-        # WHEN it is migrated to version 10 (and then on: 0012 keeps each signal's latest sample)
+        # WHEN it is migrated to version 10
         assert await old.migrate(up_to=10) == [10]
         cur = await old.connection.execute(
             b"SELECT seq, extract(epoch FROM ts - timestamptz '2024-05-14 12:00Z')::float8, signal, value"
@@ -190,11 +190,21 @@ async def test_migration_10_codes_the_stored_blocks_again(pg_schema: Database) -
             b"SELECT get_byte(code, 4) | (get_byte(code, 5) << 8) FROM sample_blocks"
         )
         tick = await cur.fetchone()
+        # (and on to the latest: 0012 keeps each signal's latest sample, 0013 codes the blocks as runs)
         await old.migrate()
         cur = await old.connection.execute(
             b"SELECT signal, seq, value FROM latest_samples WHERE vehicle_id = 'bus-5' ORDER BY signal"
         )
         kept = await cur.fetchall()
+        cur = await old.connection.execute(
+            b"SELECT seq, extract(epoch FROM ts - timestamptz '2024-05-14 12:00Z')::float8, signal, value"
+            b" FROM samples ORDER BY seq"
+        )
+        latest_rows = await cur.fetchall()
+        cur = await old.connection.execute(
+            b"SELECT get_byte(code, 6) | (get_byte(code, 7) << 8), octet_length(code) FROM sample_blocks"
+        )
+        run_code = await cur.fetchone()
     finally:
         await old.close()
     # THEN every sample reads back as stored, and the block is in 0010's code (a 100 ms tick)
@@ -206,3 +216,8 @@ async def test_migration_10_codes_the_stored_blocks_again(pg_schema: Database) -
     assert tick == (100,)
     # AND 0012 found each signal's latest sample in the stored blocks
     assert kept == [(soc, 105, 1e300), (speed, 104, -0.75)]
+    # AND after 0013 the block is in runs (2 runs, 6 samples: head 8 bytes, counts, first ticks and
+    # base steps 1 byte each per run, no seq bytes (seq follows time), ts 2 and steps 1 byte per later
+    # sample) and every sample still reads back as stored
+    assert latest_rows == rows
+    assert run_code == (100, 8 + 2 * 3 + 0 + 4 * (2 + 1))

@@ -69,6 +69,7 @@ async def test_migrations_are_idempotent_and_recorded(pg_schema: Database) -> No
             (10, "any"),
             (11, "any"),
             (12, "any"),
+            (13, "any"),
         ]
     finally:
         await store.close()

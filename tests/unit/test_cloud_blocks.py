@@ -45,39 +45,51 @@ def layout(*messages: SampleColumns) -> tuple[Blocks, dict[int, tuple[str, float
 
 
 def fields(blocks: Blocks, b: int) -> npt.NDArray[np.int64]:
-    """Block b's code as its four fields per sample (signal, seq, ts, steps: differences; ts in ms),
-    decoded as block_entries() in 0010_narrow_code.sql does: the head's widths and tick, each field's
-    byte planes, then zigzag."""
+    """Block b's samples as four rows (signal id, seq offset left after ranking, ms since the minute,
+    steps), decoded as block_entries() in 0013_run_code.sql does: the head's widths and tick, each
+    field's byte planes, zigzag, then each run from its head and its differences."""
     n = int(blocks.stop[b] - blocks.start[b])
+    runs = int(blocks.signal_count[b])
+    signals = blocks.signal_list[int(blocks.signal_count[:b].sum()) :][:runs].astype(np.int64)
     at = int(blocks.code_size[:b].sum())
     code = blocks.code[at : at + int(blocks.code_size[b])].astype(np.int64)
-    width, tick = code[:4].tolist(), int(code[4] | code[5] << 8)
-    assert len(code) == HEAD_BYTES + n * sum(width)
-    out = np.zeros((CODE_FIELDS, n), dtype=np.int64)
+    width, tick = code[:CODE_FIELDS].tolist(), int(code[6] | code[7] << 8)
+    entries = [runs, runs, runs, n, n - runs, n - runs]
+    assert len(code) == HEAD_BYTES + sum(w * e for w, e in zip(width, entries, strict=True))
     plane = HEAD_BYTES
-    for f in range(CODE_FIELDS):
-        for k in range(width[f]):
-            out[f] |= code[plane : plane + n] << (8 * k)
-            plane += n
-    out = (out >> 1) ^ -(out & 1)
-    out[2] *= tick
-    out[0, 0] = blocks.signal_list[int(blocks.signal_count[:b].sum())]  # the first: the block's lowest id
-    return out
+    field: list[npt.NDArray[np.int64]] = []
+    for w, count in zip(width, entries, strict=True):
+        out = np.zeros(count, dtype=np.int64)
+        for k in range(w):
+            out |= code[plane : plane + count] << (8 * k)
+            plane += count
+        field.append((out >> 1) ^ -(out & 1))
+    counts, first_ticks, base, seq_left, ts_steps, steps_steps = field
+    run = np.repeat(np.arange(runs), counts)
+    first = np.ones(n, dtype=bool)
+    first[1:] = run[1:] != run[:-1]
+    ts_diff, step_diff = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    ts_diff[first], step_diff[first] = first_ticks, base
+    ts_diff[~first], step_diff[~first] = ts_steps, steps_steps
+    run_start = np.flatnonzero(first)
+    ts = np.cumsum(ts_diff) - np.repeat(np.cumsum(ts_diff)[run_start] - ts_diff[run_start], counts)
+    steps = np.cumsum(step_diff) - np.repeat(np.cumsum(step_diff)[run_start] - step_diff[run_start], counts)
+    return np.stack([signals[run], seq_left, ts * tick, steps])
 
 
 def decoded(blocks: Blocks, ids: dict[int, tuple[str, float | None]]) -> list[tuple[int, int, str, float]]:
-    """The samples back, as the database decodes them (0009_signal_block_reads.sql, block_entries)."""
+    """The samples back, as the database decodes them (block_entries)."""
     out = []
     for b in range(len(blocks)):
-        signal, seq_left, ts_delta, step_delta = fields(blocks, b)
+        signal, seq_left, ts_offset, steps = fields(blocks, b)
         n = len(signal)
-        ts = blocks.minute_ms[b] + np.cumsum(ts_delta)
+        ts = blocks.minute_ms[b] + ts_offset
         rank = np.empty(n, dtype=np.int64)
         rank[np.lexsort((np.arange(n), ts))] = np.arange(n)
         seq = blocks.seq_min[b] + rank + seq_left
         part = slice(int(blocks.start[b]), int(blocks.stop[b]))
         for s, t, k, sid, scaled, exact in zip(
-            seq.tolist(), ts.tolist(), np.cumsum(step_delta).tolist(), np.cumsum(signal).tolist(),
+            seq.tolist(), ts.tolist(), steps.tolist(), signal.tolist(),
             blocks.scaled[part].tolist(), blocks.exact[part].tolist(), strict=True,
         ):  # fmt: skip
             name, quantum = ids[sid]
@@ -102,12 +114,12 @@ def test_a_block_holds_every_signal_of_one_minute_coded_as_differences() -> None
     assert (blocks.stop - blocks.start).tolist() == [6, 12]
     assert blocks.minute_ms.tolist() == [T0_MS - 30_000, T0_MS + 30_000]
     assert blocks.signal_count.tolist() == [2, 2] and blocks.signal_list[:2].tolist() == [10, 11]
-    signal, seq_left, ts_delta, _ = fields(blocks, 0)
-    assert signal.tolist() == [10, 0, 0, 1, 0, 0]  # the ids as differences: 10, 10, 10, 11, 11, 11
+    signal, seq_left, ts_offset, _ = fields(blocks, 0)
+    assert signal.tolist() == [10, 10, 10, 11, 11, 11]
     assert blocks.message.tolist() == [0, 0]
-    # within a run the differences are the sampling period; seq follows time (the two samples of
-    # one instant ranked by position: Soc's seq is 1 above Speed's, 1 below its rank)
-    assert ts_delta[1:3].tolist() == [10_000, 10_000]
+    # each run's samples 10 s apart; seq follows time (the two samples of one instant ranked by
+    # position: Soc's seq is 1 above Speed's, 1 below its rank)
+    assert ts_offset.tolist() == [30_000, 40_000, 50_000] * 2
     assert set(seq_left.tolist()) <= {-1, 0, 1}
     assert sorted(decoded(blocks, ids)) == sorted(records)
     # and the rollup statistics per block and signal are exact
@@ -169,7 +181,7 @@ def test_blocks_give_back_every_sample_exactly(records: list[tuple[int, int, str
         (r[:3], np.float64(r[3]).tobytes()) for r in sorted(records, key=key)
     ]
     for b in range(len(blocks)):
-        assert len({int(t) // 60_000 for t in blocks.minute_ms[b] + np.cumsum(fields(blocks, b)[2])}) == 1
+        assert len({int(t) // 60_000 for t in blocks.minute_ms[b] + fields(blocks, b)[2]}) == 1
 
 
 def test_a_group_is_laid_out_at_once_one_block_per_message_and_minute() -> None:
