@@ -433,8 +433,8 @@ def main() -> None:
     ratios = report(ours, base)
     if paced:
         print(f"\npaced run: {args.paced:g} s of the same log played live into 4 SLCAN adapters at once")
-        for figures in paced:
-            print("\n".join(describe(figures, TARGET_PACED_SHARE)))
+        for paced_run in paced:
+            print("\n".join(describe(paced_run, TARGET_PACED_SHARE)))
     print_targets(ours, ratios["frames/s end to end"], next((f for f in paced if f.who == "ours"), None))
     print("  bytes per sample on the uplink at real-time batch ages: bench/wire_size.py")
 

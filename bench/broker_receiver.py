@@ -58,7 +58,7 @@ class Receiver:
         now = time.time()
         self.last_at = time.perf_counter()
         self.payload_bytes += len(message.payload)
-        samples, records, stamps = self._seqs_of(message.payload)
+        samples, records, stamps = self._seqs_of(bytes(message.payload))
         if self._on_batch is not None:
             self._on_batch(client, records)
         if self._keep_lags:

@@ -24,6 +24,7 @@ Figures, over the span the frames are played:
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -67,6 +68,7 @@ class PacedFigures:
     player_late_max_s: float
     player_cpu_s: float
     metrics: dict[str, float] = field(default_factory=dict)  # ours only: name{labels} → value
+    counts: dict[str, int] = field(default_factory=dict)  # the baseline's only: its closing counts
     log_lines: list[str] = field(default_factory=list)
 
     @property
@@ -245,9 +247,10 @@ def run_paced(
         if who == "ours":
             process.send_signal(signal.SIGTERM)
         try:  # closes the baseline's stdin: it ends
-            process.communicate(timeout=60)
+            out, _ = process.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
+            out = ""
         receiver.close()
         player.close()
     return PacedFigures(
@@ -255,6 +258,7 @@ def run_paced(
         catalog_frames_played=player.catalog_played, cpu_s=cpu, rss_mb=rss, samples=len(receiver.seqs),
         lags_s=receiver.lags_s, adapter_drops=player.dropped, backlog_peak=player.backlog_peak,
         player_late_max_s=player.late_max_s, player_cpu_s=own, metrics=metrics, log_lines=lines,
+        counts=json.loads(out.strip().splitlines()[-1]) if who == "baseline" and out.strip() else {},
     )  # fmt: skip
 
 
@@ -284,6 +288,13 @@ def describe(f: PacedFigures, target_share: float) -> list[str]:
             f"played; queue drops {sum(queue_drops.values()):,.0f}"
             + (f" ({per_queue})" if per_queue else "")
             + f"; SLCAN lines rejected {rejected:,.0f}"
+        )
+    if f.who == "baseline" and not f.counts:
+        out.append("  baseline: no closing counts; its last lines:\n" + "".join(f.log_lines[-10:]))
+    if f.counts:
+        out.append(
+            f"  baseline: read {f.counts['frames']:,} of the {frames:,} frames played; "
+            f"kept {f.counts['kept']:,} samples, {f.counts['acked']:,} acknowledged"
         )
     out.append(
         f"  player: at most {f.player_late_max_s * 1000:.1f} ms behind the recorded pace, "
