@@ -6,7 +6,9 @@ Lawicel protocol of a CANable or a CANUSB, the adapters a gateway without a CAN 
 pseudo-terminal, and the agent reads them through its `[[can]] interface = "slcan"` sources as it reads a
 real adapter: python-can opens the port, sets the bitrate, opens the channel, and its reader thread
 parses each line. This process plays the recorded mix into all four adapters at its recorded pace on
-the monotonic clock (the same frames on each bus), on the other CPU than the agent's.
+the monotonic clock (the same frames on each bus), on the other CPU than the agent's. The baseline reads
+the four ports through python-can's own `slcan` interface (one Notifier thread per bus), which reads a
+port a byte at a time (`serial.read(1)`): that, not its decode or its buffer, is most of its CPU here.
 
 Figures, over the span the frames are played:
 
