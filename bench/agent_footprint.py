@@ -19,30 +19,35 @@ every model has logged its load) and start-up (process start → ready for its f
 It also prints which optional packages the interpreter can import, and the peak RSS each heavy import adds
 to a bare interpreter on its own (and onnxruntime with the shipped models' sessions). Where python-can
 finds asammdf (this repository's `mf4` extra), `import can` loads asammdf and pandas too; a gateway's
-`.[edge]` install has neither, so measure with `--python` of a venv holding only `.[edge]`.
+`.[edge]` install has neither, so measure with `--python` of a venv holding only `.[edge]`
+(`python3 -m venv /tmp/edge && /tmp/edge/bin/pip install -e '.[edge]'`).
+
+bench/agent_throughput.py measures the same agent's peak RSS with the models loaded and four live SLCAN
+buses at their real pace (its paced run), against issue 12's target, and its start-up beside the
+baseline's; this bench adds the run without models and what each import costs.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.process_figures import importable, peak_rss_mb, spread  # noqa: E402
+
 BUSES = 4
 MODEL_LOADS = tuple(f"model {p.stem} version" for p in sorted((REPO / "models").glob("*.onnx")))
-OPTIONAL = ("onnxruntime", "numpy", "cantools", "can", "asammdf", "pandas", "sklearn")
 HEAVY = ("numpy", "onnxruntime", "cantools", "can", "pydantic_settings", "aiomqtt", "prometheus_client")
 SESSIONS = (
     "import onnxruntime as o, pathlib; "
@@ -55,23 +60,6 @@ SESSIONS = (
 class Figures:
     rss_mb: float
     startup_s: float
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def importable(python: str) -> dict[str, bool]:
-    probe = (
-        "import importlib.util, json; "
-        f"print(json.dumps({{m: importlib.util.find_spec(m) is not None for m in {list(OPTIONAL)!r}}}))"
-    )
-    out = subprocess.run([python, "-c", probe], capture_output=True, text=True, check=True).stdout
-    found: dict[str, bool] = json.loads(out)
-    return found
 
 
 def import_rss_mb(python: str, statement: str) -> float:
@@ -152,10 +140,6 @@ def agent_config(work: Path, log: Path, broker: str, models: bool) -> Path:
         "[metrics]\nenabled = false\n" + ("" if models else "[inference]\nmodels = []\n")
     )
     return config
-
-
-def spread(values: Sequence[float], fmt: str) -> str:
-    return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)}–{format(max(values), fmt)})"
 
 
 def main() -> None:

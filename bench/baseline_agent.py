@@ -1,6 +1,7 @@
 """The fair baseline of bench/agent_throughput.py: a telemetry agent as a competent engineer writes it.
 
     python bench/baseline_agent.py LOG --broker HOST:PORT --topic TOPIC --db PATH [--vehicle ID]
+    python bench/baseline_agent.py --slcan PORT [--slcan PORT ...] --broker ... --topic ... --db ...
 
 python-can's `LogReader` → cantools `Message.decode` of the frames the catalog names (values outside
 the DBC range dropped, as J1939 "not available") → the catalog's sampling policy → SQLite (WAL,
@@ -9,6 +10,10 @@ QoS 1 (paho) → its rows deleted when the broker's PUBACK arrives. A batch clos
 or `--batch-age` seconds. At the end of the log it waits for every PUBACK, deletes, prints its counts as
 one JSON line on stdout, and stays until its stdin closes (so the harness reads its CPU and memory
 from /proc while it is alive, as it does for the agent).
+
+Live (`--slcan`, repeated for several buses, bench/paced_buses.py): python-can's `slcan` interface on each
+port at 500 kbit/s, all read by one `can.Notifier` into a `can.BufferedReader`, until its stdin closes;
+then as at the end of a log.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ import math
 import queue
 import sqlite3
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import can
@@ -41,9 +48,36 @@ def open_buffer(path: Path) -> sqlite3.Connection:
     return db
 
 
+def logged(path: Path) -> Iterator[can.Message | None]:
+    with can.LogReader(path) as log:
+        for n, message in enumerate(log):
+            if n == 0:
+                print("baseline: first frame", file=sys.stderr, flush=True)
+            yield message
+    print("baseline: end of log", file=sys.stderr, flush=True)
+
+
+def live(channels: list[str]) -> Iterator[can.Message | None]:
+    """Frames of the live buses as they come, None when none came for a while, until stdin closes."""
+    buses = [can.Bus(interface="slcan", channel=channel, bitrate=500_000) for channel in channels]
+    reader = can.BufferedReader()
+    notifier = can.Notifier(buses, [reader])
+    closed = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), closed.set()), daemon=True).start()
+    print("baseline: listening", file=sys.stderr, flush=True)
+    try:
+        while not closed.is_set():
+            yield reader.get_message(timeout=0.1)
+    finally:
+        notifier.stop()
+        for bus in buses:
+            bus.shutdown()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("log", type=Path)
+    parser.add_argument("log", type=Path, nargs="?")
+    parser.add_argument("--slcan", action="append", default=[], help="a live SLCAN port (repeat)")
     parser.add_argument("--broker", default="127.0.0.1:1883")
     parser.add_argument("--topic", required=True)
     parser.add_argument("--db", type=Path, required=True)
@@ -51,6 +85,8 @@ def main() -> int:
     parser.add_argument("--batch-rows", type=int, default=2000)
     parser.add_argument("--batch-age", type=float, default=0.5)
     args = parser.parse_args()
+    if (args.log is None) == (not args.slcan):
+        parser.error("give a LOG or --slcan ports")
 
     # Which signals of which frame, with their policy and DBC range: read once from the catalog.
     decoders = {}
@@ -99,10 +135,8 @@ def main() -> int:
 
     rows: list[tuple[int, float, str, float]] = []
     opened = 0.0
-    with can.LogReader(args.log) as log:
-        for n, message in enumerate(log):
-            if n == 0:
-                print("baseline: first frame", file=sys.stderr, flush=True)
+    for message in logged(args.log) if args.log is not None else live(args.slcan):
+        if message is not None:
             counts["frames"] += 1
             found = decoders.get(message.arbitration_id)
             if found is None or message.is_error_frame or message.is_remote_frame:
@@ -121,16 +155,16 @@ def main() -> int:
                         opened = time.monotonic()
                     rows.append((counts["kept"], message.timestamp, name, float(value)))
                     counts["kept"] += 1
-            if len(rows) >= args.batch_rows or (rows and time.monotonic() - opened >= args.batch_age):
-                flush(rows)
-    print("baseline: end of log", file=sys.stderr, flush=True)
+        if len(rows) >= args.batch_rows or (rows and time.monotonic() - opened >= args.batch_age):
+            flush(rows)
     if rows:
         flush(rows)
     with db:
         delete_acknowledged(block=True)
     counts["left_in_buffer"] = db.execute("SELECT count(*) FROM samples").fetchone()[0]
     print(json.dumps(counts), flush=True)
-    sys.stdin.read()
+    if args.log is not None:
+        sys.stdin.read()
     client.loop_stop()
     client.disconnect()
     db.close()
