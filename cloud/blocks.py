@@ -28,6 +28,7 @@ SEQ_SPAN_BITS: Final = 30  # a block's seqs share seq >> 30: their differences f
 
 CODE_FIELDS: Final = 6  # in `code`: per run 3 (count, first ts, base steps), per sample 3 (block_code)
 HEAD_BYTES: Final = 8  # a block's code starts with its fields' widths and its tick (block_code)
+RUN_CODE: Final = 128  # added to the first width: tells this code from 0010's (whose first byte is a width)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +197,8 @@ def block_code(
       steps   steps minus the sample before it in its run
     A field's codes take `width` bytes (0 to 4: as many as its largest needs), split into byte planes:
     the entries' lowest bytes, then their second bytes, ... A block's code is an 8-byte head (the six
-    widths, the tick as uint16 little-endian), then the planes of each field in order. The run heads
+    widths, the first plus RUN_CODE; the tick as uint16 little-endian), then the planes of each field
+    in order. The run heads
     apart from the per-sample differences keep those narrow: a run's first value is far from the
     previous run's last (bench/storage_layout.py measures the bytes)."""
     blocks = len(start)
@@ -240,6 +242,7 @@ def block_code(
     code_at = (np.cumsum(size) - size).astype(np.int64)
     out = np.empty(int(size.sum()), dtype=np.uint8)
     head = np.concatenate([width, tick[:, None] & 0xFF, tick[:, None] >> 8], axis=1)
+    head[:, 0] |= RUN_CODE
     out[code_at[:, None] + np.arange(HEAD_BYTES)] = head
     field_at = code_at + HEAD_BYTES  # the field's planes of each block start here
     for (_, entry_block, count), zigzag, w, planes in zip(

@@ -190,7 +190,7 @@ async def test_migration_10_codes_the_stored_blocks_again(pg_schema: Database) -
             b"SELECT get_byte(code, 4) | (get_byte(code, 5) << 8) FROM sample_blocks"
         )
         tick = await cur.fetchone()
-        # (and on to the latest: 0012 keeps each signal's latest sample, 0013 codes the blocks as runs)
+        # (and on to the latest: 0012 keeps each signal's latest sample, 0013 codes new blocks as runs)
         await old.migrate()
         cur = await old.connection.execute(
             b"SELECT signal, seq, value FROM latest_samples WHERE vehicle_id = 'bus-5' ORDER BY signal"
@@ -201,10 +201,34 @@ async def test_migration_10_codes_the_stored_blocks_again(pg_schema: Database) -
             b" FROM samples ORDER BY seq"
         )
         latest_rows = await cur.fetchall()
-        cur = await old.connection.execute(
-            b"SELECT get_byte(code, 6) | (get_byte(code, 7) << 8), octet_length(code) FROM sample_blocks"
+        cur = await old.connection.execute(b"SELECT get_byte(code, 0), octet_length(code) FROM sample_blocks")
+        kept_code = await cur.fetchone()
+        # AND a late message re-sending two of its samples with two new ones is merged against it
+        await old.connection.execute(
+            b"INSERT INTO vehicles (vehicle_id, fleet, max_sample_seq, max_sample_ts)"
+            b" VALUES ('bus-5', 'f1', 105, timestamptz '2024-05-14 12:00:31Z')"
         )
-        run_code = await cur.fetchone()
+        minute_ms = int(datetime(2024, 5, 14, 12, 0, tzinfo=UTC).timestamp() * 1000)
+        late = [
+            SampleRecord(104, minute_ms + 21_100, "Vehicle.Speed", -0.75),
+            SampleRecord(105, minute_ms + 31_000, "Vehicle.Soc", 1e300),
+            SampleRecord(106, minute_ms + 41_000, "Vehicle.Speed", 2.0),
+            SampleRecord(107, minute_ms + 51_000, "Vehicle.Soc", 3.5),
+        ]
+        writer = await Store.open(settings)  # a receiver's store: with its staging tables
+        try:
+            merged = await writer.write([message("bus-5", late)])
+        finally:
+            await writer.close()
+        cur = await old.connection.execute(
+            b"SELECT seq, extract(epoch FROM ts - timestamptz '2024-05-14 12:00Z')::float8, signal, value"
+            b" FROM samples ORDER BY seq"
+        )
+        after_merge = await cur.fetchall()
+        cur = await old.connection.execute(
+            b"SELECT get_byte(code, 0) >= 128 FROM sample_blocks ORDER BY seq_min"
+        )
+        codes = [row[0] for row in await cur.fetchall()]
     finally:
         await old.close()
     # THEN every sample reads back as stored, and the block is in 0010's code (a 100 ms tick)
@@ -216,8 +240,13 @@ async def test_migration_10_codes_the_stored_blocks_again(pg_schema: Database) -
     assert tick == (100,)
     # AND 0012 found each signal's latest sample in the stored blocks
     assert kept == [(soc, 105, 1e300), (speed, 104, -0.75)]
-    # AND after 0013 the block is in runs (2 runs, 6 samples: head 8 bytes, counts, first ticks and
-    # base steps 1 byte each per run, no seq bytes (seq follows time), ts 2 and steps 1 byte per later
-    # sample) and every sample still reads back as stored
+    # AND after 0013 the block keeps 0010's code (first byte a width; per sample 1 byte of signal, none
+    # of seq (it follows time), 2 of ts, 1 of steps) and every sample still reads back as stored
     assert latest_rows == rows
-    assert run_code == (100, 8 + 2 * 3 + 0 + 4 * (2 + 1))
+    assert kept_code == (1, 6 + 6 * (1 + 0 + 2 + 1))
+    # AND the late message added its two new samples only, in a block of 0013's run code
+    assert merged.samples_inserted == 2
+    assert [(int(str(s)), float(str(t)), n, float(str(v))) for s, t, n, v in after_merge[6:]] == [
+        (106, 41.0, speed, 2.0), (107, 51.0, soc, 3.5),
+    ]  # fmt: skip
+    assert after_merge[:6] == rows and codes == [False, True]

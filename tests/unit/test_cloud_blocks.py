@@ -11,7 +11,7 @@ import numpy.typing as npt
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cloud.blocks import CODE_FIELDS, HEAD_BYTES, Blocks, GroupSamples, blocks_of, unrepeated
+from cloud.blocks import CODE_FIELDS, HEAD_BYTES, RUN_CODE, Blocks, GroupSamples, blocks_of, unrepeated
 from cloud.ingest import BatchMessage
 from protocols.topics import TopicKind, telemetry_topic
 from protocols.wire import Batch, SampleColumns, SampleRecord
@@ -53,7 +53,8 @@ def fields(blocks: Blocks, b: int) -> npt.NDArray[np.int64]:
     signals = blocks.signal_list[int(blocks.signal_count[:b].sum()) :][:runs].astype(np.int64)
     at = int(blocks.code_size[:b].sum())
     code = blocks.code[at : at + int(blocks.code_size[b])].astype(np.int64)
-    width, tick = code[:CODE_FIELDS].tolist(), int(code[6] | code[7] << 8)
+    assert code[0] & RUN_CODE
+    width, tick = (code[:CODE_FIELDS] & ~RUN_CODE).tolist(), int(code[6] | code[7] << 8)
     entries = [runs, runs, runs, n, n - runs, n - runs]
     assert len(code) == HEAD_BYTES + sum(w * e for w, e in zip(width, entries, strict=True))
     plane = HEAD_BYTES
