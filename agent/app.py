@@ -66,13 +66,14 @@ from agent.records import SEVERITIES, Alert, Frame, Prediction, Sample
 from agent.settings import AgentSettings
 from agent.sources.can import CanSource
 from agent.sources.gps import GpsSource
-from agent.sources.replay import ReplayFrameQueue, ReplaySource, TallyQueue, position_mark
+from agent.sources.replay import CHUNK_FRAMES, ReplayFrameQueue, ReplaySource, TallyQueue, position_mark
 from agent.uplink import Uplink, filter_closed_socket_watchers
 from protocols.catalog import Catalog
 from protocols.j1939 import Dm1
 
 log = logging.getLogger(__name__)
 _Q = TypeVar("_Q")
+FrameQueue = asyncio.Queue[Frame] | asyncio.Queue[list[Frame]]  # a live bus's frames, a replay's chunks
 
 SYSTEMD_TIMEOUT_STOP_S: Final = 30.0
 """`TimeoutStopSec=` of systemd/voltgate-agent.service; the stop stages below must fit inside it."""
@@ -95,6 +96,7 @@ class StopTimeouts:
 
 STOP_TIMEOUTS: Final = StopTimeouts()
 FRAME_QUEUE_MAX: Final = 20_000  # per bus: ~5 s of a fully loaded 500 kbit/s bus
+REPLAY_QUEUE_CHUNKS: Final = max(2, FRAME_QUEUE_MAX // CHUNK_FRAMES)  # per replay, in chunks of frames
 SAMPLE_QUEUE_MAX: Final = 100_000
 DERIVED_QUEUE_MAX: Final = 1_000
 TAP_QUEUE_MAX: Final = 50_000  # per tap: what inference or alerts may lag behind the committer
@@ -196,9 +198,8 @@ class Agent:
         self.uplink = uplink = Uplink(
             settings.uplink, settings.vehicle_id, self.buffer, quanta, on_desired=fleet.offer
         )
-        frame_sources: list[tuple[str, CanSource | ReplaySource]] = [
-            (bus.name, CanSource(bus, catalogs[bus.name])) for bus in settings.can
-        ]
+        can_sources = [(bus.name, CanSource(bus, catalogs[bus.name])) for bus in settings.can]
+        replays: list[tuple[str, ReplaySource]] = []
         names = [bus.name for bus in settings.can] + [log_.name for log_ in settings.replay]
         alerts, inference = self._build_analysis()
         self.alert_stage, self.inference_stage = alerts, inference
@@ -211,16 +212,18 @@ class Agent:
             self.replay_samples[log_.name] = replay_samples
             self._relayed[log_.name] = deque()
             self.replay_queues[log_.name] = ReplayFrameQueue(
-                FRAME_QUEUE_MAX, replay_samples, start_position=position
+                REPLAY_QUEUE_CHUNKS, replay_samples, start_position=position
             )
             dtcs = alerts.dtc_alerts(log_.name) if alerts is not None else None
             warm_up = _policy_warm_up(decoders[log_.name], dtcs)
             replay = ReplaySource(log_, catalogs[log_.name], start_position=position, warm_up=warm_up)
-            frame_sources.append((log_.name, replay))
+            replays.append((log_.name, replay))
         gps = GpsSource(settings.gps, catalogs["gps"]) if settings.gps.enabled else None
-        frame_queues: dict[str, asyncio.Queue[Frame]] = {
-            name: self.replay_queues.get(name) or asyncio.Queue(FRAME_QUEUE_MAX) for name, _ in frame_sources
+        bus_queues: dict[str, asyncio.Queue[Frame]] = {
+            name: asyncio.Queue(FRAME_QUEUE_MAX) for name, _ in can_sources
         }
+        frame_queues: dict[str, FrameQueue] = {**bus_queues, **self.replay_queues}
+        frame_sources: list[tuple[str, CanSource | ReplaySource]] = [*can_sources, *replays]
         kinds: dict[str, SourceKind] = {bus.name: "live" for bus in settings.can}
         kinds.update({log_.name: "replay" for log_ in settings.replay})
         if gps is not None:
@@ -250,8 +253,14 @@ class Agent:
         try:
             async with asyncio.TaskGroup() as group:
                 source_tasks = [
-                    group.create_task(_survive(name, source.run(frame_queues[name])), name=f"source:{name}")
-                    for name, source in frame_sources
+                    group.create_task(_survive(name, source.run(bus_queues[name])), name=f"source:{name}")
+                    for name, source in can_sources
+                ]
+                source_tasks += [
+                    group.create_task(
+                        _survive(name, source.run(self.replay_queues[name])), name=f"source:{name}"
+                    )
+                    for name, source in replays
                 ]
                 if gps is not None:
                     source_tasks.append(
@@ -456,7 +465,7 @@ class Agent:
         frame_sources: Iterable[tuple[str, _StatsSource]],
         decoders: Mapping[str, _StatsDecoder],
         gps: _StatsSource | None,
-        frame_queues: Mapping[str, asyncio.Queue[Frame]],
+        frame_queues: Mapping[str, FrameQueue],
     ) -> None:
         sync = self._sync
         while True:
@@ -631,9 +640,7 @@ async def _contained(stage: str, work: Awaitable[None]) -> None:
         log.exception("stage %s stopped", stage)
 
 
-async def _drain(
-    frame_queues: Iterable[asyncio.Queue[Frame]], sample_queues: Iterable[asyncio.Queue[Sample]]
-) -> None:
+async def _drain(frame_queues: Iterable[FrameQueue], sample_queues: Iterable[asyncio.Queue[Sample]]) -> None:
     """The frame queues through the decoders, then the sources' samples through the clock gates."""
     await asyncio.gather(*(queue.join() for queue in frame_queues))
     await asyncio.gather(*(queue.join() for queue in sample_queues))
