@@ -154,6 +154,7 @@ class Agent:
         self.fleet: FleetControl | None = None
         self._stop = asyncio.Event()
         self._committer_stop = asyncio.Event()
+        self._commit_now = asyncio.Event()  # commit without waiting for the interval, then send at once
         self._sync = _CounterSync()
         self._last_buffer_stats = 0.0
         self.inference_tap: asyncio.Queue[Sample] | None = None
@@ -257,9 +258,7 @@ class Agent:
                     for name, source in can_sources
                 ]
                 source_tasks += [
-                    group.create_task(
-                        _survive(name, source.run(self.replay_queues[name])), name=f"source:{name}"
-                    )
+                    group.create_task(self._replay(name, source), name=f"source:{name}")
                     for name, source in replays
                 ]
                 if gps is not None:
@@ -322,6 +321,7 @@ class Agent:
                     stage.stop()
                     await _finish(task.get_name(), [task], timeout_s)
                 self._committer_stop.set()
+                self._commit_now.set()
                 await _finish("final commit", [committer, derived], t.commit_s)
                 uplink.stop(t.publish_s)
                 await _finish("uplink", [uplink_task], t.publish_s + t.disconnect_s)
@@ -422,7 +422,9 @@ class Agent:
             stopping = self._committer_stop.is_set()
             if not stopping:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._committer_stop.wait(), timeout=interval)
+                    await asyncio.wait_for(self._commit_now.wait(), timeout=interval)
+            now = self._commit_now.is_set() and not self._committer_stop.is_set()
+            self._commit_now.clear()
             batch = _drain_now(self.samples, SAMPLE_QUEUE_MAX)
             marks = self._replay_marks()  # before any await: it must describe exactly this batch
             if batch or marks:  # the clock gates have tapped the plausible samples
@@ -430,9 +432,21 @@ class Agent:
                 metrics.SAMPLES_BUFFERED.inc(written)
                 if written:
                     uplink.notify()
+            if now:
+                uplink.send_now()
             self.health.beat()
             if stopping and self.samples.empty():
                 return
+
+    async def _replay(self, name: str, source: ReplaySource) -> None:
+        """Play a replay; once its whole log has passed the decoder and the clock gate, commit and send at
+        once: no more frames come, so waiting for the commit interval and the batch age only adds delay."""
+        frames = self.replay_queues[name]
+        await _survive(name, source.run(frames))
+        if source.finished:
+            await frames.join()
+            await self.replay_samples[name].join()
+            self._commit_now.set()
 
     def _replay_marks(self) -> dict[str, int]:
         taken = self.samples.taken_total

@@ -141,6 +141,8 @@ class FrameDecoder:
         self._samplers = samplers
         self._repeats: dict[FramePlan, _Repeat] = {}
         self._masks: dict[FramePlan, int] = {}  # `payload_mask` of each plan remembered
+        # per signal: [start, end) in which its sampler refuses any value (None: no kept value yet)
+        self._refusing: dict[str, tuple[float, float] | None] = {}
         # per plan: (start, end, what is due): in [start, end) the samplers refuse every value of the
         # plan's signals left out of "what is due" (a plan of its other signals; None: no signal is due)
         self._due: dict[FramePlan, _Due] = {}
@@ -203,6 +205,7 @@ class FrameDecoder:
 
     def kept(self, name: str) -> None:
         """Signal `name`'s sampler kept a value: the windows of the frames carrying it end."""
+        self._refusing.pop(name, None)
         for plan in self._plans_of_signal.get(name, ()):
             self._repeats.pop(plan, None)
             self._due.pop(plan, None)
@@ -225,8 +228,13 @@ class FrameDecoder:
         assert self._samplers is not None
         self._register(plan)
         start, end, left_out = -math.inf, math.inf, 0
+        refusing = self._refusing
         for bit, signal in enumerate(plan.signals):
-            window = self._samplers[signal.spec.name].refusal_window(math.nan)  # NaN: no deadband holds
+            name = signal.spec.name
+            if name in refusing:
+                window = refusing[name]
+            else:  # NaN: a value no deadband holds
+                refusing[name] = window = self._samplers[name].refusal_window(math.nan)
             if window is not None and window[0] <= ts < window[1]:
                 left_out |= 1 << bit
                 start, end = max(start, window[0]), min(end, window[1])
