@@ -188,7 +188,7 @@ class FrameDecoder:
             ts = frame.ts
             due = self._due.get(plan)
             if due is None or not due[0] <= ts < due[1]:
-                due = self._due_at(plan, ts)
+                due = self.due_at(plan, ts)
             if due[2] is None:  # every value refused, whatever the payload
                 return NOT_DUE
             plan = due[2]
@@ -196,7 +196,7 @@ class FrameDecoder:
             data, "little"
         ) & repeat.mask:
             if repeat.end is None:
-                self._window(repeat)
+                self.settle(repeat)
             if repeat.start <= frame.ts < repeat.end:  # type: ignore[operator]  # every value refused again
                 return NOT_DUE
         if plan.fast:  # the hot path: no further call
@@ -220,7 +220,7 @@ class FrameDecoder:
         whose bits the frame repeats. All are live."""
         return self._plans, self._due, self._repeats
 
-    def _due_at(self, plan: FramePlan, ts: float) -> _Due:
+    def due_at(self, plan: FramePlan, ts: float) -> _Due:
         """What of `plan` is due at `ts`: its signals whose samplers would not refuse any value then (a
         signal is refused whatever its value while its minimum interval, or heartbeat when shorter, runs
         since its last kept value), and the span around `ts` in which the others stay refused. Noted
@@ -269,7 +269,8 @@ class FrameDecoder:
         self._repeats[plan] = _Repeat(bits, mask, decoded.values)  # its window: when a repeat comes
         self._register(plan)
 
-    def _window(self, repeat: _Repeat) -> None:
+    def settle(self, repeat: _Repeat) -> None:
+        """Compute `repeat`'s window (once a repeat of its bits comes)."""
         assert self._samplers is not None
         start, end = -math.inf, math.inf
         for spec, value in repeat.values:
@@ -493,8 +494,11 @@ class Decoder:
 
     def process_chunk(self, frames: Sequence[Frame]) -> tuple[list[Sample], list[tuple[int, int]]]:
         """`process` over `frames` in order: their samples, and after each frame that yielded some, (frames
-        through so far, samples so far). A frame the time test shows not due costs no call; never raises."""
-        plans, due, repeats = self._decoder.due_tables()
+        through so far, samples so far). The not-due tests of `FrameDecoder.decode` run inline here, so a
+        frame that is not due costs no call; never raises."""
+        decoder = self._decoder
+        plans, due, repeats = decoder.due_tables()
+        narrow = self._narrow
         samples: list[Sample] = []
         ends: list[tuple[int, int]] = []
         not_due = 0
@@ -503,29 +507,36 @@ class Decoder:
             index += 1
             _, ts, frame_id, extended, data, error, remote = frame
             plan = plans.get(frame_id)
-            if plan is not None and plan.by_mux is not None and len(data) >= plan.length:
-                plan = mux_plan(plan, data)  # the plan of its multiplexer value (None: unknown)
             if (
-                plan is not None
-                and (window := due.get(plan)) is not None
-                and window[0] <= ts < window[1]
+                narrow
+                and plan is not None
                 and plan.is_extended == extended
                 and not (error or remote)
                 and len(data) >= plan.length
             ):
-                left = window[2]  # the plan of the signals due: none, or not if they repeat (`decode`)
-                if left is None:
-                    not_due += 1
-                    continue
-                repeat = repeats.get(left)
-                if (
-                    repeat is not None
-                    and repeat.end is not None
-                    and repeat.start <= ts < repeat.end
-                    and repeat.bits == int.from_bytes(data, "little") & repeat.mask
-                ):
-                    not_due += 1
-                    continue
+                if plan.by_mux is not None:
+                    plan = mux_plan(plan, data)  # the plan of its multiplexer value (None: unknown)
+                if plan is not None:
+                    window = due.get(plan)
+                    if window is None or not window[0] <= ts < window[1]:
+                        window = decoder.due_at(plan, ts)
+                    left = window[2]  # the plan of the signals due: none, or not if they repeat
+                    if left is None:
+                        not_due += 1
+                        continue
+                    repeat = repeats.get(left)
+                    if repeat is not None and repeat.bits == int.from_bytes(data, "little") & repeat.mask:
+                        if repeat.end is None:
+                            decoder.settle(repeat)
+                        if repeat.start <= ts < repeat.end:  # type: ignore[operator]  # settled
+                            not_due += 1
+                            continue
+                    if left.fast:  # what `process` would do from here, without looking the plan up again
+                        got = self._process_due(frame, left)
+                        if got:
+                            samples += got
+                            ends.append((index, len(samples)))
+                        continue
             got = self._process_guarded(frame)
             if got:
                 samples += got
@@ -603,6 +614,20 @@ class Decoder:
                     before = samples_done
                 halt(frames_through, put - samples_through)
             raise
+
+    def _process_due(self, frame: Frame, plan: FramePlan) -> list[Sample]:
+        """`process` of a frame whose plan of the signals due is `plan` (fast), not skipped."""
+        try:
+            self.stats.frames_in += 1
+            decoded = _decode_fields(plan, frame.data)
+            samples = self._keep(frame, decoded)
+            if decoded.values:
+                self._decoder.remember(decoded, frame.data)
+            return samples
+        except Exception:  # a bug must cost one frame, not the stage
+            self._skip(SkipKind.UNDECODABLE, frame, 1)
+            log.exception("bus %s: decoding frame 0x%X failed", self.bus, frame.arbitration_id)
+            return []
 
     def _process_guarded(self, frame: Frame) -> list[Sample]:
         try:
