@@ -489,7 +489,9 @@ class Agent:
                 self.health.note_source(name, stats.frames + stats.dropped)
                 sync.set(metrics.QUEUE_DROPS, (f"frames:{name}",), stats.dropped)
                 sync.set(metrics.SOURCE_RECONNECTS, (name,), stats.reconnects)
-                metrics.QUEUE_DEPTH.labels(f"frames:{name}").set(frame_queues[name].qsize())
+                queue = frame_queues[name]
+                depth = queue.frames_queued if isinstance(queue, ReplayFrameQueue) else queue.qsize()
+                metrics.QUEUE_DEPTH.labels(f"frames:{name}").set(depth)
             for name, decoder in decoders.items():
                 dstats = decoder.stats
                 sync.set(metrics.FRAMES_DECODED, (name,), dstats.frames_decoded)

@@ -106,11 +106,23 @@ class ReplayFrameQueue(asyncio.Queue[list[Frame]]):
         self._position = start_position  # frames of the log fully through the decoder
         self._noted: deque[tuple[int, int]] = deque()  # (position, samples put by then), increasing
         self._lengths: deque[int] = deque()  # frames of each chunk put and not done yet, in order
+        self._frames_queued = 0
         self._halted = False
+
+    @property
+    def frames_queued(self) -> int:
+        """Frames in the chunks waiting in the queue (`qsize()` counts chunks)."""
+        return self._frames_queued
 
     def _put(self, item: list[Frame]) -> None:
         super()._put(item)
         self._lengths.append(len(item))
+        self._frames_queued += len(item)
+
+    def _get(self) -> list[Frame]:
+        item = super()._get()
+        self._frames_queued -= len(item)
+        return item
 
     def halt(self, frames: int = 0, samples_beyond: int = 0) -> None:
         """The consumer was cut short in the middle of a chunk (cancelled), after its first `frames` frames

@@ -499,8 +499,10 @@ async def test_replay_position_counts_the_frames_of_a_chunk_cut_short_whose_samp
     frames.put_nowait(
         [Frame("replay", T0, frame_id, extended, data), Frame("replay", later, frame_id, extended, data)]
     )
+    assert frames.qsize() == 1 and frames.frames_queued == 2  # one chunk, two frames (the depth metric)
     task = asyncio.create_task(decoder.run(frames, samples))
     await eventually(lambda: samples.full(), "the decoder to wait with the second frame half-delivered")
+    assert frames.frames_queued == 0
     # WHEN the decoder is cancelled there
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
