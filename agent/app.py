@@ -25,8 +25,12 @@ A bus's DM1 reports (for the DTC alerts, `agent.diagnostics`) pass the same gate
 clock judging two places of one stream would misjudge a fast replay. Implausible ones are counted like
 samples and never reach the alerts (the ECU repeats its DM1 every second).
 
-Queues are bounded. Sources never wait: a full `frames:{bus}` queue drops the frame and the source counts
+Queues are bounded. Live buses never wait: a full `frames:{bus}` queue drops the frame and the source counts
 it (`voltgate_queue_drops{queue="frames:…"}`); the decoder and the committer apply backpressure upstream.
+A replay hands its decoder chunks of frames (one queue item per chunk of up to `CHUNK_FRAMES`, bounded in
+chunks to about `FRAME_QUEUE_MAX` frames) and waits for room: it loses nothing. Once a replay's whole log has
+passed its decoder and clock gate, the committer commits at once and the uplink sends at once (the end-to-end
+time of a replay does not wait for `commit_interval_s` and `batch_max_age_s`).
 The taps never hold the committer back either: a full tap drops the sample (`{queue="tap:…"}`).
 A replay's frame queue and the sample queue count what passes, so each commit also records, in the same
 transaction, the replay position its samples reach (`replay:<name>`; see `agent.sources.replay`), and a

@@ -78,7 +78,7 @@ class SkipKind(StrEnum):
     DM1_MALFORMED = "dm1_malformed"
 
 
-RUN_BATCH = 256  # frames `Decoder.run` takes from its inbox at once
+RUN_BATCH = 256  # frames `Decoder.run` takes from a live bus's inbox at once
 MAX_MATCHED_IDS = 4096  # J1939 identifiers kept in the exact-id table; beyond, matched per frame
 
 
@@ -374,7 +374,7 @@ class DecodeStats:
 
     frames_in: int = 0
     frames_decoded: int = 0  # frames that yielded at least one in-range catalog value
-    frames_not_due: int = 0  # repeated frames not decoded: the sampling policy would refuse all their values
+    frames_not_due: int = 0  # frames not decoded: the sampling policy would refuse all their values
     skipped: dict[str, int] = field(
         default_factory=lambda: {kind.value: 0 for kind in (*SkipKind, *TransportProblem)}
     )
