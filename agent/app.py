@@ -25,8 +25,12 @@ A bus's DM1 reports (for the DTC alerts, `agent.diagnostics`) pass the same gate
 clock judging two places of one stream would misjudge a fast replay. Implausible ones are counted like
 samples and never reach the alerts (the ECU repeats its DM1 every second).
 
-Queues are bounded. Sources never wait: a full `frames:{bus}` queue drops the frame and the source counts
+Queues are bounded. Live buses never wait: a full `frames:{bus}` queue drops the frame and the source counts
 it (`voltgate_queue_drops{queue="frames:…"}`); the decoder and the committer apply backpressure upstream.
+A replay hands its decoder chunks of frames (one queue item per chunk of up to `CHUNK_FRAMES`, bounded in
+chunks to about `FRAME_QUEUE_MAX` frames) and waits for room: it loses nothing. Once a replay's whole log has
+passed its decoder and clock gate, the committer commits at once and the uplink sends at once (the end-to-end
+time of a replay does not wait for `commit_interval_s` and `batch_max_age_s`).
 The taps never hold the committer back either: a full tap drops the sample (`{queue="tap:…"}`).
 A replay's frame queue and the sample queue count what passes, so each commit also records, in the same
 transaction, the replay position its samples reach (`replay:<name>`; see `agent.sources.replay`), and a
@@ -66,13 +70,14 @@ from agent.records import SEVERITIES, Alert, Frame, Prediction, Sample
 from agent.settings import AgentSettings
 from agent.sources.can import CanSource
 from agent.sources.gps import GpsSource
-from agent.sources.replay import ReplayFrameQueue, ReplaySource, TallyQueue, position_mark
+from agent.sources.replay import CHUNK_FRAMES, ReplayFrameQueue, ReplaySource, TallyQueue, position_mark
 from agent.uplink import Uplink, filter_closed_socket_watchers
 from protocols.catalog import Catalog
 from protocols.j1939 import Dm1
 
 log = logging.getLogger(__name__)
 _Q = TypeVar("_Q")
+FrameQueue = asyncio.Queue[Frame] | asyncio.Queue[list[Frame]]  # a live bus's frames, a replay's chunks
 
 SYSTEMD_TIMEOUT_STOP_S: Final = 30.0
 """`TimeoutStopSec=` of systemd/voltgate-agent.service; the stop stages below must fit inside it."""
@@ -95,6 +100,7 @@ class StopTimeouts:
 
 STOP_TIMEOUTS: Final = StopTimeouts()
 FRAME_QUEUE_MAX: Final = 20_000  # per bus: ~5 s of a fully loaded 500 kbit/s bus
+REPLAY_QUEUE_CHUNKS: Final = max(2, FRAME_QUEUE_MAX // CHUNK_FRAMES)  # per replay, in chunks of frames
 SAMPLE_QUEUE_MAX: Final = 100_000
 DERIVED_QUEUE_MAX: Final = 1_000
 TAP_QUEUE_MAX: Final = 50_000  # per tap: what inference or alerts may lag behind the committer
@@ -152,6 +158,7 @@ class Agent:
         self.fleet: FleetControl | None = None
         self._stop = asyncio.Event()
         self._committer_stop = asyncio.Event()
+        self._commit_now = asyncio.Event()  # commit without waiting for the interval, then send at once
         self._sync = _CounterSync()
         self._last_buffer_stats = 0.0
         self.inference_tap: asyncio.Queue[Sample] | None = None
@@ -196,9 +203,8 @@ class Agent:
         self.uplink = uplink = Uplink(
             settings.uplink, settings.vehicle_id, self.buffer, quanta, on_desired=fleet.offer
         )
-        frame_sources: list[tuple[str, CanSource | ReplaySource]] = [
-            (bus.name, CanSource(bus, catalogs[bus.name])) for bus in settings.can
-        ]
+        can_sources = [(bus.name, CanSource(bus, catalogs[bus.name])) for bus in settings.can]
+        replays: list[tuple[str, ReplaySource]] = []
         names = [bus.name for bus in settings.can] + [log_.name for log_ in settings.replay]
         alerts, inference = self._build_analysis()
         self.alert_stage, self.inference_stage = alerts, inference
@@ -211,16 +217,18 @@ class Agent:
             self.replay_samples[log_.name] = replay_samples
             self._relayed[log_.name] = deque()
             self.replay_queues[log_.name] = ReplayFrameQueue(
-                FRAME_QUEUE_MAX, replay_samples, start_position=position
+                REPLAY_QUEUE_CHUNKS, replay_samples, start_position=position
             )
             dtcs = alerts.dtc_alerts(log_.name) if alerts is not None else None
             warm_up = _policy_warm_up(decoders[log_.name], dtcs)
             replay = ReplaySource(log_, catalogs[log_.name], start_position=position, warm_up=warm_up)
-            frame_sources.append((log_.name, replay))
+            replays.append((log_.name, replay))
         gps = GpsSource(settings.gps, catalogs["gps"]) if settings.gps.enabled else None
-        frame_queues: dict[str, asyncio.Queue[Frame]] = {
-            name: self.replay_queues.get(name) or asyncio.Queue(FRAME_QUEUE_MAX) for name, _ in frame_sources
+        bus_queues: dict[str, asyncio.Queue[Frame]] = {
+            name: asyncio.Queue(FRAME_QUEUE_MAX) for name, _ in can_sources
         }
+        frame_queues: dict[str, FrameQueue] = {**bus_queues, **self.replay_queues}
+        frame_sources: list[tuple[str, CanSource | ReplaySource]] = [*can_sources, *replays]
         kinds: dict[str, SourceKind] = {bus.name: "live" for bus in settings.can}
         kinds.update({log_.name: "replay" for log_ in settings.replay})
         if gps is not None:
@@ -250,8 +258,12 @@ class Agent:
         try:
             async with asyncio.TaskGroup() as group:
                 source_tasks = [
-                    group.create_task(_survive(name, source.run(frame_queues[name])), name=f"source:{name}")
-                    for name, source in frame_sources
+                    group.create_task(_survive(name, source.run(bus_queues[name])), name=f"source:{name}")
+                    for name, source in can_sources
+                ]
+                source_tasks += [
+                    group.create_task(self._replay(name, source), name=f"source:{name}")
+                    for name, source in replays
                 ]
                 if gps is not None:
                     source_tasks.append(
@@ -313,6 +325,7 @@ class Agent:
                     stage.stop()
                     await _finish(task.get_name(), [task], timeout_s)
                 self._committer_stop.set()
+                self._commit_now.set()
                 await _finish("final commit", [committer, derived], t.commit_s)
                 uplink.stop(t.publish_s)
                 await _finish("uplink", [uplink_task], t.publish_s + t.disconnect_s)
@@ -413,7 +426,9 @@ class Agent:
             stopping = self._committer_stop.is_set()
             if not stopping:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._committer_stop.wait(), timeout=interval)
+                    await asyncio.wait_for(self._commit_now.wait(), timeout=interval)
+            now = self._commit_now.is_set() and not self._committer_stop.is_set()
+            self._commit_now.clear()
             batch = _drain_now(self.samples, SAMPLE_QUEUE_MAX)
             marks = self._replay_marks()  # before any await: it must describe exactly this batch
             if batch or marks:  # the clock gates have tapped the plausible samples
@@ -421,9 +436,21 @@ class Agent:
                 metrics.SAMPLES_BUFFERED.inc(written)
                 if written:
                     uplink.notify()
+            if now:
+                uplink.send_now()
             self.health.beat()
             if stopping and self.samples.empty():
                 return
+
+    async def _replay(self, name: str, source: ReplaySource) -> None:
+        """Play a replay; once its whole log has passed the decoder and the clock gate, commit and send at
+        once: no more frames come, so waiting for the commit interval and the batch age only adds delay."""
+        frames = self.replay_queues[name]
+        await _survive(name, source.run(frames))
+        if source.finished:
+            await frames.join()
+            await self.replay_samples[name].join()
+            self._commit_now.set()
 
     def _replay_marks(self) -> dict[str, int]:
         taken = self.samples.taken_total
@@ -456,7 +483,7 @@ class Agent:
         frame_sources: Iterable[tuple[str, _StatsSource]],
         decoders: Mapping[str, _StatsDecoder],
         gps: _StatsSource | None,
-        frame_queues: Mapping[str, asyncio.Queue[Frame]],
+        frame_queues: Mapping[str, FrameQueue],
     ) -> None:
         sync = self._sync
         while True:
@@ -466,7 +493,9 @@ class Agent:
                 self.health.note_source(name, stats.frames + stats.dropped)
                 sync.set(metrics.QUEUE_DROPS, (f"frames:{name}",), stats.dropped)
                 sync.set(metrics.SOURCE_RECONNECTS, (name,), stats.reconnects)
-                metrics.QUEUE_DEPTH.labels(f"frames:{name}").set(frame_queues[name].qsize())
+                queue = frame_queues[name]
+                depth = queue.frames_queued if isinstance(queue, ReplayFrameQueue) else queue.qsize()
+                metrics.QUEUE_DEPTH.labels(f"frames:{name}").set(depth)
             for name, decoder in decoders.items():
                 dstats = decoder.stats
                 sync.set(metrics.FRAMES_DECODED, (name,), dstats.frames_decoded)
@@ -631,9 +660,7 @@ async def _contained(stage: str, work: Awaitable[None]) -> None:
         log.exception("stage %s stopped", stage)
 
 
-async def _drain(
-    frame_queues: Iterable[asyncio.Queue[Frame]], sample_queues: Iterable[asyncio.Queue[Sample]]
-) -> None:
+async def _drain(frame_queues: Iterable[FrameQueue], sample_queues: Iterable[asyncio.Queue[Sample]]) -> None:
     """The frame queues through the decoders, then the sources' samples through the clock gates."""
     await asyncio.gather(*(queue.join() for queue in frame_queues))
     await asyncio.gather(*(queue.join() for queue in sample_queues))

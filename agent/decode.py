@@ -27,12 +27,20 @@ value, a value outside the DBC's [minimum, maximum] or not finite ("out_of_range
 adds a DM1 payload off its layout ("dm1_malformed") and the transport problems of
 `agent.j1939.TransportProblem` ("tp_timeout", "tp_sequence", ...).
 
-Most frames repeat the payload their id carried last, with values the sampling policy refuses until a
-minimum interval or a heartbeat has passed. After decoding a frame, `Decoder` notes for how long the
-samplers would refuse every value of it again (`SignalSampler.refusal_window`); a frame of the same plan
-with the same payload inside that window is not decoded at all (`DecodeStats.frames_not_due`). A kept value
-of any of its signals ends the window. The samples kept are the same (tests/integration/test_due_skip.py
-compares recorded hours); the value counters (`values_decoded`, `out_of_range`, ...) count decoded frames.
+Most frames carry nothing the sampling policy keeps at that moment; they are not decoded at all
+(`DecodeStats.frames_not_due`), which the decoder tells from the frame's id and timestamp, or from its
+payload as well:
+
+* by time: while every signal of a plan is inside its minimum interval (or heartbeat, when shorter) since
+  its last kept value, the samplers refuse any value (`SignalSampler.refusal_window` of a value that
+  matches nothing), so a frame of that plan stamped in that window is skipped without reading its payload;
+* by payload: a frame repeating the payload its plan carried last is skipped inside the window where the
+  samplers refuse all of those values again (deadbands reach to the heartbeat there).
+
+A kept value of any signal of a plan ends both windows. The samples kept are the same
+(tests/integration/test_due_skip.py compares recorded hours); the value counters (`values_decoded`,
+`out_of_range`, ...) count decoded frames. `Decoder.process_chunk` runs the time test inline over a list of
+frames (a replay's chunk) and calls `process` only for the frames it cannot skip.
 """
 
 from __future__ import annotations
@@ -41,8 +49,8 @@ import asyncio
 import csv
 import logging
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TextIO
@@ -70,7 +78,7 @@ class SkipKind(StrEnum):
     DM1_MALFORMED = "dm1_malformed"
 
 
-RUN_BATCH = 256  # frames `Decoder.run` takes from its inbox at once
+RUN_BATCH = 256  # frames `Decoder.run` takes from a live bus's inbox at once
 MAX_MATCHED_IDS = 4096  # J1939 identifiers kept in the exact-id table; beyond, matched per frame
 
 
@@ -85,15 +93,35 @@ class Decoded:
 
 
 class _Repeat:
-    """A plan's last decoded payload and values, and (once a repeat asks) the window `[start, end)` in
-    which the samplers refuse all of those values."""
+    """A plan's last decoded bits (the payload's bits of its signals, read little-endian, under `mask`) and
+    values, and (once a repeat asks) the window `[start, end)` in which the samplers refuse all of those
+    values."""
 
-    __slots__ = ("data", "end", "start", "values")
+    __slots__ = ("bits", "end", "mask", "start", "values")
 
-    def __init__(self, data: bytes, values: tuple[tuple[SignalSpec, float], ...]) -> None:
-        self.data, self.values = data, values
+    def __init__(self, bits: int, mask: int, values: tuple[tuple[SignalSpec, float], ...]) -> None:
+        self.bits, self.mask, self.values = bits, mask, values
         self.start: float = math.inf
         self.end: float | None = None
+
+
+def payload_mask(plan: FramePlan) -> int:
+    """The bits of a payload (read little-endian) that hold `plan`'s signals: frames equal under it decode
+    to the same values. Every bit of the message for a plan cantools decodes."""
+    if not plan.fast:
+        return (1 << 8 * plan.length) - 1
+    mask = 0
+    for signal in plan.signals:
+        field = signal.field
+        assert field is not None  # plan.fast
+        bits = field.mask << field.shift
+        if field.big_endian:  # the same bytes, read the other way round
+            bits = int.from_bytes(bits.to_bytes(plan.length, "big"), "little")
+        mask |= bits
+    return mask
+
+
+_Due = tuple[float, float, FramePlan | None]
 
 
 class FrameDecoder:
@@ -112,6 +140,13 @@ class FrameDecoder:
         self._plans: dict[int, FramePlan] = {}  # exact ids, and J1939 ids once matched
         self._samplers = samplers
         self._repeats: dict[FramePlan, _Repeat] = {}
+        self._masks: dict[FramePlan, int] = {}  # `payload_mask` of each plan remembered
+        # per signal: [start, end) in which its sampler refuses any value (None: no kept value yet)
+        self._refusing: dict[str, tuple[float, float] | None] = {}
+        # per plan: (start, end, what is due): in [start, end) the samplers refuse every value of the
+        # plan's signals left out of "what is due" (a plan of its other signals; None: no signal is due)
+        self._due: dict[FramePlan, _Due] = {}
+        self._subplans: dict[tuple[FramePlan, int], FramePlan] = {}  # (plan, signals left out) → plan
         self._plans_of_signal: dict[str, list[FramePlan]] = {}
         self._registered: set[FramePlan] = set()
         self._by_pgn: dict[int, list[FrameSpec]] = {}
@@ -149,9 +184,19 @@ class FrameDecoder:
             if selected is None:
                 return _SKIPPED[SkipKind.UNKNOWN_MUX]
             plan = selected
-        if (repeat := self._repeats.get(plan)) is not None and repeat.data == data:
+        if self._samplers is not None:
+            ts = frame.ts
+            due = self._due.get(plan)
+            if due is None or not due[0] <= ts < due[1]:
+                due = self.due_at(plan, ts)
+            if due[2] is None:  # every value refused, whatever the payload
+                return NOT_DUE
+            plan = due[2]
+        if (repeat := self._repeats.get(plan)) is not None and repeat.bits == int.from_bytes(
+            data, "little"
+        ) & repeat.mask:
             if repeat.end is None:
-                self._window(repeat)
+                self.settle(repeat)
             if repeat.start <= frame.ts < repeat.end:  # type: ignore[operator]  # every value refused again
                 return NOT_DUE
         if plan.fast:  # the hot path: no further call
@@ -160,8 +205,56 @@ class FrameDecoder:
 
     def kept(self, name: str) -> None:
         """Signal `name`'s sampler kept a value: the windows of the frames carrying it end."""
+        self._refusing.pop(name, None)
         for plan in self._plans_of_signal.get(name, ()):
             self._repeats.pop(plan, None)
+            self._due.pop(plan, None)
+
+    def due_tables(
+        self,
+    ) -> tuple[Mapping[int, FramePlan], Mapping[FramePlan, _Due], Mapping[FramePlan, _Repeat]]:
+        """The exact-id plans, the time windows and the repeats of `decode`'s skip, for a caller's inline
+        test (`Decoder.process_chunk`): a frame of a known id, neither error nor remote, of its plan's id
+        width and at least its length, stamped inside a window of its plan, is not due when nothing of it is
+        due, or when the plan of what is due has a repeat whose window (once computed) holds the stamp and
+        whose bits the frame repeats. All are live."""
+        return self._plans, self._due, self._repeats
+
+    def due_at(self, plan: FramePlan, ts: float) -> _Due:
+        """What of `plan` is due at `ts`: its signals whose samplers would not refuse any value then (a
+        signal is refused whatever its value while its minimum interval, or heartbeat when shorter, runs
+        since its last kept value), and the span around `ts` in which the others stay refused. Noted
+        until a kept value of one of its signals (`kept`). Decoding more signals than due is harmless."""
+        assert self._samplers is not None
+        self._register(plan)
+        start, end, left_out = -math.inf, math.inf, 0
+        refusing = self._refusing
+        for bit, signal in enumerate(plan.signals):
+            name = signal.spec.name
+            if name in refusing:
+                window = refusing[name]
+            else:  # NaN: a value no deadband holds
+                refusing[name] = window = self._samplers[name].refusal_window(math.nan)
+            if window is not None and window[0] <= ts < window[1]:
+                left_out |= 1 << bit
+                start, end = max(start, window[0]), min(end, window[1])
+        due: FramePlan | None = plan
+        if left_out == (1 << len(plan.signals)) - 1:
+            due = None
+        elif left_out:
+            key = (plan, left_out)
+            due = self._subplans.get(key)
+            if due is None:
+                kept = tuple(s for bit, s in enumerate(plan.signals) if not left_out >> bit & 1)
+                self._subplans[key] = due = replace(plan, signals=kept)
+        self._due[plan] = noted = (start, end, due)
+        return noted
+
+    def _register(self, plan: FramePlan) -> None:
+        if plan not in self._registered:
+            self._registered.add(plan)
+            for signal in plan.signals:
+                self._plans_of_signal.setdefault(signal.spec.name, []).append(plan)
 
     def remember(self, decoded: Decoded, data: bytes) -> None:
         """After `decoded` (of a frame with payload `data`) went through the samplers: until when they
@@ -169,13 +262,21 @@ class FrameDecoder:
         plan = decoded.plan
         if self._samplers is None or not isinstance(plan, FramePlan):
             return
-        self._repeats[plan] = _Repeat(data, decoded.values)  # its window: when a repeat comes
-        if plan not in self._registered:
-            self._registered.add(plan)
-            for signal in plan.signals:
-                self._plans_of_signal.setdefault(signal.spec.name, []).append(plan)
+        self.remember_values(plan, decoded.values, int.from_bytes(data[: plan.length], "little"))
 
-    def _window(self, repeat: _Repeat) -> None:
+    def remember_values(
+        self, plan: FramePlan, values: tuple[tuple[SignalSpec, float], ...], payload: int
+    ) -> None:
+        """`remember` of `plan`'s `values`, decoded from the payload `payload` (read little-endian, at most
+        the message's length)."""
+        mask = self._masks.get(plan)
+        if mask is None:
+            self._masks[plan] = mask = payload_mask(plan)
+        self._repeats[plan] = _Repeat(payload & mask, mask, values)  # its window: when a repeat comes
+        self._register(plan)
+
+    def settle(self, repeat: _Repeat) -> None:
+        """Compute `repeat`'s window (once a repeat of its bits comes)."""
         assert self._samplers is not None
         start, end = -math.inf, math.inf
         for spec, value in repeat.values:
@@ -279,7 +380,7 @@ class DecodeStats:
 
     frames_in: int = 0
     frames_decoded: int = 0  # frames that yielded at least one in-range catalog value
-    frames_not_due: int = 0  # repeated frames not decoded: the sampling policy would refuse all their values
+    frames_not_due: int = 0  # frames not decoded: the sampling policy would refuse all their values
     skipped: dict[str, int] = field(
         default_factory=lambda: {kind.value: 0 for kind in (*SkipKind, *TransportProblem)}
     )
@@ -397,16 +498,80 @@ class Decoder:
         stats.samples_kept += len(samples)
         return samples
 
-    async def run(self, inbox: asyncio.Queue[Frame], outbox: asyncio.Queue[Sample]) -> None:
+    def process_chunk(self, frames: Sequence[Frame]) -> tuple[list[Sample], list[tuple[int, int]]]:
+        """`process` over `frames` in order: their samples, and after each frame that yielded some, (frames
+        through so far, samples so far). The not-due tests of `FrameDecoder.decode` run inline here, so a
+        frame that is not due costs no call; never raises."""
+        decoder = self._decoder
+        plans, due, repeats = decoder.due_tables()
+        narrow = self._narrow
+        samples: list[Sample] = []
+        ends: list[tuple[int, int]] = []
+        not_due = 0
+        index = 0
+        for frame in frames:
+            index += 1
+            _, ts, frame_id, extended, data, error, remote = frame
+            plan = plans.get(frame_id)
+            if (
+                narrow
+                and plan is not None
+                and plan.is_extended == extended
+                and not (error or remote)
+                and len(data) >= plan.length
+            ):
+                if plan.by_mux is not None:
+                    plan = mux_plan(plan, data)  # the plan of its multiplexer value (None: unknown)
+                if plan is not None:
+                    window = due.get(plan)
+                    if window is None or not window[0] <= ts < window[1]:
+                        window = decoder.due_at(plan, ts)
+                    left = window[2]  # the plan of the signals due: none, or not if they repeat
+                    if left is None:
+                        not_due += 1
+                        continue
+                    repeat = repeats.get(left)
+                    if repeat is not None and repeat.bits == int.from_bytes(data, "little") & repeat.mask:
+                        if repeat.end is None:
+                            decoder.settle(repeat)
+                        if repeat.start <= ts < repeat.end:  # type: ignore[operator]  # settled
+                            not_due += 1
+                            continue
+                    if left.fast:  # what `process` would do from here, without looking the plan up again
+                        got = self._process_due(frame, left)
+                        if got:
+                            samples += got
+                            ends.append((index, len(samples)))
+                        continue
+            got = self._process_guarded(frame)
+            if got:
+                samples += got
+                ends.append((index, len(samples)))
+        self.stats.frames_in += not_due
+        self.stats.frames_not_due += not_due
+        return samples, ends
+
+    async def run(
+        self, inbox: asyncio.Queue[Frame] | asyncio.Queue[list[Frame]], outbox: asyncio.Queue[Sample]
+    ) -> None:
         """Until cancelled: frames from `inbox` → samples to `outbox` (waits when it is full, so a
-        slow consumer slows the decoder, and the sources' bounded queues count the drops).
-        `inbox.task_done()` follows each frame, so `await inbox.join()` drains the stage; an inbox with
-        a `halt()` method (`ReplayFrameQueue`) hears of a frame cut short before its samples were all put."""
-        halt: Callable[[], object] | None = getattr(inbox, "halt", None)
+        slow consumer slows the decoder, and the sources' bounded queues count the drops). The inbox holds
+        frames (a live bus) or chunks of frames (`list[Frame]`, a replay). `inbox.task_done()` follows each
+        item once all its samples are put, so `await inbox.join()` drains the stage; an inbox with a
+        `halt()` method (`ReplayFrameQueue`) hears of an item cut short before its samples were all put:
+        of a chunk, how many of its frames had all their samples put (`halt(frames, samples_beyond)`)."""
+        halt: Callable[[int, int], object] | None = getattr(inbox, "halt", None)
         while True:
-            batch = [await inbox.get()]  # then what is already there: one await per batch, not per frame
+            item = await inbox.get()
+            if isinstance(item, list):
+                try:
+                    await self._put_chunk(item, outbox, halt)
+                finally:
+                    inbox.task_done()
+                continue
+            batch = [item]  # then what is already there: one await per batch, not per frame
             while len(batch) < RUN_BATCH and not inbox.empty():
-                batch.append(inbox.get_nowait())
+                batch.append(inbox.get_nowait())  # type: ignore[arg-type]  # a live bus: frames only
             done = 0
             try:
                 for frame in batch:
@@ -418,7 +583,7 @@ class Decoder:
                                 outbox.put_nowait(sample)
                     except BaseException:  # cancelled while waiting to put: the frame is cut short
                         if halt is not None:
-                            halt()
+                            halt(0, 0)
                         raise
                     finally:
                         done += 1
@@ -426,6 +591,81 @@ class Decoder:
             finally:  # cut short mid-batch: the frames not processed are done too (a replay has halted)
                 for _ in range(len(batch) - done):
                     inbox.task_done()
+
+    async def _put_chunk(
+        self, chunk: list[Frame], outbox: asyncio.Queue[Sample], halt: Callable[[int, int], object] | None
+    ) -> None:
+        samples, ends = self.process_chunk(chunk)
+        room = outbox.maxsize - outbox.qsize() if outbox.maxsize > 0 else len(samples)
+        if len(samples) <= room:  # the usual case: no await, nothing to cut short
+            for sample in samples:
+                outbox.put_nowait(sample)
+            return
+        put = 0
+        try:
+            for sample in samples:
+                if outbox.full():
+                    await outbox.put(sample)
+                else:
+                    outbox.put_nowait(sample)
+                put += 1
+        except BaseException:  # cancelled while waiting to put: the chunk is cut short
+            if halt is not None:  # the frames before the first one with a sample not put are through
+                frames_through, samples_through = len(chunk), len(samples)
+                before = 0
+                for frames_done, samples_done in ends:
+                    if samples_done > put:
+                        frames_through, samples_through = frames_done - 1, before
+                        break
+                    before = samples_done
+                halt(frames_through, put - samples_through)
+            raise
+
+    def _process_due(self, frame: Frame, plan: FramePlan) -> list[Sample]:
+        """`process` of a frame whose plan of the signals due is `plan` (fast), not skipped: `_decode_fields`,
+        `_keep` and `FrameDecoder.remember` in one pass (the agent's costliest frames)."""
+        try:
+            stats = self.stats
+            stats.frames_in += 1
+            data = frame.data
+            length = plan.length
+            whole = data if len(data) <= length else data[:length]
+            little = int.from_bytes(whole, "little")
+            big = int.from_bytes(whole, "big")
+            values: list[tuple[SignalSpec, float]] = []
+            out_of_range = 0
+            for signal in plan.signals:
+                field = signal.field
+                assert field is not None  # plan.fast
+                raw = ((big if field.big_endian else little) >> field.shift) & field.mask
+                if raw & field.sign_bit:
+                    raw -= field.sign_bit << 1
+                value = float(raw * field.scale + field.offset)
+                if signal.low <= value <= signal.high:
+                    values.append((signal.spec, value))
+                else:
+                    out_of_range += 1
+            if out_of_range:
+                self._skip(SkipKind.OUT_OF_RANGE, frame, out_of_range)
+            if not values:
+                return []
+            stats.frames_decoded += 1
+            stats.values_decoded += len(values)
+            ts = frame.ts
+            samplers = self._samplers
+            samples: list[Sample] = []
+            for spec, value in values:
+                if samplers[spec.name].offer(ts, value):
+                    self._decoder.kept(spec.name)
+                    samples.append(Sample(ts, spec.name, value, spec.priority))
+            stats.samples_suppressed += len(values) - len(samples)
+            stats.samples_kept += len(samples)
+            self._decoder.remember_values(plan, tuple(values), little)
+            return samples
+        except Exception:  # a bug must cost one frame, not the stage
+            self._skip(SkipKind.UNDECODABLE, frame, 1)
+            log.exception("bus %s: decoding frame 0x%X failed", self.bus, frame.arbitration_id)
+            return []
 
     def _process_guarded(self, frame: Frame) -> list[Sample]:
         try:

@@ -198,6 +198,7 @@ class Uplink:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._flush_deadline: float | None = None  # loop time by which a stopping uplink gives up
+        self._send_now = False  # `send_now`: the live rows go without waiting for their batch age
         self._live_waiting_since: float | None = None
         self._failing = False
         self._ever_connected = False
@@ -225,6 +226,12 @@ class Uplink:
 
     def notify(self) -> None:
         """New rows were committed (called by the committer)."""
+        self._wake.set()
+
+    def send_now(self) -> None:
+        """Send the live rows committed so far at once, whatever their age (a replay reached its end:
+        nothing more comes to fill the batch)."""
+        self._send_now = True
         self._wake.set()
 
     def report_applied(self, payload: bytes) -> None:
@@ -456,6 +463,7 @@ class Uplink:
                     await self._send(client, watch, self._telemetry, live)
                     if len(live) < settings.batch_max_records:
                         self._live_waiting_since = None
+                        self._send_now = False
                     prefer_live = False
                     continue
                 if backlog:
@@ -483,11 +491,13 @@ class Uplink:
     def _live_due(self, live: Sequence[WireRecord], now: float, stopping: bool) -> bool:
         if not live:
             self._live_waiting_since = None
+            self._send_now = False
             return False
         if self._live_waiting_since is None:
             self._live_waiting_since = now
         return (
             stopping
+            or self._send_now
             or len(live) >= self._settings.batch_max_records
             or now - self._live_waiting_since >= self._settings.batch_max_age_s
         )

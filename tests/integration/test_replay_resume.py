@@ -7,7 +7,8 @@ at a resume). No broker is reachable, so nothing leaves the buffer: its `records
 every run's commits. The replay's position is read from outside, read-only, in the buffer's `meta` table
 (`replay:<name>`), to kill each run as soon as it has committed past where the run before stopped: on an
 idle machine a replay commits the whole log in well under a second, so kill points fixed as fractions of
-the log were overrun to its end (positions move in steps of thousands of frames).
+the log were overrun to its end (positions move in steps of thousands of frames). Commits come every
+10 ms so that a run resumed mid-log commits at least once before its end, as fast as the replay plays.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ dbc = "{DEFAULT_DBC}"
 speed = "max"
 [buffer]
 path = "{directory / "buffer.sqlite3"}"
-commit_interval_s = 0.05
+commit_interval_s = 0.01
 [uplink]
 broker_url = "mqtt://127.0.0.1:{refused_port()}"
 fleet_id = "resume"

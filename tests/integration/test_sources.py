@@ -348,16 +348,18 @@ async def test_replay_as_fast_as_possible_keeps_recorded_timestamps(tmp_path: Pa
     path = tmp_path / f"day{suffix}"
     records = write_log(path, 3000)
     source = ReplaySource(ReplaySettings(name="day", path=path, speed="max"), CATALOG, chunk_frames=256)
-    frames: asyncio.Queue[Frame] = asyncio.Queue(maxsize=100)  # smaller than the log: backpressure, no drops
+    chunks: asyncio.Queue[list[Frame]] = asyncio.Queue(maxsize=2)  # smaller than the log: backpressure
     got: list[Frame] = []
 
     async def consume() -> None:
         while True:
-            got.append(await frames.get())
+            chunk = await chunks.get()
+            assert 0 < len(chunk) <= 256  # chunks of the configured size at most
+            got.extend(chunk)
 
     async with running(("consume", consume)):
         async with asyncio.timeout(WAIT_S):
-            await source.run(frames)
+            await source.run(chunks)
         await eventually(lambda: len(got) == len(records), "every replayed frame")
     assert source.finished and source.stats.frames == len(records) and source.stats.dropped == 0
     assert [(f.arbitration_id, f.is_extended, f.data) for f in got] == [r[1:] for r in records]
@@ -368,13 +370,14 @@ async def test_replay_at_recorded_speed_paces_by_the_recorded_deltas(tmp_path: P
     path = tmp_path / "short.log"
     records = write_log(path, 21, step_s=0.02)  # 0.4 s of bus time
     source = ReplaySource(ReplaySettings(path=path, speed="recorded"), CATALOG)
-    frames: asyncio.Queue[Frame] = asyncio.Queue(maxsize=100)
+    chunks: asyncio.Queue[list[Frame]] = asyncio.Queue(maxsize=100)
     loop = asyncio.get_running_loop()
     started = loop.time()
     async with asyncio.timeout(WAIT_S):
-        await source.run(frames)
+        await source.run(chunks)
     elapsed = loop.time() - started
-    assert frames.qsize() == len(records)
+    played = [frame for _ in range(chunks.qsize()) for frame in chunks.get_nowait()]
+    assert [f.ts for f in played] == pytest.approx([r[0] for r in records])
     # sleeping by the deltas can only take longer than the recording, never less
     assert elapsed >= (records[-1][0] - records[0][0]) - 0.01
 
@@ -386,12 +389,12 @@ async def test_replay_skips_a_malformed_line_and_plays_every_good_frame(tmp_path
     lines.insert(100, "(1700000000.5) can0 18FEF100#0102ZZ\n")  # GIVEN one line that is no frame
     path.write_text("".join(lines))
     source = ReplaySource(ReplaySettings(name="day", path=path, speed="max"), CATALOG, chunk_frames=64)
-    frames: asyncio.Queue[Frame] = asyncio.Queue()
+    chunks: asyncio.Queue[list[Frame]] = asyncio.Queue()
     async with asyncio.timeout(WAIT_S):
-        await source.run(frames)
+        await source.run(chunks)
     # THEN the replay goes on past it: every good frame, in order, and the end of the log
-    assert source.finished and frames.qsize() == len(records)
-    got = [frames.get_nowait() for _ in range(len(records))]
+    got = [frame for _ in range(chunks.qsize()) for frame in chunks.get_nowait()]
+    assert source.finished and len(got) == len(records)
     assert [(f.arbitration_id, f.is_extended, f.data) for f in got] == [r[1:] for r in records]
 
 
@@ -406,12 +409,12 @@ async def test_replay_then_decode_through_the_same_stage(tmp_path: Path) -> None
     write_log(path, 200, step_s=0.1)
     source = ReplaySource(ReplaySettings(path=path), CATALOG)
     decoder = Decoder(CATALOG, bus="replay")
-    frames: asyncio.Queue[Frame] = asyncio.Queue(maxsize=50)
+    frames: asyncio.Queue[list[Frame]] = asyncio.Queue(maxsize=2)
     samples: asyncio.Queue[Sample] = asyncio.Queue(maxsize=10_000)
     async with running(("decode", lambda: decoder.run(frames, samples))):
         async with asyncio.timeout(WAIT_S):
             await source.run(frames)
-            await frames.join()  # the decoder marks each frame done: the stage is drained
+            await frames.join()  # the decoder marks each chunk done: the stage is drained
     stats = decoder.stats  # a repeated frame whose values the policy refuses is not decoded (not due)
     assert stats.frames_in == 200 and stats.frames_decoded + stats.frames_not_due == 200
     kept = [samples.get_nowait() for _ in range(samples.qsize())]
@@ -476,13 +479,37 @@ async def test_replay_position_freezes_when_the_decoder_is_cancelled_mid_frame()
     frames = ReplayFrameQueue(4, samples)
     decoder = Decoder(CATALOG, bus="replay")
     frame_id, extended, data = encode("MCU_Status", MOTOR)  # four signals: four samples
-    frames.put_nowait(Frame("replay", T0, frame_id, extended, data))
+    frames.put_nowait([Frame("replay", T0, frame_id, extended, data)])
     task = asyncio.create_task(decoder.run(frames, samples))
     await eventually(lambda: samples.full(), "the decoder to wait with a frame half-delivered")
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
     # the frame's other samples never reached the queue: its position must not count as stored
+    assert frames.position_within(10**9) is None
+
+
+async def test_replay_position_counts_the_frames_of_a_chunk_cut_short_whose_samples_were_all_put() -> None:
+    # GIVEN a chunk of two frames of four samples each, and room for five samples
+    samples: TallyQueue[Sample] = TallyQueue(maxsize=5)
+    frames = ReplayFrameQueue(4, samples, start_position=10)
+    decoder = Decoder(CATALOG, bus="replay")
+    frame_id, extended, data = encode("MCU_Status", MOTOR)  # four signals: four samples
+    later = T0 + 100  # past every heartbeat: all four kept again
+    frames.put_nowait(
+        [Frame("replay", T0, frame_id, extended, data), Frame("replay", later, frame_id, extended, data)]
+    )
+    assert frames.qsize() == 1 and frames.frames_queued == 2  # one chunk, two frames (the depth metric)
+    task = asyncio.create_task(decoder.run(frames, samples))
+    await eventually(lambda: samples.full(), "the decoder to wait with the second frame half-delivered")
+    assert frames.frames_queued == 0
+    # WHEN the decoder is cancelled there
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    # THEN the position claims the first frame once its four samples are taken, never the second
+    assert frames.position_within(3) is None
+    assert frames.position_within(4) == 11
     assert frames.position_within(10**9) is None
 
 
@@ -493,10 +520,10 @@ async def test_a_resumed_replay_warms_up_on_the_stored_frames_and_plays_the_rest
     source = ReplaySource(
         ReplaySettings(path=path), CATALOG, chunk_frames=64, start_position=170, warm_up=warmed.extend
     )
-    frames: asyncio.Queue[Frame] = asyncio.Queue()
+    chunks: asyncio.Queue[list[Frame]] = asyncio.Queue()
     async with asyncio.timeout(WAIT_S):
-        await source.run(frames)
-    played = [frames.get_nowait() for _ in range(frames.qsize())]
+        await source.run(chunks)
+    played = [frame for _ in range(chunks.qsize()) for frame in chunks.get_nowait()]
     assert [f.ts for f in warmed] == pytest.approx([r[0] for r in records[:170]])
     assert [f.ts for f in played] == pytest.approx([r[0] for r in records[170:]])
     assert source.finished and source.stats.frames == 130

@@ -3,11 +3,14 @@ says why, and a frame written the SavvyCAN way reads back as itself (hypothesis)
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.logformats.candump import candump_frame
+from agent.logformats import MalformedLines
+from agent.logformats.candump import FORMAT_NAME, candump_frame, candump_frames
 from agent.logformats.savvycan import HEADER, savvycan_columns, savvycan_frame
 from agent.records import Frame
 
@@ -70,3 +73,55 @@ def test_a_frame_written_both_ways_reads_back_the_same(
     line = f"({seconds}.{micros:06d}) can0 {arbitration_id:03X}#{data.hex()}"
     # THEN both read to the same frame, the time to the same float
     assert savvycan_frame("b", V2, row) == candump_frame("b", line)
+
+
+_CANDUMP_ODD_LINES = [
+    "(1700000000.000100) can0 20000080#0000000000000000",  # an error frame
+    "(1700000000.000100) can0 7FFFFFFFF#01",  # bits above the 29-bit id
+    "(1700000000.000100) can0 123#R",  # remote
+    "(1700000000.000100) can0 123##1AABB",  # CAN FD
+    "(1700000000.000100) can0 123#ABC",  # odd hex digits
+    "(1700000000.000100) can0 123#ZZ",  # not hex
+    "1700000000.000100 can0 123#AA",  # no parentheses
+    "(1700000000.000100) can0 123AA",  # no '#'
+    "(1700000000.000100) can0 12G#AA",  # bad id
+    "(abc) can0 123#AA",  # bad timestamp
+    "(1700000000.000100) can0 123#AA X",  # a fourth field that is no direction
+    "(1700000000.000100) can0 123#",  # no data
+    "",
+]
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(_CANDUMP_ODD_LINES),
+            st.builds(
+                lambda ts, frame_id, width, data, direction: (
+                    f"({ts:.6f}) can0 {frame_id:0{width}X}#{data.hex().upper()}{direction}"
+                ),
+                st.floats(0, 2e9),
+                st.integers(0, 0x1FFFFFFF),
+                st.sampled_from([3, 8]),
+                st.binary(max_size=8),
+                st.sampled_from(["", " R", " T"]),
+            ),
+        ),
+        max_size=30,
+    )
+)
+def test_candump_lines_read_in_bulk_as_one_by_one(lines: list[str]) -> None:
+    # GIVEN good lines among odd ones; THEN the log's reader (fast path) yields what the line parser does
+    expected: list[Frame] = []
+    bad = 0
+    for line in lines:
+        try:
+            frame = candump_frame("b", line)
+        except ValueError:
+            bad += 1
+            continue
+        if frame is not None:
+            expected.append(frame)
+    malformed = MalformedLines(Path("x.log"), FORMAT_NAME)
+    assert list(candump_frames("b", lines, malformed)) == expected
+    assert malformed.count == bad
