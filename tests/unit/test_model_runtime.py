@@ -46,7 +46,7 @@ def test_thresholds_and_target_travel_in_the_metadata() -> None:
 
 
 def _rewrite(tmp_path: Path, **props: str) -> Path:
-    onnx = pytest.importorskip("onnx")  # the train extra; the agent's loader itself needs only onnxruntime
+    onnx = pytest.importorskip("onnx")  # the train extra: the agent's loader reads ONNX files itself
     model = onnx.load(str(MODELS / "soc_drop.onnx"))
     meta = {p.key: p.value for p in model.metadata_props}
     meta.update(props)

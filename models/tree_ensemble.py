@@ -1,0 +1,350 @@
+"""The evaluator of our ONNX models: a graph of one `TreeEnsembleRegressor` or binary
+`TreeEnsembleClassifier` (ONNX-ML operators, onnx.ai/onnx/operators), as `models.export` writes them, computed
+with numpy as onnxruntime computes them.
+
+What it implements, and nothing else (`UnsupportedModelError` names what a graph needs beyond it, when the
+model is loaded, so a future model type is refused loudly and the agent keeps the previous one):
+
+- one node, in the `ai.onnx.ml` domain, reading the graph's one float input and writing its outputs; no
+  initializers;
+- branch nodes `BRANCH_LEQ` (go to the true child when `x[feature] <= value`) and `LEAF`; a missing
+  feature (NaN) goes to the true child where `nodes_missing_value_tracks_true` says so, else (NaN <= v is
+  false) to the false child; `nodes_hitrates` is statistics and ignored;
+- the regressor with one target and the `SUM` aggregate; the classifier with two integer labels whose
+  weights all score class 0 (scikit-learn's binary boosting: the raw score of the positive class);
+- `base_values` of one value (or none), added to the sum of the trees' leaf weights; `post_transform` NONE or
+  LOGISTIC (1 / (1 + e^-s)).
+
+The value computed is the one output the agent reads: the regressor's target, or the classifier's probability
+of its second label (column 1 of `probabilities`, which onnxruntime computes as post_transform(s) for such a
+classifier). Inputs are rounded to float32 and compared with float32 thresholds, and leaf weights are summed
+tree by tree in float32, as onnxruntime does with one thread: the sums are the same to the bit; the logistic
+is exact to float32, onnxruntime's approximation within ~6e-7 of it (`tests/unit/test_tree_ensemble.py`
+compares the two on the shipped models).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from models.onnx_reader import ML_DOMAIN, Attribute, Node, OnnxModel
+
+REGRESSOR: Final = "TreeEnsembleRegressor"
+CLASSIFIER: Final = "TreeEnsembleClassifier"
+_NODE_ATTRIBUTES: Final = {
+    "nodes_treeids": "ints",
+    "nodes_nodeids": "ints",
+    "nodes_featureids": "ints",
+    "nodes_modes": "strings",
+    "nodes_values": "floats",
+    "nodes_truenodeids": "ints",
+    "nodes_falsenodeids": "ints",
+    "nodes_missing_value_tracks_true": "ints",
+    "nodes_hitrates": "floats",
+    "base_values": "floats",
+    "post_transform": "string",
+}
+_ATTRIBUTES: Final = {
+    REGRESSOR: {
+        **_NODE_ATTRIBUTES,
+        "n_targets": "int",
+        "target_ids": "ints",
+        "target_nodeids": "ints",
+        "target_treeids": "ints",
+        "target_weights": "floats",
+        "aggregate_function": "string",
+    },
+    CLASSIFIER: {
+        **_NODE_ATTRIBUTES,
+        "class_ids": "ints",
+        "class_nodeids": "ints",
+        "class_treeids": "ints",
+        "class_weights": "floats",
+        "classlabels_int64s": "ints",
+    },
+}
+_OPTIONAL: Final = {
+    "nodes_missing_value_tracks_true",
+    "nodes_hitrates",
+    "base_values",
+    "post_transform",
+    "aggregate_function",
+    "n_targets",
+}
+POST_TRANSFORMS: Final = ("NONE", "LOGISTIC")
+_ROWS_PER_PASS: Final = 4096  # predict_rows bounds its working arrays: rows × trees node indices
+
+Float32Array = npt.NDArray[np.float32]
+Float64Array = npt.NDArray[np.float64]
+IndexArray = npt.NDArray[np.intp]
+
+
+class UnsupportedModelError(ValueError):
+    """The graph needs an operator, attribute or value this evaluator does not implement."""
+
+
+@dataclass(frozen=True, eq=False)
+class TreeEnsemble:
+    """A tree ensemble in flat arrays: node k of the whole forest (trees one after the other) tests feature
+    `feature[k]` against `threshold[k]` and goes on to `next_node[3k + c]`, c = 0 when false, 1 when true,
+    2 when the feature is missing; a leaf goes on to itself and holds the sum of its weights in `leaf[k]`."""
+
+    op_type: str
+    output: str  # the graph output the value is read from
+    column: int  # ... and its column
+    n_features: int
+    feature: IndexArray
+    threshold: Float32Array
+    next_node: IndexArray
+    leaf: Float32Array
+    roots: IndexArray
+    depth: int  # the longest path from a root to a leaf, in branch nodes
+    base: np.float32
+    post_transform: str
+
+    @property
+    def n_trees(self) -> int:
+        return len(self.roots)
+
+    def predict_rows(self, x: npt.ArrayLike) -> Float64Array:
+        """The value of each row of `x` (rows × n_features, NaN for a missing feature)."""
+        rows = np.asarray(x, dtype=np.float32).reshape(-1, self.n_features)
+        if len(rows) <= _ROWS_PER_PASS:
+            return self._pass(rows)
+        return np.concatenate(
+            [self._pass(rows[i : i + _ROWS_PER_PASS]) for i in range(0, len(rows), _ROWS_PER_PASS)]
+        )
+
+    def predict_one(self, x: npt.ArrayLike) -> float:
+        return float(self._pass(np.asarray(x, dtype=np.float32).reshape(1, self.n_features))[0])
+
+    def _pass(self, rows: Float32Array) -> Float64Array:
+        n = len(rows)
+        flat = rows.ravel()
+        offsets = (np.arange(n, dtype=np.intp) * self.n_features)[:, None]
+        nodes = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
+        for _ in range(self.depth):
+            value = flat[offsets + self.feature[nodes]]
+            # NaN <= t is false, so a missing value picks column 0 + 2; a present one, 0 (false) or 1 (true)
+            choice = (value <= self.threshold[nodes]).view(np.int8) + 2 * np.isnan(value).view(np.int8)
+            nodes = self.next_node[3 * nodes + choice]
+        # leaf weights summed tree after tree in float32, as onnxruntime's one thread does
+        score = np.cumsum(self.leaf[nodes], axis=1, dtype=np.float32)[:, -1] + self.base
+        if self.post_transform == "LOGISTIC":
+            score = _logistic(score)
+        return score.astype(np.float64)
+
+
+def _logistic(s: Float32Array) -> Float32Array:
+    """1 / (1 + e^-s), computed in float64 (e^-|s| never overflows) and rounded to float32: within half a
+    float32 step of the exact value. onnxruntime's own is an approximation within ~6e-7 of it (measured on
+    the shipped models), so the two agree to that, not bit for bit."""
+    e = np.exp(-np.abs(s.astype(np.float64)))
+    return np.where(s < 0, e / (1.0 + e), 1.0 / (1.0 + e)).astype(np.float32)
+
+
+# --- compiling a graph ------------------------------------------------------------------------------------
+
+
+def compile_model(model: OnnxModel, n_features: int) -> TreeEnsemble:
+    """The evaluator of `model`'s graph, or `UnsupportedModelError` saying what it needs beyond this
+    module."""
+    graph = model.graph
+    if ML_DOMAIN not in model.opsets:
+        raise UnsupportedModelError(f"the model imports no {ML_DOMAIN} operator set ({model.opsets})")
+    if graph.initializers:
+        raise UnsupportedModelError(f"the graph holds {len(graph.initializers)} initializers (constants)")
+    if len(graph.nodes) != 1:
+        ops = ", ".join(f"{n.domain or 'ai.onnx'}.{n.op_type}" for n in graph.nodes)
+        raise UnsupportedModelError(f"the graph has {len(graph.nodes)} nodes ({ops}), not one tree ensemble")
+    node = graph.nodes[0]
+    if node.domain != ML_DOMAIN or node.op_type not in _ATTRIBUTES:
+        raise UnsupportedModelError(f"operator {node.domain or 'ai.onnx'}.{node.op_type} is not implemented")
+    if len(graph.inputs) != 1 or graph.inputs[0].elem_type != "float":
+        raise UnsupportedModelError(
+            f"the graph's inputs are {[(i.name, i.elem_type) for i in graph.inputs]}, not one float tensor"
+        )
+    if node.inputs != (graph.inputs[0].name,):
+        raise UnsupportedModelError(f"the node reads {list(node.inputs)}, not the graph's input")
+    outputs = [o.name for o in graph.outputs]
+    if not set(outputs) <= set(node.outputs):
+        raise UnsupportedModelError(f"graph outputs {outputs} are not all the node's {list(node.outputs)}")
+    attrs = _checked_attributes(node)
+    post = _string(attrs, "post_transform", "NONE")
+    if post not in POST_TRANSFORMS:
+        raise UnsupportedModelError(f"post_transform {post} is not implemented (only {POST_TRANSFORMS})")
+    base_values = _floats(attrs, "base_values")
+    if len(base_values) > 1:
+        raise UnsupportedModelError(f"{len(base_values)} base_values (only one is implemented)")
+    if node.op_type == REGRESSOR:
+        if _int(attrs, "n_targets", 1) != 1:
+            raise UnsupportedModelError(f"{_int(attrs, 'n_targets', 1)} targets (only one is implemented)")
+        aggregate = _string(attrs, "aggregate_function", "SUM")
+        if aggregate != "SUM":
+            raise UnsupportedModelError(f"aggregate_function {aggregate} is not implemented (only SUM)")
+        prefix, output, column = "target", node.outputs[0], 0
+    else:
+        labels = _ints(attrs, "classlabels_int64s")
+        if len(labels) != 2:
+            raise UnsupportedModelError(
+                f"{len(labels)} class labels (only a binary classifier is implemented)"
+            )
+        if len(node.outputs) != 2:
+            raise UnsupportedModelError(
+                f"the classifier writes {list(node.outputs)}, not label, probabilities"
+            )
+        prefix, output, column = "class", node.outputs[1], 1
+    if output not in outputs:
+        raise UnsupportedModelError(f"the graph does not output {output!r}")
+    ids = _ints(attrs, f"{prefix}_ids")
+    if any(i != 0 for i in ids):
+        what = "a second target" if prefix == "target" else "scores for the second class"
+        raise UnsupportedModelError(f"weights for {what} (only class/target 0 is implemented)")
+    feature, threshold, next_node, leaf, roots, depth = _forest(attrs, prefix, n_features)
+    return TreeEnsemble(
+        op_type=node.op_type,
+        output=output,
+        column=column,
+        n_features=n_features,
+        feature=feature,
+        threshold=threshold,
+        next_node=next_node,
+        leaf=leaf,
+        roots=roots,
+        depth=depth,
+        base=np.float32(base_values[0] if base_values else 0.0),
+        post_transform=post,
+    )
+
+
+def _checked_attributes(node: Node) -> dict[str, Attribute]:
+    known = _ATTRIBUTES[node.op_type]
+    unknown = sorted(set(node.attributes) - set(known))
+    if unknown:
+        raise UnsupportedModelError(f"{node.op_type} attributes {unknown} are not implemented")
+    for name, kind in known.items():
+        attribute = node.attributes.get(name)
+        if attribute is None:
+            if name not in _OPTIONAL:
+                raise UnsupportedModelError(f"{node.op_type} without its attribute {name}")
+        elif attribute.kind != kind:
+            raise UnsupportedModelError(f"{node.op_type} attribute {name} is {attribute.kind}, not {kind}")
+    return node.attributes
+
+
+def _ints(attrs: dict[str, Attribute], name: str) -> tuple[int, ...]:
+    a = attrs.get(name)
+    return a.ints if a is not None else ()
+
+
+def _floats(attrs: dict[str, Attribute], name: str) -> tuple[float, ...]:
+    a = attrs.get(name)
+    return a.floats if a is not None else ()
+
+
+def _strings(attrs: dict[str, Attribute], name: str) -> tuple[bytes, ...]:
+    a = attrs.get(name)
+    return a.strings if a is not None else ()
+
+
+def _int(attrs: dict[str, Attribute], name: str, default: int) -> int:
+    a = attrs.get(name)
+    return a.i if a is not None else default
+
+
+def _string(attrs: dict[str, Attribute], name: str, default: str) -> str:
+    a = attrs.get(name)
+    return a.s.decode("utf-8", "replace") if a is not None else default
+
+
+_Forest = tuple[IndexArray, Float32Array, IndexArray, Float32Array, IndexArray, int]
+
+
+def _forest(attrs: dict[str, Attribute], prefix: str, n_features: int) -> _Forest:
+    """The flat arrays of `TreeEnsemble` from the node and weight attributes, every reference checked."""
+    tree_ids = _ints(attrs, "nodes_treeids")
+    node_ids = _ints(attrs, "nodes_nodeids")
+    features = _ints(attrs, "nodes_featureids")
+    modes = _strings(attrs, "nodes_modes")
+    values = _floats(attrs, "nodes_values")
+    true_ids = _ints(attrs, "nodes_truenodeids")
+    false_ids = _ints(attrs, "nodes_falsenodeids")
+    n = len(tree_ids)
+    missing_true = _ints(attrs, "nodes_missing_value_tracks_true") or (0,) * n
+    hitrates = _floats(attrs, "nodes_hitrates") or (0.0,) * n
+    if n == 0:
+        raise UnsupportedModelError("a tree ensemble without nodes")
+    columns = (node_ids, features, modes, values, true_ids, false_ids, missing_true, hitrates)
+    if any(len(c) != n for c in columns):
+        raise UnsupportedModelError(f"the node attributes differ in length ({[len(c) for c in columns]})")
+    index: dict[tuple[int, int], int] = {}
+    for k, key in enumerate(zip(tree_ids, node_ids, strict=True)):
+        if key in index:
+            raise UnsupportedModelError(f"tree {key[0]} has node {key[1]} twice")
+        index[key] = k
+    next_node = [0] * (3 * n)
+    feature = [0] * n
+    is_leaf = [False] * n
+    child = [False] * n
+    for k in range(n):
+        mode = modes[k]
+        if mode == b"LEAF":
+            is_leaf[k] = True
+            next_node[3 * k : 3 * k + 3] = (k, k, k)
+            continue
+        if mode != b"BRANCH_LEQ":
+            raise UnsupportedModelError(f"node mode {mode!r} is not implemented (only BRANCH_LEQ and LEAF)")
+        if not 0 <= features[k] < n_features:
+            raise UnsupportedModelError(f"a node tests feature {features[k]}, the input has {n_features}")
+        feature[k] = features[k]
+        true_k = index.get((tree_ids[k], true_ids[k]), -1)
+        false_k = index.get((tree_ids[k], false_ids[k]), -1)
+        if true_k < 0 or false_k < 0:
+            raise UnsupportedModelError(f"tree {tree_ids[k]}: node {node_ids[k]} branches to no node")
+        next_node[3 * k : 3 * k + 3] = (false_k, true_k, true_k if missing_true[k] else false_k)
+        child[true_k] = child[false_k] = True
+    weight_trees = _ints(attrs, f"{prefix}_treeids")
+    weight_nodes = _ints(attrs, f"{prefix}_nodeids")
+    weights = _floats(attrs, f"{prefix}_weights")
+    if not len(weight_trees) == len(weight_nodes) == len(weights) == len(_ints(attrs, f"{prefix}_ids")):
+        raise UnsupportedModelError(f"the {prefix} weight attributes differ in length")
+    weighted = [index.get(key, -1) for key in zip(weight_trees, weight_nodes, strict=True)]
+    for k, key in zip(weighted, zip(weight_trees, weight_nodes, strict=True), strict=True):
+        if k < 0 or not is_leaf[k]:
+            raise UnsupportedModelError(f"a weight on tree {key[0]} node {key[1]}, which is not a leaf")
+    leaf = np.zeros(n, dtype=np.float32)
+    np.add.at(leaf, np.array(weighted, dtype=np.intp), np.array(weights, dtype=np.float32))  # in order
+    roots = [k for k in range(n) if not child[k]]  # in the order of the trees, as onnxruntime sums them
+    if len(roots) != len(set(tree_ids)):
+        raise UnsupportedModelError(f"{len(roots)} roots in {len(set(tree_ids))} trees")
+    depth = _depth(next_node, is_leaf, roots)
+    return (
+        np.array(feature, dtype=np.intp),
+        np.array(values, dtype=np.float32),
+        np.array(next_node, dtype=np.intp),
+        leaf,
+        np.array(roots, dtype=np.intp),
+        depth,
+    )
+
+
+def _depth(next_node: list[int], is_leaf: list[bool], roots: list[int]) -> int:
+    """The most branch nodes on a path from a root to a leaf; `UnsupportedModelError` when the trees loop,
+    share nodes or hold nodes no root reaches."""
+    seen = [False] * len(is_leaf)
+    depth = -1
+    level = roots
+    while level:
+        for k in level:
+            if seen[k]:
+                raise UnsupportedModelError("the trees share nodes or loop")
+            seen[k] = True
+        level = [c for k in level if not is_leaf[k] for c in {next_node[3 * k], next_node[3 * k + 1]}]
+        depth += 1
+    if not all(seen):
+        raise UnsupportedModelError(f"{seen.count(False)} nodes are reached from no root")
+    return depth
