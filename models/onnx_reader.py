@@ -16,6 +16,8 @@ A file that is not well-formed protobuf raises `OnnxFormatError`.
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -55,15 +57,17 @@ class OnnxFormatError(ValueError):
 @dataclass(frozen=True)
 class Attribute:
     """A node attribute: its name, its kind ("float", "int", "string", "floats", "ints", "strings"; another
-    kind is named but not decoded) and the value in the field of that kind, as in `AttributeProto`."""
+    kind is named but not decoded) and the value in the field of that kind, as in `AttributeProto`. Repeated
+    numbers are arrays (float32, int64): a tree ensemble has tens of thousands, and Python objects for each
+    would cost the gateway megabytes while a model loads."""
 
     name: str
     kind: str
     f: float = 0.0
     i: int = 0
     s: bytes = b""
-    floats: tuple[float, ...] = ()
-    ints: tuple[int, ...] = ()
+    floats: array[float] = field(default_factory=lambda: array("f"))
+    ints: array[int] = field(default_factory=lambda: array("q"))
     strings: tuple[bytes, ...] = ()
 
 
@@ -125,7 +129,6 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
 
 def _signed64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
-
 
 
 def _field(buf: bytes, pos: int) -> tuple[int, int, int, int, int]:
@@ -210,16 +213,27 @@ def _expect(wire: int, wanted: int, what: str) -> None:
 _FLOATS_KEY, _INTS_KEY, _STRINGS_KEY = 7 << 3 | _I32, 8 << 3 | _VARINT, 9 << 3 | _LEN
 
 
-def _float_run(buf: bytes, pos: int, end: int) -> tuple[tuple[float, ...], int]:
-    """The values of consecutive `_FLOATS_KEY` fields from `pos` (key, 4 bytes; key, 4 bytes; ...)."""
+def _float_run(buf: bytes, pos: int, end: int, out: array[float]) -> int:
+    """Append the values of consecutive `_FLOATS_KEY` fields from `pos` (key, 4 bytes; key, 4 bytes; ...);
+    the position after them."""
     keys = buf[pos:end:5]
     n = len(keys) - len(keys.lstrip(bytes((_FLOATS_KEY,))))
     while n and pos + 5 * n > end:
         n -= 1
-    return struct.unpack_from("<" + "xf" * n, buf, pos), pos + 5 * n
+    out.extend(struct.unpack_from("<" + "xf" * n, buf, pos))
+    return pos + 5 * n
 
 
-def _int_run(buf: bytes, pos: int, end: int, out: list[int]) -> int:
+def _packed_floats(buf: bytes, a: int, b: int, out: array[float]) -> None:
+    if (b - a) % 4:
+        raise OnnxFormatError(f"packed floats of {b - a} bytes at offset {a}")
+    values = array("f", buf[a:b])
+    if sys.byteorder == "big":
+        values.byteswap()  # the wire is little-endian
+    out.extend(values)
+
+
+def _int_run(buf: bytes, pos: int, end: int, out: array[int]) -> int:
     """Append the values of consecutive `_INTS_KEY` fields from `pos`; the position after them."""
     append = out.append
     while pos < end and buf[pos] == _INTS_KEY:
@@ -233,7 +247,9 @@ def _int_run(buf: bytes, pos: int, end: int, out: list[int]) -> int:
     return pos
 
 
-def _string_run(buf: bytes, pos: int, end: int, out: list[bytes]) -> int:
+def _string_run(buf: bytes, pos: int, end: int, out: list[bytes], seen: dict[bytes, bytes]) -> int:
+    """Append the values of consecutive `_STRINGS_KEY` fields from `pos`, equal values as one object (a
+    node mode is one of a few words, thousands of times); the position after them."""
     append = out.append
     while pos < end and buf[pos] == _STRINGS_KEY:
         size = buf[pos + 1]
@@ -244,7 +260,8 @@ def _string_run(buf: bytes, pos: int, end: int, out: list[bytes]) -> int:
         pos = start + size
         if pos > end:
             raise IndexError(pos)
-        append(bytes(buf[start:pos]))
+        value = bytes(buf[start:pos])
+        append(seen.setdefault(value, value))
     return pos
 
 
@@ -254,24 +271,25 @@ def _attribute(buf: bytes, a: int, b: int) -> Attribute:
     f: float | None = None
     i: int | None = None
     s: bytes | None = None
-    floats: list[float] = []
-    ints: list[int] = []
+    floats: array[float] = array("f")
+    ints: array[int] = array("q")
     strings: list[bytes] = []
+    seen: dict[bytes, bytes] = {}
     others: set[int] = set()
     pos = a
     try:
         while pos < b:
             key = buf[pos]
             if key == _FLOATS_KEY:
-                run, pos = _float_run(buf, pos, b)
-                if run:
-                    floats.extend(run)
+                after = _float_run(buf, pos, b, floats)
+                if after > pos:
+                    pos = after
                     continue
             elif key == _INTS_KEY:
                 pos = _int_run(buf, pos, b, ints)
                 continue
             elif key == _STRINGS_KEY:
-                pos = _string_run(buf, pos, b, strings)
+                pos = _string_run(buf, pos, b, strings, seen)
                 continue
             number, wire, x, y, pos = _field(buf, pos)
             if number == 1:
@@ -291,15 +309,13 @@ def _attribute(buf: bytes, a: int, b: int) -> Attribute:
                 s = bytes(buf[x:y])
             elif number == 7:  # floats, packed (or one by one, short of a key at the end)
                 if wire == _LEN:
-                    if (y - x) % 4:
-                        raise OnnxFormatError(f"packed floats of {y - x} bytes at offset {x}")
-                    floats.extend(struct.unpack(f"<{(y - x) // 4}f", buf[x:y]))
+                    _packed_floats(buf, x, y, floats)
                 else:
                     _expect(wire, _I32, "attribute floats")
                     floats.append(_F32.unpack(x.to_bytes(4, "little"))[0])
             elif number == 8:  # ints, packed
                 _expect(wire, _LEN, "attribute ints")
-                ints.extend(_signed64(v) for v in _packed_varints(buf, x, y))
+                ints.extend(_signed64(v) for v in _packed_varints(buf, x, y))  # short-lived ints
             elif number == 9:
                 _expect(wire, _LEN, "attribute strings")
                 strings.append(bytes(buf[x:y]))
@@ -320,8 +336,8 @@ def _attribute(buf: bytes, a: int, b: int) -> Attribute:
         f=f or 0.0,
         i=i or 0,
         s=s or b"",
-        floats=tuple(floats),
-        ints=tuple(ints),
+        floats=floats,
+        ints=ints,
         strings=tuple(strings),
     )
 

@@ -201,7 +201,7 @@ def compile_model(model: OnnxModel, n_features: int) -> TreeEnsemble:
     if output not in outputs:
         raise UnsupportedModelError(f"the graph does not output {output!r}")
     ids = _ints(attrs, f"{prefix}_ids")
-    if any(i != 0 for i in ids):
+    if (ids != 0).any():
         what = "a second target" if prefix == "target" else "scores for the second class"
         raise UnsupportedModelError(f"weights for {what} (only class/target 0 is implemented)")
     feature, threshold, next_node, leaf, roots, depth = _forest(attrs, prefix, n_features)
@@ -216,7 +216,7 @@ def compile_model(model: OnnxModel, n_features: int) -> TreeEnsemble:
         leaf=leaf,
         roots=roots,
         depth=depth,
-        base=np.float32(base_values[0] if base_values else 0.0),
+        base=np.float32(base_values[0] if len(base_values) else 0.0),
         post_transform=post,
     )
 
@@ -236,19 +236,14 @@ def _checked_attributes(node: Node) -> dict[str, Attribute]:
     return node.attributes
 
 
-def _ints(attrs: dict[str, Attribute], name: str) -> tuple[int, ...]:
+def _ints(attrs: dict[str, Attribute], name: str) -> npt.NDArray[np.int64]:
     a = attrs.get(name)
-    return a.ints if a is not None else ()
+    return np.frombuffer(a.ints, dtype=np.int64) if a is not None else np.empty(0, dtype=np.int64)
 
 
-def _floats(attrs: dict[str, Attribute], name: str) -> tuple[float, ...]:
+def _floats(attrs: dict[str, Attribute], name: str) -> Float32Array:
     a = attrs.get(name)
-    return a.floats if a is not None else ()
-
-
-def _strings(attrs: dict[str, Attribute], name: str) -> tuple[bytes, ...]:
-    a = attrs.get(name)
-    return a.strings if a is not None else ()
+    return np.frombuffer(a.floats, dtype=np.float32) if a is not None else np.empty(0, dtype=np.float32)
 
 
 def _int(attrs: dict[str, Attribute], name: str, default: int) -> int:
@@ -262,6 +257,31 @@ def _string(attrs: dict[str, Attribute], name: str, default: str) -> str:
 
 
 _Forest = tuple[IndexArray, Float32Array, IndexArray, Float32Array, IndexArray, int]
+_LEAF, _BRANCH_LEQ = 0, 1
+_MODES: Final = {b"LEAF": _LEAF, b"BRANCH_LEQ": _BRANCH_LEQ}
+
+
+class _NodeIndex:
+    """(tree id, node id) → position in the node attributes, for arrays of both."""
+
+    def __init__(self, tree_ids: npt.NDArray[np.int64], node_ids: npt.NDArray[np.int64]) -> None:
+        if len(tree_ids) and (tree_ids.min() < 0 or node_ids.min() < 0):
+            raise UnsupportedModelError("negative tree or node ids")
+        self._span = int(node_ids.max()) + 1 if len(node_ids) else 1
+        keys = tree_ids * self._span + node_ids
+        self._order = np.argsort(keys, kind="stable")
+        self._keys = keys[self._order]
+        twice = np.flatnonzero(self._keys[1:] == self._keys[:-1])
+        if len(twice):
+            k = self._order[twice[0]]
+            raise UnsupportedModelError(f"tree {tree_ids[k]} has node {node_ids[k]} twice")
+
+    def find(self, tree_ids: npt.NDArray[np.int64], node_ids: npt.NDArray[np.int64]) -> IndexArray:
+        """Positions of the given nodes; -1 for a node that does not exist."""
+        keys = tree_ids * self._span + node_ids
+        at = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
+        found = (self._keys[at] == keys) & (node_ids >= 0) & (node_ids < self._span)
+        return np.where(found, self._order[at], -1).astype(np.intp)
 
 
 def _forest(attrs: dict[str, Attribute], prefix: str, n_features: int) -> _Forest:
@@ -269,82 +289,76 @@ def _forest(attrs: dict[str, Attribute], prefix: str, n_features: int) -> _Fores
     tree_ids = _ints(attrs, "nodes_treeids")
     node_ids = _ints(attrs, "nodes_nodeids")
     features = _ints(attrs, "nodes_featureids")
-    modes = _strings(attrs, "nodes_modes")
-    values = _floats(attrs, "nodes_values")
+    modes = attrs["nodes_modes"].strings
+    thresholds = _floats(attrs, "nodes_values")
     true_ids = _ints(attrs, "nodes_truenodeids")
     false_ids = _ints(attrs, "nodes_falsenodeids")
     n = len(tree_ids)
-    missing_true = _ints(attrs, "nodes_missing_value_tracks_true") or (0,) * n
-    hitrates = _floats(attrs, "nodes_hitrates") or (0.0,) * n
+    missing_true = _ints(attrs, "nodes_missing_value_tracks_true")
+    if "nodes_missing_value_tracks_true" not in attrs:
+        missing_true = np.zeros(n, dtype=np.int64)
+    hitrates = _floats(attrs, "nodes_hitrates") if "nodes_hitrates" in attrs else thresholds
     if n == 0:
         raise UnsupportedModelError("a tree ensemble without nodes")
-    columns = (node_ids, features, modes, values, true_ids, false_ids, missing_true, hitrates)
+    columns = (node_ids, features, modes, thresholds, true_ids, false_ids, missing_true, hitrates)
     if any(len(c) != n for c in columns):
         raise UnsupportedModelError(f"the node attributes differ in length ({[len(c) for c in columns]})")
-    index: dict[tuple[int, int], int] = {}
-    for k, key in enumerate(zip(tree_ids, node_ids, strict=True)):
-        if key in index:
-            raise UnsupportedModelError(f"tree {key[0]} has node {key[1]} twice")
-        index[key] = k
-    next_node = [0] * (3 * n)
-    feature = [0] * n
-    is_leaf = [False] * n
-    child = [False] * n
-    for k in range(n):
-        mode = modes[k]
-        if mode == b"LEAF":
-            is_leaf[k] = True
-            next_node[3 * k : 3 * k + 3] = (k, k, k)
-            continue
-        if mode != b"BRANCH_LEQ":
-            raise UnsupportedModelError(f"node mode {mode!r} is not implemented (only BRANCH_LEQ and LEAF)")
-        if not 0 <= features[k] < n_features:
-            raise UnsupportedModelError(f"a node tests feature {features[k]}, the input has {n_features}")
-        feature[k] = features[k]
-        true_k = index.get((tree_ids[k], true_ids[k]), -1)
-        false_k = index.get((tree_ids[k], false_ids[k]), -1)
-        if true_k < 0 or false_k < 0:
-            raise UnsupportedModelError(f"tree {tree_ids[k]}: node {node_ids[k]} branches to no node")
-        next_node[3 * k : 3 * k + 3] = (false_k, true_k, true_k if missing_true[k] else false_k)
-        child[true_k] = child[false_k] = True
-    weight_trees = _ints(attrs, f"{prefix}_treeids")
-    weight_nodes = _ints(attrs, f"{prefix}_nodeids")
+    index = _NodeIndex(tree_ids, node_ids)
+    unknown = set(modes) - set(_MODES)
+    if unknown:
+        names = sorted(m.decode("utf-8", "replace") for m in unknown)
+        raise UnsupportedModelError(f"node modes {names} are not implemented (only BRANCH_LEQ and LEAF)")
+    mode = np.fromiter((_MODES[m] for m in modes), dtype=np.int8, count=n)
+    is_leaf = mode == _LEAF
+    branch = np.flatnonzero(~is_leaf)
+    bad = branch[(features[branch] < 0) | (features[branch] >= n_features)]
+    if len(bad):
+        raise UnsupportedModelError(f"a node tests feature {features[bad[0]]}, the input has {n_features}")
+    true_k = index.find(tree_ids[branch], true_ids[branch])
+    false_k = index.find(tree_ids[branch], false_ids[branch])
+    dangling = branch[(true_k < 0) | (false_k < 0)]
+    if len(dangling):
+        k = dangling[0]
+        raise UnsupportedModelError(f"tree {tree_ids[k]}: node {node_ids[k]} branches to no node")
+    next_node = np.repeat(np.arange(n, dtype=np.intp), 3).reshape(n, 3)  # a leaf goes on to itself
+    next_node[branch, 0] = false_k
+    next_node[branch, 1] = true_k
+    next_node[branch, 2] = np.where(missing_true[branch] != 0, true_k, false_k)
+    feature = np.where(is_leaf, 0, features).astype(np.intp)
+    weighted = index.find(_ints(attrs, f"{prefix}_treeids"), _ints(attrs, f"{prefix}_nodeids"))
     weights = _floats(attrs, f"{prefix}_weights")
-    if not len(weight_trees) == len(weight_nodes) == len(weights) == len(_ints(attrs, f"{prefix}_ids")):
+    if not len(weighted) == len(weights) == len(_ints(attrs, f"{prefix}_ids")):
         raise UnsupportedModelError(f"the {prefix} weight attributes differ in length")
-    weighted = [index.get(key, -1) for key in zip(weight_trees, weight_nodes, strict=True)]
-    for k, key in zip(weighted, zip(weight_trees, weight_nodes, strict=True), strict=True):
-        if k < 0 or not is_leaf[k]:
-            raise UnsupportedModelError(f"a weight on tree {key[0]} node {key[1]}, which is not a leaf")
+    not_leaf = (weighted < 0) | ~is_leaf[np.maximum(weighted, 0)]
+    if not_leaf.any():
+        i = int(np.flatnonzero(not_leaf)[0])
+        tree, node = _ints(attrs, f"{prefix}_treeids")[i], _ints(attrs, f"{prefix}_nodeids")[i]
+        raise UnsupportedModelError(f"a weight on tree {tree} node {node}, which is not a leaf")
     leaf = np.zeros(n, dtype=np.float32)
-    np.add.at(leaf, np.array(weighted, dtype=np.intp), np.array(weights, dtype=np.float32))  # in order
-    roots = [k for k in range(n) if not child[k]]  # in the order of the trees, as onnxruntime sums them
-    if len(roots) != len(set(tree_ids)):
-        raise UnsupportedModelError(f"{len(roots)} roots in {len(set(tree_ids))} trees")
+    np.add.at(leaf, weighted, weights)  # a leaf's weights in float32, in their order
+    child = np.zeros(n, dtype=bool)
+    child[true_k] = child[false_k] = True
+    roots = np.flatnonzero(~child).astype(np.intp)  # in the order of the trees, as onnxruntime sums them
+    n_trees = len(np.unique(tree_ids))
+    if len(roots) != n_trees:
+        raise UnsupportedModelError(f"{len(roots)} roots in {n_trees} trees")
     depth = _depth(next_node, is_leaf, roots)
-    return (
-        np.array(feature, dtype=np.intp),
-        np.array(values, dtype=np.float32),
-        np.array(next_node, dtype=np.intp),
-        leaf,
-        np.array(roots, dtype=np.intp),
-        depth,
-    )
+    return feature, thresholds.copy(), next_node.ravel(), leaf, roots, depth
 
 
-def _depth(next_node: list[int], is_leaf: list[bool], roots: list[int]) -> int:
+def _depth(next_node: IndexArray, is_leaf: npt.NDArray[np.bool_], roots: IndexArray) -> int:
     """The most branch nodes on a path from a root to a leaf; `UnsupportedModelError` when the trees loop,
     share nodes or hold nodes no root reaches."""
-    seen = [False] * len(is_leaf)
-    depth = -1
+    visits = np.zeros(len(is_leaf), dtype=np.intp)
     level = roots
-    while level:
-        for k in level:
-            if seen[k]:
-                raise UnsupportedModelError("the trees share nodes or loop")
-            seen[k] = True
-        level = [c for k in level if not is_leaf[k] for c in {next_node[3 * k], next_node[3 * k + 1]}]
+    depth = -1
+    while len(level):
+        np.add.at(visits, level, 1)
+        if visits[level].max() > 1:
+            raise UnsupportedModelError("the trees share nodes or loop")
+        branches = level[~is_leaf[level]]
+        level = np.unique(next_node[branches, :2])
         depth += 1
-    if not all(seen):
-        raise UnsupportedModelError(f"{seen.count(False)} nodes are reached from no root")
+    if (visits == 0).any():
+        raise UnsupportedModelError(f"{int((visits == 0).sum())} nodes are reached from no root")
     return depth
