@@ -339,7 +339,8 @@ def _forest(attrs: dict[str, Attribute], prefix: str, n_features: int) -> _Fores
     child = np.zeros(n, dtype=bool)
     child[true_k] = child[false_k] = True
     roots = np.flatnonzero(~child).astype(np.intp)  # in the order of the trees, as onnxruntime sums them
-    n_trees = len(np.unique(tree_ids))
+    ordered = np.sort(tree_ids)  # (np.unique would import numpy.ma, ~2 MB, into the agent)
+    n_trees = 1 + int(np.count_nonzero(ordered[1:] != ordered[:-1]))
     if len(roots) != n_trees:
         raise UnsupportedModelError(f"{len(roots)} roots in {n_trees} trees")
     depth = _depth(next_node, is_leaf, roots)
@@ -349,15 +350,17 @@ def _forest(attrs: dict[str, Attribute], prefix: str, n_features: int) -> _Fores
 def _depth(next_node: IndexArray, is_leaf: npt.NDArray[np.bool_], roots: IndexArray) -> int:
     """The most branch nodes on a path from a root to a leaf; `UnsupportedModelError` when the trees loop,
     share nodes or hold nodes no root reaches."""
-    visits = np.zeros(len(is_leaf), dtype=np.intp)
+    n = len(is_leaf)
+    visits = np.zeros(n, dtype=np.intp)
     level = roots
     depth = -1
     while len(level):
-        np.add.at(visits, level, 1)
+        visits[level] += 1  # `level` holds each node once
         if visits[level].max() > 1:
             raise UnsupportedModelError("the trees share nodes or loop")
-        branches = level[~is_leaf[level]]
-        level = np.unique(next_node[branches, :2])
+        reached = np.zeros(n, dtype=bool)
+        reached[next_node[level[~is_leaf[level]], :2]] = True
+        level = np.flatnonzero(reached)
         depth += 1
     if (visits == 0).any():
         raise UnsupportedModelError(f"{int((visits == 0).sum())} nodes are reached from no root")
