@@ -4,8 +4,9 @@
 a `ModelMismatchError` that says what differs, so the agent can keep running the previous model; a file that
 is not ONNX, or whose graph needs more than `models.tree_ensemble` implements (another operator, attribute or
 transform), with a `ModelError` that names it. Needs only numpy: the file is read by `models.onnx_reader` and
-computed by `models.tree_ensemble` as onnxruntime computes it (onnxruntime, ~37 MB resident with the shipped
-models' sessions, stays off the gateway; tests/unit/test_tree_ensemble.py compares the two).
+computed by `models.tree_ensemble` as onnxruntime computes it (tests/unit/test_tree_ensemble.py compares the
+two); onnxruntime, about 33 MB of the agent's peak RSS with the shipped models (bench/agent_footprint.py),
+stays off the gateway.
 """
 
 from __future__ import annotations
