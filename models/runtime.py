@@ -66,7 +66,7 @@ def load_model(
         names = tuple(json.loads(meta["voltgate.feature_names"]))
         version = meta[FEATURE_VERSION_KEY]
         kind = meta["voltgate.kind"]
-    except (KeyError, ValueError) as err:
+    except (KeyError, ValueError, TypeError) as err:
         raise ModelMismatchError(
             f"{path}: no voltgate feature metadata ({err}); not a voltgate model"
         ) from err
@@ -94,6 +94,10 @@ def load_model(
         raise ModelError(f"{path}: a graph this agent cannot compute: {err}") from err
     if (ensemble.op_type == CLASSIFIER) != (kind == "probability"):
         raise ModelError(f"{path}: a model of kind {kind!r} whose graph is a {ensemble.op_type}")
+    try:
+        thresholds = {k: float(v) for k, v in json.loads(meta.get("voltgate.thresholds", "{}")).items()}
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ModelError(f"{path}: its thresholds are not a JSON object of numbers ({err})") from err
     return LoadedModel(
         path=path,
         name=meta.get(MODEL_NAME_KEY, path.stem),
@@ -101,7 +105,7 @@ def load_model(
         kind=kind,
         output_unit=meta.get("voltgate.output_unit", ""),
         target=meta.get("voltgate.target", ""),
-        thresholds={k: float(v) for k, v in json.loads(meta.get("voltgate.thresholds", "{}")).items()},
+        thresholds=thresholds,
         metadata=meta,
         _ensemble=ensemble,
     )

@@ -258,6 +258,7 @@ def _string(attrs: dict[str, Attribute], name: str, default: str) -> str:
 
 _Forest = tuple[IndexArray, Float32Array, IndexArray, Float32Array, IndexArray, int]
 _LEAF, _BRANCH_LEQ = 0, 1
+_MAX_ID: Final = 1 << 31
 _MODES: Final = {b"LEAF": _LEAF, b"BRANCH_LEQ": _BRANCH_LEQ}
 
 
@@ -267,6 +268,8 @@ class _NodeIndex:
     def __init__(self, tree_ids: npt.NDArray[np.int64], node_ids: npt.NDArray[np.int64]) -> None:
         if len(tree_ids) and (tree_ids.min() < 0 or node_ids.min() < 0):
             raise UnsupportedModelError("negative tree or node ids")
+        if len(tree_ids) and max(tree_ids.max(), node_ids.max()) >= _MAX_ID:  # keys below stay in int64
+            raise UnsupportedModelError(f"tree or node ids of {_MAX_ID} or more")
         self._span = int(node_ids.max()) + 1 if len(node_ids) else 1
         keys = tree_ids * self._span + node_ids
         self._order = np.argsort(keys, kind="stable")
@@ -325,14 +328,15 @@ def _forest(attrs: dict[str, Attribute], prefix: str, n_features: int) -> _Fores
     next_node[branch, 1] = true_k
     next_node[branch, 2] = np.where(missing_true[branch] != 0, true_k, false_k)
     feature = np.where(is_leaf, 0, features).astype(np.intp)
-    weighted = index.find(_ints(attrs, f"{prefix}_treeids"), _ints(attrs, f"{prefix}_nodeids"))
+    weight_trees, weight_nodes = _ints(attrs, f"{prefix}_treeids"), _ints(attrs, f"{prefix}_nodeids")
     weights = _floats(attrs, f"{prefix}_weights")
-    if not len(weighted) == len(weights) == len(_ints(attrs, f"{prefix}_ids")):
+    if not len(weight_trees) == len(weight_nodes) == len(weights) == len(_ints(attrs, f"{prefix}_ids")):
         raise UnsupportedModelError(f"the {prefix} weight attributes differ in length")
+    weighted = index.find(weight_trees, weight_nodes)
     not_leaf = (weighted < 0) | ~is_leaf[np.maximum(weighted, 0)]
     if not_leaf.any():
         i = int(np.flatnonzero(not_leaf)[0])
-        tree, node = _ints(attrs, f"{prefix}_treeids")[i], _ints(attrs, f"{prefix}_nodeids")[i]
+        tree, node = weight_trees[i], weight_nodes[i]
         raise UnsupportedModelError(f"a weight on tree {tree} node {node}, which is not a leaf")
     leaf = np.zeros(n, dtype=np.float32)
     np.add.at(leaf, weighted, weights)  # a leaf's weights in float32, in their order

@@ -12,13 +12,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.dataset import apply_policy, catalog_policies
 from models.features import INPUT_SIGNALS, N_FEATURES, features_for_recording
 from models.onnx_reader import OnnxFormatError, read_model
 from models.runtime import ModelError, load_model
 from models.simulate import TRUTH_COLUMNS
-from models.tree_ensemble import TreeEnsemble, compile_model
+from models.tree_ensemble import TreeEnsemble, UnsupportedModelError, compile_model
 from protocols.signals import LATITUDE, LONGITUDE, ODOMETER, SOC, SPEED
 from simulator.bus import BusConfig, BusSimulator
 from simulator.faults import Fault, FaultKind, FaultSchedule
@@ -224,6 +226,27 @@ def test_bytes_that_are_not_a_model_raise_a_format_error(data: bytes) -> None:
         read_model(data)
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.sampled_from(SHIPPED),
+    edits=st.lists(
+        st.tuples(st.floats(0.0, 1.0, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=8
+    ),
+)
+def test_a_damaged_model_is_refused_or_computes(name: str, edits: list[tuple[float, int]]) -> None:
+    """Bytes of a shipped model changed at random: the reader and the evaluator raise their own errors (the
+    loader's ModelError) or give a model that computes; nothing else (an IndexError, a loop without end)."""
+    data = bytearray((MODELS / f"{name}.onnx").read_bytes())
+    for where, value in edits:
+        data[int(where * len(data))] = value
+    try:
+        ensemble = compile_model(read_model(bytes(data)), N_FEATURES)
+    except (OnnxFormatError, UnsupportedModelError):
+        return
+    rows = np.vstack([np.zeros(N_FEATURES), np.full(N_FEATURES, np.nan), np.full(N_FEATURES, 1e6)])
+    assert ensemble.predict_rows(rows).shape == (3,)
+
+
 def test_a_truncated_model_file_is_refused(tmp_path: Path) -> None:
     data = (MODELS / "fault_risk.onnx").read_bytes()
     for cut in (10, len(data) // 3, len(data) - 7):
@@ -268,6 +291,11 @@ def _weights_for_class_1(model: Any) -> None:
     node = model.graph.node[0]
     n = len(next(a for a in node.attribute if a.name == "class_ids").ints)
     _set(node, "class_ids", [k % 2 for k in range(n)])
+
+
+def _one_weight_less(model: Any) -> None:
+    node = model.graph.node[0]
+    _set(node, "class_nodeids", list(next(a for a in node.attribute if a.name == "class_nodeids").ints)[:-1])
 
 
 def _as_tensor(model: Any) -> None:
@@ -317,6 +345,7 @@ def _feature_out_of_range(model: Any) -> None:
         ("fault_risk", lambda m: _set(m.graph.node[0], "post_transform", "SOFTMAX"), "SOFTMAX"),
         ("fault_risk", lambda m: _set(m.graph.node[0], "classlabels_int64s", [0, 1, 2]), "3 class labels"),
         ("fault_risk", _weights_for_class_1, "second class"),
+        ("fault_risk", _one_weight_less, "class weight attributes differ in length"),
         (
             "fault_risk",
             lambda m: m.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(1))),
