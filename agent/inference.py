@@ -1,7 +1,7 @@
 """On-device inference: the sample stream → features → each configured ONNX model, every `interval_s`.
 
     samples (a tap of the committer) ─► FeatureWindow ─► every interval_s of source time:
-        features_at(t) ─► soc_drop, large_drop, fault_risk (onnxruntime, 1 thread, on the loop) ─► Prediction
+        features_at(t) ─► soc_drop, large_drop, fault_risk (models.runtime, on the loop) ─► Prediction
 
 Ticks fall on whole multiples of `interval_s` of source time (as training's windows do, `models.dataset`) and
 fire when a sample at or after the tick arrives; a gap in the stream (a replay jump, a parked bus coming back)
@@ -258,7 +258,7 @@ class InferenceStage:
                 continue
             try:
                 value = model.predict(x)
-            except Exception as err:  # onnxruntime's own exception types; one model, not the agent
+            except Exception as err:  # whatever a model's run raises: one model, not the agent
                 self.stats.run_failures += 1
                 if not slot.run_failed_logged:
                     slot.run_failed_logged = True

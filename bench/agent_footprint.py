@@ -9,7 +9,7 @@ take frames, more than live buses deliver), the shipped catalog and models, upli
 Three processes per run, one after the other (the order rotates between runs):
 
 * ours, models on: the shipped models (`[inference]` defaults), four buses;
-* ours, no models: `[inference] models = []`, four buses (what the agent costs without onnxruntime);
+* ours, no models: `[inference] models = []`, four buses (what the agent costs without its models);
 * baseline: the straightforward agent of bench/agent_throughput.py (python-can LogReader → cantools →
   the same sampling policy → SQLite executemany → JSON over MQTT), one bus (it reads one log), no models.
 
@@ -17,7 +17,9 @@ Figures: peak RSS (VmHWM of /proc, read two seconds after every replay has reach
 every model has logged its load) and start-up (process start → ready for its first frame: the agent's
 "running" log line, the baseline's "first frame" line), median and range over `--runs`, and ours ÷ baseline.
 It also prints which optional packages the interpreter can import, and the peak RSS each heavy import adds
-to a bare interpreter on its own (and onnxruntime with the shipped models' sessions). Where python-can
+to a bare interpreter on its own, and the shipped models loaded by the agent's loader (models.runtime: its
+own ONNX reader and tree-ensemble evaluator; and onnxruntime's sessions of them where the interpreter has
+onnxruntime, which the gateway's `.[edge]` no longer installs). Where python-can
 finds asammdf (this repository's `mf4` extra), `import can` loads asammdf and pandas too; a gateway's
 `.[edge]` install has neither, so measure with `--python` of a venv holding only `.[edge]`
 (`python3 -m venv /tmp/edge && /tmp/edge/bin/pip install -e '.[edge]'`).
@@ -54,6 +56,10 @@ SESSIONS = (
     "[o.InferenceSession(str(p), providers=['CPUExecutionProvider'])"
     " for p in pathlib.Path('models').glob('*.onnx')]"
 )
+LOADED_MODELS = (
+    "import pathlib; from models.runtime import load_model; "
+    "[load_model(p) for p in sorted(pathlib.Path('models').glob('*.onnx'))]"
+)
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,7 @@ def import_costs(python: str, found: dict[str, bool]) -> str:
         for name in HEAVY
         if found.get(name, True)
     ]
+    costs.append(f"the shipped models, models.runtime +{import_rss_mb(python, LOADED_MODELS) - bare:.0f}")
     if found.get("onnxruntime"):
         costs.append(
             f"onnxruntime with the shipped models' sessions +{import_rss_mb(python, SESSIONS) - bare:.0f}"

@@ -1,5 +1,6 @@
-"""Inference latency of the shipped models as the agent runs them (onnxruntime, one thread, one row at a
-time), and the feature computation before each prediction, at the agent's pace over a recorded hour.
+"""Inference latency of the shipped models as the agent runs them (models.runtime: its own ONNX reader and
+tree-ensemble evaluator, one row at a time), and the feature computation before each prediction, at the
+agent's pace over a recorded hour.
 
     python bench/inference_latency.py [--n 5000] [--log LOG] [--interval 60] [--repeats 4]
 
@@ -13,8 +14,9 @@ same run for the plain formulation of the step-function primitives (numpy's func
 Then where the agent computes them: on the event loop's thread (as it does) against a worker thread while
 the loop's thread decodes frames (as it did): the worker waits for the GIL, up to the 5 ms switch interval.
 
-Models: load time and p50 / p99 per prediction. No assertions: the numbers go into the model cards and the
-report.
+Models: load time and p50 / p99 per prediction and for a batch of rows; where the interpreter has onnxruntime
+(the train and dev extras; the gateway's `.[edge]` does not), the same for an onnxruntime session (one thread)
+in the same run, and the ratio. No assertions: the numbers go into the model cards and the report.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import functools
 import itertools
 import math
 import statistics
@@ -30,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -212,22 +215,62 @@ def main() -> None:
         f"p99 {p99(threaded):.3f} ms"
     )
     row = x.features_at(t_end)
+    rows = np.random.default_rng(1).normal(0.0, 30.0, size=(20_000, len(row)))
+    rows[rows < -30.0] = np.nan  # a sixth of the features missing
+    try:
+        import onnxruntime
+    except ImportError:
+        onnxruntime = None
     for path in sorted(MODELS.glob("*.onnx")):
         a = time.perf_counter()
         model = load_model(path)
         load_ms = (time.perf_counter() - a) * 1e3
-        for _ in range(100):
-            model.predict(row)
-        lat = []
-        for _ in range(args.n):
-            a = time.perf_counter()
-            model.predict(row)
-            lat.append(time.perf_counter() - a)
-        ms = np.array(lat) * 1e3
+        ours = timed(functools.partial(model.predict, row), args.n)
+        batch_s = best_s(functools.partial(model.predict_batch, rows))
         print(
-            f"{path.name:18s} load {load_ms:6.1f} ms | predict p50 {np.percentile(ms, 50):.3f} ms, "
-            f"p99 {np.percentile(ms, 99):.3f} ms ({args.n} calls)"
+            f"{path.name:18s} ours: load {load_ms:6.1f} ms | predict p50 {ours[0]:.3f} ms, "
+            f"p99 {ours[1]:.3f} ms ({args.n} calls) | {len(rows)} rows {batch_s:.2f} s"
         )
+        if onnxruntime is None:
+            continue
+        opts = onnxruntime.SessionOptions()
+        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+        a = time.perf_counter()
+        session = onnxruntime.InferenceSession(
+            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+        ort_load_ms = (time.perf_counter() - a) * 1e3
+        one = row.astype(np.float32).reshape(1, -1)
+        theirs = timed(functools.partial(session.run, None, {"features": one}), args.n)
+        ort_batch_s = best_s(functools.partial(session.run, None, {"features": rows.astype(np.float32)}))
+        print(
+            f"{'':18s} onnxruntime: load {ort_load_ms:6.1f} ms | predict p50 {theirs[0]:.3f} ms, "
+            f"p99 {theirs[1]:.3f} ms | {len(rows)} rows {ort_batch_s:.2f} s | ours/onnxruntime: "
+            f"p50 {ours[0] / theirs[0]:.1f}×, batch {batch_s / ort_batch_s:.1f}×"
+        )
+
+
+def best_s(call: Callable[[], object], repeats: int = 3) -> float:
+    """The fastest of `repeats` calls, in seconds."""
+    best = math.inf
+    for _ in range(repeats):
+        a = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - a)
+    return best
+
+
+def timed(call: Callable[[], object], n: int) -> tuple[float, float]:
+    """p50 and p99 (ms) of `n` calls, after a few untimed ones."""
+    for _ in range(min(n, 20)):
+        call()
+    lat = []
+    for _ in range(n):
+        a = time.perf_counter()
+        call()
+        lat.append(time.perf_counter() - a)
+    ms = np.array(lat) * 1e3
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
-"""The agent's model loader: an ONNX file → a checked, single-threaded predictor.
+"""The agent's model loader: an ONNX file → a checked predictor.
 
 `load_model` refuses a model whose metadata does not match this code's features (names, order, version) with
-a `ModelMismatchError` that says what differs, so the agent can keep running the previous model. Needs only
-numpy and onnxruntime (the `edge` extra); onnxruntime (~20 MB resident) is imported by the first `load_model`,
-so an agent with no models configured never loads it.
+a `ModelMismatchError` that says what differs, so the agent can keep running the previous model; a file that
+is not ONNX, or whose graph needs more than `models.tree_ensemble` implements (another operator, attribute or
+transform), with a `ModelError` that names it. Needs only numpy: the file is read by `models.onnx_reader` and
+computed by `models.tree_ensemble` as onnxruntime computes it (tests/unit/test_tree_ensemble.py compares the
+two); onnxruntime, about 33 MB of the agent's peak RSS with the shipped models (bench/agent_footprint.py),
+stays off the gateway.
 """
 
 from __future__ import annotations
@@ -11,11 +14,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from models.features import FEATURE_NAMES, FEATURE_VERSION, N_FEATURES, FloatArray
+from models.onnx_reader import OnnxFormatError, read_model
+from models.tree_ensemble import CLASSIFIER, TreeEnsemble, UnsupportedModelError, compile_model
 from protocols.predictions import FEATURE_VERSION_KEY, MODEL_NAME_KEY
 
 
@@ -37,20 +41,15 @@ class LoadedModel:
     target: str
     thresholds: dict[str, float]
     metadata: dict[str, str]
-    _session: Any = field(repr=False)
-    _output: str = field(repr=False)
-    _column: int = field(repr=False)
+    _ensemble: TreeEnsemble = field(repr=False)
 
     def predict(self, features: FloatArray) -> float:
         """One prediction from one feature vector (FEATURE_NAMES order, NaN for missing)."""
-        x = np.asarray(features, dtype=np.float32).reshape(1, N_FEATURES)
-        out = self._session.run([self._output], {"features": x})[0]
-        return float(np.asarray(out).reshape(1, -1)[0, self._column])
+        return self._ensemble.predict_one(features)
 
     def predict_batch(self, rows: FloatArray) -> FloatArray:
-        x = np.asarray(rows, dtype=np.float32).reshape(-1, N_FEATURES)
-        out = np.asarray(self._session.run([self._output], {"features": x})[0])
-        return np.asarray(out.reshape(len(x), -1)[:, self._column], dtype=np.float64)
+        """One prediction per row."""
+        return self._ensemble.predict_rows(np.asarray(rows).reshape(-1, N_FEATURES))
 
 
 def load_model(
@@ -58,22 +57,16 @@ def load_model(
     feature_names: tuple[str, ...] = FEATURE_NAMES,
     feature_version: str = FEATURE_VERSION,
 ) -> LoadedModel:
-    import onnxruntime as ort  # here, not at the top: only an agent with models pays for it
-
     try:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as err:  # onnxruntime raises its own unrelated exception types
+        onnx = read_model(path.read_bytes())
+    except (OSError, OnnxFormatError) as err:
         raise ModelError(f"{path}: not a loadable ONNX model ({err})") from err
-    meta = dict(session.get_modelmeta().custom_metadata_map)
+    meta = onnx.metadata
     try:
         names = tuple(json.loads(meta["voltgate.feature_names"]))
         version = meta[FEATURE_VERSION_KEY]
         kind = meta["voltgate.kind"]
-    except (KeyError, ValueError) as err:
+    except (KeyError, ValueError, TypeError) as err:
         raise ModelMismatchError(
             f"{path}: no voltgate feature metadata ({err}); not a voltgate model"
         ) from err
@@ -87,14 +80,24 @@ def load_model(
         extra = [n for n in names if n not in feature_names]
         what = f"missing {missing}, unknown {extra}" if missing or extra else "same names in another order"
         raise ModelMismatchError(f"{path}: model features differ from this code's: {what}")
-    outputs = [o.name for o in session.get_outputs()]
-    if kind == "probability":
-        output, column = ("probabilities", 1) if "probabilities" in outputs else (outputs[-1], 1)
-    else:
-        output, column = outputs[0], 0
-    inputs = session.get_inputs()
-    if len(inputs) != 1 or inputs[0].name != "features" or inputs[0].shape[-1] != N_FEATURES:
+    inputs = onnx.graph.inputs
+    if (
+        len(inputs) != 1
+        or inputs[0].name != "features"
+        or not inputs[0].shape
+        or inputs[0].shape[-1] != N_FEATURES
+    ):
         raise ModelMismatchError(f"{path}: expects input {[(i.name, i.shape) for i in inputs]}")
+    try:
+        ensemble = compile_model(onnx, N_FEATURES)
+    except UnsupportedModelError as err:
+        raise ModelError(f"{path}: a graph this agent cannot compute: {err}") from err
+    if (ensemble.op_type == CLASSIFIER) != (kind == "probability"):
+        raise ModelError(f"{path}: a model of kind {kind!r} whose graph is a {ensemble.op_type}")
+    try:
+        thresholds = {k: float(v) for k, v in json.loads(meta.get("voltgate.thresholds", "{}")).items()}
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ModelError(f"{path}: its thresholds are not a JSON object of numbers ({err})") from err
     return LoadedModel(
         path=path,
         name=meta.get(MODEL_NAME_KEY, path.stem),
@@ -102,9 +105,7 @@ def load_model(
         kind=kind,
         output_unit=meta.get("voltgate.output_unit", ""),
         target=meta.get("voltgate.target", ""),
-        thresholds={k: float(v) for k, v in json.loads(meta.get("voltgate.thresholds", "{}")).items()},
+        thresholds=thresholds,
         metadata=meta,
-        _session=session,
-        _output=output,
-        _column=column,
+        _ensemble=ensemble,
     )

@@ -1,5 +1,6 @@
-"""What `voltgate-agent run` loads into its process: onnxruntime only when models are configured, scikit-learn
-never. The agent runs as a subprocess (a replayed log, the real Mosquitto) whose exit hook lists the heavy
+"""What `voltgate-agent run` loads into its process: never onnxruntime, onnx or protobuf (the agent reads and
+computes its ONNX models itself: models.onnx_reader, models.tree_ensemble), nor scikit-learn, with or without
+models. The agent runs as a subprocess (a replayed log, the real Mosquitto) whose exit hook lists the heavy
 modules of its `sys.modules`."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from tests.integration.conftest import Broker
 from tests.integration.test_agent_run import _write_log
 
 REPO = Path(__file__).resolve().parents[2]
-WATCHED = ("onnxruntime", "sklearn", "asammdf", "pandas")
+WATCHED = ("onnxruntime", "onnx", "google", "sklearn", "asammdf", "pandas")
 # Runs the agent's CLI; at exit (sys.exit runs atexit hooks) one stderr line lists the watched modules loaded.
 PROBE = f"""
 import atexit, sys
@@ -81,14 +82,19 @@ enabled = false
     return set(filter(None, reports[0].split(",")))
 
 
-def test_no_models_configured_never_imports_onnxruntime(mqtt_broker: Broker, tmp_path: Path) -> None:
+def test_no_models_configured_imports_no_model_runtime(mqtt_broker: Broker, tmp_path: Path) -> None:
     loaded = _run_agent(mqtt_broker, tmp_path, "[inference]\nmodels = []", ("replay day: end of",))
-    assert "onnxruntime" not in loaded
-    assert "sklearn" not in loaded
+    assert loaded.isdisjoint({"onnxruntime", "onnx", "google", "sklearn"})
 
 
-def test_configured_models_import_onnxruntime_and_never_sklearn(mqtt_broker: Broker, tmp_path: Path) -> None:
-    """The counterpart: the probe sees onnxruntime when the shipped models are loaded."""
-    loaded = _run_agent(mqtt_broker, tmp_path, "", ("replay day: end of", "model soc_drop version"))
-    assert "onnxruntime" in loaded
-    assert "sklearn" not in loaded
+def test_the_shipped_models_run_without_onnxruntime(mqtt_broker: Broker, tmp_path: Path) -> None:
+    """The shipped models are loaded (their load is logged) and the process never imports onnxruntime, the
+    onnx package, protobuf or scikit-learn."""
+    waits = (
+        "replay day: end of",
+        "model soc_drop version",
+        "model large_drop version",
+        "model fault_risk version",
+    )
+    loaded = _run_agent(mqtt_broker, tmp_path, "", waits)
+    assert loaded.isdisjoint({"onnxruntime", "onnx", "google", "sklearn"}), loaded

@@ -3,7 +3,7 @@
 
 The filter is built as systemd builds it (the sets as this machine's `systemd-analyze syscall-filter` lists
 them) and applied with libseccomp by tests/seccomp_exec.py: a running systemd is not available in CI. The
-agent replays a simulated bus at full speed, decodes, buffers and runs its ONNX models (onnxruntime and numpy
+agent replays a simulated bus at full speed, decodes, buffers and runs its ONNX models (a numeric library may
 ask for NUMA memory policy, mbind, which the filter refuses), then stops on SIGTERM with exit 0.
 """
 

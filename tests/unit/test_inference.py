@@ -85,7 +85,7 @@ def _run_pure(stage: InferenceStage, samples: Iterator[Sample]) -> list[Predicti
 
 def _rewrite(source: Path, target: Path, **props: str) -> Path:
     """A copy of a shipped model with some ONNX metadata_props changed."""
-    onnx = pytest.importorskip("onnx")  # the train extra; the agent itself needs only onnxruntime
+    onnx = pytest.importorskip("onnx")  # the train extra: the agent reads ONNX files itself
     model = onnx.load(str(source))
     meta = {p.key: p.value for p in model.metadata_props}
     meta.update(props)
@@ -259,18 +259,18 @@ async def test_hot_reload_while_running(tmp_path: Path) -> None:
     assert isinstance(prediction, Prediction) and prediction.model_version == "7"
 
 
-class _BrokenSession:
-    """Stands in for an onnxruntime session whose run fails (an out-of-memory or a corrupt graph at run time
-    cannot be produced on purpose with a model that passes load_model's checks)."""
+class _BrokenEnsemble:
+    """Stands in for a model whose run fails (an out-of-memory cannot be produced on purpose, and a model
+    that passes load_model's checks computes)."""
 
-    def run(self, *args: object) -> object:
-        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : simulated")
+    def predict_one(self, *args: object) -> float:
+        raise MemoryError("simulated")
 
 
 def test_a_failing_model_run_is_counted_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     stage = InferenceStage(_settings([MODELS / "large_drop.onnx", MODELS / "fault_risk.onnx"]))
     stage.check_models()
-    stage.models["large_drop"]._session = _BrokenSession()
+    stage.models["large_drop"]._ensemble = _BrokenEnsemble()  # type: ignore[assignment]
     with caplog.at_level(logging.ERROR, logger="agent.inference"):
         predictions = _run_pure(stage, _bus(5))
     assert {p.model for p in predictions} == {"fault_risk"}, "the other model runs on"

@@ -46,7 +46,7 @@ def test_thresholds_and_target_travel_in_the_metadata() -> None:
 
 
 def _rewrite(tmp_path: Path, **props: str) -> Path:
-    onnx = pytest.importorskip("onnx")  # the train extra; the agent's loader itself needs only onnxruntime
+    onnx = pytest.importorskip("onnx")  # the train extra: the agent's loader reads ONNX files itself
     model = onnx.load(str(MODELS / "soc_drop.onnx"))
     meta = {p.key: p.value for p in model.metadata_props}
     meta.update(props)
@@ -92,3 +92,19 @@ def test_predict_takes_one_feature_vector() -> None:
     model = load_model(MODELS / "soc_drop.onnx")
     value = model.predict(np.full(N_FEATURES, np.nan))
     assert np.isfinite(value)
+
+
+@pytest.mark.parametrize(
+    ("props", "message"),
+    [
+        ({"voltgate.feature_names": "44"}, "no voltgate feature metadata"),
+        (
+            {"voltgate.thresholds": '{"alarm_probability": "high"}'},
+            "thresholds are not a JSON object of numbers",
+        ),
+        ({"voltgate.thresholds": "[1, 2]"}, "thresholds are not a JSON object of numbers"),
+    ],
+)
+def test_malformed_metadata_is_a_model_error(tmp_path: Path, props: dict[str, str], message: str) -> None:
+    with pytest.raises(ModelError, match=message):
+        load_model(_rewrite(tmp_path, **props))
