@@ -26,7 +26,9 @@ python-can does).
 from __future__ import annotations
 
 import logging
+import os
 import re
+import select
 import threading
 import time
 from binascii import a2b_hex
@@ -64,6 +66,7 @@ _CLASSIC_LINE: Final = (
     + rb"|r[0-7]" + _H + rb"{2}[0-8]|R[01]" + _H + rb"{7}[0-8])(?:" + _H + rb"{4})?"
 )  # fmt: skip
 _WELL_FORMED_RUN: Final = re.compile(rb"(?:(?:" + _CLASSIC_LINE + rb")?\r)*", re.ASCII)
+READ_BYTES: Final = 65536  # the most one read of the port takes
 MAX_CACHED_IDS: Final = 8192  # id fields whose filter verdict is kept; beyond, decided per line
 _STANDARD_LETTERS: Final = frozenset(b"tr")
 
@@ -391,16 +394,34 @@ class TolerantSlcanBus(slcanBus):
 
     def read_chunk(self, timeout: float | None) -> SlcanChunk:
         """Wait up to `timeout` for bytes, read all that are waiting, and parse them (bad lines counted)."""
-        port = self.serialPortOrig
         try:
-            if port.timeout != timeout:
-                port.timeout = timeout
-            data = port.read(max(1, port.in_waiting))
-            if data and port.in_waiting:
-                data += port.read(port.in_waiting)
+            data = self._read_waiting(timeout)
         except (serial.SerialException, OSError) as err:
             raise can.CanOperationError(f"Could not read from serial device: {err}") from err
-        chunk = self._reader.read(bytes(data))
+        chunk = self._reader.read(data)
         for bad in chunk.bad:
             self._line_stats.count(bad)
         return chunk
+
+    def _read_waiting(self, timeout: float | None) -> bytes:
+        """A serial port with a file descriptor (a tty, a pty) is read with one select and one read of
+        all that is waiting (pyserial's `read` adds an ioctl and a select per call); others by pyserial."""
+        port = self.serialPortOrig
+        fd = getattr(port, "fd", None)
+        if isinstance(fd, int) and fd >= 0:
+            readable, _, _ = select.select([fd], [], [], timeout)
+            if not readable:
+                return b""
+            try:
+                data = os.read(fd, READ_BYTES)
+            except BlockingIOError:  # pyserial opens the port non-blocking; readiness can be spurious
+                return b""
+            if not data:  # readable but nothing: pyserial's reading of a vanished device, too
+                raise serial.SerialException("the device reports data but returns none (disconnected?)")
+            return data
+        if port.timeout != timeout:
+            port.timeout = timeout
+        data = port.read(max(1, port.in_waiting))
+        if data and port.in_waiting:
+            data += port.read(port.in_waiting)
+        return bytes(data)
