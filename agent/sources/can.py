@@ -25,6 +25,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import can
@@ -50,11 +51,6 @@ LINK_ERRORS: tuple[type[BaseException], ...] = (
     OSError,  # serial.SerialException is an OSError too
     serial.SerialException,
 )
-# After a read that brought frames, the SLCAN reader waits this long before the next one, so a read
-# takes ~20 frames of a full 500 kbit/s bus rather than the one or two a USB packet holds. Frames are
-# stamped at the read: up to this much after they arrived. The pty (or the USB serial driver) buffers
-# 4 KiB, ~40 ms of a full bus.
-SLCAN_READ_INTERVAL_S = 0.005
 STANDARD_MASK = 0x7FF
 EXTENDED_MASK = 0x1FFFFFFF
 
@@ -110,10 +106,8 @@ class _ChunkReader:
         listener: _FrameListener,
         loop: asyncio.AbstractEventLoop,
         timeout_s: float,
-        on_unwanted: Any,
-        read_interval_s: float = 0.0,
+        on_unwanted: Callable[[int], None],
     ) -> None:
-        self.read_interval_s = read_interval_s
         self.bus = bus
         self.listener = listener
         self.loop = loop
@@ -125,17 +119,11 @@ class _ChunkReader:
 
     def _run(self) -> None:
         name, bus, timeout_s, loop = self.listener.bus, self.bus, self.timeout_s, self.loop
-        stop, interval_s = self._stop, self.read_interval_s
-        next_read = 0.0
         try:
-            while not stop.is_set():
-                wait_s = next_read - time.monotonic()
-                if wait_s > 0 and stop.wait(wait_s):
-                    return
+            while not self._stop.is_set():
                 chunk = bus.read_chunk(timeout_s)
                 if not chunk.frames and not chunk.unwanted:
                     continue
-                next_read = time.monotonic() + interval_s
                 ts = time.time()  # SLCAN carries no usable time: stamped on receipt, as python-can does
                 frames = [
                     Frame(name, ts, f.arbitration_id, f.is_extended, f.data, False, f.is_remote)
@@ -260,9 +248,7 @@ class CanSource:
         listener = _FrameListener(self.settings.name, outbox, self.stats)
         reader: _ChunkReader | _Notifier
         if isinstance(bus, TolerantSlcanBus):
-            reader = _ChunkReader(
-                bus, listener, loop, self.poll_timeout_s, self._count_unwanted, SLCAN_READ_INTERVAL_S
-            )
+            reader = _ChunkReader(bus, listener, loop, self.poll_timeout_s, self._count_unwanted)
         else:
             reader = notifier = _Notifier(bus, [listener], timeout=self.poll_timeout_s, loop=loop)
         stopping = asyncio.ensure_future(self._stopping.wait())

@@ -12,9 +12,17 @@ sends ("S6", "O", "C" are python-can's), but reading goes through a pure core:
   frame-type letters t/T/r/R/x are not hex digits, so a valid CAN 2.0 frame's line can only start at its
   letter: the longest suffix that parses exactly is the frame. A line longer than any SLCAN line is
   cut to the last frame letter it holds (counted "overlong" once per stretch).
-* `TolerantSlcanBus` is python-can's `slcanBus` with `_recv_internal` reading through that reader (all
-  waiting bytes at once, frames queued) and without a `fileno()`, so `can.Notifier` reads it in a thread
-  calling `recv(timeout)`, which serves queued frames first.
+* `SlcanLineReader.read(data)` is the live path: the same frames and bad lines as `feed`, with the
+  bus's filters applied before any frame object is built. The common read, complete lines that are all
+  well-formed CAN 2.0 frames, is checked by one regular expression over the whole read and split at CR;
+  each line's id field ("t123", "T18FEF100") is looked up in a cache of the filter's verdicts, so a frame
+  of an id the catalog does not know costs a slice and a dict lookup and is only counted (`unwanted`).
+  A read with anything else in it (a bad line, BEL, a CAN FD frame) goes through `feed`, line by line.
+* `TolerantSlcanBus` is python-can's `slcanBus` reading through that reader: `read_chunk(timeout)` reads
+  all waiting bytes at once (one select and one read on a tty) and returns the wanted frames and the
+  unwanted count (`agent.sources.can` reads it so, in its own thread); `recv` serves the same frames one
+  by one. It has no `fileno()`: frames are queued inside it, so a `can.Notifier` must read it in a thread.
+  python-can's `can_filters` become the reader's `IdFilter` (same meaning as python-can's).
 
 Every bad line is counted per reason in `SlcanLineStats` (shared by the bus objects of one source across
 reconnects, exported as `voltgate_can_serial_lines_rejected{bus,reason}`) and logged once per reason.
