@@ -5,6 +5,12 @@ python-can reads in its own thread (or watches the bus's file descriptor, for so
 delivers each message on the loop, where it becomes a `Frame` (interface timestamp) and goes into
 the bounded outbox; a full outbox drops the frame, counted in `stats.dropped`.
 
+An SLCAN bus is read by `_ChunkReader` instead: its thread reads all the bytes waiting on the port at
+once, the reader drops the frames whose id the catalog's filters refuse before building any object
+(counted with the decoder's unknown ids in `voltgate_can_frames_unknown{bus}`, and in
+`unknown_ids_filtered`), and the wanted frames of that read reach the loop in one call, where each is
+offered to the outbox as above (a full outbox drops and counts per frame).
+
 A failing link (adapter unplugged, serial port gone, socket error) is closed and reopened with
 backoff; see `agent.sources.Link`. A malformed line on an SLCAN serial port is not a failing link:
 interface "slcan" is opened as `agent.sources.slcan.TolerantSlcanBus`, which skips and counts bad lines
@@ -17,12 +23,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import can
 import serial
 from can.typechecking import CanFilter
 
+from agent import metrics
 from agent.records import Frame, frame_from_message
 from agent.settings import CanBusSettings
 from agent.sources import Link, SourceError, SourceStats, SourceStoppedError, offer
@@ -72,10 +82,10 @@ class _FrameListener(can.Listener):
         self.outbox = outbox
         self.stats = stats
         self.failure: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
-        self._stopped = False
+        self.stopped = False
 
     def on_message_received(self, msg: can.Message) -> None:
-        if not self._stopped:
+        if not self.stopped:
             offer(self.outbox, frame_from_message(self.bus, msg), self.stats)
 
     def on_error(self, exc: Exception) -> None:
@@ -83,7 +93,60 @@ class _FrameListener(can.Listener):
             self.failure.set_result(exc)
 
     def stop(self) -> None:
-        self._stopped = True
+        self.stopped = True
+
+
+class _ChunkReader:
+    """Reads a `TolerantSlcanBus` in its own thread: each read of the port (its wanted frames as
+    `Frame`s, stamped on receipt, and the count of unwanted ones) is one call on the loop."""
+
+    def __init__(
+        self,
+        bus: TolerantSlcanBus,
+        listener: _FrameListener,
+        loop: asyncio.AbstractEventLoop,
+        timeout_s: float,
+        on_unwanted: Callable[[int], None],
+    ) -> None:
+        self.bus = bus
+        self.listener = listener
+        self.loop = loop
+        self.timeout_s = timeout_s
+        self.on_unwanted = on_unwanted
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"slcan:{listener.bus}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        name, bus, timeout_s, loop = self.listener.bus, self.bus, self.timeout_s, self.loop
+        try:
+            while not self._stop.is_set():
+                chunk = bus.read_chunk(timeout_s)
+                if not chunk.frames and not chunk.unwanted:
+                    continue
+                ts = time.time()  # SLCAN carries no usable time: stamped on receipt, as python-can does
+                frames = [
+                    Frame(name, ts, f.arbitration_id, f.is_extended, f.data, False, f.is_remote)
+                    for f in chunk.frames
+                ]
+                loop.call_soon_threadsafe(self._deliver, frames, chunk.unwanted)
+        except Exception as exc:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(self.listener.on_error, exc)
+
+    def _deliver(self, frames: list[Frame], unwanted: int) -> None:
+        listener = self.listener
+        if listener.stopped:
+            return
+        for frame in frames:
+            offer(listener.outbox, frame, listener.stats)
+        if unwanted:
+            self.on_unwanted(unwanted)
+
+    def stop(self, timeout_s: float) -> None:
+        """Ends the thread (blocks up to `timeout_s`: call off the loop)."""
+        self._stop.set()
+        self._thread.join(timeout_s)
 
 
 class _Notifier(can.Notifier):
@@ -123,6 +186,9 @@ class CanSource:
         self.stats = SourceStats()
         self.poll_timeout_s = poll_timeout_s
         self.line_stats = SlcanLineStats(settings.name)  # bad SLCAN lines (interface "slcan" only)
+        # frames dropped by the catalog's filters in the SLCAN reader (interface "slcan" only)
+        self.unknown_ids_filtered = 0
+        self._unknown_metric = metrics.FRAMES_UNKNOWN.labels(settings.name)
         self._stopping = asyncio.Event()
         self._link = Link(
             f"CAN bus {settings.name} ({settings.interface} {settings.channel})",
@@ -180,18 +246,30 @@ class CanSource:
         """Read until the link fails (returns the error) or the source is stopped (None)."""
         loop = asyncio.get_running_loop()
         listener = _FrameListener(self.settings.name, outbox, self.stats)
-        notifier = _Notifier(bus, [listener], timeout=self.poll_timeout_s, loop=loop)
+        reader: _ChunkReader | _Notifier
+        if isinstance(bus, TolerantSlcanBus):
+            reader = _ChunkReader(bus, listener, loop, self.poll_timeout_s, self._count_unwanted)
+        else:
+            reader = notifier = _Notifier(bus, [listener], timeout=self.poll_timeout_s, loop=loop)
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             waiters: list[asyncio.Future[Any]] = [listener.failure, stopping]
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
-            if _watches_fd(bus):
+            listener.stop()
+            if isinstance(reader, _ChunkReader):
+                await asyncio.to_thread(reader.stop, self.poll_timeout_s + 1.0)
+            elif _watches_fd(bus):
                 notifier.stop()  # removes the loop reader: must run on the loop, and never blocks
             else:
                 await asyncio.to_thread(notifier.stop, self.poll_timeout_s + 1.0)  # joins the reader
         return listener.failure.result() if listener.failure.done() else None
+
+    def _count_unwanted(self, frames: int) -> None:
+        """Frames the SLCAN reader dropped by id: unknown ids, as the decoder would have counted them."""
+        self.unknown_ids_filtered += frames
+        self._unknown_metric.inc(frames)
 
 
 def _watches_fd(bus: can.BusABC) -> bool:

@@ -12,9 +12,17 @@ sends ("S6", "O", "C" are python-can's), but reading goes through a pure core:
   frame-type letters t/T/r/R/x are not hex digits, so a valid CAN 2.0 frame's line can only start at its
   letter: the longest suffix that parses exactly is the frame. A line longer than any SLCAN line is
   cut to the last frame letter it holds (counted "overlong" once per stretch).
-* `TolerantSlcanBus` is python-can's `slcanBus` with `_recv_internal` reading through that reader (all
-  waiting bytes at once, frames queued) and without a `fileno()`, so `can.Notifier` reads it in a thread
-  calling `recv(timeout)`, which serves queued frames first.
+* `SlcanLineReader.read(data)` is the live path: the same frames and bad lines as `feed`, with the
+  bus's filters applied before any frame object is built. The common read, complete lines that are all
+  well-formed CAN 2.0 frames, is checked by one regular expression over the whole read and split at CR;
+  each line's id field ("t123", "T18FEF100") is looked up in a cache of the filter's verdicts, so a frame
+  of an id the catalog does not know costs a slice and a dict lookup and is only counted (`unwanted`).
+  A read with anything else in it (a bad line, BEL, a CAN FD frame) goes through `feed`, line by line.
+* `TolerantSlcanBus` is python-can's `slcanBus` reading through that reader: `read_chunk(timeout)` reads
+  all waiting bytes at once (one select and one read on a tty) and returns the wanted frames and the
+  unwanted count (`agent.sources.can` reads it so, in its own thread); `recv` serves the same frames one
+  by one. It has no `fileno()`: frames are queued inside it, so a `can.Notifier` must read it in a thread.
+  python-can's `can_filters` become the reader's `IdFilter` (same meaning as python-can's).
 
 Every bad line is counted per reason in `SlcanLineStats` (shared by the bus objects of one source across
 reconnects, exported as `voltgate_can_serial_lines_rejected{bus,reason}`) and logged once per reason.
@@ -26,10 +34,14 @@ python-can does).
 from __future__ import annotations
 
 import logging
+import os
 import re
+import select
 import threading
 import time
+from binascii import a2b_hex
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
@@ -37,6 +49,7 @@ from typing import Any, Final
 import can
 import serial
 from can.interfaces.slcan import slcanBus
+from can.typechecking import CanFilter
 from can.util import CAN_FD_DLC
 
 from agent import metrics
@@ -52,6 +65,18 @@ _PRINTABLE: Final = re.compile(rb"[\x20-\x7e]*")
 _RESYNC_LETTERS: Final = b"tTrRx"  # frame letters that are not hex digits (see the module docstring)
 _STANDARD: Final = frozenset(b"trdb")
 _LINE_END: Final = re.compile(rb"[\r\x07]")
+# A run of well-formed classic CAN lines, each ended by CR (or an empty line: the adapter's OK). The DLC
+# digit fixes the number of data digits; ids in range (11-bit ≤ 7FF, 29-bit ≤ 1FFFFFFF); optional timestamp.
+_H: Final = rb"[0-9A-Fa-f]"
+_DATA_FOR_DLC: Final = rb"(?:" + rb"|".join(b"%d(?:%s){%d}" % (n, _H, 2 * n) for n in range(9)) + rb")"
+_CLASSIC_LINE: Final = (
+    rb"(?:t[0-7]" + _H + rb"{2}" + _DATA_FOR_DLC + rb"|T[01]" + _H + rb"{7}" + _DATA_FOR_DLC
+    + rb"|r[0-7]" + _H + rb"{2}[0-8]|R[01]" + _H + rb"{7}[0-8])(?:" + _H + rb"{4})?"
+)  # fmt: skip
+_WELL_FORMED_RUN: Final = re.compile(rb"(?:(?:" + _CLASSIC_LINE + rb")?\r)*", re.ASCII)
+READ_BYTES: Final = 65536  # the most one read of the port takes
+MAX_CACHED_IDS: Final = 8192  # id fields whose filter verdict is kept; beyond, decided per line
+_STANDARD_LETTERS: Final = frozenset(b"tr")
 
 
 class BadLineReason(StrEnum):
@@ -141,12 +166,125 @@ def _resync(line: bytes) -> SlcanFrame | None:
     return None
 
 
-class SlcanLineReader:
-    """Pure and stateful: bytes in (any chunking), frames and bad lines out, in stream order."""
+class IdFilter:
+    """The ids a bus wants, as python-can filters (`can_id`, `can_mask`, optional `extended`), with
+    python-can's meaning: a frame passes when any filter matches it; no filters pass every frame."""
 
-    def __init__(self) -> None:
+    def __init__(self, filters: Sequence[CanFilter] | None) -> None:
+        self.filters: tuple[tuple[int, int, bool | None], ...] | None = (
+            None
+            if not filters
+            else tuple((f["can_id"] & f["can_mask"], f["can_mask"], f.get("extended")) for f in filters)
+        )
+
+    def accepts(self, arbitration_id: int, extended: bool) -> bool:
+        if self.filters is None:
+            return True
+        return any(
+            arbitration_id & mask == code and (wants is None or wants == extended)
+            for code, mask, wants in self.filters
+        )
+
+
+@dataclass(slots=True)
+class SlcanChunk:
+    """What one read of the port yields on the live path (`SlcanLineReader.read`)."""
+
+    frames: list[SlcanFrame]  # the wanted frames, in stream order
+    bad: list[BadLine]
+    unwanted: int  # valid frames whose id the filter refuses: counted, never built
+
+
+class SlcanLineReader:
+    """Pure and stateful: bytes in (any chunking), frames and bad lines out, in stream order.
+
+    `feed` parses every line. `read` is the live path: a chunk whose complete lines are all well-formed
+    classic CAN frames (the common case, checked by one regular expression over the chunk) is split at CR
+    and each frame's id field is looked up in a cache of the filter's verdicts, so a frame of an id the
+    bus does not want costs a slice and a dict lookup and no object; any other chunk goes through `feed`
+    line by line (a bad line costs only itself, as there).
+    """
+
+    def __init__(self, wanted: IdFilter | None = None) -> None:
         self._line = bytearray()
         self._overlong = False  # the current line was already counted "overlong"
+        self.wanted = wanted or IdFilter(None)
+        # id field ("t123", "T18FEF100", "r123", ...) → None (unwanted) or (id, extended, remote)
+        self._verdicts: dict[bytes, tuple[int, bool, bool] | None] = {}
+
+    def want(self, wanted: IdFilter) -> None:
+        """Filter by `wanted` from now on."""
+        self.wanted = wanted
+        self._verdicts = {}
+
+    def read(self, data: bytes) -> SlcanChunk:
+        """`feed` with the filter applied: the wanted frames, the bad lines, how many were unwanted."""
+        pending = bytes(self._line)
+        end = data.rfind(b"\r")
+        if (
+            self._overlong
+            or end < 0
+            or BEL in data
+            or _WELL_FORMED_RUN.fullmatch(pending + data[: end + 1] if pending else data[: end + 1]) is None
+        ):
+            return self._read_slowly(data)
+        body = pending + data[:end] if pending else data[:end]
+        self._line.clear()
+        frames: list[SlcanFrame] = []
+        unwanted = 0
+        verdicts = self._verdicts
+        for line in body.split(b"\r"):
+            if not line:
+                continue  # the adapter's OK
+            key = line[:4] if line[0] in _STANDARD_LETTERS else line[:9]
+            try:
+                verdict = verdicts[key]
+            except KeyError:
+                verdict = self._verdict(key)
+            if verdict is None:
+                unwanted += 1
+                continue
+            arbitration_id, extended, remote = verdict
+            dlc = line[len(key)] - 0x30
+            frames.append(
+                SlcanFrame(
+                    arbitration_id,
+                    extended,
+                    b"" if remote else a2b_hex(line[len(key) + 1 : len(key) + 1 + 2 * dlc]),
+                    remote,
+                    False,
+                    False,
+                    dlc,
+                )
+            )
+        tail: list[SlcanFrame | BadLine] = []
+        self._extend(data[end + 1 :], tail)  # the start of the next line (overlong: cut and counted)
+        return SlcanChunk(frames, [item for item in tail if isinstance(item, BadLine)], unwanted)
+
+    def _verdict(self, key: bytes) -> tuple[int, bool, bool] | None:
+        extended = key[0] not in _STANDARD_LETTERS
+        arbitration_id = int(key[1:], 16)
+        verdict = (
+            (arbitration_id, extended, key[0] in b"rR")
+            if self.wanted.accepts(arbitration_id, extended)
+            else None
+        )
+        if len(self._verdicts) < MAX_CACHED_IDS:
+            self._verdicts[key] = verdict
+        return verdict
+
+    def _read_slowly(self, data: bytes) -> SlcanChunk:
+        frames: list[SlcanFrame] = []
+        bad: list[BadLine] = []
+        unwanted = 0
+        for item in self.feed(data):
+            if isinstance(item, BadLine):
+                bad.append(item)
+            elif self.wanted.accepts(item.arbitration_id, item.is_extended):
+                frames.append(item)
+            else:
+                unwanted += 1
+        return SlcanChunk(frames, bad, unwanted)
 
     def feed(self, data: bytes) -> list[SlcanFrame | BadLine]:
         out: list[SlcanFrame | BadLine] = []
@@ -223,13 +361,21 @@ class SlcanLineStats:
 
 
 class TolerantSlcanBus(slcanBus):
-    """python-can's `slcanBus` (open, bitrate, send, close) reading through `SlcanLineReader`."""
+    """python-can's `slcanBus` (open, bitrate, send, close) reading through `SlcanLineReader`.
+
+    The bus's filters (python-can's `can_filters`) are applied by the reader before any frame object is
+    built: `read_chunk` (the live source's reader thread) returns the wanted frames of one read of the
+    port and how many were not wanted; `recv` (python-can's API) serves the same frames one by one.
+    """
 
     def __init__(self, channel: str, *, line_stats: SlcanLineStats, **kwargs: Any) -> None:
         self._line_stats = line_stats
         self._reader = SlcanLineReader()
         self._frames: deque[SlcanFrame] = deque()
         super().__init__(channel, **kwargs)
+
+    def _apply_filters(self, filters: Sequence[CanFilter] | None) -> None:
+        self._reader.want(IdFilter(filters))
 
     def fileno(self) -> int:
         # frames are queued here after a read, so "the fd is readable" no longer means "a frame is
@@ -238,9 +384,9 @@ class TolerantSlcanBus(slcanBus):
 
     def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
         if not self._frames:
-            self._fill(timeout)
+            self._frames.extend(self.read_chunk(timeout).frames)
         if not self._frames:
-            return None, False
+            return None, True
         frame = self._frames.popleft()
         message = can.Message(
             arbitration_id=frame.arbitration_id,
@@ -252,20 +398,38 @@ class TolerantSlcanBus(slcanBus):
             dlc=frame.dlc,
             data=frame.data,
         )
-        return message, False
+        return message, True  # filtered by the reader already
 
-    def _fill(self, timeout: float | None) -> None:
-        port = self.serialPortOrig
+    def read_chunk(self, timeout: float | None) -> SlcanChunk:
+        """Wait up to `timeout` for bytes, read all that are waiting, and parse them (bad lines counted)."""
         try:
-            if port.timeout != timeout:
-                port.timeout = timeout
-            data = port.read(max(1, port.in_waiting))
-            if data and port.in_waiting:
-                data += port.read(port.in_waiting)
+            data = self._read_waiting(timeout)
         except (serial.SerialException, OSError) as err:
             raise can.CanOperationError(f"Could not read from serial device: {err}") from err
-        for item in self._reader.feed(bytes(data)):
-            if isinstance(item, SlcanFrame):
-                self._frames.append(item)
-            else:
-                self._line_stats.count(item)
+        chunk = self._reader.read(data)
+        for bad in chunk.bad:
+            self._line_stats.count(bad)
+        return chunk
+
+    def _read_waiting(self, timeout: float | None) -> bytes:
+        """A serial port with a file descriptor (a tty, a pty) is read with one select and one read of
+        all that is waiting (pyserial's `read` adds an ioctl and a select per call); others by pyserial."""
+        port = self.serialPortOrig
+        fd = getattr(port, "fd", None)
+        if isinstance(fd, int) and fd >= 0:
+            readable, _, _ = select.select([fd], [], [], timeout)
+            if not readable:
+                return b""
+            try:
+                data = os.read(fd, READ_BYTES)
+            except BlockingIOError:  # pyserial opens the port non-blocking; readiness can be spurious
+                return b""
+            if not data:  # readable but nothing: pyserial's reading of a vanished device, too
+                raise serial.SerialException("the device reports data but returns none (disconnected?)")
+            return data
+        if port.timeout != timeout:
+            port.timeout = timeout
+        data = port.read(max(1, port.in_waiting))
+        if data and port.in_waiting:
+            data += port.read(port.in_waiting)
+        return bytes(data)

@@ -265,6 +265,7 @@ async def test_slcan_over_pty_reads_frames_and_reconnects_after_unplug(tmp_path:
     )
     source = CanSource(settings, CATALOG, poll_timeout_s=0.1, **FAST_BACKOFF)
     frames: asyncio.Queue[Frame] = asyncio.Queue(maxsize=100)
+    unknown_before = REGISTRY.get_sample_value("voltgate_can_frames_unknown_total", {"bus": "chassis"}) or 0.0
     try:
         async with running(("can", lambda: source.run(frames))):
             await eventually(lambda: "O" in adapter.commands, "python-can to open the SLCAN channel ('O')")
@@ -284,6 +285,10 @@ async def test_slcan_over_pty_reads_frames_and_reconnects_after_unplug(tmp_path:
             ]
             # python-can's slcan stamps frames on receipt (the protocol carries no time)
             assert all(before <= f.ts <= time.time() for f in first)
+            # the id the catalog does not know never became a frame, and is counted as an unknown id
+            assert source.unknown_ids_filtered == 1
+            unknown = REGISTRY.get_sample_value("voltgate_can_frames_unknown_total", {"bus": "chassis"})
+            assert unknown == unknown_before + 1
 
             # WHEN the adapter is unplugged THEN the link is lost and retried
             adapter.unplug()
