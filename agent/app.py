@@ -66,7 +66,7 @@ from agent.fleet_control import FleetControl
 from agent.fleet_control_stages import RunningStages
 from agent.inference import InferenceStage
 from agent.preflight import load_catalogs
-from agent.records import SEVERITIES, Alert, Frame, Prediction, Sample
+from agent.records import SEVERITIES, UNKNOWN_ID_FRAME, Alert, Frame, Prediction, Sample
 from agent.settings import AgentSettings
 from agent.sources.can import CanSource
 from agent.sources.gps import GpsSource
@@ -221,7 +221,13 @@ class Agent:
             )
             dtcs = alerts.dtc_alerts(log_.name) if alerts is not None else None
             warm_up = _policy_warm_up(decoders[log_.name], dtcs)
-            replay = ReplaySource(log_, catalogs[log_.name], start_position=position, warm_up=warm_up)
+            replay = ReplaySource(
+                log_,
+                catalogs[log_.name],
+                start_position=position,
+                warm_up=warm_up,
+                ignores=decoders[log_.name].ignores,
+            )
             replays.append((log_.name, replay))
         gps = GpsSource(settings.gps, catalogs["gps"]) if settings.gps.enabled else None
         bus_queues: dict[str, asyncio.Queue[Frame]] = {
@@ -625,6 +631,8 @@ def _policy_warm_up(
         decoder.on_dm1 = dtc_alerts.observe if dtc_alerts is not None else None
         try:
             for frame in frames:
+                if frame is UNKNOWN_ID_FRAME:
+                    continue
                 decoder.process(frame)
                 if dtc_alerts is not None:  # an ECU gone silent in the skipped part expired then too
                     dtc_alerts.expire(frame.ts)

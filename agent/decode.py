@@ -60,7 +60,7 @@ from cantools.database.errors import DecodeError as CantoolsDecodeError
 from agent.decode_plans import FramePlan, frame_plan, mux_plan
 from agent.j1939 import Group, J1939Layer, TransportProblem
 from agent.logfiles import FrameLog
-from agent.records import Frame, Sample
+from agent.records import UNKNOWN_ID_FRAME, Frame, Sample
 from protocols.catalog import Catalog, FrameSpec, SamplingPolicy, SignalSampler, SignalSpec
 from protocols.j1939 import PGN_DM1, Dm1, Dm1Error, parse_dm1, split_id
 
@@ -160,6 +160,10 @@ class FrameDecoder:
     @property
     def has_j1939(self) -> bool:
         return bool(self._by_pgn)
+
+    def knows(self, frame_id: int) -> bool:
+        """Whether a plan is kept for this exact identifier (a J1939 one once it has matched)."""
+        return frame_id in self._plans
 
     def decode(self, frame: Frame) -> Decoded:
         if frame.is_error:
@@ -428,9 +432,24 @@ class Decoder:
         self._decoder.kept(signal)  # frames skipped as not due under the old policy are decoded again
         return True
 
+    def ignores(self, id_text: str) -> bool:
+        """Whether every frame of this identifier (hex, as candump writes it: 3 digits standard, 8 extended)
+        is skipped as an unknown id whatever it carries: no plan has the id, and it is a standard one or
+        the bus has no J1939 (which matches extended ids by PGN, transport sessions and DM1)."""
+        try:
+            frame_id = int(id_text, 16)
+        except ValueError:
+            return False
+        if frame_id >> 29 or self._decoder.knows(frame_id):  # flags (error frames), or a plan
+            return False
+        return len(id_text) <= 3 or (not self._decoder.has_j1939 and self._j1939 is None)
+
     def process(self, frame: Frame) -> list[Sample]:
         """Decode one frame and apply the sampling policy; never raises on bad input."""
         self.stats.frames_in += 1
+        if frame is UNKNOWN_ID_FRAME:
+            self.stats.skipped[SkipKind.UNKNOWN_ID] += 1
+            return []
         decoded = self._decoder.decode(frame)
         if decoded is NOT_DUE:
             self.stats.frames_not_due += 1
@@ -507,10 +526,13 @@ class Decoder:
         narrow = self._narrow
         samples: list[Sample] = []
         ends: list[tuple[int, int]] = []
-        not_due = 0
+        not_due = unknown = 0
         index = 0
         for frame in frames:
             index += 1
+            if frame is UNKNOWN_ID_FRAME:
+                unknown += 1
+                continue
             _, ts, frame_id, extended, data, error, remote = frame
             plan = plans.get(frame_id)
             if (
@@ -547,8 +569,9 @@ class Decoder:
             if got:
                 samples += got
                 ends.append((index, len(samples)))
-        self.stats.frames_in += not_due
+        self.stats.frames_in += not_due + unknown
         self.stats.frames_not_due += not_due
+        self.stats.skipped[SkipKind.UNKNOWN_ID] += unknown
         return samples, ends
 
     async def run(

@@ -21,7 +21,7 @@ one is logged when met and the total once at the end. A log that yields no frame
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final, TextIO
 
@@ -43,9 +43,12 @@ class FrameLog:
     """The frames of one recorded log, in file order; iterate once, then `close()` (or use `with`).
     Raises `LogFormatError` (a `ValueError`) for a log it cannot read, `OSError` for a file it cannot open."""
 
-    def __init__(self, path: Path, bus: str) -> None:
+    def __init__(self, path: Path, bus: str, ignores: Callable[[str], bool] | None = None) -> None:
+        """`ignores`: for a candump log, the ids whose frames after the first are read no further
+        (`agent.logformats.candump`)."""
         self.path = path
         self.bus = bus
+        self._ignores = ignores
         self._reader: MessageReader | None = None
         self._malformed_lines: MalformedLines | None = None  # for a text log
         self._text: TextIO | None = None
@@ -94,7 +97,7 @@ class FrameLog:
         return self._text
 
     def _candump(self) -> Iterator[Frame]:
-        return candump.candump_frames(self.bus, self._open_text(), self._malformed())
+        return candump.candump_frames(self.bus, self._open_text(), self._malformed(), self._ignores)
 
     def _csv(self) -> Iterator[Frame]:
         """Choose the dialect by the header line, now; read the rows when iterated."""

@@ -27,6 +27,11 @@ class Frame(NamedTuple):
     is_remote: bool = False
 
 
+UNKNOWN_ID_FRAME: Final = Frame("", 0.0, -1, False, b"")
+"""In a replay's chunk, stands for a frame of an id its bus's decoder ignores (`Decoder.ignores`), read no
+further than its id: the decoder counts it as an unknown id. The first frame of each such id comes whole."""
+
+
 def frame_from_message(bus: str, message: Message) -> Frame:
     """Narrow a python-can message to our `Frame`; the timestamp is the interface's (or the log's)."""
     return Frame(

@@ -52,7 +52,7 @@ from itertools import islice
 from typing import Protocol, TypeVar
 
 from agent.logfiles import FrameLog
-from agent.records import Frame
+from agent.records import UNKNOWN_ID_FRAME, Frame
 from agent.settings import ReplaySettings
 from agent.sources import SourceError, SourceStats
 from protocols.catalog import Catalog
@@ -167,15 +167,18 @@ class ReplaySource:
         chunk_frames: int = CHUNK_FRAMES,
         start_position: int = 0,
         warm_up: Callable[[Sequence[Frame]], object] | None = None,
+        ignores: Callable[[str], bool] | None = None,
     ) -> None:
         """`start_position`: frames of the log already stored (the buffer mark); they are read and handed
-        to `warm_up` instead of the outbox."""
+        to `warm_up` instead of the outbox. `ignores`: the decoder's `Decoder.ignores`, for `FrameLog`
+        (a chunk then holds `UNKNOWN_ID_FRAME` for the frames of ids it ignores)."""
         self.settings = settings
         self.catalog = catalog
         self.stats = SourceStats()
         self.finished = False  # the whole log was played
         self.start_position = start_position
         self._warm_up = warm_up
+        self._ignores = ignores
         self._chunk_frames = chunk_frames
         self._stopping = asyncio.Event()
 
@@ -187,7 +190,7 @@ class ReplaySource:
         frames whose time has come); return at its end or on `stop()`. Raises `ReplayError`."""
         path = self.settings.path
         try:
-            log_frames = await asyncio.to_thread(FrameLog, path, self.settings.name)
+            log_frames = await asyncio.to_thread(FrameLog, path, self.settings.name, self._ignores)
         except (OSError, ValueError, NotImplementedError) as err:
             raise ReplayError(f"{path}: cannot open the log: {err}") from err
         frames: Iterator[Frame] = iter(log_frames)
@@ -216,6 +219,9 @@ class ReplaySource:
                     continue
                 due: list[Frame] = []  # the frames whose time has come, handed on together
                 for frame in chunk:
+                    if frame is UNKNOWN_ID_FRAME:  # no time of its own: goes with the frames before it
+                        due.append(frame)
+                        continue
                     if first_ts is None:
                         first_ts, start = frame.ts, loop.time()
                     delay = start + (frame.ts - first_ts) - loop.time()

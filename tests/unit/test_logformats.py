@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from agent.logformats import MalformedLines
 from agent.logformats.candump import FORMAT_NAME, candump_frame, candump_frames
 from agent.logformats.savvycan import HEADER, savvycan_columns, savvycan_frame
-from agent.records import Frame
+from agent.records import UNKNOWN_ID_FRAME, Frame
 
 V2 = savvycan_columns(HEADER)
 V1 = savvycan_columns("Time Stamp,ID,Extended,Bus,LEN,D1,D2,D3,D4,D5,D6,D7,D8")
@@ -125,3 +125,20 @@ def test_candump_lines_read_in_bulk_as_one_by_one(lines: list[str]) -> None:
     malformed = MalformedLines(Path("x.log"), FORMAT_NAME)
     assert list(candump_frames("b", lines, malformed)) == expected
     assert malformed.count == bad
+
+
+def test_frames_of_an_ignored_id_after_its_first_are_read_no_further_than_the_id() -> None:
+    # GIVEN a log of a known id (100) and an ignored one (7A0), and an `ignores` that is asked once per id
+    lines = [f"({t}.000000) can0 {i}#0011" for t in range(3) for i in ("100", "7A0")]
+    asked: list[str] = []
+
+    def ignores(id_text: str) -> bool:
+        asked.append(id_text)
+        return id_text == "7A0"
+
+    frames = list(candump_frames("b", lines, MalformedLines(Path("x.log"), FORMAT_NAME), ignores))
+
+    # THEN the known id's frames and the ignored id's first come whole, the rest as UNKNOWN_ID_FRAME
+    assert [f.arbitration_id for f in frames] == [0x100, 0x7A0, 0x100, -1, 0x100, -1]
+    assert frames[3] is UNKNOWN_ID_FRAME and frames[1].ts == 0.0 and frames[1].data == b"\x00\x11"
+    assert asked == ["100", "7A0"]
