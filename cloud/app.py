@@ -2,12 +2,13 @@
 
 One asyncio TaskGroup with three named tasks: `writer` (groups messages, writes each group in one
 transaction; after the commit it publishes one commit acknowledgement per vehicle of the group on the
-vehicle's downlink, then PUBACKs the messages — see `cloud.mqtt`; it decodes the next group in a worker
-thread while the database commits the current one), `maintenance` (partitions ahead, retention) and
-`rollups` (hour and day rollups every `database.rollup_refresh_s`, and once more after the last commit;
-then the kept daily KPIs, trips and charging sessions of ended days in `web.time_zone`), and, unless
-`fleet_control.enabled` is off, `fleet-control` (`cloud.fleet_control`: desired state out on the downlink,
-applied reports in, rollouts on, over its own broker connection), each with its own database connection.
+vehicle's downlink, then PUBACKs the messages — see `cloud.mqtt`; it decodes the next group and lays out
+its samples in a worker thread while the database commits the current one), `maintenance` (partitions
+ahead, retention) and `rollups` (hour and day rollups every `database.rollup_refresh_s`, and once more
+after the last commit; then the kept daily KPIs, trips and charging sessions of ended days in
+`web.time_zone`), and, unless `fleet_control.enabled` is off, `fleet-control` (`cloud.fleet_control`:
+desired state out on the downlink, applied reports in, rollouts on, over its own broker connection), each
+with its own database connection.
 SIGTERM/SIGINT set the stop event: the writer stops taking messages, commits and
 acknowledges the group it holds, and returns; then the broker connection is closed cleanly (the
 persistent session keeps everything not yet acknowledged) and `run` returns.
@@ -38,6 +39,7 @@ from cloud.fleet_control import FleetControl, FleetLink
 from cloud.ingest import BatchMessage, DeadLetter, Ingested, ingest_message
 from cloud.kept_kpis import KeptDays
 from cloud.mqtt import InboundMessage, Inbox, MqttReceiver
+from cloud.sample_store import LaidOut
 from cloud.settings import CloudSettings, IngestSettings, WebSettings
 from cloud.store import Store, WriteStats
 from protocols.downlink import DownlinkError, commit_acks, encode_downlink
@@ -53,7 +55,8 @@ RETRY_MIN_S: Final = 0.5
 RETRY_MAX_S: Final = 30.0
 
 
-Taken = tuple[list[InboundMessage], list[Ingested]]  # a group of messages and what they decoded to
+# A group of messages, what they decoded to, and their samples laid out (None: by the write itself).
+Taken = tuple[list[InboundMessage], list[Ingested], LaidOut | None]
 
 
 def ingest_group(group: Sequence[InboundMessage], limits: IngestSettings) -> list[Ingested]:
@@ -78,8 +81,8 @@ class Writer:
     """Takes groups from the inbox, writes each in one transaction, then acknowledges it.
 
     A two-stage pipeline: while the database writes and commits one group (its CPU), the next group
-    is taken and decoded (this process's CPU, in a worker thread). Groups are still committed and
-    acknowledged one at a time, in receipt order.
+    is taken, decoded and its samples laid out as blocks (this process's CPU, in a worker thread).
+    Groups are still committed and acknowledged one at a time, in receipt order.
     """
 
     def __init__(self, store: Store, receiver: MqttReceiver, inbox: Inbox, limits: IngestSettings) -> None:
@@ -92,10 +95,10 @@ class Writer:
     async def run(self, stop: asyncio.Event) -> None:
         taken = await self._take(stop)
         while taken is not None:  # None: stop is set and nothing is held
-            group, items = taken
+            group, items, laid_out = taken
             next_take = asyncio.create_task(self._take(stop), name="writer-take")
             try:
-                committed = await self._commit(group, items, stop)
+                committed = await self._commit(group, items, laid_out, stop)
             except BaseException:
                 next_take.cancel()
                 raise
@@ -132,10 +135,19 @@ class Writer:
         )
         if not group:
             return None
-        return group, await asyncio.to_thread(ingest_group, group, self._limits)
+        return await asyncio.to_thread(self._prepare, group)
+
+    def _prepare(self, group: list[InboundMessage]) -> Taken:
+        """Decode a group and lay out its samples (in a worker thread: CPU only, no database)."""
+        items = ingest_group(group, self._limits)
+        return group, items, self._store.lay_out(items)
 
     async def _commit(
-        self, group: Sequence[InboundMessage], items: list[Ingested], stop: asyncio.Event
+        self,
+        group: Sequence[InboundMessage],
+        items: list[Ingested],
+        laid_out: LaidOut | None,
+        stop: asyncio.Event,
     ) -> bool:
         delay = RETRY_MIN_S
         gave_up_at: float | None = None
@@ -143,7 +155,7 @@ class Writer:
         failing = False
         while True:
             try:
-                stats = await self._write(group, items)
+                stats = await self._write(group, items, laid_out)
             except StoreError as err:
                 metrics.DATABASE_ERRORS.inc()
                 if not failing:
@@ -166,9 +178,11 @@ class Writer:
             _count(items, stats)
             return True
 
-    async def _write(self, group: Sequence[InboundMessage], items: list[Ingested]) -> WriteStats:
+    async def _write(
+        self, group: Sequence[InboundMessage], items: list[Ingested], laid_out: LaidOut | None
+    ) -> WriteStats:
         try:
-            return await self._store.write(items)
+            return await self._store.write(items, laid_out)
         except RejectedDataError as err:
             # One message of the group is poison for the database: write them one by one and keep
             # the ones it refuses as dead letters, so the stream goes on.

@@ -18,6 +18,7 @@ catalog, the quanta the wire uses) and its float path. `SignalDictionary` caches
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import Final
 
@@ -128,6 +129,10 @@ class SignalDictionary:
         self._ids: dict[str, tuple[int, int]] = {}
         self.names: dict[int, str] = {}  # float-path id -> name
 
+    def knows(self, names: set[str]) -> bool:
+        """Whether every one of `names` has its ids (learnt on this connection's dictionary)."""
+        return names <= self._ids.keys()
+
     def quantum(self, name: str) -> float:
         return self._quanta.get(name, float("nan"))
 
@@ -184,23 +189,50 @@ def used_signals(batches: Sequence[BatchMessage]) -> set[str]:
     }
 
 
-async def stage_samples(cur: Cursor, batches: list[BatchMessage], signals: SignalDictionary) -> int:
-    """COPY the group's samples (those not repeated within the group) as blocks into stage_blocks and
-    their rollup statistics into stage_block_stats; return how many samples the group carried. One
-    layout for the whole group (numpy's fixed cost per call is paid once, not per message)."""
+@dataclass(frozen=True, slots=True)
+class LaidOut:
+    """A write group's samples ready to stage: the binary COPY data of stage_blocks and
+    stage_block_stats (b"" when the group has no sample to store), and how many samples it carried.
+    Pure data, built without the database (`lay_out`), so the receiver builds it for the next group
+    while the database writes the current one."""
+
+    block_copy: bytes
+    stats_copy: bytes
+    samples: int
+
+
+def lay_out(batches: Sequence[BatchMessage], signals: SignalDictionary) -> LaidOut | None:
+    """The group's samples (those not repeated within the group) as blocks and their rollup
+    statistics, in binary COPY format; None when a signal they use has no id yet (`learn` first).
+    One layout for the whole group (numpy's fixed cost per call is paid once, not per message)."""
+    if not signals.knows(used_signals(batches)):
+        return None
     blocks = blocks_of(GroupSamples.of(unrepeated(batches), signals.columns))
-    if len(blocks):
+    samples = sum(len(m.samples) for m in batches)
+    if not len(blocks):
+        return LaidOut(b"", b"", samples)
+    rows = block_rows([m.vehicle_id for m in batches], blocks)
+    return LaidOut(
+        b"".join((COPY_SIGNATURE, rows, COPY_TRAILER)),
+        b"".join((COPY_SIGNATURE, stats_rows(signals.names, blocks), COPY_TRAILER)),
+        samples,
+    )
+
+
+async def stage_samples(cur: Cursor, laid_out: LaidOut) -> int:
+    """COPY a group's laid-out samples into stage_blocks and stage_block_stats; return how many
+    samples the group carried."""
+    if laid_out.block_copy:
         async with cur.copy(
             "COPY stage_blocks (block_no, " + _COLUMNS + ") FROM STDIN (FORMAT BINARY)"
         ) as copy:
-            rows = block_rows([m.vehicle_id for m in batches], blocks)
-            await copy.write(b"".join((COPY_SIGNATURE, rows, COPY_TRAILER)))
+            await copy.write(laid_out.block_copy)
         async with cur.copy(
             "COPY stage_block_stats (block_no, signal, n, total, min_value, max_value, last_ts, last_seq,"
             " last_value) FROM STDIN (FORMAT BINARY)"
         ) as copy:
-            await copy.write(b"".join((COPY_SIGNATURE, stats_rows(signals.names, blocks), COPY_TRAILER)))
-    return sum(len(m.samples) for m in batches)
+            await copy.write(laid_out.stats_copy)
+    return laid_out.samples
 
 
 async def store_samples(cur: Cursor) -> int:

@@ -289,14 +289,23 @@ class Store:
         if self.flavour is Flavour.NATIVE and not wanted <= self._partitions:
             self._partitions = await schema.create_partitions(self._conn, self._settings.schema_name, wanted)
 
-    async def write(self, items: Sequence[Ingested]) -> WriteStats:
+    def lay_out(self, items: Sequence[Ingested]) -> sample_store.LaidOut | None:
+        """The group's samples laid out for `write` (pure CPU, no database: callable from a worker
+        thread while this store writes another group); None when a signal they use is new to this
+        store (then `write` learns it and lays them out itself)."""
+        return sample_store.lay_out([i for i in items if isinstance(i, BatchMessage)], self._signals)
+
+    async def write(
+        self, items: Sequence[Ingested], laid_out: sample_store.LaidOut | None = None
+    ) -> WriteStats:
         """Write one group of ingested messages in one transaction; return once it is committed.
+        `laid_out`: `lay_out(items)` when the caller made it beforehand.
 
         Raises `RejectedDataError` when the database refuses the data (write the messages one by one
         to find the poison), `StoreError` when it is unreachable; nothing is committed then.
         """
         try:
-            stats = await self._write_retrying(items)
+            stats = await self._write_retrying(items, laid_out)
         except (
             psycopg.errors.DataError,
             psycopg.errors.IntegrityError,
@@ -321,11 +330,13 @@ class Store:
         except StoreError as err:
             log.warning("pruning dead letters between maintenances failed: %s", err)
 
-    async def _write_retrying(self, items: Sequence[Ingested]) -> WriteStats:
+    async def _write_retrying(
+        self, items: Sequence[Ingested], laid_out: sample_store.LaidOut | None
+    ) -> WriteStats:
         for attempt in range(1, 6):
             try:
                 await self._ensure_partitions(_partitions_needed(items))
-                return await self._write_once(items)
+                return await self._write_once(items, laid_out)
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 if attempt == 5:
                     raise
@@ -338,19 +349,24 @@ class Store:
                 self._partitions = await schema.existing_partitions(self._conn, self._settings.schema_name)
         raise AssertionError("unreachable")
 
-    async def _write_once(self, items: Sequence[Ingested]) -> WriteStats:
+    async def _write_once(
+        self, items: Sequence[Ingested], laid_out: sample_store.LaidOut | None
+    ) -> WriteStats:
         batches = [i for i in items if isinstance(i, BatchMessage)]
         statuses = [i for i in items if isinstance(i, StatusMessage)]
         dead = [i for i in items if isinstance(i, DeadLetter)]
         stats = WriteStats(messages=len(items), statuses=len(statuses), dead_letters=[d.reason for d in dead])
         started = time.perf_counter()
         conn = self._conn
-        await self._signals.learn(conn, sample_store.used_signals(batches))
+        if laid_out is None:
+            await self._signals.learn(conn, sample_store.used_signals(batches))
+            laid_out = sample_store.lay_out(batches, self._signals)
+            assert laid_out is not None  # every signal learnt just now
         async with conn.transaction(), conn.cursor() as cur:
             # First: the vehicles' rows, locked until COMMIT, so no other replica stores samples of
             # these vehicles meanwhile and the de-duplication below sees everything committed.
             await group_rows.upsert_vehicles(cur, batches, statuses)
-            stats.samples_staged = await sample_store.stage_samples(cur, batches, self._signals)
+            stats.samples_staged = await sample_store.stage_samples(cur, laid_out)
             stats.predictions_staged = await group_rows.stage_predictions(cur, batches)
             stats.alerts_staged = await group_rows.stage_alerts(cur, batches)
             if stats.samples_staged:
