@@ -27,7 +27,7 @@ import numpy.typing as npt
 import psycopg
 
 from cloud.block_rows import COPY_SIGNATURE, COPY_TRAILER, block_rows, stats_rows
-from cloud.blocks import GroupSamples, blocks_of, unrepeated
+from cloud.blocks import GroupSamples, blocks_of, group_latest, unrepeated
 from cloud.ingest import BatchMessage
 from protocols.catalog import load_catalog
 
@@ -37,10 +37,12 @@ STAGING_DDL: Final = (
     "CREATE TEMP TABLE IF NOT EXISTS stage_blocks ("
     " block_no integer, vehicle_id text, minute timestamptz, seq_min bigint, seq_max bigint,"
     " ts_first timestamptz, ts_last timestamptz, n integer, signals integer[], code bytea,"
-    " exact double precision[]) ON COMMIT DELETE ROWS",
+    " exact double precision[], stat_signals integer[], stat_n integer[], stat_total double precision[],"
+    " stat_min double precision[], stat_max double precision[]) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS stage_block_stats ("
     " block_no integer, signal text, n integer, total double precision, min_value double precision,"
-    " max_value double precision, last_ts timestamptz, last_seq bigint, last_value double precision)"
+    " max_value double precision, last_ts timestamptz, last_seq bigint, last_value double precision,"
+    " latest boolean)"
     " ON COMMIT DELETE ROWS",
 )
 
@@ -89,23 +91,26 @@ _INSERTED_COUNT: Final = (
 # merged blocks' from their kept samples.
 STORE_SAMPLES: Final = (
     _STORE_BLOCKS
-    + ", logged AS (INSERT INTO rollup_log (vehicle_id, signal, bucket, n, total, min_value, max_value)"
-    " SELECT s.vehicle_id, t.signal, s.minute, t.n, t.total, t.min_value, t.max_value"
+    # one row per block inserted whole, its statistics staged side by side (0014_block_rollup_log.sql)
+    + ", logged AS (INSERT INTO rollup_block_log"
+    " (vehicle_id, minute, signals, n, total, min_value, max_value)"
+    " SELECT s.vehicle_id, s.minute, s.stat_signals, s.stat_n, s.stat_total, s.stat_min, s.stat_max"
     " FROM fresh AS f JOIN staged AS s ON (s.vehicle_id, s.minute, s.seq_min, s.ts_first)"
-    " = (f.vehicle_id, f.minute, f.seq_min, f.ts_first)"
-    " JOIN stage_block_stats AS t ON t.block_no = s.block_no"
-    " UNION ALL SELECT k.vehicle_id, d.name, k.minute, count(*), sum(v.value), min(v.value), max(v.value)"
+    " = (f.vehicle_id, f.minute, f.seq_min, f.ts_first)),"
+    " logged_kept AS (INSERT INTO rollup_log (vehicle_id, signal, bucket, n, total, min_value, max_value)"
+    " SELECT k.vehicle_id, d.name, k.minute, count(*), sum(v.value), min(v.value), max(v.value)"
     " FROM kept AS k JOIN sample_signals AS d ON d.id = k.signal_id"
     " JOIN recoded AS r ON r.block_no = k.block_no JOIN merged AS g ON (g.vehicle_id, g.minute, g.seq_min,"
     " g.ts_first) = (r.vehicle_id, r.minute, r.seq_min, r.ts_first),"
     " LATERAL (SELECT coalesce(k.exact, k.steps * d.quantum) AS value) AS v"
     " GROUP BY k.vehicle_id, d.name, k.minute),"
     # each signal's latest sample per vehicle (cloud/sql/0012_latest_samples.sql): a staged sample that
-    # repeats a stored one is still a sample the bus sent, so every staged block counts
+    # repeats a stored one is still a sample the bus sent, so every staged block counts; the layout
+    # marked the group's latest per vehicle and signal (cloud/blocks.py, group_latest). The vehicles'
+    # rows locked first keep other replicas off these rows.
     " latest AS (INSERT INTO latest_samples (vehicle_id, signal, ts, seq, value)"
-    " SELECT DISTINCT ON (s.vehicle_id, t.signal) s.vehicle_id, t.signal, t.last_ts, t.last_seq, t.last_value"
-    " FROM stage_block_stats AS t JOIN stage_blocks AS s ON s.block_no = t.block_no"
-    " ORDER BY s.vehicle_id, t.signal, t.last_ts DESC, t.last_seq DESC"
+    " SELECT s.vehicle_id, t.signal, t.last_ts, t.last_seq, t.last_value"
+    " FROM stage_block_stats AS t JOIN stage_blocks AS s ON s.block_no = t.block_no WHERE t.latest"
     " ON CONFLICT (vehicle_id, signal)"
     " DO UPDATE SET ts = excluded.ts, seq = excluded.seq, value = excluded.value"
     " WHERE (excluded.ts, excluded.seq) > (latest_samples.ts, latest_samples.seq))" + _INSERTED_COUNT
@@ -156,13 +161,30 @@ class SignalDictionary:
                 (missing, quanta, missing),
             )
             await cur.execute("SELECT name, quantum, id FROM sample_signals WHERE name = ANY(%s)", (missing,))
-            found: dict[tuple[str, float | None], int] = {}
-            for name, quantum, sid in await cur.fetchall():
-                assert isinstance(name, str) and isinstance(sid, int)
-                found[(name, quantum if isinstance(quantum, float) else None)] = sid
-        for name, quantum in zip(missing, quanta, strict=True):
-            float_id = found[(name, None)]
-            self._ids[name] = (found[(name, quantum)] if quantum is not None else float_id, float_id)
+            self._take_ids(await cur.fetchall(), missing)
+
+    async def load(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+        """Take the ids of every signal stored so far (a restarted receiver then lays out its first
+        groups without learning them in the write)."""
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT name, quantum, id FROM sample_signals")
+            rows = await cur.fetchall()
+        self._take_ids(rows, sorted({str(row[0]) for row in rows} - self._ids.keys()))
+
+    def _take_ids(self, rows: Sequence[tuple[object, ...]], names: Sequence[str]) -> None:
+        """Keep the ids of `names` found in `rows` (name, quantum, id): a name whose float path or
+        scaled path (its quantum here) has no row is left to `learn`."""
+        found: dict[tuple[str, float | None], int] = {}
+        for name, quantum, sid in rows:
+            assert isinstance(name, str) and isinstance(sid, int)
+            found[(name, quantum if isinstance(quantum, float) else None)] = sid
+        for name in names:
+            quantum = self._quanta.get(name)
+            float_id = found.get((name, None))
+            scaled_id = float_id if quantum is None else found.get((name, quantum))
+            if float_id is None or scaled_id is None:
+                continue
+            self._ids[name] = (scaled_id, float_id)
             self.names[float_id] = name
 
     def columns(
@@ -211,10 +233,11 @@ def lay_out(batches: Sequence[BatchMessage], signals: SignalDictionary) -> LaidO
     samples = sum(len(m.samples) for m in batches)
     if not len(blocks):
         return LaidOut(b"", b"", samples)
-    rows = block_rows([m.vehicle_id for m in batches], blocks)
+    vehicles = [m.vehicle_id for m in batches]
+    latest = group_latest(np.unique(vehicles, return_inverse=True)[1].astype(np.int64), blocks)
     return LaidOut(
-        b"".join((COPY_SIGNATURE, rows, COPY_TRAILER)),
-        b"".join((COPY_SIGNATURE, stats_rows(signals.names, blocks), COPY_TRAILER)),
+        b"".join((COPY_SIGNATURE, block_rows(vehicles, blocks), COPY_TRAILER)),
+        b"".join((COPY_SIGNATURE, stats_rows(signals.names, blocks, latest), COPY_TRAILER)),
         samples,
     )
 
@@ -224,12 +247,15 @@ async def stage_samples(cur: Cursor, laid_out: LaidOut) -> int:
     samples the group carried."""
     if laid_out.block_copy:
         async with cur.copy(
-            "COPY stage_blocks (block_no, " + _COLUMNS + ") FROM STDIN (FORMAT BINARY)"
+            "COPY stage_blocks (block_no, "
+            + _COLUMNS
+            + ", stat_signals, stat_n, stat_total, stat_min, stat_max)"
+            " FROM STDIN (FORMAT BINARY)"
         ) as copy:
             await copy.write(laid_out.block_copy)
         async with cur.copy(
             "COPY stage_block_stats (block_no, signal, n, total, min_value, max_value, last_ts, last_seq,"
-            " last_value) FROM STDIN (FORMAT BINARY)"
+            " last_value, latest) FROM STDIN (FORMAT BINARY)"
         ) as copy:
             await copy.write(laid_out.stats_copy)
     return laid_out.samples

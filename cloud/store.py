@@ -47,26 +47,43 @@ Connection = psycopg.AsyncConnection[tuple[object, ...]]
 _STAGING_DDL: Final = (*sample_store.STAGING_DDL, *group_rows.STAGING_DDL)
 
 
-def _rollup_cte(name: str, width: str) -> str:
-    """Add minute aggregates `m` (taken from the rollup log) into one rollup table (n, sum, min and max
-    re-aggregate exactly; a minute never straddles an hour or a day)."""
+def _bucketed(source: str, width: str) -> str:
+    """Aggregates `source` summed into buckets `width` wide (n, sum, min and max re-aggregate exactly;
+    a minute never straddles an hour, an hour never a day)."""
     return (
-        f"{name} AS (INSERT INTO {name} AS r (vehicle_id, signal, bucket, n, total, min_value, max_value)"
-        f" SELECT vehicle_id, signal, date_bin(interval '{width}', bucket, timestamptz 'epoch') AS b,"
-        " sum(n)::bigint, sum(total), min(min_value), max(max_value) FROM m GROUP BY vehicle_id, signal, b"
-        " ORDER BY vehicle_id, signal, b"  # one lock order for every replica: no deadlocks between them
-        " ON CONFLICT (vehicle_id, signal, bucket) DO UPDATE SET n = r.n + excluded.n,"
-        " total = r.total + excluded.total, min_value = least(r.min_value, excluded.min_value),"
-        " max_value = greatest(r.max_value, excluded.max_value))"
+        f"SELECT vehicle_id, signal, date_bin(interval '{width}', bucket, timestamptz 'epoch') AS bucket,"
+        " sum(n)::bigint AS n, sum(total) AS total, min(min_value) AS min_value,"
+        f" max(max_value) AS max_value FROM {source} GROUP BY 1, 2, 3"
     )
 
 
-# One refresh: take the logged minute aggregates out and add them into hours, then days.
+def _add_into(name: str, source: str) -> str:
+    """Add the aggregates `source` (one row per vehicle, signal and bucket) into one rollup table: the
+    buckets it holds updated, the others inserted. Only the refresh writes the rollup tables, one
+    refresh at a time (under `_ROLLUP_LOCK`), so no row appears between the two."""
+    return (
+        f"{name}_updated AS (UPDATE {name} AS r SET n = r.n + a.n, total = r.total + a.total,"
+        " min_value = least(r.min_value, a.min_value), max_value = greatest(r.max_value, a.max_value)"
+        f" FROM {source} AS a WHERE (r.vehicle_id, r.signal, r.bucket) = (a.vehicle_id, a.signal, a.bucket)),"
+        f" {name}_inserted AS (INSERT INTO {name} (vehicle_id, signal, bucket, n, total, min_value,"
+        f" max_value) SELECT * FROM {source} AS a WHERE NOT EXISTS (SELECT 1 FROM {name} AS r"
+        " WHERE (r.vehicle_id, r.signal, r.bucket) = (a.vehicle_id, a.signal, a.bucket)))"
+    )
+
+
+# One refresh: take the logged minute aggregates out of both logs (0014_block_rollup_log.sql), sum
+# them into hours `h` and those into days `d`, and add each into its rollup table.
 _REFRESH_ROLLUPS: Final = sql.SQL(
-    "WITH m AS (DELETE FROM rollup_log RETURNING *), "
-    + _rollup_cte("rollup_1h", "1 hour")
+    "WITH logged AS (DELETE FROM rollup_log RETURNING *),"
+    " blocks AS (DELETE FROM rollup_block_log RETURNING *),"
+    " m AS (SELECT vehicle_id, signal, bucket, n, total, min_value, max_value FROM logged UNION ALL"
+    " SELECT b.vehicle_id, d.name, b.minute, u.n, u.total, u.min_value, u.max_value FROM blocks AS b,"
+    " unnest(b.signals, b.n, b.total, b.min_value, b.max_value)"
+    " AS u(signal_id, n, total, min_value, max_value) JOIN sample_signals AS d ON d.id = u.signal_id),"
+    f" h AS ({_bucketed('m', '1 hour')}), d AS ({_bucketed('h', '1 day')}), "
+    + _add_into("rollup_1h", "h")
     + ", "
-    + _rollup_cte("rollup_1d", "1 day")
+    + _add_into("rollup_1d", "d")
     + " SELECT count(*) FROM m"
 )
 _ROLLUP_LOCK: Final = "SELECT pg_try_advisory_xact_lock(hashtextextended('voltgate-cloud:rollups:' || %s, 0))"
@@ -157,6 +174,8 @@ class Store:
                 for ddl in _STAGING_DDL:
                     await conn.execute(ddl.encode())
             store = cls(conn, settings, flavour, kept)
+            if require_schema:
+                await store._signals.load(conn)
             if flavour is Flavour.NATIVE and version > 0:
                 store._partitions = await schema.existing_partitions(conn, settings.schema_name)
             return store
