@@ -25,6 +25,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Final
 
@@ -42,7 +43,7 @@ from cloud.mqtt import InboundMessage, Inbox, MqttReceiver
 from cloud.sample_store import LaidOut
 from cloud.settings import CloudSettings, IngestSettings, WebSettings
 from cloud.store import Store, WriteStats
-from protocols.downlink import DownlinkError, commit_acks, encode_downlink
+from protocols.downlink import CommitAck, DownlinkError, commit_acks, encode_downlink
 from protocols.topics import downlink_ack_topic
 
 log = logging.getLogger(__name__)
@@ -55,26 +56,45 @@ RETRY_MIN_S: Final = 0.5
 RETRY_MAX_S: Final = 30.0
 
 
-# A group of messages, what they decoded to, and their samples laid out (None: by the write itself).
-Taken = tuple[list[InboundMessage], list[Ingested], LaidOut | None]
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """A group of messages as the writer's worker thread prepares it: what they decoded to, their
+    samples laid out (None: by the write itself) and the commit acknowledgements to send once it is
+    committed (`commit_acks_of`)."""
+
+    group: list[InboundMessage]
+    items: list[Ingested]
+    laid_out: LaidOut | None
+    acks: list[tuple[str, CommitAck]]
 
 
 def ingest_group(group: Sequence[InboundMessage], limits: IngestSettings) -> list[Ingested]:
     return [ingest_message(m.topic, m.payload, m.received_at, limits) for m in group]
 
 
-def commit_ack_payloads(items: Sequence[Ingested], ts_ms: int) -> list[tuple[str, bytes]]:
-    """(topic, payload) of the commit acknowledgements for a committed group: per vehicle, one ack
-    covering `handled_seqs()` of all its batches in the group (more only past `MAX_ACK_RANGES`)."""
+def commit_acks_of(items: Sequence[Ingested]) -> list[tuple[str, CommitAck]]:
+    """(topic, ack) of the commit acknowledgements for a group: per vehicle, one ack covering
+    `handled_seqs()` of all its batches in the group (more only past `MAX_ACK_RANGES`), stamped 0
+    (`stamped` gives them the commit's time)."""
     seqs_by_vehicle: dict[tuple[str, str], list[npt.NDArray[np.int64]]] = {}
     for item in items:
         if isinstance(item, BatchMessage):
             seqs_by_vehicle.setdefault((item.fleet, item.vehicle_id), []).append(item.handled_seqs())
-    payloads: list[tuple[str, bytes]] = []
+    acks: list[tuple[str, CommitAck]] = []
     for (fleet, vehicle), parts in seqs_by_vehicle.items():
         topic = downlink_ack_topic(fleet, vehicle)
-        payloads += [(topic, encode_downlink(ack)) for ack in commit_acks(np.concatenate(parts), ts_ms)]
-    return payloads
+        acks += [(topic, ack) for ack in commit_acks(np.concatenate(parts), 0)]
+    return acks
+
+
+def stamped(acks: Sequence[tuple[str, CommitAck]], ts_ms: int) -> list[tuple[str, bytes]]:
+    """(topic, payload) of `acks` stamped `ts_ms`; `DownlinkError` when one cannot be encoded."""
+    return [(topic, encode_downlink(replace(ack, ts_ms=ts_ms))) for topic, ack in acks]
+
+
+def commit_ack_payloads(items: Sequence[Ingested], ts_ms: int) -> list[tuple[str, bytes]]:
+    """(topic, payload) of the commit acknowledgements for a committed group (`commit_acks_of`)."""
+    return stamped(commit_acks_of(items), ts_ms)
 
 
 class Writer:
@@ -95,10 +115,10 @@ class Writer:
     async def run(self, stop: asyncio.Event) -> None:
         taken = await self._take(stop)
         while taken is not None:  # None: stop is set and nothing is held
-            group, items, laid_out = taken
             next_take = asyncio.create_task(self._take(stop), name="writer-take")
+            prepared = list(taken.items)
             try:
-                committed = await self._commit(group, items, laid_out, stop)
+                committed = await self._commit(taken.group, taken.items, taken.laid_out, stop)
             except BaseException:
                 next_take.cancel()
                 raise
@@ -107,15 +127,17 @@ class Writer:
                 # next one (neither is acknowledged).
                 next_take.cancel()
                 return
-            self._publish_commit_acks(items)
-            acked = self._receiver.ack(group)
+            # A message the database refused is kept as a dead letter in its place, not acknowledged.
+            replaced = any(a is not b for a, b in zip(prepared, taken.items, strict=True))
+            self._publish_commit_acks(commit_acks_of(taken.items) if replaced else taken.acks)
+            acked = self._receiver.ack(taken.group)
             metrics.MESSAGES_ACKED.inc(acked)
             taken = await next_take
 
-    def _publish_commit_acks(self, items: Sequence[Ingested]) -> None:
+    def _publish_commit_acks(self, acks: Sequence[tuple[str, CommitAck]]) -> None:
         """Tell each vehicle of the committed group what is now stored (queued by paho, never blocks)."""
         try:
-            payloads = commit_ack_payloads(items, int(datetime.now(UTC).timestamp() * 1000))
+            payloads = stamped(acks, int(datetime.now(UTC).timestamp() * 1000))
         except DownlinkError as err:  # a bug, not bad input: wire seqs are within the downlink's bounds
             metrics.ACK_PUBLISH_FAILURES.labels("encode").inc()
             log.error("could not encode a commit acknowledgement: %s", err)
@@ -138,9 +160,10 @@ class Writer:
         return await asyncio.to_thread(self._prepare, group)
 
     def _prepare(self, group: list[InboundMessage]) -> Taken:
-        """Decode a group and lay out its samples (in a worker thread: CPU only, no database)."""
+        """Decode a group, lay out its samples and make its commit acknowledgements (in a worker
+        thread: CPU only, no database)."""
         items = ingest_group(group, self._limits)
-        return group, items, self._store.lay_out(items)
+        return Taken(group, items, self._store.lay_out(items), commit_acks_of(items))
 
     async def _commit(
         self,
