@@ -71,6 +71,7 @@ async def test_migrations_are_idempotent_and_recorded(pg_schema: Database) -> No
             (12, "any"),
             (13, "any"),
             (14, "any"),
+            (15, "any"),
         ]
     finally:
         await store.close()
