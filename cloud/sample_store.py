@@ -8,8 +8,9 @@ stored sample and is inserted as it is. The others are checked: one stored befor
 redelivery) is skipped; one whose seq and time ranges meet no stored block of its vehicle and minute
 is inserted whole; one that does is decoded with those blocks ("stored"), keeps only the samples whose
 (seq, ts) is not stored ("kept") and is coded again into a block in SQL ("merged"). The minute
-aggregates of exactly the samples inserted go to rollup_log: computed with numpy per staged block
-and signal (stage_block_stats) for blocks inserted whole, in SQL for merged ones.
+aggregates of exactly the samples inserted are logged: for a block inserted whole, computed with numpy
+per block and signal and staged with the block as arrays, one rollup_block_log row; for a merged one,
+in SQL, rollup_log rows (cloud/sql/0013_block_rollup_log.sql).
 
 Signal names become ids in `sample_signals`, two per signal: its scaled path (its quantum from the
 catalog, the quanta the wire uses) and its float path. `SignalDictionary` caches them per connection.

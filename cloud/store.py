@@ -11,9 +11,10 @@ replica. Predictions and alerts are rows keyed on (vehicle_id, seq, ts). The ing
 letters (whole messages, and one row per message for its records refused one by one:
 cloud/dead_letters.py), vehicles and status are written in the same transaction. Only after COMMIT
 returns may the caller acknowledge the messages. The minute aggregates of the samples actually
-inserted go to rollup_log in the same statement (both flavours), for `refresh_rollups` to add into
-the hour and day tables; until then the views `samples_1h` and `samples_1d` add the log to them
-(cloud/sql/0007_current_rollups.native.sql). This module keeps the connection, the transaction
+inserted are logged in the same statement (both flavours; one rollup_block_log row per block inserted
+whole, rollup_log rows for merged ones: cloud/sql/0013_block_rollup_log.sql), for `refresh_rollups` to
+add into the hour and day tables; until then the views `samples_1h` and `samples_1d` add the logs to
+them (cloud/sql/0007_current_rollups.native.sql). This module keeps the connection, the transaction
 and the maintenance (partitions, retention, rollup refresh, kept KPIs, dead-letter pruning).
 
 Data of any age the receiver accepts lands (a bus back after weeks offline): on the native flavour
