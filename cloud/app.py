@@ -2,12 +2,13 @@
 
 One asyncio TaskGroup with three named tasks: `writer` (groups messages, writes each group in one
 transaction; after the commit it publishes one commit acknowledgement per vehicle of the group on the
-vehicle's downlink, then PUBACKs the messages — see `cloud.mqtt`; it decodes the next group in a worker
-thread while the database commits the current one), `maintenance` (partitions ahead, retention) and
-`rollups` (hour and day rollups every `database.rollup_refresh_s`, and once more after the last commit;
-then the kept daily KPIs, trips and charging sessions of ended days in `web.time_zone`), and, unless
-`fleet_control.enabled` is off, `fleet-control` (`cloud.fleet_control`: desired state out on the downlink,
-applied reports in, rollouts on, over its own broker connection), each with its own database connection.
+vehicle's downlink, then PUBACKs the messages — see `cloud.mqtt`; it decodes the next group and lays out
+its samples in a worker thread while the database commits the current one), `maintenance` (partitions
+ahead, retention) and `rollups` (hour and day rollups every `database.rollup_refresh_s`, and once more
+after the last commit; then the kept daily KPIs, trips and charging sessions of ended days in
+`web.time_zone`), and, unless `fleet_control.enabled` is off, `fleet-control` (`cloud.fleet_control`:
+desired state out on the downlink, applied reports in, rollouts on, over its own broker connection), each
+with its own database connection.
 SIGTERM/SIGINT set the stop event: the writer stops taking messages, commits and
 acknowledges the group it holds, and returns; then the broker connection is closed cleanly (the
 persistent session keeps everything not yet acknowledged) and `run` returns.
@@ -24,6 +25,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Final
 
@@ -38,9 +40,10 @@ from cloud.fleet_control import FleetControl, FleetLink
 from cloud.ingest import BatchMessage, DeadLetter, Ingested, ingest_message
 from cloud.kept_kpis import KeptDays
 from cloud.mqtt import InboundMessage, Inbox, MqttReceiver
+from cloud.sample_store import LaidOut
 from cloud.settings import CloudSettings, IngestSettings, WebSettings
 from cloud.store import Store, WriteStats
-from protocols.downlink import DownlinkError, commit_acks, encode_downlink
+from protocols.downlink import CommitAck, DownlinkError, commit_acks, encode_downlink
 from protocols.topics import downlink_ack_topic
 
 log = logging.getLogger(__name__)
@@ -53,33 +56,53 @@ RETRY_MIN_S: Final = 0.5
 RETRY_MAX_S: Final = 30.0
 
 
-Taken = tuple[list[InboundMessage], list[Ingested]]  # a group of messages and what they decoded to
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """A group of messages as the writer's worker thread prepares it: what they decoded to, their
+    samples laid out (None: by the write itself) and the commit acknowledgements to send once it is
+    committed (`commit_acks_of`)."""
+
+    group: list[InboundMessage]
+    items: list[Ingested]
+    laid_out: LaidOut | None
+    acks: list[tuple[str, CommitAck]]
 
 
 def ingest_group(group: Sequence[InboundMessage], limits: IngestSettings) -> list[Ingested]:
     return [ingest_message(m.topic, m.payload, m.received_at, limits) for m in group]
 
 
-def commit_ack_payloads(items: Sequence[Ingested], ts_ms: int) -> list[tuple[str, bytes]]:
-    """(topic, payload) of the commit acknowledgements for a committed group: per vehicle, one ack
-    covering `handled_seqs()` of all its batches in the group (more only past `MAX_ACK_RANGES`)."""
+def commit_acks_of(items: Sequence[Ingested]) -> list[tuple[str, CommitAck]]:
+    """(topic, ack) of the commit acknowledgements for a group: per vehicle, one ack covering
+    `handled_seqs()` of all its batches in the group (more only past `MAX_ACK_RANGES`), stamped 0
+    (`stamped` gives them the commit's time)."""
     seqs_by_vehicle: dict[tuple[str, str], list[npt.NDArray[np.int64]]] = {}
     for item in items:
         if isinstance(item, BatchMessage):
             seqs_by_vehicle.setdefault((item.fleet, item.vehicle_id), []).append(item.handled_seqs())
-    payloads: list[tuple[str, bytes]] = []
+    acks: list[tuple[str, CommitAck]] = []
     for (fleet, vehicle), parts in seqs_by_vehicle.items():
         topic = downlink_ack_topic(fleet, vehicle)
-        payloads += [(topic, encode_downlink(ack)) for ack in commit_acks(np.concatenate(parts), ts_ms)]
-    return payloads
+        acks += [(topic, ack) for ack in commit_acks(np.concatenate(parts), 0)]
+    return acks
+
+
+def stamped(acks: Sequence[tuple[str, CommitAck]], ts_ms: int) -> list[tuple[str, bytes]]:
+    """(topic, payload) of `acks` stamped `ts_ms`; `DownlinkError` when one cannot be encoded."""
+    return [(topic, encode_downlink(replace(ack, ts_ms=ts_ms))) for topic, ack in acks]
+
+
+def commit_ack_payloads(items: Sequence[Ingested], ts_ms: int) -> list[tuple[str, bytes]]:
+    """(topic, payload) of the commit acknowledgements for a committed group (`commit_acks_of`)."""
+    return stamped(commit_acks_of(items), ts_ms)
 
 
 class Writer:
     """Takes groups from the inbox, writes each in one transaction, then acknowledges it.
 
     A two-stage pipeline: while the database writes and commits one group (its CPU), the next group
-    is taken and decoded (this process's CPU, in a worker thread). Groups are still committed and
-    acknowledged one at a time, in receipt order.
+    is taken, decoded and its samples laid out as blocks (this process's CPU, in a worker thread).
+    Groups are still committed and acknowledged one at a time, in receipt order.
     """
 
     def __init__(self, store: Store, receiver: MqttReceiver, inbox: Inbox, limits: IngestSettings) -> None:
@@ -92,10 +115,10 @@ class Writer:
     async def run(self, stop: asyncio.Event) -> None:
         taken = await self._take(stop)
         while taken is not None:  # None: stop is set and nothing is held
-            group, items = taken
             next_take = asyncio.create_task(self._take(stop), name="writer-take")
+            prepared = list(taken.items)
             try:
-                committed = await self._commit(group, items, stop)
+                committed = await self._commit(taken.group, taken.items, taken.laid_out, stop)
             except BaseException:
                 next_take.cancel()
                 raise
@@ -104,15 +127,17 @@ class Writer:
                 # next one (neither is acknowledged).
                 next_take.cancel()
                 return
-            self._publish_commit_acks(items)
-            acked = self._receiver.ack(group)
+            # A message the database refused is kept as a dead letter in its place, not acknowledged.
+            replaced = any(a is not b for a, b in zip(prepared, taken.items, strict=True))
+            self._publish_commit_acks(commit_acks_of(taken.items) if replaced else taken.acks)
+            acked = self._receiver.ack(taken.group)
             metrics.MESSAGES_ACKED.inc(acked)
             taken = await next_take
 
-    def _publish_commit_acks(self, items: Sequence[Ingested]) -> None:
+    def _publish_commit_acks(self, acks: Sequence[tuple[str, CommitAck]]) -> None:
         """Tell each vehicle of the committed group what is now stored (queued by paho, never blocks)."""
         try:
-            payloads = commit_ack_payloads(items, int(datetime.now(UTC).timestamp() * 1000))
+            payloads = stamped(acks, int(datetime.now(UTC).timestamp() * 1000))
         except DownlinkError as err:  # a bug, not bad input: wire seqs are within the downlink's bounds
             metrics.ACK_PUBLISH_FAILURES.labels("encode").inc()
             log.error("could not encode a commit acknowledgement: %s", err)
@@ -132,10 +157,20 @@ class Writer:
         )
         if not group:
             return None
-        return group, await asyncio.to_thread(ingest_group, group, self._limits)
+        return await asyncio.to_thread(self._prepare, group)
+
+    def _prepare(self, group: list[InboundMessage]) -> Taken:
+        """Decode a group, lay out its samples and make its commit acknowledgements (in a worker
+        thread: CPU only, no database)."""
+        items = ingest_group(group, self._limits)
+        return Taken(group, items, self._store.lay_out(items), commit_acks_of(items))
 
     async def _commit(
-        self, group: Sequence[InboundMessage], items: list[Ingested], stop: asyncio.Event
+        self,
+        group: Sequence[InboundMessage],
+        items: list[Ingested],
+        laid_out: LaidOut | None,
+        stop: asyncio.Event,
     ) -> bool:
         delay = RETRY_MIN_S
         gave_up_at: float | None = None
@@ -143,7 +178,7 @@ class Writer:
         failing = False
         while True:
             try:
-                stats = await self._write(group, items)
+                stats = await self._write(group, items, laid_out)
             except StoreError as err:
                 metrics.DATABASE_ERRORS.inc()
                 if not failing:
@@ -166,9 +201,11 @@ class Writer:
             _count(items, stats)
             return True
 
-    async def _write(self, group: Sequence[InboundMessage], items: list[Ingested]) -> WriteStats:
+    async def _write(
+        self, group: Sequence[InboundMessage], items: list[Ingested], laid_out: LaidOut | None
+    ) -> WriteStats:
         try:
-            return await self._store.write(items)
+            return await self._store.write(items, laid_out)
         except RejectedDataError as err:
             # One message of the group is poison for the database: write them one by one and keep
             # the ones it refuses as dead letters, so the stream goes on.

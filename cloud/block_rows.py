@@ -142,12 +142,16 @@ def byteas(data: Bytes, lengths: Lengths) -> list[Field]:
 
 def block_rows(vehicles: Sequence[str], b: Blocks) -> bytes:
     """COPY rows of stage_blocks (block_no, vehicle_id, minute, seq_min, seq_max, ts_first, ts_last,
-    n, signals, code, exact) for a group's blocks; `vehicles`: each message's vehicle."""
+    n, signals, code, exact, stat_signals, stat_n, stat_total, stat_min, stat_max) for a group's blocks;
+    `vehicles`: each message's vehicle. The stat_ arrays: the block's rollup statistics side by side,
+    one element per signal name (its float-path id)."""
     blocks = len(b)
     n = b.stop - b.start
+    stats = np.bincount(b.stat_block, minlength=blocks).astype(np.int64)
+    every = np.ones(len(b.stat_block), dtype=bool)
     return interleave(
         [
-            field_count(11, blocks),
+            field_count(16, blocks),
             fixed(np.arange(blocks), ">i4"),
             texts(vehicles, b.message),
             fixed(_micros(b.minute_ms), ">i8"),
@@ -159,20 +163,26 @@ def block_rows(vehicles: Sequence[str], b: Blocks) -> bytes:
             *int4_arrays(b.signal_list, b.signal_count),
             *byteas(b.code, b.code_size),
             *float8_arrays_or_null(b.exact, ~b.scaled, n),
+            *int4_arrays(b.stat_signal, stats),
+            *int4_arrays(b.stat_n.astype(np.int32), stats),
+            *float8_arrays_or_null(b.stat_total, every, stats),
+            *float8_arrays_or_null(b.stat_min, every, stats),
+            *float8_arrays_or_null(b.stat_max, every, stats),
         ],
         blocks,
     )
 
 
-def stats_rows(names: Mapping[int, str], b: Blocks) -> bytes:
+def stats_rows(names: Mapping[int, str], b: Blocks, latest: npt.NDArray[np.bool_]) -> bytes:
     """COPY rows of stage_block_stats (block_no, signal, n, total, min_value, max_value, last_ts, last_seq,
-    last_value): per block and signal, what its samples add to the minute's rollup and its latest sample;
+    last_value, latest): per block and signal, what its samples add to the minute's rollup and its latest
+    sample, and whether that is the group's latest of its vehicle and signal (`latest`, per entry);
     `names`: float-path id -> signal name."""
     rows = len(b.stat_block)
     ids, index = np.unique(b.stat_signal, return_inverse=True)
     return interleave(
         [
-            field_count(9, rows),
+            field_count(10, rows),
             fixed(b.stat_block, ">i4"),
             texts([names[int(i)] for i in ids], index.astype(np.int64)),
             fixed(b.stat_n, ">i4"),
@@ -182,6 +192,7 @@ def stats_rows(names: Mapping[int, str], b: Blocks) -> bytes:
             fixed(_micros(b.stat_last_ts_ms), ">i8"),
             fixed(b.stat_last_seq, ">i8"),
             fixed(b.stat_last_value, ">f8"),
+            fixed(latest, "?"),
         ],
         rows,
     )

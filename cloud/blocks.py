@@ -318,6 +318,20 @@ def _statistics(
     )
 
 
+def group_latest(vehicle_of_message: npt.NDArray[np.int64], b: Blocks) -> npt.NDArray[np.bool_]:
+    """Per statistics entry of `b`, whether it holds its vehicle's latest sample of its signal in the
+    whole group (by ts, then seq): one entry per vehicle and signal. `vehicle_of_message`: per message
+    of the group, a number standing for its vehicle."""
+    vehicle = vehicle_of_message[b.message[b.stat_block]]
+    order = np.lexsort((b.stat_last_seq, b.stat_last_ts_ms, b.stat_signal, vehicle))
+    vehicle, signal = vehicle[order], b.stat_signal[order]
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = (vehicle[1:] != vehicle[:-1]) | (signal[1:] != signal[:-1])
+    latest = np.zeros(len(order), dtype=bool)
+    latest[order[last]] = True
+    return latest
+
+
 def unrepeated(batches: Sequence[BatchMessage]) -> list[SampleColumns]:
     """Each message's samples less those an earlier message of the same group already carries.
 

@@ -37,8 +37,12 @@ INSERT_ALERTS: Final = sql.SQL(
     " ON CONFLICT DO NOTHING"
 )
 # last_seen is refreshed at most every 10 s per vehicle: fewer row versions, same answer for a human.
-_UPSERT_VEHICLE: Final = (
-    "INSERT INTO vehicles AS v (vehicle_id, fleet, first_seen, last_seen) VALUES (%s, %s, %s, %s)"
+# One statement for the group; ORDER BY: every replica locks vehicle rows in the same order (a
+# conflicting row is locked whether or not the WHERE lets it be updated).
+_UPSERT_VEHICLES: Final = (
+    "INSERT INTO vehicles AS v (vehicle_id, fleet, first_seen, last_seen)"
+    " SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[])"
+    " ORDER BY 1"
     " ON CONFLICT (vehicle_id) DO UPDATE SET last_seen = excluded.last_seen, fleet = excluded.fleet"
     " WHERE v.last_seen < excluded.last_seen - interval '10 seconds' OR v.fleet <> excluded.fleet"
 )
@@ -144,9 +148,15 @@ async def upsert_vehicles(cur: Cursor, batches: list[BatchMessage], statuses: li
         prior = seen.get(vehicle)
         seen[vehicle] = (fleet, min(at, prior[1]) if prior else at, max(at, prior[2]) if prior else at)
     if seen:
-        # Sorted: every replica locks vehicle rows in the same order.
-        await cur.executemany(
-            _UPSERT_VEHICLE, [(v, f, first, last) for v, (f, first, last) in sorted(seen.items())]
+        vehicles = sorted(seen)
+        await cur.execute(
+            _UPSERT_VEHICLES,
+            (
+                vehicles,
+                [seen[v][0] for v in vehicles],
+                [seen[v][1] for v in vehicles],
+                [seen[v][2] for v in vehicles],
+            ),
         )
 
 

@@ -8,8 +8,9 @@ stored sample and is inserted as it is. The others are checked: one stored befor
 redelivery) is skipped; one whose seq and time ranges meet no stored block of its vehicle and minute
 is inserted whole; one that does is decoded with those blocks ("stored"), keeps only the samples whose
 (seq, ts) is not stored ("kept") and is coded again into a block in SQL ("merged"). The minute
-aggregates of exactly the samples inserted go to rollup_log: computed with numpy per staged block
-and signal (stage_block_stats) for blocks inserted whole, in SQL for merged ones.
+aggregates of exactly the samples inserted are logged: for a block inserted whole, computed with numpy
+per block and signal and staged with the block as arrays, one rollup_block_log row; for a merged one,
+in SQL, rollup_log rows (cloud/sql/0013_block_rollup_log.sql).
 
 Signal names become ids in `sample_signals`, two per signal: its scaled path (its quantum from the
 catalog, the quanta the wire uses) and its float path. `SignalDictionary` caches them per connection.
@@ -18,6 +19,7 @@ catalog, the quanta the wire uses) and its float path. `SignalDictionary` caches
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import Final
 
@@ -26,7 +28,7 @@ import numpy.typing as npt
 import psycopg
 
 from cloud.block_rows import COPY_SIGNATURE, COPY_TRAILER, block_rows, stats_rows
-from cloud.blocks import GroupSamples, blocks_of, unrepeated
+from cloud.blocks import GroupSamples, blocks_of, group_latest, unrepeated
 from cloud.ingest import BatchMessage
 from protocols.catalog import load_catalog
 
@@ -36,10 +38,12 @@ STAGING_DDL: Final = (
     "CREATE TEMP TABLE IF NOT EXISTS stage_blocks ("
     " block_no integer, vehicle_id text, minute timestamptz, seq_min bigint, seq_max bigint,"
     " ts_first timestamptz, ts_last timestamptz, n integer, signals integer[], code bytea,"
-    " exact double precision[]) ON COMMIT DELETE ROWS",
+    " exact double precision[], stat_signals integer[], stat_n integer[], stat_total double precision[],"
+    " stat_min double precision[], stat_max double precision[]) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS stage_block_stats ("
     " block_no integer, signal text, n integer, total double precision, min_value double precision,"
-    " max_value double precision, last_ts timestamptz, last_seq bigint, last_value double precision)"
+    " max_value double precision, last_ts timestamptz, last_seq bigint, last_value double precision,"
+    " latest boolean)"
     " ON COMMIT DELETE ROWS",
 )
 
@@ -88,23 +92,26 @@ _INSERTED_COUNT: Final = (
 # merged blocks' from their kept samples.
 STORE_SAMPLES: Final = (
     _STORE_BLOCKS
-    + ", logged AS (INSERT INTO rollup_log (vehicle_id, signal, bucket, n, total, min_value, max_value)"
-    " SELECT s.vehicle_id, t.signal, s.minute, t.n, t.total, t.min_value, t.max_value"
+    # one row per block inserted whole, its statistics staged side by side (0014_block_rollup_log.sql)
+    + ", logged AS (INSERT INTO rollup_block_log"
+    " (vehicle_id, minute, signals, n, total, min_value, max_value)"
+    " SELECT s.vehicle_id, s.minute, s.stat_signals, s.stat_n, s.stat_total, s.stat_min, s.stat_max"
     " FROM fresh AS f JOIN staged AS s ON (s.vehicle_id, s.minute, s.seq_min, s.ts_first)"
-    " = (f.vehicle_id, f.minute, f.seq_min, f.ts_first)"
-    " JOIN stage_block_stats AS t ON t.block_no = s.block_no"
-    " UNION ALL SELECT k.vehicle_id, d.name, k.minute, count(*), sum(v.value), min(v.value), max(v.value)"
+    " = (f.vehicle_id, f.minute, f.seq_min, f.ts_first)),"
+    " logged_kept AS (INSERT INTO rollup_log (vehicle_id, signal, bucket, n, total, min_value, max_value)"
+    " SELECT k.vehicle_id, d.name, k.minute, count(*), sum(v.value), min(v.value), max(v.value)"
     " FROM kept AS k JOIN sample_signals AS d ON d.id = k.signal_id"
     " JOIN recoded AS r ON r.block_no = k.block_no JOIN merged AS g ON (g.vehicle_id, g.minute, g.seq_min,"
     " g.ts_first) = (r.vehicle_id, r.minute, r.seq_min, r.ts_first),"
     " LATERAL (SELECT coalesce(k.exact, k.steps * d.quantum) AS value) AS v"
     " GROUP BY k.vehicle_id, d.name, k.minute),"
     # each signal's latest sample per vehicle (cloud/sql/0012_latest_samples.sql): a staged sample that
-    # repeats a stored one is still a sample the bus sent, so every staged block counts
+    # repeats a stored one is still a sample the bus sent, so every staged block counts; the layout
+    # marked the group's latest per vehicle and signal (cloud/blocks.py, group_latest). The vehicles'
+    # rows locked first keep other replicas off these rows.
     " latest AS (INSERT INTO latest_samples (vehicle_id, signal, ts, seq, value)"
-    " SELECT DISTINCT ON (s.vehicle_id, t.signal) s.vehicle_id, t.signal, t.last_ts, t.last_seq, t.last_value"
-    " FROM stage_block_stats AS t JOIN stage_blocks AS s ON s.block_no = t.block_no"
-    " ORDER BY s.vehicle_id, t.signal, t.last_ts DESC, t.last_seq DESC"
+    " SELECT s.vehicle_id, t.signal, t.last_ts, t.last_seq, t.last_value"
+    " FROM stage_block_stats AS t JOIN stage_blocks AS s ON s.block_no = t.block_no WHERE t.latest"
     " ON CONFLICT (vehicle_id, signal)"
     " DO UPDATE SET ts = excluded.ts, seq = excluded.seq, value = excluded.value"
     " WHERE (excluded.ts, excluded.seq) > (latest_samples.ts, latest_samples.seq))" + _INSERTED_COUNT
@@ -127,6 +134,10 @@ class SignalDictionary:
         self._rank = {name: k for k, name in enumerate(self._quanta)}  # the catalog's order
         self._ids: dict[str, tuple[int, int]] = {}
         self.names: dict[int, str] = {}  # float-path id -> name
+
+    def knows(self, names: set[str]) -> bool:
+        """Whether every one of `names` has its ids (learnt on this connection's dictionary)."""
+        return names <= self._ids.keys()
 
     def quantum(self, name: str) -> float:
         return self._quanta.get(name, float("nan"))
@@ -151,13 +162,30 @@ class SignalDictionary:
                 (missing, quanta, missing),
             )
             await cur.execute("SELECT name, quantum, id FROM sample_signals WHERE name = ANY(%s)", (missing,))
-            found: dict[tuple[str, float | None], int] = {}
-            for name, quantum, sid in await cur.fetchall():
-                assert isinstance(name, str) and isinstance(sid, int)
-                found[(name, quantum if isinstance(quantum, float) else None)] = sid
-        for name, quantum in zip(missing, quanta, strict=True):
-            float_id = found[(name, None)]
-            self._ids[name] = (found[(name, quantum)] if quantum is not None else float_id, float_id)
+            self._take_ids(await cur.fetchall(), missing)
+
+    async def load(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+        """Take the ids of every signal stored so far (a restarted receiver then lays out its first
+        groups without learning them in the write)."""
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT name, quantum, id FROM sample_signals")
+            rows = await cur.fetchall()
+        self._take_ids(rows, sorted({str(row[0]) for row in rows} - self._ids.keys()))
+
+    def _take_ids(self, rows: Sequence[tuple[object, ...]], names: Sequence[str]) -> None:
+        """Keep the ids of `names` found in `rows` (name, quantum, id): a name whose float path or
+        scaled path (its quantum here) has no row is left to `learn`."""
+        found: dict[tuple[str, float | None], int] = {}
+        for name, quantum, sid in rows:
+            assert isinstance(name, str) and isinstance(sid, int)
+            found[(name, quantum if isinstance(quantum, float) else None)] = sid
+        for name in names:
+            quantum = self._quanta.get(name)
+            float_id = found.get((name, None))
+            scaled_id = float_id if quantum is None else found.get((name, quantum))
+            if float_id is None or scaled_id is None:
+                continue
+            self._ids[name] = (scaled_id, float_id)
             self.names[float_id] = name
 
     def columns(
@@ -184,23 +212,54 @@ def used_signals(batches: Sequence[BatchMessage]) -> set[str]:
     }
 
 
-async def stage_samples(cur: Cursor, batches: list[BatchMessage], signals: SignalDictionary) -> int:
-    """COPY the group's samples (those not repeated within the group) as blocks into stage_blocks and
-    their rollup statistics into stage_block_stats; return how many samples the group carried. One
-    layout for the whole group (numpy's fixed cost per call is paid once, not per message)."""
+@dataclass(frozen=True, slots=True)
+class LaidOut:
+    """A write group's samples ready to stage: the binary COPY data of stage_blocks and
+    stage_block_stats (b"" when the group has no sample to store), and how many samples it carried.
+    Pure data, built without the database (`lay_out`), so the receiver builds it for the next group
+    while the database writes the current one."""
+
+    block_copy: bytes
+    stats_copy: bytes
+    samples: int
+
+
+def lay_out(batches: Sequence[BatchMessage], signals: SignalDictionary) -> LaidOut | None:
+    """The group's samples (those not repeated within the group) as blocks and their rollup
+    statistics, in binary COPY format; None when a signal they use has no id yet (`learn` first).
+    One layout for the whole group (numpy's fixed cost per call is paid once, not per message)."""
+    if not signals.knows(used_signals(batches)):
+        return None
     blocks = blocks_of(GroupSamples.of(unrepeated(batches), signals.columns))
-    if len(blocks):
+    samples = sum(len(m.samples) for m in batches)
+    if not len(blocks):
+        return LaidOut(b"", b"", samples)
+    vehicles = [m.vehicle_id for m in batches]
+    latest = group_latest(np.unique(vehicles, return_inverse=True)[1].astype(np.int64), blocks)
+    return LaidOut(
+        b"".join((COPY_SIGNATURE, block_rows(vehicles, blocks), COPY_TRAILER)),
+        b"".join((COPY_SIGNATURE, stats_rows(signals.names, blocks, latest), COPY_TRAILER)),
+        samples,
+    )
+
+
+async def stage_samples(cur: Cursor, laid_out: LaidOut) -> int:
+    """COPY a group's laid-out samples into stage_blocks and stage_block_stats; return how many
+    samples the group carried."""
+    if laid_out.block_copy:
         async with cur.copy(
-            "COPY stage_blocks (block_no, " + _COLUMNS + ") FROM STDIN (FORMAT BINARY)"
+            "COPY stage_blocks (block_no, "
+            + _COLUMNS
+            + ", stat_signals, stat_n, stat_total, stat_min, stat_max)"
+            " FROM STDIN (FORMAT BINARY)"
         ) as copy:
-            rows = block_rows([m.vehicle_id for m in batches], blocks)
-            await copy.write(b"".join((COPY_SIGNATURE, rows, COPY_TRAILER)))
+            await copy.write(laid_out.block_copy)
         async with cur.copy(
             "COPY stage_block_stats (block_no, signal, n, total, min_value, max_value, last_ts, last_seq,"
-            " last_value) FROM STDIN (FORMAT BINARY)"
+            " last_value, latest) FROM STDIN (FORMAT BINARY)"
         ) as copy:
-            await copy.write(b"".join((COPY_SIGNATURE, stats_rows(signals.names, blocks), COPY_TRAILER)))
-    return sum(len(m.samples) for m in batches)
+            await copy.write(laid_out.stats_copy)
+    return laid_out.samples
 
 
 async def store_samples(cur: Cursor) -> int:

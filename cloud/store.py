@@ -11,9 +11,10 @@ replica. Predictions and alerts are rows keyed on (vehicle_id, seq, ts). The ing
 letters (whole messages, and one row per message for its records refused one by one:
 cloud/dead_letters.py), vehicles and status are written in the same transaction. Only after COMMIT
 returns may the caller acknowledge the messages. The minute aggregates of the samples actually
-inserted go to rollup_log in the same statement (both flavours), for `refresh_rollups` to add into
-the hour and day tables; until then the views `samples_1h` and `samples_1d` add the log to them
-(cloud/sql/0007_current_rollups.native.sql). This module keeps the connection, the transaction
+inserted are logged in the same statement (both flavours; one rollup_block_log row per block inserted
+whole, rollup_log rows for merged ones: cloud/sql/0013_block_rollup_log.sql), for `refresh_rollups` to
+add into the hour and day tables; until then the views `samples_1h` and `samples_1d` add the logs to
+them (cloud/sql/0007_current_rollups.native.sql). This module keeps the connection, the transaction
 and the maintenance (partitions, retention, rollup refresh, kept KPIs, dead-letter pruning).
 
 Data of any age the receiver accepts lands (a bus back after weeks offline): on the native flavour
@@ -47,26 +48,43 @@ Connection = psycopg.AsyncConnection[tuple[object, ...]]
 _STAGING_DDL: Final = (*sample_store.STAGING_DDL, *group_rows.STAGING_DDL)
 
 
-def _rollup_cte(name: str, width: str) -> str:
-    """Add minute aggregates `m` (taken from the rollup log) into one rollup table (n, sum, min and max
-    re-aggregate exactly; a minute never straddles an hour or a day)."""
+def _bucketed(source: str, width: str) -> str:
+    """Aggregates `source` summed into buckets `width` wide (n, sum, min and max re-aggregate exactly;
+    a minute never straddles an hour, an hour never a day)."""
     return (
-        f"{name} AS (INSERT INTO {name} AS r (vehicle_id, signal, bucket, n, total, min_value, max_value)"
-        f" SELECT vehicle_id, signal, date_bin(interval '{width}', bucket, timestamptz 'epoch') AS b,"
-        " sum(n)::bigint, sum(total), min(min_value), max(max_value) FROM m GROUP BY vehicle_id, signal, b"
-        " ORDER BY vehicle_id, signal, b"  # one lock order for every replica: no deadlocks between them
-        " ON CONFLICT (vehicle_id, signal, bucket) DO UPDATE SET n = r.n + excluded.n,"
-        " total = r.total + excluded.total, min_value = least(r.min_value, excluded.min_value),"
-        " max_value = greatest(r.max_value, excluded.max_value))"
+        f"SELECT vehicle_id, signal, date_bin(interval '{width}', bucket, timestamptz 'epoch') AS bucket,"
+        " sum(n)::bigint AS n, sum(total) AS total, min(min_value) AS min_value,"
+        f" max(max_value) AS max_value FROM {source} GROUP BY 1, 2, 3"
     )
 
 
-# One refresh: take the logged minute aggregates out and add them into hours, then days.
+def _add_into(name: str, source: str) -> str:
+    """Add the aggregates `source` (one row per vehicle, signal and bucket) into one rollup table: the
+    buckets it holds updated, the others inserted. Only the refresh writes the rollup tables, one
+    refresh at a time (under `_ROLLUP_LOCK`), so no row appears between the two."""
+    return (
+        f"{name}_updated AS (UPDATE {name} AS r SET n = r.n + a.n, total = r.total + a.total,"
+        " min_value = least(r.min_value, a.min_value), max_value = greatest(r.max_value, a.max_value)"
+        f" FROM {source} AS a WHERE (r.vehicle_id, r.signal, r.bucket) = (a.vehicle_id, a.signal, a.bucket)),"
+        f" {name}_inserted AS (INSERT INTO {name} (vehicle_id, signal, bucket, n, total, min_value,"
+        f" max_value) SELECT * FROM {source} AS a WHERE NOT EXISTS (SELECT 1 FROM {name} AS r"
+        " WHERE (r.vehicle_id, r.signal, r.bucket) = (a.vehicle_id, a.signal, a.bucket)))"
+    )
+
+
+# One refresh: take the logged minute aggregates out of both logs (0014_block_rollup_log.sql), sum
+# them into hours `h` and those into days `d`, and add each into its rollup table.
 _REFRESH_ROLLUPS: Final = sql.SQL(
-    "WITH m AS (DELETE FROM rollup_log RETURNING *), "
-    + _rollup_cte("rollup_1h", "1 hour")
+    "WITH logged AS (DELETE FROM rollup_log RETURNING *),"
+    " blocks AS (DELETE FROM rollup_block_log RETURNING *),"
+    " m AS (SELECT vehicle_id, signal, bucket, n, total, min_value, max_value FROM logged UNION ALL"
+    " SELECT b.vehicle_id, d.name, b.minute, u.n, u.total, u.min_value, u.max_value FROM blocks AS b,"
+    " unnest(b.signals, b.n, b.total, b.min_value, b.max_value)"
+    " AS u(signal_id, n, total, min_value, max_value) JOIN sample_signals AS d ON d.id = u.signal_id),"
+    f" h AS ({_bucketed('m', '1 hour')}), d AS ({_bucketed('h', '1 day')}), "
+    + _add_into("rollup_1h", "h")
     + ", "
-    + _rollup_cte("rollup_1d", "1 day")
+    + _add_into("rollup_1d", "d")
     + " SELECT count(*) FROM m"
 )
 _ROLLUP_LOCK: Final = "SELECT pg_try_advisory_xact_lock(hashtextextended('voltgate-cloud:rollups:' || %s, 0))"
@@ -157,6 +175,8 @@ class Store:
                 for ddl in _STAGING_DDL:
                     await conn.execute(ddl.encode())
             store = cls(conn, settings, flavour, kept)
+            if require_schema:
+                await store._signals.load(conn)
             if flavour is Flavour.NATIVE and version > 0:
                 store._partitions = await schema.existing_partitions(conn, settings.schema_name)
             return store
@@ -289,14 +309,23 @@ class Store:
         if self.flavour is Flavour.NATIVE and not wanted <= self._partitions:
             self._partitions = await schema.create_partitions(self._conn, self._settings.schema_name, wanted)
 
-    async def write(self, items: Sequence[Ingested]) -> WriteStats:
+    def lay_out(self, items: Sequence[Ingested]) -> sample_store.LaidOut | None:
+        """The group's samples laid out for `write` (pure CPU, no database: callable from a worker
+        thread while this store writes another group); None when a signal they use is new to this
+        store (then `write` learns it and lays them out itself)."""
+        return sample_store.lay_out([i for i in items if isinstance(i, BatchMessage)], self._signals)
+
+    async def write(
+        self, items: Sequence[Ingested], laid_out: sample_store.LaidOut | None = None
+    ) -> WriteStats:
         """Write one group of ingested messages in one transaction; return once it is committed.
+        `laid_out`: `lay_out(items)` when the caller made it beforehand.
 
         Raises `RejectedDataError` when the database refuses the data (write the messages one by one
         to find the poison), `StoreError` when it is unreachable; nothing is committed then.
         """
         try:
-            stats = await self._write_retrying(items)
+            stats = await self._write_retrying(items, laid_out)
         except (
             psycopg.errors.DataError,
             psycopg.errors.IntegrityError,
@@ -321,11 +350,13 @@ class Store:
         except StoreError as err:
             log.warning("pruning dead letters between maintenances failed: %s", err)
 
-    async def _write_retrying(self, items: Sequence[Ingested]) -> WriteStats:
+    async def _write_retrying(
+        self, items: Sequence[Ingested], laid_out: sample_store.LaidOut | None
+    ) -> WriteStats:
         for attempt in range(1, 6):
             try:
                 await self._ensure_partitions(_partitions_needed(items))
-                return await self._write_once(items)
+                return await self._write_once(items, laid_out)
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 if attempt == 5:
                     raise
@@ -338,19 +369,24 @@ class Store:
                 self._partitions = await schema.existing_partitions(self._conn, self._settings.schema_name)
         raise AssertionError("unreachable")
 
-    async def _write_once(self, items: Sequence[Ingested]) -> WriteStats:
+    async def _write_once(
+        self, items: Sequence[Ingested], laid_out: sample_store.LaidOut | None
+    ) -> WriteStats:
         batches = [i for i in items if isinstance(i, BatchMessage)]
         statuses = [i for i in items if isinstance(i, StatusMessage)]
         dead = [i for i in items if isinstance(i, DeadLetter)]
         stats = WriteStats(messages=len(items), statuses=len(statuses), dead_letters=[d.reason for d in dead])
         started = time.perf_counter()
         conn = self._conn
-        await self._signals.learn(conn, sample_store.used_signals(batches))
+        if laid_out is None:
+            await self._signals.learn(conn, sample_store.used_signals(batches))
+            laid_out = sample_store.lay_out(batches, self._signals)
+            assert laid_out is not None  # every signal learnt just now
         async with conn.transaction(), conn.cursor() as cur:
             # First: the vehicles' rows, locked until COMMIT, so no other replica stores samples of
             # these vehicles meanwhile and the de-duplication below sees everything committed.
             await group_rows.upsert_vehicles(cur, batches, statuses)
-            stats.samples_staged = await sample_store.stage_samples(cur, batches, self._signals)
+            stats.samples_staged = await sample_store.stage_samples(cur, laid_out)
             stats.predictions_staged = await group_rows.stage_predictions(cur, batches)
             stats.alerts_staged = await group_rows.stage_alerts(cur, batches)
             if stats.samples_staged:

@@ -307,7 +307,7 @@ async def test_store_once_redelivery_and_bad_payloads(
         assert reasons == 3
         assert scalar(pg_schema, "SELECT count(*) FROM samples WHERE vehicle_id = %s", other) == 0
         # the hours are current before their refresh (every 300 s): they read the log too
-        assert scalar(pg_schema, "SELECT count(*) FROM rollup_log WHERE vehicle_id = %s", bus) > 0
+        assert scalar(pg_schema, "SELECT count(*) FROM rollup_log_minutes WHERE vehicle_id = %s", bus) > 0
         assert (
             scalar(pg_schema, "SELECT sum(n) FROM samples_1h WHERE vehicle_id = %s", bus)
             == 2 * SAMPLES_PER_BATCH
@@ -316,7 +316,7 @@ async def test_store_once_redelivery_and_bad_payloads(
         # AND on the way out the receiver moves the log into the hour and day tables
         stop.set()
         await asyncio.wait_for(task, WAIT_S)
-        assert scalar(pg_schema, "SELECT count(*) FROM rollup_log") == 0
+        assert scalar(pg_schema, "SELECT count(*) FROM rollup_log_minutes") == 0
         assert (
             scalar(pg_schema, "SELECT sum(n) FROM samples_1h WHERE vehicle_id = %s", bus)
             == 2 * SAMPLES_PER_BATCH

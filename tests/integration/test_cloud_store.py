@@ -12,7 +12,7 @@ import pytest
 
 from cloud.errors import RejectedDataError, StoreError
 from cloud.ingest import BatchMessage, DeadLetter, StatusMessage
-from cloud.schema import Flavour, existing_partitions, shipped_versions
+from cloud.schema import Flavour, existing_partitions, latest_version, shipped_versions
 from cloud.settings import DatabaseSettings
 from cloud.store import Store
 from protocols.topics import TopicKind, telemetry_topic
@@ -70,6 +70,8 @@ async def test_migrations_are_idempotent_and_recorded(pg_schema: Database) -> No
             (11, "any"),
             (12, "any"),
             (13, "any"),
+            (14, "any"),
+            (15, "any"),
         ]
     finally:
         await store.close()
@@ -112,7 +114,7 @@ async def test_a_batch_is_stored_once_and_its_redelivery_changes_nothing(store: 
     # and every rollup is current at once (the hours and days still read the log), then the same
     # after the refresh has moved the log into the tables
     for refreshed in (False, True):
-        assert await count(store, "SELECT count(*) FROM rollup_log") == (0 if refreshed else 3)
+        assert await count(store, "SELECT count(*) FROM rollup_log_minutes") == (0 if refreshed else 3)
         assert await count(store, "SELECT sum(n) FROM samples_1m") == 130
         assert await count(store, "SELECT sum(n) FROM samples_1h") == 130
         assert await count(store, "SELECT sum(n) FROM samples_1d") == 130
@@ -351,9 +353,12 @@ async def test_migration_7_keeps_the_refreshed_hours_and_days_and_adds_the_pendi
             b"INSERT INTO rollup_log VALUES ('bus-8', 'Vehicle.Speed', %s, 5, 5, 0, 4)", (minute,)
         )
 
-        # WHEN it is migrated, and later refreshed
+        # WHEN it is migrated (to 7, then on to the latest: 0013 adds a second log beside this one),
+        # and later refreshed
         assert await store.migrate(up_to=7) == [7]
         before = [await rollup_rows(store, "samples_1h"), await rollup_rows(store, "samples_1d")]
+        assert (await store.migrate())[-1] == latest_version()
+        assert [await rollup_rows(store, "samples_1h"), await rollup_rows(store, "samples_1d")] == before
         assert await store.refresh_rollups(keep_days=False) == 1
         after = [await rollup_rows(store, "samples_1h"), await rollup_rows(store, "samples_1d")]
     finally:
