@@ -4,8 +4,9 @@ layout of DM1 (active diagnostic trouble codes).
 Identifier (SAE J1939-21, §5.2): priority (3 bits), extended data page and data page (1 each), PDU format
 PF (8), PDU specific PS (8), source address SA (8). The parameter group number (PGN) is data page + PF + PS,
 except when PF < 240 (PDU1, destination-specific): PS is then the destination address and the PGN carries 0
-in its place. cantools' `cantools.j1939` does the bit work; this module keeps its results small and cached,
-since the decoder asks once per identifier it has not seen yet.
+in its place. The bit work is done here (a few shifts; the running agent does not import cantools for it) and
+cached, since the decoder asks once per identifier it has not seen yet; tests/unit/test_j1939.py checks it
+against `cantools.j1939` over many identifiers.
 
 DM1 (SAE J1939-73, §5.7.1, PGN 65226): byte 1 holds four 2-bit lamp states (bits 8-7 malfunction indicator
 lamp, 6-5 red stop lamp, 4-3 amber warning lamp, 2-1 protect lamp; 00 off, 01 on, 10 reserved, 11 not
@@ -20,8 +21,6 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from typing import Final
-
-from cantools import j1939 as cantools_j1939
 
 # Parameter groups (PGN) of SAE J1939-21 §5.10 (transport protocol) and J1939-73 §5.7.1 (DM1).
 PGN_TP_CM: Final = 0xEC00  # 60416 transport protocol, connection management
@@ -48,17 +47,19 @@ class J1939Id:
 
 def is_pdu1(pdu_format: int) -> bool:
     """PDU1 (PF < 240): PS is a destination address, not part of the PGN."""
-    return bool(cantools_j1939.is_pdu_format_1(pdu_format))  # type: ignore[no-untyped-call]
+    return pdu_format < 240
 
 
 @functools.lru_cache(maxsize=4096)
 def split_id(frame_id: int) -> J1939Id:
     """The J1939 fields of a 29-bit identifier (cached: a bus carries a few hundred distinct ids)."""
     frame_id &= EXTENDED_ID_MASK
-    fields = cantools_j1939.frame_id_unpack(frame_id)  # type: ignore[no-untyped-call]
-    pgn = int(cantools_j1939.pgn_from_frame_id(frame_id))  # type: ignore[no-untyped-call]
-    destination = int(fields.pdu_specific) if is_pdu1(fields.pdu_format) else GLOBAL_ADDRESS
-    return J1939Id(int(fields.priority), pgn, int(fields.source_address), destination)
+    priority = frame_id >> 26  # 3 bits
+    page_and_format = (frame_id >> 16) & 0x3FF  # EDP, DP and PF
+    pdu_specific = (frame_id >> 8) & 0xFF
+    if is_pdu1(page_and_format & 0xFF):
+        return J1939Id(priority, page_and_format << 8, frame_id & 0xFF, pdu_specific)
+    return J1939Id(priority, (page_and_format << 8) | pdu_specific, frame_id & 0xFF, GLOBAL_ADDRESS)
 
 
 def pgn_filter(frame_id: int) -> tuple[int, int]:

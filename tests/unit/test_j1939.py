@@ -148,6 +148,25 @@ def test_split_id_masks_priority_sender_and_the_pdu1_destination() -> None:
     assert split_id(pgn_id(PGN_TP_CM, 7, 0x00, 0xF9)) == split_id(0x1CECF900)
 
 
+@settings(max_examples=2000, deadline=None)
+@given(st.integers(min_value=0, max_value=0x1FFFFFFF))
+def test_split_id_agrees_with_cantools_j1939(frame_id: int) -> None:
+    # Our J1939-21 id arithmetic (kept so that the running agent need not import cantools) against cantools'.
+    from cantools import j1939 as cantools_j1939
+
+    fields = cantools_j1939.frame_id_unpack(frame_id)  # type: ignore[no-untyped-call]
+    pdu1 = cantools_j1939.is_pdu_format_1(fields.pdu_format)  # type: ignore[no-untyped-call]
+    expected = (
+        fields.priority,
+        cantools_j1939.pgn_from_frame_id(frame_id),  # type: ignore[no-untyped-call]
+        fields.source_address,
+        fields.pdu_specific if pdu1 else GLOBAL_ADDRESS,
+    )
+    got = split_id(frame_id)
+    assert (got.priority, got.pgn, got.source, got.destination) == expected
+    assert split_id(frame_id | 0xE0000000) == got  # bits above the 29 are masked off
+
+
 @pytest.mark.parametrize("priority", [3, 6, 7])
 @pytest.mark.parametrize("source", [0x00, 0x17, 0x21])
 def test_ccvs1_vdhr_amb_decode_from_any_sender_at_any_priority(priority: int, source: int) -> None:
