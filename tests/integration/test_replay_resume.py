@@ -48,7 +48,7 @@ def bus_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "simulator",
             "record",
             "--duration",
-            "10m",
+            "30m",
             "--seed",
             "11",
             "--out",
