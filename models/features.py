@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from haversine import Unit, haversine_vector
 
 from protocols.signals import (
     AMBIENT,
@@ -95,7 +96,6 @@ HISTORY_SPACING_S = 10.0  # ...kept thinned: one sample per 10 s at most (≤ 36
 MOVING_KMH = 2.0  # moving vs idle, as fleet analysts split it
 MAX_PLAUSIBLE_KMH = 250.0  # a GPS leg implying more than this is a jump, not travel
 MIN_RATE_DISTANCE_KM = 0.5  # kWh/km only over at least this distance
-EARTH_RADIUS_KM = 6371.0088
 INSULATION_WARNING_KOHM_PER_V = 0.5  # insulation monitors warn below 500 Ohm/V (UN ECE R100, ISO 6469-1)
 INSULATION_HORIZON_H = 24.0  # hours-to-warning when insulation is not decaying: "not today"
 # Cell balance is judged near rest, where a cell's voltage is its open-circuit voltage and so its state of
@@ -296,13 +296,6 @@ def change_over(s: Series, t0: float, t1: float) -> float:
     return held_at(s, t1) - held_at(s, t0)
 
 
-def haversine_km(lat1: FloatArray, lon1: FloatArray, lat2: FloatArray, lon2: FloatArray) -> FloatArray:
-    p1, p2 = np.radians(lat1), np.radians(lat2)
-    dp, dl = p2 - p1, np.radians(lon2 - lon1)
-    h = np.sin(dp / 2.0) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2.0) ** 2
-    return np.asarray(2.0 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0))), dtype=np.float64)
-
-
 def gps_distance_km(lat: Series, lon: Series, t0: float, t1: float) -> float:
     """Path length through the held positions in [t0, t1], legs implying > MAX_PLAUSIBLE_KMH left out."""
     grid = _grid(t0, t1, lat, lon)
@@ -313,7 +306,8 @@ def gps_distance_km(lat: Series, lon: Series, t0: float, t1: float) -> float:
     g, la, lo = grid[ok], la[ok], lo[ok]
     if len(g) < 2:
         return 0.0
-    legs = haversine_km(la[:-1], lo[:-1], la[1:], lo[1:])
+    fixes = np.column_stack((la, lo))
+    legs = haversine_vector(fixes[:-1], fixes[1:], Unit.KILOMETERS, check=False)
     hours = np.diff(g) / 3600.0
     plausible = legs <= MAX_PLAUSIBLE_KMH * hours
     return float(legs[plausible].sum())

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
+from haversine import haversine
 
 from models.features import FloatArray
 from protocols.errors import ProtocolError
@@ -317,22 +318,13 @@ def _clean_position(ts: FloatArray, cols: dict[str, FloatArray], report: Cleanin
         if math.isnan(lat[i]) or math.isnan(lon[i]):
             continue
         if last is not None and (lat[i], lon[i]) != last[:2]:
-            d = _haversine1(last[0], last[1], lat[i], lon[i])
+            d = haversine(last[:2], (lat[i], lon[i]), check=False)
             if d > MAX_SPEED_KMH * max(ts[i] - last[2], 1.0) / 3600.0:
                 report.position_jumps += 1
                 lat[i] = lon[i] = math.nan
                 continue
         if last is None or (lat[i], lon[i]) != last[:2]:
             last = (float(lat[i]), float(lon[i]), float(ts[i]))
-
-
-def _haversine1(la1: float, lo1: float, la2: float, lo2: float) -> float:
-    p1, p2 = math.radians(la1), math.radians(la2)
-    h = (
-        math.sin((p2 - p1) / 2) ** 2
-        + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lo2 - lo1) / 2) ** 2
-    )
-    return 2 * 6371.0088 * math.asin(math.sqrt(min(1.0, h)))
 
 
 def _clean_soc(soc: FloatArray, report: CleaningReport) -> None:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from haversine import Unit, haversine
 
-EARTH_RADIUS_M = 6_371_008.8
 DATA_DIR = Path(__file__).parent / "data"
 ROUTE_102_STOPS_CSV = DATA_DIR / "nairobi_route_102_stops.csv"
 
@@ -54,13 +54,6 @@ class Stop:
     distance_m: float  # along the route from the depot end
 
 
-def haversine_m(lat1_deg: float, lon1_deg: float, lat2_deg: float, lon2_deg: float) -> float:
-    p1, p2 = math.radians(lat1_deg), math.radians(lat2_deg)
-    dp, dl = p2 - p1, math.radians(lon2_deg - lon1_deg)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(math.sqrt(a))
-
-
 def initial_bearing_deg(lat1_deg: float, lon1_deg: float, lat2_deg: float, lon2_deg: float) -> float:
     p1, p2 = math.radians(lat1_deg), math.radians(lat2_deg)
     dl = math.radians(lon2_deg - lon1_deg)
@@ -80,7 +73,8 @@ class Route:
         self._lon = [s[2] for s in stops]
         cum = [0.0]
         for i in range(1, len(stops)):
-            cum.append(cum[-1] + haversine_m(self._lat[i - 1], self._lon[i - 1], self._lat[i], self._lon[i]))
+            leg = (self._lat[i - 1], self._lon[i - 1]), (self._lat[i], self._lon[i])
+            cum.append(cum[-1] + haversine(*leg, unit=Unit.METERS))
         self._cum_m = cum
         self._heading_deg = [
             initial_bearing_deg(self._lat[i], self._lon[i], self._lat[i + 1], self._lon[i + 1])

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
+from haversine import Unit, haversine
 
-from simulator.route import Route, haversine_m, nairobi_route_102
+from simulator.route import Route, nairobi_route_102
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def test_position_follows_the_route(route: Route) -> None:
     prev = route.position(0.0)
     for d in range(10, int(route.length_m), 10):
         cur = route.position(float(d))
-        step = haversine_m(prev[0], prev[1], cur[0], cur[1])
+        step = haversine(prev[:2], cur[:2], unit=Unit.METERS)
         assert step == pytest.approx(10.0, abs=0.5)
         assert 0.0 <= cur[2] < 360.0
         prev = cur
