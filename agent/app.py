@@ -40,6 +40,8 @@ Shutdown (SIGTERM/SIGINT), each stage bounded by `STOP_TIMEOUTS`, whose sum stay
 `TimeoutStopSec` (`SYSTEMD_TIMEOUT_STOP_S`): stop sources → drain the frame queues through the decoders →
 stop inference, then alerts (LEDs off) → final commit → publish what can be published → "offline" status and
 disconnect → exit 0.
+
+The stages' counters reach Prometheus through `agent.stats_export`, once a second.
 """
 
 from __future__ import annotations
@@ -54,11 +56,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass, replace
 from typing import Final, Protocol, TypeVar
 
-from prometheus_client import Counter
-
 from agent import metrics
 from agent.alerts import AlertInput, AlertStage
-from agent.buffer import BufferStats, BufferWorker, EvictionClass
+from agent.buffer import BufferWorker
 from agent.clock import SourceKind, TimestampGate
 from agent.decode import Decoder, DecodeStats, Dm1Hook
 from agent.diagnostics import Dm1Report, DtcAlerts
@@ -66,11 +66,12 @@ from agent.fleet_control import FleetControl
 from agent.fleet_control_stages import RunningStages
 from agent.inference import InferenceStage
 from agent.preflight import load_catalogs
-from agent.records import SEVERITIES, UNKNOWN_ID_FRAME, Alert, Frame, Prediction, Sample
+from agent.records import UNKNOWN_ID_FRAME, Alert, Frame, Prediction, Sample
 from agent.settings import AgentSettings
 from agent.sources.can import CanSource
 from agent.sources.gps import GpsSource
 from agent.sources.replay import CHUNK_FRAMES, ReplayFrameQueue, ReplaySource, TallyQueue, position_mark
+from agent.stats_export import StatsExport
 from agent.uplink import Uplink, filter_closed_socket_watchers
 from protocols.catalog import Catalog
 from protocols.j1939 import Dm1
@@ -106,7 +107,6 @@ DERIVED_QUEUE_MAX: Final = 1_000
 TAP_QUEUE_MAX: Final = 50_000  # per tap: what inference or alerts may lag behind the committer
 SOURCE_SAMPLES_MAX: Final = 10_000  # per source, between its decoder (or the GPS) and its clock gate
 GATE_BATCH: Final = 1_000  # samples judged between two yields to the event loop
-BUFFER_STATS_EVERY_S: Final = 5.0  # counting rows of a large backlog is not free
 
 
 class _Source(Protocol):
@@ -114,20 +114,6 @@ class _Source(Protocol):
 
 
 # --- the running agent --------------------------------------------------------------------------------
-
-
-class _CounterSync:
-    """Exports the sources' and decoders' plain counters to Prometheus counters (by increments)."""
-
-    def __init__(self) -> None:
-        self._last: dict[tuple[int, tuple[str, ...]], float] = {}
-
-    def set(self, counter: Counter, labels: tuple[str, ...], total: float) -> None:
-        key = (id(counter), labels)
-        delta = total - self._last.get(key, 0.0)
-        if delta > 0:
-            (counter.labels(*labels) if labels else counter).inc(delta)
-        self._last[key] = max(total, self._last.get(key, 0.0))
 
 
 class Agent:
@@ -159,8 +145,6 @@ class Agent:
         self._stop = asyncio.Event()
         self._committer_stop = asyncio.Event()
         self._commit_now = asyncio.Event()  # commit without waiting for the interval, then send at once
-        self._sync = _CounterSync()
-        self._last_buffer_stats = 0.0
         self.inference_tap: asyncio.Queue[Sample] | None = None
         self.alert_stage: AlertStage | None = None
         self.inference_stage: InferenceStage | None = None
@@ -301,7 +285,7 @@ class Agent:
                     group.create_task(metrics.measure_loop_lag(), name="loop-lag"),
                     group.create_task(_contained("fleet-control", fleet.run()), name="fleet-control"),
                     group.create_task(
-                        self._export_stats(frame_sources, decoders, gps, frame_queues), name="stats-export"
+                        StatsExport(self).run(frame_sources, decoders, gps, frame_queues), name="stats-export"
                     ),
                 ]
                 if self.metrics_server is not None:
@@ -481,136 +465,6 @@ class Agent:
             batch = [first, *_drain_now(self.derived, DERIVED_QUEUE_MAX)]
             metrics.SAMPLES_BUFFERED.inc(await self.buffer.commit_derived(batch))
             uplink.notify()
-
-    # --- metrics export ------------------------------------------------------------------------------
-
-    async def _export_stats(
-        self,
-        frame_sources: Iterable[tuple[str, _StatsSource]],
-        decoders: Mapping[str, _StatsDecoder],
-        gps: _StatsSource | None,
-        frame_queues: Mapping[str, FrameQueue],
-    ) -> None:
-        sync = self._sync
-        while True:
-            for name, source in frame_sources:
-                stats = source.stats
-                sync.set(metrics.FRAMES_RECEIVED, (name,), stats.frames + stats.dropped)
-                self.health.note_source(name, stats.frames + stats.dropped)
-                sync.set(metrics.QUEUE_DROPS, (f"frames:{name}",), stats.dropped)
-                sync.set(metrics.SOURCE_RECONNECTS, (name,), stats.reconnects)
-                queue = frame_queues[name]
-                depth = queue.frames_queued if isinstance(queue, ReplayFrameQueue) else queue.qsize()
-                metrics.QUEUE_DEPTH.labels(f"frames:{name}").set(depth)
-            for name, decoder in decoders.items():
-                dstats = decoder.stats
-                sync.set(metrics.FRAMES_DECODED, (name,), dstats.frames_decoded)
-                sync.set(metrics.SAMPLES_DECODED, (name,), dstats.samples_kept)
-                for kind, count in dstats.skipped.items():
-                    if kind == "unknown_id":
-                        sync.set(metrics.FRAMES_UNKNOWN, (name,), count)
-                    else:
-                        sync.set(metrics.FRAME_ERRORS, (name, str(kind)), count)
-            if gps is not None:
-                sync.set(metrics.QUEUE_DROPS, ("samples:gps",), gps.stats.dropped)
-                sync.set(metrics.SOURCE_RECONNECTS, ("gps",), gps.stats.reconnects)
-                self.health.note_source("gps", gps.stats.frames + gps.stats.dropped)
-            metrics.QUEUE_DEPTH.labels("samples").set(self.samples.qsize())
-            metrics.QUEUE_DEPTH.labels("derived").set(self.derived.qsize())
-            for tap_name, tap in (("tap:inference", self.inference_tap), ("tap:alerts", self.alerts_inbox)):
-                if tap is not None:
-                    metrics.QUEUE_DEPTH.labels(tap_name).set(tap.qsize())
-            self._export_analysis()
-            self._export_clock()
-            now = time.monotonic()
-            if now - self._last_buffer_stats >= BUFFER_STATS_EVERY_S:
-                self._last_buffer_stats = now
-                self._export_buffer(await self.buffer.snapshot())
-            await asyncio.sleep(1.0)
-
-    def _export_analysis(self) -> None:
-        sync = self._sync
-        if self.inference_stage is not None:
-            istats = self.inference_stage.stats
-            for model, count in istats.by_model.items():
-                sync.set(metrics.MODEL_RUNS, (model,), count)
-            sync.set(metrics.INFERENCE_SKIPS, ("out_of_scope",), istats.out_of_scope)
-            sync.set(metrics.INFERENCE_SKIPS, ("run_failure",), istats.run_failures)
-            sync.set(metrics.INFERENCE_SKIPS, ("refused",), istats.refused)
-            models = self.inference_stage.models
-            self.health.models = {name: model.version for name, model in models.items()}
-        if self.alert_stage is not None:
-            for rule, count in self.alert_stage.stats.by_rule.items():
-                sync.set(metrics.ALERT_CHANGES, (rule,), count)
-            active = list(self.alert_stage.active().values())
-            for severity in SEVERITIES:
-                metrics.ALERTS_ACTIVE.labels(severity).set(active.count(severity))
-
-    def _export_clock(self) -> None:
-        sync, gate = self._sync, self.clock_gate
-        if gate is not None:
-            for labels, count in gate.stats.implausible.items():
-                sync.set(metrics.TIMESTAMPS_IMPLAUSIBLE, labels, count)
-            for labels, count in gate.stats.corrected.items():
-                sync.set(metrics.TIMESTAMPS_CORRECTED, labels, count)
-            for source, count in gate.stats.steps.items():
-                sync.set(metrics.CLOCK_STEPS, (source,), count)
-            if gate.host_minus_gps_s is not None:
-                metrics.HOST_CLOCK_OFFSET.set(gate.host_minus_gps_s)
-                self.health.details["host_clock_minus_gps_s"] = f"{gate.host_minus_gps_s:+.3f}"
-        if self.inference_stage is not None:
-            sync.set(metrics.ANALYSIS_TIME_OUTLIERS, ("inference",), self.inference_stage.stats.time_outliers)
-        if self.alert_stage is not None:
-            sync.set(metrics.ANALYSIS_TIME_OUTLIERS, ("alerts",), self.alert_stage.engine.time_outliers)
-        for name, inbox in self.source_samples.items():
-            metrics.QUEUE_DEPTH.labels(f"samples:{name}").set(inbox.qsize())
-
-    def _export_buffer(self, stats: BufferStats) -> None:
-        metrics.BUFFER_BYTES.set(stats.used_bytes)
-        metrics.BUFFER_ROWS.set(stats.rows)
-        for cls in EvictionClass:
-            self._sync.set(metrics.BUFFER_EVICTIONS, (cls.name.lower(),), stats.evicted[cls])
-        self._sync.set(metrics.BUFFER_DROPPED, (), stats.dropped)
-        self._sync.set(metrics.BUFFER_COMMIT_FAILURES, (), stats.commit_failures)
-        self._sync.set(metrics.BUFFER_EVICTED_BYTES, (), stats.evicted_bytes)
-        self._sync.set(metrics.BUFFER_DISK_FULL, ("filesystem",), stats.disk_full)
-        self._sync.set(metrics.BUFFER_DISK_FULL, ("page_limit",), stats.page_limit_full)
-        self._sync.set(metrics.BUFFER_RESERVE_RELEASES, (), stats.reserve_releases)
-        self._sync.set(metrics.BUFFER_ACK_DELETE_FAILURES, (), stats.ack_delete_failures)
-        metrics.BUFFER_DISK_BYTES.labels("db").set(stats.db_file_bytes)
-        metrics.BUFFER_DISK_BYTES.labels("wal").set(stats.wal_bytes)
-        metrics.BUFFER_DISK_BYTES.labels("reserve").set(stats.reserve_bytes)
-        metrics.BUFFER_CAP_BYTES.set(self.settings.buffer.max_bytes)
-        metrics.BUFFER_RESERVE_PRESENT.set(1 if stats.reserve_bytes > 0 else 0)
-        metrics.BUFFER_ACK_DEFERRED.set(stats.ack_deferred)
-        age = 0.0 if stats.oldest_ts_ms is None else max(0.0, time.time() - stats.oldest_ts_ms / 1000)
-        metrics.OLDEST_UNSENT_AGE.set(age)
-        self.health.details["buffer_rows"] = str(stats.rows)
-        self.health.details["uplink"] = (
-            "connected" if self.uplink and self.uplink.connected else "disconnected"
-        )
-
-
-class _Stats(Protocol):
-    frames: int
-    dropped: int
-    reconnects: int
-
-
-class _StatsSource(Protocol):
-    @property
-    def stats(self) -> _Stats: ...
-
-
-class _DecodeStats(Protocol):
-    frames_decoded: int
-    samples_kept: int
-    skipped: dict[str, int]
-
-
-class _StatsDecoder(Protocol):
-    @property
-    def stats(self) -> _DecodeStats: ...
 
 
 def dm1_clock(bus: str) -> str:

@@ -1,15 +1,15 @@
 """The paced run of bench/agent_throughput.py: four live CAN buses at their real pace into one agent.
 
-Linux vcan needs the kernel module, which containers and CI runners often lack, and python-can's
-`virtual` interface does not cross processes; so each bus is an SLCAN adapter (simulator.slcan: the
-Lawicel protocol of a CANable or a CANUSB, the adapters a gateway without a CAN HAT uses) on a
-pseudo-terminal, and the agent reads them through its `[[can]] interface = "slcan"` sources as it reads a
-real adapter: python-can opens the port, sets the bitrate and opens the channel, and the agent's own
-reader (agent.sources.slcan) takes each port's waiting bytes in one read and drops the frames of ids the
-catalog does not know before building any frame object. This process plays the recorded mix into all four adapters at its recorded pace on
-the monotonic clock (the same frames on each bus), on the other CPU than the agent's. The baseline reads
-the four ports through python-can's own `slcan` interface (one Notifier thread per bus), which reads a
-port a byte at a time (`serial.read(1)`): that, not its decode or its buffer, is most of its CPU here.
+Linux vcan needs the kernel module, which containers and CI runners often lack, and python-can's `virtual`
+interface does not cross processes; so each bus is an SLCAN adapter (simulator.slcan: the Lawicel protocol
+of a CANable or a CANUSB, the adapters a gateway without a CAN HAT uses) on a pseudo-terminal, and the agent
+reads them through its `[[can]] interface = "slcan"` sources as it reads a real adapter: python-can opens
+the port, sets the bitrate and opens the channel, and the agent's own reader (agent.sources.slcan) takes
+each port's waiting bytes in one read and drops the frames of ids the catalog does not know before building
+any frame object. This process plays the recorded mix into all four adapters at its recorded pace on the
+monotonic clock (the same frames on each bus), on the other CPU than the agent's. The baseline reads the
+four ports through python-can's own `slcan` interface (one Notifier thread per bus), which reads a port a
+byte at a time (`serial.read(1)`): that, not its decode or its buffer, is most of its CPU here.
 
 Figures, over the span the frames are played:
 
