@@ -118,6 +118,7 @@ def _write(file: Path, key: str, catalog: Catalog) -> None:
         descriptor, name = tempfile.mkstemp(dir=file.parent, prefix=file.name, suffix=".tmp")
         temporary = Path(name)
         with os.fdopen(descriptor, "wb") as out:
+            os.fchmod(out.fileno(), 0o644)  # readable by the agent's user when root wrote it (check-config)
             out.write(content)
             out.flush()
             os.fsync(out.fileno())
