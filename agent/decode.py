@@ -55,8 +55,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TextIO
 
-from cantools.database.errors import DecodeError as CantoolsDecodeError
-
 from agent.decode_plans import FramePlan, frame_plan, mux_plan
 from agent.j1939 import Group, J1939Layer, TransportProblem
 from agent.logfiles import FrameLog
@@ -152,10 +150,11 @@ class FrameDecoder:
         self._by_pgn: dict[int, list[FrameSpec]] = {}
         self._pgn_plans: dict[tuple[int, int], FramePlan | None] = {}  # (PGN, sender) → plan
         for frame_id, spec in frames.items():
+            plan = frame_plan(spec)  # loads cantools now for a plan that is not `fast` (J1939's too), if any
             if spec.message.protocol == "j1939" and spec.message.is_extended_frame:
                 self._by_pgn.setdefault(split_id(frame_id).pgn, []).append(spec)
             else:
-                self._plans[frame_id] = frame_plan(spec)
+                self._plans[frame_id] = plan
 
     @property
     def has_j1939(self) -> bool:
@@ -311,7 +310,7 @@ class FrameDecoder:
         if len(specs) == 1:
             signals = tuple(s for s in specs[0].signals if s[1].source_address in (None, source))
             if signals:
-                plan = frame_plan(FrameSpec(specs[0].message, signals))
+                plan = frame_plan(replace(specs[0], signals=signals))
         self._pgn_plans[key] = plan
         return plan
 
@@ -321,10 +320,11 @@ class FrameDecoder:
         if plan.fast:
             selected = plan if plan.by_mux is None else mux_plan(plan, data)
             return _SKIPPED[SkipKind.UNKNOWN_MUX] if selected is None else _decode_fields(selected, data)
-        try:
-            # decode_simple: decode() without the container dispatch; longer data is truncated to
-            # the message length (allow_excess), shorter was refused above.
-            raw = plan.spec.message.decode_simple(data, decode_choices=False, scaling=True)
+        from cantools.database.errors import DecodeError as CantoolsDecodeError  # loaded with `plan.message`
+
+        assert plan.message is not None  # not fast
+        try:  # decode() without the container dispatch; longer data truncated (allow_excess), shorter refused
+            raw = plan.message.decode_simple(data, decode_choices=False, scaling=True)
         except CantoolsDecodeError as err:
             kind = SkipKind.UNKNOWN_MUX if "multiplexer" in str(err) else SkipKind.UNDECODABLE
             return _SKIPPED[kind]

@@ -1,8 +1,10 @@
 """Decode plans: where each catalog signal of a CAN frame sits in its payload, built once per frame id from
-the DBC (`agent.decode` runs them).
+the DBC message's plain layout (`protocols.dbc_layout`; `agent.decode` runs them). Building them needs no
+cantools.
 
 Integer signals are bit fields of the payload read as one integer; a frame with a float signal, an odd
-layout or nested multiplexing is marked not `fast` and goes through cantools. A fast multiplexed frame
+layout or nested multiplexing is marked not `fast` and goes through cantools (`agent.decode` loads it for
+such a frame only). A fast multiplexed frame
 has one plan per multiplexer value the DBC defines (`FramePlan.by_mux`, chosen by `mux_plan`).
 """
 
@@ -11,10 +13,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-
-from cantools.database.can import Signal
+from typing import TYPE_CHECKING
 
 from protocols.catalog import FrameSpec, SignalSpec
+from protocols.dbc_layout import SignalLayout
+
+if TYPE_CHECKING:
+    from cantools.database.can import Message
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +29,8 @@ class BitField:
     Little-endian (Intel) signals are contiguous bits of the payload read little-endian, big-endian
     (Motorola) ones of the payload read big-endian; `shift` is the position of the signal's least
     significant bit in that integer. The value is cantools' own arithmetic, `raw * scale + offset`,
-    with cantools' own `scale` and `offset` objects, so the result is the same number."""
+    with cantools' own `scale` and `offset` numbers (int or float, as it read them), so the result is the
+    same number."""
 
     big_endian: bool
     shift: int
@@ -54,15 +60,14 @@ class FramePlan:
     mux: BitField | None = None
     # A fast multiplexed frame: per multiplexer value the DBC defines, the plan of the signals it carries.
     by_mux: Mapping[int, FramePlan] | None = None
+    message: Message | None = None  # cantools' message, which decodes a plan that is not `fast`
 
 
-def bit_field(signal: Signal, length: int) -> BitField | None:
+def bit_field(signal: SignalLayout, length: int) -> BitField | None:
     """The signal as a bit field, or None when only cantools should decode it (floats, odd layouts)."""
-    conversion = signal.conversion
-    scale, offset = getattr(conversion, "scale", None), getattr(conversion, "offset", None)
-    if signal.is_float or not isinstance(scale, int | float) or not isinstance(offset, int | float):
+    if signal.is_float or not signal.linear:
         return None
-    if signal.byte_order == "little_endian":
+    if not signal.big_endian:
         shift = signal.start
     else:  # sawtooth start bit of the most significant bit → its position in the big-endian integer
         msb = (length - 1 - signal.start // 8) * 8 + signal.start % 8
@@ -70,17 +75,17 @@ def bit_field(signal: Signal, length: int) -> BitField | None:
     if shift < 0 or shift + signal.length > 8 * length:
         return None
     return BitField(
-        big_endian=signal.byte_order != "little_endian",
+        big_endian=signal.big_endian,
         shift=shift,
         mask=(1 << signal.length) - 1,
         sign_bit=1 << (signal.length - 1) if signal.is_signed else 0,
-        scale=scale,
-        offset=offset,
+        scale=signal.scale,
+        offset=signal.offset,
     )
 
 
 def signal_plan(spec: FrameSpec, dbc_signal: str, signal_spec: SignalSpec) -> SignalPlan:
-    signal = spec.message.get_signal_by_name(dbc_signal)
+    signal = spec.message.signal(dbc_signal)
     low, high = signal.minimum, signal.maximum
     if low == 0 and high == 0:
         low = high = None  # [0|0] is how many DBC writers say "no range given"
@@ -92,32 +97,35 @@ def signal_plan(spec: FrameSpec, dbc_signal: str, signal_spec: SignalSpec) -> Si
         spec=signal_spec,
         low=-math.inf if low is None else float(low) - slack,
         high=math.inf if high is None else float(high) + slack,
-        field=bit_field(signal, int(spec.message.length)),
+        field=bit_field(signal, spec.message.length),
         mux_ids=frozenset(mux_ids) if signal.multiplexer_signal is not None and mux_ids else None,
     )
 
 
 def frame_plan(spec: FrameSpec) -> FramePlan:
+    """The plan of a frame's catalog signals; one that is not `fast` carries cantools' message (which loads
+    cantools and the DBC, once per catalog)."""
+    plan = _layout_plan(spec)
+    return plan if plan.fast else replace(plan, message=spec.cantools_message())
+
+
+def _layout_plan(spec: FrameSpec) -> FramePlan:
     message = spec.message
-    length = int(message.length)
+    length = message.length
     signals = tuple(signal_plan(spec, name, s) for name, s in spec.signals)
     fast = all(signal.field is not None for signal in signals)
-    plan = FramePlan(spec, bool(message.is_extended_frame), length, signals, fast)
-    if not message.is_multiplexed():
+    plan = FramePlan(spec, message.is_extended_frame, length, signals, fast)
+    if not message.is_multiplexed:
         return plan
     # One level of multiplexing, one multiplexer: decoded here; anything else goes through cantools.
     multiplexers = {s.name for s in message.signals if s.is_multiplexer}
     nested = any(s.multiplexer_signal is not None for s in message.signals if s.is_multiplexer)
     if len(multiplexers) != 1 or nested:
         return replace(plan, fast=False)
-    mux_signal = message.get_signal_by_name(next(iter(multiplexers)))
+    mux_signal = message.signal(next(iter(multiplexers)))
     mux = bit_field(mux_signal, length)
-    values = frozenset(  # cantools' tree: a mux value may carry no signal but itself (is not unknown)
-        value
-        for node in message.signal_tree
-        if isinstance(node, dict)
-        for value in node.get(mux_signal.name, {})
-    )
+    # cantools' tree: a mux value may carry no signal but itself (is not unknown)
+    values = frozenset(message.mux_values.get(mux_signal.name, ()))
     if mux is None or not values:
         return replace(plan, fast=False)
     if not fast:

@@ -11,17 +11,28 @@ from pathlib import Path
 import can
 
 from agent.settings import AgentSettings, ConfigError
-from protocols.catalog import DEFAULT_CATALOG, Catalog, load_catalog
+from protocols.catalog import DEFAULT_CATALOG, Catalog
+from protocols.catalog_cache import load_cached_catalog
 from protocols.errors import CatalogError, DbcError
 
 log = logging.getLogger(__name__)
 
 
+def catalog_cache_dir(settings: AgentSettings) -> Path | None:
+    """Where loaded catalogs are kept between starts (`protocols.catalog_cache`): beside the buffer; None
+    when the buffer's place is not writable (`preflight` says so, once)."""
+    if _writable_problem(settings.buffer.path, "buffer path") is not None:
+        return None
+    return settings.buffer.path.parent / "catalog-cache"
+
+
 def load_catalogs(settings: AgentSettings) -> dict[str, Catalog]:
-    """Bus name → its catalog (loaded and checked against its DBC), plus "gps" when GPS is enabled.
-    Raises `ConfigError` with the file and line of the first problem."""
+    """Bus name → its catalog (loaded and checked against its DBC, or read back from its cache when neither
+    changed), plus "gps" when GPS is enabled. Raises `ConfigError` with the file and line of the first
+    problem."""
     catalogs: dict[str, Catalog] = {}
     loaded: dict[tuple[Path, Path | None], Catalog] = {}
+    cache_dir = catalog_cache_dir(settings)
     wanted = [(bus.name, bus.catalog, bus.dbc) for bus in settings.can]
     wanted += [(log_.name, log_.catalog, log_.dbc) for log_ in settings.replay]
     if settings.gps.enabled:
@@ -31,7 +42,7 @@ def load_catalogs(settings: AgentSettings) -> dict[str, Catalog]:
         key = (catalog_path, dbc_path)
         if key not in loaded:
             try:
-                loaded[key] = load_catalog(catalog_path, dbc_path)
+                loaded[key] = load_cached_catalog(catalog_path, dbc_path, cache_dir)
             except (CatalogError, DbcError) as err:
                 raise ConfigError(f"bus {name!r}: {err}") from err
             for warning in loaded[key].dbc_warnings:  # a DBC defect repaired on load, once per file

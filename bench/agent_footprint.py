@@ -11,7 +11,12 @@ Three processes per run, one after the other (the order rotates between runs):
 * ours, models on: the shipped models (`[inference]` defaults), four buses;
 * ours, no models: `[inference] models = []`, four buses (what the agent costs without its models);
 * baseline: the straightforward agent of bench/agent_throughput.py (python-can LogReader → cantools →
-  the same sampling policy → SQLite executemany → JSON over MQTT), one bus (it reads one log), no models.
+  the same sampling policy → SQLite executemany → JSON over MQTT), one bus (it reads one log), no models;
+* ours, cold cache: models on, starting without its catalog cache (protocols.catalog_cache), as the first
+  start after an install or a catalog change does: it reads the DBC with cantools and writes the cache.
+
+The first two start as a gateway does every other time: with the catalog cached beside the buffer (a
+`check-config` before the runs writes it, as the first start would).
 
 Figures: peak RSS (VmHWM of /proc, read two seconds after every replay has reached its end and, models on,
 every model has logged its load) and start-up (process start → ready for its first frame: the agent's
@@ -136,13 +141,16 @@ def measure(
     return Figures(rss_mb=rss, startup_s=marks["ready"] - started)
 
 
-def agent_config(work: Path, log: Path, broker: str, models: bool) -> Path:
+def agent_config(work: Path, log: Path, broker: str, models: bool, cold: bool = False) -> Path:
+    """A config of ours; its buffer (and so its catalog cache) in `work`, or `cold`: in a directory of its
+    own."""
     name = f"fp{uuid.uuid4().hex[:8]}"
+    state = work / name if cold else work
     replays = "".join(f'[[replay]]\nname = "bus{k}"\npath = "{log}"\nspeed = "max"\n' for k in range(BUSES))
     config = work / f"{name}.toml"
     config.write_text(
         f'vehicle_id = "footprint-bus"\nlog_format = "text"\n{replays}'
-        f'[buffer]\npath = "{work / name}.sqlite3"\n'
+        f'[buffer]\npath = "{state / name}.sqlite3"\n'
         f'[uplink]\nbroker_url = "mqtt://{broker}"\nfleet_id = "{name}"\n'
         "[metrics]\nenabled = false\n" + ("" if models else "[inference]\nmodels = []\n")
     )
@@ -167,7 +175,12 @@ def main() -> None:
         log = work / "bus.log"
         record = [sys.executable, "-m", "simulator", "record", "--duration", args.duration, "--out", str(log)]
         subprocess.run(record, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-        kinds = ("models on", "no models", "baseline")
+        warm_up = [args.python, "-m", "agent", "check-config", "--config"]
+        warm_up.append(str(agent_config(work, log, args.broker, models=True)))
+        subprocess.run(
+            warm_up, cwd=REPO, env={"PYTHONPATH": str(REPO)}, check=True, stdout=subprocess.DEVNULL
+        )
+        kinds = ("models on", "no models", "baseline", "cold cache")
         results: dict[str, list[Figures]] = {kind: [] for kind in kinds}
         orders = itertools.cycle(itertools.permutations(kinds))
         for _ in range(args.runs):
@@ -180,9 +193,10 @@ def main() -> None:
                     ]  # fmt: skip
                     figures = measure(command, "baseline: first frame", "baseline: end of log", 1, True)
                 else:
-                    config = agent_config(work, log, args.broker, models=kind == "models on")
+                    models = kind != "no models"
+                    config = agent_config(work, log, args.broker, models, cold=kind == "cold cache")
                     command = [args.python, "-m", "agent", "run", "--config", str(config)]
-                    loads = MODEL_LOADS if kind == "models on" else ()
+                    loads = MODEL_LOADS if models else ()
                     figures = measure(command, " running: ", ": end of ", BUSES, False, loads)
                 results[kind].append(figures)
     print(f"log: {args.duration} of simulated bus, replayed as {BUSES} buses by ours, 1 by the baseline")

@@ -91,14 +91,15 @@ def main() -> int:
     # Which signals of which frame, with their policy and DBC range: read once from the catalog.
     decoders = {}
     for frame_id, spec in load_catalog().frames().items():
+        message = spec.cantools_message()
         wanted = []
         for dbc_name, signal in spec.signals:
-            dbc = spec.message.get_signal_by_name(dbc_name)
+            dbc = message.get_signal_by_name(dbc_name)
             low = -math.inf if dbc.minimum is None or dbc.minimum == dbc.maximum else dbc.minimum
             high = math.inf if dbc.maximum is None or dbc.minimum == dbc.maximum else dbc.maximum
             slack = abs(dbc.scale) / 2  # float rounding of raw * scale
             wanted.append((dbc_name, signal.name, low - slack, high + slack, SignalSampler(signal.policy)))
-        decoders[frame_id] = (spec.message, wanted)
+        decoders[frame_id] = (message, wanted)
 
     db = open_buffer(args.db)
     acked: queue.SimpleQueue[int] = queue.SimpleQueue()

@@ -101,28 +101,29 @@ def ours(catalog: Catalog) -> tuple[Process, Callable[[], int]]:
 
 def baseline(catalog: Catalog) -> tuple[Process, Callable[[], int]]:
     by_id, by_pgn = {}, {}
-    for frame_id, spec in catalog.frames().items():
+    for frame_id, spec in catalog.frames().items():  # cantools' message and the catalog's signals of it
         if spec.message.protocol == "j1939":
-            by_pgn[pgn_from_frame_id(frame_id)] = spec
+            by_pgn[pgn_from_frame_id(frame_id)] = (spec.cantools_message(), spec.signals)
         else:
-            by_id[frame_id] = spec
+            by_id[frame_id] = (spec.cantools_message(), spec.signals)
     samplers = {spec.name: SignalSampler(spec.policy) for spec in catalog if spec.source == "can"}
     values = [0]
 
     def process(frame: Frame) -> list[Sample]:
-        spec = (
+        found = (
             by_pgn.get(pgn_from_frame_id(frame.arbitration_id))
             if frame.is_extended
             else by_id.get(frame.arbitration_id)
         )
-        if spec is None or len(frame.data) < spec.message.length:
+        if found is None or len(frame.data) < found[0].length:
             return []
+        message, wanted = found
         try:
-            raw = spec.message.decode_simple(frame.data, decode_choices=False)
+            raw = message.decode_simple(frame.data, decode_choices=False)
         except Exception:
             return []
         samples = []
-        for dbc_signal, signal in spec.signals:
+        for dbc_signal, signal in wanted:
             value = raw.get(dbc_signal)
             values[0] += value is not None
             if value is not None and samplers[signal.name].offer(frame.ts, float(value)):  # type: ignore[arg-type]

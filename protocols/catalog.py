@@ -5,6 +5,10 @@ A catalog is a TOML file next to its DBC (see `catalog.toml` for the format). Lo
 entry against the DBC, so a catalog that loads is one the agent can decode with. Every mistake in
 the catalog is reported as one `CatalogError` that names the file and line; the DBC is loaded by
 `protocols.dbc` (known defects repaired, each kept in `Catalog.dbc_warnings`; others a `DbcError`).
+
+A loaded catalog keeps what decoding needs of each DBC message it maps as plain data (`Catalog.messages`,
+`protocols.dbc_layout`), not cantools objects: a catalog read back from its cache (`protocols.catalog_cache`)
+decodes without importing cantools. `Catalog.database` (cantools' reading of the DBC) is loaded on first use.
 """
 
 from __future__ import annotations
@@ -12,17 +16,20 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
+from functools import partial
 from pathlib import Path
-from typing import Literal
-
-from cantools.database.can import Database, Message
+from typing import TYPE_CHECKING, Literal
 
 from protocols.dbc import load_dbc, read_dbc
+from protocols.dbc_layout import MessageLayout, message_layout
 from protocols.errors import CatalogError
 from protocols.j1939 import DM1_FIELDS, MAX_SENDER_ADDRESS
+
+if TYPE_CHECKING:
+    from cantools.database.can import Database, Message
 
 __all__ = [
     "DEFAULT_CATALOG",
@@ -134,8 +141,13 @@ class SignalSpec:
 class FrameSpec:
     """What to decode from one CAN frame id."""
 
-    message: Message
+    message: MessageLayout
     signals: tuple[tuple[str, SignalSpec], ...]  # (DBC signal name, spec)
+    database: Callable[[], Database] = field(repr=False, compare=False)  # the catalog's, loaded on first use
+
+    def cantools_message(self) -> Message:
+        """cantools' message (imports cantools and reads the DBC on the catalog's first call)."""
+        return self.database().get_message_by_name(self.message.name)
 
 
 @dataclass(frozen=True)
@@ -143,13 +155,24 @@ class Catalog:
     path: Path
     name: str
     version: str
-    database: Database
+    dbc_path: Path
+    messages: Mapping[str, MessageLayout]  # the DBC messages the catalog's CAN entries name, by name
     signals: tuple[SignalSpec, ...]
     dbc_warnings: tuple[str, ...] = ()  # the DBC's defects, repaired on load (`protocols.dbc`)
+    loaded_database: Database | None = field(default=None, repr=False, compare=False)
     _by_name: Mapping[str, SignalSpec] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_name", {s.name: s for s in self.signals})
+
+    @property
+    def database(self) -> Database:
+        """cantools' reading of the catalog's DBC: the one it was checked against, else the DBC read now
+        (importing cantools) and kept."""
+        if self.loaded_database is None:
+            object.__setattr__(self, "loaded_database", read_dbc(self.dbc_path).database)
+        assert self.loaded_database is not None
+        return self.loaded_database
 
     def __iter__(self) -> Iterator[SignalSpec]:
         return iter(self.signals)
@@ -168,8 +191,8 @@ class Catalog:
                 grouped.setdefault(spec.message, []).append((spec.dbc_signal, spec))
         out: dict[int, FrameSpec] = {}
         for message_name, pairs in grouped.items():
-            message = self.database.get_message_by_name(message_name)
-            out[message.frame_id] = FrameSpec(message, tuple(pairs))
+            message = self.messages[message_name]
+            out[message.frame_id] = FrameSpec(message, tuple(pairs), partial(_database_of, self))
         return out
 
     def gps_signals(self) -> tuple[SignalSpec, ...]:
@@ -197,10 +220,15 @@ def load_catalog(path: Path = DEFAULT_CATALOG, dbc_path: Path | None = None) -> 
 
 
 def parse_catalog(
-    text: str, path: Path, dbc_path: Path | None = None, *, database: Database | None = None
+    text: str,
+    path: Path,
+    dbc_path: Path | None = None,
+    *,
+    database: Database | None = None,
+    dbc_warnings: tuple[str, ...] = (),
 ) -> Catalog:
     """Check a catalog's TOML `text` (`path` names it in errors and resolves its `dbc` key) against
-    `database`, or the DBC at `dbc_path` or at its `dbc` key."""
+    `database` (read from `dbc_path` with `dbc_warnings`), or the DBC at `dbc_path` or at its `dbc` key."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -219,7 +247,6 @@ def parse_catalog(
     version = _require_str(header, "version", entries.at("catalog", 0))
     if dbc_path is None:
         dbc_path = path.parent / _require_str(header, "dbc", entries.at("catalog", 0))
-    dbc_warnings: tuple[str, ...] = ()
     if database is None:
         loaded = read_dbc(dbc_path)
         database, dbc_warnings = loaded.database, loaded.warnings
@@ -246,14 +273,21 @@ def parse_catalog(
             specs.append(spec)
     if not specs:
         raise CatalogError(f"{path}: the catalog maps no signals")
+    message_names = dict.fromkeys(spec.message for spec in specs if spec.source == "can")
     return Catalog(
         path=path,
         name=name,
         version=version,
-        database=database,
+        dbc_path=dbc_path,
+        messages={m: message_layout(database.get_message_by_name(m)) for m in message_names},
         signals=tuple(specs),
         dbc_warnings=dbc_warnings,
+        loaded_database=database,
     )
+
+
+def _database_of(catalog: Catalog) -> Database:
+    return catalog.database
 
 
 def catalog_signal_names(path: Path = DEFAULT_CATALOG) -> tuple[str, ...]:

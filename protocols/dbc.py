@@ -14,7 +14,7 @@ each repair reported as a warning naming the file and line:
   as a whole; the agent's decoder reads each integer signal from its own bits (`agent.decode`).
 
 Anything else (a syntax error, a zero-length signal, ...) is a `DbcError` naming the file and, where
-it can be found, the line.
+it can be found, the line. cantools is imported by the first load, not with this module.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
-
-import cantools
-from cantools.database.can import Database
+from typing import TYPE_CHECKING, cast
 
 from protocols.errors import DbcError
+
+if TYPE_CHECKING:
+    from cantools.database.can import Database
 
 _MAX_REPAIRS = 1000  # a guard against a repair that does not change the text
 
@@ -58,13 +58,17 @@ def load_dbc(path: Path) -> Database:
     return read_dbc(path).database
 
 
-def read_dbc(path: Path) -> LoadedDbc:
+def read_dbc(path: Path, raw: bytes | None = None) -> LoadedDbc:
     """Load a DBC; every known defect is repaired and reported (see the module's docstring), any
-    other problem raises one `DbcError` naming the file and, where it can be found, the line."""
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise DbcError(f"{path}: cannot read the CAN database: {err.strerror or err}") from err
+    other problem raises one `DbcError` naming the file and, where it can be found, the line. `raw`: the
+    file's bytes when the caller has read them already."""
+    import cantools
+
+    if raw is None:
+        try:
+            raw = path.read_bytes()
+        except OSError as err:
+            raise DbcError(f"{path}: cannot read the CAN database: {err.strerror or err}") from err
     warnings: list[str] = []
     try:  # UTF-8 where it is valid (comments in modern DBCs), else the traditional Windows-1252
         text = raw.decode("utf-8")
@@ -78,7 +82,7 @@ def read_dbc(path: Path) -> LoadedDbc:
     for _ in range(_MAX_REPAIRS):
         try:
             db = cast(
-                Database,
+                "Database",
                 cantools.database.load_string("\n".join(lines), database_format="dbc", strict=False),
             )
             break
@@ -146,6 +150,8 @@ def _message_name(lines: list[str], frame_id: str) -> str:
 
 def _layout_warnings(path: Path, lines: list[str], db: Database) -> list[str]:
     """One warning per message whose signals overlap or overflow it (cantools' strict check)."""
+    import cantools
+
     warnings = []
     for message in db.messages:
         try:

@@ -1,7 +1,7 @@
 """What `voltgate-agent run` loads into its process: never onnxruntime, onnx or protobuf (the agent reads and
 computes its ONNX models itself: models.onnx_reader, models.tree_ensemble), nor scikit-learn, with or without
-models. The agent runs as a subprocess (a replayed log, the real Mosquitto) whose exit hook lists the heavy
-modules of its `sys.modules`."""
+models; nor cantools once its catalog is cached (protocols.catalog_cache). The agent runs as a subprocess (a
+replayed log, the real Mosquitto) whose exit hook lists the heavy modules of its `sys.modules`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tests.integration.conftest import Broker
 from tests.integration.test_agent_run import _write_log
 
 REPO = Path(__file__).resolve().parents[2]
-WATCHED = ("onnxruntime", "onnx", "google", "sklearn", "asammdf", "pandas")
+WATCHED = ("onnxruntime", "onnx", "google", "sklearn", "asammdf", "pandas", "cantools")
 # Runs the agent's CLI; at exit (sys.exit runs atexit hooks) one stderr line lists the watched modules loaded.
 PROBE = f"""
 import atexit, sys
@@ -29,8 +29,8 @@ main(["run", "--config", sys.argv[1]])
 """
 
 
-def _run_agent(broker: Broker, tmp_path: Path, inference: str, wait_for: tuple[str, ...]) -> set[str]:
-    """Replay a short log until every line of `wait_for` is in the log, stop; the watched modules loaded."""
+def _config(broker: Broker, tmp_path: Path, inference: str) -> Path:
+    """A config replaying a short log (written beside it)."""
     log_path = tmp_path / "day.log"
     _write_log(log_path, 50)
     config = tmp_path / "agent.toml"
@@ -53,6 +53,14 @@ enabled = false
 {inference}
 """
     )
+    return config
+
+
+def _run_agent(
+    broker: Broker, tmp_path: Path, inference: str, wait_for: tuple[str, ...], config: Path | None = None
+) -> set[str]:
+    """Replay a short log until every line of `wait_for` is in the log, stop; the watched modules loaded."""
+    config = config or _config(broker, tmp_path, inference)
     agent = subprocess.Popen(
         [sys.executable, "-c", PROBE, str(config)], cwd=REPO, stderr=subprocess.PIPE, text=True
     )
@@ -98,3 +106,14 @@ def test_the_shipped_models_run_without_onnxruntime(mqtt_broker: Broker, tmp_pat
     )
     loaded = _run_agent(mqtt_broker, tmp_path, "", waits)
     assert loaded.isdisjoint({"onnxruntime", "onnx", "google", "sklearn"}), loaded
+
+
+def test_a_cached_catalog_runs_without_cantools(mqtt_broker: Broker, tmp_path: Path) -> None:
+    """GIVEN an agent that ran once with the shipped catalog (its first start caches it) WHEN it runs again
+    THEN its process never imports cantools: every frame of the shipped DBC decodes through plain bit-field
+    plans built from the cache. Without the cache the same run does import it (the test can fail)."""
+    config = _config(mqtt_broker, tmp_path, "[inference]\nmodels = []")
+    cold = _run_agent(mqtt_broker, tmp_path, "", ("replay day: end of",), config)
+    assert "cantools" in cold  # the first start loads the DBC with cantools, and caches what it built
+    warm = _run_agent(mqtt_broker, tmp_path, "", ("replay day: end of",), config)
+    assert "cantools" not in warm, warm

@@ -54,11 +54,12 @@ def test_decode_matches_cantools(log_path: Path) -> None:
         spec = frames.get(message.arbitration_id)
         if spec is None or message.is_error_frame or message.is_remote_frame:
             continue
-        values = spec.message.decode(bytes(message.data), decode_choices=False, scaling=True)
+        dbc_message = spec.cantools_message()
+        values = dbc_message.decode(bytes(message.data), decode_choices=False, scaling=True)
         kept = 0
         for dbc_name, signal_spec in spec.signals:
             value = float(values[dbc_name])
-            signal = spec.message.get_signal_by_name(dbc_name)
+            signal = dbc_message.get_signal_by_name(dbc_name)
             if (
                 signal.minimum is not None
                 and signal.maximum is not None
