@@ -27,6 +27,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -306,6 +307,12 @@ def load_settings(path: Path) -> AgentSettings:
         return AgentSettings()  # type: ignore[call-arg]  # vehicle_id comes from the file or environment
     except ValidationError as err:
         raise ConfigError(f"{path}: " + "; ".join(_explain(e) for e in err.errors())) from err
+    except SettingsError as err:  # a VOLTGATE_… variable that cannot be read at all, e.g. a list not in JSON
+        cause = f" ({err.__cause__})" if err.__cause__ is not None else ""
+        raise ConfigError(
+            f"{path}: {err}{cause}; a list or table from the environment is written as JSON,"
+            " e.g. VOLTGATE_INFERENCE__MODELS='[\"models/soc_drop.onnx\"]'"
+        ) from err
     finally:
         _CONFIG_FILE.reset(token)
 

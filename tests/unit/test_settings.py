@@ -168,3 +168,9 @@ def test_check_config_unwritable_buffer_path(tmp_path: Path) -> None:
 def test_check_config_env_override_is_checked_too(tmp_path: Path) -> None:
     line = _one_sentence(_check_config(_config(tmp_path), VOLTGATE_UPLINK__BROKER_URL="mqtt://h:0x"))
     assert "uplink.broker_url" in line
+
+
+def test_check_config_env_value_that_cannot_be_read_is_one_sentence(tmp_path: Path) -> None:
+    # a list from the environment is JSON; a bare path is not, and pydantic-settings cannot even parse it
+    line = _one_sentence(_check_config(_config(tmp_path), VOLTGATE_INFERENCE__MODELS="models/a.onnx"))
+    assert '"inference"' in line and "JSON" in line
