@@ -24,9 +24,8 @@ class SignalLayout:
     big_endian: bool  # Motorola byte order
     is_signed: bool
     is_float: bool
-    linear: (
-        bool  # `scale` and `offset` are cantools' own int or float conversion (else only cantools decodes it)
-    )
+    # `scale` and `offset` are cantools' own int or float conversion (else only cantools decodes it)
+    linear: bool
     scale: int | float
     offset: int | float
     minimum: int | float | None
