@@ -812,6 +812,8 @@ async def test_with_tokens_health_page_and_metrics_stay_open(guarded: Guarded) -
     for path in ("/api/health", "/", "/map.js", "/lib/leaflet.js", "/page-config.json", "/metrics"):
         response = await guarded.get(path)
         assert response.status == 200, path
+    # ... and the open metrics count the refused API requests (this test's own, whatever ran before it)
+    assert (await guarded.get("/api/buses")).status == 401
     metrics = await (await guarded.get("/metrics")).text()
     assert 'voltgate_cloud_http_requests_total{route="/api/buses",status="401"}' in metrics
 
