@@ -34,6 +34,8 @@ from protocols.catalog import load_catalog
 
 Cursor = psycopg.AsyncCursor[tuple[object, ...]]
 
+_MAX_TABLES: Final = 4096  # signal tables `SignalDictionary.table` keeps; all forgotten past it
+
 STAGING_DDL: Final = (
     "CREATE TEMP TABLE IF NOT EXISTS stage_blocks ("
     " block_no integer, vehicle_id text, minute timestamptz, seq_min bigint, seq_max bigint,"
@@ -134,6 +136,9 @@ class SignalDictionary:
         self._rank = {name: k for k, name in enumerate(self._quanta)}  # the catalog's order
         self._ids: dict[str, tuple[int, int]] = {}
         self.names: dict[int, str] = {}  # float-path id -> name
+        self._tables: dict[
+            tuple[str, ...], tuple[npt.NDArray[np.float64], npt.NDArray[np.int32], npt.NDArray[np.int32]]
+        ] = {}
 
     def knows(self, names: set[str]) -> bool:
         """Whether every one of `names` has its ids (learnt on this connection's dictionary)."""
@@ -187,6 +192,7 @@ class SignalDictionary:
                 continue
             self._ids[name] = (scaled_id, float_id)
             self.names[float_id] = name
+        self._tables.clear()  # a table kept may hold -1 for a name learnt just now
 
     def columns(
         self, names: Sequence[str]
@@ -200,16 +206,31 @@ class SignalDictionary:
             np.array([i[1] for i in ids], dtype=np.int32),
         )
 
+    def table(
+        self, names: tuple[str, ...]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int32], npt.NDArray[np.int32]]:
+        """`columns(names)` of a message's signal table, kept for the next message with the same table
+        (a bus sends the same few tables again and again)."""
+        table = self._tables.get(names)
+        if table is None:
+            if len(self._tables) >= _MAX_TABLES:
+                self._tables.clear()
+            table = self._tables[names] = self.columns(names)
+        return table
+
 
 def used_signals(batches: Sequence[BatchMessage]) -> set[str]:
     """The signal names the group's samples use (a message's name table may list more: the names of
     records ingest refused)."""
-    return {
-        m.samples.signals[k]
-        for m in batches
-        if len(m.samples)
-        for k in np.unique(m.samples.signal_index).tolist()
-    }
+    used: set[str] = set()
+    for m in batches:
+        samples = m.samples
+        if not m.refused:  # the decoder sends no signal without a sample: every name is used
+            used.update(samples.signals)
+        elif len(samples):
+            counts = np.bincount(samples.signal_index, minlength=len(samples.signals))
+            used.update(samples.signals[k] for k in np.flatnonzero(counts).tolist())
+    return used
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +251,7 @@ def lay_out(batches: Sequence[BatchMessage], signals: SignalDictionary) -> LaidO
     One layout for the whole group (numpy's fixed cost per call is paid once, not per message)."""
     if not signals.knows(used_signals(batches)):
         return None
-    blocks = blocks_of(GroupSamples.of(unrepeated(batches), signals.columns))
+    blocks = blocks_of(GroupSamples.of(unrepeated(batches), signals.table))
     samples = sum(len(m.samples) for m in batches)
     if not len(blocks):
         return LaidOut(b"", b"", samples)

@@ -88,7 +88,9 @@ DownlinkMessage = CommitAck  # a union once there are more types
 
 def ranges_of(seqs: Iterable[int] | npt.NDArray[np.int64]) -> tuple[SeqRange, ...]:
     """Compact seqs (any order, duplicates allowed) into sorted, merged, inclusive ranges."""
-    values = np.unique(np.fromiter(seqs, dtype=np.int64) if not isinstance(seqs, np.ndarray) else seqs)
+    values = np.fromiter(seqs, dtype=np.int64) if not isinstance(seqs, np.ndarray) else seqs
+    if not (values[1:] > values[:-1]).all():  # already sorted and unique: the usual case, no sort
+        values = np.unique(values)
     if values.size == 0:
         return ()
     breaks = np.flatnonzero(np.diff(values) != 1)
