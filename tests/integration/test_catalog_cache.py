@@ -11,21 +11,17 @@ from __future__ import annotations
 import logging
 import shutil
 import struct
-import subprocess
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
 from agent.decode import Decoder, DecodeStats
-from agent.logfiles import FrameLog
 from agent.records import Frame, Sample
 from protocols.catalog import DEFAULT_CATALOG, DEFAULT_DBC, Catalog, load_catalog
 from protocols.catalog_cache import load_cached_catalog
 from protocols.errors import CatalogError
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.integration.recorded_logs import recorded_frames
 
 
 def _samples(catalog: Catalog, frames: Iterable[Frame]) -> tuple[list[Sample], DecodeStats]:
@@ -36,16 +32,7 @@ def _samples(catalog: Catalog, frames: Iterable[Frame]) -> tuple[list[Sample], D
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> list[Frame]:
     """Ten simulated minutes of the shipped bus (`voltgate-sim record`)."""
-    out = tmp_path_factory.mktemp("bus") / "bus.log"
-    subprocess.run(
-        [sys.executable, "-m", "simulator", "record", "--out", str(out), "--duration", "10m"],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    with FrameLog(out, "test") as frames:
-        return list(frames)
+    return recorded_frames(tmp_path_factory.mktemp("bus") / "bus.log", "--duration", "10m")
 
 
 @pytest.fixture

@@ -8,8 +8,6 @@ their signals), and on real Kona EV logs (whose catalog keeps every value, so no
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from agent.decode import Decoder, DecodeStats
 from agent.logfiles import FrameLog
 from agent.records import Frame, Sample
 from protocols.catalog import Catalog, load_catalog
+from tests.integration.recorded_logs import recorded_frames
 
 REPO = Path(__file__).resolve().parents[2]
 KONA = REPO / "tests" / "data" / "kona-ev"
@@ -42,21 +41,9 @@ def _chunked(catalog: Catalog, frames: list[Frame], size: int = 1024) -> tuple[l
     return kept, decoder.stats
 
 
-def _record(out: Path, *options: str) -> list[Frame]:
-    subprocess.run(
-        [sys.executable, "-m", "simulator", "record", "--out", str(out), *options],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    with FrameLog(out, "test") as frames:
-        return list(frames)
-
-
 @pytest.fixture(scope="module")
 def recorded_hour(tmp_path_factory: pytest.TempPathFactory) -> list[Frame]:
-    return _record(tmp_path_factory.mktemp("hour") / "bus.log", "--duration", "1h")
+    return recorded_frames(tmp_path_factory.mktemp("hour") / "bus.log", "--duration", "1h")
 
 
 @pytest.mark.slow
@@ -89,7 +76,7 @@ def test_a_denser_bus_keeps_the_same_samples_with_the_skip(
     recorded_hour: list[Frame], tmp_path: Path
 ) -> None:
     # GIVEN a driving hour with faults, its frames 50 ms after the first hour's, on one bus
-    driving = _record(
+    driving = recorded_frames(
         tmp_path / "driving.log", "--duration", "1h", "--seed", "7", "--departure", "05:00",
         "--random-faults", "48",
     )  # fmt: skip

@@ -4,16 +4,14 @@ counters and the malformed-line count are those of reading every frame whole."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 from agent.decode import Decoder, DecodeStats
 from agent.logfiles import FrameLog
 from agent.records import UNKNOWN_ID_FRAME, Frame, Sample
 from protocols.catalog import load_catalog
+from tests.integration.recorded_logs import record_log
 
-REPO = Path(__file__).resolve().parents[2]
 OTHER_STANDARD_IDS = (0x610, 0x611, 0x7A0)  # no plan in the default catalog
 OTHER_EXTENDED_IDS = (0x18FF1234, 0x0CF00400)  # not in its DBC; J1939 looks at them (the bus has J1939)
 
@@ -21,14 +19,7 @@ OTHER_EXTENDED_IDS = (0x18FF1234, 0x0CF00400)  # not in its DBC; J1939 looks at 
 def _mixed_log(out: Path) -> int:
     """Ten simulated minutes with other controllers' frames after every line, one malformed line of an
     ignored id, and one error frame; returns the lines written."""
-    recorded = out.with_suffix(".sim.log")
-    subprocess.run(
-        [sys.executable, "-m", "simulator", "record", "--out", str(recorded), "--duration", "10m"],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
+    recorded = record_log(out.with_suffix(".sim.log"), "--duration", "10m")
     lines = []
     for k, line in enumerate(recorded.read_text().splitlines()):
         lines.append(line)
