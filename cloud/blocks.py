@@ -86,10 +86,18 @@ class GroupSamples:
             [Sequence[str]], tuple[npt.NDArray[np.float64], npt.NDArray[np.int32], npt.NDArray[np.int32]]
         ],
     ) -> GroupSamples:
-        """The samples of `messages`; `signal_table` gives per signal name its quantum and ids."""
-        names = [name for m in messages for name in m.signals]
+        """The samples of `messages`; `signal_table` gives per signal name its quantum and ids. The
+        messages of one agent version mostly carry the same name table: each distinct one is looked up
+        once."""
+        tables: dict[tuple[str, ...], int] = {}  # distinct name table -> its offset in `names`
+        size = 0
+        for m in messages:
+            if m.signals not in tables:
+                tables[m.signals] = size
+                size += len(m.signals)
+        names = [name for table in tables for name in table]
         quantum, scaled_id, float_id = signal_table(names)
-        offset = np.cumsum([0] + [len(m.signals) for m in messages])[:-1]
+        offset = [tables[m.signals] for m in messages]
         index = np.concatenate(
             [m.signal_index + k for m, k in zip(messages, offset, strict=True)] or [np.zeros(0, np.int64)]
         )

@@ -205,10 +205,7 @@ def used_signals(batches: Sequence[BatchMessage]) -> set[str]:
     """The signal names the group's samples use (a message's name table may list more: the names of
     records ingest refused)."""
     return {
-        m.samples.signals[k]
-        for m in batches
-        if len(m.samples)
-        for k in np.unique(m.samples.signal_index).tolist()
+        m.samples.signals[k] for m in batches if len(m.samples) for k in set(m.samples.signal_index.tolist())
     }
 
 
@@ -228,7 +225,10 @@ def lay_out(batches: Sequence[BatchMessage], signals: SignalDictionary) -> LaidO
     """The group's samples (those not repeated within the group) as blocks and their rollup
     statistics, in binary COPY format; None when a signal they use has no id yet (`learn` first).
     One layout for the whole group (numpy's fixed cost per call is paid once, not per message)."""
-    if not signals.knows(used_signals(batches)):
+    tables = {m.samples.signals for m in batches}
+    if not signals.knows({name for table in tables for name in table}) and not signals.knows(
+        used_signals(batches)
+    ):  # a name no good sample uses (only refused records') need not be known
         return None
     blocks = blocks_of(GroupSamples.of(unrepeated(batches), signals.columns))
     samples = sum(len(m.samples) for m in batches)
