@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 
-from cloud.block_rows import COPY_SIGNATURE, COPY_TRAILER, block_rows, stats_rows
+from cloud.block_rows import COPY_SIGNATURE, COPY_TRAILER, block_rows, latest_rows
 from cloud.blocks import GroupSamples, blocks_of, group_latest, unrepeated
 from cloud.ingest import BatchMessage
 from protocols.catalog import load_catalog
@@ -40,10 +40,8 @@ STAGING_DDL: Final = (
     " ts_first timestamptz, ts_last timestamptz, n integer, signals integer[], code bytea,"
     " exact double precision[], stat_signals integer[], stat_n integer[], stat_total double precision[],"
     " stat_min double precision[], stat_max double precision[]) ON COMMIT DELETE ROWS",
-    "CREATE TEMP TABLE IF NOT EXISTS stage_block_stats ("
-    " block_no integer, signal text, n integer, total double precision, min_value double precision,"
-    " max_value double precision, last_ts timestamptz, last_seq bigint, last_value double precision,"
-    " latest boolean)"
+    "CREATE TEMP TABLE IF NOT EXISTS stage_latest ("
+    " block_no integer, signal_id integer, last_ts timestamptz, last_seq bigint, last_value double precision)"
     " ON COMMIT DELETE ROWS",
 )
 
@@ -110,8 +108,9 @@ STORE_SAMPLES: Final = (
     # marked the group's latest per vehicle and signal (cloud/blocks.py, group_latest). The vehicles'
     # rows locked first keep other replicas off these rows.
     " latest AS (INSERT INTO latest_samples (vehicle_id, signal, ts, seq, value)"
-    " SELECT s.vehicle_id, t.signal, t.last_ts, t.last_seq, t.last_value"
-    " FROM stage_block_stats AS t JOIN stage_blocks AS s ON s.block_no = t.block_no WHERE t.latest"
+    " SELECT s.vehicle_id, d.name, t.last_ts, t.last_seq, t.last_value"
+    " FROM stage_latest AS t JOIN stage_blocks AS s ON s.block_no = t.block_no"
+    " JOIN sample_signals AS d ON d.id = t.signal_id"
     " ON CONFLICT (vehicle_id, signal)"
     " DO UPDATE SET ts = excluded.ts, seq = excluded.seq, value = excluded.value"
     " WHERE (excluded.ts, excluded.seq) > (latest_samples.ts, latest_samples.seq))" + _INSERTED_COUNT
@@ -212,12 +211,12 @@ def used_signals(batches: Sequence[BatchMessage]) -> set[str]:
 @dataclass(frozen=True, slots=True)
 class LaidOut:
     """A write group's samples ready to stage: the binary COPY data of stage_blocks and
-    stage_block_stats (b"" when the group has no sample to store), and how many samples it carried.
+    stage_latest (b"" when the group has no sample to store), and how many samples it carried.
     Pure data, built without the database (`lay_out`), so the receiver builds it for the next group
     while the database writes the current one."""
 
     block_copy: bytes
-    stats_copy: bytes
+    latest_copy: bytes
     samples: int
 
 
@@ -238,13 +237,13 @@ def lay_out(batches: Sequence[BatchMessage], signals: SignalDictionary) -> LaidO
     latest = group_latest(np.unique(vehicles, return_inverse=True)[1].astype(np.int64), blocks)
     return LaidOut(
         b"".join((COPY_SIGNATURE, block_rows(vehicles, blocks), COPY_TRAILER)),
-        b"".join((COPY_SIGNATURE, stats_rows(signals.names, blocks, latest), COPY_TRAILER)),
+        b"".join((COPY_SIGNATURE, latest_rows(blocks, latest), COPY_TRAILER)),
         samples,
     )
 
 
 async def stage_samples(cur: Cursor, laid_out: LaidOut) -> int:
-    """COPY a group's laid-out samples into stage_blocks and stage_block_stats; return how many
+    """COPY a group's laid-out samples into stage_blocks and stage_latest; return how many
     samples the group carried."""
     if laid_out.block_copy:
         async with cur.copy(
@@ -255,10 +254,10 @@ async def stage_samples(cur: Cursor, laid_out: LaidOut) -> int:
         ) as copy:
             await copy.write(laid_out.block_copy)
         async with cur.copy(
-            "COPY stage_block_stats (block_no, signal, n, total, min_value, max_value, last_ts, last_seq,"
-            " last_value, latest) FROM STDIN (FORMAT BINARY)"
+            "COPY stage_latest (block_no, signal_id, last_ts, last_seq, last_value)"
+            " FROM STDIN (FORMAT BINARY)"
         ) as copy:
-            await copy.write(laid_out.stats_copy)
+            await copy.write(laid_out.latest_copy)
     return laid_out.samples
 
 
