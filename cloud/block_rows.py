@@ -1,4 +1,4 @@
-"""The binary COPY rows of `stage_blocks` and `stage_block_stats`: one message's blocks
+"""The binary COPY rows of `stage_blocks` and `stage_latest`: one message's blocks
 (cloud/blocks.py) laid out with numpy straight into PostgreSQL's binary COPY format, with no Python
 work per block or sample. `cloud.sample_store` stages them between `COPY_SIGNATURE` and `COPY_TRAILER`.
 
@@ -10,7 +10,7 @@ units per row; `interleave` scatters the streams into rows, one fancy-indexed co
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Final
 
 import numpy as np
@@ -173,26 +173,25 @@ def block_rows(vehicles: Sequence[str], b: Blocks) -> bytes:
     )
 
 
-def stats_rows(names: Mapping[int, str], b: Blocks, latest: npt.NDArray[np.bool_]) -> bytes:
-    """COPY rows of stage_block_stats (block_no, signal, n, total, min_value, max_value, last_ts, last_seq,
-    last_value, latest): per block and signal, what its samples add to the minute's rollup and its latest
-    sample, and whether that is the group's latest of its vehicle and signal (`latest`, per entry);
-    `names`: float-path id -> signal name."""
-    rows = len(b.stat_block)
-    ids, index = np.unique(b.stat_signal, return_inverse=True)
-    return interleave(
-        [
-            field_count(10, rows),
-            fixed(b.stat_block, ">i4"),
-            texts([names[int(i)] for i in ids], index.astype(np.int64)),
-            fixed(b.stat_n, ">i4"),
-            fixed(b.stat_total, ">f8"),
-            fixed(b.stat_min, ">f8"),
-            fixed(b.stat_max, ">f8"),
-            fixed(_micros(b.stat_last_ts_ms), ">i8"),
-            fixed(b.stat_last_seq, ">i8"),
-            fixed(b.stat_last_value, ">f8"),
-            fixed(latest, "?"),
-        ],
-        rows,
-    )
+# A latest-sample row: fixed width (no text), so the rows are one structured array, no interleaving.
+_LATEST_ROW: Final = np.dtype(
+    [("fields", ">i2"), ("block_no_len", ">i4"), ("block_no", ">i4"), ("signal_len", ">i4"),
+     ("signal_id", ">i4"), ("ts_len", ">i4"), ("ts", ">i8"), ("seq_len", ">i4"), ("seq", ">i8"),
+     ("value_len", ">i4"), ("value", ">f8")]
+)  # fmt: skip
+
+
+def latest_rows(b: Blocks, latest: npt.NDArray[np.bool_]) -> bytes:
+    """COPY rows of stage_latest (block_no, signal_id, last_ts, last_seq, last_value): the group's
+    latest sample of each vehicle and signal (`latest`: per statistics entry of `b`, whether it is
+    one, `group_latest`); the signal by its float-path id, which stands for its name."""
+    rows = np.empty(int(np.count_nonzero(latest)), dtype=_LATEST_ROW)
+    rows["fields"] = 5
+    rows["block_no_len"], rows["signal_len"], rows["value_len"] = 4, 4, 8
+    rows["ts_len"], rows["seq_len"] = 8, 8
+    rows["block_no"] = b.stat_block[latest]
+    rows["signal_id"] = b.stat_signal[latest]
+    rows["ts"] = _micros(b.stat_last_ts_ms[latest])
+    rows["seq"] = b.stat_last_seq[latest]
+    rows["value"] = b.stat_last_value[latest]
+    return rows.tobytes()

@@ -83,16 +83,21 @@ class GroupSamples:
         cls,
         messages: Sequence[SampleColumns],
         signal_table: Callable[
-            [tuple[str, ...]], tuple[npt.NDArray[np.float64], npt.NDArray[np.int32], npt.NDArray[np.int32]]
+            [Sequence[str]], tuple[npt.NDArray[np.float64], npt.NDArray[np.int32], npt.NDArray[np.int32]]
         ],
     ) -> GroupSamples:
-        """The samples of `messages`; `signal_table` gives per name of a message's signal table its
-        quantum and ids."""
-        tables = [signal_table(m.signals) for m in messages]
-        quantum = np.concatenate([t[0] for t in tables] or [np.zeros(0, np.float64)])
-        scaled_id = np.concatenate([t[1] for t in tables] or [np.zeros(0, np.int32)])
-        float_id = np.concatenate([t[2] for t in tables] or [np.zeros(0, np.int32)])
-        offset = np.cumsum([0] + [len(m.signals) for m in messages])[:-1]
+        """The samples of `messages`; `signal_table` gives per signal name its quantum and ids. The
+        messages of one agent version mostly carry the same name table: each distinct one is looked up
+        once."""
+        tables: dict[tuple[str, ...], int] = {}  # distinct name table -> its offset in `names`
+        size = 0
+        for m in messages:
+            if m.signals not in tables:
+                tables[m.signals] = size
+                size += len(m.signals)
+        names = [name for table in tables for name in table]
+        quantum, scaled_id, float_id = signal_table(names)
+        offset = [tables[m.signals] for m in messages]
         index = np.concatenate(
             [m.signal_index + k for m, k in zip(messages, offset, strict=True)] or [np.zeros(0, np.int64)]
         )

@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud.settings import IngestSettings
+from protocols.downlink import ascending_unique
 from protocols.errors import TopicError, WireError
 from protocols.topics import TopicKind, parse_topic
 from protocols.wire import (
@@ -100,10 +101,7 @@ class BatchMessage:
         """Every sequence number this message carried that the cloud is done with once it commits:
         the records stored (or already stored) and those refused one by one. The commit
         acknowledgement tells the bus these (sorted, unique)."""
-        seqs = self.samples.seq
-        if not (self.batch.predictions or self.batch.alerts or self.refused) and _ascending(seqs):
-            return seqs  # the decoder's order: the usual case, without a sort
-        return np.unique(np.concatenate([seqs, self._other_seqs()]))
+        return ascending_unique(np.concatenate([self.samples.seq, self._other_seqs()]))
 
     def seq_range(self) -> tuple[int, int] | None:
         """Lowest and highest seq the message carried, refused records included."""
@@ -261,10 +259,6 @@ def _judge_samples(
         )
     ]  # fmt: skip
     return samples.where(~bad), refused
-
-
-def _ascending(values: npt.NDArray[np.int64]) -> bool:
-    return bool((values[1:] > values[:-1]).all())
 
 
 def _epoch_ms(moment: datetime) -> int:

@@ -27,14 +27,12 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 
-from cloud.block_rows import COPY_SIGNATURE, COPY_TRAILER, block_rows, stats_rows
+from cloud.block_rows import COPY_SIGNATURE, COPY_TRAILER, block_rows, latest_rows
 from cloud.blocks import GroupSamples, blocks_of, group_latest, unrepeated
 from cloud.ingest import BatchMessage
 from protocols.catalog import load_catalog
 
 Cursor = psycopg.AsyncCursor[tuple[object, ...]]
-
-_MAX_TABLES: Final = 4096  # signal tables `SignalDictionary.table` keeps; all forgotten past it
 
 STAGING_DDL: Final = (
     "CREATE TEMP TABLE IF NOT EXISTS stage_blocks ("
@@ -42,10 +40,8 @@ STAGING_DDL: Final = (
     " ts_first timestamptz, ts_last timestamptz, n integer, signals integer[], code bytea,"
     " exact double precision[], stat_signals integer[], stat_n integer[], stat_total double precision[],"
     " stat_min double precision[], stat_max double precision[]) ON COMMIT DELETE ROWS",
-    "CREATE TEMP TABLE IF NOT EXISTS stage_block_stats ("
-    " block_no integer, signal text, n integer, total double precision, min_value double precision,"
-    " max_value double precision, last_ts timestamptz, last_seq bigint, last_value double precision,"
-    " latest boolean)"
+    "CREATE TEMP TABLE IF NOT EXISTS stage_latest ("
+    " block_no integer, signal_id integer, last_ts timestamptz, last_seq bigint, last_value double precision)"
     " ON COMMIT DELETE ROWS",
 )
 
@@ -112,8 +108,9 @@ STORE_SAMPLES: Final = (
     # marked the group's latest per vehicle and signal (cloud/blocks.py, group_latest). The vehicles'
     # rows locked first keep other replicas off these rows.
     " latest AS (INSERT INTO latest_samples (vehicle_id, signal, ts, seq, value)"
-    " SELECT s.vehicle_id, t.signal, t.last_ts, t.last_seq, t.last_value"
-    " FROM stage_block_stats AS t JOIN stage_blocks AS s ON s.block_no = t.block_no WHERE t.latest"
+    " SELECT s.vehicle_id, d.name, t.last_ts, t.last_seq, t.last_value"
+    " FROM stage_latest AS t JOIN stage_blocks AS s ON s.block_no = t.block_no"
+    " JOIN sample_signals AS d ON d.id = t.signal_id"
     " ON CONFLICT (vehicle_id, signal)"
     " DO UPDATE SET ts = excluded.ts, seq = excluded.seq, value = excluded.value"
     " WHERE (excluded.ts, excluded.seq) > (latest_samples.ts, latest_samples.seq))" + _INSERTED_COUNT
@@ -136,9 +133,6 @@ class SignalDictionary:
         self._rank = {name: k for k, name in enumerate(self._quanta)}  # the catalog's order
         self._ids: dict[str, tuple[int, int]] = {}
         self.names: dict[int, str] = {}  # float-path id -> name
-        self._tables: dict[
-            tuple[str, ...], tuple[npt.NDArray[np.float64], npt.NDArray[np.int32], npt.NDArray[np.int32]]
-        ] = {}
 
     def knows(self, names: set[str]) -> bool:
         """Whether every one of `names` has its ids (learnt on this connection's dictionary)."""
@@ -192,7 +186,6 @@ class SignalDictionary:
                 continue
             self._ids[name] = (scaled_id, float_id)
             self.names[float_id] = name
-        self._tables.clear()  # a table kept may hold -1 for a name learnt just now
 
     def columns(
         self, names: Sequence[str]
@@ -206,42 +199,24 @@ class SignalDictionary:
             np.array([i[1] for i in ids], dtype=np.int32),
         )
 
-    def table(
-        self, names: tuple[str, ...]
-    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int32], npt.NDArray[np.int32]]:
-        """`columns(names)` of a message's signal table, kept for the next message with the same table
-        (a bus sends the same few tables again and again)."""
-        table = self._tables.get(names)
-        if table is None:
-            if len(self._tables) >= _MAX_TABLES:
-                self._tables.clear()
-            table = self._tables[names] = self.columns(names)
-        return table
-
 
 def used_signals(batches: Sequence[BatchMessage]) -> set[str]:
     """The signal names the group's samples use (a message's name table may list more: the names of
     records ingest refused)."""
-    used: set[str] = set()
-    for m in batches:
-        samples = m.samples
-        if not m.refused:  # the decoder sends no signal without a sample: every name is used
-            used.update(samples.signals)
-        elif len(samples):
-            counts = np.bincount(samples.signal_index, minlength=len(samples.signals))
-            used.update(samples.signals[k] for k in np.flatnonzero(counts).tolist())
-    return used
+    return {
+        m.samples.signals[k] for m in batches if len(m.samples) for k in set(m.samples.signal_index.tolist())
+    }
 
 
 @dataclass(frozen=True, slots=True)
 class LaidOut:
     """A write group's samples ready to stage: the binary COPY data of stage_blocks and
-    stage_block_stats (b"" when the group has no sample to store), and how many samples it carried.
+    stage_latest (b"" when the group has no sample to store), and how many samples it carried.
     Pure data, built without the database (`lay_out`), so the receiver builds it for the next group
     while the database writes the current one."""
 
     block_copy: bytes
-    stats_copy: bytes
+    latest_copy: bytes
     samples: int
 
 
@@ -249,9 +224,12 @@ def lay_out(batches: Sequence[BatchMessage], signals: SignalDictionary) -> LaidO
     """The group's samples (those not repeated within the group) as blocks and their rollup
     statistics, in binary COPY format; None when a signal they use has no id yet (`learn` first).
     One layout for the whole group (numpy's fixed cost per call is paid once, not per message)."""
-    if not signals.knows(used_signals(batches)):
+    tables = {m.samples.signals for m in batches}
+    if not signals.knows({name for table in tables for name in table}) and not signals.knows(
+        used_signals(batches)
+    ):  # a name no good sample uses (only refused records') need not be known
         return None
-    blocks = blocks_of(GroupSamples.of(unrepeated(batches), signals.table))
+    blocks = blocks_of(GroupSamples.of(unrepeated(batches), signals.columns))
     samples = sum(len(m.samples) for m in batches)
     if not len(blocks):
         return LaidOut(b"", b"", samples)
@@ -259,13 +237,13 @@ def lay_out(batches: Sequence[BatchMessage], signals: SignalDictionary) -> LaidO
     latest = group_latest(np.unique(vehicles, return_inverse=True)[1].astype(np.int64), blocks)
     return LaidOut(
         b"".join((COPY_SIGNATURE, block_rows(vehicles, blocks), COPY_TRAILER)),
-        b"".join((COPY_SIGNATURE, stats_rows(signals.names, blocks, latest), COPY_TRAILER)),
+        b"".join((COPY_SIGNATURE, latest_rows(blocks, latest), COPY_TRAILER)),
         samples,
     )
 
 
 async def stage_samples(cur: Cursor, laid_out: LaidOut) -> int:
-    """COPY a group's laid-out samples into stage_blocks and stage_block_stats; return how many
+    """COPY a group's laid-out samples into stage_blocks and stage_latest; return how many
     samples the group carried."""
     if laid_out.block_copy:
         async with cur.copy(
@@ -276,10 +254,10 @@ async def stage_samples(cur: Cursor, laid_out: LaidOut) -> int:
         ) as copy:
             await copy.write(laid_out.block_copy)
         async with cur.copy(
-            "COPY stage_block_stats (block_no, signal, n, total, min_value, max_value, last_ts, last_seq,"
-            " last_value, latest) FROM STDIN (FORMAT BINARY)"
+            "COPY stage_latest (block_no, signal_id, last_ts, last_seq, last_value)"
+            " FROM STDIN (FORMAT BINARY)"
         ) as copy:
-            await copy.write(laid_out.stats_copy)
+            await copy.write(laid_out.latest_copy)
     return laid_out.samples
 
 

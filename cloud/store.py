@@ -435,10 +435,10 @@ _MS_PER_DAY: Final = 86_400_000
 
 
 def _partitions_needed(items: Sequence[Ingested]) -> set[tuple[str, date]]:
-    wanted: set[tuple[str, date]] = set()
-    for item in items:
-        if isinstance(item, BatchMessage):
-            wanted.add(("ingest_ledger", item.received_at.astimezone(UTC).date()))
-            for day in np.unique(item.samples.ts_ms // _MS_PER_DAY).tolist():
-                wanted.add(("sample_blocks", _UNIX_EPOCH_DAY + timedelta(days=day)))
+    batches = [item for item in items if isinstance(item, BatchMessage)]
+    wanted = {("ingest_ledger", b.received_at.astimezone(UTC).date()) for b in batches}
+    stamps = [b.samples.ts_ms for b in batches if len(b.samples)]
+    if stamps:  # one unique over the group's samples
+        for day in np.unique(np.concatenate(stamps) // _MS_PER_DAY).tolist():
+            wanted.add(("sample_blocks", _UNIX_EPOCH_DAY + timedelta(days=day)))
     return wanted

@@ -88,15 +88,22 @@ DownlinkMessage = CommitAck  # a union once there are more types
 
 def ranges_of(seqs: Iterable[int] | npt.NDArray[np.int64]) -> tuple[SeqRange, ...]:
     """Compact seqs (any order, duplicates allowed) into sorted, merged, inclusive ranges."""
-    values = np.fromiter(seqs, dtype=np.int64) if not isinstance(seqs, np.ndarray) else seqs
-    if not (values[1:] > values[:-1]).all():  # already sorted and unique: the usual case, no sort
-        values = np.unique(values)
+    values = ascending_unique(np.fromiter(seqs, dtype=np.int64) if not isinstance(seqs, np.ndarray) else seqs)
     if values.size == 0:
         return ()
     breaks = np.flatnonzero(np.diff(values) != 1)
     firsts = np.concatenate(([values[0]], values[breaks + 1]))
     lasts = np.concatenate((values[breaks], [values[-1]]))
     return tuple((int(f), int(last)) for f, last in zip(firsts, lasts, strict=True))
+
+
+def ascending_unique(seqs: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """The distinct seqs, ascending: `np.unique` by sorting (numpy 2's hashing `np.unique` took ~100 µs
+    for a message's few hundred seqs, sorting ~7 µs)."""
+    values = np.sort(seqs)
+    keep = np.ones(len(values), dtype=bool)
+    np.not_equal(values[1:], values[:-1], out=keep[1:])
+    return values[keep]
 
 
 def commit_acks(seqs: Iterable[int] | npt.NDArray[np.int64], ts_ms: int) -> list[CommitAck]:
