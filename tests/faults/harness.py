@@ -328,6 +328,10 @@ class AgentConfig:
     inference_interval_s: float | None = None  # None: inference off (faster start, fewer moving parts)
     max_bytes: int = 64 * 1024 * 1024
     uplink_tls_files: tuple[Path, Path, Path] | None = None  # CA, bus certificate, key: mqtts
+    # A message whose commit ack does not come (lost with a broker's queue, a receiver's session) is
+    # re-sent after this, doubling per re-send (agent/inflight.py). The default, 60 s, was most of a
+    # broker restart test's minute and more; a rig's round trip takes well under a second.
+    ack_timeout_s: float = 5.0
 
     def write(self, path: Path) -> Path:
         catalog = f'catalog = "{self.catalog}"\ndbc = "{DEFAULT_DBC}"\n' if self.catalog is not None else ""
@@ -372,6 +376,7 @@ client_id = "{self.fleet}-{self.vehicle_id}"
 batch_max_records = 500
 batch_max_age_s = 0.5
 puback_timeout_s = 5.0
+ack_timeout_s = {self.ack_timeout_s}
 connect_timeout_s = 3.0
 keepalive_s = 5
 backoff_initial_s = 0.2
