@@ -44,7 +44,9 @@ Connection = psycopg.AsyncConnection[tuple[object, ...]]
 @pytest.fixture
 async def conn(pg_schema: Database, store: Store) -> AsyncIterator[Connection]:
     async with await psycopg.AsyncConnection.connect(
-        pg_schema.dsn, autocommit=True, options=f"-c search_path={pg_schema.schema},public -c timezone=UTC"
+        pg_schema.dsn,
+        autocommit=True,
+        options=f"-c search_path={pg_schema.schema},public -c timezone=UTC -c jit=off",  # as the API connects
     ) as connection:
         yield connection
 

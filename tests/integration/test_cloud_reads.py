@@ -127,7 +127,9 @@ async def four_days(pg_schema: Database) -> AsyncIterator[tuple[psycopg.AsyncCon
     async with await psycopg.AsyncConnection.connect(
         pg_schema.dsn,
         autocommit=True,
-        options=f"-c search_path={pg_schema.schema},public",
+        # as the API connects (cloud/api.py): without jit=off, JIT compiling the bus list's query on these
+        # never-analyzed tables took 30-50 s of this module's 90
+        options=f"-c search_path={pg_schema.schema},public -c jit=off",
         cursor_factory=recording_cursor(plans),
     ) as conn:
         if pg_schema.flavour == "native":
@@ -147,13 +149,6 @@ async def four_days(pg_schema: Database) -> AsyncIterator[tuple[psycopg.AsyncCon
             assert sorted(start for start, _ in plans.bounds.values()) == [  # six-hour chunks
                 datetime(d.year, d.month, d.day, 0, tzinfo=UTC) for d in DAYS
             ]
-        # Statistics, as autovacuum keeps them on a live database: on tables never analyzed the planner
-        # guesses their sizes, and the bus list's lateral lookups took 30-50 s of this module's 90
-        # (the plans under test prune the same either way).
-        async with psycopg.AsyncCursor(conn) as plain:
-            cur = await plain.execute(b"SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
-            for (table,) in await cur.fetchall():
-                await plain.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(str(table))))
         plans.clear()
         yield conn, plans
 
