@@ -150,11 +150,13 @@ class FrameDecoder:
         self._by_pgn: dict[int, list[FrameSpec]] = {}
         self._pgn_plans: dict[tuple[int, int], FramePlan | None] = {}  # (PGN, sender) → plan
         for frame_id, spec in frames.items():
-            plan = frame_plan(spec)  # loads cantools now for a plan that is not `fast` (J1939's too), if any
             if spec.message.protocol == "j1939" and spec.message.is_extended_frame:
                 self._by_pgn.setdefault(split_id(frame_id).pgn, []).append(spec)
+                # its plans are built per sender at their first frame (`_pgn_plan`); built once here only
+                # so that cantools, if a plan that is not `fast` needs it, loads now and not mid-stream
+                frame_plan(spec)
             else:
-                self._plans[frame_id] = plan
+                self._plans[frame_id] = frame_plan(spec)  # loads cantools for a plan that is not `fast`
 
     @property
     def has_j1939(self) -> bool:

@@ -68,11 +68,6 @@ def field_count(count: int, rows: int) -> Field:
     )
 
 
-def same_text(text: str, rows: int) -> Field:
-    one = np.frombuffer(struct.pack(">i", len(text.encode())) + text.encode(), dtype=np.uint8)
-    return np.tile(one, (rows, 1)), np.ones(rows, dtype=np.int64)
-
-
 def texts(names: Sequence[str], index: npt.NDArray[np.int64]) -> Field:
     """One text per row: names[index[r]] (units of one byte)."""
     encoded = [struct.pack(">i", len(b)) + b for b in (name.encode() for name in names)]

@@ -132,7 +132,6 @@ class SignalDictionary:
         self._quanta = dict(quanta)
         self._rank = {name: k for k, name in enumerate(self._quanta)}  # the catalog's order
         self._ids: dict[str, tuple[int, int]] = {}
-        self.names: dict[int, str] = {}  # float-path id -> name
 
     def knows(self, names: set[str]) -> bool:
         """Whether every one of `names` has its ids (learnt on this connection's dictionary)."""
@@ -185,7 +184,6 @@ class SignalDictionary:
             if float_id is None or scaled_id is None:
                 continue
             self._ids[name] = (scaled_id, float_id)
-            self.names[float_id] = name
 
     def columns(
         self, names: Sequence[str]
