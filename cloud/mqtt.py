@@ -42,7 +42,7 @@ import contextlib
 import logging
 import ssl
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
@@ -105,11 +105,16 @@ class InboundMessage:
 
 
 class Inbox:
-    """Messages handed from paho's thread to the asyncio loop. Touched only on the loop thread."""
+    """Messages handed from paho's thread to the asyncio loop. Touched only on the loop thread.
 
-    def __init__(self, capacity: int) -> None:
+    `clock`: the loop's clock (`loop.time`) unless given; each message's arrival is kept by it, so a
+    group waits for more messages only until its oldest one has waited `max_age_s`."""
+
+    def __init__(self, capacity: int, clock: Callable[[], float] | None = None) -> None:
         self._items: collections.deque[InboundMessage] = collections.deque()
+        self._arrived: collections.deque[float] = collections.deque()  # per item, by `clock`
         self._capacity = capacity
+        self._clock = clock
         self._ready = asyncio.Event()
 
     def __len__(self) -> int:
@@ -120,24 +125,32 @@ class Inbox:
             metrics.INBOX_DROPPED.inc()
             return
         self._items.append(message)
+        self._arrived.append(self._now())
         self._ready.set()
 
     async def next_group(
         self, max_messages: int, max_age_s: float, stop: asyncio.Event
     ) -> list[InboundMessage]:
-        """Up to `max_messages`, waiting at most `max_age_s` after the first; [] once `stop` is set."""
-        loop = asyncio.get_running_loop()
+        """Up to `max_messages`, waiting for more only until the oldest of them has waited `max_age_s`
+        since it arrived (messages that piled up while the writer was busy are taken at once); []
+        once `stop` is set."""
         while not self._items:
             if stop.is_set():
                 return []
             await self._wait(0.25)
-        deadline = loop.time() + max_age_s
+        deadline = self._arrived[0] + max_age_s
         while len(self._items) < max_messages and not stop.is_set():
-            remaining = deadline - loop.time()
+            remaining = deadline - self._now()
             if remaining <= 0:
                 break
             await self._wait(remaining)
-        return [self._items.popleft() for _ in range(min(max_messages, len(self._items)))]
+        taken = min(max_messages, len(self._items))
+        for _ in range(taken):
+            self._arrived.popleft()
+        return [self._items.popleft() for _ in range(taken)]
+
+    def _now(self) -> float:
+        return self._clock() if self._clock else asyncio.get_running_loop().time()
 
     async def _wait(self, timeout_s: float) -> None:
         # Waiting on an event (not on a queue get) so that a timeout can never swallow a message.

@@ -137,7 +137,8 @@ class DatabaseSettings(BaseModel):
 class IngestSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # One database transaction holds at most this many messages, or the messages of this long.
+    # One database transaction holds at most this many messages; a group that is not full is cut
+    # once its oldest message has waited batch_max_age_s since it arrived (cloud/mqtt.py, Inbox).
     batch_max_messages: int = Field(default=500, ge=1, le=65535)
     batch_max_age_s: float = Field(default=0.2, gt=0, le=60)
     max_payload_bytes: int = Field(default=1_048_576, ge=64)
