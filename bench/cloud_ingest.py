@@ -28,7 +28,7 @@ Phases, in one run:
   3. two receivers on one shared subscription (same group, different client ids), same batches,
      fresh schema;
   4. the baseline receiver, same batches: one paho subscriber process that decodes the messages and
-     per group of up to --group-messages (as the receiver groups) runs one transaction: binary COPY
+     per group of what has arrived (up to --group-messages) runs one transaction: binary COPY
      into a staging table, `INSERT … SELECT … ON CONFLICT DO NOTHING` into one row per sample keyed
      on (vehicle_id, seq, ts) (a hypertable compressed segmentby vehicle_id, signal on TimescaleDB).
 
@@ -52,6 +52,7 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import os
+import queue
 import random
 import re
 import signal
@@ -59,7 +60,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
@@ -507,21 +507,20 @@ def baseline_main(
     host: str, port: int, client_id: str, topic: str, dsn: str, schema: str, group: int, progress: Pipe
 ) -> None:
     """What a competent engineer writes without special effort: subscribe, decode, and per group of
-    up to `group` messages (or 200 ms, as the receiver groups) one transaction that COPYs the samples
-    into a staging table and inserts them with ON CONFLICT DO NOTHING into one row per sample.
-    Reports the messages committed so far after each commit."""
+    up to `group` messages (whatever has arrived when the previous transaction is done; it blocks
+    on the queue while there is none) one transaction that COPYs the samples into a staging table
+    and inserts them with ON CONFLICT DO NOTHING into one row per sample. Reports the messages
+    committed so far after each commit."""
     conn = psycopg.connect(
         dsn, options=f"-c search_path={schema} -c timezone=UTC", application_name="voltgate-baseline"
     )
     conn.execute(BASELINE_STAGE.encode())
     conn.commit()
-    inbox: list[bytes] = []
-    lock = threading.Lock()
+    inbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
     committed = 0
 
     def on_message(client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
-        with lock:
-            inbox.append(bytes(message.payload))
+        inbox.put(bytes(message.payload))
 
     def on_subscribe(*_: object) -> None:
         progress.send(0)
@@ -533,11 +532,10 @@ def baseline_main(
     client.connect(host, port, keepalive=60)
     client.loop_start()
     while True:
-        with lock:
-            payloads, inbox[:] = inbox[:group], inbox[group:]
-        if not payloads:
-            time.sleep(0.2)
-            continue
+        payloads = [inbox.get()]
+        with contextlib.suppress(queue.Empty):
+            while len(payloads) < group:
+                payloads.append(inbox.get_nowait())
         with conn.cursor() as cur:
             with cur.copy(b"COPY stage_rows FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(["text", "text", "timestamptz", "int8", "float8"])
