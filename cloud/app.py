@@ -310,6 +310,7 @@ async def run(settings: CloudSettings, stop: asyncio.Event | None = None) -> Non
     views: FleetViews | None = None
     try:
         await maintenance_store.maintain()
+        await writer_store.learn_catalog_signals()
         if settings.metrics.port:
             metrics_server, _ = start_http_server(settings.metrics.port, settings.metrics.host)
         if settings.web is not None:

@@ -22,7 +22,9 @@ from cloud.blocks import Blocks
 COPY_SIGNATURE: Final = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)  # no flags, no extension
 COPY_TRAILER: Final = struct.pack(">h", -1)
 _OID_INT4: Final = 23
+_OID_INT8: Final = 20
 _OID_FLOAT8: Final = 701
+_OID_TIMESTAMPTZ: Final = 1184
 _PG_EPOCH_MS: Final = 946_684_800_000  # timestamptz counts microseconds from 2000-01-01 00:00 UTC
 
 Bytes = npt.NDArray[np.uint8]
@@ -87,12 +89,17 @@ def _array_heads(n: Lengths, body: Lengths, oid: int, has_null: bool) -> npt.NDA
     return heads
 
 
-def int4_arrays(values: npt.NDArray[np.int32], n: Lengths) -> list[Field]:
-    """One int4[] per row, row r holding the next n[r] values: its head, then its elements."""
-    elements = np.empty(len(values), dtype=[("length", ">i4"), ("value", ">i4")])
-    elements["length"], elements["value"] = 4, values
-    heads = _array_heads(n, 8 * n, _OID_INT4, False)
+def arrays(values: npt.NDArray[np.generic], pg_dtype: str, oid: int, n: Lengths) -> list[Field]:
+    """One array of a fixed-width type per row (`pg_dtype`: its big-endian numpy type, `oid`: its
+    element type), row r holding the next n[r] values: its head, then its elements."""
+    elements = np.empty(len(values), dtype=[("length", ">i4"), ("value", pg_dtype)])
+    elements["length"], elements["value"] = np.dtype(pg_dtype).itemsize, values
+    heads = _array_heads(n, elements.dtype.itemsize * n, oid, False)
     return [(_records(heads), np.ones(len(n), dtype=np.int64)), (_records(elements), n)]
+
+
+def int4_arrays(values: npt.NDArray[np.int32], n: Lengths) -> list[Field]:
+    return arrays(values, ">i4", _OID_INT4, n)
 
 
 def float8_arrays_or_null(
@@ -168,25 +175,29 @@ def block_rows(vehicles: Sequence[str], b: Blocks) -> bytes:
     )
 
 
-# A latest-sample row: fixed width (no text), so the rows are one structured array, no interleaving.
-_LATEST_ROW: Final = np.dtype(
-    [("fields", ">i2"), ("block_no_len", ">i4"), ("block_no", ">i4"), ("signal_len", ">i4"),
-     ("signal_id", ">i4"), ("ts_len", ">i4"), ("ts", ">i8"), ("seq_len", ">i4"), ("seq", ">i8"),
-     ("value_len", ">i4"), ("value", ">f8")]
-)  # fmt: skip
-
-
-def latest_rows(b: Blocks, latest: npt.NDArray[np.bool_]) -> bytes:
-    """COPY rows of stage_latest (block_no, signal_id, last_ts, last_seq, last_value): the group's
-    latest sample of each vehicle and signal (`latest`: per statistics entry of `b`, whether it is
-    one, `group_latest`); the signal by its float-path id, which stands for its name."""
-    rows = np.empty(int(np.count_nonzero(latest)), dtype=_LATEST_ROW)
-    rows["fields"] = 5
-    rows["block_no_len"], rows["signal_len"], rows["value_len"] = 4, 4, 8
-    rows["ts_len"], rows["seq_len"] = 8, 8
-    rows["block_no"] = b.stat_block[latest]
-    rows["signal_id"] = b.stat_signal[latest]
-    rows["ts"] = _micros(b.stat_last_ts_ms[latest])
-    rows["seq"] = b.stat_last_seq[latest]
-    rows["value"] = b.stat_last_value[latest]
-    return rows.tobytes()
+def latest_rows(
+    vehicles: Sequence[str],
+    vehicle_of_message: npt.NDArray[np.int64],
+    b: Blocks,
+    latest: npt.NDArray[np.int64],
+) -> bytes:
+    """COPY rows of stage_latest (vehicle_id, signals, ts, seq, value): per vehicle of the group, its
+    latest sample of each signal side by side in arrays, by signal id (`latest`: those statistics
+    entries of `b`, ordered by vehicle and signal, `group_latest`; `vehicle_of_message` numbers
+    the messages' vehicles by their position in `vehicles`). A signal by its float-path id, which
+    stands for its name."""
+    vehicle = vehicle_of_message[b.message[b.stat_block[latest]]]
+    present = np.flatnonzero(np.bincount(vehicle, minlength=len(vehicles)))
+    n = np.bincount(vehicle, minlength=len(vehicles))[present].astype(np.int64)
+    rows = len(present)
+    return interleave(
+        [
+            field_count(5, rows),
+            texts(vehicles, present),
+            *arrays(b.stat_signal[latest], ">i4", _OID_INT4, n),
+            *arrays(_micros(b.stat_last_ts_ms[latest]), ">i8", _OID_TIMESTAMPTZ, n),
+            *arrays(b.stat_last_seq[latest], ">i8", _OID_INT8, n),
+            *arrays(b.stat_last_value[latest], ">f8", _OID_FLOAT8, n),
+        ],
+        rows,
+    )

@@ -303,7 +303,7 @@ def _statistics(
 ]:
     """Per block and signal name (both paths of a signal are one name, keyed by its float-path id):
     block, name, n, total, min and max of the values, and the ts, seq and value of its latest sample
-    (the receiver's latest-value table, cloud/sql/0012_latest_samples.sql)."""
+    (the receiver's latest-value table, cloud/sql/0016_latest_values.sql)."""
     latest = np.lexsort((seq, ts_ms, name, block_of_sample))  # the same groups, each by time last
     by_signal = np.lexsort((name, block_of_sample))
     key_block, key_name = block_of_sample[by_signal], name[by_signal]
@@ -326,17 +326,16 @@ def _statistics(
     )
 
 
-def group_latest(vehicle_of_message: npt.NDArray[np.int64], b: Blocks) -> npt.NDArray[np.bool_]:
-    """Per statistics entry of `b`, whether it holds its vehicle's latest sample of its signal in the
-    whole group (by ts, then seq): one entry per vehicle and signal. `vehicle_of_message`: per message
-    of the group, a number standing for its vehicle."""
+def group_latest(vehicle_of_message: npt.NDArray[np.int64], b: Blocks) -> npt.NDArray[np.int64]:
+    """The statistics entries of `b` that hold a vehicle's latest sample of a signal in the whole group
+    (by ts, then seq), one per vehicle and signal, ordered by vehicle, then signal id.
+    `vehicle_of_message`: per message of the group, a number standing for its vehicle."""
     vehicle = vehicle_of_message[b.message[b.stat_block]]
     order = np.lexsort((b.stat_last_seq, b.stat_last_ts_ms, b.stat_signal, vehicle))
     vehicle, signal = vehicle[order], b.stat_signal[order]
     last = np.ones(len(order), dtype=bool)
     last[:-1] = (vehicle[1:] != vehicle[:-1]) | (signal[1:] != signal[:-1])
-    latest = np.zeros(len(order), dtype=bool)
-    latest[order[last]] = True
+    latest: npt.NDArray[np.int64] = order[last]
     return latest
 
 

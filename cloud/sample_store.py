@@ -41,7 +41,7 @@ STAGING_DDL: Final = (
     " exact double precision[], stat_signals integer[], stat_n integer[], stat_total double precision[],"
     " stat_min double precision[], stat_max double precision[]) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS stage_latest ("
-    " block_no integer, signal_id integer, last_ts timestamptz, last_seq bigint, last_value double precision)"
+    " vehicle_id text, signals integer[], ts timestamptz[], seq bigint[], value double precision[])"
     " ON COMMIT DELETE ROWS",
 )
 
@@ -103,17 +103,24 @@ STORE_SAMPLES: Final = (
     " g.ts_first) = (r.vehicle_id, r.minute, r.seq_min, r.ts_first),"
     " LATERAL (SELECT coalesce(k.exact, k.steps * d.quantum) AS value) AS v"
     " GROUP BY k.vehicle_id, d.name, k.minute),"
-    # each signal's latest sample per vehicle (cloud/sql/0012_latest_samples.sql): a staged sample that
-    # repeats a stored one is still a sample the bus sent, so every staged block counts; the layout
-    # marked the group's latest per vehicle and signal (cloud/blocks.py, group_latest). The vehicles'
-    # rows locked first keep other replicas off these rows.
-    " latest AS (INSERT INTO latest_samples (vehicle_id, signal, ts, seq, value)"
-    " SELECT s.vehicle_id, d.name, t.last_ts, t.last_seq, t.last_value"
-    " FROM stage_latest AS t JOIN stage_blocks AS s ON s.block_no = t.block_no"
-    " JOIN sample_signals AS d ON d.id = t.signal_id"
-    " ON CONFLICT (vehicle_id, signal)"
-    " DO UPDATE SET ts = excluded.ts, seq = excluded.seq, value = excluded.value"
-    " WHERE (excluded.ts, excluded.seq) > (latest_samples.ts, latest_samples.seq))" + _INSERTED_COUNT
+    # each vehicle's latest sample per signal, one row per vehicle (cloud/sql/0016_latest_values.sql):
+    # its kept row merged with the group's latest samples, the later (by ts, then seq) of each signal.
+    # A staged sample that repeats a stored one is still a sample the bus sent, so every staged block
+    # counts; the layout marked the group's latest per vehicle and signal (cloud/blocks.py,
+    # group_latest). The vehicles' rows locked first keep other replicas off these rows; a row that
+    # comes out the same (a redelivery) is not written.
+    " latest AS (INSERT INTO latest_values AS l (vehicle_id, signals, ts, seq, value)"
+    " SELECT t.vehicle_id, m.* FROM stage_latest AS t LEFT JOIN latest_values AS k USING (vehicle_id),"
+    " LATERAL (SELECT array_agg(signal_id ORDER BY signal_id), array_agg(ts ORDER BY signal_id),"
+    " array_agg(seq ORDER BY signal_id), array_agg(value ORDER BY signal_id)"
+    " FROM (SELECT DISTINCT ON (signal_id) * FROM (SELECT * FROM unnest(t.signals, t.ts, t.seq, t.value)"
+    " UNION ALL SELECT * FROM unnest(k.signals, k.ts, k.seq, k.value)) AS c(signal_id, ts, seq, value)"
+    " ORDER BY signal_id, ts DESC, seq DESC) AS x) AS m"
+    " ORDER BY t.vehicle_id"
+    " ON CONFLICT (vehicle_id) DO UPDATE SET signals = excluded.signals, ts = excluded.ts,"
+    " seq = excluded.seq, value = excluded.value"
+    " WHERE (l.signals, l.ts, l.seq) IS DISTINCT FROM (excluded.signals, excluded.ts, excluded.seq))"
+    + _INSERTED_COUNT
 )
 
 
@@ -136,6 +143,10 @@ class SignalDictionary:
     def knows(self, names: set[str]) -> bool:
         """Whether every one of `names` has its ids (learnt on this connection's dictionary)."""
         return names <= self._ids.keys()
+
+    def catalog_names(self) -> set[str]:
+        """The names whose quanta it was given (the catalog's signals)."""
+        return set(self._quanta)
 
     def quantum(self, name: str) -> float:
         return self._quanta.get(name, float("nan"))
@@ -232,10 +243,14 @@ def lay_out(batches: Sequence[BatchMessage], signals: SignalDictionary) -> LaidO
     if not len(blocks):
         return LaidOut(b"", b"", samples)
     vehicles = [m.vehicle_id for m in batches]
-    latest = group_latest(np.unique(vehicles, return_inverse=True)[1].astype(np.int64), blocks)
+    names, vehicle_of_message = np.unique(vehicles, return_inverse=True)
+    vehicle_of_message = vehicle_of_message.astype(np.int64)
+    latest = group_latest(vehicle_of_message, blocks)
     return LaidOut(
         b"".join((COPY_SIGNATURE, block_rows(vehicles, blocks), COPY_TRAILER)),
-        b"".join((COPY_SIGNATURE, latest_rows(blocks, latest), COPY_TRAILER)),
+        b"".join(
+            (COPY_SIGNATURE, latest_rows(names.tolist(), vehicle_of_message, blocks, latest), COPY_TRAILER)
+        ),
         samples,
     )
 
@@ -252,8 +267,7 @@ async def stage_samples(cur: Cursor, laid_out: LaidOut) -> int:
         ) as copy:
             await copy.write(laid_out.block_copy)
         async with cur.copy(
-            "COPY stage_latest (block_no, signal_id, last_ts, last_seq, last_value)"
-            " FROM STDIN (FORMAT BINARY)"
+            "COPY stage_latest (vehicle_id, signals, ts, seq, value) FROM STDIN (FORMAT BINARY)"
         ) as copy:
             await copy.write(laid_out.latest_copy)
     return laid_out.samples

@@ -188,6 +188,15 @@ class Store:
     def connection(self) -> Connection:
         return self._conn
 
+    async def learn_catalog_signals(self) -> None:
+        """Give every catalog signal its ids in `sample_signals` now (one short transaction), so the
+        first groups' samples are laid out beside the write of another group like all later ones,
+        not inside their own write."""
+        try:
+            await self._signals.learn(self._conn, self._signals.catalog_names())
+        except psycopg.Error as err:
+            raise StoreError(f"cannot register the catalog's signals: {_first_line(err)}") from err
+
     async def close(self) -> None:
         await self._conn.close()
 

@@ -194,7 +194,7 @@ async def test_bus_list_reads_no_sample_block(
 
     states = await queries.bus_states(conn)
 
-    # the latest samples are kept as the receiver writes (cloud/sql/0012_latest_samples.sql)
+    # the latest samples are kept as the receiver writes (cloud/sql/0016_latest_values.sql)
     assert [s.vehicle_id for s in states] == sorted(p.vehicle_id for p in PLANS)
     assert all(s.soc_pct and s.soc_pct.ts.astimezone(UTC).date() == DAYS[-1] for s in states)
     assert all(s.latitude is not None and s.longitude is not None for s in states)

@@ -151,6 +151,45 @@ async def test_latest_sample_is_kept_and_an_earlier_instant_walks_back_30_days(s
     assert await latest_value("Vehicle.Cabin.HVAC.Power", at) == [(7.0,)]
 
 
+async def test_late_and_repeated_samples_keep_each_signals_latest_in_one_row_per_vehicle(
+    store: Store,
+) -> None:
+    hour_ms = 3_600_000
+    cabin = "Vehicle.Cabin.HVAC.Power"
+
+    async def kept() -> list[tuple[object, ...]]:
+        cur = await store.connection.execute(
+            b"SELECT signal, seq, value FROM latest_samples WHERE vehicle_id = 'bus-6' ORDER BY signal"
+        )
+        return await cur.fetchall()
+
+    async def row_version() -> object:
+        cur = await store.connection.execute(
+            b"SELECT xmin::text FROM latest_values WHERE vehicle_id = 'bus-6'"
+        )
+        row = await cur.fetchone()
+        return row[0] if row else None
+
+    # GIVEN a bus's latest Speed and Soc
+    first = [SampleRecord(10, T0_MS, SPEED, 1.0), SampleRecord(11, T0_MS, SOC, 50.0)]
+    await store.write([message("bus-6", first)])
+    # WHEN an hour-old message arrives late (Speed, and Cabin power never sent before), together in one
+    # group with a message whose Soc has the same ts and a later seq
+    late = [SampleRecord(3, T0_MS - hour_ms, SPEED, 5.0), SampleRecord(4, T0_MS - hour_ms, cabin, 7.0)]
+    tie = [SampleRecord(12, T0_MS, SOC, 49.5)]
+    await store.write([message("bus-6", late), message("bus-6", tie)])
+    # THEN Speed keeps its later sample, Cabin power is added, and Soc takes the later seq of the same ts
+    assert await kept() == [(cabin, 4, 7.0), (SOC, 12, 49.5), (SPEED, 10, 1.0)]
+    cur = await store.connection.execute(b"SELECT count(*) FROM latest_values WHERE vehicle_id = 'bus-6'")
+    assert await cur.fetchone() == (1,)
+    # AND a redelivery of the first message changes nothing and does not rewrite the row
+    version = await row_version()
+    stats = await store.write([message("bus-6", first)])
+    assert stats.samples_inserted == 0
+    assert await kept() == [(cabin, 4, 7.0), (SOC, 12, 49.5), (SPEED, 10, 1.0)]
+    assert await row_version() == version
+
+
 async def test_migration_10_codes_the_stored_blocks_again(pg_schema: Database) -> None:
     # GIVEN a schema at version 9 holding a block (compressed on TimescaleDB) coded as 0009 coded it
     # (two signals, one scaled, one on the float path, seq out of time order), written with that
@@ -190,7 +229,8 @@ async def test_migration_10_codes_the_stored_blocks_again(pg_schema: Database) -
             b"SELECT get_byte(code, 4) | (get_byte(code, 5) << 8) FROM sample_blocks"
         )
         tick = await cur.fetchone()
-        # (and on to the latest: 0012 keeps each signal's latest sample, 0013 codes new blocks as runs)
+        # (and on to the latest: 0012 keeps each signal's latest sample, 0013 codes new blocks as runs,
+        # 0016 keeps them as one row per vehicle)
         await old.migrate()
         cur = await old.connection.execute(
             b"SELECT signal, seq, value FROM latest_samples WHERE vehicle_id = 'bus-5' ORDER BY signal"
