@@ -108,11 +108,12 @@ STORE_SAMPLES: Final = (
     # A staged sample that repeats a stored one is still a sample the bus sent, so every staged block
     # counts; the layout marked the group's latest per vehicle and signal (cloud/blocks.py,
     # group_latest). The vehicles' rows locked first keep other replicas off these rows; a row that
-    # comes out the same (a redelivery) is not written.
+    # comes out the same (a redelivery) is not written. The four arrays are built from the same rows,
+    # so element k of each is one sample whatever their order (by signal id, as the subquery sorts
+    # them: an ORDER BY in each aggregate sorted them four times more, 13 -> 9.7 ms a group).
     " latest AS (INSERT INTO latest_values AS l (vehicle_id, signals, ts, seq, value)"
     " SELECT t.vehicle_id, m.* FROM stage_latest AS t LEFT JOIN latest_values AS k USING (vehicle_id),"
-    " LATERAL (SELECT array_agg(signal_id ORDER BY signal_id), array_agg(ts ORDER BY signal_id),"
-    " array_agg(seq ORDER BY signal_id), array_agg(value ORDER BY signal_id)"
+    " LATERAL (SELECT array_agg(signal_id), array_agg(ts), array_agg(seq), array_agg(value)"
     " FROM (SELECT DISTINCT ON (signal_id) * FROM (SELECT * FROM unnest(t.signals, t.ts, t.seq, t.value)"
     " UNION ALL SELECT * FROM unnest(k.signals, k.ts, k.seq, k.value)) AS c(signal_id, ts, seq, value)"
     " ORDER BY signal_id, ts DESC, seq DESC) AS x) AS m"
@@ -276,6 +277,6 @@ async def stage_samples(cur: Cursor, laid_out: LaidOut) -> int:
 async def store_samples(cur: Cursor) -> int:
     """Insert the staged blocks (de-duplicated, see the module) and log their minute aggregates;
     return how many samples were inserted."""
-    await cur.execute(STORE_SAMPLES.encode())
+    await cur.execute(STORE_SAMPLES.encode(), prepare=True)  # planning it took ~3.5 ms a group
     row = await cur.fetchone()
     return int(str(row[0])) if row else 0

@@ -6,7 +6,7 @@
 -- (EXPLAIN ANALYZE of cloud/sample_store.py's statement on a group of bench/cloud_ingest.py's agent
 -- workload, 7,500 row updates). Now a vehicle's latest samples are one row, its signals side by side
 -- in arrays (element k of each is signal k's; `signals` holds the sample_signals ids of their float
--- paths, which stand for the names, ascending), and a write group updates one row per vehicle: it
+-- paths, which stand for the names), and a write group updates one row per vehicle: it
 -- merges the row with the group's latest samples (cloud/sample_store.py). The vehicle rows locked first
 -- in the write keep other replicas off the same rows.
 --
