@@ -1,6 +1,6 @@
 """The rows a write group stores besides its samples: predictions and alerts (staged by binary COPY,
 inserted keyed on (vehicle_id, seq, ts)), the ingest ledger, the vehicles (locked first: see
-cloud/store.py), their status and facts, and each vehicle's sample high-water marks."""
+cloud/store.py), their status and facts."""
 
 from __future__ import annotations
 
@@ -56,25 +56,6 @@ _UPDATE_VEHICLE_FACTS: Final = (
     "UPDATE vehicles SET vin = coalesce(%s, vin), battery_capacity_kwh = coalesce(%s, battery_capacity_kwh)"
     " WHERE vehicle_id = %s"
 )
-
-
-async def raise_high_water(cur: Cursor, batches: list[BatchMessage]) -> None:
-    """Each vehicle's highest stored seq and latest stored ts, past this group's samples."""
-    marks: dict[str, tuple[int, int]] = {}
-    for m in batches:
-        if len(m.samples):
-            seq, ts = int(m.samples.seq.max()), int(m.samples.ts_ms.max())
-            prior = marks.get(m.vehicle_id, (seq, ts))
-            marks[m.vehicle_id] = (max(seq, prior[0]), max(ts, prior[1]))
-    if marks:
-        vehicles = sorted(marks)  # the rows are locked already; sorted all the same
-        await cur.execute(
-            "UPDATE vehicles AS v SET max_sample_seq = greatest(v.max_sample_seq, m.seq),"
-            " max_sample_ts = greatest(v.max_sample_ts, " + TS + ")"
-            " FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) AS m(vehicle_id, seq, ts_ms)"
-            " WHERE v.vehicle_id = m.vehicle_id",
-            (vehicles, [marks[v][0] for v in vehicles], [marks[v][1] for v in vehicles]),
-        )
 
 
 async def stage_predictions(cur: Cursor, batches: list[BatchMessage]) -> int:

@@ -121,6 +121,11 @@ STORE_SAMPLES: Final = (
     " ON CONFLICT (vehicle_id) DO UPDATE SET signals = excluded.signals, ts = excluded.ts,"
     " seq = excluded.seq, value = excluded.value"
     " WHERE (l.signals, l.ts, l.seq) IS DISTINCT FROM (excluded.signals, excluded.ts, excluded.seq))"
+    # each vehicle's high-water marks past this group's samples (the `staged` check above read them
+    # before: every part of one statement sees the same snapshot)
+    ", marks AS (UPDATE vehicles AS v SET max_sample_seq = greatest(v.max_sample_seq, m.seq),"
+    " max_sample_ts = greatest(v.max_sample_ts, m.ts) FROM (SELECT vehicle_id, max(seq_max) AS seq,"
+    " max(ts_last) AS ts FROM stage_blocks GROUP BY vehicle_id) AS m WHERE v.vehicle_id = m.vehicle_id)"
     + _INSERTED_COUNT
 )
 
@@ -275,8 +280,9 @@ async def stage_samples(cur: Cursor, laid_out: LaidOut) -> int:
 
 
 async def store_samples(cur: Cursor) -> int:
-    """Insert the staged blocks (de-duplicated, see the module) and log their minute aggregates;
-    return how many samples were inserted."""
+    """Insert the staged blocks (de-duplicated, see the module), log their minute aggregates, keep
+    each vehicle's latest samples and raise its high-water marks; return how many samples were
+    inserted."""
     await cur.execute(STORE_SAMPLES.encode(), prepare=True)  # planning it took ~3.5 ms a group
     row = await cur.fetchone()
     return int(str(row[0])) if row else 0

@@ -400,7 +400,6 @@ class Store:
             stats.alerts_staged = await group_rows.stage_alerts(cur, batches)
             if stats.samples_staged:
                 stats.samples_inserted = await sample_store.store_samples(cur)
-                await group_rows.raise_high_water(cur, batches)
             if stats.predictions_staged:
                 await cur.execute(group_rows.INSERT_PREDICTIONS)
                 stats.predictions_inserted = max(cur.rowcount, 0)
