@@ -130,6 +130,19 @@ async def test_a_batch_is_stored_once_and_its_redelivery_changes_nothing(store: 
     assert await count(store, "SELECT count(*) FROM vehicles WHERE vehicle_id = 'bus-1'") == 1
 
 
+async def test_a_writer_that_learnt_the_catalog_lays_out_its_first_group_beforehand(store: Store) -> None:
+    # GIVEN a receiver's store on a schema that has never stored a sample
+    message = sample_batch("bus-9", 0, 30)
+    assert store.lay_out([message]) is None  # its signals have no ids yet: the write would learn them
+    # WHEN it registers the catalog's signals (as the receiver's writer does at start)
+    await store.learn_catalog_signals()
+    # THEN the first group is laid out without the database, and written as laid out
+    laid_out = store.lay_out([message])
+    assert laid_out is not None and laid_out.samples == 30
+    stats = await store.write([message], laid_out)
+    assert stats.samples_inserted == 30
+
+
 async def test_predictions_alerts_status_and_dead_letters_in_one_transaction(store: Store) -> None:
     batch = Batch(
         "bus-2",
