@@ -150,7 +150,6 @@ def block_rows(vehicles: Sequence[str], b: Blocks) -> bytes:
     blocks = len(b)
     n = b.stop - b.start
     stats = np.bincount(b.stat_block, minlength=blocks).astype(np.int64)
-    every = np.ones(len(b.stat_block), dtype=bool)
     return interleave(
         [
             field_count(16, blocks),
@@ -167,9 +166,9 @@ def block_rows(vehicles: Sequence[str], b: Blocks) -> bytes:
             *float8_arrays_or_null(b.exact, ~b.scaled, n),
             *int4_arrays(b.stat_signal, stats),
             *int4_arrays(b.stat_n.astype(np.int32), stats),
-            *float8_arrays_or_null(b.stat_total, every, stats),
-            *float8_arrays_or_null(b.stat_min, every, stats),
-            *float8_arrays_or_null(b.stat_max, every, stats),
+            *arrays(b.stat_total, ">f8", _OID_FLOAT8, stats),
+            *arrays(b.stat_min, ">f8", _OID_FLOAT8, stats),
+            *arrays(b.stat_max, ">f8", _OID_FLOAT8, stats),
         ],
         blocks,
     )
