@@ -108,6 +108,9 @@ def float8_arrays_or_null(
     """One float8[] per row, row r over the next n[r] values, its elements NULL where not `present`;
     NULL instead of an array for a row with no value present. Units of 4 bytes: a head is 6 (a NULL
     field 1), a value 3 (its length and 8 bytes), a NULL element 1 (its length, -1)."""
+    if not present.any():  # the usual `exact`: every sample on the scaled path, every row NULL
+        null = np.frombuffer(struct.pack(">i", -1), dtype=np.uint8)
+        return [(np.tile(null, (len(n), 1)), np.ones(len(n), dtype=np.int64))]
     row = np.repeat(np.arange(len(n)), n)
     has_array = np.bincount(row, weights=present, minlength=len(n)) > 0
     elements = np.empty(len(values), dtype=[("length", ">i4"), ("value", ">f8")])
