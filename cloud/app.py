@@ -37,7 +37,7 @@ from cloud import metrics
 from cloud.api import FleetViews
 from cloud.errors import RejectedDataError, StoreError
 from cloud.fleet_control import FleetControl, FleetLink
-from cloud.ingest import BatchMessage, DeadLetter, Ingested, ingest_message
+from cloud.ingest import BatchMessage, DeadLetter, Ingested, ingest_messages
 from cloud.kept_kpis import KeptDays
 from cloud.mqtt import InboundMessage, Inbox, MqttReceiver
 from cloud.sample_store import LaidOut
@@ -69,7 +69,7 @@ class Taken:
 
 
 def ingest_group(group: Sequence[InboundMessage], limits: IngestSettings) -> list[Ingested]:
-    return [ingest_message(m.topic, m.payload, m.received_at, limits) for m in group]
+    return ingest_messages([(m.topic, m.payload, m.received_at) for m in group], limits)
 
 
 def commit_acks_of(items: Sequence[Ingested]) -> list[tuple[str, CommitAck]]:

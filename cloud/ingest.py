@@ -1,6 +1,7 @@
 """The pure core of the receiver: one MQTT message in, one thing to store out.
 
-`ingest_message(topic, payload, received_at, limits)` never raises: a well-formed batch becomes a
+`ingest_message(topic, payload, received_at, limits)` never raises (nor does `ingest_messages`, the
+same for a group of messages, their batches decoded together): a well-formed batch becomes a
 `BatchMessage`, a status becomes a `StatusMessage`, and a message that cannot be split into records —
 a topic outside the scheme, a payload the wire format rejects, a vehicle id that disagrees with the
 topic, an oversized payload — becomes a `DeadLetter` carrying the reason and the raw bytes.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -41,6 +43,7 @@ from protocols.wire import (
     PredictionRecord,
     SampleColumns,
     decode_columnar_batch,
+    decode_columnar_batches,
     decode_status,
 )
 
@@ -153,6 +156,56 @@ Ingested = BatchMessage | StatusMessage | DeadLetter
 
 def ingest_message(topic: str, payload: bytes, received_at: datetime, limits: IngestSettings) -> Ingested:
     """Turn one received message into what the store writes. Never raises."""
+    screened = _screen(topic, payload, received_at, limits)
+    if not isinstance(screened, _Batch):
+        return screened
+    return screened.outcome(_decode_alone(payload), limits)
+
+
+def ingest_messages(
+    messages: Sequence[tuple[str, bytes, datetime]], limits: IngestSettings
+) -> list[Ingested]:
+    """`ingest_message` of each (topic, payload, received_at), the same results, with the batches among
+    them decoded together (`decode_columnar_batches`: a fraction of the CPU). Never raises."""
+    screened = [_screen(topic, payload, received_at, limits) for topic, payload, received_at in messages]
+    batches = [item for item in screened if isinstance(item, _Batch)]
+    decoded: Sequence[ColumnarBatch | Exception]
+    try:
+        decoded = decode_columnar_batches([item.payload for item in batches])
+    except Exception:  # a decoder bug: each payload alone, so that it costs only the one that provokes it
+        decoded = [_decode_alone(item.payload) for item in batches]
+    outcomes = iter([item.outcome(batch, limits) for item, batch in zip(batches, decoded, strict=True)])
+    return [next(outcomes) if isinstance(item, _Batch) else item for item in screened]
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """A telemetry or alerts message past its topic and size checks, its payload not yet decoded."""
+
+    topic: str
+    fleet: str
+    kind: TopicKind
+    vehicle: str
+    payload: bytes
+    received_at: datetime
+
+    def outcome(self, decoded: ColumnarBatch | Exception, limits: IngestSettings) -> Ingested:
+        """What the message becomes once `decoded` is its payload's batch, or what decoding it raised."""
+        topic, vehicle, payload, received_at = self.topic, self.vehicle, self.payload, self.received_at
+        if isinstance(decoded, WireError):
+            return _dead(topic, vehicle, f"malformed payload: {decoded}", payload, received_at)
+        if isinstance(decoded, Exception):  # a decoder bug must not stop the stream; the bytes are kept
+            reason = f"decoder failed: {type(decoded).__name__}: {decoded}"
+            return _dead(topic, vehicle, reason, payload, received_at)
+        if decoded.vehicle_id != vehicle:
+            reason = f"vehicle id {decoded.vehicle_id!r} in payload does not match topic vehicle {vehicle!r}"
+            return _dead(topic, vehicle, reason, payload, received_at)
+        good, refused = judge_records(decoded, *accepted_window_ms(received_at, limits))
+        return BatchMessage(topic, self.fleet, self.kind, good, received_at, len(payload), refused, payload)
+
+
+def _screen(topic: str, payload: bytes, received_at: datetime, limits: IngestSettings) -> Ingested | _Batch:
+    """A message as far as its topic and size tell: a status, a dead letter, or a batch to decode."""
     try:
         parts = parse_topic(topic)
     except TopicError as err:
@@ -165,17 +218,14 @@ def ingest_message(topic: str, payload: bytes, received_at: datetime, limits: In
         return _status(topic, parts.fleet, vehicle, payload, received_at)
     if parts.kind not in (TopicKind.TELEMETRY, TopicKind.ALERTS):
         return _dead(topic, vehicle, f"unexpected topic kind {parts.kind.value!r}", payload, received_at)
+    return _Batch(topic, parts.fleet, parts.kind, vehicle, payload, received_at)
+
+
+def _decode_alone(payload: bytes) -> ColumnarBatch | Exception:
     try:
-        batch = decode_columnar_batch(payload)
-    except WireError as err:
-        return _dead(topic, vehicle, f"malformed payload: {err}", payload, received_at)
-    except Exception as err:  # a decoder bug must not stop the stream; the bytes are kept to replay
-        return _dead(topic, vehicle, f"decoder failed: {type(err).__name__}: {err}", payload, received_at)
-    if batch.vehicle_id != vehicle:
-        reason = f"vehicle id {batch.vehicle_id!r} in payload does not match topic vehicle {vehicle!r}"
-        return _dead(topic, vehicle, reason, payload, received_at)
-    good, refused = judge_records(batch, *accepted_window_ms(received_at, limits))
-    return BatchMessage(topic, parts.fleet, parts.kind, good, received_at, len(payload), refused, payload)
+        return decode_columnar_batch(payload)
+    except Exception as err:  # WireError, or a decoder bug (`_Batch.outcome` tells them apart)
+        return err
 
 
 def accepted_window_ms(received_at: datetime, limits: IngestSettings) -> tuple[int, int]:

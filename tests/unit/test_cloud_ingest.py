@@ -1,9 +1,11 @@
-"""The pure ingest core: every message becomes a batch, a status or a dead letter; never a crash."""
+"""The pure ingest core: every message becomes a batch, a status or a dead letter; never a crash. A group
+of messages (`ingest_messages`) becomes exactly what its messages become one by one."""
 
 from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from unittest import mock
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,15 +13,25 @@ from hypothesis import strategies as st
 from cloud.ingest import (
     BatchMessage,
     DeadLetter,
+    Ingested,
     Refusal,
     RefusedRecord,
     StatusMessage,
     accepted_window_ms,
     ingest_message,
+    ingest_messages,
 )
 from cloud.settings import IngestSettings
-from protocols.topics import TopicKind, alerts_topic, status_topic, telemetry_topic
-from protocols.wire import AlertRecord, Batch, PredictionRecord, SampleRecord, encode_batch, encode_status
+from protocols.topics import TopicKind, alerts_topic, applied_topic, status_topic, telemetry_topic
+from protocols.wire import (
+    AlertRecord,
+    Batch,
+    PredictionRecord,
+    SampleRecord,
+    decode_columnar_batch,
+    encode_batch,
+    encode_status,
+)
 
 NOW = datetime(2024, 5, 14, 12, 0, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
@@ -281,3 +293,107 @@ def test_any_bytes_on_any_kind_never_raise(payload: bytes) -> None:
         assert isinstance(
             ingest_message(topic, payload, NOW, LIMITS), BatchMessage | StatusMessage | DeadLetter
         )
+
+
+# --- a group of messages -------------------------------------------------------------------------------
+
+
+def assert_same_ingested(got: Ingested, want: Ingested) -> None:
+    """Equal outcomes; a batch's columns compared bit for bit, records by repr (so NaN equals NaN)."""
+    assert type(got) is type(want)
+    if not isinstance(want, BatchMessage):
+        assert got == want
+        return
+    assert isinstance(got, BatchMessage)
+    fields = ("topic", "fleet", "kind", "received_at", "payload_bytes", "payload", "vehicle_id")
+    assert [getattr(got, f) for f in fields] == [getattr(want, f) for f in fields]
+    assert repr(got.refused) == repr(want.refused)
+    assert repr((got.batch.predictions, got.batch.alerts)) == repr(
+        (want.batch.predictions, want.batch.alerts)
+    )
+    assert got.samples.signals == want.samples.signals
+    for column in ("seq", "ts_ms", "signal_index", "value"):
+        a, b = getattr(got.samples, column), getattr(want.samples, column)
+        assert (a.dtype, a.tobytes()) == (b.dtype, b.tobytes()), column
+
+
+def one_by_one(messages: list[tuple[str, bytes, datetime]]) -> list[Ingested]:
+    return [ingest_message(topic, payload, received_at, LIMITS) for topic, payload, received_at in messages]
+
+
+def a_mixed_group() -> list[tuple[str, bytes, datetime]]:
+    topic = telemetry_topic("f1", "bus-1")
+    good = encode_batch(a_batch())
+    old_ms = NOW_MS - (LIMITS.max_sample_age_days + 1) * 86_400_000
+    specials = Batch(
+        "bus-1", tuple(SampleRecord(20 + i, NOW_MS, "Soc", v) for i, v in enumerate([1.5, math.nan]))
+    )
+    return [
+        (topic, good, NOW),
+        (alerts_topic("f1", "bus-1"), good, NOW),
+        (topic, encode_batch(a_batch("bus-2")), NOW),  # a spoofed vehicle id
+        (topic, good[:-1], NOW),  # truncated
+        (topic, b"\x00garbage\xff", NOW),
+        (topic, encode_batch(a_batch(ts_ms=old_ms)), NOW),  # every record refused: too old
+        (topic, encode_batch(specials, {"Soc": 0.5}), NOW),  # one sample refused: NaN
+        (telemetry_topic("f1", "bus-3"), encode_batch(a_batch("bus-3")), NOW + timedelta(days=400)),
+        (topic, encode_batch(Batch("bus-1")), NOW),  # nothing in it
+        (status_topic("f1", "bus-1"), encode_status("online", NOW_MS), NOW),
+        (status_topic("f1", "bus-1"), b"", NOW),
+        (status_topic("f1", "bus-1"), b"not json", NOW),
+        (applied_topic("f1", "bus-1"), good, NOW),  # not a kind the receiver stores
+        ("not/a/voltgate/topic", good, NOW),
+        (topic, b"x" * (LIMITS.max_payload_bytes + 1), NOW),
+        (topic, good, NOW),
+    ]
+
+
+def test_a_group_ingests_as_its_messages_one_by_one() -> None:
+    messages = a_mixed_group()
+    got = ingest_messages(messages, LIMITS)
+    want = one_by_one(messages)
+    assert len(got) == len(messages)
+    for item, expected in zip(got, want, strict=True):
+        assert_same_ingested(item, expected)
+    # the group covers every outcome
+    assert [type(item).__name__[0] for item in want] == list("BBDDDBBBBSSDDDDB")
+    assert [len(item.refused) for item in want if isinstance(item, BatchMessage)] == [0, 0, 4, 1, 4, 0, 0]
+    assert ingest_messages([], LIMITS) == []
+
+
+def test_a_decoder_failure_costs_only_its_message() -> None:
+    # GIVEN a decoder bug (simulated: the real decoder has none we know of) that raises on one payload
+    messages = a_mixed_group()
+    poisoned = messages[6][1]
+
+    def buggy(payload: bytes) -> object:
+        if payload == poisoned:
+            raise ZeroDivisionError("bug")
+        return decode_columnar_batch(payload)
+
+    def buggy_group(payloads: list[bytes]) -> object:
+        raise ZeroDivisionError("bug")
+
+    with (
+        mock.patch("cloud.ingest.decode_columnar_batch", buggy),
+        mock.patch("cloud.ingest.decode_columnar_batches", buggy_group),
+    ):
+        got = ingest_messages(messages, LIMITS)
+        want = one_by_one(messages)
+    for item, expected in zip(got, want, strict=True):
+        assert_same_ingested(item, expected)
+    assert isinstance(got[6], DeadLetter)
+    assert got[6].reason == "decoder failed: ZeroDivisionError: bug"
+    assert isinstance(got[0], BatchMessage)
+
+
+@given(st.lists(mixed_batches(), max_size=4), st.booleans())
+def test_any_mix_of_batches_ingests_as_one_by_one(
+    cases: list[tuple[Batch, set[int]]], quantized: bool
+) -> None:
+    messages = []
+    for batch, _ in cases:
+        quanta = {s.signal: 0.5 for s in batch.samples} if quantized else None
+        messages.append((telemetry_topic("f1", "bus-1"), encode_batch(batch, quanta, level=1), NOW))
+    for item, expected in zip(ingest_messages(messages, LIMITS), one_by_one(messages), strict=True):
+        assert_same_ingested(item, expected)
