@@ -72,6 +72,7 @@ async def test_migrations_are_idempotent_and_recorded(pg_schema: Database) -> No
             (13, "any"),
             (14, "any"),
             (15, "any"),
+            (17, "any"),
         ]
     finally:
         await store.close()
