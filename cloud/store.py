@@ -12,10 +12,11 @@ letters (whole messages, and one row per message for its records refused one by 
 cloud/dead_letters.py), vehicles and status are written in the same transaction. Only after COMMIT
 returns may the caller acknowledge the messages. The minute aggregates of the samples actually
 inserted are logged in the same statement (both flavours; one rollup_block_log row per block inserted
-whole, rollup_log rows for merged ones: cloud/sql/0013_block_rollup_log.sql), for `refresh_rollups` to
-add into the hour and day tables; until then the views `samples_1h` and `samples_1d` add the logs to
-them (cloud/sql/0007_current_rollups.native.sql). This module keeps the connection, the transaction
-and the maintenance (partitions, retention, rollup refresh, kept KPIs, dead-letter pruning).
+whole, rollup_log rows for merged ones: cloud/sql/0014_block_rollup_log.sql), for `refresh_rollups` to
+add into the hour and day tables (cloud/rollups.py); until then the views `samples_1h` and
+`samples_1d` add the logs to them (cloud/sql/0007_current_rollups.native.sql). This module keeps the
+connection, the transaction and the maintenance (partitions, retention, rollup refresh, kept KPIs,
+dead-letter pruning).
 
 Data of any age the receiver accepts lands (a bus back after weeks offline): on the native flavour
 each write first creates the daily partitions its samples need (`_partitions_needed`), past days
@@ -33,9 +34,8 @@ from typing import Final, Self
 
 import numpy as np
 import psycopg
-from psycopg import sql
 
-from cloud import dead_letters, group_rows, kept_kpis, metrics, sample_store, schema
+from cloud import dead_letters, group_rows, kept_kpis, metrics, rollups, sample_store, schema
 from cloud.errors import RejectedDataError, StoreError
 from cloud.ingest import BatchMessage, DeadLetter, Ingested, StatusMessage
 from cloud.schema import Flavour
@@ -48,45 +48,6 @@ Connection = psycopg.AsyncConnection[tuple[object, ...]]
 _STAGING_DDL: Final = (*sample_store.STAGING_DDL, *group_rows.STAGING_DDL)
 
 
-def _bucketed(source: str, width: str) -> str:
-    """Aggregates `source` summed into buckets `width` wide (n, sum, min and max re-aggregate exactly;
-    a minute never straddles an hour, an hour never a day)."""
-    return (
-        f"SELECT vehicle_id, signal, date_bin(interval '{width}', bucket, timestamptz 'epoch') AS bucket,"
-        " sum(n)::bigint AS n, sum(total) AS total, min(min_value) AS min_value,"
-        f" max(max_value) AS max_value FROM {source} GROUP BY 1, 2, 3"
-    )
-
-
-def _add_into(name: str, source: str) -> str:
-    """Add the aggregates `source` (one row per vehicle, signal and bucket) into one rollup table: the
-    buckets it holds updated, the others inserted. Only the refresh writes the rollup tables, one
-    refresh at a time (under `_ROLLUP_LOCK`), so no row appears between the two."""
-    return (
-        f"{name}_updated AS (UPDATE {name} AS r SET n = r.n + a.n, total = r.total + a.total,"
-        " min_value = least(r.min_value, a.min_value), max_value = greatest(r.max_value, a.max_value)"
-        f" FROM {source} AS a WHERE (r.vehicle_id, r.signal, r.bucket) = (a.vehicle_id, a.signal, a.bucket)),"
-        f" {name}_inserted AS (INSERT INTO {name} (vehicle_id, signal, bucket, n, total, min_value,"
-        f" max_value) SELECT * FROM {source} AS a WHERE NOT EXISTS (SELECT 1 FROM {name} AS r"
-        " WHERE (r.vehicle_id, r.signal, r.bucket) = (a.vehicle_id, a.signal, a.bucket)))"
-    )
-
-
-# One refresh: take the logged minute aggregates out of both logs (0014_block_rollup_log.sql), sum
-# them into hours `h` and those into days `d`, and add each into its rollup table.
-_REFRESH_ROLLUPS: Final = sql.SQL(
-    "WITH logged AS (DELETE FROM rollup_log RETURNING *),"
-    " blocks AS (DELETE FROM rollup_block_log RETURNING *),"
-    " m AS (SELECT vehicle_id, signal, bucket, n, total, min_value, max_value FROM logged UNION ALL"
-    " SELECT b.vehicle_id, d.name, b.minute, u.n, u.total, u.min_value, u.max_value FROM blocks AS b,"
-    " unnest(b.signals, b.n, b.total, b.min_value, b.max_value)"
-    " AS u(signal_id, n, total, min_value, max_value) JOIN sample_signals AS d ON d.id = u.signal_id),"
-    f" h AS ({_bucketed('m', '1 hour')}), d AS ({_bucketed('h', '1 day')}), "
-    + _add_into("rollup_1h", "h")
-    + ", "
-    + _add_into("rollup_1d", "d")
-    + " SELECT count(*) FROM m"
-)
 _ROLLUP_LOCK: Final = "SELECT pg_try_advisory_xact_lock(hashtextextended('voltgate-cloud:rollups:' || %s, 0))"
 
 # Every write marks the bus-days (in the kept time zone) of its samples and alerts as pending; one for
@@ -308,9 +269,7 @@ class Store:
                 row = await cur.fetchone()
                 if not row or not row[0]:
                     return None
-                await cur.execute(_REFRESH_ROLLUPS)
-                row = await cur.fetchone()
-                return int(str(row[0])) if row else 0
+                return await rollups.refresh(cur)
         except psycopg.Error as err:
             raise StoreError(f"rollup refresh failed: {_first_line(err)}") from err
 
