@@ -13,12 +13,15 @@ The group never relaxes a check; it only tells the bad payloads apart from the g
 from __future__ import annotations
 
 import itertools
+import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
+import zstandard
 
 from protocols.errors import WireError
 from protocols.wire_decode import (
@@ -40,14 +43,13 @@ from protocols.wire_layout import (
     MAX_SIGNALS,
     MAX_STEP,
     MAX_TS_STEP,
+    WIDTHS,
     FloatArray,
     IntArray,
-    column_parts,
-    column_shape,
 )
 from protocols.wire_records import AlertRecord, ColumnarBatch, PredictionRecord, SampleColumns
 
-PASS_SAMPLES: Final = 32_768
+PASS_SAMPLES: Final = 16_384
 """Samples worked out in one numeric pass: the group's columns are cut into passes of about this many, so
 its arrays stay small enough for the CPU's caches and the allocator's free lists."""
 
@@ -81,9 +83,10 @@ def decode_columnar_batches(payloads: Sequence[bytes]) -> list[ColumnarBatch | W
     """Per payload, what `decode_columnar_batch` returns for it alone, or the `WireError` it raises."""
     results: list[ColumnarBatch | WireError | None] = [None] * len(payloads)
     read: dict[int, _Message] = {}
+    decompressors: dict[int, zstandard.ZstdDecompressor] = {}
     for i, payload in enumerate(payloads):
         try:
-            read[i] = _read(payload)
+            read[i] = _read(payload, decompressors)
         except WireError:
             results[i] = _alone(payload)
     for part in _passes(list(read), read):
@@ -132,9 +135,9 @@ def _alone(payload: bytes) -> ColumnarBatch | WireError:
         return err
 
 
-def _read(payload: bytes) -> _Message:
+def _read(payload: bytes, decompressors: dict[int, zstandard.ZstdDecompressor]) -> _Message:
     """A payload's structure, as `decode_columnar_batch` checks it (the messages may differ)."""
-    body, codebook = read_body(payload)
+    body, codebook = read_body(payload, decompressors)
     vehicle, samples, predictions, alerts = wire_list(body, "body", 4)
     vehicle_id = vehicle_field(vehicle)
     parts = wire_list(samples, "samples", 10)
@@ -153,15 +156,15 @@ def _read(payload: bytes) -> _Message:
         seq_first=wire_int(parts[1], 0, MAX_SEQ, "first seq"),
         ts_base=wire_int(parts[3], -MAX_ABS_TS_MS, MAX_ABS_TS_MS, "ts base"),
         names=names,
-        quanta=table_quanta(distinct),
-        quantum_index=column_parts(quantum_index, m, "quantum index"),
-        bases=column_parts(bases, m, "bases"),
-        counts=column_parts(parts[5], m, "counts"),
-        first_ts=column_parts(parts[6], m, "first ts"),
-        ts_deltas=column_parts(parts[7], n - m, "ts deltas"),
-        value_deltas=column_shape(parts[8], "value deltas"),
+        quanta=_table_quanta(distinct),
+        quantum_index=_column(quantum_index, m),
+        bases=_column(bases, m),
+        counts=_column(parts[5], m),
+        first_ts=_column(parts[6], m),
+        ts_deltas=_column(parts[7], n - m),
+        value_deltas=_column(parts[8], None),
         exact=exact,
-        seq_steps=column_parts(parts[2], max(n - 1, 0), "seq steps"),
+        seq_steps=_column(parts[2], max(n - 1, 0)),
         predictions=decode_predictions(predictions),
         alerts=decode_alerts(alerts),
     )
@@ -177,6 +180,33 @@ def _table_names(code_steps: object, spelled: object, codebook: Codebook) -> tup
     if min(code_steps) < 0 or codes[-1] >= len(codebook.names) or len(codes) > MAX_SIGNALS:
         raise WireError("code steps out of range")
     return tuple(map(codebook.names.__getitem__, codes))
+
+
+def _table_quanta(distinct: object) -> list[float]:
+    """`wire_decode.table_quanta`, its checks done a list at a time."""
+    if not isinstance(distinct, list) or not set(map(type, distinct)) <= {float}:
+        return table_quanta(distinct)
+    if distinct and (
+        not all(map(math.isfinite, distinct))
+        or distinct[0] <= 0
+        or any(map(operator.ge, distinct, distinct[1:]))
+    ):
+        raise WireError("quanta must be finite, positive and ascending")
+    return distinct
+
+
+def _column(value: object, n: int | None) -> _Column:
+    """`wire_layout.column_parts` (`column_shape` when `n` is None) in one expression."""
+    if (
+        type(value) is list
+        and len(value) == 2
+        and type(value[0]) is int
+        and value[0] in WIDTHS
+        and type(value[1]) is bytes
+        and (n is None or len(value[1]) == n * value[0])
+    ):
+        return value[0], value[1]
+    raise WireError("bad column")
 
 
 def _decode_samples(group: list[_Message]) -> list[SampleColumns] | set[int]:
@@ -328,7 +358,7 @@ def _running_by_signal(
     lasts = firsts + np.add.reduceat(steps, starts)  # each signal's last element
     steps[starts] = firsts
     steps[starts[1:]] -= lasts[:-1]
-    result: IntArray = np.cumsum(steps)
+    result: IntArray = np.cumsum(steps, out=steps)
     if (deltas.size and (int(deltas.max()) > delta_bound or int(deltas.min()) < -delta_bound)) or (
         int(result.max()) > bound or int(result.min()) < -bound
     ):
