@@ -134,16 +134,26 @@ def test_extremes_of_every_range() -> None:
 
 
 def test_a_group_too_wide_for_one_sort_key() -> None:
-    # GIVEN a batch of 600 signals with timestamps from -MAX to +MAX: (2**54 ms) x 600 positions do not
-    # fit one int64, so the group sorts by message, timestamp and signal as three keys
-    samples = tuple(
-        SampleRecord(i, MAX_ABS_TS_MS if i % 2 else -MAX_ABS_TS_MS, f"signal-{i}", float(i))
-        for i in range(600)
-    )
-    wide = encode_batch(Batch("bus-1", samples))
-    decoded = assert_decodes_as_alone([GOOD[1], wide, GOOD[3]])
-    assert isinstance(decoded[1], ColumnarBatch)
-    assert len(decoded[1].samples) == 600
+    # GIVEN 520 batches each with samples at -MAX and +MAX ms: their 2**54 ms each do not fit one int64
+    # key side by side, so the group sorts by message and timestamp as two keys
+    payloads = [
+        encode_batch(
+            Batch(
+                "bus-1",
+                (
+                    SampleRecord(2 * i, MAX_ABS_TS_MS, "a", 1.0),
+                    SampleRecord(2 * i + 1, -MAX_ABS_TS_MS, "a", 2.0),
+                ),
+            )
+        )
+        for i in range(520)
+    ]
+    group = [GOOD[1], *payloads, GOOD[3]]
+    with mock.patch.object(np, "lexsort", wraps=np.lexsort) as lexsort:
+        decoded = decode_columnar_batches(group)
+    assert lexsort.call_count == 1  # the per-message decoder, which always uses it, did not run
+    for got, payload in zip(decoded, group, strict=True):
+        assert_same(got, alone(payload))
 
 
 @settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
