@@ -28,6 +28,7 @@ from protocols.wire import (
     decode_columnar_batches,
     encode_batch,
 )
+from protocols.wire_dict import CODEBOOKS, CURRENT
 from tests.unit import test_wire as cases  # the generators and hand-built payloads of the wire tests
 
 T0_MS = cases.T0_MS
@@ -198,6 +199,46 @@ def test_every_malformed_body_is_refused_as_alone() -> None:
 def test_each_malformed_body_alone_in_a_group(name: str) -> None:
     decoded = assert_decodes_as_alone([GOOD[1], cases.payload_of(cases.MALFORMED_BODIES[name]), GOOD[3]])
     assert isinstance(decoded[1], WireError)
+
+
+@settings(max_examples=500)
+@given(path=st.sampled_from(cases.GOLDEN_PATHS), value=cases.msgpack_values)
+def test_any_part_of_a_body_replaced_decodes_as_alone(path: tuple[int, ...], value: object) -> None:
+    # GIVEN the golden body with any part replaced by any msgpack value, between good payloads
+    assert_decodes_as_alone([GOOD[1], cases.payload_of(cases.body_with(path, value)), GOOD[0]])
+
+
+def with_table(payload: bytes, part: int, value: object) -> bytes:
+    """`payload` rebuilt with part `part` of its signal table replaced."""
+    body = cases.body_of(payload)
+    body[1][4][part] = value
+    return cases.payload_of(body)
+
+
+def test_tables_of_codes_alone_and_their_quanta() -> None:
+    # GIVEN signals of the codebook only (no name spelled out: the group reader's quick path), two
+    # quanta, and their code steps or quanta made wrong in every way the per-message checks refuse
+    names = CODEBOOKS[CURRENT].names
+    samples = (SampleRecord(1, T0_MS, names[3], 1.0), SampleRecord(2, T0_MS, names[5], 2.0))
+    payload = encode_batch(Batch("bus-1", samples), {names[3]: 0.5, names[5]: 0.25})
+    assert cases.body_of(payload)[1][4][:3] == [[3, 1], [], [0.25, 0.5]]
+    wrong_steps = (
+        [-1, 1],
+        [3, -1],
+        [True, 1],
+        [3, len(names)],
+        [3.0, 1],
+        [3, 2**64 - 1],
+        [len(names) - 1, 0],
+    )
+    bad = [with_table(payload, 0, steps) for steps in wrong_steps]
+    bad += [with_table(payload, 2, quanta) for quanta in ([0.5, 0.25], [0.25, 0.25], [-0.25, 0.5], [0.25, 1])]
+    bad += [with_table(payload, 2, [0.25, math.nan]), with_table(payload, 2, [0.25, math.inf])]
+    good = [payload, with_table(payload, 0, [3, 2]), with_table(payload, 2, [0.125, 0.5])]
+    decoded = assert_decodes_as_alone(interleaved(bad + good))
+    assert [isinstance(decoded[len(GOOD) + 2 * k], WireError) for k in range(len(bad) + len(good))] == [
+        True
+    ] * len(bad) + [False] * len(good)
 
 
 def test_truncations_bit_flips_and_non_bytes_among_good_payloads() -> None:
