@@ -48,7 +48,11 @@ _MAX_WINDOW_BYTES: Final = MAX_BODY_BYTES
 _T = TypeVar("_T")
 
 
-def read_body(payload: object) -> tuple[object, Codebook]:
+def read_body(
+    payload: object, decompressors: dict[int, zstandard.ZstdDecompressor] | None = None
+) -> tuple[object, Codebook]:
+    """The msgpack body of a payload and its codebook. `decompressors` (by codebook id) keeps the
+    decompressors for the next payloads of one thread (creating one loads its dictionary)."""
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise WireError(f"payload must be bytes, not {type(payload).__name__}")
     data = bytes(payload)
@@ -70,10 +74,14 @@ def read_body(payload: object) -> tuple[object, Codebook]:
             raise WireError(f"body declares {params.content_size} bytes, over MAX_BODY_BYTES")
         if not params.has_checksum:
             raise WireError("body frame without checksum")
-        decompressor = zstandard.ZstdDecompressor(
-            dict_data=codebook.zstd_dict, max_window_size=_MAX_WINDOW_BYTES
-        )
+        decompressor = None if decompressors is None else decompressors.get(codebook.id)
+        if decompressor is None:
+            decompressor = zstandard.ZstdDecompressor(
+                dict_data=codebook.zstd_dict, max_window_size=_MAX_WINDOW_BYTES
+            )
         body = decompressor.decompress(frame, max_output_size=MAX_BODY_BYTES, allow_extra_data=False)
+        if decompressors is not None:
+            decompressors[codebook.id] = decompressor
     except zstandard.ZstdError as err:
         raise WireError(f"corrupt body: {err}") from err
     if len(body) != params.content_size:

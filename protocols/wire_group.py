@@ -13,12 +13,15 @@ The group never relaxes a check; it only tells the bad payloads apart from the g
 from __future__ import annotations
 
 import itertools
+import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
+import zstandard
 
 from protocols.errors import WireError
 from protocols.wire_decode import (
@@ -40,14 +43,13 @@ from protocols.wire_layout import (
     MAX_SIGNALS,
     MAX_STEP,
     MAX_TS_STEP,
+    WIDTHS,
     FloatArray,
     IntArray,
-    column_parts,
-    column_shape,
 )
 from protocols.wire_records import AlertRecord, ColumnarBatch, PredictionRecord, SampleColumns
 
-PASS_SAMPLES: Final = 32_768
+PASS_SAMPLES: Final = 16_384
 """Samples worked out in one numeric pass: the group's columns are cut into passes of about this many, so
 its arrays stay small enough for the CPU's caches and the allocator's free lists."""
 
@@ -55,7 +57,7 @@ _BoolArray = npt.NDArray[np.bool_]
 _Column = tuple[int, bytes]  # [width, planes] of an integer column
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a tenth of reading a payload
 class _Message:
     """One payload read for its structure; the columns still as planes."""
 
@@ -81,9 +83,10 @@ def decode_columnar_batches(payloads: Sequence[bytes]) -> list[ColumnarBatch | W
     """Per payload, what `decode_columnar_batch` returns for it alone, or the `WireError` it raises."""
     results: list[ColumnarBatch | WireError | None] = [None] * len(payloads)
     read: dict[int, _Message] = {}
+    decompressors: dict[int, zstandard.ZstdDecompressor] = {}
     for i, payload in enumerate(payloads):
         try:
-            read[i] = _read(payload)
+            read[i] = _read(payload, decompressors)
         except WireError:
             results[i] = _alone(payload)
     for part in _passes(list(read), read):
@@ -132,9 +135,9 @@ def _alone(payload: bytes) -> ColumnarBatch | WireError:
         return err
 
 
-def _read(payload: bytes) -> _Message:
+def _read(payload: bytes, decompressors: dict[int, zstandard.ZstdDecompressor]) -> _Message:
     """A payload's structure, as `decode_columnar_batch` checks it (the messages may differ)."""
-    body, codebook = read_body(payload)
+    body, codebook = read_body(payload, decompressors)
     vehicle, samples, predictions, alerts = wire_list(body, "body", 4)
     vehicle_id = vehicle_field(vehicle)
     parts = wire_list(samples, "samples", 10)
@@ -153,15 +156,15 @@ def _read(payload: bytes) -> _Message:
         seq_first=wire_int(parts[1], 0, MAX_SEQ, "first seq"),
         ts_base=wire_int(parts[3], -MAX_ABS_TS_MS, MAX_ABS_TS_MS, "ts base"),
         names=names,
-        quanta=table_quanta(distinct),
-        quantum_index=column_parts(quantum_index, m, "quantum index"),
-        bases=column_parts(bases, m, "bases"),
-        counts=column_parts(parts[5], m, "counts"),
-        first_ts=column_parts(parts[6], m, "first ts"),
-        ts_deltas=column_parts(parts[7], n - m, "ts deltas"),
-        value_deltas=column_shape(parts[8], "value deltas"),
+        quanta=_table_quanta(distinct),
+        quantum_index=_column(quantum_index, m),
+        bases=_column(bases, m),
+        counts=_column(parts[5], m),
+        first_ts=_column(parts[6], m),
+        ts_deltas=_column(parts[7], n - m),
+        value_deltas=_column(parts[8], None),
         exact=exact,
-        seq_steps=column_parts(parts[2], max(n - 1, 0), "seq steps"),
+        seq_steps=_column(parts[2], max(n - 1, 0)),
         predictions=decode_predictions(predictions),
         alerts=decode_alerts(alerts),
     )
@@ -177,6 +180,33 @@ def _table_names(code_steps: object, spelled: object, codebook: Codebook) -> tup
     if min(code_steps) < 0 or codes[-1] >= len(codebook.names) or len(codes) > MAX_SIGNALS:
         raise WireError("code steps out of range")
     return tuple(map(codebook.names.__getitem__, codes))
+
+
+def _table_quanta(distinct: object) -> list[float]:
+    """`wire_decode.table_quanta`, its checks done a list at a time."""
+    if not isinstance(distinct, list) or not set(map(type, distinct)) <= {float}:
+        return table_quanta(distinct)
+    if distinct and (
+        not all(map(math.isfinite, distinct))
+        or distinct[0] <= 0
+        or any(map(operator.ge, distinct, distinct[1:]))
+    ):
+        raise WireError("quanta must be finite, positive and ascending")
+    return distinct
+
+
+def _column(value: object, n: int | None) -> _Column:
+    """`wire_layout.column_parts` (`column_shape` when `n` is None) in one expression."""
+    if (
+        type(value) is list
+        and len(value) == 2
+        and type(value[0]) is int
+        and value[0] in WIDTHS
+        and type(value[1]) is bytes
+        and (n is None or len(value[1]) == n * value[0])
+    ):
+        return value[0], value[1]
+    raise WireError("bad column")
 
 
 def _decode_samples(group: list[_Message]) -> list[SampleColumns] | set[int]:
@@ -250,42 +280,47 @@ def _decode_samples(group: list[_Message]) -> list[SampleColumns] | set[int]:
     slopes, out_of_range = _running_by_signal(zeros, value_deltas, quantized_counts, 2 * MAX_STEP, MAX_STEP)
     if out_of_range is not None:
         return _messages_at(out_of_range, n_quantized)
-    later = np.ones(slopes.size, dtype=bool)
-    later[np.cumsum(quantized_counts) - quantized_counts] = False
-    steps, out_of_range = _running_by_signal(
-        bases[quantized], slopes[later], quantized_counts, MAX_STEP, MAX_ABS_QUANTUM_STEPS
-    )
+    # slopes are 0 at each signal's first: the steps of the next running sum as they stand (each within
+    # ±MAX_STEP, checked above)
+    steps, out_of_range = _running_sums(bases[quantized], slopes, quantized_counts, MAX_ABS_QUANTUM_STEPS)
     if out_of_range is not None:
         return _messages_at(out_of_range, n_quantized)
     with np.errstate(all="ignore"):
         scaled = steps.astype(np.float64) * np.repeat(quanta[quantized], quantized_counts)
     if not (finite := np.isfinite(scaled)).all():
         return _messages_at(~finite, n_quantized)
-    values = np.empty(stamps.size, dtype=np.float64)
-    quantized_rows = np.repeat(quantized, counts_i)
-    values[quantized_rows] = scaled
-    values[~quantized_rows] = exact
+    if not exact.size:
+        values = scaled
+    elif not scaled.size:
+        values = exact
+    else:
+        values = np.empty(stamps.size, dtype=np.float64)
+        quantized_rows = np.repeat(quantized, counts_i)
+        values[quantized_rows] = scaled
+        values[~quantized_rows] = exact
 
     # Sequence numbers along each message's canonical order, then its samples in seq order.
-    first_signal = np.cumsum(m_of) - m_of
-    signal = np.repeat((np.arange(m_of.sum()) - np.repeat(first_signal, m_of)).astype(np.int32), counts_i)
-    canonical = _order_by_message(stamps, n_of, m_of, signal)
+    # The samples are in table order within each message: a stable sort by timestamp is its canonical order.
+    canonical = _order_by_message(stamps, n_of)
     seq_steps = _join_columns([message.seq_steps for message in group], np.maximum(n_of - 1, 0), signed=True)
-    if (bad := (seq_steps > MAX_SEQ) | (seq_steps < -MAX_SEQ - 1)).any():
+    if seq_steps.size and (int(seq_steps.max()) > MAX_SEQ or int(seq_steps.min()) < -MAX_SEQ - 1):
+        bad = (seq_steps > MAX_SEQ) | (seq_steps < -MAX_SEQ - 1)
         return _messages_at(bad, np.maximum(n_of - 1, 0))
     runs = n_of[n_of > 0]  # one run through each message's samples
     firsts = np.array([message.seq_first for message in group if message.n], dtype=np.int64)
     seqs, out_of_range = _running_by_signal(firsts, seq_steps + 1, runs, MAX_SEQ + 1, MAX_SEQ)
     if out_of_range is not None:
         return _messages_at(out_of_range, n_of)
-    if (negative := seqs < 0).any():
-        return _messages_at(negative, n_of)
+    if seqs.size and int(seqs.min()) < 0:
+        return _messages_at(seqs < 0, n_of)
     order = canonical
     if seq_steps.size and int(seq_steps.min()) < 0:  # seq does not follow the canonical order
         by_seq = _order_by_message(seqs, n_of)  # nearly in order already: a quick sort
         order, seqs = canonical[by_seq], seqs[by_seq]
         if duplicates := _duplicates(seqs, n_of):
             return duplicates
+    first_signal = np.cumsum(m_of) - m_of
+    signal = np.repeat((np.arange(m_of.sum()) - np.repeat(first_signal, m_of)).astype(np.int32), counts_i)
     stamps, signal, values = stamps[order], signal[order], values[order]
     bounds = list(itertools.accumulate(ns, initial=0))
     return [
@@ -314,59 +349,63 @@ def _running_by_signal(
     firsts: IntArray, deltas: IntArray, counts: IntArray, delta_bound: int, bound: int
 ) -> tuple[IntArray, _BoolArray | None]:
     """`wire_layout.running_by_signal` over a group, the firsts already checked within ±bound; with the
-    elements out of range (or whose delta is), or None.
-
-    One cumulative sum, each signal's first element stepping from the previous signal's last to its own
-    first: exact modulo 2**64, so exact within ±bound by the same argument as there, signal by signal."""
+    elements out of range (or whose delta is), or None."""
     later = np.ones(int(counts.sum()), dtype=bool)
-    starts = np.cumsum(counts) - counts
-    later[starts] = False
+    later[np.cumsum(counts) - counts] = False
     steps = np.zeros(later.size, dtype=np.int64)
     steps[later] = deltas
+    result, bad = _running_sums(firsts, steps, counts, bound)
+    if deltas.size and (int(deltas.max()) > delta_bound or int(deltas.min()) < -delta_bound):
+        bad = np.zeros(result.size, dtype=bool) if bad is None else bad
+        bad[later] |= (deltas > delta_bound) | (deltas < -delta_bound)
+    return result, bad
+
+
+def _running_sums(
+    firsts: IntArray, steps: IntArray, counts: IntArray, bound: int
+) -> tuple[IntArray, _BoolArray | None]:
+    """Signal after signal (`counts[k]` elements each, every count >= 1), `firsts[k]` then the running
+    sum of its `steps` after the first (`steps` is 0 at each first, and becomes the result); with the
+    elements out of ±bound, or None.
+
+    One cumulative sum, each signal's first element stepping from the previous signal's last to its own
+    first: exact modulo 2**64, so exact within ±bound when each step is (`running_by_signal`)."""
     if not steps.size:
         return steps, None
+    starts = np.cumsum(counts) - counts
     lasts = firsts + np.add.reduceat(steps, starts)  # each signal's last element
     steps[starts] = firsts
     steps[starts[1:]] -= lasts[:-1]
-    result: IntArray = np.cumsum(steps)
-    if (deltas.size and (int(deltas.max()) > delta_bound or int(deltas.min()) < -delta_bound)) or (
-        int(result.max()) > bound or int(result.min()) < -bound
-    ):
-        bad = (result > bound) | (result < -bound)
-        bad[later] |= (deltas > delta_bound) | (deltas < -delta_bound)
-        return result, bad
+    result: IntArray = np.cumsum(steps, out=steps)
+    if int(result.max()) > bound or int(result.min()) < -bound:
+        return result, (result > bound) | (result < -bound)
     return result, None
 
 
-def _order_by_message(
-    key: IntArray, n_of: IntArray, m_of: IntArray | None = None, signal: npt.NDArray[np.int32] | None = None
-) -> IntArray:
-    """Per message (its `n_of[i]` elements in a row), the stable order of its elements by `key`, then
-    by `signal` (a position in the message's table of `m_of[i]` signals) when given: one sort of one
-    int64 key over the group, each message's elements staying in its place."""
+def _order_by_message(key: IntArray, n_of: IntArray) -> IntArray:
+    """Per message (its `n_of[i]` elements in a row), the stable order of its elements by `key`: one
+    sort of one int64 key over the group, each message's elements staying in its place."""
     runs = n_of[n_of > 0]
     if not runs.size:
         return np.zeros(0, dtype=np.int64)
     starts = np.cumsum(runs) - runs
     lows = np.minimum.reduceat(key, starts).tolist()
     highs = np.maximum.reduceat(key, starts).tolist()
-    width = 1 if m_of is None else max(int(m_of.max()), 1)
     offsets = list(
-        itertools.accumulate(
-            ((high - low + 1) * width for low, high in zip(lows, highs, strict=True)), initial=0
-        )
+        itertools.accumulate((high - low + 1 for low, high in zip(lows, highs, strict=True)), initial=0)
     )
     if offsets[-1] >= 2**63:  # too wide for one int64 key
-        keys = (key,) if signal is None else (signal, key)
-        return np.lexsort((*keys, np.repeat(np.arange(runs.size), runs)))
-    # offset + (key - low) * width, in int64 arithmetic that may wrap before it lands within [0, 2**63)
-    shifts = [
-        (offset - low * width + 2**63) % 2**64 - 2**63 for offset, low in zip(offsets[:-1], lows, strict=True)
-    ]
-    combined = key * width + np.repeat(np.array(shifts, dtype=np.int64), runs)
-    if signal is not None:
-        combined += signal
-    return np.argsort(combined, kind="stable")
+        return np.lexsort((key, np.repeat(np.arange(runs.size), runs)))
+    # offset + key - low, in int64 arithmetic that may wrap before it lands within [0, 2**63)
+    shifts = [(offset - low + 2**63) % 2**64 - 2**63 for offset, low in zip(offsets[:-1], lows, strict=True)]
+    combined = key + np.repeat(np.array(shifts, dtype=np.int64), runs)
+    if offsets[-1] > 2**32:
+        return np.argsort(combined, kind="stable")
+    # A stable sort of 16-bit keys is a radix sort: by the low half, then stably by the high half.
+    order = np.argsort(combined.astype(np.uint16), kind="stable")
+    if offsets[-1] > 2**16:
+        order = order[np.argsort((combined >> 16).astype(np.uint16)[order], kind="stable")]
+    return order
 
 
 def _join_columns(

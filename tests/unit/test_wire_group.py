@@ -28,6 +28,7 @@ from protocols.wire import (
     decode_columnar_batches,
     encode_batch,
 )
+from protocols.wire_dict import CODEBOOKS, CURRENT
 from tests.unit import test_wire as cases  # the generators and hand-built payloads of the wire tests
 
 T0_MS = cases.T0_MS
@@ -134,16 +135,26 @@ def test_extremes_of_every_range() -> None:
 
 
 def test_a_group_too_wide_for_one_sort_key() -> None:
-    # GIVEN a batch of 600 signals with timestamps from -MAX to +MAX: (2**54 ms) x 600 positions do not
-    # fit one int64, so the group sorts by message, timestamp and signal as three keys
-    samples = tuple(
-        SampleRecord(i, MAX_ABS_TS_MS if i % 2 else -MAX_ABS_TS_MS, f"signal-{i}", float(i))
-        for i in range(600)
-    )
-    wide = encode_batch(Batch("bus-1", samples))
-    decoded = assert_decodes_as_alone([GOOD[1], wide, GOOD[3]])
-    assert isinstance(decoded[1], ColumnarBatch)
-    assert len(decoded[1].samples) == 600
+    # GIVEN 520 batches each with samples at -MAX and +MAX ms: their 2**54 ms each do not fit one int64
+    # key side by side, so the group sorts by message and timestamp as two keys
+    payloads = [
+        encode_batch(
+            Batch(
+                "bus-1",
+                (
+                    SampleRecord(2 * i, MAX_ABS_TS_MS, "a", 1.0),
+                    SampleRecord(2 * i + 1, -MAX_ABS_TS_MS, "a", 2.0),
+                ),
+            )
+        )
+        for i in range(520)
+    ]
+    group = [GOOD[1], *payloads, GOOD[3]]
+    with mock.patch.object(np, "lexsort", wraps=np.lexsort) as lexsort:
+        decoded = decode_columnar_batches(group)
+    assert lexsort.call_count == 1  # the per-message decoder, which always uses it, did not run
+    for got, payload in zip(decoded, group, strict=True):
+        assert_same(got, alone(payload))
 
 
 @settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
@@ -188,6 +199,46 @@ def test_every_malformed_body_is_refused_as_alone() -> None:
 def test_each_malformed_body_alone_in_a_group(name: str) -> None:
     decoded = assert_decodes_as_alone([GOOD[1], cases.payload_of(cases.MALFORMED_BODIES[name]), GOOD[3]])
     assert isinstance(decoded[1], WireError)
+
+
+@settings(max_examples=500)
+@given(path=st.sampled_from(cases.GOLDEN_PATHS), value=cases.msgpack_values)
+def test_any_part_of_a_body_replaced_decodes_as_alone(path: tuple[int, ...], value: object) -> None:
+    # GIVEN the golden body with any part replaced by any msgpack value, between good payloads
+    assert_decodes_as_alone([GOOD[1], cases.payload_of(cases.body_with(path, value)), GOOD[0]])
+
+
+def with_table(payload: bytes, part: int, value: object) -> bytes:
+    """`payload` rebuilt with part `part` of its signal table replaced."""
+    body = cases.body_of(payload)
+    body[1][4][part] = value
+    return cases.payload_of(body)
+
+
+def test_tables_of_codes_alone_and_their_quanta() -> None:
+    # GIVEN signals of the codebook only (no name spelled out: the group reader's quick path), two
+    # quanta, and their code steps or quanta made wrong in every way the per-message checks refuse
+    names = CODEBOOKS[CURRENT].names
+    samples = (SampleRecord(1, T0_MS, names[3], 1.0), SampleRecord(2, T0_MS, names[5], 2.0))
+    payload = encode_batch(Batch("bus-1", samples), {names[3]: 0.5, names[5]: 0.25})
+    assert cases.body_of(payload)[1][4][:3] == [[3, 1], [], [0.25, 0.5]]
+    wrong_steps = (
+        [-1, 1],
+        [3, -1],
+        [True, 1],
+        [3, len(names)],
+        [3.0, 1],
+        [3, 2**64 - 1],
+        [len(names) - 1, 0],
+    )
+    bad = [with_table(payload, 0, steps) for steps in wrong_steps]
+    bad += [with_table(payload, 2, quanta) for quanta in ([0.5, 0.25], [0.25, 0.25], [-0.25, 0.5], [0.25, 1])]
+    bad += [with_table(payload, 2, [0.25, math.nan]), with_table(payload, 2, [0.25, math.inf])]
+    good = [payload, with_table(payload, 0, [3, 2]), with_table(payload, 2, [0.125, 0.5])]
+    decoded = assert_decodes_as_alone(interleaved(bad + good))
+    assert [isinstance(decoded[len(GOOD) + 2 * k], WireError) for k in range(len(bad) + len(good))] == [
+        True
+    ] * len(bad) + [False] * len(good)
 
 
 def test_truncations_bit_flips_and_non_bytes_among_good_payloads() -> None:
