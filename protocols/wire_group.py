@@ -16,7 +16,7 @@ import itertools
 import math
 import operator
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import numpy as np
@@ -83,10 +83,10 @@ def decode_columnar_batches(payloads: Sequence[bytes]) -> list[ColumnarBatch | W
     """Per payload, what `decode_columnar_batch` returns for it alone, or the `WireError` it raises."""
     results: list[ColumnarBatch | WireError | None] = [None] * len(payloads)
     read: dict[int, _Message] = {}
-    decompressors: dict[int, zstandard.ZstdDecompressor] = {}
+    reading = _Reading()
     for i, payload in enumerate(payloads):
         try:
-            read[i] = _read(payload, decompressors)
+            read[i] = _read(payload, reading)
         except WireError:
             results[i] = _alone(payload)
     for part in _passes(list(read), read):
@@ -135,15 +135,24 @@ def _alone(payload: bytes) -> ColumnarBatch | WireError:
         return err
 
 
-def _read(payload: bytes, decompressors: dict[int, zstandard.ZstdDecompressor]) -> _Message:
+@dataclass(slots=True)
+class _Reading:
+    """What reading a group's payloads keeps from one payload to the next (one call, one thread)."""
+
+    decompressors: dict[int, zstandard.ZstdDecompressor] = field(default_factory=dict)
+    tables: dict[tuple[int, tuple[int, ...]], tuple[str, ...]] = field(default_factory=dict)
+    """Signal names by codebook and code steps: the buses of a fleet send the same tables."""
+
+
+def _read(payload: bytes, reading: _Reading) -> _Message:
     """A payload's structure, as `decode_columnar_batch` checks it (the messages may differ)."""
-    body, codebook = read_body(payload, decompressors)
+    body, codebook = read_body(payload, reading.decompressors)
     vehicle, samples, predictions, alerts = wire_list(body, "body", 4)
     vehicle_id = vehicle_field(vehicle)
     parts = wire_list(samples, "samples", 10)
     n = wire_int(parts[0], 0, MAX_SAMPLES, "sample count")
     code_steps, spelled, distinct, quantum_index, bases = wire_list(parts[4], "signal table", 5)
-    names = _table_names(code_steps, spelled, codebook)
+    names = _table_names(code_steps, spelled, codebook, reading.tables)
     m = len(names)
     if (n == 0) != (m == 0) or n < m:
         raise WireError("signal table size does not fit the sample count")
@@ -170,16 +179,26 @@ def _read(payload: bytes, decompressors: dict[int, zstandard.ZstdDecompressor]) 
     )
 
 
-def _table_names(code_steps: object, spelled: object, codebook: Codebook) -> tuple[str, ...]:
-    """`wire_decode.table_names` for a table of codes alone, with its checks done a list at a time."""
+def _table_names(
+    code_steps: object,
+    spelled: object,
+    codebook: Codebook,
+    tables: dict[tuple[int, tuple[int, ...]], tuple[str, ...]],
+) -> tuple[str, ...]:
+    """`wire_decode.table_names` for a table of codes alone, with its checks done a list at a time (and
+    once per distinct table in `tables`)."""
     if not isinstance(code_steps, list) or spelled != [] or not set(map(type, code_steps)) <= {int}:
         return tuple(table_names(code_steps, spelled, codebook))
-    if not code_steps:
-        return ()
-    codes = list(itertools.accumulate(map((1).__add__, code_steps), initial=-1))[1:]
-    if min(code_steps) < 0 or codes[-1] >= len(codebook.names) or len(codes) > MAX_SIGNALS:
-        raise WireError("code steps out of range")
-    return tuple(map(codebook.names.__getitem__, codes))
+    key = (codebook.id, tuple(code_steps))  # exact ints only (True == 1 would share a key)
+    names = tables.get(key)
+    if names is None:
+        codes = list(itertools.accumulate(map((1).__add__, code_steps), initial=-1))[1:]
+        if code_steps and (
+            min(code_steps) < 0 or codes[-1] >= len(codebook.names) or len(codes) > MAX_SIGNALS
+        ):
+            raise WireError("code steps out of range")
+        names = tables[key] = tuple(map(codebook.names.__getitem__, codes))
+    return names
 
 
 def _table_quanta(distinct: object) -> list[float]:

@@ -239,6 +239,9 @@ def test_tables_of_codes_alone_and_their_quanta() -> None:
     assert [isinstance(decoded[len(GOOD) + 2 * k], WireError) for k in range(len(bad) + len(good))] == [
         True
     ] * len(bad) + [False] * len(good)
+    # a table read once is not taken for one that only compares equal to it (True == 1)
+    decoded = assert_decodes_as_alone([with_table(payload, 0, [1, 1]), with_table(payload, 0, [True, 1])])
+    assert [type(result) for result in decoded] == [ColumnarBatch, WireError]
 
 
 def test_truncations_bit_flips_and_non_bytes_among_good_payloads() -> None:
