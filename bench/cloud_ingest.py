@@ -259,13 +259,16 @@ def build_agent_workload(fleet: str, buses: int, minutes: int, seed: int) -> lis
 
 
 def publisher_main(host: str, port: int, client_id: str, messages: list[Message], report: Pipe) -> None:
-    """Publish every message at QoS 1 and wait for all PUBACKs; report (first publish, all acked)."""
+    """Once connected, say so and wait for the word to go; then publish every message at QoS 1, wait
+    for all PUBACKs and report (first publish, all acked, how many acked)."""
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
     client.max_inflight_messages_set(200)
     client.max_queued_messages_set(0)
     client.connect(host, port, keepalive=30)
     client.loop_start()
     try:
+        report.send("connected")
+        report.recv()
         first = time.monotonic()
         infos = [client.publish(m.topic, m.payload, qos=1) for m in messages]
         for info in infos:
@@ -277,13 +280,18 @@ def publisher_main(host: str, port: int, client_id: str, messages: list[Message]
 
 
 def publish_async(host: str, port: int, namespace: str, messages: list[Message]) -> tuple[BaseProcess, Pipe]:
+    """A publisher process (`publisher_main`), started and connected, waiting for the word to go on
+    the returned pipe."""
     context = mp.get_context("spawn")
-    receive, send = context.Pipe(duplex=False)
+    ours, theirs = context.Pipe()
     process = context.Process(
-        target=publisher_main, args=(host, port, f"{namespace}-pub", messages, send), daemon=True
+        target=publisher_main, args=(host, port, f"{namespace}-pub", messages, theirs), daemon=True
     )
     process.start()
-    return process, receive
+    if not ours.poll(PHASE_TIMEOUT_S) or ours.recv() != "connected":
+        process.kill()
+        raise RuntimeError("the publisher did not connect to the broker")
+    return process, ours
 
 
 # --- receiver subprocesses -------------------------------------------------------------------------------
@@ -469,9 +477,11 @@ def timed_phase(
     done: Callable[[float], tuple[float, bool]],
     meter: CpuMeter,
 ) -> PhaseResult:
-    """Publish `messages` and time them until `done` (given a timeout) says they are committed."""
-    meter.start()
+    """Publish `messages` and time them until `done` (given a timeout) says they are committed. The
+    CPU meter runs from the word to go to the connected publisher (its start-up is not counted)."""
     process, pipe = publish_async(args.mqtt_host, args.mqtt_port, namespace, messages)
+    meter.start()
+    pipe.send("go")
     seen, complete = done(PHASE_TIMEOUT_S)
     meter.stop()
     first, acked_at, acked = pipe.recv() if pipe.poll(PHASE_TIMEOUT_S) else (seen, seen, 0)
