@@ -92,32 +92,33 @@ async def stage_alerts(cur: Cursor, batches: list[BatchMessage]) -> int:
     return len(rows)
 
 
-# One row per message; `prefix` (a WITH clause) lets the caller run another statement in the same
-# round trip.
-INSERT_LEDGER: Final = (
-    " INSERT INTO ingest_ledger (received_at, topic, vehicle_id, kind, seq_first, seq_last, n_samples,"
-    " n_predictions, n_alerts, payload_bytes) SELECT * FROM unnest(%(received_at)s::timestamptz[],"
-    " %(topic)s::text[], %(vehicle_id)s::text[], %(kind)s::text[], %(seq_first)s::bigint[],"
-    " %(seq_last)s::bigint[], %(n_samples)s::integer[], %(n_predictions)s::integer[],"
-    " %(n_alerts)s::integer[], %(payload_bytes)s::integer[])"
-)
-
-
-def ledger_params(batches: list[BatchMessage]) -> dict[str, list[object]]:
-    """The parameters of INSERT_LEDGER: one ledger row per message, column by column."""
-    ranges = [m.seq_range() for m in batches]
-    return {
-        "received_at": [m.received_at for m in batches],
-        "topic": [m.topic for m in batches],
-        "vehicle_id": [m.vehicle_id for m in batches],
-        "kind": [m.kind.value for m in batches],
-        "seq_first": [r[0] if r else None for r in ranges],
-        "seq_last": [r[1] if r else None for r in ranges],
-        "n_samples": [len(m.batch.samples) for m in batches],
-        "n_predictions": [len(m.batch.predictions) for m in batches],
-        "n_alerts": [len(m.batch.alerts) for m in batches],
-        "payload_bytes": [m.payload_bytes for m in batches],
-    }
+async def write_ledger(cur: Cursor, batches: list[BatchMessage]) -> None:
+    if not batches:
+        return
+    async with cur.copy(
+        "COPY ingest_ledger (received_at, topic, vehicle_id, kind, seq_first, seq_last,"
+        " n_samples, n_predictions, n_alerts, payload_bytes) FROM STDIN (FORMAT BINARY)"
+    ) as copy:
+        copy.set_types(
+            ["timestamptz", "text", "text", "text", "int8", "int8", "int4", "int4", "int4", "int4"]
+        )
+        for m in batches:
+            seqs = m.seq_range()
+            first, last = seqs if seqs else (None, None)
+            await copy.write_row(
+                (
+                    m.received_at,
+                    m.topic,
+                    m.vehicle_id,
+                    m.kind.value,
+                    first,
+                    last,
+                    len(m.batch.samples),
+                    len(m.batch.predictions),
+                    len(m.batch.alerts),
+                    m.payload_bytes,
+                )
+            )
 
 
 async def upsert_vehicles(cur: Cursor, batches: list[BatchMessage], statuses: list[StatusMessage]) -> None:

@@ -59,8 +59,6 @@ _MARK_KPI_DAYS: Final = (
     " ORDER BY 1, 2 ON CONFLICT (vehicle_id, day) DO UPDATE SET marks = p.marks + 1"
     " WHERE (p.day + 1)::timestamp AT TIME ZONE %(tz)s <= now()"
 )
-# In one round trip with the group's ledger rows.
-_LEDGER_AND_KPI_DAYS: Final = "WITH marked AS (" + _MARK_KPI_DAYS + ")" + group_rows.INSERT_LEDGER
 # Pending bus-days whose day ended at least KPI_GRACE ago (late data of the last minutes is in by then).
 _ENDED_PENDING: Final = (
     "SELECT vehicle_id, day, marks FROM kpi_days_pending"
@@ -367,9 +365,9 @@ class Store:
             if stats.alerts_staged:
                 await cur.execute(group_rows.INSERT_ALERTS)
                 stats.alerts_inserted = max(cur.rowcount, 0)
-            if batches:  # the ledger's rows, and the bus-days of the staged samples and alerts marked
-                params = {"tz": self.kept.time_zone, **group_rows.ledger_params(batches)}
-                await cur.execute(_LEDGER_AND_KPI_DAYS, params, prepare=True)
+            if stats.samples_staged or stats.alerts_staged:
+                await cur.execute(_MARK_KPI_DAYS.encode(), {"tz": self.kept.time_zone})
+            await group_rows.write_ledger(cur, batches)
             dead_rows = dead_letters.dead_letter_rows(items, self._settings)
             await dead_letters.write(cur, dead_rows)
             stats.dead_letter_bytes = sum(map(dead_letters.row_bytes, dead_rows))
