@@ -259,10 +259,11 @@ def block_code(
         entry_start = np.cumsum(count) - count
         entry_position = np.arange(len(entry_block)) - entry_start[entry_block]
         data = zigzag.view(np.uint8).reshape(len(zigzag), 4)
-        for k in range(4):
-            kept = k < w[entry_block]
-            dst = field_at[entry_block] + k * count[entry_block] + entry_position
-            out[dst[kept]] = data[kept, k]
+        entry_width, entry_count = w[entry_block], count[entry_block]
+        first_byte = field_at[entry_block] + entry_position
+        for k in range(int(w.max(initial=0))):  # byte planes beyond the widest block's hold nothing
+            kept = k < entry_width
+            out[first_byte[kept] + k * entry_count[kept]] = data[kept, k]
         field_at = field_at + planes
     return out, size.astype(np.int64)
 
