@@ -10,7 +10,9 @@ is inserted whole; one that does is decoded with those blocks ("stored"), keeps 
 (seq, ts) is not stored ("kept") and is coded again into a block in SQL ("merged"). The minute
 aggregates of exactly the samples inserted are logged: for a block inserted whole, computed with numpy
 per block and signal and staged with the block as arrays, one rollup_block_log row; for a merged one,
-in SQL, rollup_log rows (cloud/sql/0013_block_rollup_log.sql).
+in SQL, rollup_log rows (cloud/sql/0014_block_rollup_log.sql). The same statement merges each
+vehicle's latest sample per signal into its one `latest_values` row (cloud/sql/0016_latest_values.sql)
+and raises its high-water marks.
 
 Signal names become ids in `sample_signals`, two per signal: its scaled path (its quantum from the
 catalog, the quanta the wire uses) and its float path. `SignalDictionary` caches them per connection.
