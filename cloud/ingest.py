@@ -174,42 +174,8 @@ def ingest_messages(
         decoded = decode_columnar_batches([item.payload for item in batches])
     except Exception:  # a decoder bug: each payload alone, so that it costs only the one that provokes it
         decoded = [_decode_alone(item.payload) for item in batches]
-    windows = [accepted_window_ms(item.received_at, limits) for item in batches]
-    clean = _without_refusals(decoded, windows)
-    outcomes = iter(
-        [
-            item.outcome(batch, limits, clean=is_clean)
-            for item, batch, is_clean in zip(batches, decoded, clean, strict=True)
-        ]
-    )
+    outcomes = iter([item.outcome(batch, limits) for item, batch in zip(batches, decoded, strict=True)])
     return [next(outcomes) if isinstance(item, _Batch) else item for item in screened]
-
-
-def _without_refusals(
-    decoded: Sequence[ColumnarBatch | Exception], windows: list[tuple[int, int]]
-) -> list[bool]:
-    """Per decoded batch, True when `judge_records` would refuse nothing of it (its samples all within
-    its window, finite, no NUL in a signal name; no prediction or alert to judge one by one): the
-    samples of a group checked together. False is "judge it", not "something is refused"."""
-    batches = [(k, batch) for k, batch in enumerate(decoded) if isinstance(batch, ColumnarBatch)]
-    clean = [False] * len(decoded)
-    for k, batch in batches:
-        clean[k] = not batch.predictions and not batch.alerts and "\x00" not in "".join(batch.samples.signals)
-    with_samples = [(k, batch.samples) for k, batch in batches if len(batch.samples)]
-    if not with_samples:
-        return clean
-    sizes = np.array([len(samples) for _, samples in with_samples], dtype=np.int64)
-    starts = np.cumsum(sizes) - sizes
-    stamps = np.concatenate([samples.ts_ms for _, samples in with_samples])
-    lows = np.minimum.reduceat(stamps, starts).tolist()
-    highs = np.maximum.reduceat(stamps, starts).tolist()
-    finite = np.logical_and.reduceat(
-        np.isfinite(np.concatenate([samples.value for _, samples in with_samples])), starts
-    ).tolist()
-    for (k, _), low, high, all_finite in zip(with_samples, lows, highs, finite, strict=True):
-        earliest_ms, latest_ms = windows[k]
-        clean[k] = clean[k] and all_finite and earliest_ms <= low and high <= latest_ms
-    return clean
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,11 +189,8 @@ class _Batch:
     payload: bytes
     received_at: datetime
 
-    def outcome(
-        self, decoded: ColumnarBatch | Exception, limits: IngestSettings, *, clean: bool = False
-    ) -> Ingested:
-        """What the message becomes once `decoded` is its payload's batch, or what decoding it raised;
-        `clean`: its records are known to pass `judge_records` whole."""
+    def outcome(self, decoded: ColumnarBatch | Exception, limits: IngestSettings) -> Ingested:
+        """What the message becomes once `decoded` is its payload's batch, or what decoding it raised."""
         topic, vehicle, payload, received_at = self.topic, self.vehicle, self.payload, self.received_at
         if isinstance(decoded, WireError):
             return _dead(topic, vehicle, f"malformed payload: {decoded}", payload, received_at)
@@ -237,9 +200,7 @@ class _Batch:
         if decoded.vehicle_id != vehicle:
             reason = f"vehicle id {decoded.vehicle_id!r} in payload does not match topic vehicle {vehicle!r}"
             return _dead(topic, vehicle, reason, payload, received_at)
-        good, refused = (
-            (decoded, ()) if clean else judge_records(decoded, *accepted_window_ms(received_at, limits))
-        )
+        good, refused = judge_records(decoded, *accepted_window_ms(received_at, limits))
         return BatchMessage(topic, self.fleet, self.kind, good, received_at, len(payload), refused, payload)
 
 
