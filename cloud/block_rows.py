@@ -98,10 +98,6 @@ def arrays(values: npt.NDArray[np.generic], pg_dtype: str, oid: int, n: Lengths)
     return [(_records(heads), np.ones(len(n), dtype=np.int64)), (_records(elements), n)]
 
 
-def int4_arrays(values: npt.NDArray[np.int32], n: Lengths) -> list[Field]:
-    return arrays(values, ">i4", _OID_INT4, n)
-
-
 def float8_arrays_or_null(
     values: npt.NDArray[np.float64], present: npt.NDArray[np.bool_], n: Lengths
 ) -> list[Field]:
@@ -164,11 +160,11 @@ def block_rows(vehicles: Sequence[str], b: Blocks) -> bytes:
             fixed(_micros(b.ts_first_ms), ">i8"),
             fixed(_micros(b.ts_last_ms), ">i8"),
             fixed(n, ">i4"),
-            *int4_arrays(b.signal_list, b.signal_count),
+            *arrays(b.signal_list, ">i4", _OID_INT4, b.signal_count),
             *byteas(b.code, b.code_size),
             *float8_arrays_or_null(b.exact, ~b.scaled, n),
-            *int4_arrays(b.stat_signal, stats),
-            *int4_arrays(b.stat_n.astype(np.int32), stats),
+            *arrays(b.stat_signal, ">i4", _OID_INT4, stats),
+            *arrays(b.stat_n, ">i4", _OID_INT4, stats),
             *arrays(b.stat_total, ">f8", _OID_FLOAT8, stats),
             *arrays(b.stat_min, ">f8", _OID_FLOAT8, stats),
             *arrays(b.stat_max, ">f8", _OID_FLOAT8, stats),
