@@ -111,8 +111,8 @@ class Inbox:
     group waits for more messages only until its oldest one has waited `max_age_s`."""
 
     def __init__(self, capacity: int, clock: Callable[[], float] | None = None) -> None:
-        self._items: collections.deque[InboundMessage] = collections.deque()
-        self._arrived: collections.deque[float] = collections.deque()  # per item, by `clock`
+        # (when it arrived by `clock`, the message)
+        self._items: collections.deque[tuple[float, InboundMessage]] = collections.deque()
         self._capacity = capacity
         self._clock = clock
         self._ready = asyncio.Event()
@@ -124,8 +124,7 @@ class Inbox:
         if len(self._items) >= self._capacity:
             metrics.INBOX_DROPPED.inc()
             return
-        self._items.append(message)
-        self._arrived.append(self._now())
+        self._items.append((self._now(), message))
         self._ready.set()
 
     async def next_group(
@@ -138,16 +137,13 @@ class Inbox:
             if stop.is_set():
                 return []
             await self._wait(0.25)
-        deadline = self._arrived[0] + max_age_s
+        deadline = self._items[0][0] + max_age_s
         while len(self._items) < max_messages and not stop.is_set():
             remaining = deadline - self._now()
             if remaining <= 0:
                 break
             await self._wait(remaining)
-        taken = min(max_messages, len(self._items))
-        for _ in range(taken):
-            self._arrived.popleft()
-        return [self._items.popleft() for _ in range(taken)]
+        return [self._items.popleft()[1] for _ in range(min(max_messages, len(self._items)))]
 
     def _now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
